@@ -1,0 +1,609 @@
+//! Frame-boundary splitting of encoded streams.
+//!
+//! A source sends an endless byte stream in reads of arbitrary size. The hub stores it as chunks
+//! that each start and end on a codec frame boundary (an MP3 frame, an AAC ADTS frame, an Ogg
+//! page), so that any listener can join at the start of any chunk. [`Splitter`] turns reads into
+//! [`Piece`]s:
+//!
+//! * MP3 and ADTS: whole frames; garbage between frames, ID3v2 tags and the Xing/Info frame that
+//!   encoders put first are dropped and counted in [`SplitStats::skipped_bytes`].
+//! * Ogg: whole pages with a valid checksum. The header pages of each (possibly chained) logical
+//!   stream are collected and emitted once as [`Piece::Headers`], so the hub can replay them to
+//!   every joiner before live pages.
+//! * Anything else: passed through as it comes.
+//!
+//! Memory is bounded: a splitter never holds more than one maximal frame or page of pending bytes
+//! (plus a bounded Ogg header set); input that never forms a frame is discarded and counted.
+
+use bytes::{Bytes, BytesMut};
+
+/// What the splitter knows how to cut. Chosen from the source's Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    Mp3,
+    Adts,
+    Ogg,
+    /// Unknown to the splitter: chunks are cut wherever reads end.
+    Passthrough,
+}
+
+impl StreamFormat {
+    /// Picks the splitter for a Content-Type header value (parameters ignored).
+    pub fn from_content_type(content_type: &str) -> StreamFormat {
+        let base = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match base.as_str() {
+            "audio/mpeg" | "audio/mp3" | "audio/mpeg3" | "audio/x-mpeg" => StreamFormat::Mp3,
+            "audio/aac" | "audio/aacp" | "audio/x-aac" | "audio/x-hx-aac-adts" => {
+                StreamFormat::Adts
+            }
+            "application/ogg" | "audio/ogg" | "video/ogg" | "audio/opus" | "audio/vorbis"
+            | "audio/x-ogg" | "application/x-ogg" => StreamFormat::Ogg,
+            _ => StreamFormat::Passthrough,
+        }
+    }
+
+    /// True for formats that carry Icecast in-band (ICY) metadata to listeners.
+    pub fn supports_icy_metadata(self) -> bool {
+        self != StreamFormat::Ogg
+    }
+}
+
+/// One output unit of the splitter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Whole frames or pages; a listener may start at its first byte.
+    Audio(Bytes),
+    /// A complete Ogg header set (all BOS and header pages of a logical stream, or of a new link of
+    /// a chained stream). It replaces any earlier header set.
+    Headers(Bytes),
+}
+
+/// Counters for what the splitter saw; monotonic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SplitStats {
+    pub frames: u64,
+    pub skipped_bytes: u64,
+    /// Audio format of the last MP3/ADTS frame: (sample rate, channels, bitrate kbit/s if known).
+    pub last_sample_rate: u32,
+    pub last_channels: u8,
+    pub last_bitrate_kbps: u32,
+}
+
+/// Largest Ogg page: 27-byte header, 255 lacing values, 255 segments of 255 bytes.
+const MAX_OGG_PAGE: usize = 27 + 255 + 255 * 255;
+/// Bound on a collected Ogg header set; a stream whose headers are larger is passed on as audio.
+const MAX_OGG_HEADERS: usize = 1 << 20;
+/// Largest MP3 frame (MPEG-1 layer II at 384 kbit/s and 32 kHz plus padding) and ADTS frame.
+const MAX_MPEG_FRAME: usize = 2881;
+const MAX_ADTS_FRAME: usize = 8191;
+
+/// Turns reads of a source's body into frame-aligned [`Piece`]s.
+pub struct Splitter {
+    format: StreamFormat,
+    pending: BytesMut,
+    out: BytesMut,
+    /// Bytes of an ID3v2 tag still to skip (MP3 only).
+    skip: usize,
+    /// After one good frame, a frame header is trusted without checking its successor.
+    locked: bool,
+    ogg: OggHeaderState,
+    stats: SplitStats,
+}
+
+#[derive(Default)]
+struct OggHeaderState {
+    /// Collecting header pages since a BOS page.
+    collecting: bool,
+    headers: BytesMut,
+}
+
+impl Splitter {
+    pub fn new(format: StreamFormat) -> Splitter {
+        Splitter {
+            format,
+            pending: BytesMut::with_capacity(16 * 1024),
+            out: BytesMut::with_capacity(16 * 1024),
+            skip: 0,
+            locked: false,
+            ogg: OggHeaderState::default(),
+            stats: SplitStats::default(),
+        }
+    }
+
+    pub fn format(&self) -> StreamFormat {
+        self.format
+    }
+
+    pub fn stats(&self) -> SplitStats {
+        self.stats
+    }
+
+    /// Feeds one read; appends zero or more pieces to `out`, in stream order.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Piece>) {
+        if self.format == StreamFormat::Passthrough {
+            if !data.is_empty() {
+                self.stats.frames += 1;
+                out.push(Piece::Audio(Bytes::copy_from_slice(data)));
+            }
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        match self.format {
+            StreamFormat::Mp3 | StreamFormat::Adts => self.split_mpeg(),
+            StreamFormat::Ogg => self.split_ogg(out),
+            StreamFormat::Passthrough => {}
+        }
+        self.flush_audio(out);
+    }
+
+    fn flush_audio(&mut self, out: &mut Vec<Piece>) {
+        if !self.out.is_empty() {
+            out.push(Piece::Audio(self.out.split().freeze()));
+        }
+    }
+
+    fn discard(&mut self, n: usize) {
+        let _ = self.pending.split_to(n);
+        self.stats.skipped_bytes += n as u64;
+        self.locked = false;
+    }
+
+    fn split_mpeg(&mut self) {
+        let adts = self.format == StreamFormat::Adts;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.pending.len());
+                let _ = self.pending.split_to(n);
+                self.skip -= n;
+                self.stats.skipped_bytes += n as u64;
+                if self.skip > 0 {
+                    return;
+                }
+            }
+            let buf = &self.pending[..];
+            if buf.len() < 10 {
+                return;
+            }
+            if !adts && &buf[..3] == b"ID3" {
+                // ID3v2: 10-byte header, syncsafe size, optional 10-byte footer.
+                let size = (usize::from(buf[6] & 0x7f) << 21)
+                    | (usize::from(buf[7] & 0x7f) << 14)
+                    | (usize::from(buf[8] & 0x7f) << 7)
+                    | usize::from(buf[9] & 0x7f);
+                let footer = if buf[5] & 0x10 != 0 { 10 } else { 0 };
+                self.skip = 10 + size + footer;
+                continue;
+            }
+            let header = if adts {
+                parse_adts(buf)
+            } else {
+                parse_mp3(buf)
+            };
+            let Some(h) = header else {
+                // Resync: drop up to the next possible sync byte.
+                let next = buf[1..]
+                    .iter()
+                    .position(|&b| b == 0xFF)
+                    .map_or(buf.len(), |p| p + 1);
+                self.discard(next);
+                continue;
+            };
+            if !self.locked {
+                // Not yet in sync: require the following frame to be a matching header.
+                let max = if adts { MAX_ADTS_FRAME } else { MAX_MPEG_FRAME };
+                if buf.len() < h.len + 4 {
+                    if buf.len() > 2 * max {
+                        self.discard(1);
+                        continue;
+                    }
+                    return;
+                }
+                let next = if adts {
+                    parse_adts(&buf[h.len..])
+                } else {
+                    parse_mp3(&buf[h.len..])
+                };
+                if !next.is_some_and(|n| n.sample_rate == h.sample_rate) {
+                    self.discard(1);
+                    continue;
+                }
+            }
+            if buf.len() < h.len {
+                return;
+            }
+            let frame = self.pending.split_to(h.len);
+            self.locked = true;
+            if !adts && is_xing_frame(&frame) {
+                self.stats.skipped_bytes += frame.len() as u64;
+                continue;
+            }
+            self.stats.frames += 1;
+            self.stats.last_sample_rate = h.sample_rate;
+            self.stats.last_channels = h.channels;
+            self.stats.last_bitrate_kbps = h.bitrate_kbps;
+            self.out.extend_from_slice(&frame);
+        }
+    }
+
+    fn split_ogg(&mut self, out: &mut Vec<Piece>) {
+        loop {
+            let buf = &self.pending[..];
+            if buf.len() < 27 {
+                return;
+            }
+            if &buf[..4] != b"OggS" || buf[4] != 0 {
+                let next = find(&buf[1..], b"OggS").map_or(buf.len().saturating_sub(3), |p| p + 1);
+                self.discard(next.max(1));
+                continue;
+            }
+            let nsegs = usize::from(buf[26]);
+            if buf.len() < 27 + nsegs {
+                return;
+            }
+            let body: usize = buf[27..27 + nsegs].iter().map(|&b| usize::from(b)).sum();
+            let len = 27 + nsegs + body;
+            if buf.len() < len {
+                debug_assert!(len <= MAX_OGG_PAGE);
+                return;
+            }
+            let stored = u32::from_le_bytes([buf[22], buf[23], buf[24], buf[25]]);
+            if crate::ogg_crc::page_crc(&buf[..len]) != stored {
+                self.discard(1);
+                continue;
+            }
+            let header_type = buf[5];
+            let granule = i64::from_le_bytes([
+                buf[6], buf[7], buf[8], buf[9], buf[10], buf[11], buf[12], buf[13],
+            ]);
+            let page = self.pending.split_to(len);
+            self.stats.frames += 1;
+            let bos = header_type & 0x02 != 0;
+            if bos && !self.ogg.collecting {
+                // A new logical stream (or a new link of a chain): audio so far goes out first.
+                self.flush_audio(out);
+                self.ogg.collecting = true;
+                self.ogg.headers.clear();
+            }
+            if self.ogg.collecting && (bos || granule == 0 || granule == -1) {
+                if self.ogg.headers.len() + page.len() <= MAX_OGG_HEADERS {
+                    self.ogg.headers.extend_from_slice(&page);
+                    continue;
+                }
+                // Absurd header set: stop treating pages as headers.
+                self.ogg.collecting = false;
+                out.push(Piece::Headers(self.ogg.headers.split().freeze()));
+            }
+            if self.ogg.collecting {
+                self.ogg.collecting = false;
+                out.push(Piece::Headers(self.ogg.headers.split().freeze()));
+            }
+            self.out.extend_from_slice(&page);
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+struct FrameHeader {
+    len: usize,
+    sample_rate: u32,
+    channels: u8,
+    bitrate_kbps: u32,
+}
+
+const MP3_BITRATES_V1: [[u16; 15]; 3] = [
+    // layer I
+    [
+        0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+    ],
+    // layer II
+    [
+        0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+    ],
+    // layer III
+    [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ],
+];
+const MP3_BITRATES_V2: [[u16; 15]; 3] = [
+    [
+        0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+    ],
+    [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+    [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+];
+
+/// Parses an MPEG audio frame header (layers I–III, MPEG-1/2/2.5). Free-format frames are not
+/// supported (no Icecast source sends them).
+fn parse_mp3(b: &[u8]) -> Option<FrameHeader> {
+    if b.len() < 4 || b[0] != 0xFF || b[1] & 0xE0 != 0xE0 {
+        return None;
+    }
+    let version = (b[1] >> 3) & 3; // 0: 2.5, 1: reserved, 2: 2, 3: 1
+    let layer = (b[1] >> 1) & 3; // 1: III, 2: II, 3: I
+    let bitrate_idx = usize::from(b[2] >> 4);
+    let rate_idx = usize::from((b[2] >> 2) & 3);
+    if version == 1 || layer == 0 || bitrate_idx == 0 || bitrate_idx == 15 || rate_idx == 3 {
+        return None;
+    }
+    let padding = usize::from((b[2] >> 1) & 1);
+    let layer_row = usize::from(3 - layer); // 0: I, 1: II, 2: III
+    let kbps = u32::from(if version == 3 {
+        MP3_BITRATES_V1[layer_row][bitrate_idx]
+    } else {
+        MP3_BITRATES_V2[layer_row][bitrate_idx]
+    });
+    let base = [44100u32, 48000, 32000][rate_idx];
+    let sample_rate = match version {
+        3 => base,
+        2 => base / 2,
+        _ => base / 4,
+    };
+    let bps = kbps as usize * 1000;
+    let sr = sample_rate as usize;
+    let len = match layer_row {
+        0 => (12 * bps / sr + padding) * 4,
+        1 => 144 * bps / sr + padding,
+        _ if version == 3 => 144 * bps / sr + padding,
+        _ => 72 * bps / sr + padding,
+    };
+    let channels = if (b[3] >> 6) == 3 { 1 } else { 2 };
+    Some(FrameHeader {
+        len,
+        sample_rate,
+        channels,
+        bitrate_kbps: kbps,
+    })
+}
+
+/// True for the Xing/Info (VBR index) frame an encoder writes first; it describes a file, not a
+/// live stream, so it is not relayed.
+fn is_xing_frame(frame: &[u8]) -> bool {
+    let head = &frame[..frame.len().min(48)];
+    find(head, b"Xing").is_some() || find(head, b"Info").is_some()
+}
+
+/// Parses an ADTS (AAC) frame header.
+fn parse_adts(b: &[u8]) -> Option<FrameHeader> {
+    if b.len() < 7 || b[0] != 0xFF || b[1] & 0xF6 != 0xF0 {
+        return None;
+    }
+    const RATES: [u32; 13] = [
+        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+    ];
+    let rate_idx = usize::from((b[2] >> 2) & 0x0F);
+    let sample_rate = *RATES.get(rate_idx)?;
+    let channels = ((b[2] & 1) << 2) | (b[3] >> 6);
+    let len = (usize::from(b[3] & 0x03) << 11) | (usize::from(b[4]) << 3) | usize::from(b[5] >> 5);
+    let min = if b[1] & 1 == 0 { 9 } else { 7 };
+    if len < min {
+        return None;
+    }
+    Some(FrameHeader {
+        len,
+        sample_rate,
+        channels,
+        bitrate_kbps: 0,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A valid MPEG-1 layer III frame header: 128 kbit/s, 44.1 kHz, stereo → 417 bytes.
+    fn mp3_frame(padding: bool) -> Vec<u8> {
+        let b2 = 0x90 | if padding { 0x02 } else { 0 };
+        let len = 417 + usize::from(padding);
+        let mut f = vec![0xFF, 0xFB, b2, 0x00];
+        f.resize(len, 0x55);
+        f
+    }
+
+    fn audio_bytes(pieces: &[Piece]) -> Vec<u8> {
+        pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Audio(b) => Some(b.to_vec()),
+                Piece::Headers(_) => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn mp3_frames_survive_any_read_size_and_garbage_is_dropped() {
+        let mut stream = b"ID3\x03\x00\x00\x00\x00\x00\x05hello".to_vec();
+        stream.extend_from_slice(b"garbage\xFF\x00");
+        let mut frames = Vec::new();
+        for i in 0..20 {
+            frames.extend(mp3_frame(i % 3 == 0));
+        }
+        stream.extend_from_slice(&frames);
+        for read in [1, 7, 100, 417, 5000] {
+            let mut s = Splitter::new(StreamFormat::Mp3);
+            let mut out = Vec::new();
+            for c in stream.chunks(read) {
+                s.push(c, &mut out);
+            }
+            let got = audio_bytes(&out);
+            // The last frame is held until its successor confirms sync only before lock; once
+            // locked, every complete frame is emitted.
+            assert_eq!(got, frames, "read size {read}");
+            for p in &out {
+                if let Piece::Audio(b) = p {
+                    assert_eq!(&b[..2], &[0xFF, 0xFB], "chunk starts on a frame");
+                }
+            }
+            assert_eq!(s.stats().frames, 20);
+            assert_eq!(s.stats().last_sample_rate, 44100);
+            assert_eq!(s.stats().last_bitrate_kbps, 128);
+        }
+    }
+
+    #[test]
+    fn xing_frame_is_not_relayed() {
+        let mut xing = mp3_frame(false);
+        xing[36..40].copy_from_slice(b"Xing");
+        let mut stream = xing.clone();
+        stream.extend(mp3_frame(false));
+        stream.extend(mp3_frame(false));
+        let mut s = Splitter::new(StreamFormat::Mp3);
+        let mut out = Vec::new();
+        s.push(&stream, &mut out);
+        assert_eq!(audio_bytes(&out).len(), 2 * 417);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_stay_bounded() {
+        let mut x: u32 = 12345;
+        for format in [StreamFormat::Mp3, StreamFormat::Adts, StreamFormat::Ogg] {
+            let mut s = Splitter::new(format);
+            let mut out = Vec::new();
+            for _ in 0..2000 {
+                let chunk: Vec<u8> = (0..257)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        if x % 7 == 0 {
+                            0xFF
+                        } else {
+                            x as u8
+                        }
+                    })
+                    .collect();
+                s.push(&chunk, &mut out);
+                assert!(s.pending.len() <= MAX_OGG_PAGE + 257);
+            }
+        }
+    }
+
+    fn ogg_page(header_type: u8, granule: i64, seq: u32, body: &[u8]) -> Vec<u8> {
+        let mut p = b"OggS\x00".to_vec();
+        p.push(header_type);
+        p.extend_from_slice(&granule.to_le_bytes());
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(&seq.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        let mut lacing = vec![255u8; body.len() / 255];
+        lacing.push((body.len() % 255) as u8);
+        p.push(lacing.len() as u8);
+        p.extend_from_slice(&lacing);
+        p.extend_from_slice(body);
+        let crc = crate::ogg_crc::page_crc(&p);
+        p[22..26].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn ogg_header_pages_are_collected_and_chains_restart_them() {
+        let head = ogg_page(0x02, 0, 0, b"OpusHead........");
+        let tags = ogg_page(0, 0, 1, b"OpusTags........");
+        let a1 = ogg_page(0, 960, 2, &[1; 300]);
+        let a2 = ogg_page(0, 1920, 3, &[2; 300]);
+        let head2 = ogg_page(0x02, 0, 0, b"OpusHead2.......");
+        let tags2 = ogg_page(0, 0, 1, b"OpusTags2.......");
+        let b1 = ogg_page(0, 960, 2, &[3; 300]);
+        let mut stream = b"junk".to_vec();
+        for p in [&head, &tags, &a1, &a2, &head2, &tags2, &b1] {
+            stream.extend_from_slice(p);
+        }
+        for read in [1, 50, 10_000] {
+            let mut s = Splitter::new(StreamFormat::Ogg);
+            let mut out = Vec::new();
+            for c in stream.chunks(read) {
+                s.push(c, &mut out);
+            }
+            let headers: Vec<_> = out
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Headers(h) => Some(h.to_vec()),
+                    Piece::Audio(_) => None,
+                })
+                .collect();
+            assert_eq!(
+                headers,
+                vec![
+                    [head.clone(), tags.clone()].concat(),
+                    [head2.clone(), tags2.clone()].concat()
+                ]
+            );
+            assert_eq!(
+                audio_bytes(&out),
+                [a1.clone(), a2.clone(), b1.clone()].concat()
+            );
+            // Headers of the second link come after the first link's audio.
+            let first_h2 = out.iter().position(|p| matches!(p, Piece::Headers(h) if h[..] == [head2.clone(), tags2.clone()].concat()[..])).unwrap();
+            let last_a2 = out
+                .iter()
+                .rposition(
+                    |p| matches!(p, Piece::Audio(b) if b.windows(4).any(|w| w == [2, 2, 2, 2])),
+                )
+                .unwrap();
+            assert!(first_h2 > last_a2);
+        }
+    }
+
+    #[test]
+    fn corrupt_ogg_page_is_skipped() {
+        let head = ogg_page(0x02, 0, 0, b"OpusHead........");
+        let mut bad = ogg_page(0, 960, 1, &[1; 100]);
+        bad[40] ^= 0xFF;
+        let good = ogg_page(0, 1920, 2, &[2; 100]);
+        let stream = [head, bad.clone(), good.clone()].concat();
+        let mut s = Splitter::new(StreamFormat::Ogg);
+        let mut out = Vec::new();
+        s.push(&stream, &mut out);
+        assert_eq!(audio_bytes(&out), good);
+        assert!(s.stats().skipped_bytes >= bad.len() as u64);
+    }
+
+    #[test]
+    fn adts_frames() {
+        // AAC LC, 44.1 kHz, stereo, no CRC, frame length 200.
+        let mut f = vec![0xFF, 0xF1, 0x50, 0x80, 0x00, 0x1F, 0xFC];
+        let len = 200usize;
+        f[3] = 0x80 | ((len >> 11) as u8 & 0x03);
+        f[4] = (len >> 3) as u8;
+        f[5] = (((len & 7) as u8) << 5) | 0x1F;
+        f.resize(len, 0x11);
+        let stream: Vec<u8> = std::iter::repeat_n(f.clone(), 5).flatten().collect();
+        let mut s = Splitter::new(StreamFormat::Adts);
+        let mut out = Vec::new();
+        for c in stream.chunks(33) {
+            s.push(c, &mut out);
+        }
+        assert_eq!(audio_bytes(&out), stream);
+        assert_eq!(s.stats().last_sample_rate, 44100);
+        assert_eq!(s.stats().last_channels, 2);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            StreamFormat::from_content_type("audio/mpeg"),
+            StreamFormat::Mp3
+        );
+        assert_eq!(
+            StreamFormat::from_content_type("Audio/Ogg; codecs=opus"),
+            StreamFormat::Ogg
+        );
+        assert_eq!(
+            StreamFormat::from_content_type("audio/aacp"),
+            StreamFormat::Adts
+        );
+        assert_eq!(
+            StreamFormat::from_content_type("audio/flac"),
+            StreamFormat::Passthrough
+        );
+    }
+}

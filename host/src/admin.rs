@@ -1,0 +1,423 @@
+//! Administration over HTTP: the Icecast-compatible `/admin/*` endpoints that source clients and
+//! dashboards call, and the JSON API (`/api/v1/mounts`) behind the `tidecast mount` commands.
+//!
+//! Everything needs admin credentials, except `/admin/metadata`, which a mount's own source
+//! credentials may also authorize (compat.md item 8). Work is done before the reply is written,
+//! so a client that hangs up without reading (butt) still gets its update applied.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use crate::auth::{generate_password, hash_password};
+use crate::coordinator::{validate_mount_path, CoordError, MountConfig};
+use crate::http::{xml_escape, RequestHead, Response};
+use crate::metrics::ErrorKind;
+use crate::server::{send, ListenerCtrl, State};
+
+/// Largest JSON body the API accepts.
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    req: RequestHead,
+    leftover: BytesMut,
+    state: Arc<State>,
+) {
+    let version = req.response_version();
+    let body = match read_body(&mut stream, &req, leftover).await {
+        Ok(b) => b,
+        Err(r) => {
+            send(&mut stream, &r, version, false).await;
+            return;
+        }
+    };
+    let response = route(&state, &req, &body).await;
+    if response.status >= 400 {
+        info!(%peer, method = %req.method, path = %req.path, status = response.status, "admin request refused");
+    }
+    send(&mut stream, &response, version, req.method == "HEAD").await;
+}
+
+async fn read_body(
+    stream: &mut TcpStream,
+    req: &RequestHead,
+    mut buf: BytesMut,
+) -> Result<Vec<u8>, Response> {
+    let len = match req.header("content-length") {
+        None => return Ok(Vec::new()),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| Response::error(400, "bad Content-Length"))?,
+    };
+    if len > MAX_BODY {
+        return Err(Response::error(
+            413,
+            format!("body larger than {MAX_BODY} bytes"),
+        ));
+    }
+    let read = async {
+        while buf.len() < len {
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(())) => Ok(buf[..len].to_vec()),
+        _ => Err(Response::error(408, "request body incomplete")),
+    }
+}
+
+fn unauthorized() -> Response {
+    Response::error(401, "admin credentials required")
+        .header("WWW-Authenticate", "Basic realm=\"tidecast admin\"")
+}
+
+fn ice_response(status: u16, message: &str) -> Response {
+    let ok = u8::from(status < 400);
+    Response::new(
+        status,
+        "text/xml",
+        format!(
+            "<?xml version=\"1.0\"?>\n<iceresponse><message>{}</message><return>{ok}</return></iceresponse>\n",
+            xml_escape(message)
+        ),
+    )
+}
+
+async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
+    let path = req.path.as_str();
+    if path == "/admin/metadata" || path == "/admin/metadata.xsl" {
+        return metadata(state, req);
+    }
+    if !state.is_admin(req) {
+        state.metrics.error(ErrorKind::Unauthorized);
+        return unauthorized();
+    }
+    let mount = req.query("mount").unwrap_or_default();
+    match (req.method.as_str(), path) {
+        (_, "/admin/stats" | "/admin/stats.xml" | "/admin/stats.xsl") => {
+            Response::new(200, "text/xml", crate::status::stats_xml(state, true))
+        }
+        (_, "/admin/listmounts" | "/admin/listmounts.xsl") => {
+            Response::new(200, "text/xml", crate::status::stats_xml(state, false))
+        }
+        (_, "/admin/listclients" | "/admin/listclients.xsl") => {
+            if state.hub(&mount).is_none() && state.mount_config(&mount).is_none() {
+                return ice_response(400, "Source does not exist");
+            }
+            Response::new(
+                200,
+                "text/xml",
+                crate::status::listclients_xml(state, &mount),
+            )
+        }
+        (_, "/admin/killsource" | "/admin/killsource.xsl") => match state.hub(&mount) {
+            Some(h) => {
+                h.kill.notify_one();
+                info!(%mount, "source killed by admin");
+                ice_response(200, "Source Removed")
+            }
+            None => ice_response(400, "Source does not exist"),
+        },
+        (_, "/admin/killclient" | "/admin/killclient.xsl") => {
+            let id = req.query("id").and_then(|i| i.parse::<u64>().ok());
+            let done = id.is_some_and(|id| {
+                state.listeners.lock().is_ok_and(|l| {
+                    l.get(&id)
+                        .filter(|e| mount.is_empty() || e.mount == mount)
+                        .map(|e| e.ctrl.send(ListenerCtrl::Kill))
+                        .is_some()
+                })
+            });
+            if done {
+                ice_response(200, &format!("Client {} removed", id.unwrap_or(0)))
+            } else {
+                ice_response(400, "Client not found")
+            }
+        }
+        (_, "/admin/moveclients" | "/admin/moveclients.xsl") => {
+            let dest = req.query("destination").unwrap_or_default();
+            if state.hub(&dest).is_none() {
+                return ice_response(400, "Destination does not exist or has no source");
+            }
+            if dest == mount {
+                return ice_response(400, "Destination is the same as the mount");
+            }
+            let moved = state
+                .listeners
+                .lock()
+                .map(|l| {
+                    l.values()
+                        .filter(|e| e.mount == mount)
+                        .map(|e| e.ctrl.send(ListenerCtrl::MoveTo(dest.clone())))
+                        .count()
+                })
+                .unwrap_or(0);
+            info!(from = %mount, to = %dest, moved, "listeners moved by admin");
+            ice_response(200, &format!("Clients moved from {mount} to {dest}"))
+        }
+        ("GET", "/api/v1/mounts") => Response::json(
+            200,
+            &json!(state
+                .coordinator
+                .mounts()
+                .iter()
+                .map(|m| mount_view(state, m))
+                .collect::<Vec<_>>()),
+        ),
+        ("POST", "/api/v1/mounts") => create_mount(state, body).await,
+        (method, p) if p.starts_with("/api/v1/mounts/") => {
+            let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
+            match method {
+                "GET" => match state.mount_config(&mount) {
+                    Some(m) => Response::json(200, &mount_view(state, &m)),
+                    None => Response::error(404, format!("no such mount: {mount}")),
+                },
+                "PATCH" => edit_mount(state, &mount, body).await,
+                "DELETE" => delete_mount(state, &mount).await,
+                _ => Response::error(405, "use GET, PATCH or DELETE"),
+            }
+        }
+        _ => Response::error(404, format!("no such admin endpoint: {path}")),
+    }
+}
+
+/// Decodes a query value in `charset` (UTF-8 or ISO-8859-1); without one, UTF-8 if valid, else
+/// ISO-8859-1 (what older source clients send).
+fn decode_text(bytes: &[u8], charset: Option<&str>) -> String {
+    let latin1 = |b: &[u8]| b.iter().map(|&c| char::from(c)).collect::<String>();
+    match charset.map(str::to_ascii_lowercase).as_deref() {
+        Some("iso-8859-1" | "latin1" | "latin-1") => latin1(bytes),
+        Some(_) => String::from_utf8_lossy(bytes).into_owned(),
+        None => std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .unwrap_or_else(|_| latin1(bytes)),
+    }
+}
+
+fn metadata(state: &State, req: &RequestHead) -> Response {
+    let mount = req.query("mount").unwrap_or_default();
+    if !state.is_admin(req) && !state.is_source(req, &mount) {
+        state.metrics.error(ErrorKind::Unauthorized);
+        return unauthorized();
+    }
+    if req.query("mode").as_deref() != Some("updinfo") {
+        return ice_response(400, "No such mode (use mode=updinfo)");
+    }
+    let Some(hub) = state.hub(&mount) else {
+        return ice_response(400, "Source does not exist");
+    };
+    let q = req.query_bytes();
+    let charset = req.query("charset");
+    let get = |k: &str| {
+        q.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| decode_text(v, charset.as_deref()))
+    };
+    let title = match (get("song"), get("artist"), get("title")) {
+        (Some(song), _, _) => song,
+        (None, Some(a), Some(t)) if !a.is_empty() => format!("{a} - {t}"),
+        (None, _, Some(t)) => t,
+        (None, Some(a), None) => a,
+        (None, None, None) => return ice_response(400, "No metadata given (use song=)"),
+    };
+    // Control characters would break the ICY block; drop them.
+    let title: String = title.chars().filter(|c| !c.is_control()).collect();
+    hub.set_title(&title);
+    info!(%mount, %title, "metadata updated");
+    ice_response(200, "Metadata update successful")
+}
+
+fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
+    let hub = state.hub(&m.path);
+    json!({
+        "path": m.path,
+        "source_user": m.source_user,
+        "max_listeners": m.max_listeners,
+        "fallback": m.fallback,
+        "charset": m.charset.clone().unwrap_or_else(|| "ISO-8859-1".to_owned()),
+        "live": hub.is_some(),
+        "content_type": hub.as_ref().map(|h| h.content_type.clone()),
+        "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
+        "title": hub.as_ref().map(|h| h.meta().title),
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MountRequest {
+    path: Option<String>,
+    password: Option<String>,
+    source_user: Option<String>,
+    /// 0 removes the limit.
+    max_listeners: Option<u32>,
+    /// Empty removes the fallback.
+    fallback: Option<String>,
+    /// Empty returns to the default.
+    charset: Option<String>,
+}
+
+fn parse_request(body: &[u8]) -> Result<MountRequest, Response> {
+    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
+}
+
+/// Applies a request to `m`, collecting every problem.
+fn apply(m: &mut MountConfig, r: MountRequest, problems: &mut Vec<String>) -> Option<String> {
+    if let Some(u) = r.source_user {
+        if u.is_empty() || u.contains(':') {
+            problems.push("source_user must be non-empty and contain no ':'".to_owned());
+        }
+        m.source_user = u;
+    }
+    if let Some(n) = r.max_listeners {
+        m.max_listeners = (n > 0).then_some(n);
+    }
+    if let Some(f) = r.fallback {
+        if f.is_empty() {
+            m.fallback = None;
+        } else {
+            if let Err(e) = validate_mount_path(&f) {
+                problems.push(format!("fallback: {e}"));
+            }
+            if f == m.path {
+                problems.push("a mount cannot be its own fallback".to_owned());
+            }
+            m.fallback = Some(f);
+        }
+    }
+    if let Some(c) = r.charset {
+        let norm = c.to_ascii_uppercase();
+        match norm.as_str() {
+            "" => m.charset = None,
+            "UTF-8" | "ISO-8859-1" => m.charset = Some(norm),
+            _ => problems.push(format!("charset must be UTF-8 or ISO-8859-1, got {c:?}")),
+        }
+    }
+    if let Some(p) = &r.password {
+        if p.len() < 4 || p.contains(':') {
+            problems.push("password must have at least 4 characters and no ':'".to_owned());
+        }
+    }
+    r.password
+}
+
+fn storage_error(e: CoordError) -> Response {
+    Response::error(507, e)
+}
+
+async fn create_mount(state: &State, body: &[u8]) -> Response {
+    let mut r = match parse_request(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let mut problems = Vec::new();
+    let path = r.path.take().unwrap_or_default();
+    if let Err(e) = validate_mount_path(&path) {
+        problems.push(e);
+    }
+    if state.mount_config(&path).is_some() {
+        return Response::error(
+            409,
+            format!("mount {path} already exists; use `tidecast mount edit`"),
+        );
+    }
+    let mut m = MountConfig {
+        path: path.clone(),
+        source_user: "source".to_owned(),
+        source_password_hash: String::new(),
+        max_listeners: None,
+        fallback: None,
+        charset: None,
+    };
+    let given = apply(&mut m, r, &mut problems);
+    if !problems.is_empty() {
+        return Response::json(
+            400,
+            &json!({ "error": problems.join("; "), "problems": problems }),
+        );
+    }
+    let password = given.unwrap_or_else(|| generate_password(16));
+    m.source_password_hash = match hash_password(&password) {
+        Ok(h) => h,
+        Err(e) => return Response::error(500, e),
+    };
+    if let Err(e) = state.coordinator.put_mount(m.clone()).await {
+        return storage_error(e);
+    }
+    info!(mount = %path, "mount created");
+    let mut view = mount_view(state, &m);
+    view["password"] = json!(password);
+    Response::json(201, &view)
+}
+
+async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
+    let r = match parse_request(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Some(mut m) = state.mount_config(mount) else {
+        return Response::error(404, format!("no such mount: {mount}"));
+    };
+    let mut problems = Vec::new();
+    if r.path.as_deref().is_some_and(|p| p != mount) {
+        problems.push("path cannot be changed; create a new mount instead".to_owned());
+    }
+    let new_password = apply(&mut m, r, &mut problems);
+    if !problems.is_empty() {
+        return Response::json(
+            400,
+            &json!({ "error": problems.join("; "), "problems": problems }),
+        );
+    }
+    if let Some(p) = &new_password {
+        m.source_password_hash = match hash_password(p) {
+            Ok(h) => h,
+            Err(e) => return Response::error(500, e),
+        };
+    }
+    if let Err(e) = state.coordinator.put_mount(m.clone()).await {
+        return storage_error(e);
+    }
+    info!(%mount, "mount edited");
+    Response::json(200, &mount_view(state, &m))
+}
+
+async fn delete_mount(state: &State, mount: &str) -> Response {
+    match state.coordinator.delete_mount(mount).await {
+        Ok(true) => {
+            // The server's reconcile task disconnects a live source of the deleted mount.
+            info!(%mount, "mount deleted");
+            Response::json(200, &json!({ "deleted": mount }))
+        }
+        Ok(false) => Response::error(404, format!("no such mount: {mount}")),
+        Err(e) => storage_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_text;
+
+    #[test]
+    fn metadata_charsets() {
+        assert_eq!(decode_text(b"Mot\xC3\xB6rhead", None), "Motörhead");
+        assert_eq!(decode_text(b"Mot\xF6rhead", None), "Motörhead");
+        assert_eq!(
+            decode_text(b"Mot\xF6rhead", Some("ISO-8859-1")),
+            "Motörhead"
+        );
+        assert_eq!(decode_text(b"Mot\xC3\xB6rhead", Some("UTF-8")), "Motörhead");
+    }
+}

@@ -1,0 +1,299 @@
+//! `tidecast mount …`: a small client for a node's admin API (`/api/v1/mounts`).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+#[derive(clap::Args, Debug)]
+pub struct Connection {
+    /// Base URL of a tidecast node.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDECAST_SERVER",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    server: String,
+    /// Admin user.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDECAST_ADMIN_USER",
+        default_value = "admin"
+    )]
+    admin_user: String,
+    /// Admin password.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDECAST_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    admin_password: Option<String>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MountSettings {
+    /// Source user name [default on create: source].
+    #[arg(long)]
+    user: Option<String>,
+    /// Most listeners on this mount (0: no limit beyond the node's).
+    #[arg(long)]
+    max_listeners: Option<u32>,
+    /// Mount whose stream listeners hear while this one has no source ("" to remove).
+    #[arg(long)]
+    fallback: Option<String>,
+    /// Charset of ICY metadata sent to players: ISO-8859-1 (default) or UTF-8.
+    #[arg(long)]
+    charset: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum MountCommand {
+    /// Declare a mount and print its source credentials.
+    Create {
+        /// Mount path, e.g. /live.mp3
+        path: String,
+        /// Source password [default: a random one, printed once].
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        settings: MountSettings,
+    },
+    /// List declared mounts with their live state.
+    List,
+    /// Show one mount.
+    Show { path: String },
+    /// Change a mount's settings or source password.
+    Edit {
+        path: String,
+        /// New source password.
+        #[arg(long)]
+        password: Option<String>,
+        #[command(flatten)]
+        settings: MountSettings,
+    },
+    /// Remove a mount (a connected source is disconnected).
+    Delete { path: String },
+}
+
+fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) -> Value {
+    let mut body = json!({});
+    let mut set = |k: &str, v: Value| {
+        body[k] = v;
+    };
+    if let Some(p) = path {
+        set("path", json!(p));
+    }
+    if let Some(p) = password {
+        set("password", json!(p));
+    }
+    if let Some(u) = s.user {
+        set("source_user", json!(u));
+    }
+    if let Some(n) = s.max_listeners {
+        set("max_listeners", json!(n));
+    }
+    if let Some(f) = s.fallback {
+        set("fallback", json!(f));
+    }
+    if let Some(c) = s.charset {
+        set("charset", json!(c));
+    }
+    body
+}
+
+pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn)?;
+    let item_url = |path: &str| {
+        const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'/')
+            .remove(b'.')
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'~');
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        format!(
+            "/api/v1/mounts/{}",
+            percent_encoding::utf8_percent_encode(rest, PATH)
+        )
+    };
+    let result = match command {
+        MountCommand::Create {
+            path,
+            password,
+            settings,
+        } => {
+            let v = api.call(
+                "POST",
+                "/api/v1/mounts",
+                Some(request_body(Some(&path), password, settings)),
+            )?;
+            if !conn.json {
+                let user = v["source_user"].as_str().unwrap_or("source");
+                let pass = v["password"].as_str().unwrap_or("");
+                let host = conn
+                    .server
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                println!("Created mount {path}");
+                println!("  source user:     {user}");
+                println!("  source password: {pass}   (shown once; stored hashed)");
+                println!(
+                    "  push with:       ffmpeg -re -i input.mp3 -c copy -content_type audio/mpeg -f mp3 icecast://{user}:{pass}@{host}{path}"
+                );
+                println!(
+                    "  listen at:       {}{path}",
+                    conn.server.trim_end_matches('/')
+                );
+                return Ok(());
+            }
+            v
+        }
+        MountCommand::List => {
+            let v = api.call("GET", "/api/v1/mounts", None)?;
+            if !conn.json {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    println!("No mounts. Create one with `tidecast mount create /live.mp3`.");
+                    return Ok(());
+                }
+                println!(
+                    "{:<32} {:<6} {:>9}  {:<16} FALLBACK",
+                    "MOUNT", "LIVE", "LISTENERS", "TYPE"
+                );
+                for m in rows {
+                    println!(
+                        "{:<32} {:<6} {:>9}  {:<16} {}",
+                        m["path"].as_str().unwrap_or(""),
+                        if m["live"].as_bool().unwrap_or(false) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        m["listeners"].as_u64().unwrap_or(0),
+                        m["content_type"].as_str().unwrap_or("-"),
+                        m["fallback"].as_str().unwrap_or("-"),
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        MountCommand::Show { path } => {
+            let v = api.call("GET", &item_url(&path), None)?;
+            if !conn.json {
+                print_fields(&v);
+                return Ok(());
+            }
+            v
+        }
+        MountCommand::Edit {
+            path,
+            password,
+            settings,
+        } => {
+            let v = api.call(
+                "PATCH",
+                &item_url(&path),
+                Some(request_body(None, password, settings)),
+            )?;
+            if !conn.json {
+                println!("Updated mount {path}");
+                print_fields(&v);
+                return Ok(());
+            }
+            v
+        }
+        MountCommand::Delete { path } => {
+            let v = api.call("DELETE", &item_url(&path), None)?;
+            if !conn.json {
+                println!("Deleted mount {path}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+fn print_fields(v: &Value) {
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let text = match val {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!("  {k:<14} {text}");
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(conn: &Connection) -> anyhow::Result<Api> {
+        use base64::Engine as _;
+        let Some(password) = &conn.admin_password else {
+            bail!("admin password needed: pass --admin-password or set TIDECAST_ADMIN_PASSWORD (the node printed it on its first start)");
+        };
+        if !conn.server.starts_with("http://") {
+            bail!("--server must be an http:// URL, got {}", conn.server);
+        }
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", conn.admin_user, password));
+        Ok(Api {
+            base: conn.server.trim_end_matches('/').to_owned(),
+            auth: format!("Basic {token}"),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &self.auth);
+        let result = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        match result {
+            Ok(resp) => {
+                let text = resp.into_string().context("reading the node's answer")?;
+                serde_json::from_str(&text).context("the node's answer is not JSON")
+            }
+            Err(ureq::Error::Status(401, _)) => Err(anyhow!(
+                "the node at {} rejected the admin credentials (check --admin-user/--admin-password)",
+                self.base
+            )),
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let msg = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or(text);
+                Err(anyhow!("{msg} (HTTP {code})"))
+            }
+            Err(ureq::Error::Transport(t)) => Err(anyhow!(
+                "cannot reach a tidecast node at {}: {t} (is `tidecast serve` running? use --server)",
+                self.base
+            )),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `tidecast serve` configuration: command-line flags over a TOML file over defaults.
+//!
+//! Every flag has a key of the same name (with `_` for `-`) in the file given by `--config`;
+//! unknown keys are errors, and validation reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+macro_rules! serve_settings {
+    ($( $(#[$doc:meta])* $name:ident : $ty:ty = $default:expr ; $( [$($arg:tt)*] )? )*) => {
+        /// Flags of `tidecast serve`.
+        #[derive(clap::Args, Debug, Default, Clone)]
+        pub struct ServeArgs {
+            /// TOML file with any of the settings below (flags win over the file).
+            #[arg(long, value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $( $(#[$doc])* #[arg(long $(, $($arg)*)?)] pub $name: Option<$ty>, )*
+        }
+
+        /// The `--config` file: the same settings as the flags.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $( $name: Option<$ty>, )*
+        }
+
+        /// Resolved settings of a node.
+        #[derive(Debug, Clone)]
+        pub struct ServeConfig {
+            $( $(#[$doc])* pub $name: $ty, )*
+        }
+
+        impl ServeConfig {
+            fn merge(args: ServeArgs, file: FileConfig) -> ServeConfig {
+                ServeConfig {
+                    $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                }
+            }
+        }
+    };
+}
+
+serve_settings! {
+    /// Address for sources, listeners and the admin API.
+    listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8000)); [value_name = "ADDR"]
+    /// Directory for persistent state (mounts, hashed credentials).
+    data_dir: PathBuf = PathBuf::from("./tidecast-data"); [value_name = "DIR"]
+    /// Admin user name [default: admin].
+    admin_user: String = String::new(); [env = "TIDECAST_ADMIN_USER"]
+    /// Admin password; stored hashed. Generated and printed once when never set.
+    admin_password: String = String::new(); [env = "TIDECAST_ADMIN_PASSWORD", hide_env_values = true]
+    /// Icecast-style open mode: accept a source on any mount path with user `source` and this
+    /// password. Off unless set.
+    any_mount_password: String = String::new(); [env = "TIDECAST_ANY_MOUNT_PASSWORD", hide_env_values = true]
+    /// Bytes sent to a new listener at once so players start immediately.
+    burst_size: usize = 64 * 1024; [value_name = "BYTES"]
+    /// Bytes of recent audio kept per mount; a listener further behind is dropped.
+    queue_size: usize = 512 * 1024; [value_name = "BYTES"]
+    /// Most simultaneous connections of all kinds; more get 503.
+    max_clients: usize = 15_000; [value_name = "N"]
+    /// A source that sends nothing for this long is disconnected.
+    source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
+    /// A client must send its whole request head within this time.
+    header_timeout_secs: u64 = 10; [value_name = "SECONDS"]
+    /// Listeners are written to at most this often (larger batches cost less CPU).
+    write_interval_ms: u64 = 500; [value_name = "MS"]
+    /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
+    listener_send_buffer: usize = 64 * 1024; [value_name = "BYTES"]
+    /// Host name used in playlists and status URLs when the request has no Host header.
+    hostname: String = String::new(); [value_name = "NAME"]
+}
+
+impl ServeConfig {
+    /// Reads `args.config` (if any), merges, and validates.
+    pub fn load(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let cfg = ServeConfig::merge(args, file);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if !(4096..=64 << 20).contains(&self.queue_size) {
+            problems.push(format!(
+                "queue_size must be between 4096 and 67108864 bytes, got {}",
+                self.queue_size
+            ));
+        }
+        if self.burst_size > self.queue_size {
+            problems.push(format!(
+                "burst_size ({}) must not exceed queue_size ({})",
+                self.burst_size, self.queue_size
+            ));
+        }
+        if self.max_clients == 0 {
+            problems.push("max_clients must be at least 1".to_owned());
+        }
+        if !(1..=3600).contains(&self.source_timeout_secs) {
+            problems.push("source_timeout_secs must be between 1 and 3600".to_owned());
+        }
+        if !(1..=600).contains(&self.header_timeout_secs) {
+            problems.push("header_timeout_secs must be between 1 and 600".to_owned());
+        }
+        if !(1..=5000).contains(&self.write_interval_ms) {
+            problems.push("write_interval_ms must be between 1 and 5000".to_owned());
+        }
+        if !(4096..=16 << 20).contains(&self.listener_send_buffer) {
+            problems.push("listener_send_buffer must be between 4096 and 16777216".to_owned());
+        }
+        if self.admin_user.contains(':') {
+            problems.push("admin_user must not contain ':'".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+        }
+    }
+
+    pub fn source_timeout(&self) -> Duration {
+        Duration::from_secs(self.source_timeout_secs)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn write_interval(&self) -> Duration {
+        Duration::from_millis(self.write_interval_ms)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\nburst_size = 1000\n").unwrap();
+        let cfg = ServeConfig::load(ServeArgs {
+            config: Some(f.clone()),
+            burst_size: Some(2000),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.burst_size, 2000);
+        assert_eq!(cfg.queue_size, 512 * 1024);
+
+        std::fs::write(&f, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = ServeConfig::load(ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = ServeConfig::load(ServeArgs {
+            queue_size: Some(10),
+            write_interval_ms: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("queue_size"), "{err}");
+        assert!(err.contains("burst_size"), "{err}");
+        assert!(err.contains("write_interval_ms"), "{err}");
+    }
+}

@@ -1,0 +1,373 @@
+//! The Coordinator: where mount configuration and credentials live, and who may be a mount's
+//! origin.
+//!
+//! Ingest, fan-out and the admin API only ever talk to `dyn Coordinator`. This file holds the trait
+//! and the embedded implementation a single node uses: state kept in memory and persisted to
+//! `<data-dir>/state.json` with write-to-temp, fsync, rename, fsync-directory, so a `kill -9` at any
+//! moment leaves either the old or the new file. A failed write (full disk, read-only directory)
+//! is reported to the caller and changes nothing, in memory or on disk. The etcd implementation of
+//! the cluster issue provides the same trait: `claim_origin` becomes an election per mount.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// A mount the operator declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    pub path: String,
+    pub source_user: String,
+    /// argon2id PHC string; never the password itself.
+    pub source_password_hash: String,
+    /// Listener limit for this mount; `None` means only the node-wide limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_listeners: Option<u32>,
+    /// Mount whose stream listeners get while this one has no source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
+}
+
+/// The admin account (cluster-wide).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCredential {
+    pub user: String,
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigEvent {
+    MountChanged(String),
+    MountDeleted(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("could not persist configuration to {path}: {source} (nothing was changed)")]
+    Storage {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("stored configuration {path} is unreadable: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Held while this node is the origin of a mount; dropping it gives the mount up.
+pub struct OriginClaim {
+    _release: Box<dyn Send + Sync>,
+}
+
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    fn mounts(&self) -> Vec<MountConfig>;
+    fn mount(&self, path: &str) -> Option<MountConfig>;
+    /// Creates or replaces a mount.
+    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError>;
+    /// Removes a mount; false when it did not exist.
+    async fn delete_mount(&self, path: &str) -> Result<bool, CoordError>;
+    fn admin(&self) -> Option<AdminCredential>;
+    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError>;
+    /// Tries to become the origin of `path`. `None` when another source holds it.
+    async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError>;
+    /// Configuration changes, for reconciliation. Overflow policy: a lagging receiver gets
+    /// `RecvError::Lagged` and must re-read `mounts()`.
+    fn subscribe(&self) -> broadcast::Receiver<ConfigEvent>;
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Persisted {
+    version: u32,
+    #[serde(default)]
+    admin: Option<AdminCredential>,
+    #[serde(default)]
+    mounts: BTreeMap<String, MountConfig>,
+}
+
+/// The single-node coordinator, persisted in the data directory.
+pub struct Embedded {
+    file: PathBuf,
+    state: Mutex<Persisted>,
+    /// Serializes writers so the file and memory change in the same order.
+    write_lock: tokio::sync::Mutex<()>,
+    origins: Arc<Mutex<HashSet<String>>>,
+    events: broadcast::Sender<ConfigEvent>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Embedded, CoordError> {
+        let storage = |source| Storage {
+            path: data_dir.to_owned(),
+            source,
+        };
+        use CoordError::Storage;
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        let file = data_dir.join("state.json");
+        let state = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CoordError::Corrupt {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
+                version: 1,
+                ..Persisted::default()
+            },
+            Err(e) => {
+                return Err(Storage {
+                    path: file,
+                    source: e,
+                })
+            }
+        };
+        // Leftover from a write interrupted by a crash: the real file is intact.
+        let _ = std::fs::remove_file(file.with_extension("json.tmp"));
+        Ok(Embedded {
+            file,
+            state: Mutex::new(state),
+            write_lock: tokio::sync::Mutex::new(()),
+            origins: Arc::default(),
+            events: broadcast::channel(256).0,
+        })
+    }
+
+    fn snapshot(&self) -> Persisted {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Applies `change` to a copy, persists it, then publishes it in memory.
+    async fn update(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), CoordError> {
+        let _guard = self.write_lock.lock().await;
+        let mut next = self.snapshot();
+        change(&mut next);
+        let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&file, &bytes))
+            .await
+            .map_err(|e| CoordError::Storage {
+                path: self.file.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| CoordError::Storage {
+                path: self.file.clone(),
+                source,
+            })?;
+        if let Ok(mut s) = self.state.lock() {
+            *s = next;
+        }
+        Ok(())
+    }
+}
+
+fn write_atomic(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension("json.tmp");
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+struct EmbeddedClaim {
+    origins: Arc<Mutex<HashSet<String>>>,
+    path: String,
+}
+
+impl Drop for EmbeddedClaim {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.origins.lock() {
+            o.remove(&self.path);
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for Embedded {
+    fn mounts(&self) -> Vec<MountConfig> {
+        self.snapshot().mounts.into_values().collect()
+    }
+
+    fn mount(&self, path: &str) -> Option<MountConfig> {
+        self.state.lock().ok()?.mounts.get(path).cloned()
+    }
+
+    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError> {
+        let path = mount.path.clone();
+        self.update(|s| {
+            s.mounts.insert(mount.path.clone(), mount);
+        })
+        .await?;
+        let _ = self.events.send(ConfigEvent::MountChanged(path));
+        Ok(())
+    }
+
+    async fn delete_mount(&self, path: &str) -> Result<bool, CoordError> {
+        if self.mount(path).is_none() {
+            return Ok(false);
+        }
+        self.update(|s| {
+            s.mounts.remove(path);
+        })
+        .await?;
+        let _ = self.events.send(ConfigEvent::MountDeleted(path.to_owned()));
+        Ok(true)
+    }
+
+    fn admin(&self) -> Option<AdminCredential> {
+        self.state.lock().ok()?.admin.clone()
+    }
+
+    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError> {
+        self.update(|s| s.admin = Some(admin)).await
+    }
+
+    async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
+        let Ok(mut o) = self.origins.lock() else {
+            return Ok(None);
+        };
+        if !o.insert(path.to_owned()) {
+            return Ok(None);
+        }
+        Ok(Some(OriginClaim {
+            _release: Box::new(EmbeddedClaim {
+                origins: self.origins.clone(),
+                path: path.to_owned(),
+            }),
+        }))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn mount(path: &str) -> MountConfig {
+        MountConfig {
+            path: path.into(),
+            source_user: "source".into(),
+            source_password_hash: "$argon2id$x".into(),
+            max_listeners: Some(3),
+            fallback: None,
+            charset: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn persists_and_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Embedded::open(dir.path()).unwrap();
+        let mut events = c.subscribe();
+        c.put_mount(mount("/a")).await.unwrap();
+        c.put_mount(mount("/b")).await.unwrap();
+        assert!(c.delete_mount("/b").await.unwrap());
+        assert!(!c.delete_mount("/b").await.unwrap());
+        assert_eq!(
+            events.recv().await.unwrap(),
+            ConfigEvent::MountChanged("/a".into())
+        );
+        drop(c);
+        let c = Embedded::open(dir.path()).unwrap();
+        assert_eq!(c.mounts(), vec![mount("/a")]);
+    }
+
+    #[tokio::test]
+    async fn origin_claims_are_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Embedded::open(dir.path()).unwrap();
+        let first = c.claim_origin("/a").await.unwrap();
+        assert!(first.is_some());
+        assert!(c.claim_origin("/a").await.unwrap().is_none());
+        drop(first);
+        assert!(c.claim_origin("/a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn failed_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Embedded::open(dir.path()).unwrap();
+        c.put_mount(mount("/a")).await.unwrap();
+        // Make the temp file path a directory so the write fails.
+        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        let err = c.put_mount(mount("/b")).await.unwrap_err();
+        assert!(err.to_string().contains("nothing was changed"), "{err}");
+        assert_eq!(c.mounts(), vec![mount("/a")]);
+        let on_disk: Persisted =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(on_disk.mounts.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_not_an_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.json"), b"{oops").unwrap();
+        assert!(matches!(
+            Embedded::open(dir.path()),
+            Err(CoordError::Corrupt { .. })
+        ));
+        assert_eq!(
+            std::fs::read(dir.path().join("state.json")).unwrap(),
+            b"{oops"
+        );
+    }
+}
+
+/// Paths the server itself answers; no mount may use them.
+const RESERVED: &[&str] = &[
+    "/admin",
+    "/api",
+    "/_relay",
+    "/_stream",
+    "/metrics",
+    "/status-json.xsl",
+];
+
+/// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no
+/// `..` or `//`, not a reserved path, not ending in a playlist extension.
+pub fn validate_mount_path(path: &str) -> Result<(), String> {
+    let ok_chars = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
+    if !path.starts_with('/') || path.len() < 2 || path.len() > 200 || !ok_chars {
+        return Err(format!(
+            "invalid mount path {path:?}: use / followed by letters, digits and -_.~/ (at most 200 characters)"
+        ));
+    }
+    if path.contains("..") || path.contains("//") || path.ends_with('/') {
+        return Err(format!(
+            "invalid mount path {path:?}: no '..', '//' or trailing '/'"
+        ));
+    }
+    if RESERVED
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+    {
+        return Err(format!("mount path {path:?} is reserved by the server"));
+    }
+    if [".m3u", ".pls", ".xspf"].iter().any(|e| path.ends_with(e)) {
+        return Err(format!("mount path {path:?} ends in a playlist extension"));
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! The hand-written HTTP/1.x request reader shared by every connection on the listen port.
+//!
+//! Icecast clients are not RFC-strict: sources send `SOURCE` with an `ICE/1.0` or `HTTP/1.0`
+//! token, bare-LF line endings and PUT bodies with no length, so one small reader parses the head
+//! of every request and the server then dispatches to ingest, listener or admin handling with the
+//! bytes already read past the head. Heads are bounded in size, header count and time.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest request head accepted (request line plus headers).
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header lines accepted.
+pub const MAX_HEADERS: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+    /// `ICE/1.0`, sent by old Icecast source clients; answered like HTTP/1.0.
+    Ice,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    /// The path part of the target, percent-decoded.
+    pub path: String,
+    /// The raw query string (after `?`), undecoded.
+    pub raw_query: String,
+    pub version: Version,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("connection closed before a request")]
+    Closed,
+    #[error("no complete request head within {0:?}")]
+    Timeout(Duration),
+    #[error("request head larger than {MAX_HEAD} bytes or more than {MAX_HEADERS} headers")]
+    TooLarge,
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("read error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl HeadError {
+    /// The status to answer with, if the connection can still be answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HeadError::Closed | HeadError::Io(_) => None,
+            HeadError::Timeout(_) => Some(408),
+            HeadError::TooLarge => Some(431),
+            HeadError::Malformed(_) => Some(400),
+        }
+    }
+}
+
+impl RequestHead {
+    /// First value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Decoded query parameters, as raw bytes for values (charset handling is the caller's).
+    pub fn query_bytes(&self) -> Vec<(String, Vec<u8>)> {
+        parse_form(&self.raw_query)
+    }
+
+    /// A query parameter decoded as UTF-8 (lossy).
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.query_bytes()
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// The HTTP version token to answer with.
+    pub fn response_version(&self) -> &'static str {
+        match self.version {
+            Version::Http11 => "HTTP/1.1",
+            Version::Http10 | Version::Ice => "HTTP/1.0",
+        }
+    }
+
+    /// `user:password` from an `Authorization: Basic` header.
+    pub fn basic_auth(&self) -> Option<(String, String)> {
+        use base64::Engine as _;
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .ok()?;
+        let text = String::from_utf8_lossy(&decoded);
+        let (user, pass) = text.split_once(':')?;
+        Some((user.to_owned(), pass.to_owned()))
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space).
+pub fn parse_form(raw: &str) -> Vec<(String, Vec<u8>)> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| -> Vec<u8> {
+                percent_encoding::percent_decode_str(&s.replace('+', " ")).collect()
+            };
+            (String::from_utf8_lossy(&dec(k)).into_owned(), dec(v))
+        })
+        .collect()
+}
+
+/// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
+pub async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<RequestHead, HeadError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some((end, body_start)) = find_head_end(buf) {
+            let head = parse_head(&buf[..end])?;
+            buf.advance(body_start);
+            return Ok(head);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        buf.reserve(4096);
+        let n = match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(HeadError::Timeout(timeout)),
+        };
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Malformed("connection closed inside the request head")
+            });
+        }
+    }
+}
+
+/// Finds the blank line ending a head, accepting CRLF and bare LF. Returns (end of head text,
+/// start of body).
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        let next = nl + 1;
+        if buf.get(next) == Some(&b'\n') {
+            return Some((nl, next + 1));
+        }
+        if buf.get(next) == Some(&b'\r') && buf.get(next + 1) == Some(&b'\n') {
+            return Some((nl, next + 2));
+        }
+        i = next;
+    }
+    None
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
+    // Header values may carry Latin-1 (old source clients); keep them lossily as text.
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let request_line = lines.next().ok_or(HeadError::Malformed("empty request"))?;
+    let mut parts = request_line.split(' ').filter(|p| !p.is_empty());
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed(
+            "request line is not METHOD TARGET VERSION",
+        ));
+    };
+    if !is_token(method) {
+        return Err(HeadError::Malformed("bad method"));
+    }
+    let version = match version.to_ascii_uppercase().as_str() {
+        "HTTP/1.0" => Version::Http10,
+        "HTTP/1.1" => Version::Http11,
+        "ICE/1.0" => Version::Ice,
+        _ => return Err(HeadError::Malformed("unsupported protocol version")),
+    };
+    let target = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+        .map(|rest| rest.find('/').map_or("/", |i| &rest[i..]))
+        .unwrap_or(target);
+    if !target.starts_with('/') {
+        return Err(HeadError::Malformed("request target must start with /"));
+    }
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    let path = percent_encoding::percent_decode_str(raw_path)
+        .decode_utf8()
+        .map_err(|_| HeadError::Malformed("path is not UTF-8"))?
+        .into_owned();
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if headers.len() >= MAX_HEADERS {
+            return Err(HeadError::TooLarge);
+        }
+        if line.starts_with([' ', '\t']) {
+            // Obsolete line folding: append to the previous value.
+            let Some((_, v)) = headers.last_mut() else {
+                return Err(HeadError::Malformed("continuation line before any header"));
+            };
+            let v: &mut String = v;
+            v.push(' ');
+            v.push_str(line.trim());
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or(HeadError::Malformed("header line without a colon"))?;
+        if !is_token(name) {
+            return Err(HeadError::Malformed("bad header name"));
+        }
+        headers.push((name.to_owned(), value.trim().to_owned()));
+    }
+    Ok(RequestHead {
+        method: method.to_owned(),
+        path,
+        raw_query: raw_query.to_owned(),
+        version,
+        headers,
+    })
+}
+
+/// A complete, non-streaming response. Every such response closes the connection.
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response {
+            status,
+            headers: vec![("Content-Type", content_type.to_owned())],
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: u16, body: impl std::fmt::Display) -> Response {
+        Response::new(status, "text/plain; charset=utf-8", format!("{body}\n"))
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+        body.push(b'\n');
+        Response::new(status, "application/json", body)
+    }
+
+    /// A JSON error body `{"error": message}`.
+    pub fn error(status: u16, message: impl std::fmt::Display) -> Response {
+        Response::json(status, &serde_json::json!({ "error": message.to_string() }))
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Serializes the response; `head_only` omits the body (for HEAD).
+    pub fn to_bytes(&self, version: &str, head_only: bool) -> Vec<u8> {
+        let mut head = format!("{version} {} {}\r\n", self.status, reason(self.status));
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        let _ = write!(
+            head,
+            "Server: tidecast/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            self.body.len()
+        );
+        let mut out = head.into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        206 => "Partial Content",
+        302 => "Found",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Unknown",
+    }
+}
+
+/// Escapes text for XML content and attribute values.
+pub fn xml_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if (c as u32) < 0x20 && c != '\t' && c != '\n' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    async fn parse(input: &[u8]) -> (Result<RequestHead, HeadError>, BytesMut) {
+        let mut io = input;
+        let mut buf = BytesMut::new();
+        let r = read_head(&mut io, &mut buf, Duration::from_secs(1)).await;
+        (r, buf)
+    }
+
+    #[tokio::test]
+    async fn source_with_bare_lf_and_ice_token() {
+        let (h, rest) = parse(b"SOURCE /live.mp3 ICE/1.0\nAuthorization: Basic c291cmNlOmhhY2ttZQ==\nice-name: My Radio\n\nAUDIO").await;
+        let h = h.unwrap();
+        assert_eq!(h.method, "SOURCE");
+        assert_eq!(h.path, "/live.mp3");
+        assert_eq!(h.version, Version::Ice);
+        assert_eq!(h.header("ICE-NAME"), Some("My Radio"));
+        assert_eq!(h.basic_auth(), Some(("source".into(), "hackme".into())));
+        assert_eq!(&rest[..], b"AUDIO");
+    }
+
+    #[tokio::test]
+    async fn put_with_crlf_and_query() {
+        let (h, rest) =
+            parse(b"PUT /a%20b?x=1&song=Hello+W%F6rld HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let h = h.unwrap();
+        assert_eq!(h.path, "/a b");
+        assert_eq!(h.query("x").as_deref(), Some("1"));
+        let song = h
+            .query_bytes()
+            .into_iter()
+            .find(|(k, _)| k == "song")
+            .unwrap()
+            .1;
+        assert_eq!(song, b"Hello W\xF6rld");
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn garbage_and_floods_are_rejected() {
+        assert!(matches!(
+            parse(b"\x16\x03\x01 hello\r\n\r\n").await.0,
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/2.0\r\n\r\n").await.0,
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET /\r\n\r\n").await.0,
+            Err(HeadError::Malformed(_))
+        ));
+        let mut flood = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..200 {
+            flood.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        flood.extend_from_slice(b"\r\n");
+        assert!(matches!(parse(&flood).await.0, Err(HeadError::TooLarge)));
+        let huge = vec![b'a'; MAX_HEAD + 10];
+        assert!(matches!(parse(&huge).await.0, Err(HeadError::TooLarge)));
+        assert!(matches!(parse(b"").await.0, Err(HeadError::Closed)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The hub: the in-memory fan-out point of one live mount on this node.
+//!
+//! Ingest pushes frame-aligned chunks (see `tidecast_codecs::framing`) into a ring bounded by
+//! bytes. Listeners are cursors (sequence numbers) into that ring: each listener task copies
+//! `Bytes` handles of the chunks after its cursor and writes them itself, so the source never waits
+//! for anyone.
+//!
+//! Overflow policy of the ring: the oldest chunks are evicted once the ring holds more than
+//! `queue_size` bytes; a listener whose cursor falls behind the oldest chunk has lost data and is
+//! disconnected by its task ([`ReadResult::Lagged`]).
+//!
+//! A hub lives from the moment a source connects until it disconnects; then it is marked ended and
+//! its listeners move to a fallback or leave.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tidecast_codecs::StreamFormat;
+use tokio::sync::{watch, Notify};
+
+/// Stream properties announced by the source (`ice-*` / `icy-*` headers).
+#[derive(Debug, Clone, Default)]
+pub struct StreamProps {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub url: Option<String>,
+    pub genre: Option<String>,
+    pub public: Option<String>,
+    pub bitrate: Option<String>,
+    pub audio_info: Option<String>,
+}
+
+struct Chunk {
+    data: Bytes,
+    /// An Ogg header set: delivered in order to connected listeners, never a join point.
+    header: bool,
+}
+
+struct Ring {
+    chunks: VecDeque<Chunk>,
+    /// Sequence number of `chunks[0]`.
+    first_seq: u64,
+    bytes: usize,
+    /// The header set that joiners get first (Ogg).
+    headers: Option<Bytes>,
+}
+
+/// The current ICY title, pre-encoded as a metadata block.
+#[derive(Clone)]
+pub struct Meta {
+    pub title: String,
+    /// Bumped on every update; listeners send the block once per version.
+    pub version: u64,
+    pub block: Bytes,
+}
+
+pub struct Hub {
+    pub mount: String,
+    pub format: StreamFormat,
+    pub content_type: String,
+    pub props: StreamProps,
+    pub started: time::OffsetDateTime,
+    pub source_ip: String,
+    pub source_agent: String,
+    queue_size: usize,
+    burst_size: usize,
+    charset: String,
+    ring: Mutex<Ring>,
+    /// Next sequence number to be written; listeners wait on it.
+    head: watch::Sender<u64>,
+    ended: AtomicBool,
+    meta: Mutex<Meta>,
+    pub listeners: AtomicUsize,
+    pub listener_peak: AtomicUsize,
+    pub bytes_in: AtomicU64,
+    /// `/admin/killsource` signals the ingest task through this.
+    pub kill: Notify,
+}
+
+pub struct HubParams {
+    pub mount: String,
+    pub format: StreamFormat,
+    pub content_type: String,
+    pub props: StreamProps,
+    pub source_ip: String,
+    pub source_agent: String,
+    pub queue_size: usize,
+    pub burst_size: usize,
+    pub charset: Option<String>,
+}
+
+pub enum ReadResult {
+    /// Chunks after the cursor, and the cursor after them.
+    Data(Vec<Bytes>, u64),
+    /// Nothing new yet.
+    Empty,
+    /// The cursor fell behind the ring: data was lost for this listener.
+    Lagged,
+}
+
+impl Hub {
+    pub fn new(p: HubParams) -> Hub {
+        let charset = p.charset.unwrap_or_else(|| "ISO-8859-1".to_owned());
+        Hub {
+            mount: p.mount,
+            format: p.format,
+            content_type: p.content_type,
+            props: p.props,
+            started: time::OffsetDateTime::now_utc(),
+            source_ip: p.source_ip,
+            source_agent: p.source_agent,
+            queue_size: p.queue_size,
+            burst_size: p.burst_size,
+            meta: Mutex::new(Meta {
+                title: String::new(),
+                version: 0,
+                block: Bytes::from_static(&[0]),
+            }),
+            charset,
+            ring: Mutex::new(Ring {
+                chunks: VecDeque::new(),
+                first_seq: 0,
+                bytes: 0,
+                headers: None,
+            }),
+            head: watch::channel(0).0,
+            ended: AtomicBool::new(false),
+            listeners: AtomicUsize::new(0),
+            listener_peak: AtomicUsize::new(0),
+            bytes_in: AtomicU64::new(0),
+            kill: Notify::new(),
+        }
+    }
+
+    /// Appends a chunk of whole frames (or, with `header`, a new Ogg header set).
+    pub fn push(&self, data: Bytes, header: bool) {
+        let head = {
+            let Ok(mut ring) = self.ring.lock() else {
+                return;
+            };
+            if header {
+                ring.headers = Some(data.clone());
+            }
+            ring.bytes += data.len();
+            ring.chunks.push_back(Chunk { data, header });
+            while ring.bytes > self.queue_size && ring.chunks.len() > 1 {
+                if let Some(old) = ring.chunks.pop_front() {
+                    ring.bytes -= old.data.len();
+                    ring.first_seq += 1;
+                }
+            }
+            ring.first_seq + ring.chunks.len() as u64
+        };
+        self.head.send_replace(head);
+    }
+
+    /// Where a new listener starts: the Ogg header set to send first (if any) and a cursor about
+    /// `burst_size` bytes behind the live position, on a chunk (hence frame) boundary.
+    pub fn join(&self) -> (Option<Bytes>, u64) {
+        self.join_with_burst(self.burst_size)
+    }
+
+    /// Like [`Hub::join`] with no burst: the newest chunk only (used when moving listeners).
+    pub fn join_live(&self) -> (Option<Bytes>, u64) {
+        self.join_with_burst(0)
+    }
+
+    fn join_with_burst(&self, burst: usize) -> (Option<Bytes>, u64) {
+        let Ok(ring) = self.ring.lock() else {
+            return (None, 0);
+        };
+        let end = ring.chunks.len();
+        let mut start = end;
+        let mut total = 0;
+        while start > 0 && (total < burst || start == end) {
+            start -= 1;
+            total += ring.chunks[start].data.len();
+        }
+        // Never start before the newest header chunk: its headers are the ones sent first.
+        if let Some(h) = ring.chunks.iter().rposition(|c| c.header) {
+            start = start.max(h + 1);
+        }
+        (ring.headers.clone(), ring.first_seq + start as u64)
+    }
+
+    /// Everything after `cursor`.
+    pub fn read_from(&self, cursor: u64) -> ReadResult {
+        let Ok(ring) = self.ring.lock() else {
+            return ReadResult::Lagged;
+        };
+        if cursor < ring.first_seq {
+            return ReadResult::Lagged;
+        }
+        let skip = (cursor - ring.first_seq) as usize;
+        if skip >= ring.chunks.len() {
+            return ReadResult::Empty;
+        }
+        let out: Vec<Bytes> = ring
+            .chunks
+            .iter()
+            .skip(skip)
+            .map(|c| c.data.clone())
+            .collect();
+        let next = ring.first_seq + ring.chunks.len() as u64;
+        ReadResult::Data(out, next)
+    }
+
+    /// Oldest sequence number still in the ring.
+    pub fn first_seq(&self) -> u64 {
+        self.ring.lock().map(|r| r.first_seq).unwrap_or(u64::MAX)
+    }
+
+    /// A receiver that changes whenever a chunk is pushed or the hub ends.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.head.send_modify(|_| {});
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|_| Meta {
+                title: String::new(),
+                version: 0,
+                block: Bytes::from_static(&[0]),
+            })
+    }
+
+    pub fn set_title(&self, title: &str) {
+        let block = icy_block(title, &self.charset);
+        if let Ok(mut m) = self.meta.lock() {
+            m.title = title.to_owned();
+            m.version += 1;
+            m.block = block;
+        }
+    }
+
+    pub fn listener_joined(&self) {
+        let now = self.listeners.fetch_add(1, Ordering::SeqCst) + 1;
+        self.listener_peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    pub fn listener_left(&self) {
+        self.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Largest ICY metadata payload: the length byte counts 16-byte blocks.
+const MAX_ICY: usize = 255 * 16;
+
+/// Builds an ICY metadata block: one length byte L, then L×16 bytes of `StreamTitle='...';`
+/// padded with NULs. The title is encoded in `charset` (ISO-8859-1 unless UTF-8 is asked for;
+/// unencodable characters become `?`) and truncated to fit.
+pub fn icy_block(title: &str, charset: &str) -> Bytes {
+    let utf8 = charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8");
+    let max = MAX_ICY - "StreamTitle='';".len();
+    let mut encoded = Vec::with_capacity(title.len().min(max));
+    for c in title.chars() {
+        let mut tmp = [0u8; 4];
+        let bytes: &[u8] = if utf8 {
+            c.encode_utf8(&mut tmp).as_bytes()
+        } else {
+            tmp[0] = u8::try_from(u32::from(c)).unwrap_or(b'?');
+            &tmp[..1]
+        };
+        if encoded.len() + bytes.len() > max {
+            break;
+        }
+        encoded.extend_from_slice(bytes);
+    }
+    let mut body = b"StreamTitle='".to_vec();
+    body.extend_from_slice(&encoded);
+    body.extend_from_slice(b"';");
+    let blocks = body.len().div_ceil(16);
+    body.resize(blocks * 16, 0);
+    let mut out = Vec::with_capacity(1 + body.len());
+    out.push(blocks as u8);
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn hub(queue: usize, burst: usize) -> Hub {
+        Hub::new(HubParams {
+            mount: "/t".into(),
+            format: StreamFormat::Mp3,
+            content_type: "audio/mpeg".into(),
+            props: StreamProps::default(),
+            source_ip: String::new(),
+            source_agent: String::new(),
+            queue_size: queue,
+            burst_size: burst,
+            charset: None,
+        })
+    }
+
+    #[test]
+    fn ring_evicts_and_lagging_cursor_is_detected() {
+        let h = hub(1000, 300);
+        for i in 0..10u8 {
+            h.push(Bytes::from(vec![i; 100]), false);
+        }
+        let (_, cursor) = h.join();
+        // Burst of at least 300 bytes: three chunks back.
+        assert_eq!(cursor, 7);
+        match h.read_from(cursor) {
+            ReadResult::Data(c, next) => {
+                assert_eq!(c.len(), 3);
+                assert_eq!(next, 10);
+            }
+            _ => panic!(),
+        }
+        for i in 0..20u8 {
+            h.push(Bytes::from(vec![i; 100]), false);
+        }
+        assert!(matches!(h.read_from(cursor), ReadResult::Lagged));
+        assert!(matches!(h.read_from(30), ReadResult::Empty));
+    }
+
+    #[test]
+    fn join_never_starts_before_the_latest_headers() {
+        let h = hub(100_000, 100_000);
+        h.push(Bytes::from_static(b"H1"), true);
+        h.push(Bytes::from_static(b"a1"), false);
+        h.push(Bytes::from_static(b"H2"), true);
+        h.push(Bytes::from_static(b"b1"), false);
+        let (headers, cursor) = h.join();
+        assert_eq!(headers.as_deref(), Some(&b"H2"[..]));
+        assert_eq!(cursor, 3);
+    }
+
+    #[test]
+    fn icy_block_framing() {
+        let b = icy_block("Artist - Song", "ISO-8859-1");
+        assert_eq!(b[0] as usize * 16 + 1, b.len());
+        assert!(b[1..].starts_with(b"StreamTitle='Artist - Song';"));
+        let latin = icy_block("Motörhead", "ISO-8859-1");
+        assert!(latin.windows(2).any(|w| w == b"\xF6r"));
+        let utf8 = icy_block("Motörhead", "UTF-8");
+        assert!(utf8.windows(3).any(|w| w == "ör".as_bytes()));
+        let long = icy_block(&"x".repeat(10_000), "ISO-8859-1");
+        assert_eq!(long[0], 255);
+        assert_eq!(long.len(), 1 + 255 * 16);
+        assert!(long.ends_with(b"';\0") || long.ends_with(b"';"));
+    }
+}

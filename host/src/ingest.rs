@@ -1,0 +1,379 @@
+//! Source ingest: `SOURCE` and `PUT` on the listen port, as real Icecast clients send them.
+//!
+//! Order of checks (compat.md items 1–7): path, credentials (401 with `WWW-Authenticate` and
+//! `Allow`), Content-Type (400 for PUT without one; SOURCE defaults to `audio/mpeg`), origin claim
+//! through the Coordinator (403 when the mount is busy). Then `100 Continue` if asked, `200 OK`,
+//! and the body: to EOF when no length is given (libshout, FFmpeg, butt), chunked when declared,
+//! or exactly `Content-Length` bytes. Every read goes through the format's
+//! [`Splitter`](tidecast_codecs::Splitter) into the mount's [`Hub`]; a source silent for
+//! `source_timeout` is disconnected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tidecast_codecs::{Piece, Splitter, StreamFormat};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::coordinator::validate_mount_path;
+use crate::http::{RequestHead, Response};
+use crate::hub::{Hub, HubParams, StreamProps};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::server::{send, State};
+
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    req: RequestHead,
+    leftover: BytesMut,
+    state: Arc<State>,
+) {
+    let version = req.response_version();
+    let mount = req.path.clone();
+    let refuse = |status: u16, msg: &str| Response::text(status, msg);
+    if let Err(e) = validate_mount_path(&mount) {
+        state.metrics.error(ErrorKind::BadRequest);
+        info!(%peer, %mount, error = %e, "source refused");
+        send(&mut stream, &refuse(400, &e), version, false).await;
+        return;
+    }
+    if state.mount_config(&mount).is_none() && state.any_mount_hash.is_none() {
+        state.metrics.error(ErrorKind::NotFound);
+        info!(%peer, %mount, "source refused: mount not declared");
+        let msg = format!(
+            "mount {mount} is not declared; create it with `tidecast mount create {mount}`"
+        );
+        send(&mut stream, &refuse(404, &msg), version, false).await;
+        return;
+    }
+    if !state.is_source(&req, &mount) {
+        state.metrics.error(ErrorKind::Unauthorized);
+        info!(%peer, %mount, "source refused: bad credentials");
+        let r = refuse(401, "authentication required")
+            .header("WWW-Authenticate", "Basic realm=\"tidecast\"")
+            .header("Allow", "GET, PUT, OPTIONS, SOURCE");
+        send(&mut stream, &r, version, false).await;
+        return;
+    }
+    let content_type = match (req.header("content-type"), req.method.as_str()) {
+        (Some(ct), _) if !ct.trim().is_empty() => ct.trim().to_owned(),
+        (_, "SOURCE") => "audio/mpeg".to_owned(),
+        _ => {
+            state.metrics.error(ErrorKind::BadRequest);
+            info!(%peer, %mount, "source refused: PUT without Content-Type");
+            send(
+                &mut stream,
+                &refuse(400, "Content-Type is required"),
+                version,
+                false,
+            )
+            .await;
+            return;
+        }
+    };
+    let claim = match state.coordinator.claim_origin(&mount).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            state.metrics.error(ErrorKind::Busy);
+            info!(%peer, %mount, "source refused: mount in use");
+            send(
+                &mut stream,
+                &refuse(403, "Mountpoint in use"),
+                version,
+                false,
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            warn!(%peer, %mount, error = %e, "source refused: coordinator error");
+            send(&mut stream, &refuse(503, &e.to_string()), version, false).await;
+            return;
+        }
+    };
+    let body = match BodyKind::from_head(&req) {
+        Ok(b) => b,
+        Err(msg) => {
+            state.metrics.error(ErrorKind::BadRequest);
+            send(&mut stream, &refuse(400, msg), version, false).await;
+            return;
+        }
+    };
+
+    let expects_continue = req
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
+    let mut reply = Vec::new();
+    if expects_continue {
+        reply.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    reply.extend_from_slice(
+        format!(
+            "{version} 200 OK\r\nServer: tidecast/{}\r\nConnection: close\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
+    if stream.write_all(&reply).await.is_err() {
+        return;
+    }
+
+    let format = StreamFormat::from_content_type(&content_type);
+    let hub = Arc::new(Hub::new(HubParams {
+        mount: mount.clone(),
+        format,
+        content_type: content_type.clone(),
+        props: props_from(&req),
+        source_ip: peer.ip().to_string(),
+        source_agent: req.header("user-agent").unwrap_or("").to_owned(),
+        queue_size: state.config.queue_size,
+        burst_size: state.config.burst_size,
+        charset: state.mount_config(&mount).and_then(|m| m.charset),
+    }));
+    if let Ok(mut hubs) = state.hubs.lock() {
+        hubs.insert(mount.clone(), hub.clone());
+    }
+    state.metrics.sources.inc();
+    let _ = state.source_started.send(mount.clone());
+    info!(%peer, %mount, content_type, method = %req.method, agent = %hub.source_agent, "source connected");
+
+    let started = std::time::Instant::now();
+    let reason = pump(&mut stream, leftover, body, &hub, &state).await;
+
+    hub.end();
+    if let Ok(mut hubs) = state.hubs.lock() {
+        if hubs.get(&mount).is_some_and(|h| Arc::ptr_eq(h, &hub)) {
+            hubs.remove(&mount);
+        }
+    }
+    state.metrics.sources.dec();
+    drop(claim);
+    info!(
+        %peer, %mount, reason,
+        bytes = hub.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+        seconds = started.elapsed().as_secs(),
+        "source disconnected"
+    );
+}
+
+fn props_from(req: &RequestHead) -> StreamProps {
+    let get = |a: &str, b: &str| {
+        req.header(a)
+            .or_else(|| req.header(b))
+            .map(str::to_owned)
+            .filter(|v| !v.is_empty())
+    };
+    StreamProps {
+        name: get("ice-name", "icy-name"),
+        description: get("ice-description", "icy-description"),
+        url: get("ice-url", "icy-url"),
+        genre: get("ice-genre", "icy-genre"),
+        public: get("ice-public", "icy-pub"),
+        bitrate: get("ice-bitrate", "icy-br"),
+        audio_info: get("ice-audio-info", "icy-audio-info"),
+    }
+}
+
+enum BodyKind {
+    ToEof,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+impl BodyKind {
+    fn from_head(req: &RequestHead) -> Result<BodyKind, &'static str> {
+        if let Some(te) = req.header("transfer-encoding") {
+            if te
+                .to_ascii_lowercase()
+                .split(',')
+                .any(|t| t.trim() == "chunked")
+            {
+                return Ok(BodyKind::Chunked(ChunkedDecoder::default()));
+            }
+            return Err("unsupported Transfer-Encoding");
+        }
+        match req.header("content-length") {
+            Some(v) => v
+                .trim()
+                .parse()
+                .map(BodyKind::Length)
+                .map_err(|_| "bad Content-Length"),
+            None => Ok(BodyKind::ToEof),
+        }
+    }
+}
+
+/// Reads the body until EOF, its end, a timeout, or `/admin/killsource`. Returns why it stopped.
+async fn pump(
+    stream: &mut TcpStream,
+    leftover: BytesMut,
+    mut body: BodyKind,
+    hub: &Hub,
+    state: &State,
+) -> &'static str {
+    let label = Metrics::mount(&hub.mount);
+    let bytes_in = state.metrics.bytes_in.get_or_create(&label).clone();
+    let skipped = state
+        .metrics
+        .skipped_source_bytes
+        .get_or_create(&label)
+        .clone();
+    let mut splitter = Splitter::new(hub.format);
+    let mut pieces = Vec::new();
+    let mut decoded = Vec::new();
+    let mut read_buf = vec![0u8; 16 * 1024];
+    let mut pending: Option<Bytes> = Some(leftover.freeze());
+    let timeout = state.config.source_timeout();
+    loop {
+        let data: Bytes = match pending.take() {
+            Some(d) => d,
+            None => {
+                let n = tokio::select! {
+                    r = tokio::time::timeout(timeout, stream.read(&mut read_buf)) => match r {
+                        Err(_) => return "timeout: source sent nothing",
+                        Ok(Err(_)) => return "read error",
+                        Ok(Ok(0)) => return "source closed the connection",
+                        Ok(Ok(n)) => n,
+                    },
+                    () = hub.kill.notified() => return "killed by admin",
+                };
+                Bytes::copy_from_slice(&read_buf[..n])
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        bytes_in.inc_by(data.len() as u64);
+        hub.bytes_in
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let audio: &[u8] = match &mut body {
+            BodyKind::ToEof => &data,
+            BodyKind::Length(remaining) => {
+                let take = (*remaining).min(data.len() as u64) as usize;
+                *remaining -= take as u64;
+                &data[..take]
+            }
+            BodyKind::Chunked(dec) => {
+                decoded.clear();
+                if let Err(e) = dec.feed(&data, &mut decoded) {
+                    warn!(mount = %hub.mount, error = e, "bad chunked body");
+                    return "malformed chunked body";
+                }
+                &decoded
+            }
+        };
+        let before = splitter.stats().skipped_bytes;
+        splitter.push(audio, &mut pieces);
+        let after = splitter.stats().skipped_bytes;
+        if after > before {
+            skipped.inc_by(after - before);
+        }
+        for piece in pieces.drain(..) {
+            match piece {
+                Piece::Audio(b) => hub.push(b, false),
+                Piece::Headers(b) => hub.push(b, true),
+            }
+        }
+        match &body {
+            BodyKind::Length(0) => return "end of body",
+            BodyKind::Chunked(dec) if dec.done() => return "end of body",
+            _ => {}
+        }
+    }
+}
+
+/// Decodes `Transfer-Encoding: chunked`, bounded: a size line longer than 1 KiB is an error.
+#[derive(Default)]
+struct ChunkedDecoder {
+    state: ChunkState,
+    line: Vec<u8>,
+}
+
+#[derive(Default, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Done,
+}
+
+impl ChunkedDecoder {
+    fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+        while !input.is_empty() {
+            match self.state {
+                ChunkState::Size => {
+                    let nl = input.iter().position(|&b| b == b'\n');
+                    let take = nl.map_or(input.len(), |p| p + 1);
+                    self.line.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    if self.line.len() > 1024 {
+                        return Err("chunk size line too long");
+                    }
+                    if nl.is_none() {
+                        continue;
+                    }
+                    let text = std::str::from_utf8(&self.line).map_err(|_| "bad chunk size")?;
+                    let hex = text.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
+                    self.line.clear();
+                    self.state = if size == 0 {
+                        ChunkState::Done
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(remaining) => {
+                    let take = remaining.min(input.len() as u64) as usize;
+                    out.extend_from_slice(&input[..take]);
+                    input = &input[take..];
+                    self.state = if remaining == take as u64 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(remaining - take as u64)
+                    };
+                }
+                ChunkState::DataEnd => {
+                    match input[0] {
+                        b'\r' => {}
+                        b'\n' => self.state = ChunkState::Size,
+                        _ => return Err("missing CRLF after chunk"),
+                    }
+                    input = &input[1..];
+                }
+                ChunkState::Done => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_in_any_split() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        for split in 1..body.len() {
+            let mut d = ChunkedDecoder::default();
+            let mut out = Vec::new();
+            for part in body.chunks(split) {
+                d.feed(part, &mut out).unwrap();
+            }
+            assert_eq!(out, b"hello, world");
+            assert!(d.done());
+        }
+        let mut d = ChunkedDecoder::default();
+        assert!(d.feed(b"zz\r\n", &mut Vec::new()).is_err());
+        let mut d = ChunkedDecoder::default();
+        assert!(d.feed(&[b'1'; 2000], &mut Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,572 @@
+//! Listeners: `GET`/`HEAD`/`OPTIONS` of mounts, playlists and public status pages.
+//!
+//! A listener task joins a [`Hub`] at a frame boundary about `burst_size` bytes behind live (after
+//! the Ogg header pages, if any), then loops: collect every chunk after its cursor, interleave ICY
+//! metadata if the player asked for it, write the batch with vectored writes, and sleep until
+//! `write_interval` has passed since the last write. Few large writes per listener is what keeps
+//! fan-out cheap (design.md, measured floors). A listener that falls behind the hub's ring is
+//! dropped and counted; its socket send buffer is bounded so a stalled player is noticed by ring
+//! position, not minutes later.
+//!
+//! A listener of a mount with a configured fallback follows the fallback while the mount has no
+//! source, and moves back when the source returns (override).
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, watch};
+use tracing::info;
+
+use crate::http::{xml_escape, RequestHead, Response};
+use crate::hub::{Hub, ReadResult};
+use crate::metrics::{ErrorKind, Metrics};
+use crate::server::{send, ListenerCtrl, ListenerEntry, State};
+
+/// ICY metadata interval announced to players (Icecast's default).
+pub const ICY_METAINT: usize = 16_000;
+
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, req: RequestHead, state: Arc<State>) {
+    let version = req.response_version();
+    let head_only = req.method == "HEAD";
+    let cors = Cors::from(&req);
+    if req.method == "OPTIONS" {
+        let r = cors.apply(Response::new(204, "text/plain", ""), true);
+        send(&mut stream, &r, version, false).await;
+        return;
+    }
+    let path = req.path.clone();
+    let page = match path.as_str() {
+        "/status-json.xsl" | "/status-json" => {
+            Some(Response::json(200, &crate::status::json(&state, &req)))
+        }
+        "/metrics" => Some(Response::new(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.render(),
+        )),
+        "/" => Some(index(&state, &req)),
+        _ => playlist(&state, &req),
+    };
+    if let Some(r) = page {
+        send(&mut stream, &cors.apply(r, false), version, head_only).await;
+        return;
+    }
+    stream_mount(stream, peer, req, state, cors).await;
+}
+
+/// The live hub serving `mount`: its own, or its fallback chain's while it has no source.
+fn resolve(state: &State, mount: &str) -> Option<Arc<Hub>> {
+    let mut path = mount.to_owned();
+    for _ in 0..4 {
+        if let Some(h) = state.hub(&path).filter(|h| !h.is_ended()) {
+            return Some(h);
+        }
+        path = state.mount_config(&path)?.fallback?;
+    }
+    None
+}
+
+struct Cors {
+    origin: Option<String>,
+    request_headers: Option<String>,
+}
+
+impl Cors {
+    fn from(req: &RequestHead) -> Cors {
+        Cors {
+            origin: req.header("origin").map(str::to_owned),
+            request_headers: req
+                .header("access-control-request-headers")
+                .map(str::to_owned),
+        }
+    }
+
+    fn headers(&self, preflight: bool) -> Vec<(&'static str, String)> {
+        let mut h = vec![(
+            "Access-Control-Allow-Origin",
+            self.origin.clone().unwrap_or_else(|| "*".to_owned()),
+        )];
+        if self.origin.is_some() {
+            h.push(("Vary", "Origin".to_owned()));
+        }
+        h.push((
+            "Access-Control-Expose-Headers",
+            "icy-br, icy-description, icy-genre, icy-metaint, icy-name, icy-pub, icy-url, ice-audio-info".to_owned(),
+        ));
+        if preflight {
+            h.push((
+                "Access-Control-Allow-Methods",
+                "GET, HEAD, OPTIONS".to_owned(),
+            ));
+            h.push((
+                "Access-Control-Allow-Headers",
+                self.request_headers
+                    .clone()
+                    .unwrap_or_else(|| "Icy-MetaData, Range".to_owned()),
+            ));
+            h.push(("Access-Control-Max-Age", "86400".to_owned()));
+            h.push(("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE".to_owned()));
+        }
+        h
+    }
+
+    fn apply(&self, mut r: Response, preflight: bool) -> Response {
+        r.headers.extend(self.headers(preflight));
+        r
+    }
+}
+
+fn index(state: &State, req: &RequestHead) -> Response {
+    let base = state.base_url(Some(req));
+    let mut body = format!("tidecast {}\n\nLive mounts:\n", env!("CARGO_PKG_VERSION"));
+    let hubs = state.live_hubs();
+    if hubs.is_empty() {
+        body.push_str("  (none)\n");
+    }
+    for h in hubs {
+        body.push_str(&format!("  {base}{}  ({})\n", h.mount, h.content_type));
+    }
+    body.push_str("\nStatus: /status-json.xsl   Metrics: /metrics\n");
+    Response::new(200, "text/plain; charset=utf-8", body)
+}
+
+fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
+    let (mount, kind) = [".m3u", ".pls", ".xspf"]
+        .iter()
+        .find_map(|ext| req.path.strip_suffix(ext).map(|m| (m, *ext)))?;
+    let hub = state.hub(mount);
+    if hub.is_none() && state.mount_config(mount).is_none() {
+        return Some(Response::text(404, format!("no such mount: {mount}")));
+    }
+    let url = format!("{}{mount}", state.base_url(Some(req)));
+    let title = hub
+        .and_then(|h| h.props.name.clone())
+        .unwrap_or_else(|| mount.to_owned());
+    Some(match kind {
+        ".m3u" => Response::new(200, "audio/x-mpegurl", format!("{url}\n")),
+        ".pls" => Response::new(
+            200,
+            "audio/x-scpls",
+            format!("[playlist]\nNumberOfEntries=1\nFile1={url}\nTitle1={title}\nLength1=-1\nVersion=2\n"),
+        ),
+        _ => Response::new(
+            200,
+            "application/xspf+xml",
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<playlist version=\"1\" xmlns=\"http://xspf.org/ns/0/\">\n  <trackList>\n    <track>\n      <location>{}</location>\n      <title>{}</title>\n    </track>\n  </trackList>\n</playlist>\n",
+                xml_escape(&url),
+                xml_escape(&title)
+            ),
+        ),
+    })
+}
+
+/// Parses `Range: bytes=0-N` into N; other ranges are served as the whole (live) stream.
+fn small_range(req: &RequestHead) -> Option<usize> {
+    let spec = req.header("range")?.trim().strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    if start.trim() != "0" {
+        return None;
+    }
+    end.trim().parse::<usize>().ok().filter(|&n| n < 1 << 20)
+}
+
+async fn stream_mount(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    req: RequestHead,
+    state: Arc<State>,
+    cors: Cors,
+) {
+    let version = req.response_version();
+    let wanted = req.path.clone();
+    let Some(mut hub) = resolve(&state, &wanted) else {
+        state.metrics.error(ErrorKind::NotFound);
+        let msg = if state.mount_config(&wanted).is_some() {
+            format!("mount {wanted} has no source right now")
+        } else {
+            format!("no such mount: {wanted}")
+        };
+        send(
+            &mut stream,
+            &cors.apply(Response::text(404, msg), false),
+            version,
+            false,
+        )
+        .await;
+        return;
+    };
+    if let Some(max) = state.mount_config(&wanted).and_then(|m| m.max_listeners) {
+        let current = state
+            .listeners
+            .lock()
+            .map(|l| l.values().filter(|e| e.mount == wanted).count())
+            .unwrap_or(0);
+        if current >= max as usize {
+            state.metrics.error(ErrorKind::Full);
+            info!(%peer, mount = %wanted, max, "listener refused: mount full");
+            let r = Response::text(503, format!("mount {wanted} is full ({max} listeners)"));
+            send(&mut stream, &cors.apply(r, false), version, false).await;
+            return;
+        }
+    }
+    let icy = hub.format.supports_icy_metadata()
+        && req.header("icy-metadata").is_some_and(|v| v.trim() == "1");
+    let mut head = format!("{version} 200 OK\r\n");
+    let mut headers: Vec<(&str, String)> = vec![
+        ("Content-Type", hub.content_type.clone()),
+        ("Cache-Control", "no-cache, no-store".to_owned()),
+        ("Pragma", "no-cache".to_owned()),
+        ("Expires", "Mon, 26 Jul 1997 05:00:00 GMT".to_owned()),
+        ("Server", format!("tidecast/{}", env!("CARGO_PKG_VERSION"))),
+        ("Connection", "close".to_owned()),
+    ];
+    let p = &hub.props;
+    for (name, value) in [
+        ("icy-name", &p.name),
+        ("icy-description", &p.description),
+        ("icy-url", &p.url),
+        ("icy-genre", &p.genre),
+        ("icy-pub", &p.public),
+        ("icy-br", &p.bitrate),
+        ("ice-audio-info", &p.audio_info),
+    ] {
+        if let Some(v) = value {
+            // Header values must stay on one line.
+            headers.push((name, v.replace(['\r', '\n'], " ")));
+        }
+    }
+    if icy {
+        headers.push(("icy-metaint", ICY_METAINT.to_string()));
+    }
+    headers.extend(cors.headers(false));
+
+    if req.method == "HEAD" {
+        for (n, v) in &headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        return;
+    }
+    if let Some(last) = small_range(&req) {
+        // Safari-style probe: a few bytes of real audio, then close.
+        let (hdrs, cursor) = hub.join();
+        let mut body: Vec<u8> = hdrs.map(|h| h.to_vec()).unwrap_or_default();
+        if let ReadResult::Data(chunks, _) = hub.read_from(cursor) {
+            for c in chunks {
+                body.extend_from_slice(&c);
+            }
+        }
+        body.truncate(last + 1);
+        let mut r = Response::new(206, &hub.content_type, body.clone()).header(
+            "Content-Range",
+            format!("bytes 0-{}/*", body.len().saturating_sub(1)),
+        );
+        r.headers.extend(cors.headers(false));
+        send(&mut stream, &r, version, false).await;
+        return;
+    }
+    for (n, v) in &headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.config.listener_send_buffer);
+    let id = state.next_id();
+    let agent = req.header("user-agent").unwrap_or("").to_owned();
+    let (ctrl_tx, ctrl) = watch::channel(ListenerCtrl::Run);
+    if let Ok(mut l) = state.listeners.lock() {
+        l.insert(
+            id,
+            ListenerEntry {
+                mount: wanted.clone(),
+                ip: peer.ip().to_string(),
+                user_agent: agent.clone(),
+                connected: Instant::now(),
+                ctrl: ctrl_tx,
+            },
+        );
+    }
+    state
+        .metrics
+        .listener_connections
+        .get_or_create(&Metrics::mount(&wanted))
+        .inc();
+    info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, icy, "listener connected");
+    let started = Instant::now();
+
+    let mut conn = Conn {
+        stream,
+        icy: icy.then_some(Icy {
+            until: ICY_METAINT,
+            sent_version: 0,
+        }),
+        sent: 0,
+        state: state.clone(),
+        hub_gauge: None,
+    };
+    conn.attach(&hub);
+    let reason = match conn.stream.write_all(head.as_bytes()).await {
+        Ok(()) => conn.run(&mut hub, wanted.clone(), id, ctrl).await,
+        Err(_) => "write error",
+    };
+    conn.detach(&hub);
+    if let Ok(mut l) = state.listeners.lock() {
+        l.remove(&id);
+    }
+    info!(
+        %peer, id, mount = %wanted, reason, bytes = conn.sent,
+        seconds = started.elapsed().as_secs(), "listener disconnected"
+    );
+}
+
+struct Icy {
+    /// Audio bytes left before the next metadata slot.
+    until: usize,
+    /// Last metadata version sent to this listener.
+    sent_version: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    icy: Option<Icy>,
+    sent: u64,
+    state: Arc<State>,
+    hub_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl Conn {
+    fn attach(&mut self, hub: &Hub) {
+        hub.listener_joined();
+        let g = self
+            .state
+            .metrics
+            .listeners
+            .get_or_create(&Metrics::mount(&hub.mount))
+            .clone();
+        g.inc();
+        self.hub_gauge = Some(g);
+    }
+
+    fn detach(&mut self, hub: &Hub) {
+        hub.listener_left();
+        if let Some(g) = self.hub_gauge.take() {
+            g.dec();
+        }
+    }
+
+    /// Moves this listener to another hub at its live position (Ogg: after its header pages).
+    fn switch(&mut self, hub: &mut Arc<Hub>, to: Arc<Hub>, queue: &mut VecDeque<Bytes>) -> u64 {
+        self.detach(hub);
+        *hub = to;
+        self.attach(hub);
+        let (headers, cursor) = hub.join_live();
+        if let Some(h) = headers {
+            self.queue_audio(hub, h, queue);
+        }
+        info!(mount = %hub.mount, "listener switched hub");
+        cursor
+    }
+
+    /// Appends audio to the write queue, inserting ICY metadata blocks every `ICY_METAINT` bytes.
+    fn queue_audio(&mut self, hub: &Hub, mut data: Bytes, queue: &mut VecDeque<Bytes>) {
+        let Some(icy) = &mut self.icy else {
+            queue.push_back(data);
+            return;
+        };
+        while !data.is_empty() {
+            if icy.until == 0 {
+                let meta = hub.meta();
+                if meta.version != icy.sent_version {
+                    icy.sent_version = meta.version;
+                    queue.push_back(meta.block);
+                } else {
+                    queue.push_back(Bytes::from_static(&[0]));
+                }
+                icy.until = ICY_METAINT;
+            }
+            let take = icy.until.min(data.len());
+            queue.push_back(data.split_to(take));
+            icy.until -= take;
+        }
+    }
+
+    async fn run(
+        &mut self,
+        hub: &mut Arc<Hub>,
+        mut wanted: String,
+        id: u64,
+        mut ctrl: watch::Receiver<ListenerCtrl>,
+    ) -> &'static str {
+        let interval = self.state.config.write_interval();
+        let (headers, mut cursor) = hub.join();
+        let mut queue = VecDeque::new();
+        if let Some(h) = headers {
+            self.queue_audio(hub, h, &mut queue);
+        }
+        let mut rx = hub.watch();
+        let mut started_rx = self.state.source_started.subscribe();
+        let counter = self
+            .state
+            .metrics
+            .bytes_out
+            .get_or_create(&Metrics::mount(&wanted))
+            .clone();
+        loop {
+            match hub.read_from(cursor) {
+                ReadResult::Data(chunks, next) => {
+                    cursor = next;
+                    for c in chunks {
+                        self.queue_audio(hub, c, &mut queue);
+                    }
+                }
+                ReadResult::Empty => {}
+                ReadResult::Lagged => {
+                    self.state
+                        .metrics
+                        .dropped_slow
+                        .get_or_create(&Metrics::mount(&hub.mount))
+                        .inc();
+                    return "too slow: fell behind the mount's queue";
+                }
+            }
+            let last_write = Instant::now();
+            if !queue.is_empty() {
+                match write_queue(&mut self.stream, &mut queue, hub, cursor).await {
+                    Ok(n) => {
+                        self.sent += n as u64;
+                        counter.inc_by(n as u64);
+                    }
+                    Err(WriteError::Lagged) => {
+                        self.state
+                            .metrics
+                            .dropped_slow
+                            .get_or_create(&Metrics::mount(&hub.mount))
+                            .inc();
+                        return "too slow: fell behind the mount's queue";
+                    }
+                    Err(WriteError::Io) => return "connection closed",
+                    Err(WriteError::Timeout) => return "write timeout",
+                }
+            }
+            if hub.is_ended() && matches!(hub.read_from(cursor), ReadResult::Empty) {
+                // Everything the source sent is delivered: follow the fallback or leave.
+                match resolve(&self.state, &wanted) {
+                    Some(h) => {
+                        cursor = self.switch(hub, h, &mut queue);
+                        rx = hub.watch();
+                        continue;
+                    }
+                    None => return "source ended",
+                }
+            }
+            tokio::select! {
+                biased;
+                changed = ctrl.changed() => {
+                    if changed.is_err() {
+                        return "removed";
+                    }
+                    let cmd = ctrl.borrow_and_update().clone();
+                    match cmd {
+                        ListenerCtrl::Kill => return "killed by admin",
+                        ListenerCtrl::MoveTo(to) => {
+                            if let Some(h) = resolve(&self.state, &to) {
+                                wanted = to;
+                                if let Ok(mut l) = self.state.listeners.lock() {
+                                    if let Some(e) = l.get_mut(&id) {
+                                        e.mount = wanted.clone();
+                                    }
+                                }
+                                cursor = self.switch(hub, h, &mut queue);
+                                rx = hub.watch();
+                            }
+                        }
+                        ListenerCtrl::Run => {}
+                    }
+                    continue;
+                }
+                ev = started_rx.recv(), if hub.mount != wanted => {
+                    // Override: the wanted mount's source is back.
+                    let relevant = match ev {
+                        Ok(m) => m == wanted,
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if relevant {
+                        if let Some(h) = self.state.hub(&wanted).filter(|h| !h.is_ended()) {
+                            cursor = self.switch(hub, h, &mut queue);
+                            rx = hub.watch();
+                        }
+                    }
+                    continue;
+                }
+                _ = rx.changed() => {}
+            }
+            // Batch: wait out the rest of the write interval before collecting again.
+            tokio::time::sleep_until((last_write + interval).into()).await;
+        }
+    }
+}
+
+enum WriteError {
+    Io,
+    Timeout,
+    Lagged,
+}
+
+/// A write that makes no progress for this long ends the connection.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Writes the whole queue with vectored writes. While the socket is blocked, checks once a second
+/// whether the hub's ring has overtaken this listener (`cursor`: the next chunk it needs).
+async fn write_queue(
+    stream: &mut TcpStream,
+    queue: &mut VecDeque<Bytes>,
+    hub: &Hub,
+    cursor: u64,
+) -> Result<usize, WriteError> {
+    let mut written = 0;
+    while !queue.is_empty() {
+        let slices: Vec<IoSlice<'_>> = queue.iter().take(128).map(|b| IoSlice::new(b)).collect();
+        let n = tokio::select! {
+            r = tokio::time::timeout(WRITE_STALL, stream.write_vectored(&slices)) => match r {
+                Err(_) => return Err(WriteError::Timeout),
+                Ok(Err(_)) | Ok(Ok(0)) => return Err(WriteError::Io),
+                Ok(Ok(n)) => n,
+            },
+            () = overtaken(hub, cursor) => return Err(WriteError::Lagged),
+        };
+        drop(slices);
+        written += n;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(written)
+}
+
+async fn overtaken(hub: &Hub, cursor: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if hub.first_seq() > cursor {
+            return;
+        }
+    }
+}

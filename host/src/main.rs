@@ -1,0 +1,179 @@
+//! tidecast: an Icecast-compatible streaming server that scales out to a fault-tolerant cluster.
+//!
+//! Modules, in the order data flows through a node:
+//! - [`http`]: the request-head reader every connection starts with;
+//! - [`server`]: shared state, accept loop, dispatch;
+//! - [`ingest`]: source clients (SOURCE/PUT) into a mount's hub;
+//! - [`hub`]: the per-mount ring of frame-aligned chunks;
+//! - [`listener`]: fan-out to players, ICY metadata, playlists;
+//! - [`admin`], [`status`]: Icecast admin endpoints, the JSON API, status documents;
+//! - [`coordinator`]: mount configuration, credentials and origin claims (embedded store);
+//! - [`auth`], [`metrics`], [`config`]: support;
+//! - [`client`]: the `tidecast mount …` commands, which call a node's admin API.
+
+mod admin;
+mod auth;
+mod client;
+mod config;
+mod coordinator;
+mod http;
+mod hub;
+mod ingest;
+mod listener;
+mod metrics;
+mod server;
+mod status;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+
+use crate::config::{ServeArgs, ServeConfig};
+use crate::coordinator::{AdminCredential, Coordinator, Embedded};
+
+#[derive(Parser)]
+#[command(name = "tidecast", version, about = "Icecast-compatible streaming server", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (single node with an embedded store unless told otherwise).
+    Serve(ServeArgs),
+    /// Declare and manage mounts on a running node.
+    Mount {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::MountCommand,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Mount { conn, command } => client::mount(&conn, command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = ServeConfig::load(args)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDECAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async move {
+        let coordinator = Arc::new(Embedded::open(&config.data_dir)?);
+        ensure_admin(&config, coordinator.as_ref()).await?;
+        let any_mount_hash = if config.any_mount_password.is_empty() {
+            None
+        } else {
+            warn!("open mode: any mount accepts a source with the global source password");
+            Some(auth::hash_password(&config.any_mount_password)?)
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read this line to find the port when listening on port 0.
+        println!("tidecast listening on {addr}");
+        let _ = std::io::stdout().flush();
+        info!(%addr, data_dir = %config.data_dir.display(), "node started");
+        let state = Arc::new(server::State::new(config, coordinator, any_mount_hash));
+        server::run(listener, state, shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    info!("node stopped");
+    result
+}
+
+/// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
+/// generated one printed once.
+async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::Result<()> {
+    let existing = coord.admin();
+    let user = if config.admin_user.is_empty() {
+        existing
+            .as_ref()
+            .map_or("admin".to_owned(), |a| a.user.clone())
+    } else {
+        config.admin_user.clone()
+    };
+    if !config.admin_password.is_empty() {
+        let same = existing.as_ref().is_some_and(|a| {
+            a.user == user
+                && auth::Verifier::default().verify(&config.admin_password, &a.password_hash)
+        });
+        if !same {
+            let password_hash = auth::hash_password(&config.admin_password)?;
+            coord
+                .set_admin(AdminCredential {
+                    user,
+                    password_hash,
+                })
+                .await?;
+        }
+        return Ok(());
+    }
+    if let Some(a) = existing {
+        if a.user != user {
+            coord.set_admin(AdminCredential { user, ..a }).await?;
+        }
+        return Ok(());
+    }
+    let password = auth::generate_password(20);
+    let password_hash = auth::hash_password(&password)?;
+    coord
+        .set_admin(AdminCredential {
+            user: user.clone(),
+            password_hash,
+        })
+        .await?;
+    eprintln!(
+        "\n  Generated admin credentials (shown only once, stored hashed):\n    user:     {user}\n    password: {password}\n  Use them with `tidecast mount …` via --admin-password or TIDECAST_ADMIN_PASSWORD.\n"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutdown requested");
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountLabel {
+    pub mount: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ErrorKind {
+    BadRequest,
+    Timeout,
+    TooLarge,
+    Unauthorized,
+    NotFound,
+    Busy,
+    Full,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub kind: ErrorKind,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sources: Gauge,
+    pub listeners: Family<MountLabel, Gauge>,
+    pub listener_connections: Family<MountLabel, Counter>,
+    pub bytes_in: Family<MountLabel, Counter>,
+    pub bytes_out: Family<MountLabel, Counter>,
+    pub dropped_slow: Family<MountLabel, Counter>,
+    pub skipped_source_bytes: Family<MountLabel, Counter>,
+    pub connection_errors: Family<ErrorLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tidecast");
+        let m = Metrics {
+            sources: Gauge::default(),
+            listeners: Family::default(),
+            listener_connections: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            dropped_slow: Family::default(),
+            skipped_source_bytes: Family::default(),
+            connection_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("sources", "Connected source clients", m.sources.clone());
+        registry.register(
+            "listeners",
+            "Connected listeners per mount",
+            m.listeners.clone(),
+        );
+        registry.register(
+            "listener_connections",
+            "Listener connections accepted per mount",
+            m.listener_connections.clone(),
+        );
+        registry.register(
+            "source_bytes",
+            "Bytes received from sources",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "listener_bytes",
+            "Bytes sent to listeners",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "listeners_dropped_slow",
+            "Listeners disconnected because they fell behind the mount's queue",
+            m.dropped_slow.clone(),
+        );
+        registry.register(
+            "source_skipped_bytes",
+            "Source bytes dropped because they were not valid frames",
+            m.skipped_source_bytes.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "Connections refused or closed because of an error, by kind",
+            m.connection_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.connection_errors
+            .get_or_create(&ErrorLabel { kind })
+            .inc();
+    }
+
+    pub fn mount(mount: &str) -> MountLabel {
+        MountLabel {
+            mount: mount.to_owned(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

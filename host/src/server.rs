@@ -1,0 +1,269 @@
+//! The node: shared state, the accept loop and request dispatch.
+//!
+//! Every connection on the listen port starts the same way: its request head is read by
+//! [`crate::http::read_head`] (bounded in size and time), then it is handed to ingest (SOURCE,
+//! PUT), the admin API (`/admin/…`, `/api/…`), a status page, or the listener path (GET/HEAD of a
+//! mount). `run(listener, state, shutdown)` is the whole server, so tests and `main` start it the
+//! same way.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::auth::Verifier;
+use crate::config::ServeConfig;
+use crate::coordinator::{ConfigEvent, Coordinator, MountConfig};
+use crate::http::{read_head, RequestHead, Response};
+use crate::hub::Hub;
+use crate::metrics::{ErrorKind, Metrics};
+
+/// What an admin can tell a connected listener to do. Delivered through a `watch` channel: the
+/// latest command wins, so there is nothing to overflow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerCtrl {
+    Run,
+    Kill,
+    MoveTo(String),
+}
+
+/// A connected listener, as the admin API sees it.
+pub struct ListenerEntry {
+    pub mount: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub connected: std::time::Instant,
+    pub ctrl: watch::Sender<ListenerCtrl>,
+}
+
+pub struct State {
+    pub config: ServeConfig,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub verifier: Verifier,
+    pub metrics: Metrics,
+    /// Live hubs by mount path (a hub exists while its source is connected).
+    pub hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    pub listeners: Mutex<HashMap<u64, ListenerEntry>>,
+    /// Mount paths whose source just connected: listeners parked on a fallback move back.
+    /// Overflow policy: a lagging receiver re-checks its mount.
+    pub source_started: broadcast::Sender<String>,
+    pub next_id: AtomicU64,
+    pub started: time::OffsetDateTime,
+    /// Hash of the open-mode source password, if open mode is on.
+    pub any_mount_hash: Option<String>,
+}
+
+impl State {
+    pub fn new(
+        config: ServeConfig,
+        coordinator: Arc<dyn Coordinator>,
+        any_mount_hash: Option<String>,
+    ) -> State {
+        State {
+            config,
+            coordinator,
+            verifier: Verifier::default(),
+            metrics: Metrics::new(),
+            hubs: Mutex::default(),
+            listeners: Mutex::default(),
+            source_started: broadcast::channel(64).0,
+            next_id: AtomicU64::new(1),
+            started: time::OffsetDateTime::now_utc(),
+            any_mount_hash,
+        }
+    }
+
+    pub fn hub(&self, mount: &str) -> Option<Arc<Hub>> {
+        self.hubs.lock().ok()?.get(mount).cloned()
+    }
+
+    pub fn live_hubs(&self) -> Vec<Arc<Hub>> {
+        let mut v: Vec<_> = self
+            .hubs
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.mount.cmp(&b.mount));
+        v
+    }
+
+    pub fn mount_config(&self, mount: &str) -> Option<MountConfig> {
+        self.coordinator.mount(mount)
+    }
+
+    /// Checks admin credentials from a request.
+    pub fn is_admin(&self, req: &RequestHead) -> bool {
+        let (Some((user, pass)), Some(admin)) = (req.basic_auth(), self.coordinator.admin()) else {
+            return false;
+        };
+        user == admin.user && self.verifier.verify(&pass, &admin.password_hash)
+    }
+
+    /// Checks source credentials for `mount`: the mount's own, or the open-mode password.
+    pub fn is_source(&self, req: &RequestHead, mount: &str) -> bool {
+        let Some((user, pass)) = req.basic_auth() else {
+            return false;
+        };
+        if let Some(m) = self.mount_config(mount) {
+            return user == m.source_user && self.verifier.verify(&pass, &m.source_password_hash);
+        }
+        match &self.any_mount_hash {
+            Some(hash) => user == "source" && self.verifier.verify(&pass, hash),
+            None => false,
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The base URL clients used to reach us (for playlists and status).
+    pub fn base_url(&self, req: Option<&RequestHead>) -> String {
+        let host = req
+            .and_then(|r| r.header("host"))
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                if self.config.hostname.is_empty() {
+                    self.config.listen.to_string()
+                } else {
+                    format!("{}:{}", self.config.hostname, self.config.listen.port())
+                }
+            });
+        format!("http://{host}")
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(state.config.max_clients));
+    let reconciler = tokio::spawn(reconcile(state.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    handle(stream, peer, state).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                state.metrics.error(ErrorKind::Full);
+                tokio::spawn(async move {
+                    let r = Response::text(503, "server full");
+                    let mut stream = stream;
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        tokio::io::AsyncWriteExt::write_all(
+                            &mut stream,
+                            &r.to_bytes("HTTP/1.0", false),
+                        ),
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+    reconciler.abort();
+    info!("stopped accepting connections");
+}
+
+/// Applies configuration changes to what runs here: a deleted mount loses its source (and so
+/// its listeners). Other settings are read afresh by each new connection.
+async fn reconcile(state: Arc<State>) {
+    let mut events = state.coordinator.subscribe();
+    loop {
+        let deleted: Vec<String> = match events.recv().await {
+            Ok(ConfigEvent::MountDeleted(path)) => vec![path],
+            Ok(ConfigEvent::MountChanged(_)) => continue,
+            // Missed events: compare live hubs with the configuration.
+            Err(broadcast::error::RecvError::Lagged(_)) => state
+                .live_hubs()
+                .iter()
+                .filter(|h| {
+                    state.any_mount_hash.is_none() && state.mount_config(&h.mount).is_none()
+                })
+                .map(|h| h.mount.clone())
+                .collect(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for path in deleted {
+            if let Some(h) = state.hub(&path) {
+                info!(mount = %path, "mount deleted: disconnecting its source");
+                h.kill.notify_one();
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let req = match read_head(&mut stream, &mut buf, state.config.header_timeout()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let kind = match e.status() {
+                Some(408) => ErrorKind::Timeout,
+                Some(431) => ErrorKind::TooLarge,
+                Some(_) => ErrorKind::BadRequest,
+                None => {
+                    debug!(%peer, error = %e, "connection closed before a request");
+                    return;
+                }
+            };
+            state.metrics.error(kind);
+            info!(%peer, error = %e, "bad request");
+            if let Some(status) = e.status() {
+                send(&mut stream, &Response::text(status, &e), "HTTP/1.0", false).await;
+            }
+            return;
+        }
+    };
+    let path = req.path.as_str();
+    match req.method.as_str() {
+        "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
+        _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
+            crate::admin::serve(stream, peer, req, buf, state).await
+        }
+        "GET" | "HEAD" | "OPTIONS" => crate::listener::serve(stream, peer, req, state).await,
+        _ => {
+            let r = Response::text(405, "method not allowed")
+                .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE");
+            send(&mut stream, &r, req.response_version(), false).await;
+        }
+    }
+}
+
+/// Writes a complete response, bounded in time; errors only mean the client left.
+pub async fn send(stream: &mut TcpStream, r: &Response, version: &str, head_only: bool) {
+    let bytes = r.to_bytes(version, head_only);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncWriteExt::write_all(stream, &bytes),
+    )
+    .await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
+}

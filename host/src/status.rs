@@ -1,0 +1,172 @@
+//! Status documents in the shapes Icecast tools parse: `/status-json.xsl` (JSON) and the XML of
+//! `/admin/stats`, `/admin/listmounts` and `/admin/listclients`.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+
+use crate::http::{xml_escape, RequestHead};
+use crate::hub::Hub;
+use crate::server::State;
+
+fn iso(t: time::OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn source_json(hub: &Hub, base: &str) -> Value {
+    let p = &hub.props;
+    let bitrate = p
+        .bitrate
+        .as_deref()
+        .and_then(|b| b.trim().parse::<u64>().ok());
+    let title = hub.meta().title;
+    json!({
+        "listenurl": format!("{base}{}", hub.mount),
+        "listeners": hub.listeners.load(Ordering::Relaxed),
+        "listener_peak": hub.listener_peak.load(Ordering::Relaxed),
+        "title": if title.is_empty() { Value::Null } else { Value::String(title) },
+        "server_name": p.name,
+        "server_description": p.description,
+        "server_type": hub.content_type,
+        "server_url": p.url,
+        "genre": p.genre,
+        "bitrate": bitrate,
+        "audio_info": p.audio_info,
+        "stream_start_iso8601": iso(hub.started),
+    })
+}
+
+/// `/status-json.xsl`: `source` is an object for one mount, an array for several, absent for none.
+pub fn json(state: &State, req: &RequestHead) -> Value {
+    let base = state.base_url(Some(req));
+    let host = base
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let mut icestats = json!({
+        "admin": "",
+        "host": host,
+        "location": "",
+        "server_id": format!("tidecast {}", env!("CARGO_PKG_VERSION")),
+        "server_start_iso8601": iso(state.started),
+    });
+    let sources: Vec<Value> = state
+        .live_hubs()
+        .iter()
+        .map(|h| source_json(h, &base))
+        .collect();
+    match sources.len() {
+        0 => {}
+        1 => icestats["source"] = sources.into_iter().next().unwrap_or(Value::Null),
+        _ => icestats["source"] = Value::Array(sources),
+    }
+    json!({ "icestats": icestats })
+}
+
+fn xml_source_fields(hub: &Hub, out: &mut String) {
+    let p = &hub.props;
+    let fields = [
+        (
+            "listeners",
+            Some(hub.listeners.load(Ordering::Relaxed).to_string()),
+        ),
+        (
+            "Listeners",
+            Some(hub.listeners.load(Ordering::Relaxed).to_string()),
+        ),
+        (
+            "listener_peak",
+            Some(hub.listener_peak.load(Ordering::Relaxed).to_string()),
+        ),
+        ("title", Some(hub.meta().title)),
+        ("server_name", p.name.clone()),
+        ("server_description", p.description.clone()),
+        ("server_type", Some(hub.content_type.clone())),
+        ("server_url", p.url.clone()),
+        ("genre", p.genre.clone()),
+        ("bitrate", p.bitrate.clone()),
+        ("audio_info", p.audio_info.clone()),
+        ("source_ip", Some(hub.source_ip.clone())),
+        ("user_agent", Some(hub.source_agent.clone())),
+        ("stream_start_iso8601", Some(iso(hub.started))),
+    ];
+    for (name, value) in fields {
+        if let Some(v) = value {
+            out.push_str(&format!("<{name}>{}</{name}>\n", xml_escape(&v)));
+        }
+    }
+}
+
+/// `/admin/stats` and `/admin/listmounts`.
+pub fn stats_xml(state: &State, with_details: bool) -> String {
+    let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
+    let hubs = state.live_hubs();
+    out.push_str(&format!("<sources>{}</sources>\n", hubs.len()));
+    out.push_str(&format!(
+        "<server_id>tidecast {}</server_id>\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    for h in hubs {
+        out.push_str(&format!("<source mount=\"{}\">\n", xml_escape(&h.mount)));
+        if with_details {
+            xml_source_fields(&h, &mut out);
+        } else {
+            let n = h.listeners.load(Ordering::Relaxed);
+            out.push_str(&format!(
+                "<listeners>{n}</listeners>\n<Listeners>{n}</Listeners>\n"
+            ));
+            out.push_str(&format!(
+                "<content-type>{}</content-type>\n",
+                xml_escape(&h.content_type)
+            ));
+        }
+        out.push_str("</source>\n");
+    }
+    out.push_str("</icestats>\n");
+    out
+}
+
+/// `/admin/listclients?mount=` in the Icecast-KH shape dashboards parse.
+pub fn listclients_xml(state: &State, mount: &str) -> String {
+    let entries: Vec<(u64, String, String, u64)> = state
+        .listeners
+        .lock()
+        .map(|l| {
+            let mut v: Vec<_> = l
+                .iter()
+                .filter(|(_, e)| e.mount == mount)
+                .map(|(id, e)| {
+                    (
+                        *id,
+                        e.ip.clone(),
+                        e.user_agent.clone(),
+                        e.connected.elapsed().as_secs(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
+    out.push_str(&format!("<source mount=\"{}\">\n", xml_escape(mount)));
+    out.push_str(&format!(
+        "<listeners>{0}</listeners>\n<Listeners>{0}</Listeners>\n",
+        entries.len()
+    ));
+    for (id, ip, ua, secs) in entries {
+        out.push_str(&format!(
+            "<listener id=\"{id}\">\n<ID>{id}</ID>\n<IP>{}</IP>\n<UserAgent>{}</UserAgent>\n<Connected>{secs}</Connected>\n<lag>0</lag>\n</listener>\n",
+            xml_escape(&ip),
+            xml_escape(&ua)
+        ));
+    }
+    out.push_str("</source>\n</icestats>\n");
+    out
+}
