@@ -1,0 +1,242 @@
+//! Operator workflows with the real binary: the `tidecast mount` commands, credentials, and
+//! configuration that survives `kill -9`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn mounts_survive_kill_9_and_restart() {
+    let mut node = Node::start(&[]);
+    node.create_mount(
+        "/keep.mp3",
+        "keep-pw",
+        &["--max-listeners", "7", "--charset", "utf-8"],
+    );
+    let (ok, out, _) = node.cli(&["mount", "create", "/gen.mp3"]);
+    assert!(ok);
+    let generated = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("source password:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(generated.len() >= 12, "generated password: {generated}");
+    let state = std::fs::read_to_string(node.dir.path().join("data/state.json")).unwrap();
+    assert!(
+        !state.contains("keep-pw") && !state.contains(&generated),
+        "passwords stored in clear"
+    );
+    assert!(
+        !state.contains(ADMIN_PASSWORD),
+        "admin password stored in clear"
+    );
+
+    node.kill9_and_restart();
+    let (ok, out, err) = node.cli(&["mount", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("/keep.mp3") && out.contains("/gen.mp3"),
+        "{out}"
+    );
+    let (ok, out, _) = node.cli(&["mount", "show", "/keep.mp3", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["max_listeners"], 7);
+    assert_eq!(v["charset"], "UTF-8");
+
+    // The generated password works for a real source after the restart.
+    let _src = ffmpeg_mp3_source(&node, &generated, "/gen.mp3", &[]);
+    node.wait_live("/gen.mp3", Duration::from_secs(15));
+}
+
+#[test]
+fn mount_edit_delete_and_clear_errors() {
+    let node = Node::start(&[]);
+    node.create_mount("/e.mp3", "old-pw", &[]);
+    let (ok, _, err) = node.cli(&["mount", "create", "/e.mp3"]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let (ok, _, err) = node.cli(&["mount", "create", "/admin/x", "--charset", "KOI8"]);
+    assert!(
+        !ok && err.contains("reserved") && err.contains("charset"),
+        "every problem at once: {err}"
+    );
+
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "edit",
+        "/e.mp3",
+        "--password",
+        "new-pw",
+        "--fallback",
+        "/other.mp3",
+    ]);
+    assert!(ok, "{err}");
+    let mut old = ffmpeg_mp3_source(&node, "old-pw", "/e.mp3", &[]);
+    assert!(
+        !old.wait_timeout(Duration::from_secs(15)).unwrap().success(),
+        "old password refused"
+    );
+    let src = ffmpeg_mp3_source(&node, "new-pw", "/e.mp3", &[]);
+    node.wait_live("/e.mp3", Duration::from_secs(15));
+
+    let (ok, _, err) = node.cli(&["mount", "delete", "/e.mp3"]);
+    assert!(ok, "{err}");
+    wait_for(
+        Duration::from_secs(5),
+        "deleted mount's source to be disconnected",
+        || node.live_mounts().is_empty(),
+    );
+    drop(src);
+    let (ok, _, err) = node.cli(&["mount", "show", "/e.mp3"]);
+    assert!(!ok && err.contains("no such mount"), "{err}");
+
+    // Wrong admin password: a clear message, not a stack trace.
+    let out = Command::new(bin())
+        .args([
+            "mount",
+            "list",
+            "--server",
+            &node.url(""),
+            "--admin-password",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("rejected the admin credentials"),
+        "{err}"
+    );
+    // No server there: says so.
+    let out = Command::new(bin())
+        .args([
+            "mount",
+            "list",
+            "--server",
+            "http://127.0.0.1:9",
+            "--admin-password",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach a tidecast node"), "{err}");
+    // The API itself refuses anonymous callers.
+    assert_eq!(http_get(node.addr, "/api/v1/mounts", &[]).0, 401);
+}
+
+#[test]
+fn first_start_generates_and_prints_admin_credentials_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut p = Proc::spawn(
+            "tidecast",
+            Command::new(bin())
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path())
+                .env_remove("TIDECAST_ADMIN_PASSWORD")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        );
+        // Wait for the listening line, then stop the node and collect stderr.
+        let mut stdout = p.child.stdout.take().unwrap();
+        let mut first = [0u8; 64];
+        let _ = std::io::Read::read(&mut stdout, &mut first);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut p.child.stderr.take().unwrap(), &mut err).unwrap();
+        err
+    };
+    let first = run();
+    assert!(first.contains("Generated admin credentials"), "{first}");
+    let password = first
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("password:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(!state.contains(&password));
+    let second = run();
+    assert!(
+        !second.contains("Generated admin credentials"),
+        "printed only once: {second}"
+    );
+}
+
+#[test]
+fn bad_configuration_is_reported_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = temp_file(
+        dir.path(),
+        "t.toml",
+        "listen = \"127.0.0.1:0\"\nqueue_sise = 5\n",
+    );
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown field `queue_sise`"),
+        "{err}"
+    );
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--queue-size",
+            "10",
+            "--write-interval-ms",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("queue_size") && err.contains("write_interval_ms"),
+        "{err}"
+    );
+    // A corrupt state file is an error, and is left untouched.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("state.json"), "{ not json").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-password",
+            "x",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unreadable"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("state.json")).unwrap(),
+        "{ not json"
+    );
+}
+
+#[test]
+fn open_mode_accepts_any_mount_with_the_global_password() {
+    let node = Node::start(&["--any-mount-password", "global-pw"]);
+    let _src = ffmpeg_mp3_source(&node, "global-pw", "/anything.mp3", &[]);
+    node.wait_live("/anything.mp3", Duration::from_secs(15));
+    let mut bad = ffmpeg_mp3_source(&node, "wrong", "/other.mp3", &[]);
+    assert!(!bad.wait_timeout(Duration::from_secs(15)).unwrap().success());
+}

@@ -1,0 +1,382 @@
+//! Test harness: starts the real `tidecast` binary and real clients (ffmpeg, ezstream,
+//! liquidsoap) on loopback, and kills every process it started when a test ends, pass or fail.
+//!
+//! A tool that is missing makes the test fail loudly with the command that installs it
+//! (`scripts/test.sh` installs everything); nothing is skipped silently.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| {
+            panic!("cannot start {name}: {e}; run scripts/test.sh to install test tools")
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for exit, at most `timeout`; kills it past that. Returns the exit status if it exited.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn require(tool: &str) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is not installed: run scripts/test.sh, which installs the test tools"
+    );
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tidecast")
+}
+
+/// A running node with its own data directory.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub proc: Option<Proc>,
+    pub extra: Vec<String>,
+}
+
+impl Node {
+    pub fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, addr) = spawn_node(dir.path(), &extra);
+        Node {
+            addr,
+            dir,
+            proc: Some(proc),
+            extra,
+        }
+    }
+
+    /// SIGKILLs the node and starts it again on the same data directory.
+    pub fn kill9_and_restart(&mut self) {
+        drop(self.proc.take());
+        let (proc, addr) = spawn_node(self.dir.path(), &self.extra);
+        self.proc = Some(proc);
+        self.addr = addr;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn source_url(&self, password: &str, mount: &str) -> String {
+        format!("icecast://source:{password}@{}{mount}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Runs `tidecast ARGS --server URL --admin-password …`; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--server")
+            .arg(self.url(""))
+            .env("TIDECAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Declares a mount with a known source password.
+    pub fn create_mount(&self, path: &str, password: &str, extra: &[&str]) {
+        let mut args = vec!["mount", "create", path, "--password", password];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = self.cli(&args);
+        assert!(ok, "mount create failed: {out} {err}");
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, _, body) = http_get(self.addr, "/status-json.xsl", &[]);
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Mount paths with a live source, from `/status-json.xsl`.
+    pub fn live_mounts(&self) -> Vec<String> {
+        let s = self.status();
+        let list = match &s["icestats"]["source"] {
+            serde_json::Value::Null => vec![],
+            serde_json::Value::Array(a) => a.clone(),
+            o => vec![o.clone()],
+        };
+        list.iter()
+            .map(|m| {
+                let url = m["listenurl"].as_str().unwrap();
+                url[url.find("://").unwrap() + 3..]
+                    .split_once('/')
+                    .map(|(_, p)| format!("/{p}"))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Waits until `mount` has a source (a source client's readiness, as a listener sees it).
+    pub fn wait_live(&self, mount: &str, timeout: Duration) {
+        wait_for(timeout, &format!("{mount} to go live"), || {
+            self.live_mounts().contains(&mount.to_string())
+        });
+        // Let the hub accumulate a little audio so joins have a burst.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, _, body) = http_get(self.addr, "/metrics", &[]);
+        let text = String::from_utf8_lossy(&body);
+        text.lines()
+            .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn spawn_node(dir: &Path, extra: &[String]) -> (Proc, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .unwrap();
+    let mut proc = Proc::spawn(
+        "tidecast",
+        Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--admin-password", ADMIN_PASSWORD])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log),
+    );
+    let stdout = proc.child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "node did not start; log:\n{}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            )
+        });
+    let addr = line
+        .strip_prefix("tidecast listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .parse()
+        .unwrap();
+    (proc, addr)
+}
+
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// One HTTP/1.0 request over a raw socket; returns (status, head text, body).
+pub fn http_request(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut data = Vec::new();
+    let _ = s.read_to_end(&mut data);
+    parse_response(&data)
+}
+
+pub fn parse_response(data: &[u8]) -> (u16, String, Vec<u8>) {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(data)));
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head, data[end + 4..].to_vec())
+}
+
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<u8>) {
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    http_request(addr, &req)
+}
+
+pub fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+pub fn admin_get(node: &Node, path: &str) -> (u16, String, Vec<u8>) {
+    http_get(
+        node.addr,
+        path,
+        &[("Authorization", &basic("admin", ADMIN_PASSWORD))],
+    )
+}
+
+/// ffmpeg pushing a generated 128 kbit/s MP3 sine in real time (PUT, no length).
+pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str]) -> Proc {
+    require("ffmpeg");
+    Proc::spawn(
+        "ffmpeg source",
+        Command::new("ffmpeg")
+            .args([
+                "-nostdin",
+                "-v",
+                "error",
+                "-re",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:duration=120",
+            ])
+            .args([
+                "-ac",
+                "2",
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "128k",
+                "-content_type",
+                "audio/mpeg",
+            ])
+            .args(extra)
+            .args(["-f", "mp3"])
+            .arg(node.source_url(password, mount))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+/// Decodes `seconds` of a mount with ffmpeg; returns (exit success, stderr at -v error).
+pub fn ffmpeg_decode(url: &str, seconds: u32) -> (bool, String) {
+    require("ffmpeg");
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        url,
+        "-t",
+        &seconds.to_string(),
+        "-f",
+        "null",
+        "-",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut p = Proc::spawn("ffmpeg listener", &mut cmd);
+    let status = p.wait_timeout(Duration::from_secs(u64::from(seconds) + 20));
+    let mut err = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.is_some_and(|s| s.success()), err)
+}
+
+/// ffprobe's view of a stream: codec_name, sample_rate, channels.
+pub fn ffprobe(url: &str) -> (String, u32, u32) {
+    require("ffprobe");
+    let out = Command::new("timeout")
+        .args([
+            "20",
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,sample_rate,channels",
+            "-of",
+            "default=nw=1",
+            url,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    (
+        field("codec_name"),
+        field("sample_rate").parse().unwrap_or(0),
+        field("channels").parse().unwrap_or(0),
+    )
+}
+
+pub fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}

@@ -1,0 +1,455 @@
+//! Listener behaviour against the real binary with a real ffmpeg source: ICY framing, status
+//! JSON shapes, slow listeners, fallback with override, limits, playlists, CORS, HEAD/Range, and
+//! the Icecast admin endpoints that act on listeners.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Opens a listener and returns the socket positioned after the response head, plus the head.
+fn open_listener(node: &Node, path: &str, extra: &str) -> (TcpStream, String, Vec<u8>) {
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nUser-Agent: test-player/1.0\r\n{extra}\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            return (s, head, data[end + 4..].to_vec());
+        }
+    }
+}
+
+/// Reads exactly `n` bytes, starting with what is in `pending`.
+fn read_exact(s: &mut TcpStream, pending: &mut Vec<u8>, n: usize) -> Vec<u8> {
+    while pending.len() < n {
+        let mut buf = [0u8; 8192];
+        let k = s.read(&mut buf).unwrap();
+        assert!(k > 0, "stream ended");
+        pending.extend_from_slice(&buf[..k]);
+    }
+    pending.drain(..n).collect()
+}
+
+/// Checks that `audio` is a run of whole MPEG-1 layer III frames from its first byte.
+fn assert_whole_mp3_frames(audio: &[u8]) {
+    let mut pos = 0;
+    let mut frames = 0;
+    while pos + 4 <= audio.len() {
+        assert_eq!(audio[pos], 0xFF, "frame sync at {pos}");
+        assert_eq!(audio[pos + 1] & 0xE0, 0xE0, "frame sync at {pos}");
+        let bitrate = [
+            0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ][usize::from(audio[pos + 2] >> 4)];
+        let rate = [44100, 48000, 32000][usize::from((audio[pos + 2] >> 2) & 3)];
+        let pad = usize::from((audio[pos + 2] >> 1) & 1);
+        pos += 144 * bitrate * 1000 / rate + pad;
+        frames += 1;
+    }
+    assert!(frames > 100, "only {frames} frames");
+}
+
+#[test]
+fn icy_metadata_framing_around_an_update_from_a_client_that_hangs_up() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+
+    // Like butt: HTTP/1.0, source credentials, close without reading the reply.
+    let send_title = |title: &str| {
+        let mut s = TcpStream::connect(node.addr).unwrap();
+        let q = title.replace(' ', "+");
+        s.write_all(
+            format!(
+                "GET /admin/metadata?mount=/live.mp3&mode=updinfo&song={q} HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+                basic("source", "hackme")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        drop(s);
+    };
+    send_title("First Title");
+    wait_for(Duration::from_secs(5), "title to apply", || {
+        node.status()["icestats"]["source"]["title"] == "First Title"
+    });
+
+    let (mut s, head, mut pending) = open_listener(&node, "/live.mp3", "Icy-MetaData: 1\r\n");
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    assert!(head.contains("icy-metaint: 16000"), "{head}");
+    assert!(head.contains("Content-Type: audio/mpeg"), "{head}");
+    assert!(head.contains("Cache-Control: no-cache, no-store"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+
+    let mut audio = Vec::new();
+    let mut titles = Vec::new();
+    for slot in 0..10 {
+        audio.extend(read_exact(&mut s, &mut pending, 16_000));
+        let len = usize::from(read_exact(&mut s, &mut pending, 1)[0]) * 16;
+        let meta = read_exact(&mut s, &mut pending, len);
+        if len > 0 {
+            let text = String::from_utf8_lossy(&meta)
+                .trim_end_matches('\0')
+                .to_owned();
+            assert!(
+                text.starts_with("StreamTitle='") && text.ends_with("';"),
+                "{text:?}"
+            );
+            titles.push((slot, text));
+        }
+        if slot == 2 {
+            send_title("Second Title");
+        }
+    }
+    assert_eq!(
+        titles[0],
+        (0, "StreamTitle='First Title';".to_owned()),
+        "current title at the first slot"
+    );
+    assert_eq!(titles.len(), 2, "each title sent once: {titles:?}");
+    assert_eq!(titles[1].1, "StreamTitle='Second Title';");
+    assert!(titles[1].0 >= 2, "{titles:?}");
+    assert_whole_mp3_frames(&audio);
+}
+
+#[test]
+fn status_json_with_zero_one_and_two_mounts() {
+    let node = Node::start(&[]);
+    let s = node.status();
+    assert!(s["icestats"].is_object());
+    assert!(
+        s["icestats"].get("source").is_none(),
+        "no source key with no mounts: {s}"
+    );
+
+    node.create_mount("/a.mp3", "pw-a1", &[]);
+    node.create_mount("/b.mp3", "pw-b1", &[]);
+    let _a = ffmpeg_mp3_source(
+        &node,
+        "pw-a1",
+        "/a.mp3",
+        &["-ice_name", "Station A", "-ice_genre", "Jazz"],
+    );
+    node.wait_live("/a.mp3", Duration::from_secs(15));
+    let s = node.status();
+    let src = &s["icestats"]["source"];
+    assert!(src.is_object(), "one mount: an object: {s}");
+    assert_eq!(src["listenurl"], format!("http://{}/a.mp3", node.addr));
+    assert_eq!(src["server_name"], "Station A");
+    assert_eq!(src["genre"], "Jazz");
+    assert_eq!(src["server_type"], "audio/mpeg");
+    for key in [
+        "listeners",
+        "listener_peak",
+        "title",
+        "server_description",
+        "bitrate",
+        "audio_info",
+        "stream_start_iso8601",
+    ] {
+        assert!(src.get(key).is_some(), "missing {key}");
+    }
+
+    let _b = ffmpeg_mp3_source(&node, "pw-b1", "/b.mp3", &[]);
+    node.wait_live("/b.mp3", Duration::from_secs(15));
+    let s = node.status();
+    let arr = s["icestats"]["source"]
+        .as_array()
+        .expect("two mounts: an array");
+    assert_eq!(arr.len(), 2);
+}
+
+#[test]
+fn a_listener_that_stops_reading_is_dropped_while_another_keeps_real_time() {
+    let node = Node::start(&[
+        "--queue-size",
+        "65536",
+        "--burst-size",
+        "16384",
+        "--listener-send-buffer",
+        "4096",
+    ]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+
+    // The stalled player: a tiny receive buffer, and it never reads.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&node.addr.into()).unwrap();
+    let mut stalled: TcpStream = sock.into();
+    stalled
+        .write_all(b"GET /live.mp3 HTTP/1.0\r\n\r\n")
+        .unwrap();
+
+    // The healthy player reads continuously and counts.
+    let (mut good, _, first) = open_listener(&node, "/live.mp3", "");
+    let count = Arc::new(AtomicUsize::new(first.len()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (count, stop) = (count.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            while !stop.load(Ordering::Relaxed) {
+                match good.read(&mut buf) {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => {
+                        count.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+            true
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2)); // past the join burst
+    let (t0, c0) = (Instant::now(), count.load(Ordering::Relaxed));
+    wait_for(
+        Duration::from_secs(25),
+        "the stalled listener to be dropped",
+        || node.metric("tidecast_listeners_dropped_slow_total{mount=\"/live.mp3\"}") >= 1.0,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rate = (count.load(Ordering::Relaxed) - c0) as f64 / elapsed;
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        reader.join().unwrap(),
+        "the healthy listener was disconnected"
+    );
+    // 128 kbit/s is 16 000 bytes/s; writes are batched every 0.5 s.
+    assert!(
+        (0.85 * 16_000.0..1.25 * 16_000.0).contains(&rate),
+        "healthy listener got {rate:.0} B/s over {elapsed:.1} s"
+    );
+    // The server closed the stalled connection: it reads to EOF.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    assert!(
+        stalled.read_to_end(&mut sink).is_ok(),
+        "stalled socket not closed by the server"
+    );
+    assert!(node.log().contains("too slow"), "one log line for the drop");
+}
+
+#[test]
+fn fallback_then_override_when_the_source_returns() {
+    let node = Node::start(&[]);
+    node.create_mount("/backup.mp3", "pw-back", &[]);
+    node.create_mount("/main.mp3", "pw-main", &["--fallback", "/backup.mp3"]);
+    let _backup = ffmpeg_mp3_source(&node, "pw-back", "/backup.mp3", &[]);
+    node.wait_live("/backup.mp3", Duration::from_secs(15));
+
+    let (mut l, head, _) = open_listener(&node, "/main.mp3", "");
+    assert!(head.contains("200 OK"), "{head}");
+    let count = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let count = count.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match l.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        count.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let gauge = |m: &str| node.metric(&format!("tidecast_listeners{{mount=\"{m}\"}}"));
+    wait_for(Duration::from_secs(5), "listener on the fallback", || {
+        gauge("/backup.mp3") == 1.0
+    });
+
+    let mut main_src = ffmpeg_mp3_source(&node, "pw-main", "/main.mp3", &[]);
+    wait_for(
+        Duration::from_secs(15),
+        "override to the returning source",
+        || gauge("/main.mp3") == 1.0 && gauge("/backup.mp3") == 0.0,
+    );
+    let before = count.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        count.load(Ordering::Relaxed) > before,
+        "audio flows from the main source"
+    );
+
+    drop(main_src.child.kill());
+    wait_for(Duration::from_secs(15), "back on the fallback", || {
+        gauge("/main.mp3") == 0.0 && gauge("/backup.mp3") == 1.0
+    });
+    let before = count.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        count.load(Ordering::Relaxed) > before,
+        "audio flows from the fallback again"
+    );
+    assert!(
+        !reader.is_finished(),
+        "the listener stayed connected throughout"
+    );
+}
+
+#[test]
+fn limits_playlists_cors_head_and_range() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &["--max-listeners", "1"]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &["-ice_name", "Limits FM"]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+
+    let (code, head, body) = http_get(node.addr, "/live.mp3.m3u", &[]);
+    assert_eq!(code, 200);
+    assert!(head.contains("audio/x-mpegurl"));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("http://{}/live.mp3\n", node.addr)
+    );
+    let (code, head, body) = http_get(node.addr, "/live.mp3.pls", &[]);
+    assert_eq!(code, 200);
+    assert!(head.contains("audio/x-scpls"));
+    assert!(
+        String::from_utf8_lossy(&body).contains(&format!("File1=http://{}/live.mp3", node.addr))
+    );
+    let (code, _, body) = http_get(node.addr, "/live.mp3.xspf", &[]);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("<location>"));
+    assert_eq!(http_get(node.addr, "/nothing.mp3.m3u", &[]).0, 404);
+    assert_eq!(http_get(node.addr, "/nothing.mp3", &[]).0, 404);
+
+    let (code, head, _) = http_request(
+        node.addr,
+        "OPTIONS /live.mp3 HTTP/1.1\r\nOrigin: https://player.example\r\nAccess-Control-Request-Headers: icy-metadata\r\n\r\n",
+    );
+    assert_eq!(code, 204);
+    assert!(
+        head.contains("Access-Control-Allow-Origin: https://player.example"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-headers: icy-metadata"),
+        "{head}"
+    );
+
+    let (code, head, body) = http_request(node.addr, "HEAD /live.mp3 HTTP/1.0\r\n\r\n");
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("Content-Type: audio/mpeg") && head.contains("icy-name: Limits FM"),
+        "{head}"
+    );
+    assert!(body.is_empty());
+
+    let (code, head, body) = http_get(node.addr, "/live.mp3", &[("Range", "bytes=0-1")]);
+    assert_eq!(code, 206, "{head}");
+    assert_eq!(body.len(), 2);
+
+    // One listener allowed; a second one gets 503 while the first is connected.
+    let (_first, head, _) = open_listener(
+        &node,
+        "/live.mp3",
+        "Range: bytes=0-\r\nOrigin: https://player.example\r\n",
+    );
+    assert!(head.contains("200 OK"));
+    assert!(
+        head.contains("Access-Control-Expose-Headers:") && head.contains("icy-metaint"),
+        "{head}"
+    );
+    wait_for(Duration::from_secs(5), "listener registered", || {
+        node.metric("tidecast_listeners{mount=\"/live.mp3\"}") == 1.0
+    });
+    let (code, _, _) = http_get(node.addr, "/live.mp3", &[]);
+    assert_eq!(code, 503);
+}
+
+#[test]
+fn admin_listclients_killclient_moveclients_killsource() {
+    let node = Node::start(&[]);
+    node.create_mount("/one.mp3", "pw-one", &[]);
+    node.create_mount("/two.mp3", "pw-two", &[]);
+    let _one = ffmpeg_mp3_source(&node, "pw-one", "/one.mp3", &[]);
+    let _two = ffmpeg_mp3_source(&node, "pw-two", "/two.mp3", &[]);
+    node.wait_live("/one.mp3", Duration::from_secs(15));
+    node.wait_live("/two.mp3", Duration::from_secs(15));
+
+    assert_eq!(
+        http_get(node.addr, "/admin/listclients?mount=/one.mp3", &[]).0,
+        401
+    );
+
+    let (mut a, _, _) = open_listener(&node, "/one.mp3", "");
+    let (_b, _, _) = open_listener(&node, "/one.mp3", "");
+    let (code, _, body) = admin_get(&node, "/admin/listclients?mount=/one.mp3");
+    assert_eq!(code, 200);
+    let xml = String::from_utf8_lossy(&body).into_owned();
+    assert!(xml.contains("<listeners>2</listeners>"), "{xml}");
+    assert!(
+        xml.contains("<IP>127.0.0.1</IP>")
+            && xml.contains("<UserAgent>test-player/1.0</UserAgent>"),
+        "{xml}"
+    );
+    assert!(xml.contains("<Connected>"), "{xml}");
+    let ids: Vec<u64> = xml
+        .split("<ID>")
+        .skip(1)
+        .map(|s| s.split('<').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    // killclient: the first listener's connection ends.
+    let (code, _, _) = admin_get(
+        &node,
+        &format!("/admin/killclient?mount=/one.mp3&id={}", ids[0]),
+    );
+    assert_eq!(code, 200);
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut sink = Vec::new();
+    assert!(
+        a.read_to_end(&mut sink).is_ok(),
+        "killed listener's connection closes"
+    );
+
+    // moveclients: the remaining one moves to /two.mp3.
+    let (code, _, _) = admin_get(
+        &node,
+        "/admin/moveclients?mount=/one.mp3&destination=/two.mp3",
+    );
+    assert_eq!(code, 200);
+    wait_for(Duration::from_secs(5), "listener moved", || {
+        node.metric("tidecast_listeners{mount=\"/two.mp3\"}") == 1.0
+            && node.metric("tidecast_listeners{mount=\"/one.mp3\"}") == 0.0
+    });
+
+    // killsource: /one.mp3 goes offline; /two.mp3 keeps playing.
+    let (code, _, _) = admin_get(&node, "/admin/killsource?mount=/one.mp3");
+    assert_eq!(code, 200);
+    wait_for(Duration::from_secs(5), "source removed", || {
+        !node.live_mounts().contains(&"/one.mp3".to_owned())
+    });
+    let (ok, err) = ffmpeg_decode(&node.url("/two.mp3"), 2);
+    assert!(ok, "{err}");
+    let (code, _, body) = admin_get(&node, "/admin/stats");
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("<source mount=\"/two.mp3\">"));
+}
