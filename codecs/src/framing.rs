@@ -208,7 +208,7 @@ impl Splitter {
                 } else {
                     parse_mp3(&buf[h.len..])
                 };
-                if !next.is_some_and(|n| n.sample_rate == h.sample_rate) {
+                if next.is_none_or(|n| n.sample_rate != h.sample_rate) {
                     self.discard(1);
                     continue;
                 }
@@ -474,7 +474,7 @@ mod tests {
                         x ^= x << 13;
                         x ^= x >> 17;
                         x ^= x << 5;
-                        if x % 7 == 0 {
+                        if x.is_multiple_of(7) {
                             0xFF
                         } else {
                             x as u8

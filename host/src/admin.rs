@@ -137,7 +137,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 state.listeners.lock().is_ok_and(|l| {
                     l.get(&id)
                         .filter(|e| mount.is_empty() || e.mount == mount)
-                        .map(|e| e.ctrl.send(ListenerCtrl::Kill))
+                        .map(|e| e.ctrl.send_replace(ListenerCtrl::Kill))
                         .is_some()
                 })
             });
@@ -159,10 +159,11 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 .listeners
                 .lock()
                 .map(|l| {
-                    l.values()
-                        .filter(|e| e.mount == mount)
-                        .map(|e| e.ctrl.send(ListenerCtrl::MoveTo(dest.clone())))
-                        .count()
+                    let movers: Vec<_> = l.values().filter(|e| e.mount == mount).collect();
+                    for e in &movers {
+                        e.ctrl.send_replace(ListenerCtrl::MoveTo(dest.clone()));
+                    }
+                    movers.len()
                 })
                 .unwrap_or(0);
             info!(from = %mount, to = %dest, moved, "listeners moved by admin");

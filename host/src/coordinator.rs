@@ -259,6 +259,44 @@ impl Coordinator for Embedded {
     }
 }
 
+/// Paths the server itself answers; no mount may use them.
+const RESERVED: &[&str] = &[
+    "/admin",
+    "/api",
+    "/_relay",
+    "/_stream",
+    "/metrics",
+    "/status-json.xsl",
+];
+
+/// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no
+/// `..` or `//`, not a reserved path, not ending in a playlist extension.
+pub fn validate_mount_path(path: &str) -> Result<(), String> {
+    let ok_chars = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
+    if !path.starts_with('/') || path.len() < 2 || path.len() > 200 || !ok_chars {
+        return Err(format!(
+            "invalid mount path {path:?}: use / followed by letters, digits and -_.~/ (at most 200 characters)"
+        ));
+    }
+    if path.contains("..") || path.contains("//") || path.ends_with('/') {
+        return Err(format!(
+            "invalid mount path {path:?}: no '..', '//' or trailing '/'"
+        ));
+    }
+    if RESERVED
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+    {
+        return Err(format!("mount path {path:?} is reserved by the server"));
+    }
+    if [".m3u", ".pls", ".xspf"].iter().any(|e| path.ends_with(e)) {
+        return Err(format!("mount path {path:?} ends in a playlist extension"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -332,42 +370,17 @@ mod tests {
             b"{oops"
         );
     }
-}
 
-/// Paths the server itself answers; no mount may use them.
-const RESERVED: &[&str] = &[
-    "/admin",
-    "/api",
-    "/_relay",
-    "/_stream",
-    "/metrics",
-    "/status-json.xsl",
-];
-
-/// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no
-/// `..` or `//`, not a reserved path, not ending in a playlist extension.
-pub fn validate_mount_path(path: &str) -> Result<(), String> {
-    let ok_chars = path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
-    if !path.starts_with('/') || path.len() < 2 || path.len() > 200 || !ok_chars {
-        return Err(format!(
-            "invalid mount path {path:?}: use / followed by letters, digits and -_.~/ (at most 200 characters)"
-        ));
+    #[test]
+    fn mount_paths() {
+        for ok in ["/live.mp3", "/a/b-c_d~e.ogg", "/x"] {
+            assert!(validate_mount_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "/", "live", "/a/../b", "/a//b", "/a/", "/admin", "/admin/x", "/api/v1", "/l.m3u",
+            "/sp ace", "/é",
+        ] {
+            assert!(validate_mount_path(bad).is_err(), "{bad}");
+        }
     }
-    if path.contains("..") || path.contains("//") || path.ends_with('/') {
-        return Err(format!(
-            "invalid mount path {path:?}: no '..', '//' or trailing '/'"
-        ));
-    }
-    if RESERVED
-        .iter()
-        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
-    {
-        return Err(format!("mount path {path:?} is reserved by the server"));
-    }
-    if [".m3u", ".pls", ".xspf"].iter().any(|e| path.ends_with(e)) {
-        return Err(format!("mount path {path:?} ends in a playlist extension"));
-    }
-    Ok(())
 }

@@ -2,7 +2,7 @@
 //! liquidsoap) on loopback, and kills every process it started when a test ends, pass or fail.
 //!
 //! A tool that is missing makes the test fail loudly with the command that installs it
-//! (`scripts/test.sh` installs everything); nothing is skipped silently.
+//! (`tests/run.sh` installs everything); nothing is skipped silently.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -23,7 +23,7 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let child = cmd.stdin(Stdio::null()).spawn().unwrap_or_else(|e| {
-            panic!("cannot start {name}: {e}; run scripts/test.sh to install test tools")
+            panic!("cannot start {name}: {e}; run tests/run.sh to install test tools")
         });
         Proc {
             name: name.to_owned(),
@@ -64,7 +64,7 @@ pub fn require(tool: &str) {
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{tool} is not installed: run scripts/test.sh, which installs the test tools"
+        "{tool} is not installed: run tests/run.sh, which installs the test tools"
     );
 }
 

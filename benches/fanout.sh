@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Fan-out benchmark: icecast2 and tidecast side by side in one run, the same 128 kbit/s MP3
+# source (ffmpeg, -c copy), and 1 000 / 5 000 / 10 000 listeners from benches' fanout-load.
+# Reports per server: CPU µs per listener-second, peak RSS, and the share of listeners that got at
+# least 95 % of the expected bytes. Everything runs on loopback and is killed on exit.
+#
+#   benches/fanout.sh [COUNTS...]        (default: 1000 5000 10000)
+#   SECONDS_PER_RUN=20 benches/fanout.sh 1000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+counts=("${@:-1000}")
+[ $# -gt 0 ] || counts=(1000 5000 10000)
+window=${SECONDS_PER_RUN:-20}
+ulimit -n 20000
+
+for t in ffmpeg icecast2; do command -v $t >/dev/null || { echo "missing $t: run tests/run.sh first" >&2; exit 1; }; done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidecast/target}"
+cargo build --release --locked -q -p tidecast -p tidecast-benches
+bin="$CARGO_TARGET_DIR/release"
+
+work=$(mktemp -d /tmp/tidecast-fanout.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# 60 s of 128 kbit/s CBR stereo MP3, looped by the source.
+ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=440:duration=60" -ac 2 -c:a libmp3lame -b:a 128k "$work/in.mp3"
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+start_icecast() {
+  local port=$1
+  mkdir -p "$work/icecast-log"; chown nobody "$work/icecast-log" 2>/dev/null || true
+  cat > "$work/icecast.xml" <<XML
+<icecast>
+  <limits><clients>20000</clients><sources>4</sources><queue-size>524288</queue-size>
+    <burst-size>65536</burst-size><source-timeout>10</source-timeout><client-timeout>30</client-timeout></limits>
+  <authentication><source-password>benchpw</source-password><admin-user>admin</admin-user>
+    <admin-password>benchadmin</admin-password></authentication>
+  <hostname>127.0.0.1</hostname>
+  <listen-socket><port>$port</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  <fileserve>0</fileserve>
+  <paths><logdir>$work/icecast-log</logdir><pidfile>$work/icecast.pid</pidfile></paths>
+  <logging><errorlog>error.log</errorlog><loglevel>1</loglevel></logging>
+  <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>
+</icecast>
+XML
+  icecast2 -c "$work/icecast.xml" >/dev/null 2>&1 &
+  pids+=($!); echo $!
+}
+
+start_tidecast() {
+  local port=$1
+  TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/tidecast-data" \
+    --admin-password benchadmin --max-clients 20000 >/dev/null 2>"$work/tidecast.log" &
+  pids+=($!); echo $!
+}
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+run_server() {
+  local name=$1 port pid src
+  port=$(free_port)
+  if [ "$name" = icecast2 ]; then pid=$(start_icecast "$port"); else pid=$(start_tidecast "$port"); fi
+  wait_port "$port"
+  if [ "$name" = tidecast ]; then
+    "$bin/tidecast" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$port" --admin-password benchadmin >/dev/null
+  fi
+  ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
+    "icecast://source:benchpw@127.0.0.1:$port/live.mp3" &
+  src=$!; pids+=($src)
+  sleep 3
+  for n in "${counts[@]}"; do
+    json=$("$bin/fanout-load" --addr "127.0.0.1:$port" --mount /live.mp3 --listeners "$n" \
+      --seconds "$window" --server-pid "$pid")
+    echo "$name $json" >> "$work/results"
+    echo "$name $n: $json" >&2
+    sleep 2
+  done
+  kill -9 "$src" "$pid" 2>/dev/null || true
+}
+
+: > "$work/results"
+for server in icecast2 tidecast; do run_server "$server"; done
+
+python3 - "$work/results" "$window" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, js = line.split(" ", 1)
+    r = json.loads(js)
+    rows.setdefault(r["listeners"], {})[name] = r
+print(f"\nFan-out, 128 kbit/s MP3, {sys.argv[2]} s window per row, loopback, load generator in its own process\n")
+print("| listeners | server | CPU µs / listener-s | peak RSS MiB | ≥95 % bytes | mean kbit/s | tidecast/icecast2 CPU |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for n in sorted(rows):
+    ice = rows[n].get("icecast2"); tc = rows[n].get("tidecast")
+    for name in ("icecast2", "tidecast"):
+        r = rows[n].get(name)
+        if not r: continue
+        ratio = ""
+        if name == "tidecast" and ice and ice["cpu_us_per_listener_second"] > 0:
+            ratio = f'{r["cpu_us_per_listener_second"] / ice["cpu_us_per_listener_second"]:.2f}'
+        print(f'| {n} | {name} | {r["cpu_us_per_listener_second"]:.1f} | {r["server_peak_rss_kib"]/1024:.0f} | '
+              f'{100*r["share_at_least_95pct"]:.1f} % | {r["mean_kbps_received"]:.1f} | {ratio} |')
+PY

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests need, then runs
+# formatting, lints and every test (unit tests and the integration tests that drive the real
+# binary with ffmpeg, ezstream and liquidsoap). CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: real peers for the tests and benchmarks, and build tools
+# (cmake builds libopus, protoc is needed by etcd-client).
+tools=(ffmpeg ffprobe ezstream liquidsoap icecast2 etcd cmake protoc sox)
+packages=(ffmpeg ezstream liquidsoap icecast2 etcd-server cmake protobuf-compiler sox)
+missing=()
+for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing test dependencies (missing: ${missing[*]})"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+fi
+
+# Rust pieces: the WebAssembly target for plugins, formatter and linter.
+rustup target add wasm32-wasip2 >/dev/null
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# wasmtime and friends are heavy to build: reuse a target directory outside the clone.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+  export CARGO_TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/tidecast/target"
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
