@@ -187,6 +187,9 @@ fn a_listener_that_stops_reading_is_dropped_while_another_keeps_real_time() {
         "16384",
         "--listener-send-buffer",
         "4096",
+        // Short batches so a few seconds' byte counts measure the rate, not the batching.
+        "--write-interval-ms",
+        "200",
     ]);
     node.create_mount("/live.mp3", "hackme", &[]);
     let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
@@ -290,10 +293,10 @@ fn fallback_then_override_when_the_source_returns() {
         || gauge("/main.mp3") == 1.0 && gauge("/backup.mp3") == 0.0,
     );
     let before = count.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        count.load(Ordering::Relaxed) > before,
-        "audio flows from the main source"
+    wait_for(
+        Duration::from_secs(5),
+        "audio flows from the main source",
+        || count.load(Ordering::Relaxed) > before + 16_000,
     );
 
     drop(main_src.child.kill());
@@ -301,10 +304,10 @@ fn fallback_then_override_when_the_source_returns() {
         gauge("/main.mp3") == 0.0 && gauge("/backup.mp3") == 1.0
     });
     let before = count.load(Ordering::Relaxed);
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        count.load(Ordering::Relaxed) > before,
-        "audio flows from the fallback again"
+    wait_for(
+        Duration::from_secs(5),
+        "audio flows from the fallback again",
+        || count.load(Ordering::Relaxed) > before + 16_000,
     );
     assert!(
         !reader.is_finished(),

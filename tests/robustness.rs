@@ -25,7 +25,14 @@ fn status_of(node: &Node, raw: &[u8]) -> u16 {
 
 #[test]
 fn hostile_clients_get_clear_answers_and_disturb_nobody() {
-    let node = Node::start(&["--header-timeout-secs", "2", "--source-timeout-secs", "2"]);
+    let node = Node::start(&[
+        "--header-timeout-secs",
+        "2",
+        "--source-timeout-secs",
+        "2",
+        "--write-interval-ms",
+        "200",
+    ]);
     node.create_mount("/live.mp3", "hackme", &[]);
     node.create_mount("/silent.mp3", "quiet", &[]);
     let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);

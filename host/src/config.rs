@@ -66,7 +66,7 @@ serve_settings! {
     /// A client must send its whole request head within this time.
     header_timeout_secs: u64 = 10; [value_name = "SECONDS"]
     /// Listeners are written to at most this often (larger batches cost less CPU).
-    write_interval_ms: u64 = 500; [value_name = "MS"]
+    write_interval_ms: u64 = 1000; [value_name = "MS"]
     /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
     listener_send_buffer: usize = 64 * 1024; [value_name = "BYTES"]
     /// Host name used in playlists and status URLs when the request has no Host header.

@@ -212,6 +212,11 @@ impl Hub {
         self.ring.lock().map(|r| r.first_seq).unwrap_or(u64::MAX)
     }
 
+    /// Sequence number of the next chunk to be pushed.
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
     /// A receiver that changes whenever a chunk is pushed or the hub ends.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.head.subscribe()

@@ -467,52 +467,80 @@ impl Conn {
                     None => return "source ended",
                 }
             }
-            tokio::select! {
-                biased;
-                changed = ctrl.changed() => {
-                    if changed.is_err() {
-                        return "removed";
+            // Wait out the write interval (batching is what keeps fan-out cheap), then for new
+            // data if the source has none yet. Admin commands and overrides interrupt either wait.
+            let next_write = next_tick(last_write, interval);
+            let mut paced = false;
+            loop {
+                if paced {
+                    rx.borrow_and_update();
+                    if hub.head() > cursor || hub.is_ended() {
+                        break;
                     }
-                    let cmd = ctrl.borrow_and_update().clone();
-                    match cmd {
-                        ListenerCtrl::Kill => return "killed by admin",
-                        ListenerCtrl::MoveTo(to) => {
-                            if let Some(h) = resolve(&self.state, &to) {
-                                wanted = to;
-                                if let Ok(mut l) = self.state.listeners.lock() {
-                                    if let Some(e) = l.get_mut(&id) {
-                                        e.mount = wanted.clone();
+                }
+                tokio::select! {
+                    biased;
+                    changed = ctrl.changed() => {
+                        if changed.is_err() {
+                            return "removed";
+                        }
+                        let cmd = ctrl.borrow_and_update().clone();
+                        match cmd {
+                            ListenerCtrl::Kill => return "killed by admin",
+                            ListenerCtrl::MoveTo(to) => {
+                                if let Some(h) = resolve(&self.state, &to) {
+                                    wanted = to;
+                                    if let Ok(mut l) = self.state.listeners.lock() {
+                                        if let Some(e) = l.get_mut(&id) {
+                                            e.mount = wanted.clone();
+                                        }
                                     }
+                                    cursor = self.switch(hub, h, &mut queue);
+                                    rx = hub.watch();
                                 }
+                            }
+                            ListenerCtrl::Run => {}
+                        }
+                        break;
+                    }
+                    ev = started_rx.recv(), if hub.mount != wanted => {
+                        // Override: the wanted mount's source is back.
+                        let relevant = match ev {
+                            Ok(m) => m == wanted,
+                            Err(broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(broadcast::error::RecvError::Closed) => false,
+                        };
+                        if relevant {
+                            if let Some(h) = self.state.hub(&wanted).filter(|h| !h.is_ended()) {
                                 cursor = self.switch(hub, h, &mut queue);
                                 rx = hub.watch();
                             }
                         }
-                        ListenerCtrl::Run => {}
-                    }
-                    continue;
-                }
-                ev = started_rx.recv(), if hub.mount != wanted => {
-                    // Override: the wanted mount's source is back.
-                    let relevant = match ev {
-                        Ok(m) => m == wanted,
-                        Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => false,
-                    };
-                    if relevant {
-                        if let Some(h) = self.state.hub(&wanted).filter(|h| !h.is_ended()) {
-                            cursor = self.switch(hub, h, &mut queue);
-                            rx = hub.watch();
+                        if hub.mount == wanted {
+                            break;
                         }
                     }
-                    continue;
+                    () = tokio::time::sleep_until(next_write), if !paced => paced = true,
+                    _ = rx.changed(), if paced => {}
                 }
-                _ = rx.changed() => {}
             }
-            // Batch: wait out the rest of the write interval before collecting again.
-            tokio::time::sleep_until((last_write + interval).into()).await;
         }
     }
+}
+
+/// The first multiple of `interval` (counted from process start) at least one interval after
+/// `last`. Listeners write on a shared grid, so one timer wake-up of a worker thread serves many
+/// listeners instead of each listener waking a thread at its own phase.
+fn next_tick(last: Instant, interval: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let step = interval.as_nanos().max(1);
+    let since = (last + interval)
+        .saturating_duration_since(epoch)
+        .as_nanos();
+    let ticks = since.div_ceil(step);
+    let at = epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX));
+    tokio::time::Instant::from_std(at)
 }
 
 enum WriteError {
@@ -535,13 +563,19 @@ async fn write_queue(
     let mut written = 0;
     while !queue.is_empty() {
         let slices: Vec<IoSlice<'_>> = queue.iter().take(128).map(|b| IoSlice::new(b)).collect();
-        let n = tokio::select! {
-            r = tokio::time::timeout(WRITE_STALL, stream.write_vectored(&slices)) => match r {
-                Err(_) => return Err(WriteError::Timeout),
-                Ok(Err(_)) | Ok(Ok(0)) => return Err(WriteError::Io),
-                Ok(Ok(n)) => n,
+        // Fast path: the socket usually has room, and then no timer is armed at all.
+        let n = match stream.try_write_vectored(&slices) {
+            Ok(0) => return Err(WriteError::Io),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::select! {
+                r = tokio::time::timeout(WRITE_STALL, stream.write_vectored(&slices)) => match r {
+                    Err(_) => return Err(WriteError::Timeout),
+                    Ok(Err(_)) | Ok(Ok(0)) => return Err(WriteError::Io),
+                    Ok(Ok(n)) => n,
+                },
+                () = overtaken(hub, cursor) => return Err(WriteError::Lagged),
             },
-            () = overtaken(hub, cursor) => return Err(WriteError::Lagged),
+            Err(_) => return Err(WriteError::Io),
         };
         drop(slices);
         written += n;
