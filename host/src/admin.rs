@@ -99,9 +99,9 @@ fn ice_response(status: u16, message: &str) -> Response {
 async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
     let path = req.path.as_str();
     if path == "/admin/metadata" || path == "/admin/metadata.xsl" {
-        return metadata(state, req);
+        return metadata(state, req).await;
     }
-    if !state.is_admin(req) {
+    if !state.is_admin(req).await {
         state.metrics.error(ErrorKind::Unauthorized);
         return unauthorized();
     }
@@ -208,9 +208,9 @@ fn decode_text(bytes: &[u8], charset: Option<&str>) -> String {
     }
 }
 
-fn metadata(state: &State, req: &RequestHead) -> Response {
+async fn metadata(state: &State, req: &RequestHead) -> Response {
     let mount = req.query("mount").unwrap_or_default();
-    if !state.is_admin(req) && !state.is_source(req, &mount) {
+    if !state.is_source(req, &mount).await && !state.is_admin(req).await {
         state.metrics.error(ErrorKind::Unauthorized);
         return unauthorized();
     }

@@ -48,7 +48,7 @@ pub async fn serve(
         send(&mut stream, &refuse(404, &msg), version, false).await;
         return;
     }
-    if !state.is_source(&req, &mount) {
+    if !state.is_source(&req, &mount).await {
         state.metrics.error(ErrorKind::Unauthorized);
         info!(%peer, %mount, "source refused: bad credentials");
         let r = refuse(401, "authentication required")

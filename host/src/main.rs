@@ -122,8 +122,7 @@ async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::
     };
     if !config.admin_password.is_empty() {
         let same = existing.as_ref().is_some_and(|a| {
-            a.user == user
-                && auth::Verifier::default().verify(&config.admin_password, &a.password_hash)
+            a.user == user && auth::verify_blocking(&config.admin_password, &a.password_hash)
         });
         if !same {
             let password_hash = auth::hash_password(&config.admin_password)?;

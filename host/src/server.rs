@@ -97,23 +97,24 @@ impl State {
     }
 
     /// Checks admin credentials from a request.
-    pub fn is_admin(&self, req: &RequestHead) -> bool {
+    pub async fn is_admin(&self, req: &RequestHead) -> bool {
         let (Some((user, pass)), Some(admin)) = (req.basic_auth(), self.coordinator.admin()) else {
             return false;
         };
-        user == admin.user && self.verifier.verify(&pass, &admin.password_hash)
+        user == admin.user && self.verifier.verify(&pass, &admin.password_hash).await
     }
 
     /// Checks source credentials for `mount`: the mount's own, or the open-mode password.
-    pub fn is_source(&self, req: &RequestHead, mount: &str) -> bool {
+    pub async fn is_source(&self, req: &RequestHead, mount: &str) -> bool {
         let Some((user, pass)) = req.basic_auth() else {
             return false;
         };
         if let Some(m) = self.mount_config(mount) {
-            return user == m.source_user && self.verifier.verify(&pass, &m.source_password_hash);
+            return user == m.source_user
+                && self.verifier.verify(&pass, &m.source_password_hash).await;
         }
         match &self.any_mount_hash {
-            Some(hash) => user == "source" && self.verifier.verify(&pass, hash),
+            Some(hash) => user == "source" && self.verifier.verify(&pass, hash).await,
             None => false,
         }
     }
@@ -248,7 +249,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
             crate::admin::serve(stream, peer, req, buf, state).await
         }
-        "GET" | "HEAD" | "OPTIONS" => crate::listener::serve(stream, peer, req, state).await,
+        "GET" | "HEAD" | "OPTIONS" => {
+            // A listener lives for hours: do not keep its request buffer alive that long.
+            drop(buf);
+            crate::listener::serve(stream, peer, req, state).await
+        }
         _ => {
             let r = Response::text(405, "method not allowed")
                 .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE");
