@@ -29,7 +29,7 @@ fn mounts_survive_kill_9_and_restart() {
         .unwrap()
         .to_owned();
     assert!(generated.len() >= 12, "generated password: {generated}");
-    let state = std::fs::read_to_string(node.dir.path().join("data/state.json")).unwrap();
+    let state = std::fs::read_to_string(node.data_dir.join("state.json")).unwrap();
     assert!(
         !state.contains("keep-pw") && !state.contains(&generated),
         "passwords stored in clear"
@@ -239,4 +239,103 @@ fn open_mode_accepts_any_mount_with_the_global_password() {
     node.wait_live("/anything.mp3", Duration::from_secs(15));
     let mut bad = ffmpeg_mp3_source(&node, "wrong", "/other.mp3", &[]);
     assert!(!bad.wait_timeout(Duration::from_secs(15)).unwrap().success());
+}
+
+#[test]
+fn sigterm_stops_the_node_cleanly() {
+    let mut node = Node::start(&[]);
+    node.create_mount("/t.mp3", "term-pw", &[]);
+    let _src = ffmpeg_mp3_source(&node, "term-pw", "/t.mp3", &[]);
+    node.wait_live("/t.mp3", Duration::from_secs(15));
+    let proc = node.proc.as_mut().unwrap();
+    let pid = proc.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = proc
+        .wait_timeout(Duration::from_secs(5))
+        .expect("node still running 5 s after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(node.log().contains("node stopped"), "{}", node.log());
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn new(parent: &std::path::Path, size: &str) -> SmallDisk {
+        let path = parent.join("disk");
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
+        SmallDisk { path }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_changes_clearly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::new(dir.path(), "256k");
+    let data = disk.path.join("data");
+    let log_dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start_in(log_dir, data.clone(), &[]);
+    node.create_mount("/kept.mp3", "kept-pw", &[]);
+    let _src = ffmpeg_mp3_source(&node, "kept-pw", "/kept.mp3", &[]);
+    node.wait_live("/kept.mp3", Duration::from_secs(15));
+
+    // Fill the disk to the last byte.
+    let mut filler = std::fs::File::create(disk.path.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let _ = std::io::Write::write_all(&mut filler, &[0u8]);
+    drop(filler);
+
+    let (ok, _, err) = node.cli(&["mount", "create", "/new.mp3"]);
+    assert!(!ok, "create must fail on a full disk");
+    assert!(
+        err.contains("could not persist")
+            && err.contains("nothing was changed")
+            && err.contains("507"),
+        "{err}"
+    );
+    assert!(
+        node.log().contains("status=507"),
+        "one log line for the refusal"
+    );
+    // Running streams are not disturbed, and the configuration is intact.
+    let (ok, err) = ffmpeg_decode(&node.url("/kept.mp3"), 3);
+    assert!(ok, "{err}");
+    let (_, out, _) = node.cli(&["mount", "list"]);
+    assert!(
+        out.contains("/kept.mp3") && !out.contains("/new.mp3"),
+        "{out}"
+    );
+
+    std::fs::remove_file(disk.path.join("filler")).unwrap();
+    node.kill9_and_restart();
+    let (ok, out, err) = node.cli(&["mount", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("/kept.mp3") && !out.contains("/new.mp3"),
+        "{out}"
+    );
+    let (ok, _, err) = node.cli(&["mount", "create", "/new.mp3"]);
+    assert!(ok, "changes work again once there is room: {err}");
 }

@@ -398,6 +398,16 @@ impl Conn {
         }
     }
 
+    /// Counts a listener dropped for falling behind the ring; returns the log reason.
+    fn dropped_slow(&self, hub: &Hub) -> &'static str {
+        self.state
+            .metrics
+            .dropped_slow
+            .get_or_create(&Metrics::mount(&hub.mount))
+            .inc();
+        "too slow: fell behind the mount's queue"
+    }
+
     async fn run(
         &mut self,
         hub: &mut Arc<Hub>,
@@ -428,14 +438,7 @@ impl Conn {
                     }
                 }
                 ReadResult::Empty => {}
-                ReadResult::Lagged => {
-                    self.state
-                        .metrics
-                        .dropped_slow
-                        .get_or_create(&Metrics::mount(&hub.mount))
-                        .inc();
-                    return "too slow: fell behind the mount's queue";
-                }
+                ReadResult::Lagged => return self.dropped_slow(hub),
             }
             let last_write = Instant::now();
             if !queue.is_empty() {
@@ -444,19 +447,12 @@ impl Conn {
                         self.sent += n as u64;
                         counter.inc_by(n as u64);
                     }
-                    Err(WriteError::Lagged) => {
-                        self.state
-                            .metrics
-                            .dropped_slow
-                            .get_or_create(&Metrics::mount(&hub.mount))
-                            .inc();
-                        return "too slow: fell behind the mount's queue";
-                    }
+                    Err(WriteError::Lagged) => return self.dropped_slow(hub),
                     Err(WriteError::Io) => return "connection closed",
                     Err(WriteError::Timeout) => return "write timeout",
                 }
             }
-            if hub.is_ended() && matches!(hub.read_from(cursor), ReadResult::Empty) {
+            if hub.is_ended() && hub.head() <= cursor {
                 // Everything the source sent is delivered: follow the fallback or leave.
                 match resolve(&self.state, &wanted) {
                     Some(h) => {

@@ -173,19 +173,11 @@ pub async fn run(
                 });
             }
             Err(_) => {
+                // Over the connection limit: one non-blocking attempt at a 503, then close. No
+                // task is spawned, so a connection flood cannot pile up work.
                 state.metrics.error(ErrorKind::Full);
-                tokio::spawn(async move {
-                    let r = Response::text(503, "server full");
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(2),
-                        tokio::io::AsyncWriteExt::write_all(
-                            &mut stream,
-                            &r.to_bytes("HTTP/1.0", false),
-                        ),
-                    )
-                    .await;
-                });
+                let r = Response::text(503, "server full");
+                let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
             }
         }
     }

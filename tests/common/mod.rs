@@ -75,7 +75,9 @@ pub fn bin() -> &'static str {
 /// A running node with its own data directory.
 pub struct Node {
     pub addr: SocketAddr,
+    /// Holds the node's log (and its data directory unless another was given).
     pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
     pub proc: Option<Proc>,
     pub extra: Vec<String>,
 }
@@ -83,11 +85,18 @@ pub struct Node {
 impl Node {
     pub fn start(extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Node::start_in(dir, data_dir, extra)
+    }
+
+    /// Starts a node whose data directory is `data_dir`.
+    pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, extra: &[&str]) -> Node {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, addr) = spawn_node(dir.path(), &extra);
+        let (proc, addr) = spawn_node(dir.path(), &data_dir, &extra);
         Node {
             addr,
             dir,
+            data_dir,
             proc: Some(proc),
             extra,
         }
@@ -96,7 +105,7 @@ impl Node {
     /// SIGKILLs the node and starts it again on the same data directory.
     pub fn kill9_and_restart(&mut self) {
         drop(self.proc.take());
-        let (proc, addr) = spawn_node(self.dir.path(), &self.extra);
+        let (proc, addr) = spawn_node(self.dir.path(), &self.data_dir, &self.extra);
         self.proc = Some(proc);
         self.addr = addr;
     }
@@ -182,7 +191,7 @@ impl Node {
     }
 }
 
-fn spawn_node(dir: &Path, extra: &[String]) -> (Proc, SocketAddr) {
+fn spawn_node(dir: &Path, data_dir: &Path, extra: &[String]) -> (Proc, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -192,7 +201,7 @@ fn spawn_node(dir: &Path, extra: &[String]) -> (Proc, SocketAddr) {
         "tidecast",
         Command::new(bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
+            .arg(data_dir)
             .args(["--admin-password", ADMIN_PASSWORD])
             .args(extra)
             .stdout(Stdio::piped())
