@@ -8,8 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -205,26 +203,10 @@ fn a_listener_that_stops_reading_is_dropped_while_another_keeps_real_time() {
         .unwrap();
 
     // The healthy player reads continuously and counts.
-    let (mut good, _, first) = open_listener(&node, "/live.mp3", "");
-    let count = Arc::new(AtomicUsize::new(first.len()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (count, stop) = (count.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16384];
-            while !stop.load(Ordering::Relaxed) {
-                match good.read(&mut buf) {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        count.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
-            }
-            true
-        })
-    };
+    let (good, _, first) = open_listener(&node, "/live.mp3", "");
+    let good = CountingReader::spawn(good, first.len());
     std::thread::sleep(Duration::from_secs(2)); // past the join burst
-    let (t0, c0) = (Instant::now(), count.load(Ordering::Relaxed));
+    let (t0, c0) = (Instant::now(), good.bytes());
     wait_for(
         Duration::from_secs(25),
         "the stalled listener to be dropped",
@@ -232,13 +214,9 @@ fn a_listener_that_stops_reading_is_dropped_while_another_keeps_real_time() {
     );
     std::thread::sleep(Duration::from_secs(2));
     let elapsed = t0.elapsed().as_secs_f64();
-    let rate = (count.load(Ordering::Relaxed) - c0) as f64 / elapsed;
-    stop.store(true, Ordering::Relaxed);
-    assert!(
-        reader.join().unwrap(),
-        "the healthy listener was disconnected"
-    );
-    // 128 kbit/s is 16 000 bytes/s; writes are batched every 0.5 s.
+    let rate = (good.bytes() - c0) as f64 / elapsed;
+    assert!(good.finish(), "the healthy listener was disconnected");
+    // 128 kbit/s is 16 000 bytes/s; this node batches writes every 0.2 s.
     assert!(
         (0.85 * 16_000.0..1.25 * 16_000.0).contains(&rate),
         "healthy listener got {rate:.0} B/s over {elapsed:.1} s"
@@ -263,24 +241,9 @@ fn fallback_then_override_when_the_source_returns() {
     let _backup = ffmpeg_mp3_source(&node, "pw-back", "/backup.mp3", &[]);
     node.wait_live("/backup.mp3", Duration::from_secs(15));
 
-    let (mut l, head, _) = open_listener(&node, "/main.mp3", "");
+    let (l, head, first) = open_listener(&node, "/main.mp3", "");
     assert!(head.contains("200 OK"), "{head}");
-    let count = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let count = count.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16384];
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                match l.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        count.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let reader = CountingReader::spawn(l, first.len());
     let gauge = |m: &str| node.metric(&format!("tidecast_listeners{{mount=\"{m}\"}}"));
     wait_for(Duration::from_secs(5), "listener on the fallback", || {
         gauge("/backup.mp3") == 1.0
@@ -292,27 +255,24 @@ fn fallback_then_override_when_the_source_returns() {
         "override to the returning source",
         || gauge("/main.mp3") == 1.0 && gauge("/backup.mp3") == 0.0,
     );
-    let before = count.load(Ordering::Relaxed);
+    let before = reader.bytes();
     wait_for(
         Duration::from_secs(5),
         "audio flows from the main source",
-        || count.load(Ordering::Relaxed) > before + 16_000,
+        || reader.bytes() > before + 16_000,
     );
 
     drop(main_src.child.kill());
     wait_for(Duration::from_secs(15), "back on the fallback", || {
         gauge("/main.mp3") == 0.0 && gauge("/backup.mp3") == 1.0
     });
-    let before = count.load(Ordering::Relaxed);
+    let before = reader.bytes();
     wait_for(
         Duration::from_secs(5),
         "audio flows from the fallback again",
-        || count.load(Ordering::Relaxed) > before + 16_000,
+        || reader.bytes() > before + 16_000,
     );
-    assert!(
-        !reader.is_finished(),
-        "the listener stayed connected throughout"
-    );
+    assert!(reader.finish(), "the listener stayed connected throughout");
 }
 
 #[test]

@@ -8,8 +8,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,27 +38,10 @@ fn hostile_clients_get_clear_answers_and_disturb_nobody() {
 
     // A listener that must keep receiving in real time through all of this.
     let mut l = TcpStream::connect(node.addr).unwrap();
-    l.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     l.write_all(b"GET /live.mp3 HTTP/1.0\r\n\r\n").unwrap();
-    let count = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (count, stop) = (count.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16384];
-            while !stop.load(Ordering::Relaxed) {
-                match l.read(&mut buf) {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => {
-                        count.fetch_add(n, Ordering::Relaxed);
-                    }
-                }
-            }
-            true
-        })
-    };
+    let reader = CountingReader::spawn(l, 0);
     std::thread::sleep(Duration::from_secs(2));
-    let (t0, c0) = (Instant::now(), count.load(Ordering::Relaxed));
+    let (t0, c0) = (Instant::now(), reader.bytes());
 
     assert_eq!(
         status_of(&node, b"\x16\x03\x01\x02\x00garbage\r\n\r\n"),
@@ -128,51 +109,30 @@ fn hostile_clients_get_clear_answers_and_disturb_nobody() {
     assert_eq!(http_get(node.addr, "/no/such/mount.mp3", &[]).0, 404);
     // Malformed metadata requests: clear refusals.
     let auth = basic("source", "hackme");
-    assert_eq!(
+    let meta = |query: &str, auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         http_get(
             node.addr,
-            "/admin/metadata?mount=/live.mp3&mode=updinfo",
-            &[("Authorization", &auth)]
+            &format!("/admin/metadata?mount=/live.mp3&{query}"),
+            &headers,
         )
-        .0,
-        400
-    );
-    assert_eq!(
-        http_get(
-            node.addr,
-            "/admin/metadata?mount=/live.mp3&mode=bogus&song=x",
-            &[("Authorization", &auth)]
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        http_get(
-            node.addr,
-            "/admin/metadata?mount=/live.mp3&mode=updinfo&song=x",
-            &[]
-        )
-        .0,
-        401
-    );
+        .0
+    };
+    assert_eq!(meta("mode=updinfo", Some(&auth)), 400, "no song");
+    assert_eq!(meta("mode=bogus&song=x", Some(&auth)), 400, "unknown mode");
+    assert_eq!(meta("mode=updinfo&song=x", None), 401, "no credentials");
     // Control characters would break ICY framing: they are dropped.
     assert_eq!(
-        http_get(
-            node.addr,
-            "/admin/metadata?mount=/live.mp3&mode=updinfo&song=A%00%01%0D%0AB%FF",
-            &[("Authorization", &auth)]
-        )
-        .0,
+        meta("mode=updinfo&song=A%00%01%0D%0AB%FF", Some(&auth)),
         200
     );
     assert_eq!(node.status()["icestats"]["source"]["title"], "ABÿ");
-    let long = "x".repeat(8000);
-    let (code, _, _) = http_get(
-        node.addr,
-        &format!("/admin/metadata?mount=/live.mp3&mode=updinfo&song={long}"),
-        &[("Authorization", &auth)],
+    let long = format!("mode=updinfo&song={}", "x".repeat(8000));
+    assert_eq!(
+        meta(&long, Some(&auth)),
+        200,
+        "a long title is truncated, not refused"
     );
-    assert_eq!(code, 200, "a long title is truncated, not refused");
     // An oversized API body is refused before it is read.
     let (code, _, _) = http_request(
         node.addr,
@@ -184,9 +144,8 @@ fn hostile_clients_get_clear_answers_and_disturb_nobody() {
     assert_eq!(code, 413);
 
     let elapsed = t0.elapsed().as_secs_f64();
-    let rate = (count.load(Ordering::Relaxed) - c0) as f64 / elapsed;
-    stop.store(true, Ordering::Relaxed);
-    assert!(reader.join().unwrap(), "the listener was disconnected");
+    let rate = (reader.bytes() - c0) as f64 / elapsed;
+    assert!(reader.finish(), "the listener was disconnected");
     assert!(
         rate > 0.85 * 16_000.0,
         "listener fell behind: {rate:.0} B/s over {elapsed:.1} s"

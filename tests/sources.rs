@@ -159,33 +159,17 @@ output.icecast(%ogg(%vorbis), host="127.0.0.1", port={}, password="liqpass",
 fn ogg_opus_source_joined_mid_stream_gets_headers_first() {
     let node = Node::start(&["--burst-size", "8192"]);
     node.create_mount("/live.opus", "hackme", &[]);
-    let _src = Proc::spawn(
-        "ffmpeg opus source",
-        Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-v",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=120",
-            ])
-            .args([
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "64k",
-                "-content_type",
-                "audio/ogg",
-                "-f",
-                "ogg",
-            ])
-            .arg(node.source_url("hackme", "/live.opus"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let ogg = [
+        "-c:a",
+        "libopus",
+        "-b:a",
+        "64k",
+        "-content_type",
+        "audio/ogg",
+        "-f",
+        "ogg",
+    ];
+    let _src = ffmpeg_source(&node, "hackme", "/live.opus", &ogg);
     node.wait_live("/live.opus", Duration::from_secs(15));
     // Join well after the header pages went by: the burst (8 KiB) is far past them.
     std::thread::sleep(Duration::from_secs(3));

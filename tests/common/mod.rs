@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const ADMIN_PASSWORD: &str = "admin-secret";
@@ -292,38 +294,96 @@ pub fn admin_get(node: &Node, path: &str) -> (u16, String, Vec<u8>) {
     )
 }
 
-/// ffmpeg pushing a generated 128 kbit/s MP3 sine in real time (PUT, no length).
-pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str]) -> Proc {
+/// ffmpeg encoding a generated sine in real time and pushing it to `mount` (PUT, no length).
+/// `encode` names the codec and container options, e.g. `["-c:a", "libopus", "-f", "ogg"]`.
+pub fn ffmpeg_source(node: &Node, password: &str, mount: &str, encode: &[&str]) -> Proc {
     require("ffmpeg");
     Proc::spawn(
         "ffmpeg source",
         Command::new("ffmpeg")
-            .args([
-                "-nostdin",
-                "-v",
-                "error",
-                "-re",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=440:duration=120",
-            ])
-            .args([
-                "-ac",
-                "2",
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "128k",
-                "-content_type",
-                "audio/mpeg",
-            ])
-            .args(extra)
-            .args(["-f", "mp3"])
+            .args(["-nostdin", "-v", "error", "-re", "-f", "lavfi"])
+            .args(["-i", "sine=frequency=440:duration=120", "-ac", "2"])
+            .args(encode)
             .arg(node.source_url(password, mount))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
+}
+
+/// ffmpeg pushing a generated 128 kbit/s MP3 sine in real time; `extra` goes before the output.
+pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str]) -> Proc {
+    let mut encode = vec![
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "128k",
+        "-content_type",
+        "audio/mpeg",
+    ];
+    encode.extend_from_slice(extra);
+    encode.extend_from_slice(&["-f", "mp3"]);
+    ffmpeg_source(node, password, mount, &encode)
+}
+
+/// A listener socket read continuously on its own thread, counting bytes. Bounded: the thread
+/// ends when told to, when the connection ends, or after two minutes.
+pub struct CountingReader {
+    count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl CountingReader {
+    /// `already`: bytes of audio read before the socket was handed over.
+    pub fn spawn(mut s: TcpStream, already: usize) -> CountingReader {
+        let count = Arc::new(AtomicUsize::new(already));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (count.clone(), stop.clone());
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut buf = [0u8; 16384];
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match s.read(&mut buf) {
+                    Ok(0) => return false,
+                    Ok(n) => {
+                        c.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        });
+        CountingReader {
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Stops reading; true when the server had kept the connection open until then.
+    pub fn finish(mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .is_some_and(|t| t.join().unwrap_or(false))
+    }
+}
+
+impl Drop for CountingReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Decodes `seconds` of a mount with ffmpeg; returns (exit success, stderr at -v error).
