@@ -1,10 +1,108 @@
 //! Codec-level building blocks of tidecast, free of IO and of tokio.
 //!
-//! Today this crate holds the frame-boundary splitters that the ingest path uses to cut a source's
-//! byte stream into chunks a listener can join on ([`framing`]). Decoders, resamplers and encoders
-//! for transcoded mounts will live here too, so that a codec never learns about sockets.
+//! - [`framing`]: cut a source's byte stream into chunks a listener can join on;
+//! - [`decode`] → [`convert`] → [`pipeline`] filters → [`encode`]: the transcoding chain that a
+//!   transcoder thread (or `tidecast bench`) drives block by block.
 
+pub mod convert;
+pub mod decode;
+pub mod encode;
 pub mod framing;
 mod ogg_crc;
+pub mod pipeline;
 
+pub use decode::{AudioFormat, Decoder};
+pub use encode::{Codec, EncoderSettings, StereoMode};
 pub use framing::{Piece, SplitStats, Splitter, StreamFormat};
+pub use pipeline::{Filter, Gain, Pipeline};
+
+/// A generated test signal: `seconds` of a sine at `freq` Hz, interleaved, amplitude 0.5.
+pub fn sine(freq: f32, format: AudioFormat, seconds: f32) -> Vec<f32> {
+    let frames = (format.sample_rate as f32 * seconds) as usize;
+    let mut out = Vec::with_capacity(frames * usize::from(format.channels));
+    for i in 0..frames {
+        let v =
+            0.5 * (2.0 * std::f32::consts::PI * freq * i as f32 / format.sample_rate as f32).sin();
+        for _ in 0..format.channels {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Encodes 3 s of a 440 Hz sine from 44.1 kHz stereo, decodes the result, and checks
+    /// format, duration and pitch (zero crossings).
+    fn round_trip(settings: EncoderSettings, hint: StreamFormat) {
+        let input_format = AudioFormat {
+            sample_rate: 44_100,
+            channels: 2,
+        };
+        let pcm = sine(440.0, input_format, 3.0);
+        let mut p = Pipeline::new(&settings, vec![]).unwrap();
+        let mut encoded = Vec::new();
+        for block in pcm.chunks(1152 * 2) {
+            p.push(block, input_format, &mut encoded).unwrap();
+        }
+        let one_second = p.output_format().sample_rate as usize;
+        p.push_silence(one_second, &mut encoded);
+        let mut d = Decoder::open(std::io::Cursor::new(encoded), hint).unwrap();
+        let mut all = Vec::new();
+        let mut block = Vec::new();
+        let mut fmt = None;
+        while let Some(f) = d.next_block(&mut block) {
+            fmt = Some(f);
+            all.extend_from_slice(&block);
+        }
+        let fmt = fmt.unwrap();
+        assert_eq!(fmt, settings.output_format());
+        let ch = usize::from(fmt.channels);
+        let secs = all.len() as f32 / ch as f32 / fmt.sample_rate as f32;
+        assert!((3.5..4.5).contains(&secs), "decoded {secs} s");
+        // Pitch over the middle second.
+        let mid: Vec<f32> = all
+            .chunks(ch)
+            .map(|f| f[0])
+            .skip(fmt.sample_rate as usize)
+            .take(fmt.sample_rate as usize)
+            .collect();
+        let crossings = mid.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
+        assert!(
+            (435..=445).contains(&crossings),
+            "{crossings} cycles in 1 s"
+        );
+        assert_eq!(d.skipped_packets, 0);
+    }
+
+    #[test]
+    fn mp3_round_trip() {
+        round_trip(EncoderSettings::new(Codec::Mp3, 64), StreamFormat::Mp3);
+    }
+
+    #[test]
+    fn opus_in_ogg_round_trip() {
+        round_trip(EncoderSettings::new(Codec::Opus, 64), StreamFormat::Ogg);
+    }
+
+    #[test]
+    fn mono_22k_mp3() {
+        let mut s = EncoderSettings::new(Codec::Mp3, 32);
+        s.channels = 1;
+        s.sample_rate = 22_050;
+        round_trip(s, StreamFormat::Mp3);
+    }
+
+    #[test]
+    fn absurd_settings_are_refused_with_every_problem() {
+        let mut s = EncoderSettings::new(Codec::Mp3, 0);
+        s.channels = 7;
+        s.sample_rate = 1;
+        let problems = s.validate();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(s.build().is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! Channel up/down-mix and sample-rate conversion between the decoder and the encoder.
+//!
+//! Channels: mono is duplicated to stereo; stereo is averaged to mono; more than two channels keep
+//! their first two (front left/right). Rates: rubato's FFT resampler with a fixed input chunk;
+//! input is buffered until a chunk is complete, so output lags input by at most one chunk.
+
+use rubato::{FftFixedIn, Resampler};
+
+use crate::decode::AudioFormat;
+
+/// Input frames per resampler call (about 23 ms at 44.1 kHz).
+const CHUNK: usize = 1024;
+
+pub struct Converter {
+    from: AudioFormat,
+    to: AudioFormat,
+    resampler: Option<FftFixedIn<f32>>,
+    /// Planar input waiting for a full chunk.
+    pending: Vec<Vec<f32>>,
+    planar_out: Vec<Vec<f32>>,
+    mixed: Vec<f32>,
+}
+
+impl Converter {
+    pub fn new(from: AudioFormat, to: AudioFormat) -> Result<Converter, String> {
+        let resampler = if from.sample_rate == to.sample_rate {
+            None
+        } else {
+            Some(
+                FftFixedIn::new(
+                    from.sample_rate as usize,
+                    to.sample_rate as usize,
+                    CHUNK,
+                    2,
+                    usize::from(to.channels),
+                )
+                .map_err(|e| {
+                    format!(
+                        "resampler {} → {} Hz: {e}",
+                        from.sample_rate, to.sample_rate
+                    )
+                })?,
+            )
+        };
+        let planar_out = match &resampler {
+            Some(r) => r.output_buffer_allocate(true),
+            None => Vec::new(),
+        };
+        Ok(Converter {
+            from,
+            to,
+            resampler,
+            pending: vec![Vec::with_capacity(CHUNK * 2); usize::from(to.channels)],
+            planar_out,
+            mixed: Vec::new(),
+        })
+    }
+
+    pub fn input_format(&self) -> AudioFormat {
+        self.from
+    }
+
+    /// Converts interleaved `input` (in the `from` format) and appends interleaved output in the
+    /// `to` format to `out`.
+    pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        let in_ch = usize::from(self.from.channels.max(1));
+        let out_ch = usize::from(self.to.channels);
+        // Channel mix into `mixed` (interleaved, out_ch channels).
+        self.mixed.clear();
+        for frame in input.chunks_exact(in_ch) {
+            match (in_ch, out_ch) {
+                (1, 2) => self.mixed.extend_from_slice(&[frame[0], frame[0]]),
+                (_, 1) if in_ch >= 2 => self.mixed.push(0.5 * (frame[0] + frame[1])),
+                (_, 1) => self.mixed.push(frame[0]),
+                _ => self.mixed.extend_from_slice(&frame[..out_ch]),
+            }
+        }
+        let Some(resampler) = &mut self.resampler else {
+            out.extend_from_slice(&self.mixed);
+            return;
+        };
+        for frame in self.mixed.chunks_exact(out_ch) {
+            for (c, s) in frame.iter().enumerate() {
+                self.pending[c].push(*s);
+            }
+        }
+        while self.pending[0].len() >= CHUNK {
+            let input: Vec<&[f32]> = self.pending.iter().map(|p| &p[..CHUNK]).collect();
+            let Ok((_, produced)) =
+                resampler.process_into_buffer(&input, &mut self.planar_out, None)
+            else {
+                self.pending.iter_mut().for_each(Vec::clear);
+                return;
+            };
+            for i in 0..produced {
+                for c in 0..out_ch {
+                    out.push(self.planar_out[c][i]);
+                }
+            }
+            for p in &mut self.pending {
+                p.drain(..CHUNK);
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Encoders: MP3 with LAME, and Opus with libopus muxed into Ogg.
+//!
+//! Both take interleaved f32 in [-1, 1] at their own output format (the converter before them
+//! takes care of rate and channels) and append encoded bytes to a caller's buffer, reusing their
+//! internal buffers so steady-state encoding does not allocate. Defaults follow the reference
+//! tools, so benchmarks compare like with like: LAME quality 3 (the library default, as used by
+//! `ffmpeg -c:a libmp3lame`), libopus complexity 10 (ffmpeg's default), 20 ms Opus frames.
+
+use std::borrow::Cow;
+
+use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+
+use crate::decode::AudioFormat;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Mp3,
+    Opus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StereoMode {
+    Joint,
+    Stereo,
+}
+
+/// What to encode to. Validate with [`EncoderSettings::validate`] before building.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderSettings {
+    pub codec: Codec,
+    pub bitrate_kbps: u32,
+    /// Output sample rate (Opus: always 48 000).
+    pub sample_rate: u32,
+    pub channels: u16,
+    /// MP3: LAME quality 0 (best, slowest) … 9. Opus: complexity 0 … 10.
+    pub quality: u8,
+    pub stereo_mode: StereoMode,
+    /// Opus frame duration in milliseconds (2.5 is not offered): 5, 10, 20, 40 or 60.
+    pub frame_ms: u32,
+}
+
+const MP3_BITRATES: [u32; 16] = [
+    8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+];
+const MP3_RATES: [u32; 9] = [8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000];
+
+impl EncoderSettings {
+    /// Defaults for a codec at a bitrate: stereo, 44.1 kHz (MP3) or 48 kHz (Opus).
+    pub fn new(codec: Codec, bitrate_kbps: u32) -> EncoderSettings {
+        EncoderSettings {
+            codec,
+            bitrate_kbps,
+            sample_rate: if codec == Codec::Opus { 48_000 } else { 44_100 },
+            channels: 2,
+            quality: if codec == Codec::Opus { 10 } else { 3 },
+            stereo_mode: StereoMode::Joint,
+            frame_ms: 20,
+        }
+    }
+
+    /// Every problem with these settings, for an error message naming them all.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=2).contains(&self.channels) {
+            p.push(format!("channels must be 1 or 2, got {}", self.channels));
+        }
+        match self.codec {
+            Codec::Mp3 => {
+                if !MP3_BITRATES.contains(&self.bitrate_kbps) {
+                    p.push(format!(
+                        "MP3 bitrate must be one of {MP3_BITRATES:?} kbit/s, got {}",
+                        self.bitrate_kbps
+                    ));
+                }
+                if !MP3_RATES.contains(&self.sample_rate) {
+                    p.push(format!(
+                        "MP3 sample rate must be one of {MP3_RATES:?} Hz, got {}",
+                        self.sample_rate
+                    ));
+                }
+                if self.quality > 9 {
+                    p.push(format!(
+                        "MP3 quality must be 0 (best) to 9, got {}",
+                        self.quality
+                    ));
+                }
+            }
+            Codec::Opus => {
+                if !(6..=510).contains(&self.bitrate_kbps) {
+                    p.push(format!(
+                        "Opus bitrate must be 6 to 510 kbit/s, got {}",
+                        self.bitrate_kbps
+                    ));
+                }
+                if self.sample_rate != 48_000 {
+                    p.push(format!(
+                        "Opus in Ogg is always 48000 Hz, got {}",
+                        self.sample_rate
+                    ));
+                }
+                if self.quality > 10 {
+                    p.push(format!(
+                        "Opus complexity must be 0 to 10, got {}",
+                        self.quality
+                    ));
+                }
+                if ![5, 10, 20, 40, 60].contains(&self.frame_ms) {
+                    p.push(format!(
+                        "Opus frame size must be 5, 10, 20, 40 or 60 ms, got {}",
+                        self.frame_ms
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    pub fn output_format(&self) -> AudioFormat {
+        AudioFormat {
+            sample_rate: self.sample_rate,
+            channels: self.channels,
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self.codec {
+            Codec::Mp3 => "audio/mpeg",
+            Codec::Opus => "audio/ogg",
+        }
+    }
+
+    pub fn build(&self) -> Result<Box<dyn Encoder>, String> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        match self.codec {
+            Codec::Mp3 => Mp3Encoder::new(self).map(|e| Box::new(e) as Box<dyn Encoder>),
+            Codec::Opus => OpusOggEncoder::new(self).map(|e| Box::new(e) as Box<dyn Encoder>),
+        }
+    }
+}
+
+pub trait Encoder: Send {
+    /// Encodes interleaved samples in the settings' output format; appends bytes to `out`.
+    fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>);
+}
+
+pub struct Mp3Encoder {
+    lame: mp3lame_encoder::Encoder,
+    channels: u16,
+}
+
+impl Mp3Encoder {
+    fn new(s: &EncoderSettings) -> Result<Mp3Encoder, String> {
+        use mp3lame_encoder::{Bitrate, Builder, Mode, Quality, VbrMode};
+        let err = |e: mp3lame_encoder::BuildError| format!("LAME: {e:?}");
+        let mut b = Builder::new().ok_or("LAME: cannot allocate an encoder")?;
+        b.set_num_channels(s.channels as u8).map_err(err)?;
+        b.set_sample_rate(s.sample_rate).map_err(err)?;
+        // Otherwise LAME picks a lower output rate for low bitrates on its own.
+        b.set_output_sample_rate(std::num::NonZeroU32::new(s.sample_rate))
+            .map_err(err)?;
+        let br = match s.bitrate_kbps {
+            8 => Bitrate::Kbps8,
+            16 => Bitrate::Kbps16,
+            24 => Bitrate::Kbps24,
+            32 => Bitrate::Kbps32,
+            40 => Bitrate::Kbps40,
+            48 => Bitrate::Kbps48,
+            64 => Bitrate::Kbps64,
+            80 => Bitrate::Kbps80,
+            96 => Bitrate::Kbps96,
+            112 => Bitrate::Kbps112,
+            128 => Bitrate::Kbps128,
+            160 => Bitrate::Kbps160,
+            192 => Bitrate::Kbps192,
+            224 => Bitrate::Kbps224,
+            256 => Bitrate::Kbps256,
+            _ => Bitrate::Kbps320,
+        };
+        b.set_brate(br).map_err(err)?;
+        b.set_vbr_mode(VbrMode::Off).map_err(err)?;
+        b.set_to_write_vbr_tag(false).map_err(err)?;
+        let mode = match (s.channels, s.stereo_mode) {
+            (1, _) => Mode::Mono,
+            (_, StereoMode::Joint) => Mode::JointStereo,
+            (_, StereoMode::Stereo) => Mode::Stereo,
+        };
+        b.set_mode(mode).map_err(err)?;
+        let q = [
+            Quality::Best,
+            Quality::SecondBest,
+            Quality::NearBest,
+            Quality::VeryNice,
+            Quality::Nice,
+            Quality::Good,
+            Quality::Decent,
+            Quality::Ok,
+            Quality::SecondWorst,
+            Quality::Worst,
+        ][usize::from(s.quality.min(9))];
+        b.set_quality(q).map_err(err)?;
+        Ok(Mp3Encoder {
+            lame: b.build().map_err(err)?,
+            channels: s.channels,
+        })
+    }
+}
+
+impl Encoder for Mp3Encoder {
+    fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) {
+        use mp3lame_encoder::{InterleavedPcm, MonoPcm};
+        let frames = pcm.len() / usize::from(self.channels);
+        out.reserve(mp3lame_encoder::max_required_buffer_size(frames));
+        // Errors only arise from a too-small buffer, reserved above.
+        let _ = if self.channels == 1 {
+            self.lame.encode_to_vec(MonoPcm(pcm), out)
+        } else {
+            self.lame.encode_to_vec(InterleavedPcm(pcm), out)
+        };
+    }
+}
+
+pub struct OpusOggEncoder {
+    opus: opus::Encoder,
+    ogg: PacketWriter<'static, Vec<u8>>,
+    serial: u32,
+    channels: usize,
+    frame: usize,
+    pending: Vec<f32>,
+    packet: Vec<u8>,
+    pre_skip: u64,
+    granule: u64,
+    packets_in_page: u32,
+}
+
+/// Ogg pages are closed after this many packets (200 ms at 20 ms frames) so listeners get audio
+/// with little delay.
+const PACKETS_PER_PAGE: u32 = 10;
+
+impl OpusOggEncoder {
+    fn new(s: &EncoderSettings) -> Result<OpusOggEncoder, String> {
+        let ch = if s.channels == 1 {
+            opus::Channels::Mono
+        } else {
+            opus::Channels::Stereo
+        };
+        let err = |e: opus::Error| format!("libopus: {e}");
+        let mut opus = opus::Encoder::new(48_000, ch, opus::Application::Audio).map_err(err)?;
+        opus.set_bitrate(opus::Bitrate::Bits(s.bitrate_kbps as i32 * 1000))
+            .map_err(err)?;
+        opus.set_complexity(i32::from(s.quality)).map_err(err)?;
+        let pre_skip = opus.get_lookahead().map_err(err)?.max(0) as u64;
+        let serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+        let mut e = OpusOggEncoder {
+            opus,
+            ogg: PacketWriter::new(Vec::new()),
+            serial,
+            channels: usize::from(s.channels),
+            frame: (48 * s.frame_ms) as usize,
+            pending: Vec::new(),
+            packet: vec![0; 4000],
+            pre_skip,
+            granule: pre_skip,
+            packets_in_page: 0,
+        };
+        let mut head = b"OpusHead".to_vec();
+        head.push(1);
+        head.push(s.channels as u8);
+        head.extend_from_slice(&(pre_skip as u16).to_le_bytes());
+        head.extend_from_slice(&48_000u32.to_le_bytes());
+        head.extend_from_slice(&0i16.to_le_bytes());
+        head.push(0);
+        let vendor = concat!("tidecast ", env!("CARGO_PKG_VERSION"));
+        let mut tags = b"OpusTags".to_vec();
+        tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
+        tags.extend_from_slice(vendor.as_bytes());
+        tags.extend_from_slice(&0u32.to_le_bytes());
+        let w = |e: std::io::Error| format!("ogg: {e}");
+        e.ogg
+            .write_packet(Cow::Owned(head), serial, PacketWriteEndInfo::EndPage, 0)
+            .map_err(w)?;
+        e.ogg
+            .write_packet(Cow::Owned(tags), serial, PacketWriteEndInfo::EndPage, 0)
+            .map_err(w)?;
+        Ok(e)
+    }
+}
+
+impl Encoder for OpusOggEncoder {
+    fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) {
+        // Header pages written at construction go out with the first call.
+        out.append(self.ogg.inner_mut());
+        self.pending.extend_from_slice(pcm);
+        let block = self.frame * self.channels;
+        let mut offset = 0;
+        while self.pending.len() - offset >= block {
+            let input = &self.pending[offset..offset + block];
+            offset += block;
+            let Ok(n) = self.opus.encode_float(input, &mut self.packet) else {
+                continue;
+            };
+            self.granule += self.frame as u64;
+            self.packets_in_page += 1;
+            let end = if self.packets_in_page >= PACKETS_PER_PAGE {
+                self.packets_in_page = 0;
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            let _ = self.ogg.write_packet(
+                Cow::Owned(self.packet[..n].to_vec()),
+                self.serial,
+                end,
+                self.granule,
+            );
+            out.append(self.ogg.inner_mut());
+        }
+        self.pending.drain(..offset);
+    }
+}
+
+impl OpusOggEncoder {
+    /// Samples of encoder delay announced in OpusHead.
+    pub fn pre_skip(&self) -> u64 {
+        self.pre_skip
+    }
+}
