@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tracing::info;
 
 use crate::auth::{generate_password, hash_password};
-use crate::coordinator::{validate_mount_path, CoordError, MountConfig};
+use crate::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::metrics::ErrorKind;
 use crate::server::{send, ListenerCtrl, State};
@@ -253,6 +253,7 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
         "title": hub.as_ref().map(|h| h.meta().title),
+        "transcode": m.transcode,
     })
 }
 
@@ -268,6 +269,100 @@ struct MountRequest {
     fallback: Option<String>,
     /// Empty returns to the default.
     charset: Option<String>,
+    /// Transcoded mounts: the source mount and the output encoding.
+    from: Option<String>,
+    codec: Option<String>,
+    bitrate: Option<u32>,
+    sample_rate: Option<u32>,
+    channels: Option<u16>,
+    quality: Option<u8>,
+    stereo_mode: Option<String>,
+    frame_ms: Option<u32>,
+}
+
+impl MountRequest {
+    fn has_transcode_fields(&self) -> bool {
+        self.from.is_some()
+            || self.codec.is_some()
+            || self.bitrate.is_some()
+            || self.sample_rate.is_some()
+            || self.channels.is_some()
+            || self.quality.is_some()
+            || self.stereo_mode.is_some()
+            || self.frame_ms.is_some()
+    }
+}
+
+/// Applies the transcode fields of `r` to `m` (creating its transcode section when `create`),
+/// collecting every problem, including the source mount's.
+fn apply_transcode(
+    state: &State,
+    m: &mut MountConfig,
+    r: &mut MountRequest,
+    create: bool,
+    problems: &mut Vec<String>,
+) {
+    if !r.has_transcode_fields() {
+        return;
+    }
+    let t = match (&mut m.transcode, create) {
+        (Some(t), _) => t,
+        (None, true) => m.transcode.insert(TranscodeConfig {
+            from: String::new(),
+            codec: String::new(),
+            bitrate_kbps: 0,
+            sample_rate: None,
+            channels: None,
+            quality: None,
+            stereo_mode: None,
+            frame_ms: None,
+        }),
+        (None, false) => {
+            problems.push(format!(
+                "{} is not a transcoded mount; create a new one with --from",
+                m.path
+            ));
+            return;
+        }
+    };
+    if let Some(v) = r.from.take() {
+        t.from = v;
+    }
+    if let Some(v) = r.codec.take() {
+        t.codec = v;
+    }
+    if let Some(v) = r.bitrate.take() {
+        t.bitrate_kbps = v;
+    }
+    t.sample_rate = r.sample_rate.take().or(t.sample_rate);
+    t.channels = r.channels.take().or(t.channels);
+    t.quality = r.quality.take().or(t.quality);
+    t.stereo_mode = r.stereo_mode.take().or(t.stereo_mode.take());
+    t.frame_ms = r.frame_ms.take().or(t.frame_ms);
+    if t.from.is_empty() || t.codec.is_empty() || t.bitrate_kbps == 0 {
+        problems.push("a transcoded mount needs --from, --codec and --bitrate".to_owned());
+    }
+    if let Err(e) = t.settings() {
+        problems.extend(e);
+    }
+    if t.from == m.path {
+        problems.push("a mount cannot be transcoded from itself".to_owned());
+    } else if !t.from.is_empty() {
+        match state.mount_config(&t.from) {
+            None => problems.push(format!(
+                "source mount {} does not exist; create it first",
+                t.from
+            )),
+            Some(src) if src.transcode.is_some() => problems.push(format!(
+                "{} is itself transcoded; transcode from its source instead",
+                t.from
+            )),
+            Some(_) => {}
+        }
+    }
+    if r.password.is_some() || r.source_user.is_some() {
+        problems.push("a transcoded mount takes no source credentials".to_owned());
+    }
 }
 
 fn parse_request(body: &[u8]) -> Result<MountRequest, Response> {
@@ -341,7 +436,9 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
         max_listeners: None,
         fallback: None,
         charset: None,
+        transcode: None,
     };
+    apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     if !problems.is_empty() {
         return Response::json(
@@ -349,22 +446,30 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
             &json!({ "error": problems.join("; "), "problems": problems }),
         );
     }
-    let password = given.unwrap_or_else(|| generate_password(16));
-    m.source_password_hash = match hash_password(&password) {
-        Ok(h) => h,
-        Err(e) => return Response::error(500, e),
-    };
+    // A transcoded mount has no source password: no hash at all, so nothing can verify.
+    let password = m
+        .transcode
+        .is_none()
+        .then(|| given.unwrap_or_else(|| generate_password(16)));
+    if let Some(p) = &password {
+        m.source_password_hash = match hash_password(p) {
+            Ok(h) => h,
+            Err(e) => return Response::error(500, e),
+        };
+    }
     if let Err(e) = state.coordinator.put_mount(m.clone()).await {
         return storage_error(e);
     }
     info!(mount = %path, "mount created");
     let mut view = mount_view(state, &m);
-    view["password"] = json!(password);
+    if let Some(p) = password {
+        view["password"] = json!(p);
+    }
     Response::json(201, &view)
 }
 
 async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
-    let r = match parse_request(body) {
+    let mut r = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -375,6 +480,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     if r.path.as_deref().is_some_and(|p| p != mount) {
         problems.push("path cannot be changed; create a new mount instead".to_owned());
     }
+    apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
     if !problems.is_empty() {
         return Response::json(

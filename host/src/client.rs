@@ -50,6 +50,30 @@ pub struct MountSettings {
     /// Charset of ICY metadata sent to players: ISO-8859-1 (default) or UTF-8.
     #[arg(long)]
     charset: Option<String>,
+    /// Make a transcoded mount from this source mount (no source client pushes it).
+    #[arg(long, help_heading = "Transcoding")]
+    from: Option<String>,
+    /// Output codec of a transcoded mount: mp3 or opus.
+    #[arg(long, help_heading = "Transcoding")]
+    codec: Option<String>,
+    /// Output bitrate in kbit/s.
+    #[arg(long, help_heading = "Transcoding")]
+    bitrate: Option<u32>,
+    /// Output sample rate in Hz [default: 44100 for mp3, 48000 for opus].
+    #[arg(long, help_heading = "Transcoding")]
+    sample_rate: Option<u32>,
+    /// Output channels: 1 or 2 [default: 2].
+    #[arg(long, help_heading = "Transcoding")]
+    channels: Option<u16>,
+    /// MP3: LAME quality 0 (best) to 9 [default: 3]. Opus: complexity 0 to 10 [default: 10].
+    #[arg(long, help_heading = "Transcoding")]
+    quality: Option<u8>,
+    /// MP3 stereo mode: joint or stereo [default: joint].
+    #[arg(long, help_heading = "Transcoding")]
+    stereo_mode: Option<String>,
+    /// Opus frame duration in ms: 5, 10, 20, 40 or 60 [default: 20].
+    #[arg(long, help_heading = "Transcoding")]
+    frame_ms: Option<u32>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -104,6 +128,21 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
     if let Some(c) = s.charset {
         set("charset", json!(c));
     }
+    let transcode = [
+        ("from", s.from.map(|v| json!(v))),
+        ("codec", s.codec.map(|v| json!(v))),
+        ("bitrate", s.bitrate.map(|v| json!(v))),
+        ("sample_rate", s.sample_rate.map(|v| json!(v))),
+        ("channels", s.channels.map(|v| json!(v))),
+        ("quality", s.quality.map(|v| json!(v))),
+        ("stereo_mode", s.stereo_mode.map(|v| json!(v))),
+        ("frame_ms", s.frame_ms.map(|v| json!(v))),
+    ];
+    for (k, v) in transcode {
+        if let Some(v) = v {
+            set(k, v);
+        }
+    }
     body
 }
 
@@ -133,6 +172,17 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
                 "/api/v1/mounts",
                 Some(request_body(Some(&path), password, settings)),
             )?;
+            if !conn.json && !v["transcode"].is_null() {
+                let t = &v["transcode"];
+                println!(
+                    "Created transcoded mount {path}: {} {} kbit/s from {}",
+                    t["codec"].as_str().unwrap_or(""),
+                    t["bitrate_kbps"],
+                    t["from"].as_str().unwrap_or("")
+                );
+                println!("  listen at: {}{path}", conn.server.trim_end_matches('/'));
+                return Ok(());
+            }
             if !conn.json {
                 let user = v["source_user"].as_str().unwrap_or("source");
                 let pass = v["password"].as_str().unwrap_or("");

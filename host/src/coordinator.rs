@@ -33,6 +33,79 @@ pub struct MountConfig {
     /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
+    /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcode: Option<TranscodeConfig>,
+}
+
+/// How a transcoded mount is made from its source mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// The mount whose stream is decoded.
+    pub from: String,
+    /// `mp3` or `opus`.
+    pub codec: String,
+    pub bitrate_kbps: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// MP3: LAME quality 0–9 (default 3); Opus: complexity 0–10 (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+    /// MP3: `joint` (default) or `stereo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stereo_mode: Option<String>,
+    /// Opus frame duration in ms (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_ms: Option<u32>,
+}
+
+impl TranscodeConfig {
+    /// The encoder settings, or every problem with them.
+    pub fn settings(&self) -> Result<tidecast_codecs::EncoderSettings, Vec<String>> {
+        use tidecast_codecs::{Codec, EncoderSettings, StereoMode};
+        let mut problems = Vec::new();
+        let codec = match self.codec.to_ascii_lowercase().as_str() {
+            "mp3" => Codec::Mp3,
+            "opus" => Codec::Opus,
+            other => {
+                return Err(vec![format!("codec must be mp3 or opus, got {other:?}")]);
+            }
+        };
+        let mut s = EncoderSettings::new(codec, self.bitrate_kbps);
+        if let Some(r) = self.sample_rate {
+            s.sample_rate = r;
+        }
+        if let Some(c) = self.channels {
+            s.channels = c;
+        }
+        if let Some(q) = self.quality {
+            s.quality = q;
+        }
+        if let Some(f) = self.frame_ms {
+            s.frame_ms = f;
+        }
+        match self
+            .stereo_mode
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("joint") => s.stereo_mode = StereoMode::Joint,
+            Some("stereo") => s.stereo_mode = StereoMode::Stereo,
+            Some(other) => problems.push(format!(
+                "stereo_mode must be joint or stereo, got {other:?}"
+            )),
+        }
+        problems.extend(s.validate());
+        if problems.is_empty() {
+            Ok(s)
+        } else {
+            Err(problems)
+        }
+    }
 }
 
 /// The admin account (cluster-wide).
@@ -310,6 +383,7 @@ mod tests {
             max_listeners: Some(3),
             fallback: None,
             charset: None,
+            transcode: None,
         }
     }
 

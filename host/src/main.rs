@@ -6,6 +6,7 @@
 //! - [`ingest`]: source clients (SOURCE/PUT) into a mount's hub;
 //! - [`hub`]: the per-mount ring of frame-aligned chunks;
 //! - [`listener`]: fan-out to players, ICY metadata, playlists;
+//! - [`transcode`]: transcoded mounts, one codec thread each, from one hub into another;
 //! - [`admin`], [`status`]: Icecast admin endpoints, the JSON API, status documents;
 //! - [`coordinator`]: mount configuration, credentials and origin claims (embedded store);
 //! - [`auth`], [`metrics`], [`config`]: support;
@@ -23,6 +24,7 @@ mod listener;
 mod metrics;
 mod server;
 mod status;
+mod transcode;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -73,8 +75,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig::load(args)?;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TIDECAST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("TIDECAST_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "info,symphonia=error,symphonia_format_ogg=error,symphonia_core=error",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

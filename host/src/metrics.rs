@@ -36,6 +36,7 @@ pub struct Metrics {
     pub bytes_out: Family<MountLabel, Counter>,
     pub dropped_slow: Family<MountLabel, Counter>,
     pub skipped_source_bytes: Family<MountLabel, Counter>,
+    pub transcode_skipped_packets: Family<MountLabel, Counter>,
     pub connection_errors: Family<ErrorLabel, Counter>,
 }
 
@@ -50,6 +51,7 @@ impl Metrics {
             bytes_out: Family::default(),
             dropped_slow: Family::default(),
             skipped_source_bytes: Family::default(),
+            transcode_skipped_packets: Family::default(),
             connection_errors: Family::default(),
             registry: Registry::default(),
         };
@@ -83,6 +85,11 @@ impl Metrics {
             "source_skipped_bytes",
             "Source bytes dropped because they were not valid frames",
             m.skipped_source_bytes.clone(),
+        );
+        registry.register(
+            "transcode_skipped_packets",
+            "Source packets a transcoder could not decode and skipped",
+            m.transcode_skipped_packets.clone(),
         );
         registry.register(
             "connection_errors",

@@ -56,6 +56,8 @@ pub struct State {
     pub started: time::OffsetDateTime,
     /// Hash of the open-mode source password, if open mode is on.
     pub any_mount_hash: Option<String>,
+    /// Running transcoders by output mount path.
+    pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
 }
 
 impl State {
@@ -75,6 +77,7 @@ impl State {
             next_id: AtomicU64::new(1),
             started: time::OffsetDateTime::now_utc(),
             any_mount_hash,
+            transcoders: Mutex::default(),
         }
     }
 
@@ -185,14 +188,16 @@ pub async fn run(
     info!("stopped accepting connections");
 }
 
-/// Applies configuration changes to what runs here: a deleted mount loses its source (and so
-/// its listeners). Other settings are read afresh by each new connection.
+/// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
+/// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
+/// Other settings are read afresh by each new connection.
 async fn reconcile(state: Arc<State>) {
     let mut events = state.coordinator.subscribe();
+    sync_transcoders(&state);
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
-            Ok(ConfigEvent::MountChanged(_)) => continue,
+            Ok(ConfigEvent::MountChanged(_)) => vec![],
             // Missed events: compare live hubs with the configuration.
             Err(broadcast::error::RecvError::Lagged(_)) => state
                 .live_hubs()
@@ -204,11 +209,46 @@ async fn reconcile(state: Arc<State>) {
                 .collect(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
+        sync_transcoders(&state);
         for path in deleted {
             if let Some(h) = state.hub(&path) {
                 info!(mount = %path, "mount deleted: disconnecting its source");
                 h.kill.notify_one();
             }
+        }
+    }
+}
+
+/// Runs exactly the transcoders the configuration asks for, each with its current settings.
+fn sync_transcoders(state: &Arc<State>) {
+    let wanted: HashMap<String, crate::coordinator::TranscodeConfig> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter_map(|m| m.transcode.map(|t| (m.path, t)))
+        .collect();
+    let Ok(mut running) = state.transcoders.lock() else {
+        return;
+    };
+    // Dropping a handle stops its thread.
+    running.retain(|path, h| wanted.get(path) == Some(&h.config));
+    for (path, config) in wanted {
+        if running.contains_key(&path) {
+            continue;
+        }
+        let settings = match config.settings() {
+            Ok(s) => s,
+            Err(problems) => {
+                warn!(mount = %path, problems = %problems.join("; "), "transcoded mount not started");
+                continue;
+            }
+        };
+        let rt = tokio::runtime::Handle::current();
+        match crate::transcode::spawn(state.clone(), path.clone(), config.clone(), settings, rt) {
+            Ok(h) => {
+                running.insert(path, h);
+            }
+            Err(e) => warn!(mount = %path, error = %e, "cannot start a transcoder thread"),
         }
     }
 }

@@ -297,12 +297,29 @@ pub fn admin_get(node: &Node, path: &str) -> (u16, String, Vec<u8>) {
 /// ffmpeg encoding a generated sine in real time and pushing it to `mount` (PUT, no length).
 /// `encode` names the codec and container options, e.g. `["-c:a", "libopus", "-f", "ogg"]`.
 pub fn ffmpeg_source(node: &Node, password: &str, mount: &str, encode: &[&str]) -> Proc {
+    ffmpeg_source_from(
+        node,
+        password,
+        mount,
+        "sine=frequency=440:duration=120",
+        encode,
+    )
+}
+
+/// Like [`ffmpeg_source`] with another lavfi source graph, e.g. a tone mixed with noise.
+pub fn ffmpeg_source_from(
+    node: &Node,
+    password: &str,
+    mount: &str,
+    lavfi: &str,
+    encode: &[&str],
+) -> Proc {
     require("ffmpeg");
     Proc::spawn(
         "ffmpeg source",
         Command::new("ffmpeg")
             .args(["-nostdin", "-v", "error", "-re", "-f", "lavfi"])
-            .args(["-i", "sine=frequency=440:duration=120", "-ac", "2"])
+            .args(["-i", lavfi, "-ac", "2"])
             .args(encode)
             .arg(node.source_url(password, mount))
             .stdout(Stdio::null())
@@ -448,4 +465,75 @@ pub fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p
+}
+
+/// Reads a listener stream for `seconds` (after its response head) and returns the body bytes.
+pub fn capture(addr: SocketAddr, mount: &str, seconds: f64) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("reading {mount}: {e}"),
+        }
+    }
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    data.split_off(end + 4)
+}
+
+/// Decodes encoded audio with ffmpeg to mono 8 kHz samples; panics on decode errors.
+pub fn decode_pcm(encoded: &[u8]) -> Vec<f32> {
+    require("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, encoded).unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(&input)
+        .args(["-ac", "1", "-ar", "8000", "-f", "s16le", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "ffmpeg could not decode: {err}"
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect()
+}
+
+/// Share of the signal's energy at `freq` Hz (Goertzel over 8 kHz mono samples): about 1 for a
+/// pure tone at `freq`, about 0 for anything unrelated.
+pub fn tone_share(samples: &[f32], freq: f32) -> f32 {
+    let n = samples.len() as f32;
+    let w = 2.0 * std::f32::consts::PI * freq / 8000.0;
+    let (mut s1, mut s2) = (0.0f32, 0.0f32);
+    for &x in samples {
+        let s0 = x + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    let energy: f32 = samples.iter().map(|x| x * x).sum();
+    if energy == 0.0 {
+        return 0.0;
+    }
+    // A pure tone of energy E has Goertzel power E·N/2.
+    (power / (energy * n / 2.0)).min(1.0)
 }

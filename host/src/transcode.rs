@@ -1,0 +1,360 @@
+//! Transcoded mounts: a dedicated thread per mount runs decode → convert → filters → encode
+//! (`tidecast_codecs::Pipeline`) on its source mount's hub and publishes into a hub of its own,
+//! which listeners join like any other mount.
+//!
+//! The thread reads the source hub through [`HubReader`], a blocking `Read` that waits on the
+//! hub's `watch` channel via the runtime handle (the thread is not a runtime worker, so codec work
+//! never delays listener IO). When the source drops, the output carries on with real-time silence
+//! for up to [`MAX_GAP`], then ends. A returning source — even with another codec, rate or
+//! channel count — is picked up by a new decoder, and the same encoder, so listeners keep one
+//! continuous stream. Metadata (the source's title) is copied to the output hub.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, StreamFormat};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use crate::coordinator::TranscodeConfig;
+use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
+use crate::metrics::Metrics;
+use crate::server::State;
+
+/// Longest source gap filled with silence before the transcoded stream ends.
+pub const MAX_GAP: Duration = Duration::from_secs(30);
+/// A source silent this long counts as gone for the decoder (the gap then fills with silence).
+const STALL: Duration = Duration::from_millis(1500);
+/// Silence is produced in steps of this length during gaps.
+const GAP_STEP: Duration = Duration::from_millis(100);
+
+/// A running transcoder; dropping it stops the thread (within about a second).
+pub struct TranscoderHandle {
+    pub config: TranscodeConfig,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for TranscoderHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn spawn(
+    state: Arc<State>,
+    path: String,
+    config: TranscodeConfig,
+    settings: EncoderSettings,
+    rt: Handle,
+) -> std::io::Result<TranscoderHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ctx = Transcoder {
+        state,
+        path: path.clone(),
+        from: config.from.clone(),
+        settings,
+        rt,
+        stop: stop.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("transcode {path}"))
+        .spawn(move || {
+            // A bug in a codec must not leave the mount dead: log it and start over.
+            while !ctx.stopped() {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run()));
+                if run.is_ok() {
+                    break;
+                }
+                tracing::error!(mount = %ctx.path, "transcoder panicked; restarting in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+    Ok(TranscoderHandle { config, stop })
+}
+
+struct Transcoder {
+    state: Arc<State>,
+    path: String,
+    from: String,
+    settings: EncoderSettings,
+    rt: Handle,
+    stop: Arc<AtomicBool>,
+}
+
+/// The output side: the hub listeners join, and the encoder whose stream it carries. Dropping it
+/// (also when unwinding) ends the hub and unregisters it.
+struct Output {
+    state: Arc<State>,
+    hub: Arc<Hub>,
+    pipeline: Pipeline,
+    splitter: Splitter,
+    encoded: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.hub.end();
+        if let Ok(mut hubs) = self.state.hubs.lock() {
+            if hubs
+                .get(&self.hub.mount)
+                .is_some_and(|h| Arc::ptr_eq(h, &self.hub))
+            {
+                hubs.remove(&self.hub.mount);
+            }
+        }
+    }
+}
+
+impl Output {
+    fn publish(&mut self) {
+        self.splitter.push(&self.encoded, &mut self.pieces);
+        self.encoded.clear();
+        for p in self.pieces.drain(..) {
+            match p {
+                Piece::Audio(b) => self.hub.push(b, false),
+                Piece::Headers(b) => self.hub.push(b, true),
+            }
+        }
+    }
+}
+
+impl Transcoder {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn run(&self) {
+        // Become the origin of the output mount (retrying while an old transcoder lets go).
+        let claim = loop {
+            if self.stopped() {
+                return;
+            }
+            match self
+                .rt
+                .block_on(self.state.coordinator.claim_origin(&self.path))
+            {
+                Ok(Some(c)) => break c,
+                Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        };
+        info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");
+        let skipped = self
+            .state
+            .metrics
+            .transcode_skipped_packets
+            .get_or_create(&Metrics::mount(&self.path))
+            .clone();
+        let mut output: Option<Output> = None;
+        let mut gap_since: Option<Instant> = None;
+        // The output's audio clock: wall time up to which audio has been produced. A gap is
+        // filled with silence up to now, so listeners never see a hole, however long a stall
+        // detection or a probe of a returning source took.
+        let mut produced_until = Instant::now();
+        // No decoding attempt before this (after a failed probe); the gap keeps filling meanwhile.
+        let mut retry_at = Instant::now();
+        // Where the last decoder stopped reading, so a reopened decoder neither repeats nor skips.
+        let mut resume: Option<(Arc<Hub>, Arc<AtomicU64>)> = None;
+        let mut block = Vec::new();
+        while !self.stopped() {
+            let source = (Instant::now() >= retry_at)
+                .then(|| self.state.hub(&self.from))
+                .flatten()
+                .filter(|h| !h.is_ended());
+            let Some(src) = source else {
+                // No source: keep listeners fed with silence, for a while.
+                if let Some(out) = &mut output {
+                    let since = *gap_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > MAX_GAP {
+                        info!(mount = %self.path, "source gone too long: transcoded stream ends");
+                        output = None;
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let missing = now.saturating_duration_since(produced_until).as_secs_f64();
+                    let rate = f64::from(out.pipeline.output_format().sample_rate);
+                    out.pipeline
+                        .push_silence((missing * rate) as usize, &mut out.encoded);
+                    out.publish();
+                    produced_until = produced_until.max(now);
+                }
+                std::thread::sleep(GAP_STEP);
+                continue;
+            };
+            let cursor = match &resume {
+                Some((h, c)) if Arc::ptr_eq(h, &src) => c.clone(),
+                // The first source gives the new output a burst; later ones join live, so the
+                // output does not run ahead of real time on every reconnect.
+                _ if output.is_none() => Arc::new(AtomicU64::new(src.join().1)),
+                _ => Arc::new(AtomicU64::new(src.join_live().1)),
+            };
+            resume = Some((src.clone(), cursor.clone()));
+            let reader = HubReader::new(src.clone(), cursor, self.rt.clone(), self.stop.clone());
+            let mut decoder = match Decoder::open(reader, src.format) {
+                Ok(d) => d,
+                Err(e) => {
+                    info!(mount = %self.path, from = %self.from, error = %e, "cannot decode the source yet; retrying in 1 s");
+                    retry_at = Instant::now() + Duration::from_secs(1);
+                    continue;
+                }
+            };
+            if output.is_none() {
+                match self.new_output(&src) {
+                    Ok(o) => {
+                        output = Some(o);
+                        produced_until = Instant::now();
+                    }
+                    Err(e) => {
+                        warn!(mount = %self.path, error = %e, "cannot start the encoder");
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                        continue;
+                    }
+                }
+            }
+            let Some(out) = &mut output else { continue };
+            gap_since = None;
+            let mut meta_version = u64::MAX;
+            let mut last_skipped = 0;
+            while let Some(format) = decoder.next_block(&mut block) {
+                if self.stopped() {
+                    break;
+                }
+                if let Err(e) = out.pipeline.push(&block, format, &mut out.encoded) {
+                    warn!(mount = %self.path, error = %e, "block dropped");
+                }
+                out.publish();
+                let frames = block.len() / usize::from(format.channels.max(1));
+                let played =
+                    Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
+                // A source that was silent longer than its audio lasts leaves no debt behind.
+                produced_until =
+                    produced_until.max(Instant::now() - Duration::from_secs(5)) + played;
+                let meta = src.meta();
+                if meta.version != meta_version {
+                    meta_version = meta.version;
+                    if meta.version > 0 {
+                        out.hub.set_title(&meta.title);
+                    }
+                }
+                if decoder.skipped_packets > last_skipped {
+                    skipped.inc_by(decoder.skipped_packets - last_skipped);
+                    last_skipped = decoder.skipped_packets;
+                }
+            }
+        }
+        drop(output);
+        drop(claim);
+        info!(mount = %self.path, "transcoder stopped");
+    }
+
+    fn new_output(&self, src: &Hub) -> Result<Output, String> {
+        let s = &self.settings;
+        let format = StreamFormat::from_content_type(s.content_type());
+        let props = StreamProps {
+            bitrate: Some(s.bitrate_kbps.to_string()),
+            audio_info: Some(format!(
+                "channels={};samplerate={};bitrate={}",
+                s.channels, s.sample_rate, s.bitrate_kbps
+            )),
+            ..src.props.clone()
+        };
+        let hub = Arc::new(Hub::new(HubParams {
+            mount: self.path.clone(),
+            format,
+            content_type: s.content_type().to_owned(),
+            props,
+            source_ip: String::new(),
+            source_agent: format!("tidecast transcoder from {}", self.from),
+            queue_size: self.state.config.queue_size,
+            burst_size: self.state.config.burst_size,
+            charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
+        }));
+        let output = Output {
+            state: self.state.clone(),
+            pipeline: Pipeline::new(s, Vec::new())?,
+            splitter: Splitter::new(format),
+            encoded: Vec::with_capacity(16 * 1024),
+            pieces: Vec::new(),
+            hub: hub.clone(),
+        };
+        if let Ok(mut hubs) = self.state.hubs.lock() {
+            hubs.insert(self.path.clone(), hub);
+        }
+        let _ = self.state.source_started.send(self.path.clone());
+        Ok(output)
+    }
+}
+
+/// A blocking `Read` over a hub, for a decoder on a transcoder thread. Starts with the hub's Ogg
+/// header pages (if any), then reads from `cursor`, which it keeps up to date. Ends (returns 0)
+/// when the hub ends, when no data arrives for `STALL`, or when the transcoder is stopped. If the
+/// decoder falls behind the ring, it skips to the live position.
+pub struct HubReader {
+    hub: Arc<Hub>,
+    cursor: Arc<AtomicU64>,
+    pending: VecDeque<Bytes>,
+    rt: Handle,
+    stop: Arc<AtomicBool>,
+}
+
+impl HubReader {
+    fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, rt: Handle, stop: Arc<AtomicBool>) -> HubReader {
+        let pending = hub.join().0.into_iter().collect();
+        HubReader {
+            hub,
+            cursor,
+            pending,
+            rt,
+            stop,
+        }
+    }
+}
+
+impl Read for HubReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(front) = self.pending.front_mut() {
+                let n = front.len().min(buf.len());
+                buf[..n].copy_from_slice(&front[..n]);
+                let _ = front.split_to(n);
+                if front.is_empty() {
+                    self.pending.pop_front();
+                }
+                return Ok(n);
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            let mut rx = self.hub.watch();
+            let cursor = self.cursor.load(Ordering::SeqCst);
+            match self.hub.read_from(cursor) {
+                ReadResult::Data(chunks, next) => {
+                    self.cursor.store(next, Ordering::SeqCst);
+                    self.pending.extend(chunks);
+                }
+                ReadResult::Lagged => {
+                    let (_, live) = self.hub.join_live();
+                    self.cursor.store(live, Ordering::SeqCst);
+                }
+                ReadResult::Empty if self.hub.is_ended() => return Ok(0),
+                ReadResult::Empty => {
+                    rx.borrow_and_update();
+                    if self.hub.head() > cursor || self.hub.is_ended() {
+                        continue;
+                    }
+                    // The timer must be created inside the runtime's context.
+                    let waited = self
+                        .rt
+                        .block_on(async { tokio::time::timeout(STALL, rx.changed()).await });
+                    if waited.is_err() {
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+    }
+}

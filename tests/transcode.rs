@@ -1,0 +1,307 @@
+//! Transcoded mounts with the real binary: real ffmpeg sources in MP3, AAC, Ogg Vorbis and Ogg
+//! FLAC; listeners checked with ffprobe and ffmpeg, and their audio compared with the source's.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A 440 Hz tone with noise, so a VBR encoder spends its whole bitrate.
+const TONE_AND_NOISE: &str =
+    "sine=frequency=440:duration=120[t];anoisesrc=a=0.1:d=120[n];[t]volume=0.5[a];[a][n]amix=inputs=2";
+
+/// Bytes per second a listener receives, measured after the join burst.
+fn byte_rate(node: &Node, mount: &str) -> f64 {
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let reader = CountingReader::spawn(s, 0);
+    std::thread::sleep(Duration::from_secs(4));
+    let (t0, b0) = (Instant::now(), reader.bytes());
+    std::thread::sleep(Duration::from_secs(6));
+    let rate = (reader.bytes() - b0) as f64 / t0.elapsed().as_secs_f64();
+    assert!(reader.finish(), "listener of {mount} disconnected");
+    rate
+}
+
+#[test]
+fn opus_and_mp3_transcodes_of_an_mp3_source() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    let (ok, out, err) = node.cli(&[
+        "mount",
+        "create",
+        "/live-64.opus",
+        "--from",
+        "/live.mp3",
+        "--codec",
+        "opus",
+        "--bitrate",
+        "64",
+    ]);
+    assert!(ok && out.contains("Created transcoded mount"), "{out}{err}");
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/live-64.mp3",
+        "--from",
+        "/live.mp3",
+        "--codec",
+        "mp3",
+        "--bitrate",
+        "64",
+    ]);
+    assert!(ok, "{err}");
+    let encode = [
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "128k",
+        "-content_type",
+        "audio/mpeg",
+        "-f",
+        "mp3",
+    ];
+    let _src = ffmpeg_source_from(&node, "hackme", "/live.mp3", TONE_AND_NOISE, &encode);
+    node.wait_live("/live-64.opus", Duration::from_secs(20));
+    node.wait_live("/live-64.mp3", Duration::from_secs(20));
+
+    assert_eq!(
+        ffprobe(&node.url("/live-64.opus")),
+        ("opus".to_owned(), 48_000, 2)
+    );
+    assert_eq!(
+        ffprobe(&node.url("/live-64.mp3")),
+        ("mp3".to_owned(), 44_100, 2)
+    );
+    // Both mounts are checked at once: each check is mostly waiting on real time.
+    std::thread::scope(|scope| {
+        for mount in ["/live-64.opus", "/live-64.mp3"] {
+            let node = &node;
+            scope.spawn(move || {
+                let (ok, err) = ffmpeg_decode(&node.url(mount), 10);
+                assert!(ok && err.trim().is_empty(), "{mount}: {err}");
+                // 64 kbit/s = 8 000 B/s; Ogg framing adds a little for Opus.
+                let rate = byte_rate(node, mount);
+                assert!(
+                    (7_200.0..=8_800.0).contains(&rate),
+                    "{mount}: {rate:.0} B/s"
+                );
+                let pcm = decode_pcm(&capture(node.addr, mount, 4.0));
+                let (tone, unrelated) = (tone_share(&pcm, 440.0), tone_share(&pcm, 660.0));
+                assert!(
+                    tone > 0.5 && unrelated < 0.02,
+                    "{mount}: 440 Hz share {tone:.3}, 660 Hz share {unrelated:.3}"
+                );
+            });
+        }
+    });
+    // The status shows the transcoded mounts like any other.
+    let status = node.status();
+    let types: Vec<String> = status["icestats"]["source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["server_type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(types.contains(&"audio/ogg".to_owned()), "{types:?}");
+}
+
+#[test]
+fn aac_vorbis_and_flac_sources_are_transcoded() {
+    let node = Node::start(&[]);
+    let sources: [(&str, &[&str]); 3] = [
+        (
+            "/in.aac",
+            &[
+                "-c:a",
+                "aac",
+                "-b:a",
+                "128k",
+                "-content_type",
+                "audio/aac",
+                "-f",
+                "adts",
+            ],
+        ),
+        (
+            "/in.ogg",
+            &[
+                "-c:a",
+                "libvorbis",
+                "-content_type",
+                "audio/ogg",
+                "-f",
+                "ogg",
+            ],
+        ),
+        (
+            "/in.flac.ogg",
+            &["-c:a", "flac", "-content_type", "audio/ogg", "-f", "ogg"],
+        ),
+    ];
+    let mut procs = Vec::new();
+    for (i, (mount, encode)) in sources.iter().enumerate() {
+        node.create_mount(mount, "hackme", &[]);
+        let out = format!("/out{i}.mp3");
+        let (ok, _, err) = node.cli(&[
+            "mount",
+            "create",
+            &out,
+            "--from",
+            mount,
+            "--codec",
+            "mp3",
+            "--bitrate",
+            "96",
+        ]);
+        assert!(ok, "{err}");
+        procs.push(ffmpeg_source(&node, "hackme", mount, encode));
+    }
+    for (i, (mount, _)) in sources.iter().enumerate() {
+        let out = format!("/out{i}.mp3");
+        node.wait_live(&out, Duration::from_secs(20));
+        let pcm = decode_pcm(&capture(node.addr, &out, 4.0));
+        assert!(pcm.len() > 8000 * 2, "{mount}: only {} samples", pcm.len());
+        let tone = tone_share(&pcm, 440.0);
+        assert!(
+            tone > 0.8,
+            "{mount} → {out}: 440 Hz share {tone:.3}\n{}",
+            node.log()
+        );
+    }
+    assert_eq!(
+        node.metric("tidecast_transcode_skipped_packets_total{mount=\"/out0.mp3\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_source_gap_keeps_listeners_and_a_returning_source_may_change_format() {
+    let node = Node::start(&[]);
+    node.create_mount("/in.mp3", "hackme", &[]);
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/out.mp3",
+        "--from",
+        "/in.mp3",
+        "--codec",
+        "mp3",
+        "--bitrate",
+        "64",
+    ]);
+    assert!(ok, "{err}");
+    let mut first = ffmpeg_mp3_source(&node, "hackme", "/in.mp3", &[]);
+    node.wait_live("/out.mp3", Duration::from_secs(20));
+
+    let addr = node.addr;
+    let listener = std::thread::spawn(move || capture(addr, "/out.mp3", 16.0));
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = first.child.kill();
+    // The gap: listeners keep getting (silent) audio.
+    std::thread::sleep(Duration::from_secs(4));
+    let _second = ffmpeg_source_from(
+        &node,
+        "hackme",
+        "/in.mp3",
+        "sine=frequency=660:duration=120",
+        &[
+            "-ac",
+            "1",
+            "-ar",
+            "22050",
+            "-c:a",
+            "libvorbis",
+            "-content_type",
+            "audio/ogg",
+            "-f",
+            "ogg",
+        ],
+    );
+    let captured = listener.join().unwrap();
+    let pcm = decode_pcm(&captured);
+    let seconds = pcm.len() as f32 / 8000.0;
+    // One continuous stream: the 4 s join burst plus 16 s of real time, no hole.
+    assert!(
+        seconds > 17.0,
+        "only {seconds:.1} s of audio reached the listener"
+    );
+    let tail = &pcm[pcm.len() - 2 * 8000..];
+    assert!(
+        tone_share(tail, 660.0) > 0.8,
+        "the returning source is heard: {:.3}",
+        tone_share(tail, 660.0)
+    );
+    let head = &pcm[..2 * 8000];
+    assert!(
+        tone_share(head, 440.0) > 0.8,
+        "the first source was heard: {:.3}",
+        tone_share(head, 440.0)
+    );
+}
+
+#[test]
+fn absurd_transcode_parameters_are_refused_with_every_problem() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/bad.mp3",
+        "--from",
+        "/live.mp3",
+        "--codec",
+        "mp3",
+        "--bitrate",
+        "0",
+        "--channels",
+        "7",
+        "--sample-rate",
+        "1",
+    ]);
+    assert!(!ok);
+    for what in ["bitrate", "channels", "sample rate"] {
+        assert!(err.contains(what), "{what} not named: {err}");
+    }
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/x.opus",
+        "--from",
+        "/nope.mp3",
+        "--codec",
+        "vorbis",
+        "--bitrate",
+        "64",
+    ]);
+    assert!(
+        !ok && err.contains("codec must be mp3 or opus")
+            && err.contains("/nope.mp3 does not exist"),
+        "{err}"
+    );
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/y.opus",
+        "--from",
+        "/live.mp3",
+        "--codec",
+        "opus",
+        "--bitrate",
+        "64",
+        "--password",
+        "pw12",
+    ]);
+    assert!(!ok && err.contains("no source credentials"), "{err}");
+    let (ok, out, _) = node.cli(&["mount", "list"]);
+    assert!(
+        ok && !out.contains("/bad.mp3") && !out.contains("/x.opus"),
+        "nothing was created: {out}"
+    );
+}
