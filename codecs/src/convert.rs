@@ -65,6 +65,11 @@ impl Converter {
     pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
         let in_ch = usize::from(self.from.channels.max(1));
         let out_ch = usize::from(self.to.channels);
+        if in_ch == out_ch && self.resampler.is_none() {
+            // Same format: nothing to do but hand the samples on.
+            out.extend_from_slice(input);
+            return;
+        }
         // Channel mix into `mixed` (interleaved, out_ch channels).
         self.mixed.clear();
         for frame in input.chunks_exact(in_ch) {
@@ -84,8 +89,15 @@ impl Converter {
                 self.pending[c].push(*s);
             }
         }
-        while self.pending[0].len() >= CHUNK {
-            let input: Vec<&[f32]> = self.pending.iter().map(|p| &p[..CHUNK]).collect();
+        // Consume whole chunks from the front, then drop them in one move (not one per chunk,
+        // which would be quadratic on large inputs).
+        let mut start = 0;
+        while self.pending[0].len() - start >= CHUNK {
+            let input: Vec<&[f32]> = self
+                .pending
+                .iter()
+                .map(|p| &p[start..start + CHUNK])
+                .collect();
             let Ok((_, produced)) =
                 resampler.process_into_buffer(&input, &mut self.planar_out, None)
             else {
@@ -97,9 +109,10 @@ impl Converter {
                     out.push(self.planar_out[c][i]);
                 }
             }
-            for p in &mut self.pending {
-                p.drain(..CHUNK);
-            }
+            start += CHUNK;
+        }
+        for p in &mut self.pending {
+            p.drain(..start);
         }
     }
 }

@@ -10,10 +10,12 @@
 //! - [`admin`], [`status`]: Icecast admin endpoints, the JSON API, status documents;
 //! - [`coordinator`]: mount configuration, credentials and origin claims (embedded store);
 //! - [`auth`], [`metrics`], [`config`]: support;
-//! - [`client`]: the `tidecast mount …` commands, which call a node's admin API.
+//! - [`client`]: the `tidecast mount …` commands, which call a node's admin API;
+//! - [`bench`]: `tidecast bench`, codec throughput on this machine.
 
 mod admin;
 mod auth;
+mod bench;
 mod client;
 mod config;
 mod coordinator;
@@ -47,6 +49,8 @@ struct Cli {
 enum Command {
     /// Run a node (single node with an embedded store unless told otherwise).
     Serve(ServeArgs),
+    /// Measure codec throughput on this machine (decode, encode, whole pipelines; one thread).
+    Bench(bench::BenchArgs),
     /// Declare and manage mounts on a running node.
     Mount {
         #[command(flatten)]
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench::run(args),
         Command::Mount { conn, command } => client::mount(&conn, command),
     };
     match result {

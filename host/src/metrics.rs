@@ -68,7 +68,7 @@ impl Metrics {
         );
         registry.register(
             "source_bytes",
-            "Bytes received from sources",
+            "Bytes received from sources (for a transcoded mount: bytes its transcoder produced)",
             m.bytes_in.clone(),
         );
         registry.register(

@@ -90,6 +90,8 @@ struct Transcoder {
 struct Output {
     state: Arc<State>,
     hub: Arc<Hub>,
+    /// `tidecast_source_bytes_total` of the output mount: what the transcoder produced.
+    produced: prometheus_client::metrics::counter::Counter,
     pipeline: Pipeline,
     splitter: Splitter,
     encoded: Vec<u8>,
@@ -112,6 +114,7 @@ impl Drop for Output {
 
 impl Output {
     fn publish(&mut self) {
+        self.produced.inc_by(self.encoded.len() as u64);
         self.splitter.push(&self.encoded, &mut self.pieces);
         self.encoded.clear();
         for p in self.pieces.drain(..) {
@@ -274,6 +277,12 @@ impl Transcoder {
             charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
         }));
         let output = Output {
+            produced: self
+                .state
+                .metrics
+                .bytes_in
+                .get_or_create(&Metrics::mount(&self.path))
+                .clone(),
             state: self.state.clone(),
             pipeline: Pipeline::new(s, Vec::new())?,
             splitter: Splitter::new(format),

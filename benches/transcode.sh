@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Transcoding benchmark, all in one run on this machine (see BENCHMARKS.md):
+#  1. offline, one thread: the same 300 s input (44.1 kHz stereo MP3 128 kbit/s, tone over noise)
+#     to MP3 64 kbit/s and to Opus 64 kbit/s with tidecast's pipeline, `ffmpeg -threads 1` and
+#     liquidsoap 2.1; CPU seconds (user+sys) and peak RSS of each process;
+#  2. live: memory per extra transcoded mount (1 → 21 mounts), and N concurrent MP3 128k → Opus 64k
+#     transcoded mounts (default 100) on one node, counting those that keep real time.
+#
+#   benches/transcode.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+concurrent=${1:-100}
+for t in ffmpeg liquidsoap /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t: run tests/run.sh first" >&2; exit 1; }; done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidecast/target}"
+cargo build --release --locked -q -p tidecast
+tc="$CARGO_TARGET_DIR/release/tidecast"
+work=$(mktemp -d /tmp/tidecast-transcode.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+cd "$work"
+
+echo "== generating 300 s of input" >&2
+ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=440:duration=300" -f lavfi -i "anoisesrc=a=0.1:d=300" \
+  -filter_complex "[0]volume=0.5[a];[a][1]amix=inputs=2" -ac 2 -ar 44100 -c:a libmp3lame -b:a 128k in.mp3
+
+# name, command...: prints "name cpu_s rss_kib"
+measure() {
+  local name=$1; shift
+  /usr/bin/time -f "%U %S %M" -o t.txt "$@" >/dev/null 2>&1 || { echo "$name failed" >&2; cat t.txt >&2; }
+  read -r u s m < <(tail -1 t.txt)
+  echo "$name $(python3 -c "print(round($u+$s,2))") $m" | tee -a offline.txt >&2
+}
+liq_script() { # codec-args output: writes output.liq
+  cat > "$2.liq" <<LIQ
+settings.init.allow_root.set(true)
+settings.log.stdout.set(false)
+settings.log.file.set(false)
+s = once(single("in.mp3"))
+clock.assign_new(sync="none", [s])
+output.file($1, "$2", fallible=true, on_stop=shutdown, s)
+LIQ
+}
+echo "== offline (one thread each)" >&2
+: > offline.txt
+measure "tidecast:mp3" "$tc" bench --input in.mp3 --bitrate 64 --only "pipeline input → mp3" --json
+measure "ffmpeg:mp3" ffmpeg -nostdin -threads 1 -i in.mp3 -c:a libmp3lame -b:a 64k -y out-ff.mp3
+liq_script '%ffmpeg(format="mp3", %audio(codec="libmp3lame", b="64k"))' out-liq.mp3
+measure "liquidsoap:mp3" liquidsoap out-liq.mp3.liq
+measure "tidecast:opus" "$tc" bench --input in.mp3 --bitrate 64 --only "pipeline input → opus" --json
+measure "ffmpeg:opus" ffmpeg -nostdin -threads 1 -i in.mp3 -c:a libopus -b:a 64k -y out-ff.opus
+liq_script '%ffmpeg(format="ogg", %audio(codec="libopus", b="64k", samplerate=48000))' out-liq.opus
+measure "liquidsoap:opus" liquidsoap out-liq.opus.liq
+measure "bare:decode" "$tc" bench --input in.mp3 --only "decode input" --json
+measure "bare:encode-mp3" "$tc" bench --input in.mp3 --bitrate 64 --only "encode mp3" --json
+measure "bare:encode-opus" "$tc" bench --input in.mp3 --bitrate 64 --only "encode opus" --json
+"$tc" bench --input in.mp3 --bitrate 64 --json > stages.jsonl 2>/dev/null
+
+echo "== live: one node, a 128 kbit/s MP3 source, transcoded mounts MP3 128k -> Opus 64k" >&2
+port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+TIDECAST_LOG=warn "$tc" serve --listen "127.0.0.1:$port" --data-dir data --admin-password bench >/dev/null 2>node.log &
+node=$!; pids+=($node)
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+export TIDECAST_SERVER="http://127.0.0.1:$port" TIDECAST_ADMIN_PASSWORD=bench
+"$tc" mount create /live.mp3 --password benchpw >/dev/null
+ffmpeg -nostdin -v error -re -stream_loop -1 -i in.mp3 -c copy -content_type audio/mpeg -f mp3 \
+  "icecast://source:benchpw@127.0.0.1:$port/live.mp3" & pids+=($!)
+sleep 3
+rss() { awk '/VmRSS/ {print $2}' /proc/$node/status; }
+add_mounts() { for i in $(seq "$1" "$2"); do "$tc" mount create "/t$i.opus" --from /live.mp3 --codec opus --bitrate 64 >/dev/null; done; }
+add_mounts 1 1; sleep 15; rss1=$(rss)
+add_mounts 2 21; sleep 15; rss21=$(rss)
+echo "rss with 1 mount: $rss1 KiB, with 21: $rss21 KiB" >&2
+[ "$concurrent" -gt 21 ] && add_mounts 22 "$concurrent"
+sleep 15
+metrics() { curl -s "http://127.0.0.1:$port/metrics" | grep '^tidecast_source_bytes_total{mount="/t'; }
+cpu() { awk '{print $14+$15}' /proc/$node/stat; }
+metrics > m0.txt; c0=$(cpu); sleep 30; metrics > m1.txt; c1=$(cpu)
+
+python3 - "$rss1" "$rss21" "$concurrent" "$c0" "$c1" <<'PY'
+import json, re, sys
+rss1, rss21, n, c0, c1 = (int(x) for x in sys.argv[1:6])
+off = {}
+for line in open("offline.txt"):
+    name, cpu, rss = line.split()
+    off[name] = (float(cpu), int(rss))
+stages = {j["stage"]: j for j in map(json.loads, open("stages.jsonl"))}
+print("\n### Offline: 300 s of 44.1 kHz stereo MP3 128 kbit/s → 64 kbit/s, one thread\n")
+print("| output | tool | CPU s | peak RSS MiB | tidecast ÷ tool (CPU) |")
+print("|---|---|---:|---:|---:|")
+for out in ("mp3", "opus"):
+    t = off.get(f"tidecast:{out}")
+    for tool in ("tidecast", "ffmpeg", "liquidsoap"):
+        r = off.get(f"{tool}:{out}")
+        if not r: continue
+        ratio = f"{t[0]/r[0]:.2f}" if t and tool != "tidecast" and r[0] > 0 else ""
+        print(f"| {out} | {tool} | {r[0]:.2f} | {r[1]/1024:.0f} | {ratio} |")
+dec = stages.get("decode input"); 
+for out in ("mp3", "opus"):
+    enc = next((v for k, v in stages.items() if k.startswith(f"encode {out}")), None)
+    pipe = stages.get(f"pipeline input → {out}")
+    if dec and enc and pipe:
+        print(f"\nPipeline → {out} (thread CPU): {pipe['cpu_s']:.2f} s vs decode {dec['cpu_s']:.2f} s + encode {enc['cpu_s']:.2f} s "
+              f"= {100*(pipe['cpu_s']/(dec['cpu_s']+enc['cpu_s'])-1):+.1f} %")
+print(f"\n### Live transcoded mounts (MP3 128k → Opus 64k), one node\n")
+print(f"- Memory per extra transcoded mount: {(rss21-rss1)/20/1024:.1f} MiB (RSS {rss1/1024:.0f} MiB with 1, {rss21/1024:.0f} MiB with 21)")
+def read(f):
+    d = {}
+    for line in open(f):
+        m = re.match(r'tidecast_source_bytes_total\{mount="(/t\d+\.opus)"\} (\d+)', line)
+        if m: d[m.group(1)] = int(m.group(2))
+    return d
+m0, m1 = read("m0.txt"), read("m1.txt")
+rates = [(m1.get(k, 0) - v) / 30 for k, v in m0.items()]
+ok = sum(1 for r in rates if r >= 0.95 * 8000)
+print(f"- {n} concurrent transcoded mounts: {ok} of {len(rates)} produced ≥ 95 % of 64 kbit/s over 30 s "
+      f"(median {sorted(rates)[len(rates)//2]*8/1000:.1f} kbit/s); node CPU {(c1-c0)/100/30*100:.0f} % of one core "
+      f"({(c1-c0)/100/30/max(n,1)*1000:.1f} ms per stream-second)")
+PY

@@ -1,0 +1,359 @@
+//! `tidecast bench`: codec throughput on this machine, one thread, no network.
+//!
+//! For each stage (decode, encode, whole pipelines per codec pair) it reports how many times
+//! faster than real time one core runs it, and the CPU it costs per stream-hour. The input is a
+//! generated signal (a tone over pink-ish noise, encoded to 128 kbit/s MP3 first) or a file given
+//! with `--input`. CPU time is this thread's, from `/proc/thread-self/schedstat`.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tidecast_codecs::{AudioFormat, Codec, Decoder, EncoderSettings, Pipeline, StreamFormat};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Audio file to use as input (MP3, AAC/ADTS, Ogg Vorbis/Opus/FLAC) instead of a generated one.
+    #[arg(long)]
+    input: Option<std::path::PathBuf>,
+    /// Seconds of generated input (ignored with --input).
+    #[arg(long, default_value_t = 60)]
+    seconds: u32,
+    /// Output bitrate in kbit/s for the encoders.
+    #[arg(long, default_value_t = 64)]
+    bitrate: u32,
+    /// Run only the stages whose name contains this text (e.g. "pipeline mp3 → opus").
+    #[arg(long)]
+    only: Option<String>,
+    /// Print results as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(name: &str, total: u64, quiet: bool) -> Progress {
+        if quiet {
+            return Progress(None);
+        }
+        let (pb, template) = if total == 0 {
+            (
+                indicatif::ProgressBar::new_spinner(),
+                "{msg:28} {spinner} {elapsed}",
+            )
+        } else {
+            (
+                indicatif::ProgressBar::new(total),
+                "{msg:28} [{bar:30}] {percent:>3}% {elapsed}",
+            )
+        };
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(name.to_owned());
+        Progress(Some(pb))
+    }
+
+    fn set(&self, pos: u64) {
+        if let Some(pb) = &self.0 {
+            pb.set_position(pos);
+        }
+    }
+
+    fn done(self) {
+        if let Some(pb) = self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// The input: encoded bytes, its splitter hint, and decoded PCM for the encoder stages.
+struct Input {
+    encoded: Vec<u8>,
+    format: StreamFormat,
+    pcm: Vec<f32>,
+    pcm_format: AudioFormat,
+    /// Length of the input in frames.
+    frames: usize,
+}
+
+fn generated(seconds: u32) -> anyhow::Result<Input> {
+    let format = AudioFormat {
+        sample_rate: 44_100,
+        channels: 2,
+    };
+    // A tone over noise, so encoders work as on music rather than on a trivial signal.
+    let mut pcm = tidecast_codecs::sine(440.0, format, seconds as f32);
+    let mut x: u32 = 0x1234_5678;
+    let mut low = 0.0f32;
+    for s in &mut pcm {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let white = (x as f32 / u32::MAX as f32) - 0.5;
+        low = 0.97 * low + 0.03 * white;
+        *s = 0.6 * *s + 0.4 * white * 0.3 + 2.0 * low;
+    }
+    let mut p = Pipeline::new(&EncoderSettings::new(Codec::Mp3, 128), Vec::new())
+        .map_err(anyhow::Error::msg)?;
+    let mut encoded = Vec::new();
+    for block in pcm.chunks(1152 * 2) {
+        p.push(block, format, &mut encoded)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let frames = pcm.len() / usize::from(format.channels);
+    Ok(Input {
+        encoded,
+        format: StreamFormat::Mp3,
+        pcm,
+        pcm_format: format,
+        frames,
+    })
+}
+
+/// Reads `path`; decodes it to PCM only when `need_pcm` (the encoder-only stages need it).
+fn from_file(path: &std::path::Path, need_pcm: bool) -> anyhow::Result<Input> {
+    let encoded = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let format = match ext.as_str() {
+        "mp3" => StreamFormat::Mp3,
+        "aac" => StreamFormat::Adts,
+        "ogg" | "opus" | "oga" => StreamFormat::Ogg,
+        _ => StreamFormat::Passthrough,
+    };
+    let mut d = Decoder::open(Cursor::new(encoded.clone()), format)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut pcm = Vec::new();
+    let mut block = Vec::new();
+    let mut pcm_format = None;
+    let mut frames = 0usize;
+    while let Some(f) = d.next_block(&mut block) {
+        frames += block.len() / usize::from(f.channels.max(1));
+        if !need_pcm {
+            // The format is all the pipeline stages need; they count their own audio, and the
+            // length stays unknown (progress shows a spinner).
+            pcm_format = Some(f);
+            frames = 0;
+            break;
+        }
+        if pcm_format.is_some_and(|p| p != f) {
+            bail!(
+                "{}: the audio format changes mid-file; use a file with one format",
+                path.display()
+            );
+        }
+        pcm_format = Some(f);
+        pcm.extend_from_slice(&block);
+    }
+    let pcm_format = pcm_format.context("the input file decodes to no audio")?;
+    Ok(Input {
+        encoded,
+        format,
+        pcm,
+        pcm_format,
+        frames,
+    })
+}
+
+struct Row {
+    name: String,
+    audio_seconds: f64,
+    cpu_seconds: f64,
+    wall_seconds: f64,
+}
+
+impl Row {
+    fn realtime(&self) -> f64 {
+        self.audio_seconds / self.cpu_seconds.max(1e-9)
+    }
+}
+
+/// Runs `work`, which returns the seconds of audio it processed.
+fn measure(name: &str, work: impl FnOnce() -> f64) -> Row {
+    let (c0, w0) = (thread_cpu(), Instant::now());
+    let audio_seconds = work();
+    Row {
+        name: name.to_owned(),
+        audio_seconds,
+        cpu_seconds: thread_cpu() - c0,
+        wall_seconds: w0.elapsed().as_secs_f64(),
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let quiet = args.json;
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let input = match &args.input {
+        Some(p) => from_file(p, wanted("encode mp3") || wanted("encode opus"))?,
+        None => {
+            if !quiet {
+                eprintln!(
+                    "generating {} s of test audio (tone over noise, MP3 128 kbit/s)…",
+                    args.seconds
+                );
+            }
+            generated(args.seconds)?
+        }
+    };
+    let ch = usize::from(input.pcm_format.channels);
+    let frames = input.frames;
+    let audio_seconds = frames as f64 / f64::from(input.pcm_format.sample_rate);
+    let settings = |codec| EncoderSettings::new(codec, args.bitrate);
+    let mut rows = Vec::new();
+
+    let name = "decode input";
+    if wanted(name) {
+        let bytes = input.encoded.len() as u64;
+        rows.push(measure(name, || {
+            let progress = Progress::new(name, bytes, quiet);
+            let mut seconds = 0.0;
+            if let Ok(mut d) = Decoder::open(Cursor::new(input.encoded.clone()), input.format) {
+                let mut block = Vec::new();
+                let mut packets = 0u64;
+                while let Some(f) = d.next_block(&mut block) {
+                    seconds += block.len() as f64
+                        / f64::from(f.channels.max(1))
+                        / f64::from(f.sample_rate.max(1));
+                    packets += 1;
+                    if packets.is_multiple_of(256) && audio_seconds > 0.0 {
+                        progress.set((bytes as f64 * seconds / audio_seconds) as u64);
+                    }
+                }
+            }
+            progress.done();
+            seconds
+        }));
+    }
+    for codec in [Codec::Mp3, Codec::Opus] {
+        let label = if codec == Codec::Mp3 { "mp3" } else { "opus" };
+        let name = format!("encode {label} {} kbit/s", args.bitrate);
+        if wanted(&name) {
+            let s = settings(codec);
+            // The encoder stage alone: PCM converted to its output format before timing.
+            let pcm_format = s.output_format();
+            let mut converted = Vec::new();
+            if let Ok(mut c) =
+                tidecast_codecs::convert::Converter::new(input.pcm_format, pcm_format)
+            {
+                c.process(&input.pcm, &mut converted);
+            }
+            rows.push(measure(&name, || {
+                let progress = Progress::new(&name, frames as u64, quiet);
+                if let Ok(mut enc) = s.build() {
+                    let mut out = Vec::new();
+                    let step = 1152 * usize::from(pcm_format.channels);
+                    for (i, block) in converted.chunks(step).enumerate() {
+                        enc.encode(block, &mut out);
+                        out.clear();
+                        if i.is_multiple_of(256) {
+                            progress.set((i * 1152) as u64);
+                        }
+                    }
+                }
+                progress.done();
+                converted.len() as f64
+                    / f64::from(pcm_format.channels)
+                    / f64::from(pcm_format.sample_rate)
+            }));
+        }
+        let name = format!("pipeline input → {label}");
+        if wanted(&name) {
+            let s = settings(codec);
+            rows.push(measure(&name, || {
+                let progress = Progress::new(&name, frames as u64, quiet);
+                let (Ok(mut d), Ok(mut p)) = (
+                    Decoder::open(Cursor::new(input.encoded.clone()), input.format),
+                    Pipeline::new(&s, Vec::new()),
+                ) else {
+                    return 0.0;
+                };
+                let mut block = Vec::new();
+                let mut out = Vec::new();
+                let mut seconds = 0.0;
+                while let Some(f) = d.next_block(&mut block) {
+                    let _ = p.push(&block, f, &mut out);
+                    out.clear();
+                    let n = block.len() / usize::from(f.channels.max(1));
+                    seconds += n as f64 / f64::from(f.sample_rate.max(1));
+                    progress.set((seconds * f64::from(f.sample_rate)) as u64);
+                }
+                progress.done();
+                seconds
+            }));
+        }
+    }
+    if rows.is_empty() {
+        bail!(
+            "no stage matches --only {:?}",
+            args.only.unwrap_or_default()
+        );
+    }
+    if args.json {
+        for r in &rows {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "stage": r.name, "audio_s": r.audio_seconds, "cpu_s": r.cpu_seconds,
+                    "wall_s": r.wall_seconds, "x_realtime": r.realtime(),
+                    "cpu_s_per_stream_hour": r.cpu_seconds * 3600.0 / r.audio_seconds,
+                })
+            );
+        }
+        return Ok(());
+    }
+    let measured = rows.iter().map(|r| r.audio_seconds).fold(0.0, f64::max);
+    println!(
+        "\ntidecast bench: {:.0} s of {} Hz, {} ch input; encoders at {} kbit/s (LAME quality 3, Opus complexity 10); one thread\n",
+        measured, input.pcm_format.sample_rate, ch, args.bitrate
+    );
+    println!(
+        "{:<28} {:>10} {:>12} {:>22}",
+        "stage", "CPU s", "× real time", "CPU s per stream-hour"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>10.2} {:>12.0} {:>22.1}",
+            r.name,
+            r.cpu_seconds,
+            r.realtime(),
+            r.cpu_seconds * 3600.0 / r.audio_seconds
+        );
+    }
+    let find = |n: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(n))
+            .map(|r| r.cpu_seconds)
+    };
+    for label in ["mp3", "opus"] {
+        if let (Some(dec), Some(enc), Some(pipe)) = (
+            find("decode"),
+            find(&format!("encode {label}")),
+            find(&format!("pipeline input → {label}")),
+        ) {
+            println!(
+                "pipeline → {label}: {:+.1} % over decode + encode alone",
+                (pipe / (dec + enc) - 1.0) * 100.0
+            );
+        }
+    }
+    Ok(())
+}
