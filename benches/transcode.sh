@@ -51,9 +51,7 @@ measure "tidecast:opus" "$tc" bench --input in.mp3 --bitrate 64 --only "pipeline
 measure "ffmpeg:opus" ffmpeg -nostdin -threads 1 -i in.mp3 -c:a libopus -b:a 64k -y out-ff.opus
 liq_script '%ffmpeg(format="ogg", %audio(codec="libopus", b="64k", samplerate=48000))' out-liq.opus
 measure "liquidsoap:opus" liquidsoap out-liq.opus.liq
-measure "bare:decode" "$tc" bench --input in.mp3 --only "decode input" --json
-measure "bare:encode-mp3" "$tc" bench --input in.mp3 --bitrate 64 --only "encode mp3" --json
-measure "bare:encode-opus" "$tc" bench --input in.mp3 --bitrate 64 --only "encode opus" --json
+# Stage-level thread CPU (decode alone, encode alone, whole pipeline) for the overhead figure.
 "$tc" bench --input in.mp3 --bitrate 64 --json > stages.jsonl 2>/dev/null
 
 echo "== live: one node, a 128 kbit/s MP3 source, transcoded mounts MP3 128k -> Opus 64k" >&2

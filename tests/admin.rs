@@ -339,3 +339,76 @@ fn a_full_disk_refuses_changes_clearly_and_loses_nothing() {
     let (ok, _, err) = node.cli(&["mount", "create", "/new.mp3"]);
     assert!(ok, "changes work again once there is room: {err}");
 }
+
+#[test]
+fn bench_reports_every_stage_and_reads_files() {
+    let out = Command::new(bin())
+        .args(["bench", "--seconds", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let stages: Vec<&str> = rows.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(
+        stages,
+        [
+            "decode input",
+            "encode mp3 64 kbit/s",
+            "pipeline input → mp3",
+            "encode opus 64 kbit/s",
+            "pipeline input → opus"
+        ]
+    );
+    for r in &rows {
+        let audio = r["audio_s"].as_f64().unwrap();
+        assert!((2.9..3.1).contains(&audio), "{r}");
+        assert!(r["x_realtime"].as_f64().unwrap() > 1.0, "{r}");
+    }
+
+    // A file input, and a clear error for one that is not audio.
+    require("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let ogg = dir.path().join("in.ogg");
+    assert!(Command::new("ffmpeg")
+        .args([
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:a",
+            "libvorbis"
+        ])
+        .arg(&ogg)
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new(bin())
+        .args(["bench", "--only", "pipeline input → opus", "--input"])
+        .arg(&ogg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pipeline input → opus"));
+    let junk = temp_file(dir.path(), "junk.mp3", "this is not audio at all");
+    let out = Command::new(bin())
+        .args(["bench", "--input"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("junk.mp3"), "{err}");
+}

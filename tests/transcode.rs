@@ -101,6 +101,54 @@ fn opus_and_mp3_transcodes_of_an_mp3_source() {
             });
         }
     });
+    // The source's title reaches the transcoded mounts: status for both, ICY for MP3 listeners.
+    let mut m = TcpStream::connect(node.addr).unwrap();
+    m.write_all(
+        format!(
+            "GET /admin/metadata?mount=/live.mp3&mode=updinfo&song=Transcoded+Title HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+            basic("source", "hackme")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(m);
+    wait_for(
+        Duration::from_secs(10),
+        "the title on the transcoded mounts",
+        || {
+            let s = node.status();
+            s["icestats"]["source"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|src| src["title"] == "Transcoded Title")
+                .count()
+                == 3
+        },
+    );
+    let (code, head, body) = {
+        let mut s = TcpStream::connect(node.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /live-64.mp3 HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n")
+            .unwrap();
+        let mut data = Vec::new();
+        let mut buf = [0u8; 8192];
+        while data.len() < 20_000 {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0);
+            data.extend_from_slice(&buf[..n]);
+        }
+        parse_response(&data)
+    };
+    assert_eq!(code, 200);
+    assert!(head.contains("icy-metaint: 16000"), "{head}");
+    let len = usize::from(body[16_000]) * 16;
+    assert!(
+        String::from_utf8_lossy(&body[16_001..16_001 + len])
+            .starts_with("StreamTitle='Transcoded Title';"),
+        "ICY block of the transcoded mount"
+    );
+
     // The status shows the transcoded mounts like any other.
     let status = node.status();
     let types: Vec<String> = status["icestats"]["source"]
@@ -304,4 +352,71 @@ fn absurd_transcode_parameters_are_refused_with_every_problem() {
         ok && !out.contains("/bad.mp3") && !out.contains("/x.opus"),
         "nothing was created: {out}"
     );
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[test]
+fn a_source_that_lies_about_its_content_neither_spins_nor_blocks_recovery() {
+    let node = Node::start(&[]);
+    node.create_mount("/in.mp3", "hackme", &[]);
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/out.opus",
+        "--from",
+        "/in.mp3",
+        "--codec",
+        "opus",
+        "--bitrate",
+        "48",
+    ]);
+    assert!(ok, "{err}");
+    // Claims audio/mpeg, sends noise that is no codec at all.
+    let mut junk = TcpStream::connect(node.addr).unwrap();
+    junk.write_all(
+        format!(
+            "SOURCE /in.mp3 HTTP/1.0\r\nAuthorization: {}\r\nContent-Type: audio/mpeg\r\n\r\n",
+            basic("source", "hackme")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let pid = node.proc.as_ref().unwrap().child.id();
+    let c0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let mut x: u32 = 7;
+    while t0.elapsed() < Duration::from_secs(4) {
+        let noise: Vec<u8> = (0..4000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        if junk.write_all(&noise).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let used = cpu_seconds(pid) - c0;
+    // A spinning thread would burn a whole core (4 s); decoding attempts on 160 kB cost little.
+    assert!(used < 1.5, "node used {used:.2} s of CPU in 4 s of garbage");
+    assert!(
+        node.log().contains("cannot decode the source"),
+        "the problem is logged"
+    );
+    drop(junk);
+    // A real source afterwards is transcoded as usual.
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/in.mp3", &[]);
+    node.wait_live("/out.opus", Duration::from_secs(20));
+    let (ok, err) = ffmpeg_decode(&node.url("/out.opus"), 3);
+    assert!(ok && err.trim().is_empty(), "{err}");
 }

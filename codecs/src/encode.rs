@@ -37,6 +37,8 @@ pub struct EncoderSettings {
     pub stereo_mode: StereoMode,
     /// Opus frame duration in milliseconds (2.5 is not offered): 5, 10, 20, 40 or 60.
     pub frame_ms: u32,
+    /// MP3 only: VBR at this LAME -V level (0 best … 9) instead of CBR at `bitrate_kbps`.
+    pub vbr_quality: Option<u8>,
 }
 
 const MP3_BITRATES: [u32; 16] = [
@@ -55,6 +57,7 @@ impl EncoderSettings {
             quality: if codec == Codec::Opus { 10 } else { 3 },
             stereo_mode: StereoMode::Joint,
             frame_ms: 20,
+            vbr_quality: None,
         }
     }
 
@@ -180,15 +183,7 @@ impl Mp3Encoder {
             _ => Bitrate::Kbps320,
         };
         b.set_brate(br).map_err(err)?;
-        b.set_vbr_mode(VbrMode::Off).map_err(err)?;
-        b.set_to_write_vbr_tag(false).map_err(err)?;
-        let mode = match (s.channels, s.stereo_mode) {
-            (1, _) => Mode::Mono,
-            (_, StereoMode::Joint) => Mode::JointStereo,
-            (_, StereoMode::Stereo) => Mode::Stereo,
-        };
-        b.set_mode(mode).map_err(err)?;
-        let q = [
+        const LEVELS: [Quality; 10] = [
             Quality::Best,
             Quality::SecondBest,
             Quality::NearBest,
@@ -199,8 +194,24 @@ impl Mp3Encoder {
             Quality::Ok,
             Quality::SecondWorst,
             Quality::Worst,
-        ][usize::from(s.quality.min(9))];
-        b.set_quality(q).map_err(err)?;
+        ];
+        match s.vbr_quality {
+            Some(v) => {
+                b.set_vbr_mode(VbrMode::Mtrh).map_err(err)?;
+                b.set_vbr_quality(LEVELS[usize::from(v.min(9))])
+                    .map_err(err)?;
+            }
+            None => b.set_vbr_mode(VbrMode::Off).map_err(err)?,
+        }
+        b.set_to_write_vbr_tag(false).map_err(err)?;
+        let mode = match (s.channels, s.stereo_mode) {
+            (1, _) => Mode::Mono,
+            (_, StereoMode::Joint) => Mode::JointStereo,
+            (_, StereoMode::Stereo) => Mode::Stereo,
+        };
+        b.set_mode(mode).map_err(err)?;
+        b.set_quality(LEVELS[usize::from(s.quality.min(9))])
+            .map_err(err)?;
         Ok(Mp3Encoder {
             lame: b.build().map_err(err)?,
             channels: s.channels,

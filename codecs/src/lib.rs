@@ -89,11 +89,48 @@ mod tests {
     }
 
     #[test]
+    fn vbr_mp3() {
+        let mut s = EncoderSettings::new(Codec::Mp3, 128);
+        s.vbr_quality = Some(4);
+        round_trip(s, StreamFormat::Mp3);
+    }
+
+    #[test]
     fn mono_22k_mp3() {
         let mut s = EncoderSettings::new(Codec::Mp3, 32);
         s.channels = 1;
         s.sample_rate = 22_050;
         round_trip(s, StreamFormat::Mp3);
+    }
+
+    #[test]
+    fn converter_keeps_length_and_pitch_on_large_inputs() {
+        let from = AudioFormat {
+            sample_rate: 44_100,
+            channels: 2,
+        };
+        let to = AudioFormat {
+            sample_rate: 48_000,
+            channels: 1,
+        };
+        let pcm = sine(440.0, from, 60.0);
+        let mut c = convert::Converter::new(from, to).unwrap();
+        let mut out = Vec::new();
+        // One call with a minute of audio: linear time (this once drained quadratically).
+        let t = std::time::Instant::now();
+        c.process(&pcm, &mut out);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        let secs = out.len() as f32 / 48_000.0;
+        assert!((59.9..=60.0).contains(&secs), "{secs} s");
+        let crossings = out[48_000..96_000]
+            .windows(2)
+            .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+            .count();
+        assert!((439..=441).contains(&crossings), "{crossings}");
     }
 
     #[test]

@@ -278,6 +278,7 @@ struct MountRequest {
     quality: Option<u8>,
     stereo_mode: Option<String>,
     frame_ms: Option<u32>,
+    vbr_quality: Option<u8>,
 }
 
 impl MountRequest {
@@ -290,6 +291,7 @@ impl MountRequest {
             || self.quality.is_some()
             || self.stereo_mode.is_some()
             || self.frame_ms.is_some()
+            || self.vbr_quality.is_some()
     }
 }
 
@@ -316,6 +318,7 @@ fn apply_transcode(
             quality: None,
             stereo_mode: None,
             frame_ms: None,
+            vbr_quality: None,
         }),
         (None, false) => {
             problems.push(format!(
@@ -339,6 +342,7 @@ fn apply_transcode(
     t.quality = r.quality.take().or(t.quality);
     t.stereo_mode = r.stereo_mode.take().or(t.stereo_mode.take());
     t.frame_ms = r.frame_ms.take().or(t.frame_ms);
+    t.vbr_quality = r.vbr_quality.take().or(t.vbr_quality);
     if t.from.is_empty() || t.codec.is_empty() || t.bitrate_kbps == 0 {
         problems.push("a transcoded mount needs --from, --codec and --bitrate".to_owned());
     }

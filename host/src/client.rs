@@ -74,6 +74,9 @@ pub struct MountSettings {
     /// Opus frame duration in ms: 5, 10, 20, 40 or 60 [default: 20].
     #[arg(long, help_heading = "Transcoding")]
     frame_ms: Option<u32>,
+    /// MP3 VBR at this LAME -V level, 0 (best) to 9, instead of CBR at --bitrate.
+    #[arg(long, help_heading = "Transcoding")]
+    vbr_quality: Option<u8>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -137,6 +140,7 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
         ("quality", s.quality.map(|v| json!(v))),
         ("stereo_mode", s.stereo_mode.map(|v| json!(v))),
         ("frame_ms", s.frame_ms.map(|v| json!(v))),
+        ("vbr_quality", s.vbr_quality.map(|v| json!(v))),
     ];
     for (k, v) in transcode {
         if let Some(v) = v {

@@ -60,6 +60,9 @@ pub struct TranscodeConfig {
     /// Opus frame duration in ms (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frame_ms: Option<u32>,
+    /// MP3: VBR at this -V level (0–9) instead of CBR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vbr_quality: Option<u8>,
 }
 
 impl TranscodeConfig {
@@ -87,6 +90,7 @@ impl TranscodeConfig {
         if let Some(f) = self.frame_ms {
             s.frame_ms = f;
         }
+        s.vbr_quality = self.vbr_quality;
         match self
             .stereo_mode
             .as_deref()
