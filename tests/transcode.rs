@@ -101,54 +101,6 @@ fn opus_and_mp3_transcodes_of_an_mp3_source() {
             });
         }
     });
-    // The source's title reaches the transcoded mounts: status for both, ICY for MP3 listeners.
-    let mut m = TcpStream::connect(node.addr).unwrap();
-    m.write_all(
-        format!(
-            "GET /admin/metadata?mount=/live.mp3&mode=updinfo&song=Transcoded+Title HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
-            basic("source", "hackme")
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    drop(m);
-    wait_for(
-        Duration::from_secs(10),
-        "the title on the transcoded mounts",
-        || {
-            let s = node.status();
-            s["icestats"]["source"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|src| src["title"] == "Transcoded Title")
-                .count()
-                == 3
-        },
-    );
-    let (code, head, body) = {
-        let mut s = TcpStream::connect(node.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /live-64.mp3 HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n")
-            .unwrap();
-        let mut data = Vec::new();
-        let mut buf = [0u8; 8192];
-        while data.len() < 20_000 {
-            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
-            assert!(n > 0);
-            data.extend_from_slice(&buf[..n]);
-        }
-        parse_response(&data)
-    };
-    assert_eq!(code, 200);
-    assert!(head.contains("icy-metaint: 16000"), "{head}");
-    let len = usize::from(body[16_000]) * 16;
-    assert!(
-        String::from_utf8_lossy(&body[16_001..16_001 + len])
-            .starts_with("StreamTitle='Transcoded Title';"),
-        "ICY block of the transcoded mount"
-    );
-
     // The status shows the transcoded mounts like any other.
     let status = node.status();
     let types: Vec<String> = status["icestats"]["source"]
@@ -351,6 +303,109 @@ fn absurd_transcode_parameters_are_refused_with_every_problem() {
     assert!(
         ok && !out.contains("/bad.mp3") && !out.contains("/x.opus"),
         "nothing was created: {out}"
+    );
+}
+
+#[test]
+fn the_source_title_reaches_transcoded_mounts_as_icy_and_as_ogg_comments() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    for (path, codec) in [("/live-64.opus", "opus"), ("/live-64.mp3", "mp3")] {
+        let (ok, _, err) = node.cli(&[
+            "mount",
+            "create",
+            path,
+            "--from",
+            "/live.mp3",
+            "--codec",
+            codec,
+            "--bitrate",
+            "64",
+        ]);
+        assert!(ok, "{err}");
+    }
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live-64.opus", Duration::from_secs(20));
+    node.wait_live("/live-64.mp3", Duration::from_secs(20));
+
+    // The source's title reaches the transcoded mounts: status for both, ICY for MP3 listeners,
+    // and for Ogg a new chain link whose comment header carries it. A listener connected across
+    // the change decodes without an error.
+    let addr = node.addr;
+    let across = std::thread::spawn(move || capture(addr, "/live-64.opus", 8.0));
+    std::thread::sleep(Duration::from_secs(3));
+    let mut m = TcpStream::connect(node.addr).unwrap();
+    m.write_all(
+        format!(
+            "GET /admin/metadata?mount=/live.mp3&mode=updinfo&song=Transcoded+Title HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+            basic("source", "hackme")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(m);
+    wait_for(
+        Duration::from_secs(10),
+        "the title on the transcoded mounts",
+        || {
+            let s = node.status();
+            s["icestats"]["source"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|src| src["title"] == "Transcoded Title")
+                .count()
+                == 3
+        },
+    );
+    let (code, head, body) = {
+        let mut s = TcpStream::connect(node.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /live-64.mp3 HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n")
+            .unwrap();
+        let mut data = Vec::new();
+        let mut buf = [0u8; 8192];
+        while data.len() < 20_000 {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0);
+            data.extend_from_slice(&buf[..n]);
+        }
+        parse_response(&data)
+    };
+    assert_eq!(code, 200);
+    assert!(head.contains("icy-metaint: 16000"), "{head}");
+    let len = usize::from(body[16_000]) * 16;
+    assert!(
+        String::from_utf8_lossy(&body[16_001..16_001 + len])
+            .starts_with("StreamTitle='Transcoded Title';"),
+        "ICY block of the transcoded mount"
+    );
+    let captured = across.join().unwrap();
+    assert!(
+        captured.windows(22).any(|w| w == b"TITLE=Transcoded Title"),
+        "OpusTags with the title"
+    );
+    let pcm = decode_pcm(&captured);
+    assert!(
+        tone_share(&pcm, 440.0) > 0.5,
+        "audio across the chain boundary"
+    );
+    let tags = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream_tags=title",
+            "-of",
+            "compact",
+        ])
+        .arg(node.url("/live-64.opus"))
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&tags.stdout);
+    assert!(
+        tags.contains("TITLE=Transcoded Title"),
+        "a new listener sees the title: {tags}"
     );
 }
 

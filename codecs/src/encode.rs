@@ -147,6 +147,10 @@ impl EncoderSettings {
 pub trait Encoder: Send {
     /// Encodes interleaved samples in the settings' output format; appends bytes to `out`.
     fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>);
+
+    /// The stream's title changed. MP3 carries titles out of band (ICY), so by default nothing
+    /// happens; Ogg puts them in its comment header.
+    fn set_title(&mut self, _title: &str) {}
 }
 
 pub struct Mp3Encoder {
@@ -235,6 +239,10 @@ impl Encoder for Mp3Encoder {
 
 pub struct OpusOggEncoder {
     opus: opus::Encoder,
+    /// A title to announce: the current logical stream ends and a new link starts with an
+    /// OpusTags header carrying `TITLE=` (a chained Ogg stream, as Icecast radios use).
+    pending_title: Option<String>,
+    channel_count: u8,
     ogg: PacketWriter<'static, Vec<u8>>,
     serial: u32,
     channels: usize,
@@ -268,6 +276,8 @@ impl OpusOggEncoder {
             .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32);
         let mut e = OpusOggEncoder {
             opus,
+            pending_title: None,
+            channel_count: s.channels as u8,
             ogg: PacketWriter::new(Vec::new()),
             serial,
             channels: usize::from(s.channels),
@@ -278,10 +288,18 @@ impl OpusOggEncoder {
             granule: pre_skip,
             packets_in_page: 0,
         };
+        e.write_headers(None).map_err(|e| format!("ogg: {e}"))?;
+        Ok(e)
+    }
+}
+
+impl OpusOggEncoder {
+    /// Writes the BOS page (OpusHead) and the comment page (OpusTags) of a logical stream.
+    fn write_headers(&mut self, title: Option<&str>) -> std::io::Result<()> {
         let mut head = b"OpusHead".to_vec();
         head.push(1);
-        head.push(s.channels as u8);
-        head.extend_from_slice(&(pre_skip as u16).to_le_bytes());
+        head.push(self.channel_count);
+        head.extend_from_slice(&(self.pre_skip as u16).to_le_bytes());
         head.extend_from_slice(&48_000u32.to_le_bytes());
         head.extend_from_slice(&0i16.to_le_bytes());
         head.push(0);
@@ -289,19 +307,37 @@ impl OpusOggEncoder {
         let mut tags = b"OpusTags".to_vec();
         tags.extend_from_slice(&(vendor.len() as u32).to_le_bytes());
         tags.extend_from_slice(vendor.as_bytes());
-        tags.extend_from_slice(&0u32.to_le_bytes());
-        let w = |e: std::io::Error| format!("ogg: {e}");
-        e.ogg
-            .write_packet(Cow::Owned(head), serial, PacketWriteEndInfo::EndPage, 0)
-            .map_err(w)?;
-        e.ogg
-            .write_packet(Cow::Owned(tags), serial, PacketWriteEndInfo::EndPage, 0)
-            .map_err(w)?;
-        Ok(e)
+        match title {
+            Some(t) => {
+                // Comment headers are bounded like ICY titles: 4 KiB of title at most.
+                let t: String = t.chars().take(4096).collect();
+                let comment = format!("TITLE={t}");
+                tags.extend_from_slice(&1u32.to_le_bytes());
+                tags.extend_from_slice(&(comment.len() as u32).to_le_bytes());
+                tags.extend_from_slice(comment.as_bytes());
+            }
+            None => tags.extend_from_slice(&0u32.to_le_bytes()),
+        }
+        self.ogg.write_packet(
+            Cow::Owned(head),
+            self.serial,
+            PacketWriteEndInfo::EndPage,
+            0,
+        )?;
+        self.ogg.write_packet(
+            Cow::Owned(tags),
+            self.serial,
+            PacketWriteEndInfo::EndPage,
+            0,
+        )
     }
 }
 
 impl Encoder for OpusOggEncoder {
+    fn set_title(&mut self, title: &str) {
+        self.pending_title = Some(title.to_owned());
+    }
+
     fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) {
         // Header pages written at construction go out with the first call.
         out.append(self.ogg.inner_mut());
@@ -316,7 +352,11 @@ impl Encoder for OpusOggEncoder {
             };
             self.granule += self.frame as u64;
             self.packets_in_page += 1;
-            let end = if self.packets_in_page >= PACKETS_PER_PAGE {
+            let chain = self.pending_title.is_some();
+            let end = if chain {
+                // This packet ends the current link; the next one starts with new headers.
+                PacketWriteEndInfo::EndStream
+            } else if self.packets_in_page >= PACKETS_PER_PAGE {
                 self.packets_in_page = 0;
                 PacketWriteEndInfo::EndPage
             } else {
@@ -328,6 +368,12 @@ impl Encoder for OpusOggEncoder {
                 end,
                 self.granule,
             );
+            if let Some(title) = self.pending_title.take() {
+                self.serial = self.serial.wrapping_add(1);
+                self.granule = self.pre_skip;
+                self.packets_in_page = 0;
+                let _ = self.write_headers(Some(&title));
+            }
             out.append(self.ogg.inner_mut());
         }
         self.pending.drain(..offset);

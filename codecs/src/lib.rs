@@ -134,6 +134,45 @@ mod tests {
     }
 
     #[test]
+    fn an_opus_title_change_starts_a_new_chain_link_with_the_title() {
+        let format = AudioFormat {
+            sample_rate: 48_000,
+            channels: 2,
+        };
+        let pcm = sine(440.0, format, 2.0);
+        let mut p = Pipeline::new(&EncoderSettings::new(Codec::Opus, 64), vec![]).unwrap();
+        let mut encoded = Vec::new();
+        p.push(&pcm[..pcm.len() / 2], format, &mut encoded).unwrap();
+        p.set_title("Artist - New Song");
+        p.push(&pcm[pcm.len() / 2..], format, &mut encoded).unwrap();
+        let mut s = Splitter::new(StreamFormat::Ogg);
+        let mut pieces = Vec::new();
+        s.push(&encoded, &mut pieces);
+        let headers: Vec<&[u8]> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Headers(h) => Some(&h[..]),
+                Piece::Audio(_) => None,
+            })
+            .collect();
+        assert_eq!(headers.len(), 2, "two links");
+        assert!(headers[1]
+            .windows(23)
+            .any(|w| w == b"TITLE=Artist - New Song"));
+        assert_eq!(s.stats().skipped_bytes, 0, "every page is valid");
+        // The first link ends with an EOS page before the second BOS.
+        let first_audio_end = pieces
+            .iter()
+            .position(|p| matches!(p, Piece::Headers(h) if h[..] == *headers[1]))
+            .unwrap();
+        let Piece::Audio(last) = &pieces[first_audio_end - 1] else {
+            panic!()
+        };
+        let last_page = last.windows(4).rposition(|w| w == b"OggS").unwrap();
+        assert_eq!(last[last_page + 5] & 0x04, 0x04, "EOS flag");
+    }
+
+    #[test]
     fn absurd_settings_are_refused_with_every_problem() {
         let mut s = EncoderSettings::new(Codec::Mp3, 0);
         s.channels = 7;

@@ -87,6 +87,11 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Announces a new stream title to the encoder (Ogg: a new chain link with a comment header).
+    pub fn set_title(&mut self, title: &str) {
+        self.encoder.set_title(title);
+    }
+
     /// Appends `frames` frames of silence in the output format (for gaps in the source).
     pub fn push_silence(&mut self, frames: usize, out: &mut Vec<u8>) {
         self.converted.clear();

@@ -96,6 +96,8 @@ struct Output {
     splitter: Splitter,
     encoded: Vec<u8>,
     pieces: Vec<Piece>,
+    /// The title last announced, so a reconnecting source does not restart an Ogg chain link.
+    title: String,
 }
 
 impl Drop for Output {
@@ -239,8 +241,10 @@ impl Transcoder {
                 let meta = src.meta();
                 if meta.version != meta_version {
                     meta_version = meta.version;
-                    if meta.version > 0 {
+                    if meta.version > 0 && meta.title != out.title {
                         out.hub.set_title(&meta.title);
+                        out.pipeline.set_title(&meta.title);
+                        out.title = meta.title;
                     }
                 }
                 if decoder.skipped_packets > last_skipped {
@@ -288,6 +292,7 @@ impl Transcoder {
             splitter: Splitter::new(format),
             encoded: Vec::with_capacity(16 * 1024),
             pieces: Vec::new(),
+            title: String::new(),
             hub: hub.clone(),
         };
         if let Ok(mut hubs) = self.state.hubs.lock() {
