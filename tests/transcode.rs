@@ -33,41 +33,9 @@ fn byte_rate(node: &Node, mount: &str) -> f64 {
 fn opus_and_mp3_transcodes_of_an_mp3_source() {
     let node = Node::start(&[]);
     node.create_mount("/live.mp3", "hackme", &[]);
-    let (ok, out, err) = node.cli(&[
-        "mount",
-        "create",
-        "/live-64.opus",
-        "--from",
-        "/live.mp3",
-        "--codec",
-        "opus",
-        "--bitrate",
-        "64",
-    ]);
-    assert!(ok && out.contains("Created transcoded mount"), "{out}{err}");
-    let (ok, _, err) = node.cli(&[
-        "mount",
-        "create",
-        "/live-64.mp3",
-        "--from",
-        "/live.mp3",
-        "--codec",
-        "mp3",
-        "--bitrate",
-        "64",
-    ]);
-    assert!(ok, "{err}");
-    let encode = [
-        "-c:a",
-        "libmp3lame",
-        "-b:a",
-        "128k",
-        "-content_type",
-        "audio/mpeg",
-        "-f",
-        "mp3",
-    ];
-    let _src = ffmpeg_source_from(&node, "hackme", "/live.mp3", TONE_AND_NOISE, &encode);
+    node.create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);
+    let _src = ffmpeg_source_from(&node, "hackme", "/live.mp3", TONE_AND_NOISE, &MP3_128K);
     node.wait_live("/live-64.opus", Duration::from_secs(20));
     node.wait_live("/live-64.mp3", Duration::from_secs(20));
 
@@ -149,18 +117,7 @@ fn aac_vorbis_and_flac_sources_are_transcoded() {
     for (i, (mount, encode)) in sources.iter().enumerate() {
         node.create_mount(mount, "hackme", &[]);
         let out = format!("/out{i}.mp3");
-        let (ok, _, err) = node.cli(&[
-            "mount",
-            "create",
-            &out,
-            "--from",
-            mount,
-            "--codec",
-            "mp3",
-            "--bitrate",
-            "96",
-        ]);
-        assert!(ok, "{err}");
+        node.create_transcode(&out, mount, "mp3", 96, &[]);
         procs.push(ffmpeg_source(&node, "hackme", mount, encode));
     }
     for (i, (mount, _)) in sources.iter().enumerate() {
@@ -185,18 +142,7 @@ fn aac_vorbis_and_flac_sources_are_transcoded() {
 fn a_source_gap_keeps_listeners_and_a_returning_source_may_change_format() {
     let node = Node::start(&[]);
     node.create_mount("/in.mp3", "hackme", &[]);
-    let (ok, _, err) = node.cli(&[
-        "mount",
-        "create",
-        "/out.mp3",
-        "--from",
-        "/in.mp3",
-        "--codec",
-        "mp3",
-        "--bitrate",
-        "64",
-    ]);
-    assert!(ok, "{err}");
+    node.create_transcode("/out.mp3", "/in.mp3", "mp3", 64, &[]);
     let mut first = ffmpeg_mp3_source(&node, "hackme", "/in.mp3", &[]);
     node.wait_live("/out.mp3", Duration::from_secs(20));
 
@@ -283,7 +229,7 @@ fn absurd_transcode_parameters_are_refused_with_every_problem() {
     assert!(
         !ok && err.contains("codec must be mp3 or opus")
             && err.contains("/nope.mp3 does not exist"),
-        "{err}"
+        "every problem named: {err}"
     );
     let (ok, _, err) = node.cli(&[
         "mount",
@@ -311,18 +257,7 @@ fn the_source_title_reaches_transcoded_mounts_as_icy_and_as_ogg_comments() {
     let node = Node::start(&[]);
     node.create_mount("/live.mp3", "hackme", &[]);
     for (path, codec) in [("/live-64.opus", "opus"), ("/live-64.mp3", "mp3")] {
-        let (ok, _, err) = node.cli(&[
-            "mount",
-            "create",
-            path,
-            "--from",
-            "/live.mp3",
-            "--codec",
-            codec,
-            "--bitrate",
-            "64",
-        ]);
-        assert!(ok, "{err}");
+        node.create_transcode(path, "/live.mp3", codec, 64, &[]);
     }
     let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
     node.wait_live("/live-64.opus", Duration::from_secs(20));
@@ -421,18 +356,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn a_source_that_lies_about_its_content_neither_spins_nor_blocks_recovery() {
     let node = Node::start(&[]);
     node.create_mount("/in.mp3", "hackme", &[]);
-    let (ok, _, err) = node.cli(&[
-        "mount",
-        "create",
-        "/out.opus",
-        "--from",
-        "/in.mp3",
-        "--codec",
-        "opus",
-        "--bitrate",
-        "48",
-    ]);
-    assert!(ok, "{err}");
+    node.create_transcode("/out.opus", "/in.mp3", "opus", 48, &[]);
     // Claims audio/mpeg, sends noise that is no codec at all.
     let mut junk = TcpStream::connect(node.addr).unwrap();
     junk.write_all(

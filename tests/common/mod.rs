@@ -148,6 +148,28 @@ impl Node {
         assert!(ok, "mount create failed: {out} {err}");
     }
 
+    /// Declares a transcoded mount `path` made from `from`; `extra` adds settings.
+    pub fn create_transcode(&self, path: &str, from: &str, codec: &str, kbps: u32, extra: &[&str]) {
+        let kbps = kbps.to_string();
+        let mut args = vec![
+            "mount",
+            "create",
+            path,
+            "--from",
+            from,
+            "--codec",
+            codec,
+            "--bitrate",
+            &kbps,
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = self.cli(&args);
+        assert!(
+            ok && out.contains("Created transcoded mount"),
+            "transcoded mount {path}: {out}{err}"
+        );
+    }
+
     pub fn status(&self) -> serde_json::Value {
         let (code, _, body) = http_get(self.addr, "/status-json.xsl", &[]);
         assert_eq!(code, 200);
@@ -327,18 +349,23 @@ pub fn ffmpeg_source_from(
     )
 }
 
+/// ffmpeg options for a 128 kbit/s MP3 source (PUT with an Icecast content type).
+pub const MP3_128K: [&str; 8] = [
+    "-c:a",
+    "libmp3lame",
+    "-b:a",
+    "128k",
+    "-content_type",
+    "audio/mpeg",
+    "-f",
+    "mp3",
+];
+
 /// ffmpeg pushing a generated 128 kbit/s MP3 sine in real time; `extra` goes before the output.
 pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str]) -> Proc {
-    let mut encode = vec![
-        "-c:a",
-        "libmp3lame",
-        "-b:a",
-        "128k",
-        "-content_type",
-        "audio/mpeg",
-    ];
+    let mut encode = MP3_128K[..6].to_vec();
     encode.extend_from_slice(extra);
-    encode.extend_from_slice(&["-f", "mp3"]);
+    encode.extend_from_slice(&MP3_128K[6..]);
     ffmpeg_source(node, password, mount, &encode)
 }
 
