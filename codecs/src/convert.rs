@@ -70,24 +70,28 @@ impl Converter {
             out.extend_from_slice(input);
             return;
         }
-        // Channel mix into `mixed` (interleaved, out_ch channels).
-        self.mixed.clear();
-        for frame in input.chunks_exact(in_ch) {
-            match (in_ch, out_ch) {
-                (1, 2) => self.mixed.extend_from_slice(&[frame[0], frame[0]]),
-                (_, 1) if in_ch >= 2 => self.mixed.push(0.5 * (frame[0] + frame[1])),
-                (_, 1) => self.mixed.push(frame[0]),
-                _ => self.mixed.extend_from_slice(&frame[..out_ch]),
+        // Channel mix into `mixed` (interleaved, out_ch channels), unless the counts match.
+        let mixed: &[f32] = if in_ch == out_ch {
+            input
+        } else {
+            self.mixed.clear();
+            for frame in input.chunks_exact(in_ch) {
+                match (in_ch, out_ch) {
+                    (1, 2) => self.mixed.extend_from_slice(&[frame[0], frame[0]]),
+                    (_, 1) if in_ch >= 2 => self.mixed.push(0.5 * (frame[0] + frame[1])),
+                    (_, 1) => self.mixed.push(frame[0]),
+                    _ => self.mixed.extend_from_slice(&frame[..out_ch]),
+                }
             }
-        }
+            &self.mixed
+        };
         let Some(resampler) = &mut self.resampler else {
-            out.extend_from_slice(&self.mixed);
+            out.extend_from_slice(mixed);
             return;
         };
-        for frame in self.mixed.chunks_exact(out_ch) {
-            for (c, s) in frame.iter().enumerate() {
-                self.pending[c].push(*s);
-            }
+        // De-interleave into the per-channel input queues.
+        for (c, queue) in self.pending.iter_mut().enumerate() {
+            queue.extend(mixed.iter().skip(c).step_by(out_ch));
         }
         // Consume whole chunks from the front, then drop them in one move (not one per chunk,
         // which would be quadratic on large inputs).
@@ -104,9 +108,11 @@ impl Converter {
                 self.pending.iter_mut().for_each(Vec::clear);
                 return;
             };
-            for i in 0..produced {
-                for c in 0..out_ch {
-                    out.push(self.planar_out[c][i]);
+            let base = out.len();
+            out.resize(base + produced * out_ch, 0.0);
+            for (c, plane) in self.planar_out.iter().enumerate() {
+                for (i, v) in plane[..produced].iter().enumerate() {
+                    out[base + i * out_ch + c] = *v;
                 }
             }
             start += CHUNK;
