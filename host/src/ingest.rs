@@ -132,22 +132,14 @@ pub async fn serve(
         burst_size: state.config.burst_size,
         charset: state.mount_config(&mount).and_then(|m| m.charset),
     }));
-    if let Ok(mut hubs) = state.hubs.lock() {
-        hubs.insert(mount.clone(), hub.clone());
-    }
+    state.go_live(hub.clone());
     state.metrics.sources.inc();
-    let _ = state.source_started.send(mount.clone());
     info!(%peer, %mount, content_type, method = %req.method, agent = %hub.source_agent, "source connected");
 
     let started = std::time::Instant::now();
     let reason = pump(&mut stream, leftover, body, &hub, &state).await;
 
-    hub.end();
-    if let Ok(mut hubs) = state.hubs.lock() {
-        if hubs.get(&mount).is_some_and(|h| Arc::ptr_eq(h, &hub)) {
-            hubs.remove(&mount);
-        }
-    }
+    state.retire(&hub);
     state.metrics.sources.dec();
     drop(claim);
     info!(

@@ -81,8 +81,34 @@ impl State {
         }
     }
 
+    /// The live hub of `mount`, if it has one (a source or a transcoder is producing it).
     pub fn hub(&self, mount: &str) -> Option<Arc<Hub>> {
-        self.hubs.lock().ok()?.get(mount).cloned()
+        self.hubs
+            .lock()
+            .ok()?
+            .get(mount)
+            .filter(|h| !h.is_ended())
+            .cloned()
+    }
+
+    /// Registers a new hub as its mount's live one and tells parked fallback listeners.
+    pub fn go_live(&self, hub: Arc<Hub>) {
+        let mount = hub.mount.clone();
+        if let Ok(mut hubs) = self.hubs.lock() {
+            hubs.insert(mount.clone(), hub);
+        }
+        let _ = self.source_started.send(mount);
+    }
+
+    /// Ends a hub: unregisters it first (if it is still its mount's hub), so no new listener
+    /// joins it, then ends it, so its listeners move to a fallback or leave.
+    pub fn retire(&self, hub: &Arc<Hub>) {
+        if let Ok(mut hubs) = self.hubs.lock() {
+            if hubs.get(&hub.mount).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+                hubs.remove(&hub.mount);
+            }
+        }
+        hub.end();
     }
 
     pub fn live_hubs(&self) -> Vec<Arc<Hub>> {

@@ -102,15 +102,7 @@ struct Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        self.hub.end();
-        if let Ok(mut hubs) = self.state.hubs.lock() {
-            if hubs
-                .get(&self.hub.mount)
-                .is_some_and(|h| Arc::ptr_eq(h, &self.hub))
-            {
-                hubs.remove(&self.hub.mount);
-            }
-        }
+        self.state.retire(&self.hub);
     }
 }
 
@@ -168,8 +160,7 @@ impl Transcoder {
         while !self.stopped() {
             let source = (Instant::now() >= retry_at)
                 .then(|| self.state.hub(&self.from))
-                .flatten()
-                .filter(|h| !h.is_ended());
+                .flatten();
             let Some(src) = source else {
                 // No source: keep listeners fed with silence, for a while.
                 if let Some(out) = &mut output {
@@ -295,10 +286,7 @@ impl Transcoder {
             title: String::new(),
             hub: hub.clone(),
         };
-        if let Ok(mut hubs) = self.state.hubs.lock() {
-            hubs.insert(self.path.clone(), hub);
-        }
-        let _ = self.state.source_started.send(self.path.clone());
+        self.state.go_live(hub);
         Ok(output)
     }
 }
