@@ -64,7 +64,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, req: RequestHead, st
 fn resolve(state: &State, mount: &str) -> Option<Arc<Hub>> {
     let mut path = mount.to_owned();
     for _ in 0..4 {
-        if let Some(h) = state.hub(&path).filter(|h| !h.is_ended()) {
+        if let Some(h) = state.hub(&path) {
             return Some(h);
         }
         path = state.mount_config(&path)?.fallback?;
@@ -247,11 +247,11 @@ async fn stream_mount(
     }
     headers.extend(cors.headers(false));
 
+    for (n, v) in &headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
     if req.method == "HEAD" {
-        for (n, v) in &headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
         let _ = stream.write_all(head.as_bytes()).await;
         return;
     }
@@ -273,11 +273,6 @@ async fn stream_mount(
         send(&mut stream, &r, version, false).await;
         return;
     }
-    for (n, v) in &headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.config.listener_send_buffer);
     let id = state.next_id();
     let agent = req.header("user-agent").unwrap_or("").to_owned();
@@ -507,7 +502,7 @@ impl Conn {
                             Err(broadcast::error::RecvError::Closed) => false,
                         };
                         if relevant {
-                            if let Some(h) = self.state.hub(&wanted).filter(|h| !h.is_ended()) {
+                            if let Some(h) = self.state.hub(&wanted) {
                                 cursor = self.switch(hub, h, &mut queue);
                                 rx = hub.watch();
                             }
