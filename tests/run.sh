@@ -30,6 +30,11 @@ mkdir -p "$CARGO_TARGET_DIR"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
+# The plugin SDK and examples: native unit tests, then every plugin and hostile fixture built for
+# wasm32-wasip2 into plugins/dist (the plugin integration tests push those files).
+echo "== plugins"
+plugins/build.sh --test
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"

@@ -10,9 +10,21 @@ use crate::decode::AudioFormat;
 use crate::encode::{Encoder, EncoderSettings};
 
 /// A processing stage on blocks of interleaved f32 samples in the output format. Native filters
-/// implement it now; WebAssembly filters (plugin issue) will plug into the same stage.
+/// and WebAssembly plugins (`host/src/plugin/filter.rs`) plug into the same stage. A filter never
+/// fails the pipeline: one that cannot process a block leaves it as it is.
 pub trait Filter: Send {
     fn process(&mut self, block: &mut [f32], format: AudioFormat);
+
+    /// Called when the stream title changes: `Some` replaces it, `None` passes it on.
+    fn on_title(&mut self, _title: &str) -> Option<String> {
+        None
+    }
+
+    /// A title the filter itself wants announced (say, a silence detector's), checked after
+    /// every block.
+    fn take_title(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// A fixed gain in dB.
@@ -85,6 +97,39 @@ impl Pipeline {
         }
         self.finish(out);
         Ok(())
+    }
+
+    /// Replaces the filter chain, between two blocks: the next block goes through the new chain.
+    pub fn set_filters(&mut self, filters: Vec<Box<dyn Filter>>) {
+        self.filters = filters;
+    }
+
+    /// Runs a source title through the filters' title hooks, in chain order.
+    pub fn filter_title(&mut self, title: &str) -> String {
+        let mut t = title.to_owned();
+        for f in &mut self.filters {
+            if let Some(new) = f.on_title(&t) {
+                t = new;
+            }
+        }
+        t
+    }
+
+    /// A title announced by a filter during the last blocks (the last one wins), after the title
+    /// hooks of the filters that follow it.
+    pub fn take_filter_title(&mut self) -> Option<String> {
+        let mut found: Option<String> = None;
+        for f in &mut self.filters {
+            if let Some(t) = &found {
+                if let Some(new) = f.on_title(t) {
+                    found = Some(new);
+                }
+            }
+            if let Some(t) = f.take_title() {
+                found = Some(t);
+            }
+        }
+        found
     }
 
     /// Announces a new stream title to the encoder (Ogg: a new chain link with a comment header).

@@ -33,7 +33,20 @@ pub async fn serve(
     state: Arc<State>,
 ) {
     let version = req.response_version();
-    let body = match read_body(&mut stream, &req, leftover).await {
+    // Plugin uploads are large: only an admin may make the node read one.
+    let upload =
+        req.path.starts_with("/api/v1/plugins/") && matches!(req.method.as_str(), "POST" | "PUT");
+    if upload && !state.is_admin(&req).await {
+        state.metrics.error(ErrorKind::Unauthorized);
+        send(&mut stream, &unauthorized(), version, false).await;
+        return;
+    }
+    let limit = if upload {
+        crate::plugin::MAX_PLUGIN_BYTES
+    } else {
+        MAX_BODY
+    };
+    let body = match read_body(&mut stream, &req, leftover, limit).await {
         Ok(b) => b,
         Err(r) => {
             send(&mut stream, &r, version, false).await;
@@ -51,6 +64,7 @@ async fn read_body(
     stream: &mut TcpStream,
     req: &RequestHead,
     mut buf: BytesMut,
+    limit: usize,
 ) -> Result<Vec<u8>, Response> {
     let len = match req.header("content-length") {
         None => return Ok(Vec::new()),
@@ -59,10 +73,10 @@ async fn read_body(
             .parse::<usize>()
             .map_err(|_| Response::error(400, "bad Content-Length"))?,
     };
-    if len > MAX_BODY {
+    if len > limit {
         return Err(Response::error(
             413,
-            format!("body larger than {MAX_BODY} bytes"),
+            format!("body of {len} bytes is larger than the limit of {limit} bytes"),
         ));
     }
     let read = async {
@@ -73,7 +87,7 @@ async fn read_body(
         }
         Ok(())
     };
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
+    match tokio::time::timeout(Duration::from_secs(60), read).await {
         Ok(Ok(())) => Ok(buf[..len].to_vec()),
         _ => Err(Response::error(408, "request body incomplete")),
     }
@@ -179,6 +193,22 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 .collect::<Vec<_>>()),
         ),
         ("POST", "/api/v1/mounts") => create_mount(state, body).await,
+        ("GET", "/api/v1/plugins") => crate::plugin::api::list(state),
+        (method, p) if p.starts_with("/api/v1/plugins/") => {
+            let name = &p["/api/v1/plugins/".len()..];
+            if let Some(name) = name.strip_suffix("/rank") {
+                return match method {
+                    "POST" => crate::plugin::api::rank(state, name, body),
+                    _ => Response::error(405, "use POST"),
+                };
+            }
+            match method {
+                "GET" => crate::plugin::api::show(state, name),
+                "POST" | "PUT" => crate::plugin::api::push(state, name, body).await,
+                "DELETE" => crate::plugin::api::remove(state, name).await,
+                _ => Response::error(405, "use GET, POST (upload) or DELETE"),
+            }
+        }
         (method, p) if p.starts_with("/api/v1/mounts/") => {
             let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
             match method {
@@ -236,6 +266,7 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
     };
     // Control characters would break the ICY block; drop them.
     let title: String = title.chars().filter(|c| !c.is_control()).collect();
+    let title = crate::plugin::source_title_hooks(state, &mount, title);
     hub.set_title(&title);
     info!(%mount, %title, "metadata updated");
     ice_response(200, "Metadata update successful")
@@ -254,6 +285,13 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
         "title": hub.as_ref().map(|h| h.meta().title),
         "transcode": m.transcode,
+        "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "filter_status": state
+            .filter_status
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
+        "policy": m.policy.as_ref().map(ToString::to_string),
     })
 }
 
@@ -279,6 +317,10 @@ struct MountRequest {
     stereo_mode: Option<String>,
     frame_ms: Option<u32>,
     vbr_quality: Option<u8>,
+    /// WebAssembly filters, in order, as `NAME[:key=value,...]`; an empty list detaches all.
+    filters: Option<Vec<String>>,
+    /// Listener-selection policy plugin `NAME[:key=value,...]`; empty detaches it.
+    policy: Option<String>,
 }
 
 impl MountRequest {
@@ -374,7 +416,24 @@ fn parse_request(body: &[u8]) -> Result<MountRequest, Response> {
 }
 
 /// Applies a request to `m`, collecting every problem.
-fn apply(m: &mut MountConfig, r: MountRequest, problems: &mut Vec<String>) -> Option<String> {
+fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -> Option<String> {
+    if let Some(specs) = r.filters.take() {
+        m.filters.clear();
+        for spec in specs {
+            match crate::plugin::parse_ref(&spec) {
+                Ok(p) => m.filters.push(p),
+                Err(e) => problems.push(format!("filter: {e}")),
+            }
+        }
+    }
+    match r.policy.take().as_deref() {
+        None => {}
+        Some("") => m.policy = None,
+        Some(spec) => match crate::plugin::parse_ref(spec) {
+            Ok(p) => m.policy = Some(p),
+            Err(e) => problems.push(format!("policy: {e}")),
+        },
+    }
     if let Some(u) = r.source_user {
         if u.is_empty() || u.contains(':') {
             problems.push("source_user must be non-empty and contain no ':'".to_owned());
@@ -441,9 +500,14 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
         fallback: None,
         charset: None,
         transcode: None,
+        filters: Vec::new(),
+        policy: None,
     };
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
+    if problems.is_empty() {
+        problems.extend(crate::plugin::check_attachments(state, &m, None));
+    }
     if !problems.is_empty() {
         return Response::json(
             400,
@@ -484,8 +548,12 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     if r.path.as_deref().is_some_and(|p| p != mount) {
         problems.push("path cannot be changed; create a new mount instead".to_owned());
     }
+    let before = m.clone();
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
+    if problems.is_empty() {
+        problems.extend(crate::plugin::check_attachments(state, &m, Some(&before)));
+    }
     if !problems.is_empty() {
         return Response::json(
             400,

@@ -28,6 +28,14 @@ pub struct BenchArgs {
     /// Print results as JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also run each pipeline with this WebAssembly filter plugin (FILE.wasm[:key=value,...]),
+    /// and report its overhead, compile and load times.
+    #[arg(long, value_name = "FILE.wasm[:key=value,...]")]
+    filter: Option<String>,
+    /// Measure this WebAssembly policy plugin: call latency with 10 and 100 nodes, compile and
+    /// load times.
+    #[arg(long, value_name = "FILE.wasm")]
+    policy: Option<std::path::PathBuf>,
 }
 
 /// CPU time of the calling thread, in seconds.
@@ -199,8 +207,122 @@ fn measure(name: &str, work: impl FnOnce() -> f64) -> Row {
     }
 }
 
+/// A plugin file loaded for the bench: cold compile, then load from the disk cache.
+fn load_plugin(
+    plugins: &crate::plugin::Plugins,
+    file: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<std::sync::Arc<crate::plugin::Loaded>> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let (_, cold) = plugins
+        .load(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    plugins.forget();
+    let (loaded, cached) = plugins
+        .load(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let line = serde_json::json!({
+        "plugin": file.display().to_string(), "bytes": bytes.len(),
+        "compile_ms": cold.elapsed.as_secs_f64() * 1e3,
+        "cached_load_ms": cached.elapsed.as_secs_f64() * 1e3,
+    });
+    if quiet {
+        println!("{line}");
+    } else {
+        println!(
+            "plugin {} ({} bytes): cold compile {:.1} ms, load from the disk cache {:.2} ms",
+            file.display(),
+            bytes.len(),
+            cold.elapsed.as_secs_f64() * 1e3,
+            cached.elapsed.as_secs_f64() * 1e3
+        );
+    }
+    Ok(loaded)
+}
+
+/// Policy call latency over `nodes` nodes: p50, p99 and max of many calls, in µs.
+fn policy_latency(
+    plugins: &std::sync::Arc<crate::plugin::Plugins>,
+    loaded: &std::sync::Arc<crate::plugin::Loaded>,
+    nodes: usize,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use crate::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
+    let mut policy = WasmPolicy::new(plugins.clone(), loaded.clone(), "bench".into(), Vec::new())
+        .map_err(anyhow::Error::msg)?;
+    let (req, list) = (sample_request(), sample_nodes(nodes));
+    let calls = 20_000;
+    let mut times = Vec::with_capacity(calls);
+    let mut answered = 0;
+    for i in 0..calls + 1000 {
+        let t = Instant::now();
+        let r = policy.rank(&req, &list);
+        let d = t.elapsed();
+        // The first 1000 calls warm caches and are not counted.
+        if i >= 1000 {
+            times.push(d.as_secs_f64() * 1e6);
+            answered += usize::from(r.is_some());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    let line = serde_json::json!({
+        "policy_nodes": nodes, "calls": calls, "answered": answered,
+        "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": pct(1.0),
+    });
+    if quiet {
+        println!("{line}");
+    } else {
+        println!(
+            "policy rank over {nodes:>3} nodes: p50 {:.1} µs, p99 {:.1} µs, max {:.0} µs ({calls} calls, {answered} answered by the plugin)",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let cache = std::env::temp_dir().join(format!("tidecast-bench-{}", std::process::id()));
+    let plugins = crate::plugin::Plugins::new(Some(cache.clone()), Default::default())?;
+    let result = run_with(args, &plugins);
+    let _ = std::fs::remove_dir_all(&cache);
+    result
+}
+
+fn run_with(
+    args: BenchArgs,
+    plugins: &std::sync::Arc<crate::plugin::Plugins>,
+) -> anyhow::Result<()> {
     let quiet = args.json;
+    if let Some(file) = &args.policy {
+        let loaded = load_plugin(plugins, file, quiet)?;
+        for n in [10, 100] {
+            policy_latency(plugins, &loaded, n, quiet)?;
+        }
+    }
+    let filter = match &args.filter {
+        Some(spec) => {
+            let (file, params) = match spec.split_once(".wasm:") {
+                Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
+                None => (spec.clone(), String::new()),
+            };
+            let params = crate::plugin::parse_ref(&format!("bench:{params}"))
+                .map_err(anyhow::Error::msg)?
+                .params;
+            let name = std::path::Path::new(&file)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Some((
+                load_plugin(plugins, std::path::Path::new(&file), quiet)?,
+                params,
+                name,
+            ))
+        }
+        None => None,
+    };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let input = match &args.input {
         Some(p) => from_file(p, wanted("encode mp3") || wanted("encode opus"))?,
@@ -275,14 +397,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     / f64::from(pcm_format.sample_rate)
             }));
         }
-        let name = format!("pipeline input → {label}");
-        if wanted(&name) {
+        let with_filter = filter.iter().map(|(loaded, params, fname)| {
+            (
+                format!("pipeline input → {label} + {fname}"),
+                Some((loaded, params)),
+            )
+        });
+        for (name, plugin) in
+            std::iter::once((format!("pipeline input → {label}"), None)).chain(with_filter)
+        {
+            if !wanted(&name) {
+                continue;
+            }
             let s = settings(codec);
+            let chain: Vec<Box<dyn tidecast_codecs::Filter>> = match plugin {
+                None => Vec::new(),
+                Some((loaded, params)) => vec![Box::new(
+                    crate::plugin::filter::WasmFilter::new(
+                        plugins.clone(),
+                        (*loaded).clone(),
+                        name.clone(),
+                        params.clone(),
+                        s.output_format(),
+                        Default::default(),
+                        Box::new(|_| {}),
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                )],
+            };
             rows.push(measure(&name, || {
                 let progress = Progress::new(&name, frames as u64, quiet);
                 let (Ok(mut d), Ok(mut p)) = (
                     Decoder::open(Cursor::new(input.encoded.clone()), input.format),
-                    Pipeline::new(&s, Vec::new()),
+                    Pipeline::new(&s, chain),
                 ) else {
                     return 0.0;
                 };
@@ -353,6 +500,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "pipeline → {label}: {:+.1} % over decode + encode alone",
                 (pipe / (dec + enc) - 1.0) * 100.0
             );
+        }
+        if let (Some(pipe), Some((_, _, fname))) =
+            (find(&format!("pipeline input → {label}")), &filter)
+        {
+            if let Some(with) = rows
+                .iter()
+                .find(|r| r.name == format!("pipeline input → {label} + {fname}"))
+            {
+                println!(
+                    "pipeline → {label} + {fname}: {:+.1} % CPU over the pipeline without it",
+                    (with.cpu_seconds / pipe - 1.0) * 100.0
+                );
+            }
         }
     }
     Ok(())

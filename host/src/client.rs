@@ -1,4 +1,5 @@
-//! `tidecast mount …`: a small client for a node's admin API (`/api/v1/mounts`).
+//! `tidecast mount …` and `tidecast plugin …`: a small client for a node's admin API
+//! (`/api/v1/mounts`, `/api/v1/plugins`).
 
 use std::time::Duration;
 
@@ -77,6 +78,20 @@ pub struct MountSettings {
     /// MP3 VBR at this LAME -V level, 0 (best) to 9, instead of CBR at --bitrate.
     #[arg(long, help_heading = "Transcoding")]
     vbr_quality: Option<u8>,
+    /// A WebAssembly filter plugin, NAME[:key=value,...]; repeat for a chain, in order. Replaces
+    /// the mount's chain. Audio filters run on transcoded mounts; title hooks run on any mount.
+    #[arg(
+        long = "filter",
+        value_name = "NAME[:key=value,...]",
+        help_heading = "Plugins"
+    )]
+    filters: Vec<String>,
+    /// Detach every filter from the mount.
+    #[arg(long, conflicts_with = "filters", help_heading = "Plugins")]
+    no_filters: bool,
+    /// The listener-selection policy plugin, NAME[:key=value,...] ("" detaches it).
+    #[arg(long, value_name = "NAME[:key=value,...]", help_heading = "Plugins")]
+    policy: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -147,7 +162,181 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
             set(k, v);
         }
     }
+    if s.no_filters || !s.filters.is_empty() {
+        set("filters", json!(s.filters));
+    }
+    if let Some(p) = s.policy {
+        set("policy", json!(p));
+    }
     body
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Upload a plugin (a .wasm component) as NAME, or a new version of NAME. Mounts that attach
+    /// NAME switch to it at once, without a gap.
+    Push {
+        name: String,
+        /// The component, e.g. target/wasm32-wasip2/release/my_filter.wasm
+        file: std::path::PathBuf,
+    },
+    /// List uploaded plugins.
+    List,
+    /// Show a plugin: versions, where it is attached, how its running instances do.
+    Show { name: String },
+    /// Remove a plugin and all its versions (it must not be attached anywhere).
+    Rm { name: String },
+    /// Dry-run a policy plugin on sample nodes of varied load: the ranking it gives, or the native
+    /// ranking when it fails (with the failure).
+    Rank {
+        name: String,
+        /// Number of sample nodes.
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        /// The listener's address.
+        #[arg(long)]
+        client: Option<String>,
+        /// The listener's User-Agent.
+        #[arg(long)]
+        user_agent: Option<String>,
+        /// Parameters, key=value,...
+        #[arg(long)]
+        params: Option<String>,
+    },
+}
+
+pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn)?;
+    let result = match command {
+        PluginCommand::Push { name, file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let max = crate::plugin::MAX_PLUGIN_BYTES;
+            if bytes.len() > max {
+                bail!(
+                    "{} is {} bytes, larger than the limit of {max} bytes for a plugin (build with --release; strip debug info)",
+                    file.display(),
+                    bytes.len()
+                );
+            }
+            let v = api.send_bytes("POST", &format!("/api/v1/plugins/{name}"), bytes)?;
+            if !conn.json {
+                println!(
+                    "Pushed {name}: {} plugin, version {} ({} bytes, {}, compiled in {:.0} ms{})",
+                    v["kind"].as_str().unwrap_or("?"),
+                    v["version"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+                    v["size"],
+                    v["wit"].as_str().unwrap_or(""),
+                    v["compile_ms"].as_f64().unwrap_or(0.0),
+                    if v["cached"].as_bool() == Some(true) {
+                        ", cached"
+                    } else {
+                        ""
+                    },
+                );
+                println!("  smoke test: {}", v["smoke"].as_str().unwrap_or(""));
+                let users: Vec<&str> = v["attached_to"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|m| m.as_str()).collect())
+                    .unwrap_or_default();
+                if users.is_empty() {
+                    let flag = if v["kind"] == "policy" {
+                        "--policy"
+                    } else {
+                        "--filter"
+                    };
+                    println!(
+                        "  attach with: tidecast mount edit MOUNT {flag} {name}[:key=value,...]"
+                    );
+                } else {
+                    println!("  now running on: {}", users.join(", "));
+                }
+                return Ok(());
+            }
+            v
+        }
+        PluginCommand::List => {
+            let v = api.call("GET", "/api/v1/plugins", None)?;
+            if !conn.json {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    println!("No plugins. Upload one with `tidecast plugin push NAME FILE.wasm`.");
+                    return Ok(());
+                }
+                println!(
+                    "{:<24} {:<7} {:<13} {:>8} {:>9}  ATTACHED TO",
+                    "NAME", "KIND", "VERSION", "SIZE", "VERSIONS"
+                );
+                for p in rows {
+                    println!(
+                        "{:<24} {:<7} {:<13} {:>8} {:>9}  {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["kind"].as_str().unwrap_or(""),
+                        p["version"].as_str().unwrap_or("").get(..12).unwrap_or(""),
+                        p["size"].as_u64().unwrap_or(0),
+                        p["versions"].as_u64().unwrap_or(0),
+                        p["attached_to"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(|m| m.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default(),
+                    );
+                }
+                return Ok(());
+            }
+            v
+        }
+        PluginCommand::Show { name } => {
+            let v = api.call("GET", &format!("/api/v1/plugins/{name}"), None)?;
+            if !conn.json {
+                print_fields(&v);
+                return Ok(());
+            }
+            v
+        }
+        PluginCommand::Rank {
+            name,
+            nodes,
+            client,
+            user_agent,
+            params,
+        } => {
+            let body = json!({
+                "nodes": nodes, "client_address": client, "user_agent": user_agent, "params": params,
+            });
+            let v = api.call("POST", &format!("/api/v1/plugins/{name}/rank"), Some(body))?;
+            if !conn.json {
+                let names: Vec<&str> = v["ranked"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "ranked by the {} policy in {:.0} µs: {}",
+                    v["by"].as_str().unwrap_or("?"),
+                    v["micros"].as_f64().unwrap_or(0.0),
+                    names.join(", ")
+                );
+                if let Some(e) = v["plugin_error"].as_str() {
+                    println!("  the plugin failed: {e}");
+                }
+                return Ok(());
+            }
+            v
+        }
+        PluginCommand::Rm { name } => {
+            let v = api.call("DELETE", &format!("/api/v1/plugins/{name}"), None)?;
+            if !conn.json {
+                println!("Removed plugin {name}");
+                return Ok(());
+            }
+            v
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
 }
 
 pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
@@ -316,17 +505,31 @@ impl Api {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let req = self
-            .agent
-            .request(method, &url)
-            .set("Authorization", &self.auth);
+        let req = self.request(method, path);
         let result = match body {
             Some(b) => req
                 .set("Content-Type", "application/json")
                 .send_string(&b.to_string()),
             None => req.call(),
         };
+        self.answer(result)
+    }
+
+    fn send_bytes(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let req = self
+            .request(method, path)
+            .set("Content-Type", "application/wasm");
+        self.answer(req.send_bytes(&body))
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let url = format!("{}{path}", self.base);
+        self.agent
+            .request(method, &url)
+            .set("Authorization", &self.auth)
+    }
+
+    fn answer(&self, result: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
         match result {
             Ok(resp) => {
                 let text = resp.into_string().context("reading the node's answer")?;

@@ -69,6 +69,8 @@ serve_settings! {
     write_interval_ms: u64 = 1000; [value_name = "MS"]
     /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
     listener_send_buffer: usize = 64 * 1024; [value_name = "BYTES"]
+    /// Memory cap of each WebAssembly plugin instance, in MiB.
+    plugin_memory_mb: usize = 32; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.
     hostname: String = String::new(); [value_name = "NAME"]
 }
@@ -113,6 +115,12 @@ impl ServeConfig {
         }
         if !(4096..=16 << 20).contains(&self.listener_send_buffer) {
             problems.push("listener_send_buffer must be between 4096 and 16777216".to_owned());
+        }
+        if !(1..=4096).contains(&self.plugin_memory_mb) {
+            problems.push(format!(
+                "plugin_memory_mb must be between 1 and 4096, got {}",
+                self.plugin_memory_mb
+            ));
         }
         if self.admin_user.contains(':') {
             problems.push("admin_user must not contain ':'".to_owned());

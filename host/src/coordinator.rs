@@ -16,6 +16,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use crate::plugin::{Kind, PluginRef};
+
 /// A mount the operator declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,40 @@ pub struct MountConfig {
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
+    /// WebAssembly filters, in order: audio and metadata on transcoded mounts, metadata hooks
+    /// only on others. Attached by name: the newest version of the plugin runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<PluginRef>,
+    /// The listener-selection policy plugin of this mount (cluster routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PluginRef>,
+}
+
+/// An uploaded plugin: its versions, oldest first. The newest one runs; older ones are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRecord {
+    pub name: String,
+    pub versions: Vec<PluginVersion>,
+}
+
+impl PluginRecord {
+    pub fn current(&self) -> Option<&PluginVersion> {
+        self.versions.last()
+    }
+}
+
+/// One uploaded build of a plugin; the bytes are stored under `hash` (SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginVersion {
+    pub hash: String,
+    pub size: u64,
+    pub kind: Kind,
+    /// The `tidecast:plugin` version it implements.
+    pub wit_version: String,
+    /// Unix seconds.
+    pub uploaded_at: u64,
 }
 
 /// How a transcoded mount is made from its source mount.
@@ -124,6 +160,7 @@ pub struct AdminCredential {
 pub enum ConfigEvent {
     MountChanged(String),
     MountDeleted(String),
+    PluginChanged(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +191,19 @@ pub trait Coordinator: Send + Sync {
     async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError>;
     /// Tries to become the origin of `path`. `None` when another source holds it.
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError>;
+    fn plugins(&self) -> Vec<PluginRecord>;
+    fn plugin(&self, name: &str) -> Option<PluginRecord>;
+    /// Stores `wasm` under its hash, then adds `version` to plugin `name` (creating it).
+    async fn add_plugin_version(
+        &self,
+        name: &str,
+        version: PluginVersion,
+        wasm: &[u8],
+    ) -> Result<(), CoordError>;
+    /// Removes a plugin and its versions; false when it did not exist.
+    async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError>;
+    /// The bytes stored under `hash`.
+    async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError>;
     /// Configuration changes, for reconciliation. Overflow policy: a lagging receiver gets
     /// `RecvError::Lagged` and must re-read `mounts()`.
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent>;
@@ -167,11 +217,15 @@ struct Persisted {
     admin: Option<AdminCredential>,
     #[serde(default)]
     mounts: BTreeMap<String, MountConfig>,
+    #[serde(default)]
+    plugins: BTreeMap<String, PluginRecord>,
 }
 
 /// The single-node coordinator, persisted in the data directory.
 pub struct Embedded {
     file: PathBuf,
+    /// Plugin bytes, one file per content hash (`<data-dir>/plugins/<sha256>.wasm`).
+    blobs: PathBuf,
     state: Mutex<Persisted>,
     /// Serializes writers so the file and memory change in the same order.
     write_lock: tokio::sync::Mutex<()>,
@@ -206,8 +260,9 @@ impl Embedded {
             }
         };
         // Leftover from a write interrupted by a crash: the real file is intact.
-        let _ = std::fs::remove_file(file.with_extension("json.tmp"));
+        let _ = std::fs::remove_file(file.with_extension("tmp"));
         Ok(Embedded {
+            blobs: data_dir.join("plugins"),
             file,
             state: Mutex::new(state),
             write_lock: tokio::sync::Mutex::new(()),
@@ -246,7 +301,7 @@ impl Embedded {
 
 fn write_atomic(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = file.with_extension("json.tmp");
+    let tmp = file.with_extension("tmp");
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -331,6 +386,82 @@ impl Coordinator for Embedded {
         }))
     }
 
+    fn plugins(&self) -> Vec<PluginRecord> {
+        self.snapshot().plugins.into_values().collect()
+    }
+
+    fn plugin(&self, name: &str) -> Option<PluginRecord> {
+        self.state.lock().ok()?.plugins.get(name).cloned()
+    }
+
+    async fn add_plugin_version(
+        &self,
+        name: &str,
+        version: PluginVersion,
+        wasm: &[u8],
+    ) -> Result<(), CoordError> {
+        let file = self.blobs.join(format!("{}.wasm", version.hash));
+        let dir = self.blobs.clone();
+        let bytes = wasm.to_vec();
+        let stored = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            if file.exists() {
+                return Ok(());
+            }
+            write_atomic(&file, &bytes)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        stored.map_err(|source| CoordError::Storage {
+            path: self.blobs.clone(),
+            source,
+        })?;
+        self.update(|s| {
+            let rec = s
+                .plugins
+                .entry(name.to_owned())
+                .or_insert_with(|| PluginRecord {
+                    name: name.to_owned(),
+                    versions: Vec::new(),
+                });
+            // Pushing an old build again makes it current.
+            rec.versions.retain(|v| v.hash != version.hash);
+            rec.versions.push(version);
+        })
+        .await?;
+        let _ = self
+            .events
+            .send(ConfigEvent::PluginChanged(name.to_owned()));
+        Ok(())
+    }
+
+    async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError> {
+        if self.plugin(name).is_none() {
+            return Ok(false);
+        }
+        self.update(|s| {
+            s.plugins.remove(name);
+        })
+        .await?;
+        let _ = self
+            .events
+            .send(ConfigEvent::PluginChanged(name.to_owned()));
+        Ok(true)
+    }
+
+    async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let file = self.blobs.join(format!("{hash}.wasm"));
+        match tokio::fs::read(&file).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CoordError::Storage { path: file, source }),
+        }
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
     }
@@ -388,6 +519,8 @@ mod tests {
             fallback: None,
             charset: None,
             transcode: None,
+            filters: Vec::new(),
+            policy: None,
         }
     }
 
@@ -426,7 +559,7 @@ mod tests {
         let c = Embedded::open(dir.path()).unwrap();
         c.put_mount(mount("/a")).await.unwrap();
         // Make the temp file path a directory so the write fails.
-        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
         let err = c.put_mount(mount("/b")).await.unwrap_err();
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         assert_eq!(c.mounts(), vec![mount("/a")]);

@@ -24,6 +24,7 @@ mod hub;
 mod ingest;
 mod listener;
 mod metrics;
+mod plugin;
 mod server;
 mod status;
 mod transcode;
@@ -58,6 +59,13 @@ enum Command {
         #[command(subcommand)]
         command: client::MountCommand,
     },
+    /// Upload and manage WebAssembly plugins (filters and listener policies) on a running node.
+    Plugin {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::PluginCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::run(args),
         Command::Mount { conn, command } => client::mount(&conn, command),
+        Command::Plugin { conn, command } => client::plugin(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -110,7 +119,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("tidecast listening on {addr}");
         let _ = std::io::stdout().flush();
         info!(%addr, data_dir = %config.data_dir.display(), "node started");
-        let state = Arc::new(server::State::new(config, coordinator, any_mount_hash));
+        let plugins = plugin::Plugins::new(
+            Some(config.data_dir.join("plugin-cache")),
+            plugin::Limits {
+                memory_bytes: config.plugin_memory_mb * 1024 * 1024,
+                ..plugin::Limits::default()
+            },
+        )?;
+        let state = Arc::new(server::State::new(
+            config,
+            coordinator,
+            any_mount_hash,
+            plugins,
+        ));
         server::run(listener, state, shutdown_signal()).await;
         anyhow::Ok(())
     });

@@ -11,6 +11,12 @@ pub struct MountLabel {
     pub mount: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub mount: String,
+    pub plugin: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ErrorKind {
     BadRequest,
@@ -38,6 +44,8 @@ pub struct Metrics {
     pub skipped_source_bytes: Family<MountLabel, Counter>,
     pub transcode_skipped_packets: Family<MountLabel, Counter>,
     pub connection_errors: Family<ErrorLabel, Counter>,
+    pub plugin_failures: Family<PluginLabel, Counter>,
+    pub plugin_quarantined: Family<PluginLabel, Gauge>,
 }
 
 impl Metrics {
@@ -53,6 +61,8 @@ impl Metrics {
             skipped_source_bytes: Family::default(),
             transcode_skipped_packets: Family::default(),
             connection_errors: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_quarantined: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sources", "Connected source clients", m.sources.clone());
@@ -95,6 +105,16 @@ impl Metrics {
             "connection_errors",
             "Connections refused or closed because of an error, by kind",
             m.connection_errors.clone(),
+        );
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that trapped, timed out, outgrew their memory or returned bad output (the audio passed unfiltered)",
+            m.plugin_failures.clone(),
+        );
+        registry.register(
+            "plugin_quarantined",
+            "1 while a plugin instance is quarantined after repeated failures",
+            m.plugin_quarantined.clone(),
         );
         Metrics { registry, ..m }
     }

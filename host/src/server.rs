@@ -58,6 +58,9 @@ pub struct State {
     pub any_mount_hash: Option<String>,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
+    pub plugins: Arc<crate::plugin::Plugins>,
+    /// What each mount's running filters are doing, for status and the API.
+    pub filter_status: Mutex<HashMap<String, Vec<crate::plugin::FilterStatus>>>,
 }
 
 impl State {
@@ -65,6 +68,7 @@ impl State {
         config: ServeConfig,
         coordinator: Arc<dyn Coordinator>,
         any_mount_hash: Option<String>,
+        plugins: Arc<crate::plugin::Plugins>,
     ) -> State {
         State {
             config,
@@ -78,6 +82,8 @@ impl State {
             started: time::OffsetDateTime::now_utc(),
             any_mount_hash,
             transcoders: Mutex::default(),
+            plugins,
+            filter_status: Mutex::default(),
         }
     }
 
@@ -223,7 +229,7 @@ async fn reconcile(state: Arc<State>) {
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
-            Ok(ConfigEvent::MountChanged(_)) => vec![],
+            Ok(ConfigEvent::MountChanged(_) | ConfigEvent::PluginChanged(_)) => vec![],
             // Missed events: compare live hubs with the configuration.
             Err(broadcast::error::RecvError::Lagged(_)) => state
                 .live_hubs()
@@ -236,6 +242,8 @@ async fn reconcile(state: Arc<State>) {
             Err(broadcast::error::RecvError::Closed) => return,
         };
         sync_transcoders(&state);
+        // Running filter chains re-resolve their plugins at their next block.
+        state.plugins.changed();
         for path in deleted {
             if let Some(h) = state.hub(&path) {
                 info!(mount = %path, "mount deleted: disconnecting its source");

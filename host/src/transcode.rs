@@ -98,6 +98,11 @@ struct Output {
     pieces: Vec<Piece>,
     /// The title last announced, so a reconnecting source does not restart an Ogg chain link.
     title: String,
+    /// The source's own title, before the filters' title hooks.
+    source_title: String,
+    /// The plugin generation and the chain (plugins and versions) the filters were built from.
+    generation: u64,
+    chain_key: Vec<(crate::plugin::PluginRef, Option<String>)>,
 }
 
 impl Drop for Output {
@@ -107,6 +112,45 @@ impl Drop for Output {
 }
 
 impl Output {
+    /// Announces a title to listeners (ICY) and into the encoded stream (Ogg comments).
+    fn announce(&mut self, title: String) {
+        if title != self.title {
+            self.hub.set_title(&title);
+            self.pipeline.set_title(&title);
+            self.title = title;
+        }
+    }
+
+    /// Rebuilds the filter chain between two blocks when a plugin or the mount's filters changed:
+    /// the next block goes through the new chain, so listeners hear no gap.
+    fn refresh_filters(&mut self, rt: &Handle) {
+        let generation = self.state.plugins.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let refs = self
+            .state
+            .mount_config(&self.hub.mount)
+            .map(|m| m.filters)
+            .unwrap_or_default();
+        let key = crate::plugin::chain_key(&self.state, &refs);
+        if key == self.chain_key {
+            return;
+        }
+        let format = self.pipeline.output_format();
+        let (chain, _) =
+            crate::plugin::build_chain(&self.state, &self.hub.mount, &refs, format, rt);
+        info!(mount = %self.hub.mount, filters = chain.len(), "filter chain swapped in");
+        self.pipeline.set_filters(chain);
+        self.chain_key = key;
+        let source_title = self.source_title.clone();
+        if !source_title.is_empty() {
+            let t = self.pipeline.filter_title(&source_title);
+            self.announce(t);
+        }
+    }
+
     fn publish(&mut self) {
         self.produced.inc_by(self.encoded.len() as u64);
         self.splitter.push(&self.encoded, &mut self.pieces);
@@ -172,6 +216,7 @@ impl Transcoder {
                     }
                     let now = Instant::now();
                     let missing = now.saturating_duration_since(produced_until).as_secs_f64();
+                    out.refresh_filters(&self.rt);
                     let rate = f64::from(out.pipeline.output_format().sample_rate);
                     out.pipeline
                         .push_silence((missing * rate) as usize, &mut out.encoded);
@@ -219,10 +264,14 @@ impl Transcoder {
                 if self.stopped() {
                     break;
                 }
+                out.refresh_filters(&self.rt);
                 if let Err(e) = out.pipeline.push(&block, format, &mut out.encoded) {
                     warn!(mount = %self.path, error = %e, "block dropped");
                 }
                 out.publish();
+                if let Some(t) = out.pipeline.take_filter_title() {
+                    out.announce(t);
+                }
                 let frames = block.len() / usize::from(format.channels.max(1));
                 let played =
                     Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
@@ -232,10 +281,10 @@ impl Transcoder {
                 let meta = src.meta();
                 if meta.version != meta_version {
                     meta_version = meta.version;
-                    if meta.version > 0 && meta.title != out.title {
-                        out.hub.set_title(&meta.title);
-                        out.pipeline.set_title(&meta.title);
-                        out.title = meta.title;
+                    if meta.version > 0 && meta.title != out.source_title {
+                        let t = out.pipeline.filter_title(&meta.title);
+                        out.source_title = meta.title;
+                        out.announce(t);
                     }
                 }
                 if decoder.skipped_packets > last_skipped {
@@ -271,7 +320,19 @@ impl Transcoder {
             burst_size: self.state.config.burst_size,
             charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
         }));
+        let refs = self
+            .state
+            .mount_config(&self.path)
+            .map(|m| m.filters)
+            .unwrap_or_default();
+        let generation = self.state.plugins.generation();
+        let chain_key = crate::plugin::chain_key(&self.state, &refs);
+        let (chain, _) =
+            crate::plugin::build_chain(&self.state, &self.path, &refs, s.output_format(), &self.rt);
         let output = Output {
+            generation,
+            chain_key,
+            source_title: String::new(),
             produced: self
                 .state
                 .metrics
@@ -279,7 +340,7 @@ impl Transcoder {
                 .get_or_create(&Metrics::mount(&self.path))
                 .clone(),
             state: self.state.clone(),
-            pipeline: Pipeline::new(s, Vec::new())?,
+            pipeline: Pipeline::new(s, chain)?,
             splitter: Splitter::new(format),
             encoded: Vec::with_capacity(16 * 1024),
             pieces: Vec::new(),

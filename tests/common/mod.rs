@@ -564,3 +564,54 @@ pub fn tone_share(samples: &[f32], freq: f32) -> f32 {
     // A pure tone of energy E has Goertzel power E·N/2.
     (power / (energy * n / 2.0)).min(1.0)
 }
+
+/// The built plugin `name` (`plugins/dist/NAME.wasm`). The first call in a test process runs
+/// `plugins/build.sh` (a no-op when everything is built), so a fresh checkout works; a failed
+/// build fails the test with cargo's output.
+pub fn plugin_file(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let built = BUILT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(root.join("build.sh"))
+            .output()
+            .map_err(|e| format!("cannot run plugins/build.sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "plugins/build.sh failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    let file = root.join("dist").join(format!("{name}.wasm"));
+    assert!(file.exists(), "{} was not built", file.display());
+    file
+}
+
+impl Node {
+    /// `tidecast plugin push NAME FILE`; returns (success, stdout + stderr).
+    pub fn push_plugin(&self, name: &str, file: &Path) -> (bool, String) {
+        let (ok, out, err) = self.cli(&["plugin", "push", name, file.to_str().unwrap()]);
+        (ok, format!("{out}{err}"))
+    }
+
+    /// The API's view of a mount (`GET /api/v1/mounts/...`).
+    pub fn mount_json(&self, mount: &str) -> serde_json::Value {
+        let (ok, out, err) = self.cli(&["mount", "show", mount, "--json"]);
+        assert!(ok, "mount show {mount}: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
+
+/// Mean volume in dB of samples from [`decode_pcm`] (as ffmpeg's volumedetect computes it, with
+/// its -91 dB floor for 16-bit silence).
+pub fn mean_db(samples: &[f32]) -> f32 {
+    let power = samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32;
+    (10.0 * power.log10()).max(-91.0)
+}

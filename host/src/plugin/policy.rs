@@ -1,0 +1,214 @@
+//! A WebAssembly listener-selection policy. [`WasmPolicy::rank`] never fails: a plugin that traps,
+//! runs past its deadline or answers nothing usable yields `None`, and the caller uses the native
+//! policy. Failures are counted; after [`QUARANTINE_AFTER`] in a row the plugin is skipped until
+//! it is rebuilt.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use wasmtime::component::ResourceAny;
+use wasmtime::Store;
+
+use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
+use super::bindings::policy::PolicyPlugin;
+use super::filter::FilterStats;
+use super::{describe, ticks, Ctx, Loaded, Plugins, Pre, CREATE_DEADLINE, QUARANTINE_AFTER};
+
+struct Live {
+    store: Store<Ctx>,
+    bindings: PolicyPlugin,
+    selector: ResourceAny,
+}
+
+pub struct WasmPolicy {
+    plugins: Arc<Plugins>,
+    loaded: Arc<Loaded>,
+    label: String,
+    params: Vec<(String, String)>,
+    live: Option<Live>,
+    in_a_row: u32,
+    pub stats: Arc<FilterStats>,
+}
+
+fn instantiate(
+    plugins: &Plugins,
+    loaded: &Loaded,
+    label: &str,
+    params: &[(String, String)],
+) -> Result<Live, String> {
+    let Pre::Policy(pre) = &loaded.pre else {
+        return Err("this plugin is a filter, not a policy".to_owned());
+    };
+    let mut store = plugins.store(label);
+    store.set_epoch_deadline(ticks(CREATE_DEADLINE));
+    let bindings = pre
+        .instantiate(&mut store)
+        .map_err(|e| format!("instantiation: {}", describe(&e)))?;
+    let selector = bindings
+        .tidecast_plugin_policy()
+        .selector()
+        .call_create(&mut store, &params.to_vec())
+        .map_err(|e| format!("create: {}", describe(&e)))?
+        .map_err(|msg| format!("the plugin rejected its parameters: {msg}"))?;
+    Ok(Live {
+        store,
+        bindings,
+        selector,
+    })
+}
+
+impl WasmPolicy {
+    pub fn new(
+        plugins: Arc<Plugins>,
+        loaded: Arc<Loaded>,
+        label: String,
+        params: Vec<(String, String)>,
+    ) -> Result<WasmPolicy, String> {
+        let live = instantiate(&plugins, &loaded, &label, &params)?;
+        Ok(WasmPolicy {
+            plugins,
+            loaded,
+            label,
+            params,
+            live: Some(live),
+            in_a_row: 0,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The plugin's ranking (valid, de-duplicated indices into `nodes`), or `None`: use the native
+    /// policy.
+    pub fn rank(&mut self, request: &ListenerRequest, nodes: &[NodeLoad]) -> Option<Vec<usize>> {
+        if self.stats.quarantined.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        if self.live.is_none() {
+            match instantiate(&self.plugins, &self.loaded, &self.label, &self.params) {
+                Ok(l) => self.live = Some(l),
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            }
+        }
+        let live = self.live.as_mut()?;
+        live.store
+            .set_epoch_deadline(ticks(self.plugins.limits.policy_deadline));
+        let result = live.bindings.tidecast_plugin_policy().selector().call_rank(
+            &mut live.store,
+            live.selector,
+            request,
+            nodes,
+        );
+        match result {
+            Ok(order) => {
+                self.in_a_row = 0;
+                let mut seen = vec![false; nodes.len()];
+                let ranked: Vec<usize> = order
+                    .into_iter()
+                    .filter_map(|i| usize::try_from(i).ok())
+                    .filter(|&i| i < nodes.len() && !std::mem::replace(&mut seen[i], true))
+                    .collect();
+                (!ranked.is_empty()).then_some(ranked)
+            }
+            Err(e) => {
+                let why = format!("rank: {}", describe(&e));
+                self.fail(why);
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.live = None;
+        self.in_a_row += 1;
+        if self.in_a_row >= QUARANTINE_AFTER {
+            self.stats.quarantined.store(true, Ordering::SeqCst);
+            tracing::error!(plugin = %self.label, error = %why, "policy plugin quarantined; the native policy decides");
+        } else {
+            tracing::warn!(plugin = %self.label, error = %why, "policy plugin failed; the native policy decides");
+        }
+        if let Ok(mut e) = self.stats.last_error.lock() {
+            *e = Some(why);
+        }
+    }
+}
+
+/// The native fallback: nodes below their limits, least utilized first (listeners over their
+/// limit, or bandwidth over its limit, whichever is higher).
+pub fn native_rank(nodes: &[NodeLoad]) -> Vec<usize> {
+    let ratio = |used: u32, max: u32| {
+        if max == 0 {
+            f64::from(used) * 1e-9
+        } else {
+            f64::from(used) / f64::from(max)
+        }
+    };
+    let mut order: Vec<(f64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                ratio(n.listeners, n.max_listeners)
+                    .max(ratio(n.bandwidth_kbps, n.max_bandwidth_kbps)),
+                i,
+            )
+        })
+        .filter(|(u, _)| *u < 1.0)
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0));
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Sample input for smoke tests and benchmarks: `n` nodes with varied load.
+pub fn sample_nodes(n: usize) -> Vec<NodeLoad> {
+    (0..n)
+        .map(|i| NodeLoad {
+            name: format!("node-{i}"),
+            address: format!("http://127.0.0.{}:8000", i % 250 + 1),
+            listeners: (i as u32 * 37) % 1000,
+            max_listeners: 1000,
+            bandwidth_kbps: (i as u32 * 4100) % 100_000,
+            max_bandwidth_kbps: 0,
+            cpu_percent: (i % 100) as f32,
+            mount_listeners: (i as u32 * 13) % 300,
+            is_origin: i == 0,
+        })
+        .collect()
+}
+
+pub fn sample_request() -> ListenerRequest {
+    ListenerRequest {
+        client_address: "203.0.113.7".to_owned(),
+        user_agent: "VLC/3.0.18 LibVLC/3.0.18".to_owned(),
+        mount: "/live.mp3".to_owned(),
+    }
+}
+
+/// The upload check: `create` without parameters and, if accepted, `rank` over three nodes.
+pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
+    let mut live = match instantiate(plugins, loaded, "smoke test", &[]) {
+        Ok(l) => l,
+        Err(e) if e.starts_with("the plugin rejected") => {
+            return Ok(format!(
+                "create without parameters was refused ({e}); attach it with parameters"
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    live.store
+        .set_epoch_deadline(ticks(plugins.limits.policy_deadline));
+    live.bindings
+        .tidecast_plugin_policy()
+        .selector()
+        .call_rank(
+            &mut live.store,
+            live.selector,
+            &sample_request(),
+            &sample_nodes(3),
+        )
+        .map_err(|e| format!("rank over 3 nodes: {}", describe(&e)))?;
+    Ok("create and rank passed".to_owned())
+}

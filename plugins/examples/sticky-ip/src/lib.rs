@@ -1,0 +1,95 @@
+//! Sticky by client address: rendezvous hashing of (client address, node name), so a listener who
+//! reconnects lands on the same node, and only the listeners of a node that leaves move. Nodes at
+//! their listener limit are skipped. `salt` (optional) reshuffles the mapping.
+
+use tidecast_plugin::{ListenerRequest, NodeLoad, Params, Policy};
+
+pub struct StickyIp {
+    salt: String,
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl Policy for StickyIp {
+    fn new(params: &Params) -> Result<Self, String> {
+        params.only(&["salt"])?;
+        Ok(StickyIp {
+            salt: params.get("salt").unwrap_or("").to_owned(),
+        })
+    }
+
+    fn rank(&mut self, request: &ListenerRequest, nodes: &[NodeLoad]) -> Vec<u32> {
+        let mut order: Vec<(u64, u32)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.max_listeners == 0 || n.listeners < n.max_listeners)
+            .map(|(i, n)| {
+                (
+                    fnv1a(&[&self.salt, &request.client_address, &n.name]),
+                    i as u32,
+                )
+            })
+            .collect();
+        order.sort_by(|a, b| b.0.cmp(&a.0));
+        order.into_iter().map(|(_, i)| i).collect()
+    }
+}
+
+tidecast_plugin::export_policy!(StickyIp);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, listeners: u32) -> NodeLoad {
+        NodeLoad {
+            name: name.into(),
+            address: String::new(),
+            listeners,
+            max_listeners: 10,
+            bandwidth_kbps: 0,
+            max_bandwidth_kbps: 0,
+            cpu_percent: 0.0,
+            mount_listeners: 0,
+            is_origin: false,
+        }
+    }
+
+    fn req(ip: &str) -> ListenerRequest {
+        ListenerRequest {
+            client_address: ip.into(),
+            user_agent: String::new(),
+            mount: "/a".into(),
+        }
+    }
+
+    #[test]
+    fn same_client_same_node_and_only_a_leaving_nodes_clients_move() {
+        let mut p = StickyIp::new(&Params::default()).unwrap();
+        let three = [node("a", 0), node("b", 0), node("c", 0)];
+        let two = [node("a", 0), node("b", 0)];
+        let mut spread = [0; 3];
+        for i in 0..300 {
+            let ip = format!("10.0.{}.{}", i / 256, i % 256);
+            let first = p.rank(&req(&ip), &three)[0];
+            assert_eq!(first, p.rank(&req(&ip), &three)[0]);
+            spread[first as usize] += 1;
+            if first != 2 {
+                assert_eq!(first, p.rank(&req(&ip), &two)[0]);
+            }
+        }
+        assert!(spread.iter().all(|&n| n > 50), "{spread:?}");
+        let full = [node("a", 10), node("b", 0)];
+        assert_eq!(p.rank(&req("10.0.0.1"), &full), vec![1]);
+    }
+}
