@@ -324,6 +324,22 @@ fn run_with(
         None => None,
     };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let fname = filter.as_ref().map(|f| f.2.clone()).unwrap_or_default();
+    let any_stage = ["mp3", "opus"].iter().any(|c| {
+        wanted(&format!("encode {c} {} kbit/s", args.bitrate))
+            || wanted(&format!("pipeline input → {c}"))
+            || (filter.is_some() && wanted(&format!("pipeline input → {c} + {fname}")))
+    }) || wanted("decode input");
+    if !any_stage {
+        // `--policy FILE --only policy`: only the plugin measurements.
+        if args.policy.is_some() {
+            return Ok(());
+        }
+        bail!(
+            "no stage matches --only {:?}",
+            args.only.unwrap_or_default()
+        );
+    }
     let input = match &args.input {
         Some(p) => from_file(p, wanted("encode mp3") || wanted("encode opus"))?,
         None => {
@@ -447,12 +463,6 @@ fn run_with(
                 seconds
             }));
         }
-    }
-    if rows.is_empty() {
-        bail!(
-            "no stage matches --only {:?}",
-            args.only.unwrap_or_default()
-        );
     }
     if args.json {
         for r in &rows {

@@ -245,7 +245,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         200,
         &json!({
             "by": by,
-            "ranked": order.iter().map(|&i| nodes[i].name.clone()).collect::<Vec<_>>(),
+            "ranked": order.iter().map(|&i| super::policy::sample_node_name(i)).collect::<Vec<_>>(),
             "micros": micros,
             "plugin_error": error,
         }),

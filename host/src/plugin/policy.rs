@@ -162,12 +162,23 @@ pub fn native_rank(nodes: &[NodeLoad]) -> Vec<usize> {
     order.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The `id` of a node in the WIT's `node-load`: FNV-1a (64 bit) of its name.
+pub fn node_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Names of the sample nodes.
+pub fn sample_node_name(i: usize) -> String {
+    format!("node-{i}")
+}
+
 /// Sample input for smoke tests and benchmarks: `n` nodes with varied load.
 pub fn sample_nodes(n: usize) -> Vec<NodeLoad> {
     (0..n)
         .map(|i| NodeLoad {
-            name: format!("node-{i}"),
-            address: format!("http://127.0.0.{}:8000", i % 250 + 1),
+            id: node_id(&sample_node_name(i)),
             listeners: (i as u32 * 37) % 1000,
             max_listeners: 1000,
             bandwidth_kbps: (i as u32 * 4100) % 100_000,

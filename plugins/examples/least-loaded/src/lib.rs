@@ -43,8 +43,7 @@ mod tests {
 
     pub fn node(name: &str, listeners: u32, max: u32) -> NodeLoad {
         NodeLoad {
-            name: name.into(),
-            address: format!("http://{name}:8000"),
+            id: name.bytes().map(u64::from).sum(),
             listeners,
             max_listeners: max,
             bandwidth_kbps: 0,

@@ -1,4 +1,4 @@
-//! Sticky by client address: rendezvous hashing of (client address, node name), so a listener who
+//! Sticky by client address: rendezvous hashing of (client address, node id), so a listener who
 //! reconnects lands on the same node, and only the listeners of a node that leaves move. Nodes at
 //! their listener limit are skipped. `salt` (optional) reshuffles the mapping.
 
@@ -9,15 +9,22 @@ pub struct StickyIp {
 }
 
 /// FNV-1a, 64 bit: stable across builds and platforms.
-fn fnv1a(parts: &[&str]) -> u64 {
+fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
-        for b in p.bytes().chain([0xff]) {
+        for &b in p.iter().chain(&[0xff]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
     h
+}
+
+/// splitmix64's finalizer: a well-spread 64-bit mix.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl Policy for StickyIp {
@@ -29,16 +36,13 @@ impl Policy for StickyIp {
     }
 
     fn rank(&mut self, request: &ListenerRequest, nodes: &[NodeLoad]) -> Vec<u32> {
+        // The client is hashed once; each node's weight mixes that with the node's id.
+        let client = fnv1a(&[self.salt.as_bytes(), request.client_address.as_bytes()]);
         let mut order: Vec<(u64, u32)> = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.max_listeners == 0 || n.listeners < n.max_listeners)
-            .map(|(i, n)| {
-                (
-                    fnv1a(&[&self.salt, &request.client_address, &n.name]),
-                    i as u32,
-                )
-            })
+            .map(|(i, n)| (mix(client ^ n.id), i as u32))
             .collect();
         order.sort_by(|a, b| b.0.cmp(&a.0));
         order.into_iter().map(|(_, i)| i).collect()
@@ -53,8 +57,7 @@ mod tests {
 
     fn node(name: &str, listeners: u32) -> NodeLoad {
         NodeLoad {
-            name: name.into(),
-            address: String::new(),
+            id: name.bytes().map(u64::from).sum(),
             listeners,
             max_listeners: 10,
             bandwidth_kbps: 0,
