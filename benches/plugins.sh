@@ -27,6 +27,6 @@ for p in least-loaded sticky-ip; do
 done
 for r in $(seq "$rounds"); do
   echo "== pipelines, round $r of $rounds"
-  "$tc" bench --input "$work/in.mp3" --only pipeline --filter plugins/dist/gain.wasm:db=-6 2>/dev/null \
-    | grep -E "pipeline|plugin"
+  "$tc" bench --input "$work/in.mp3" --filter plugins/dist/gain.wasm:db=-6 2>/dev/null \
+    | grep -E "pipeline|plugin|filter|encode|decode"
 done

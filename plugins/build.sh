@@ -22,11 +22,12 @@ for dir in $packages; do
   cargo build -q --locked --release --target wasm32-wasip2 -p "$name"
   file=$CARGO_TARGET_DIR/wasm32-wasip2/release/${name//-/_}.wasm
   [ -f "$file" ] || file=$CARGO_TARGET_DIR/wasm32-wasip2/release/$name.wasm
-  cp "$file" "$dist/.$name.wasm.tmp" && mv "$dist/.$name.wasm.tmp" "$dist/$name.wasm"
+  # A temporary name per process: test processes may run this script at the same time.
+  cp "$file" "$dist/.$name.wasm.$$" && mv "$dist/.$name.wasm.$$" "$dist/$name.wasm"
 done
 # A second version of the gain example (another default), for the hot-swap test. Its own target
 # directory, so the two builds do not invalidate each other.
 TIDECAST_GAIN_DEFAULT_DB=-120 CARGO_TARGET_DIR=$CARGO_TARGET_DIR/gain-minus-120 \
   cargo build -q --locked --release --target wasm32-wasip2 -p gain
-cp "$CARGO_TARGET_DIR/gain-minus-120/wasm32-wasip2/release/gain.wasm" "$dist/.gain-minus-120.wasm.tmp"
-mv "$dist/.gain-minus-120.wasm.tmp" "$dist/gain-minus-120.wasm"
+cp "$CARGO_TARGET_DIR/gain-minus-120/wasm32-wasip2/release/gain.wasm" "$dist/.gain-minus-120.wasm.$$"
+mv "$dist/.gain-minus-120.wasm.$$" "$dist/gain-minus-120.wasm"

@@ -413,6 +413,37 @@ fn run_with(
                     / f64::from(pcm_format.sample_rate)
             }));
         }
+        if let Some((loaded, params, fname)) = &filter {
+            let name = format!("filter {fname} alone, {label} format");
+            if wanted(&name) {
+                // The filter stage alone, on the encoder's input format in 1152-frame blocks:
+                // the WebAssembly call and its copies, without the noise of a whole pipeline.
+                let format = settings(codec).output_format();
+                let mut pcm = Vec::new();
+                if let Ok(mut c) =
+                    tidecast_codecs::convert::Converter::new(input.pcm_format, format)
+                {
+                    c.process(&input.pcm, &mut pcm);
+                }
+                let mut f = crate::plugin::filter::WasmFilter::new(
+                    plugins.clone(),
+                    loaded.clone(),
+                    name.clone(),
+                    params.clone(),
+                    format,
+                    Default::default(),
+                    Box::new(|_| {}),
+                )
+                .map_err(anyhow::Error::msg)?;
+                let step = 1152 * usize::from(format.channels);
+                rows.push(measure(&name, || {
+                    for block in pcm.chunks_mut(step) {
+                        tidecast_codecs::Filter::process(&mut f, block, format);
+                    }
+                    pcm.len() as f64 / f64::from(format.channels) / f64::from(format.sample_rate)
+                }));
+            }
+        }
         let with_filter = filter.iter().map(|(loaded, params, fname)| {
             (
                 format!("pipeline input → {label} + {fname}"),
@@ -521,6 +552,23 @@ fn run_with(
                 println!(
                     "pipeline → {label} + {fname}: {:+.1} % CPU over the pipeline without it",
                     (with.cpu_seconds / pipe - 1.0) * 100.0
+                );
+            }
+            if let Some(alone) = rows
+                .iter()
+                .find(|r| r.name == format!("filter {fname} alone, {label} format"))
+            {
+                let codec = if label == "mp3" {
+                    Codec::Mp3
+                } else {
+                    Codec::Opus
+                };
+                let rate = f64::from(settings(codec).output_format().sample_rate);
+                let blocks = alone.audio_seconds * rate / 1152.0;
+                println!(
+                    "filter {fname} alone: {:.2} µs per 1152-frame block, {:.1} % of the {label} pipeline's CPU",
+                    alone.cpu_seconds * 1e6 / blocks,
+                    alone.cpu_seconds / pipe * 100.0
                 );
             }
         }

@@ -615,3 +615,23 @@ pub fn mean_db(samples: &[f32]) -> f32 {
     let power = samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32;
     (10.0 * power.log10()).max(-91.0)
 }
+
+/// ffmpeg's `volumedetect` mean volume (dB) of encoded audio; panics on decode errors.
+pub fn volumedetect_mean(encoded: &[u8]) -> f32 {
+    require("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.bin");
+    std::fs::write(&input, encoded).unwrap();
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-i"])
+        .arg(&input)
+        .args(["-af", "volumedetect", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffmpeg volumedetect failed: {err}");
+    err.lines()
+        .find_map(|l| l.split("mean_volume:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("dB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no mean_volume in: {err}"))
+}
