@@ -599,13 +599,55 @@ fn describe(e: &wasmtime::Error) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
+/// What a running plugin instance has done, shared with status and metrics.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub quarantined: std::sync::atomic::AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl PluginStats {
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failed call of the instance `label`, whose run of failures is `in_a_row`, and
+    /// quarantines it at [`QUARANTINE_AFTER`] in a row; `meanwhile` says what happens instead,
+    /// for the log. Returns whether the instance is now quarantined.
+    fn failed(&self, in_a_row: &mut u32, label: &str, why: String, meanwhile: &str) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *in_a_row += 1;
+        let quarantine = *in_a_row >= QUARANTINE_AFTER;
+        if quarantine {
+            self.quarantined.store(true, Ordering::SeqCst);
+            tracing::error!(plugin = %label, error = %why, "plugin quarantined after {QUARANTINE_AFTER} failures in a row: {meanwhile} until a new version is pushed or the mount's plugins change");
+        } else {
+            tracing::warn!(plugin = %label, error = %why, "plugin call failed: {meanwhile}");
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why);
+        }
+        quarantine
+    }
+
+    /// Marks an instance that could not even start (it is bypassed, as if quarantined).
+    fn not_started(&self, why: String) {
+        self.quarantined.store(true, Ordering::SeqCst);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why);
+        }
+    }
+}
+
 /// One running filter, as status and the API show it.
 #[derive(Clone)]
 pub struct FilterStatus {
     pub spec: String,
     /// The version running (content hash); empty when the filter could not start.
     pub hash: String,
-    pub stats: Arc<filter::FilterStats>,
+    pub stats: Arc<PluginStats>,
 }
 
 impl FilterStatus {
@@ -693,7 +735,7 @@ pub fn build_chain(
     let mut chain: Vec<Box<dyn tidecast_codecs::Filter>> = Vec::new();
     let mut status = Vec::new();
     for r in refs {
-        let stats = Arc::new(filter::FilterStats::default());
+        let stats = Arc::new(PluginStats::default());
         let label = format!("{} on {mount}", r.name);
         let built = resolve(state, r, Kind::Filter, rt).and_then(|loaded| {
             let hash = loaded.hash.clone();
@@ -735,10 +777,7 @@ pub fn build_chain(
             }
             Err(e) => {
                 tracing::error!(plugin = %label, error = %e, "filter not started; the chain runs without it");
-                stats.quarantined.store(true, Ordering::SeqCst);
-                if let Ok(mut le) = stats.last_error.lock() {
-                    *le = Some(e);
-                }
+                stats.not_started(e);
                 status.push(FilterStatus {
                     spec: r.to_string(),
                     hash: String::new(),

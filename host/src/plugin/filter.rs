@@ -3,12 +3,12 @@
 //! Each [`WasmFilter`] owns one instance in its own store. Every call gets a deadline; a call that
 //! traps, runs out of time, outgrows its memory or returns a block of the wrong size leaves the
 //! block unfiltered (the stream never stops for a plugin), is counted in the shared
-//! [`FilterStats`], and drops the store so the next block starts from a fresh instance. After
-//! [`QUARANTINE_AFTER`] failures in a row the filter is bypassed until the chain is rebuilt (a
+//! [`PluginStats`], and drops the store so the next block starts from a fresh instance. After
+//! [`super::QUARANTINE_AFTER`] failures in a row the filter is bypassed until the chain is rebuilt (a
 //! new version pushed, or the mount's filters edited).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidecast_codecs::decode::AudioFormat;
@@ -16,16 +16,7 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::bindings::filter::FilterPlugin;
-use super::{describe, ticks, Ctx, Loaded, Plugins, Pre, CREATE_DEADLINE, QUARANTINE_AFTER};
-
-/// What a running filter has done, shared with status and metrics.
-#[derive(Debug, Default)]
-pub struct FilterStats {
-    pub calls: AtomicU64,
-    pub failures: AtomicU64,
-    pub quarantined: AtomicBool,
-    pub last_error: Mutex<Option<String>>,
-}
+use super::{describe, ticks, Ctx, Loaded, PluginStats, Plugins, Pre, CREATE_DEADLINE};
 
 struct Live {
     store: Store<Ctx>,
@@ -41,7 +32,7 @@ pub struct WasmFilter {
     format: AudioFormat,
     live: Option<Live>,
     in_a_row: u32,
-    stats: Arc<FilterStats>,
+    stats: Arc<PluginStats>,
     on_failure: Box<dyn Fn(bool) + Send>,
     title: Option<String>,
 }
@@ -55,7 +46,7 @@ impl WasmFilter {
         label: String,
         params: Vec<(String, String)>,
         format: AudioFormat,
-        stats: Arc<FilterStats>,
+        stats: Arc<PluginStats>,
         on_failure: Box<dyn Fn(bool) + Send>,
     ) -> Result<WasmFilter, String> {
         let mut f = WasmFilter {
@@ -85,29 +76,19 @@ impl WasmFilter {
     }
 
     fn fail(&mut self, why: String) {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
         self.live = None;
-        self.in_a_row += 1;
-        let quarantine = self.in_a_row >= QUARANTINE_AFTER;
-        (self.on_failure)(quarantine);
-        if quarantine {
-            self.stats.quarantined.store(true, Ordering::SeqCst);
-            tracing::error!(plugin = %self.label, error = %why, "plugin quarantined after {QUARANTINE_AFTER} failures in a row: audio passes unfiltered until a new version is pushed or the mount's filters change");
-        } else {
-            tracing::warn!(plugin = %self.label, error = %why, "plugin call failed: bypassed for this block");
-        }
-        if let Ok(mut e) = self.stats.last_error.lock() {
-            *e = Some(why);
-        }
-    }
-
-    fn quarantined(&self) -> bool {
-        self.stats.quarantined.load(Ordering::Relaxed)
+        let quarantined = self.stats.failed(
+            &mut self.in_a_row,
+            &self.label,
+            why,
+            "the audio passes unfiltered",
+        );
+        (self.on_failure)(quarantined);
     }
 
     /// The live instance, rebuilt after a failure.
     fn live(&mut self) -> Option<&mut Live> {
-        if self.quarantined() {
+        if self.stats.is_quarantined() {
             return None;
         }
         if self.live.is_none() {

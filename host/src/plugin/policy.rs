@@ -1,6 +1,6 @@
 //! A WebAssembly listener-selection policy. [`WasmPolicy::rank`] never fails: a plugin that traps,
 //! runs past its deadline or answers nothing usable yields `None`, and the caller uses the native
-//! policy. Failures are counted; after [`QUARANTINE_AFTER`] in a row the plugin is skipped until
+//! policy. Failures are counted; after [`super::QUARANTINE_AFTER`] in a row the plugin is skipped until
 //! it is rebuilt.
 
 use std::sync::atomic::Ordering;
@@ -11,8 +11,7 @@ use wasmtime::Store;
 
 use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
-use super::filter::FilterStats;
-use super::{describe, ticks, Ctx, Loaded, Plugins, Pre, CREATE_DEADLINE, QUARANTINE_AFTER};
+use super::{describe, ticks, Ctx, Loaded, PluginStats, Plugins, Pre, CREATE_DEADLINE};
 
 struct Live {
     store: Store<Ctx>,
@@ -27,7 +26,7 @@ pub struct WasmPolicy {
     params: Vec<(String, String)>,
     live: Option<Live>,
     in_a_row: u32,
-    pub stats: Arc<FilterStats>,
+    pub stats: Arc<PluginStats>,
 }
 
 fn instantiate(
@@ -79,7 +78,7 @@ impl WasmPolicy {
     /// The plugin's ranking (valid, de-duplicated indices into `nodes`), or `None`: use the native
     /// policy.
     pub fn rank(&mut self, request: &ListenerRequest, nodes: &[NodeLoad]) -> Option<Vec<usize>> {
-        if self.stats.quarantined.load(Ordering::Relaxed) {
+        if self.stats.is_quarantined() {
             return None;
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -121,18 +120,13 @@ impl WasmPolicy {
     }
 
     fn fail(&mut self, why: String) {
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
         self.live = None;
-        self.in_a_row += 1;
-        if self.in_a_row >= QUARANTINE_AFTER {
-            self.stats.quarantined.store(true, Ordering::SeqCst);
-            tracing::error!(plugin = %self.label, error = %why, "policy plugin quarantined; the native policy decides");
-        } else {
-            tracing::warn!(plugin = %self.label, error = %why, "policy plugin failed; the native policy decides");
-        }
-        if let Ok(mut e) = self.stats.last_error.lock() {
-            *e = Some(why);
-        }
+        self.stats.failed(
+            &mut self.in_a_row,
+            &self.label,
+            why,
+            "the native policy decides",
+        );
     }
 }
 
