@@ -35,9 +35,12 @@ fn opus_and_mp3_transcodes_of_an_mp3_source() {
     node.create_mount("/live.mp3", "hackme", &[]);
     node.create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
     node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);
+    // LAME's average bitrate mode: the same target, reached on average.
+    node.create_transcode("/live-abr.mp3", "/live.mp3", "mp3", 64, &["--abr"]);
     let _src = ffmpeg_source_from(&node, "hackme", "/live.mp3", TONE_AND_NOISE, &MP3_128K);
     node.wait_live("/live-64.opus", Duration::from_secs(20));
     node.wait_live("/live-64.mp3", Duration::from_secs(20));
+    node.wait_live("/live-abr.mp3", Duration::from_secs(20));
 
     assert_eq!(
         ffprobe(&node.url("/live-64.opus")),
@@ -49,7 +52,7 @@ fn opus_and_mp3_transcodes_of_an_mp3_source() {
     );
     // Both mounts are checked at once: each check is mostly waiting on real time.
     std::thread::scope(|scope| {
-        for mount in ["/live-64.opus", "/live-64.mp3"] {
+        for mount in ["/live-64.opus", "/live-64.mp3", "/live-abr.mp3"] {
             let node = &node;
             scope.spawn(move || {
                 let (ok, err) = ffmpeg_decode(&node.url(mount), 10);

@@ -97,13 +97,16 @@ impl Converter {
         // which would be quadratic on large inputs).
         let mut start = 0;
         while self.pending[0].len() - start >= CHUNK {
-            let input: Vec<&[f32]> = self
-                .pending
-                .iter()
-                .map(|p| &p[start..start + CHUNK])
-                .collect();
+            // Output has one or two channels (validated): slices on the stack, no allocation.
+            let plane = |c: usize| {
+                self.pending
+                    .get(c)
+                    .map_or(&[][..], |p| &p[start..start + CHUNK])
+            };
+            let planes = [plane(0), plane(1)];
+            let input = &planes[..out_ch.min(2)];
             let Ok((_, produced)) =
-                resampler.process_into_buffer(&input, &mut self.planar_out, None)
+                resampler.process_into_buffer(input, &mut self.planar_out, None)
             else {
                 self.pending.iter_mut().for_each(Vec::clear);
                 return;

@@ -6,9 +6,7 @@
 //! tools, so benchmarks compare like with like: LAME quality 3 (the library default, as used by
 //! `ffmpeg -c:a libmp3lame`), libopus complexity 10 (ffmpeg's default), 20 ms Opus frames.
 
-use std::borrow::Cow;
-
-use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+use crate::ogg_pages::OggPager;
 
 use crate::decode::AudioFormat;
 
@@ -39,6 +37,8 @@ pub struct EncoderSettings {
     pub frame_ms: u32,
     /// MP3 only: VBR at this LAME -V level (0 best … 9) instead of CBR at `bitrate_kbps`.
     pub vbr_quality: Option<u8>,
+    /// MP3 only: average bitrate (LAME's ABR) of `bitrate_kbps` instead of CBR.
+    pub abr: bool,
 }
 
 const MP3_BITRATES: [u32; 16] = [
@@ -58,6 +58,7 @@ impl EncoderSettings {
             stereo_mode: StereoMode::Joint,
             frame_ms: 20,
             vbr_quality: None,
+            abr: false,
         }
     }
 
@@ -66,6 +67,12 @@ impl EncoderSettings {
         let mut p = Vec::new();
         if !(1..=2).contains(&self.channels) {
             p.push(format!("channels must be 1 or 2, got {}", self.channels));
+        }
+        if self.abr && self.vbr_quality.is_some() {
+            p.push("choose ABR or VBR, not both".to_owned());
+        }
+        if self.abr && self.codec != Codec::Mp3 {
+            p.push("ABR is for MP3 only (Opus is always variable)".to_owned());
         }
         match self.codec {
             Codec::Mp3 => {
@@ -158,6 +165,25 @@ pub struct Mp3Encoder {
     channels: u16,
 }
 
+/// LAME's ABR target, which mp3lame-encoder's safe API does not offer (in ABR mode LAME ignores
+/// `brate` and uses its mean bitrate, 128 kbit/s unless set).
+#[allow(
+    unsafe_code,
+    reason = "one FFI setter on the encoder the builder owns: the pointer comes from \
+              Builder::as_ptr on a live builder and LAME only stores the integer"
+)]
+fn set_abr_mean_bitrate(b: &mut mp3lame_encoder::Builder, kbps: u32) -> Result<(), String> {
+    let kbps = i32::try_from(kbps).map_err(|_| format!("bitrate {kbps} out of range"))?;
+    // SAFETY: `as_ptr` is the builder's own, valid, non-null `lame_global_flags`, alive for this
+    // call; the setter takes no other pointer.
+    let rc = unsafe { mp3lame_encoder::ffi::lame_set_VBR_mean_bitrate_kbps(b.as_ptr(), kbps) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("LAME refused an average bitrate of {kbps} kbit/s"))
+    }
+}
+
 impl Mp3Encoder {
     fn new(s: &EncoderSettings) -> Result<Mp3Encoder, String> {
         use mp3lame_encoder::{Bitrate, Builder, Mode, Quality, VbrMode};
@@ -199,13 +225,17 @@ impl Mp3Encoder {
             Quality::SecondWorst,
             Quality::Worst,
         ];
-        match s.vbr_quality {
-            Some(v) => {
+        match (s.vbr_quality, s.abr) {
+            (Some(v), _) => {
                 b.set_vbr_mode(VbrMode::Mtrh).map_err(err)?;
                 b.set_vbr_quality(LEVELS[usize::from(v.min(9))])
                     .map_err(err)?;
             }
-            None => b.set_vbr_mode(VbrMode::Off).map_err(err)?,
+            (None, true) => {
+                b.set_vbr_mode(VbrMode::Abr).map_err(err)?;
+                set_abr_mean_bitrate(&mut b, s.bitrate_kbps)?;
+            }
+            (None, false) => b.set_vbr_mode(VbrMode::Off).map_err(err)?,
         }
         b.set_to_write_vbr_tag(false).map_err(err)?;
         let mode = match (s.channels, s.stereo_mode) {
@@ -243,7 +273,9 @@ pub struct OpusOggEncoder {
     /// OpusTags header carrying `TITLE=` (a chained Ogg stream, as Icecast radios use).
     pending_title: Option<String>,
     channel_count: u8,
-    ogg: PacketWriter<'static, Vec<u8>>,
+    ogg: OggPager,
+    /// Pages written but not yet handed out (the headers, before the first `encode`).
+    ready: Vec<u8>,
     serial: u32,
     channels: usize,
     frame: usize,
@@ -278,7 +310,8 @@ impl OpusOggEncoder {
             opus,
             pending_title: None,
             channel_count: s.channels as u8,
-            ogg: PacketWriter::new(Vec::new()),
+            ogg: OggPager::new(serial),
+            ready: Vec::new(),
             serial,
             channels: usize::from(s.channels),
             frame: (48 * s.frame_ms) as usize,
@@ -288,14 +321,16 @@ impl OpusOggEncoder {
             granule: pre_skip,
             packets_in_page: 0,
         };
-        e.write_headers(None).map_err(|e| format!("ogg: {e}"))?;
+        let mut ready = std::mem::take(&mut e.ready);
+        e.write_headers(None, &mut ready);
+        e.ready = ready;
         Ok(e)
     }
 }
 
 impl OpusOggEncoder {
     /// Writes the BOS page (OpusHead) and the comment page (OpusTags) of a logical stream.
-    fn write_headers(&mut self, title: Option<&str>) -> std::io::Result<()> {
+    fn write_headers(&mut self, title: Option<&str>, out: &mut Vec<u8>) {
         let mut head = b"OpusHead".to_vec();
         head.push(1);
         head.push(self.channel_count);
@@ -318,18 +353,8 @@ impl OpusOggEncoder {
             }
             None => tags.extend_from_slice(&0u32.to_le_bytes()),
         }
-        self.ogg.write_packet(
-            Cow::Owned(head),
-            self.serial,
-            PacketWriteEndInfo::EndPage,
-            0,
-        )?;
-        self.ogg.write_packet(
-            Cow::Owned(tags),
-            self.serial,
-            PacketWriteEndInfo::EndPage,
-            0,
-        )
+        self.ogg.packet(&head, 0, true, false, out);
+        self.ogg.packet(&tags, 0, true, false, out);
     }
 }
 
@@ -340,7 +365,7 @@ impl Encoder for OpusOggEncoder {
 
     fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) {
         // Header pages written at construction go out with the first call.
-        out.append(self.ogg.inner_mut());
+        out.append(&mut self.ready);
         self.pending.extend_from_slice(pcm);
         let block = self.frame * self.channels;
         let mut offset = 0;
@@ -352,29 +377,22 @@ impl Encoder for OpusOggEncoder {
             };
             self.granule += self.frame as u64;
             self.packets_in_page += 1;
-            let chain = self.pending_title.is_some();
-            let end = if chain {
-                // This packet ends the current link; the next one starts with new headers.
-                PacketWriteEndInfo::EndStream
-            } else if self.packets_in_page >= PACKETS_PER_PAGE {
+            // A pending title ends the current link with this packet; the next link starts
+            // with new headers.
+            let end_stream = self.pending_title.is_some();
+            let end_page = self.packets_in_page >= PACKETS_PER_PAGE;
+            if end_page {
                 self.packets_in_page = 0;
-                PacketWriteEndInfo::EndPage
-            } else {
-                PacketWriteEndInfo::NormalPacket
-            };
-            let _ = self.ogg.write_packet(
-                Cow::Owned(self.packet[..n].to_vec()),
-                self.serial,
-                end,
-                self.granule,
-            );
+            }
+            self.ogg
+                .packet(&self.packet[..n], self.granule, end_page, end_stream, out);
             if let Some(title) = self.pending_title.take() {
                 self.serial = self.serial.wrapping_add(1);
+                self.ogg.restart(self.serial);
                 self.granule = self.pre_skip;
                 self.packets_in_page = 0;
-                let _ = self.write_headers(Some(&title));
+                self.write_headers(Some(&title), out);
             }
-            out.append(self.ogg.inner_mut());
         }
         self.pending.drain(..offset);
     }

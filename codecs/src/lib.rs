@@ -9,6 +9,7 @@ pub mod decode;
 pub mod encode;
 pub mod framing;
 mod ogg_crc;
+mod ogg_pages;
 pub mod pipeline;
 
 pub use decode::{AudioFormat, Decoder};
@@ -93,6 +94,33 @@ mod tests {
         let mut s = EncoderSettings::new(Codec::Mp3, 128);
         s.vbr_quality = Some(4);
         round_trip(s, StreamFormat::Mp3);
+    }
+
+    #[test]
+    fn abr_mp3_averages_its_bitrate() {
+        let mut s = EncoderSettings::new(Codec::Mp3, 64);
+        s.abr = true;
+        round_trip(s.clone(), StreamFormat::Mp3);
+        // 10 s of tone over noise: ABR lands near 64 kbit/s (LAME's unset default would be 128).
+        let format = AudioFormat {
+            sample_rate: 44_100,
+            channels: 2,
+        };
+        let mut pcm = sine(440.0, format, 10.0);
+        let mut x: u32 = 1;
+        for v in &mut pcm {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            *v = 0.5 * *v + 0.2 * (x as f32 / u32::MAX as f32 - 0.5);
+        }
+        let mut p = Pipeline::new(&s, vec![]).unwrap();
+        let mut encoded = Vec::new();
+        for block in pcm.chunks(1152 * 2) {
+            p.push(block, format, &mut encoded).unwrap();
+        }
+        let kbps = encoded.len() as f32 * 8.0 / 10.0 / 1000.0;
+        assert!((57.6..=70.4).contains(&kbps), "ABR 64 gave {kbps} kbit/s");
+        s.vbr_quality = Some(2);
+        assert!(s.validate().iter().any(|p| p.contains("ABR or VBR")));
     }
 
     #[test]

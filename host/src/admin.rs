@@ -317,6 +317,8 @@ struct MountRequest {
     stereo_mode: Option<String>,
     frame_ms: Option<u32>,
     vbr_quality: Option<u8>,
+    /// MP3: average bitrate instead of constant (false returns to CBR).
+    abr: Option<bool>,
     /// WebAssembly filters, in order, as `NAME[:key=value,...]`; an empty list detaches all.
     filters: Option<Vec<String>>,
     /// Listener-selection policy plugin `NAME[:key=value,...]`; empty detaches it.
@@ -334,6 +336,7 @@ impl MountRequest {
             || self.stereo_mode.is_some()
             || self.frame_ms.is_some()
             || self.vbr_quality.is_some()
+            || self.abr.is_some()
     }
 }
 
@@ -361,6 +364,7 @@ fn apply_transcode(
             stereo_mode: None,
             frame_ms: None,
             vbr_quality: None,
+            abr: false,
         }),
         (None, false) => {
             problems.push(format!(
@@ -385,6 +389,7 @@ fn apply_transcode(
     t.stereo_mode = r.stereo_mode.take().or(t.stereo_mode.take());
     t.frame_ms = r.frame_ms.take().or(t.frame_ms);
     t.vbr_quality = r.vbr_quality.take().or(t.vbr_quality);
+    t.abr = r.abr.take().unwrap_or(t.abr);
     if t.from.is_empty() || t.codec.is_empty() || t.bitrate_kbps == 0 {
         problems.push("a transcoded mount needs --from, --codec and --bitrate".to_owned());
     }

@@ -78,6 +78,9 @@ pub struct MountSettings {
     /// MP3 VBR at this LAME -V level, 0 (best) to 9, instead of CBR at --bitrate.
     #[arg(long, help_heading = "Transcoding")]
     vbr_quality: Option<u8>,
+    /// MP3 average bitrate (ABR) at --bitrate instead of CBR (`--abr false` returns to CBR).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Transcoding")]
+    abr: Option<bool>,
     /// A WebAssembly filter plugin, NAME[:key=value,...]; repeat for a chain, in order. Replaces
     /// the mount's chain. Audio filters run on transcoded mounts; title hooks run on any mount.
     #[arg(
@@ -156,6 +159,7 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
         ("stereo_mode", s.stereo_mode.map(|v| json!(v))),
         ("frame_ms", s.frame_ms.map(|v| json!(v))),
         ("vbr_quality", s.vbr_quality.map(|v| json!(v))),
+        ("abr", s.abr.map(|v| json!(v))),
     ];
     for (k, v) in transcode {
         if let Some(v) = v {

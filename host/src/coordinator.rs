@@ -99,6 +99,9 @@ pub struct TranscodeConfig {
     /// MP3: VBR at this -V level (0–9) instead of CBR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vbr_quality: Option<u8>,
+    /// MP3: average bitrate (ABR) at `bitrate_kbps` instead of CBR.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abr: bool,
 }
 
 impl TranscodeConfig {
@@ -127,6 +130,7 @@ impl TranscodeConfig {
             s.frame_ms = f;
         }
         s.vbr_quality = self.vbr_quality;
+        s.abr = self.abr;
         match self
             .stereo_mode
             .as_deref()

@@ -1,0 +1,96 @@
+//! The encode side of the pipeline (convert → filters → encode) allocates nothing per block once
+//! warm: counted with a global allocator that counts on the measuring thread only.
+//!
+//! (Decoding is not covered: symphonia's demuxers hand out each packet in a fresh `Box<[u8]>`.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use tidecast_codecs::{sine, AudioFormat, Codec, EncoderSettings, Gain, Pipeline};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<u64> = const { Cell::new(0) };
+}
+
+#[allow(
+    unsafe_code,
+    reason = "a test-only allocator that forwards to System and counts; GlobalAlloc is unsafe to implement"
+)]
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note();
+        // SAFETY: forwarded as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note();
+        // SAFETY: forwarded as is.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn note() {
+    // `try_with`: the thread-locals may be gone while a thread shuts down.
+    if COUNTING.try_with(Cell::get).unwrap_or(false) {
+        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Allocations made while pushing `blocks` blocks through a warm pipeline.
+fn allocations(settings: EncoderSettings, input: AudioFormat) -> u64 {
+    let pcm = sine(440.0, input, 4.0);
+    let mut p = Pipeline::new(&settings, vec![Box::new(Gain::new(-3.0))]).unwrap();
+    let mut out = Vec::with_capacity(1 << 20);
+    let step = 1152 * usize::from(input.channels);
+    let mut blocks = pcm.chunks(step);
+    // Warm up: buffers grow to their working size.
+    for block in blocks.by_ref().take(50) {
+        p.push(block, input, &mut out).unwrap();
+        out.clear();
+    }
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    for block in blocks.by_ref().take(100) {
+        p.push(block, input, &mut out).unwrap();
+        out.clear();
+    }
+    COUNTING.with(|c| c.set(false));
+    COUNT.with(Cell::get)
+}
+
+const CD: AudioFormat = AudioFormat {
+    sample_rate: 44_100,
+    channels: 2,
+};
+
+#[test]
+fn mp3_encode_side_allocates_nothing_per_block() {
+    assert_eq!(allocations(EncoderSettings::new(Codec::Mp3, 64), CD), 0);
+}
+
+#[test]
+fn resampled_opus_in_ogg_allocates_nothing_per_block() {
+    assert_eq!(allocations(EncoderSettings::new(Codec::Opus, 64), CD), 0);
+}
+
+#[test]
+fn resampled_mp3_allocates_nothing_per_block() {
+    let f = AudioFormat {
+        sample_rate: 48_000,
+        channels: 2,
+    };
+    assert_eq!(allocations(EncoderSettings::new(Codec::Mp3, 64), f), 0);
+}
