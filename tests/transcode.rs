@@ -148,6 +148,8 @@ fn a_source_gap_keeps_listeners_and_a_returning_source_may_change_format() {
     node.create_transcode("/out.mp3", "/in.mp3", "mp3", 64, &[]);
     let mut first = ffmpeg_mp3_source(&node, "hackme", "/in.mp3", &[]);
     node.wait_live("/out.mp3", Duration::from_secs(20));
+    // Let the output hub hold a few seconds: the listener gets them as its join burst.
+    std::thread::sleep(Duration::from_secs(4));
 
     let addr = node.addr;
     let listener = std::thread::spawn(move || capture(addr, "/out.mp3", 16.0));

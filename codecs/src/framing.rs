@@ -165,97 +165,38 @@ impl Splitter {
                     return;
                 }
             }
-            let buf = &self.pending[..];
-            if buf.len() < 10 {
-                return;
-            }
-            if !adts && &buf[..3] == b"ID3" {
-                // ID3v2: 10-byte header, syncsafe size, optional 10-byte footer.
-                let size = (usize::from(buf[6] & 0x7f) << 21)
-                    | (usize::from(buf[7] & 0x7f) << 14)
-                    | (usize::from(buf[8] & 0x7f) << 7)
-                    | usize::from(buf[9] & 0x7f);
-                let footer = if buf[5] & 0x10 != 0 { 10 } else { 0 };
-                self.skip = 10 + size + footer;
-                continue;
-            }
-            let header = if adts {
-                parse_adts(buf)
-            } else {
-                parse_mp3(buf)
-            };
-            let Some(h) = header else {
-                // Resync: drop up to the next possible sync byte.
-                let next = buf[1..]
-                    .iter()
-                    .position(|&b| b == 0xFF)
-                    .map_or(buf.len(), |p| p + 1);
-                self.discard(next);
-                continue;
-            };
-            if !self.locked {
-                // Not yet in sync: require the following frame to be a matching header.
-                let max = if adts { MAX_ADTS_FRAME } else { MAX_MPEG_FRAME };
-                if buf.len() < h.len + 4 {
-                    if buf.len() > 2 * max {
-                        self.discard(1);
+            match mpeg_step(&self.pending, self.locked, adts) {
+                MpegStep::NeedMore => return,
+                MpegStep::Tag(n) => self.skip = n,
+                MpegStep::Resync(n) => self.discard(n),
+                MpegStep::Frame { header: h, xing } => {
+                    let frame = self.pending.split_to(h.len);
+                    self.locked = true;
+                    if xing {
+                        self.stats.skipped_bytes += frame.len() as u64;
                         continue;
                     }
-                    return;
-                }
-                let next = if adts {
-                    parse_adts(&buf[h.len..])
-                } else {
-                    parse_mp3(&buf[h.len..])
-                };
-                if next.is_none_or(|n| n.sample_rate != h.sample_rate) {
-                    self.discard(1);
-                    continue;
+                    self.stats.frames += 1;
+                    self.stats.last_sample_rate = h.sample_rate;
+                    self.stats.last_channels = h.channels;
+                    self.stats.last_bitrate_kbps = h.bitrate_kbps;
+                    self.out.extend_from_slice(&frame);
                 }
             }
-            if buf.len() < h.len {
-                return;
-            }
-            let frame = self.pending.split_to(h.len);
-            self.locked = true;
-            if !adts && is_xing_frame(&frame) {
-                self.stats.skipped_bytes += frame.len() as u64;
-                continue;
-            }
-            self.stats.frames += 1;
-            self.stats.last_sample_rate = h.sample_rate;
-            self.stats.last_channels = h.channels;
-            self.stats.last_bitrate_kbps = h.bitrate_kbps;
-            self.out.extend_from_slice(&frame);
         }
     }
 
     fn split_ogg(&mut self, out: &mut Vec<Piece>) {
         loop {
             let buf = &self.pending[..];
-            if buf.len() < 27 {
-                return;
-            }
-            if &buf[..4] != b"OggS" || buf[4] != 0 {
-                let next = find(&buf[1..], b"OggS").map_or(buf.len().saturating_sub(3), |p| p + 1);
-                self.discard(next.max(1));
-                continue;
-            }
-            let nsegs = usize::from(buf[26]);
-            if buf.len() < 27 + nsegs {
-                return;
-            }
-            let body: usize = buf[27..27 + nsegs].iter().map(|&b| usize::from(b)).sum();
-            let len = 27 + nsegs + body;
-            if buf.len() < len {
-                debug_assert!(len <= MAX_OGG_PAGE);
-                return;
-            }
-            let stored = u32::from_le_bytes([buf[22], buf[23], buf[24], buf[25]]);
-            if crate::ogg_crc::page_crc(&buf[..len]) != stored {
-                self.discard(1);
-                continue;
-            }
+            let len = match ogg_page_step(buf) {
+                OggStep::NeedMore => return,
+                OggStep::Resync(n) => {
+                    self.discard(n);
+                    continue;
+                }
+                OggStep::Page(len) => len,
+            };
             let header_type = buf[5];
             let granule = i64::from_le_bytes([
                 buf[6], buf[7], buf[8], buf[9], buf[10], buf[11], buf[12], buf[13],
@@ -287,10 +228,385 @@ impl Splitter {
     }
 }
 
+/// What to do with the front of a buffer of Ogg data.
+enum OggStep {
+    NeedMore,
+    /// No valid page starts here: drop this many bytes.
+    Resync(usize),
+    /// A whole page of this many bytes, its checksum verified.
+    Page(usize),
+}
+
+/// The one Ogg page decision, shared by [`Splitter`] and [`OggPackets`].
+fn ogg_page_step(buf: &[u8]) -> OggStep {
+    if buf.len() < 27 {
+        return OggStep::NeedMore;
+    }
+    if &buf[..4] != b"OggS" || buf[4] != 0 {
+        let next = find(&buf[1..], b"OggS").map_or(buf.len().saturating_sub(3), |p| p + 1);
+        return OggStep::Resync(next.max(1));
+    }
+    let nsegs = usize::from(buf[26]);
+    if buf.len() < 27 + nsegs {
+        return OggStep::NeedMore;
+    }
+    let body: usize = buf[27..27 + nsegs].iter().map(|&b| usize::from(b)).sum();
+    let len = 27 + nsegs + body;
+    if buf.len() < len {
+        debug_assert!(len <= MAX_OGG_PAGE);
+        return OggStep::NeedMore;
+    }
+    let stored = u32::from_le_bytes([buf[22], buf[23], buf[24], buf[25]]);
+    if crate::ogg_crc::page_crc(&buf[..len]) != stored {
+        return OggStep::Resync(1);
+    }
+    OggStep::Page(len)
+}
+
+/// Pull-side Ogg demuxing for a decoder: the packets of one logical stream at a time (a chain's
+/// links one after the other), assembled in one reusable buffer and lent out, so demuxing
+/// allocates nothing per packet. Pages of other streams are skipped; a packet broken by a lost
+/// page is dropped.
+pub struct OggPackets<R> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Serial of the logical stream being read.
+    serial: Option<u32>,
+    packet: Vec<u8>,
+    /// `packet` holds the start of a packet that continues on the next page.
+    partial: bool,
+    /// The page being read: its position in `buf`, next lacing index, body offset so far.
+    page: Option<(usize, usize, usize)>,
+    /// The next packet returned is the first of a logical stream.
+    first_of_stream: bool,
+    pub skipped_bytes: u64,
+}
+
+/// One packet lent by [`OggPackets::next_packet`].
+pub struct OggPacket<'a> {
+    pub data: &'a [u8],
+    /// The first packet of a logical stream (the identification header of a new chain link).
+    pub first: bool,
+}
+
+impl<R: std::io::Read> OggPackets<R> {
+    pub fn new(reader: R) -> OggPackets<R> {
+        OggPackets {
+            reader,
+            buf: vec![0; 2 * MAX_OGG_PAGE],
+            start: 0,
+            end: 0,
+            serial: None,
+            packet: Vec::with_capacity(8 * 1024),
+            partial: false,
+            page: None,
+            first_of_stream: false,
+            skipped_bytes: 0,
+        }
+    }
+
+    pub fn reader_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    /// The next packet, or `None` at the end of the input (EOF or a read error).
+    pub fn next_packet(&mut self) -> Option<OggPacket<'_>> {
+        if !self.partial {
+            self.packet.clear();
+        }
+        loop {
+            let Some((at, seg, body)) = self.page else {
+                self.next_page()?;
+                continue;
+            };
+            let nsegs = usize::from(self.buf[at + 26]);
+            if seg == nsegs {
+                self.page = None;
+                continue;
+            }
+            let lace = usize::from(self.buf[at + 27 + seg]);
+            let from = at + 27 + nsegs + body;
+            self.packet.extend_from_slice(&self.buf[from..from + lace]);
+            if let Some(p) = &mut self.page {
+                p.1 += 1;
+                p.2 += lace;
+            }
+            if lace < 255 {
+                self.partial = false;
+                let first = std::mem::take(&mut self.first_of_stream);
+                return Some(OggPacket {
+                    data: &self.packet,
+                    first,
+                });
+            }
+            self.partial = true;
+        }
+    }
+
+    /// Moves to the next page of the current logical stream (a BOS page starts a new one).
+    fn next_page(&mut self) -> Option<()> {
+        // The previous page is done with: drop it from the buffer.
+        loop {
+            match ogg_page_step(&self.buf[self.start..self.end]) {
+                OggStep::NeedMore => {
+                    if !self.fill() {
+                        return None;
+                    }
+                }
+                OggStep::Resync(n) => {
+                    self.start += n;
+                    self.skipped_bytes += n as u64;
+                }
+                OggStep::Page(len) => {
+                    let at = self.start;
+                    self.start += len;
+                    let page = &self.buf[at..at + len];
+                    let serial = u32::from_le_bytes([page[14], page[15], page[16], page[17]]);
+                    let bos = page[5] & 0x02 != 0;
+                    let continued = page[5] & 0x01 != 0;
+                    if bos {
+                        self.serial = Some(serial);
+                        self.first_of_stream = true;
+                        self.partial = false;
+                        self.packet.clear();
+                    } else if self.serial != Some(serial) {
+                        self.skipped_bytes += len as u64;
+                        continue;
+                    }
+                    let mut seg = 0;
+                    let mut body = 0;
+                    if continued != self.partial {
+                        // A lost page broke a packet: drop its pieces.
+                        self.partial = false;
+                        self.packet.clear();
+                        if continued {
+                            let nsegs = usize::from(page[26]);
+                            while seg < nsegs {
+                                let lace = usize::from(page[27 + seg]);
+                                seg += 1;
+                                body += lace;
+                                if lace < 255 {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    self.page = Some((at, seg, body));
+                    return Some(());
+                }
+            }
+        }
+    }
+
+    /// Reads more input (moving unread bytes to the front first); false at EOF or on an error.
+    fn fill(&mut self) -> bool {
+        if self.page.is_none() && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            self.skipped_bytes += (self.end - self.start) as u64;
+            self.start = self.end;
+            return self.fill();
+        }
+        loop {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.end += n;
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// What to do with the front of a buffer of MPEG audio (MP3 or ADTS).
+enum MpegStep {
+    /// Not enough bytes to decide.
+    NeedMore,
+    /// An ID3v2 tag of this many bytes (possibly more than the buffer holds): skip it.
+    Tag(usize),
+    /// Not a frame here: drop this many bytes and look again (out of sync).
+    Resync(usize),
+    /// A whole frame of `header.len` bytes; `xing` for an encoder's VBR index frame.
+    Frame { header: FrameHeader, xing: bool },
+}
+
+/// The one MPEG framing decision, shared by the push side ([`Splitter`]) and the pull side
+/// ([`MpegFrames`]). Until `locked` (one good frame seen), a header only counts when the
+/// following frame's header matches it.
+fn mpeg_step(buf: &[u8], locked: bool, adts: bool) -> MpegStep {
+    if buf.len() < 10 {
+        return MpegStep::NeedMore;
+    }
+    if !adts && &buf[..3] == b"ID3" {
+        // ID3v2: 10-byte header, syncsafe size, optional 10-byte footer.
+        let size = (usize::from(buf[6] & 0x7f) << 21)
+            | (usize::from(buf[7] & 0x7f) << 14)
+            | (usize::from(buf[8] & 0x7f) << 7)
+            | usize::from(buf[9] & 0x7f);
+        let footer = if buf[5] & 0x10 != 0 { 10 } else { 0 };
+        return MpegStep::Tag(10 + size + footer);
+    }
+    let parse = if adts { parse_adts } else { parse_mp3 };
+    let Some(h) = parse(buf) else {
+        // Resync: drop up to the next possible sync byte.
+        let next = buf[1..]
+            .iter()
+            .position(|&b| b == 0xFF)
+            .map_or(buf.len(), |p| p + 1);
+        return MpegStep::Resync(next);
+    };
+    if !locked {
+        let max = if adts { MAX_ADTS_FRAME } else { MAX_MPEG_FRAME };
+        if buf.len() < h.len + 4 {
+            if buf.len() > 2 * max {
+                return MpegStep::Resync(1);
+            }
+            return MpegStep::NeedMore;
+        }
+        if parse(&buf[h.len..]).is_none_or(|n| n.sample_rate != h.sample_rate) {
+            return MpegStep::Resync(1);
+        }
+    }
+    if buf.len() < h.len {
+        return MpegStep::NeedMore;
+    }
+    let xing = !adts && is_xing_frame(&buf[..h.len]);
+    MpegStep::Frame { header: h, xing }
+}
+
+/// Pull-side MPEG audio framing for a decoder: whole frames (header included) read from `R`
+/// into one reusable buffer and lent out, so decoding allocates nothing per frame.
+pub struct MpegFrames<R> {
+    reader: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Tag bytes still to skip.
+    skip: usize,
+    locked: bool,
+    adts: bool,
+    /// Bytes dropped: tags, resyncs, VBR index frames.
+    pub skipped_bytes: u64,
+}
+
+/// One frame lent by [`MpegFrames::next_frame`]: its bytes and what its header says.
+pub struct MpegFrame<'a> {
+    pub data: &'a [u8],
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
+impl<R: std::io::Read> MpegFrames<R> {
+    pub fn new(reader: R, adts: bool) -> MpegFrames<R> {
+        MpegFrames {
+            reader,
+            // Room for several of the largest frames, so the front can be compacted rarely.
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+            skip: 0,
+            locked: false,
+            adts,
+            skipped_bytes: 0,
+        }
+    }
+
+    pub fn reader_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    /// The next frame, or `None` at the end of the input (EOF or a read error).
+    pub fn next_frame(&mut self) -> Option<MpegFrame<'_>> {
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(self.end - self.start);
+                self.start += n;
+                self.skip -= n;
+                self.skipped_bytes += n as u64;
+            }
+            let step = if self.skip > 0 {
+                MpegStep::NeedMore
+            } else {
+                mpeg_step(&self.buf[self.start..self.end], self.locked, self.adts)
+            };
+            match step {
+                MpegStep::NeedMore => {
+                    if !self.fill() {
+                        return None;
+                    }
+                }
+                MpegStep::Tag(n) => self.skip = n,
+                MpegStep::Resync(n) => {
+                    self.start += n;
+                    self.skipped_bytes += n as u64;
+                    self.locked = false;
+                }
+                MpegStep::Frame { header, xing } => {
+                    let at = self.start;
+                    self.start += header.len;
+                    self.locked = true;
+                    if xing {
+                        self.skipped_bytes += header.len as u64;
+                        continue;
+                    }
+                    return Some(MpegFrame {
+                        data: &self.buf[at..at + header.len],
+                        sample_rate: header.sample_rate,
+                        channels: header.channels,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads more input after what is buffered (moving the rest to the front first); false at
+    /// EOF or on an error.
+    fn fill(&mut self) -> bool {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A full buffer that is not a frame: mpeg_step resyncs long before this. Drop it.
+            self.skipped_bytes += self.end as u64;
+            self.end = 0;
+        }
+        loop {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.end += n;
+                    return true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+#[derive(Clone, Copy)]
 struct FrameHeader {
     len: usize,
     sample_rate: u32,
@@ -502,6 +818,64 @@ mod tests {
         let crc = crate::ogg_crc::page_crc(&p);
         p[22..26].copy_from_slice(&crc.to_le_bytes());
         p
+    }
+
+    /// A page of serial `serial` from raw lacing values and body.
+    fn raw_page(flags: u8, serial: u32, lacing: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut p = b"OggS\x00".to_vec();
+        p.push(flags);
+        p.extend_from_slice(&0i64.to_le_bytes());
+        p.extend_from_slice(&serial.to_le_bytes());
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0]);
+        p.push(lacing.len() as u8);
+        p.extend_from_slice(lacing);
+        p.extend_from_slice(body);
+        let crc = crate::ogg_crc::page_crc(&p);
+        p[22..26].copy_from_slice(&crc.to_le_bytes());
+        p
+    }
+
+    #[test]
+    fn ogg_packets_span_pages_skip_other_streams_and_drop_what_a_lost_page_broke() {
+        let mut data = raw_page(0x02, 1, &[4], b"head");
+        // "abc" + a packet of 300 bytes that continues on the next page.
+        data.extend(raw_page(
+            0,
+            1,
+            &[3, 255],
+            &[b"abc".as_slice(), &[1; 255]].concat(),
+        ));
+        data.extend(raw_page(0, 9, &[5], b"other"));
+        data.extend(raw_page(
+            0x01,
+            1,
+            &[45, 2],
+            &[[1; 45].as_slice(), b"ok"].concat(),
+        ));
+        // A packet started, then its continuation page is lost (corrupted).
+        data.extend(raw_page(0, 1, &[255], &[2; 255]));
+        let mut lost = raw_page(0x01, 1, &[10, 4], &[[2; 10].as_slice(), b"gone"].concat());
+        lost[30] ^= 0xFF;
+        data.extend(lost);
+        data.extend(raw_page(0, 1, &[4], b"next"));
+        // A new chain link.
+        data.extend(raw_page(0x02, 2, &[5], b"head2"));
+        let mut r = OggPackets::new(std::io::Cursor::new(data));
+        let mut got = Vec::new();
+        while let Some(p) = r.next_packet() {
+            got.push((p.first, p.data.to_vec()));
+        }
+        let expect: Vec<(bool, Vec<u8>)> = vec![
+            (true, b"head".to_vec()),
+            (false, b"abc".to_vec()),
+            (false, vec![1; 300]),
+            (false, b"ok".to_vec()),
+            (false, b"next".to_vec()),
+            (true, b"head2".to_vec()),
+        ];
+        assert_eq!(got, expect);
+        assert!(r.skipped_bytes > 0);
     }
 
     #[test]

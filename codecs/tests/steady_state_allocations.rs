@@ -1,7 +1,8 @@
 //! The encode side of the pipeline (convert → filters → encode) allocates nothing per block once
 //! warm: counted with a global allocator that counts on the measuring thread only.
 //!
-//! (Decoding is not covered: symphonia's demuxers hand out each packet in a fresh `Box<[u8]>`.)
+//! MP3 and Ogg Opus decoding too (tidecast frames and demuxes those); AAC, Vorbis and FLAC go
+//! through symphonia's demuxers, which hand out each packet in a fresh `Box<[u8]>`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -93,4 +94,43 @@ fn resampled_mp3_allocates_nothing_per_block() {
         channels: 2,
     };
     assert_eq!(allocations(EncoderSettings::new(Codec::Mp3, 64), f), 0);
+}
+
+/// Allocations while decoding 100 packets of `codec` (after 20 to warm up).
+fn decode_allocations(codec: Codec, format: tidecast_codecs::StreamFormat) -> u64 {
+    use tidecast_codecs::Decoder;
+    let pcm = sine(440.0, CD, 6.0);
+    let mut p = Pipeline::new(&EncoderSettings::new(codec, 128), vec![]).unwrap();
+    let mut encoded = Vec::new();
+    for b in pcm.chunks(1152 * 2) {
+        p.push(b, CD, &mut encoded).unwrap();
+    }
+    let mut d = Decoder::open(std::io::Cursor::new(encoded), format).unwrap();
+    let mut block = Vec::new();
+    for _ in 0..20 {
+        assert!(d.next_block(&mut block).is_some());
+    }
+    COUNT.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    for _ in 0..100 {
+        assert!(d.next_block(&mut block).is_some());
+    }
+    COUNTING.with(|c| c.set(false));
+    COUNT.with(Cell::get)
+}
+
+#[test]
+fn mp3_decoding_allocates_nothing_per_frame() {
+    assert_eq!(
+        decode_allocations(Codec::Mp3, tidecast_codecs::StreamFormat::Mp3),
+        0
+    );
+}
+
+#[test]
+fn ogg_opus_decoding_allocates_nothing_per_packet() {
+    assert_eq!(
+        decode_allocations(Codec::Opus, tidecast_codecs::StreamFormat::Ogg),
+        0
+    );
 }
