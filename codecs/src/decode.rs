@@ -9,7 +9,10 @@
 
 use std::io::Read;
 
-use symphonia::core::codecs::audio::well_known::CODEC_ID_OPUS;
+use symphonia::core::codecs::audio::well_known::{
+    CODEC_ID_AAC, CODEC_ID_FLAC, CODEC_ID_MP3, CODEC_ID_OPUS, CODEC_ID_VORBIS,
+};
+use symphonia::core::codecs::audio::AudioCodecParameters;
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
 use symphonia::core::formats::probe::Hint;
@@ -51,12 +54,82 @@ enum Source {
         format: Box<dyn FormatReader>,
         track_id: u32,
     },
-    Mpeg(MpegFrames<Prefix>),
-    /// Ogg Opus, demuxed by tidecast: `headers` packets (OpusHead, OpusTags) still to skip.
-    OggOpus {
-        packets: OggPackets<Prefix>,
-        headers: u8,
+    /// MP3 frames, or ADTS frames (`adts`: the decoder gets the payload after the header).
+    Mpeg {
+        frames: MpegFrames<Prefix>,
+        adts: bool,
     },
+    /// Ogg, demuxed by tidecast; `link` is what the current chain link's headers said.
+    Ogg {
+        packets: OggPackets<Prefix>,
+        link: OggLink,
+    },
+}
+
+/// The codec of an Ogg chain link, from its first packet, and which header packets are still due.
+enum OggLink {
+    /// OpusTags still to skip (1), then audio.
+    Opus { tags: u8 },
+    /// Header packets (odd first byte) are skipped; the setup header completes the decoder.
+    Vorbis { ident: Vec<u8> },
+    /// Metadata-block packets are skipped; audio frames start with the 0xFF sync byte.
+    Flac,
+}
+
+impl OggLink {
+    /// What the first packet of a link is, with the decoder for it (Vorbis: once its setup
+    /// header arrives). `None`: a codec this demuxer does not handle.
+    fn detect(first: &[u8]) -> Option<(OggLink, Option<Inner>)> {
+        if first.starts_with(b"OpusHead") && first.len() >= 19 {
+            return Some((OggLink::Opus { tags: 1 }, opus_decoder(first[9]).ok()));
+        }
+        if first.starts_with(b"\x01vorbis") && first.len() == 30 && (1..=2).contains(&first[11]) {
+            return Some((
+                OggLink::Vorbis {
+                    ident: first.to_vec(),
+                },
+                None,
+            ));
+        }
+        // FLAC in Ogg: 0x7F "FLAC", mapping version, header count, "fLaC", STREAMINFO block.
+        if first.starts_with(b"\x7fFLAC") && first.len() >= 13 + 4 + 34 && &first[9..13] == b"fLaC"
+        {
+            let info = &first[17..17 + 34];
+            let rate =
+                (u32::from(info[10]) << 12) | (u32::from(info[11]) << 4) | u32::from(info[12] >> 4);
+            let channels = ((info[12] >> 1) & 7) + 1;
+            let bits = (((info[12] & 1) << 4) | (info[13] >> 4)) + 1;
+            if channels > 2 {
+                return None;
+            }
+            let mut params = AudioCodecParameters::new();
+            params
+                .for_codec(CODEC_ID_FLAC)
+                .with_extra_data(Box::from(info))
+                .with_sample_rate(rate)
+                .with_bits_per_sample(u32::from(bits))
+                .with_channels(layout(channels));
+            return Some((OggLink::Flac, symphonia_decoder(&params).ok()));
+        }
+        None
+    }
+}
+
+/// Mono or stereo, as symphonia names them.
+fn layout(channels: u8) -> symphonia::core::audio::Channels {
+    use symphonia::core::audio::layouts::{CHANNEL_LAYOUT_MONO, CHANNEL_LAYOUT_STEREO};
+    if channels == 1 {
+        CHANNEL_LAYOUT_MONO
+    } else {
+        CHANNEL_LAYOUT_STEREO
+    }
+}
+
+fn symphonia_decoder(params: &AudioCodecParameters) -> Result<Inner, DecodeError> {
+    symphonia::default::get_codecs()
+        .make_audio_decoder(params, &AudioDecoderOptions::default())
+        .map(Inner::Symphonia)
+        .map_err(|e| DecodeError::Unsupported(e.to_string()))
 }
 
 /// The input while it is sniffed for MP3: keeps what it reads (at most [`SNIFF_LIMIT`] bytes,
@@ -119,76 +192,77 @@ impl Decoder {
     ) -> Result<Decoder, DecodeError> {
         let reader: Box<dyn Read + Send + Sync> = Box::new(reader);
         match format {
-            StreamFormat::Mp3 => Self::open_mp3(reader),
+            StreamFormat::Mp3 => Self::open_mpeg(reader, false),
+            StreamFormat::Adts => Self::open_mpeg(reader, true),
             StreamFormat::Ogg => Self::open_ogg(reader),
-            _ => Self::open_demuxer(reader, format),
+            StreamFormat::Passthrough => Self::open_demuxer(reader, format),
         }
     }
 
-    /// Ogg: Opus is demuxed here and decoded with libopus; Vorbis and FLAC go to symphonia.
+    /// Ogg Opus, Vorbis and FLAC are demuxed here; other Ogg streams go to symphonia's probe.
     fn open_ogg(reader: Box<dyn Read + Send + Sync>) -> Result<Decoder, DecodeError> {
         let mut packets = OggPackets::new(Prefix {
             inner: reader,
             kept: Some(Vec::new()),
         });
-        let channels = packets
+        let detected = packets
             .next_packet()
-            .filter(|p| p.first && p.data.starts_with(b"OpusHead") && p.data.len() >= 19)
-            .map(|p| p.data[9]);
-        let Some(channels) = channels else {
+            .filter(|p| p.first)
+            .and_then(|p| OggLink::detect(p.data));
+        let Some((link, inner)) = detected else {
             let prefix = packets.into_inner();
             let replay = std::io::Cursor::new(prefix.kept.unwrap_or_default()).chain(prefix.inner);
-            return Self::open_demuxer(Box::new(replay), StreamFormat::Ogg);
+            return Self::open_demuxer(Box::new(replay), StreamFormat::Passthrough);
         };
         packets.reader_mut().kept = None;
         Ok(Decoder {
-            source: Source::OggOpus {
-                packets,
-                headers: 1,
+            source: Source::Ogg { packets, link },
+            // Vorbis: replaced once the setup header is read; nothing decodes before that.
+            inner: match inner {
+                Some(i) => i,
+                None => opus_decoder(2)?,
             },
-            inner: opus_decoder(channels)?,
             skipped_packets: 0,
         })
     }
 
-    fn open_mp3(reader: Box<dyn Read + Send + Sync>) -> Result<Decoder, DecodeError> {
+    /// MP3 (layer III) or ADTS AAC (mono or stereo), framed here; anything else goes to
+    /// symphonia's probe.
+    fn open_mpeg(reader: Box<dyn Read + Send + Sync>, adts: bool) -> Result<Decoder, DecodeError> {
         let mut frames = MpegFrames::new(
             Prefix {
                 inner: reader,
                 kept: Some(Vec::new()),
             },
-            false,
+            adts,
         );
         // The first frame sets up the decoder; it is not decoded itself (a live stream is joined
-        // mid-way anyway, and its bit reservoir refers to frames before it).
+        // mid-way anyway, and an MP3 frame's bit reservoir refers to frames before it).
         let first = frames.next_frame().and_then(|f| {
-            let layer_3 = f.data.get(1).is_some_and(|b| (b >> 1) & 3 == 1);
-            layer_3.then_some((f.sample_rate, f.channels))
+            let usable = if adts {
+                (1..=2).contains(&f.channels)
+            } else {
+                f.data.get(1).is_some_and(|b| (b >> 1) & 3 == 1)
+            };
+            usable.then_some((f.sample_rate, f.channels))
         });
         let Some((rate, channels)) = first else {
-            // Not MP3 after all (a content type that lies): probe what was read, and the rest.
+            // Not what the content type said (it lies), or a variant not framed here: probe
+            // what was read, and the rest.
             let prefix = frames.into_inner();
             let kept = prefix.kept.unwrap_or_default();
             let replay = std::io::Cursor::new(kept).chain(prefix.inner);
             return Self::open_demuxer(Box::new(replay), StreamFormat::Passthrough);
         };
         frames.reader_mut().kept = None;
-        use symphonia::core::audio::layouts::{CHANNEL_LAYOUT_MONO, CHANNEL_LAYOUT_STEREO};
-        let mut params = symphonia::core::codecs::audio::AudioCodecParameters::new();
+        let mut params = AudioCodecParameters::new();
         params
-            .for_codec(symphonia::core::codecs::audio::well_known::CODEC_ID_MP3)
+            .for_codec(if adts { CODEC_ID_AAC } else { CODEC_ID_MP3 })
             .with_sample_rate(rate)
-            .with_channels(if channels == 1 {
-                CHANNEL_LAYOUT_MONO
-            } else {
-                CHANNEL_LAYOUT_STEREO
-            });
-        let decoder = symphonia::default::get_codecs()
-            .make_audio_decoder(&params, &AudioDecoderOptions::default())
-            .map_err(|e| DecodeError::Unsupported(e.to_string()))?;
+            .with_channels(layout(channels));
         Ok(Decoder {
-            source: Source::Mpeg(frames),
-            inner: Inner::Symphonia(decoder),
+            source: Source::Mpeg { frames, adts },
+            inner: symphonia_decoder(&params)?,
             skipped_packets: 0,
         })
     }
@@ -248,30 +322,54 @@ impl Decoder {
         loop {
             let boxed;
             let packet = match &mut self.source {
-                Source::Mpeg(frames) => {
+                Source::Mpeg { frames, adts } => {
                     let f = frames.next_frame()?;
-                    PacketRef::new(0, Timestamp::default(), Duration::default(), f.data)
+                    let data = if *adts {
+                        // The AAC payload follows the 7-byte header (9 with a CRC).
+                        let header = if f.data[1] & 1 == 1 { 7 } else { 9 };
+                        f.data.get(header..).unwrap_or_default()
+                    } else {
+                        f.data
+                    };
+                    PacketRef::new(0, Timestamp::default(), Duration::default(), data)
                 }
-                Source::OggOpus { packets, headers } => {
+                Source::Ogg { packets, link } => {
                     let p = packets.next_packet()?;
                     if p.first {
-                        // A new chain link: its OpusHead may change the channel count.
-                        if p.data.starts_with(b"OpusHead") && p.data.len() >= 19 {
-                            let channels = p.data[9];
-                            let current = match &self.inner {
-                                Inner::Opus { channels, .. } => *channels,
-                                Inner::Symphonia(_) => 0,
-                            };
-                            if u16::from(channels.clamp(1, 2)) != current {
-                                self.inner = opus_decoder(channels).ok()?;
-                            }
+                        // A new chain link, possibly of another codec or format.
+                        let (new_link, inner) = OggLink::detect(p.data)?;
+                        *link = new_link;
+                        if let Some(i) = inner {
+                            self.inner = i;
                         }
-                        *headers = 1;
                         continue;
                     }
-                    if *headers > 0 {
-                        *headers -= 1;
-                        continue;
+                    match link {
+                        OggLink::Opus { tags } if *tags > 0 => {
+                            *tags -= 1;
+                            continue;
+                        }
+                        OggLink::Vorbis { ident } if p.data.first().is_some_and(|b| b & 1 == 1) => {
+                            if p.data.starts_with(b"\x05vorbis") {
+                                // The setup header completes the decoder's parameters.
+                                let mut extra = std::mem::take(ident);
+                                let rate = u32::from_le_bytes([
+                                    extra[12], extra[13], extra[14], extra[15],
+                                ]);
+                                let channels = extra[11];
+                                extra.extend_from_slice(p.data);
+                                let mut params = AudioCodecParameters::new();
+                                params
+                                    .for_codec(CODEC_ID_VORBIS)
+                                    .with_sample_rate(rate)
+                                    .with_extra_data(extra.into_boxed_slice())
+                                    .with_channels(layout(channels));
+                                self.inner = symphonia_decoder(&params).ok()?;
+                            }
+                            continue;
+                        }
+                        OggLink::Flac if p.data.first() != Some(&0xFF) => continue,
+                        _ => {}
                     }
                     PacketRef::new(0, Timestamp::default(), Duration::default(), p.data)
                 }

@@ -1,8 +1,9 @@
 //! The encode side of the pipeline (convert → filters → encode) allocates nothing per block once
 //! warm: counted with a global allocator that counts on the measuring thread only.
 //!
-//! MP3 and Ogg Opus decoding too (tidecast frames and demuxes those); AAC, Vorbis and FLAC go
-//! through symphonia's demuxers, which hand out each packet in a fresh `Box<[u8]>`.
+//! Decoding too: tidecast frames MP3 and ADTS and demuxes Ogg (Opus, Vorbis, FLAC) itself and lends
+//! each packet to the decoder from one buffer (symphonia's own demuxers, used only for other
+//! inputs, hand out each packet in a fresh `Box<[u8]>`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -96,16 +97,9 @@ fn resampled_mp3_allocates_nothing_per_block() {
     assert_eq!(allocations(EncoderSettings::new(Codec::Mp3, 64), f), 0);
 }
 
-/// Allocations while decoding 100 packets of `codec` (after 20 to warm up).
-fn decode_allocations(codec: Codec, format: tidecast_codecs::StreamFormat) -> u64 {
-    use tidecast_codecs::Decoder;
-    let pcm = sine(440.0, CD, 6.0);
-    let mut p = Pipeline::new(&EncoderSettings::new(codec, 128), vec![]).unwrap();
-    let mut encoded = Vec::new();
-    for b in pcm.chunks(1152 * 2) {
-        p.push(b, CD, &mut encoded).unwrap();
-    }
-    let mut d = Decoder::open(std::io::Cursor::new(encoded), format).unwrap();
+/// Allocations while decoding 100 packets of `encoded` (after 20 to warm up).
+fn decode_allocations(encoded: Vec<u8>, format: tidecast_codecs::StreamFormat) -> u64 {
+    let mut d = tidecast_codecs::Decoder::open(std::io::Cursor::new(encoded), format).unwrap();
     let mut block = Vec::new();
     for _ in 0..20 {
         assert!(d.next_block(&mut block).is_some());
@@ -116,21 +110,63 @@ fn decode_allocations(codec: Codec, format: tidecast_codecs::StreamFormat) -> u6
         assert!(d.next_block(&mut block).is_some());
     }
     COUNTING.with(|c| c.set(false));
+    assert_eq!(d.skipped_packets, 0);
     COUNT.with(Cell::get)
+}
+
+/// 6 s of a tone encoded by tidecast's own pipeline.
+fn ours(codec: Codec) -> Vec<u8> {
+    let pcm = sine(440.0, CD, 6.0);
+    let mut p = Pipeline::new(&EncoderSettings::new(codec, 128), vec![]).unwrap();
+    let mut encoded = Vec::new();
+    for b in pcm.chunks(1152 * 2) {
+        p.push(b, CD, &mut encoded).unwrap();
+    }
+    encoded
+}
+
+/// 20 s of a tone encoded by ffmpeg (installed by tests/run.sh) with `args` (FLAC frames are
+/// about 0.1 s long: 20 s gives enough of them).
+fn ffmpeg(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-f", "lavfi", "-i"])
+        .args(["sine=frequency=440:duration=20", "-ac", "2"])
+        .args(args)
+        .arg("-")
+        .output()
+        .expect("ffmpeg is needed: run tests/run.sh, which installs it");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]
 fn mp3_decoding_allocates_nothing_per_frame() {
-    assert_eq!(
-        decode_allocations(Codec::Mp3, tidecast_codecs::StreamFormat::Mp3),
-        0
-    );
+    let n = decode_allocations(ours(Codec::Mp3), tidecast_codecs::StreamFormat::Mp3);
+    assert_eq!(n, 0);
 }
 
 #[test]
 fn ogg_opus_decoding_allocates_nothing_per_packet() {
-    assert_eq!(
-        decode_allocations(Codec::Opus, tidecast_codecs::StreamFormat::Ogg),
-        0
-    );
+    let n = decode_allocations(ours(Codec::Opus), tidecast_codecs::StreamFormat::Ogg);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn ogg_vorbis_and_flac_decoding_allocate_nothing_per_packet() {
+    for codec in ["libvorbis", "flac"] {
+        let encoded = ffmpeg(&["-c:a", codec, "-f", "ogg"]);
+        let n = decode_allocations(encoded, tidecast_codecs::StreamFormat::Ogg);
+        assert_eq!(n, 0, "{codec}");
+    }
+}
+
+#[test]
+fn adts_aac_decoding_allocates_nothing_per_frame() {
+    let encoded = ffmpeg(&["-c:a", "aac", "-b:a", "128k", "-f", "adts"]);
+    let n = decode_allocations(encoded, tidecast_codecs::StreamFormat::Adts);
+    assert_eq!(n, 0);
 }

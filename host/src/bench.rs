@@ -284,19 +284,25 @@ fn policy_latency(
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.filter.is_none() && args.policy.is_none() {
+        // No wasmtime engine at all, so the codec stages' memory is the codecs' alone.
+        return run_with(args, None);
+    }
     let cache = std::env::temp_dir().join(format!("tidecast-bench-{}", std::process::id()));
     let plugins = crate::plugin::Plugins::new(Some(cache.clone()), Default::default())?;
-    let result = run_with(args, &plugins);
+    let result = run_with(args, Some(&plugins));
     let _ = std::fs::remove_dir_all(&cache);
     result
 }
 
 fn run_with(
     args: BenchArgs,
-    plugins: &std::sync::Arc<crate::plugin::Plugins>,
+    plugins: Option<&std::sync::Arc<crate::plugin::Plugins>>,
 ) -> anyhow::Result<()> {
     let quiet = args.json;
+    let engine = || plugins.context("internal: no plugin engine for --filter/--policy");
     if let Some(file) = &args.policy {
+        let plugins = engine()?;
         let loaded = load_plugin(plugins, file, quiet)?;
         for n in [10, 100] {
             policy_latency(plugins, &loaded, n, quiet)?;
@@ -304,6 +310,7 @@ fn run_with(
     }
     let filter = match &args.filter {
         Some(spec) => {
+            let plugins = engine()?;
             let (file, params) = match spec.split_once(".wasm:") {
                 Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
                 None => (spec.clone(), String::new()),
@@ -319,6 +326,7 @@ fn run_with(
                 load_plugin(plugins, std::path::Path::new(&file), quiet)?,
                 params,
                 name,
+                plugins.clone(),
             ))
         }
         None => None,
@@ -327,6 +335,7 @@ fn run_with(
     let fname = filter.as_ref().map(|f| f.2.clone()).unwrap_or_default();
     let any_stage = ["mp3", "opus"].iter().any(|c| {
         wanted(&format!("encode {c} {} kbit/s", args.bitrate))
+            || wanted(&format!("convert for {c}"))
             || wanted(&format!("pipeline input → {c}"))
             || (filter.is_some() && wanted(&format!("pipeline input → {c} + {fname}")))
     }) || wanted("decode input");
@@ -383,6 +392,24 @@ fn run_with(
     }
     for codec in [Codec::Mp3, Codec::Opus] {
         let label = if codec == Codec::Mp3 { "mp3" } else { "opus" };
+        let to = settings(codec).output_format();
+        let name = format!("convert for {label}");
+        if to != input.pcm_format && wanted(&name) {
+            // Channel mix and resampling alone: a stage of its own, which Opus (48 kHz only)
+            // always needs for 44.1 kHz input.
+            rows.push(measure(&name, || {
+                let Ok(mut c) = tidecast_codecs::convert::Converter::new(input.pcm_format, to)
+                else {
+                    return 0.0;
+                };
+                let mut out = Vec::new();
+                for block in input.pcm.chunks(1152 * ch) {
+                    c.process(block, &mut out);
+                    out.clear();
+                }
+                audio_seconds
+            }));
+        }
         let name = format!("encode {label} {} kbit/s", args.bitrate);
         if wanted(&name) {
             let s = settings(codec);
@@ -413,7 +440,7 @@ fn run_with(
                     / f64::from(pcm_format.sample_rate)
             }));
         }
-        if let Some((loaded, params, fname)) = &filter {
+        if let Some((loaded, params, fname, plugins)) = &filter {
             let name = format!("filter {fname} alone, {label} format");
             if wanted(&name) {
                 // The filter stage alone, on the encoder's input format in 1152-frame blocks:
@@ -444,10 +471,10 @@ fn run_with(
                 }));
             }
         }
-        let with_filter = filter.iter().map(|(loaded, params, fname)| {
+        let with_filter = filter.iter().map(|(loaded, params, fname, plugins)| {
             (
                 format!("pipeline input → {label} + {fname}"),
-                Some((loaded, params)),
+                Some((loaded, params, plugins)),
             )
         });
         for (name, plugin) in
@@ -459,7 +486,7 @@ fn run_with(
             let s = settings(codec);
             let chain: Vec<Box<dyn tidecast_codecs::Filter>> = match plugin {
                 None => Vec::new(),
-                Some((loaded, params)) => vec![Box::new(
+                Some((loaded, params, plugins)) => vec![Box::new(
                     crate::plugin::filter::WasmFilter::new(
                         plugins.clone(),
                         (*loaded).clone(),
@@ -541,8 +568,14 @@ fn run_with(
                 "pipeline → {label}: {:+.1} % over decode + encode alone",
                 (pipe / (dec + enc) - 1.0) * 100.0
             );
+            if let Some(conv) = find(&format!("convert for {label}")) {
+                println!(
+                    "pipeline → {label}: {:+.1} % over decode + convert + encode alone (the glue between the stages)",
+                    (pipe / (dec + conv + enc) - 1.0) * 100.0
+                );
+            }
         }
-        if let (Some(pipe), Some((_, _, fname))) =
+        if let (Some(pipe), Some((_, _, fname, _))) =
             (find(&format!("pipeline input → {label}")), &filter)
         {
             if let Some(with) = rows
