@@ -362,6 +362,7 @@ fn bench_reports_every_stage_and_reads_files() {
             "decode input",
             "encode mp3 64 kbit/s",
             "pipeline input → mp3",
+            "convert for opus",
             "encode opus 64 kbit/s",
             "pipeline input → opus"
         ]
@@ -370,6 +371,51 @@ fn bench_reports_every_stage_and_reads_files() {
         let audio = r["audio_s"].as_f64().unwrap();
         assert!((2.9..3.1).contains(&audio), "{r}");
         assert!(r["x_realtime"].as_f64().unwrap() > 1.0, "{r}");
+    }
+
+    // Plugins: the pipeline with a filter, the filter stage alone, policy latency, load times.
+    let out = Command::new(bin())
+        .args([
+            "bench",
+            "--seconds",
+            "3",
+            "--json",
+            "--only",
+            "opus",
+            "--filter",
+        ])
+        .arg(plugin_file("gain"))
+        .arg("--policy")
+        .arg(plugin_file("least-loaded"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let policy: Vec<&serde_json::Value> =
+        rows.iter().filter(|r| r["policy_nodes"].is_u64()).collect();
+    assert_eq!(policy.len(), 2, "{rows:?}");
+    for p in policy {
+        assert_eq!(p["answered"], p["calls"], "{p}");
+        assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    assert_eq!(
+        rows.iter().filter(|r| r["compile_ms"].is_f64()).count(),
+        2,
+        "{rows:?}"
+    );
+    let stages: Vec<&str> = rows.iter().filter_map(|r| r["stage"].as_str()).collect();
+    for want in [
+        "filter gain alone, opus format",
+        "pipeline input → opus + gain",
+    ] {
+        assert!(stages.contains(&want), "{stages:?}");
     }
 
     // A file input, and a clear error for one that is not audio.

@@ -236,8 +236,7 @@ impl Decoder {
             },
             adts,
         );
-        // The first frame sets up the decoder; it is not decoded itself (a live stream is joined
-        // mid-way anyway, and an MP3 frame's bit reservoir refers to frames before it).
+        // The first frame sets up the decoder, then is decoded like the others.
         let first = frames.next_frame().and_then(|f| {
             let usable = if adts {
                 (1..=2).contains(&f.channels)
@@ -254,6 +253,7 @@ impl Decoder {
             let replay = std::io::Cursor::new(kept).chain(prefix.inner);
             return Self::open_demuxer(Box::new(replay), StreamFormat::Passthrough);
         };
+        frames.unread();
         frames.reader_mut().kept = None;
         let mut params = AudioCodecParameters::new();
         params

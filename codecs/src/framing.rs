@@ -497,6 +497,8 @@ pub struct MpegFrames<R> {
     skip: usize,
     locked: bool,
     adts: bool,
+    /// Where the frame last returned starts, for [`MpegFrames::unread`].
+    last: Option<usize>,
     /// Bytes dropped: tags, resyncs, VBR index frames.
     pub skipped_bytes: u64,
 }
@@ -519,7 +521,16 @@ impl<R: std::io::Read> MpegFrames<R> {
             skip: 0,
             locked: false,
             adts,
+            last: None,
             skipped_bytes: 0,
+        }
+    }
+
+    /// Makes the frame just returned by `next_frame` the next one again (the decoder is set up
+    /// from a frame that it must then decode too).
+    pub fn unread(&mut self) {
+        if let Some(at) = self.last.take() {
+            self.start = at;
         }
     }
 
@@ -565,6 +576,7 @@ impl<R: std::io::Read> MpegFrames<R> {
                         self.skipped_bytes += header.len as u64;
                         continue;
                     }
+                    self.last = Some(at);
                     return Some(MpegFrame {
                         data: &self.buf[at..at + header.len],
                         sample_rate: header.sample_rate,
@@ -578,6 +590,7 @@ impl<R: std::io::Read> MpegFrames<R> {
     /// Reads more input after what is buffered (moving the rest to the front first); false at
     /// EOF or on an error.
     fn fill(&mut self) -> bool {
+        self.last = None;
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
