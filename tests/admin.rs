@@ -340,10 +340,12 @@ fn a_full_disk_refuses_changes_clearly_and_loses_nothing() {
     assert!(ok, "changes work again once there is room: {err}");
 }
 
-#[test]
-fn bench_reports_every_stage_and_reads_files() {
+/// `tidecast bench --json ARGS`: one JSON object per line.
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(bin())
-        .args(["bench", "--seconds", "3", "--json"])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -351,10 +353,15 @@ fn bench_reports_every_stage_and_reads_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn bench_reports_every_stage_and_reads_files() {
+    let rows = bench_json(&["--seconds", "3"]);
     let stages: Vec<&str> = rows.iter().map(|r| r["stage"].as_str().unwrap()).collect();
     assert_eq!(
         stages,
@@ -374,35 +381,28 @@ fn bench_reports_every_stage_and_reads_files() {
     }
 
     // Plugins: the pipeline with a filter, the filter stage alone, policy latency, load times.
-    let out = Command::new(bin())
-        .args([
-            "bench",
-            "--seconds",
-            "3",
-            "--json",
-            "--only",
-            "opus",
-            "--filter",
-        ])
-        .arg(plugin_file("gain"))
-        .arg("--policy")
-        .arg(plugin_file("least-loaded"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (gain, policy) = (plugin_file("gain"), plugin_file("least-loaded"));
+    let rows = bench_json(&[
+        "--seconds",
+        "3",
+        "--only",
+        "opus",
+        "--filter",
+        gain.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
     let policy: Vec<&serde_json::Value> =
         rows.iter().filter(|r| r["policy_nodes"].is_u64()).collect();
     assert_eq!(policy.len(), 2, "{rows:?}");
     for p in policy {
-        assert_eq!(p["answered"], p["calls"], "{p}");
+        // The plugin answers (a call descheduled past its 5 ms deadline on a busy CI machine
+        // falls back to the native policy, so allow a few).
+        let (answered, calls) = (
+            p["answered"].as_f64().unwrap(),
+            p["calls"].as_f64().unwrap(),
+        );
+        assert!(calls == 20_000.0 && answered >= 0.99 * calls, "{p}");
         assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{p}");
     }
     assert_eq!(

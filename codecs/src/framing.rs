@@ -416,16 +416,12 @@ impl<R: std::io::Read> OggPackets<R> {
             self.start = self.end;
             return self.fill();
         }
-        loop {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.end += n;
-                    return true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+        match read_some(&mut self.reader, &mut self.buf[self.end..]) {
+            Some(n) => {
+                self.end += n;
+                true
             }
+            None => false,
         }
     }
 }
@@ -601,16 +597,24 @@ impl<R: std::io::Read> MpegFrames<R> {
             self.skipped_bytes += self.end as u64;
             self.end = 0;
         }
-        loop {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.end += n;
-                    return true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+        match read_some(&mut self.reader, &mut self.buf[self.end..]) {
+            Some(n) => {
+                self.end += n;
+                true
             }
+            None => false,
+        }
+    }
+}
+
+/// One read into `buf` (retried when interrupted): the bytes read, `None` at EOF or on an error.
+fn read_some(reader: &mut impl std::io::Read, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        match reader.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
     }
 }
