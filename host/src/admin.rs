@@ -477,8 +477,15 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     r.password
 }
 
-fn storage_error(e: CoordError) -> Response {
-    Response::error(507, e)
+/// A store that refused a change: 503 when the cluster store is unreachable (try again later),
+/// 507 when the node's own disk failed.
+pub fn storage_error(e: CoordError) -> Response {
+    let status = if matches!(e, CoordError::Unavailable(_)) {
+        503
+    } else {
+        507
+    };
+    Response::error(status, e)
 }
 
 async fn create_mount(state: &State, body: &[u8]) -> Response {

@@ -69,6 +69,15 @@ serve_settings! {
     write_interval_ms: u64 = 1000; [value_name = "MS"]
     /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
     listener_send_buffer: usize = 64 * 1024; [value_name = "BYTES"]
+    /// etcd endpoints of a cluster, comma-separated (e.g. http://10.0.0.5:2379); empty: a single
+    /// node with its embedded store.
+    etcd: String = String::new(); [value_name = "URL,..."]
+    /// Prefix of the cluster's keys in etcd.
+    etcd_prefix: String = "/tidecast/".to_owned(); [value_name = "PREFIX"]
+    /// This node's name in the cluster [default: the host name].
+    node_name: String = String::new(); [value_name = "NAME"]
+    /// URL other nodes and redirected listeners reach this node at [default: http://LISTEN].
+    advertise: String = String::new(); [value_name = "URL"]
     /// Memory cap of each WebAssembly plugin instance, in MiB.
     plugin_memory_mb: usize = 32; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.

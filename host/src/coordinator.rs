@@ -176,11 +176,20 @@ pub enum CoordError {
     },
     #[error("stored configuration {path} is unreadable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("the cluster store is unreachable ({0}): configuration changes are refused until it is back (nothing was changed)")]
+    Unavailable(String),
 }
 
 /// Held while this node is the origin of a mount; dropping it gives the mount up.
 pub struct OriginClaim {
     _release: Box<dyn Send + Sync>,
+}
+
+impl OriginClaim {
+    /// A claim that `release` gives up when dropped.
+    pub fn new(release: Box<dyn Send + Sync>) -> OriginClaim {
+        OriginClaim { _release: release }
+    }
 }
 
 #[async_trait]
@@ -208,6 +217,9 @@ pub trait Coordinator: Send + Sync {
     async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError>;
     /// The bytes stored under `hash`.
     async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError>;
+    /// Leaves the cluster on a clean shutdown (etcd: revokes the node's lease, so its mounts are
+    /// free at once instead of after the lease's TTL).
+    async fn leave(&self) {}
     /// Configuration changes, for reconciliation. Overflow policy: a lagging receiver gets
     /// `RecvError::Lagged` and must re-read `mounts()`.
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent>;

@@ -19,6 +19,7 @@ mod bench;
 mod client;
 mod config;
 mod coordinator;
+mod etcd;
 mod http;
 mod hub;
 mod ingest;
@@ -103,7 +104,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
-        let coordinator = Arc::new(Embedded::open(&config.data_dir)?);
+        let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
+            Arc::new(Embedded::open(&config.data_dir)?)
+        } else {
+            let endpoints: Vec<String> = config
+                .etcd
+                .split(',')
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect();
+            let node = if config.node_name.is_empty() {
+                hostname()
+            } else {
+                config.node_name.clone()
+            };
+            let advertise = if config.advertise.is_empty() {
+                format!("http://{}", config.listen)
+            } else {
+                config.advertise.clone()
+            };
+            Arc::new(etcd::Etcd::open(&endpoints, &config.etcd_prefix, &node, &advertise).await?)
+        };
         ensure_admin(&config, coordinator.as_ref()).await?;
         let any_mount_hash = if config.any_mount_password.is_empty() {
             None
@@ -128,11 +149,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )?;
         let state = Arc::new(server::State::new(
             config,
-            coordinator,
+            coordinator.clone(),
             any_mount_hash,
             plugins,
         ));
         server::run(listener, state, shutdown_signal()).await;
+        coordinator.leave().await;
         anyhow::Ok(())
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -142,6 +164,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
 /// generated one printed once.
+/// The host name, for a node that was given no `--node-name`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tidecast".to_owned())
+}
+
 async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::Result<()> {
     let existing = coord.admin();
     let user = if config.admin_user.is_empty() {

@@ -635,3 +635,100 @@ pub fn volumedetect_mean(encoded: &[u8]) -> f32 {
         .and_then(|v| v.trim().trim_end_matches("dB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no mean_volume in: {err}"))
 }
+
+/// A free TCP port on loopback (bound, then released for the caller's process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real etcd server (Debian's etcd-server) on loopback, killed on drop; restartable on the same
+/// data directory.
+pub struct Etcd {
+    pub client_url: String,
+    dir: tempfile::TempDir,
+    ports: (u16, u16),
+    proc: Option<Proc>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        require("etcd");
+        let mut e = Etcd {
+            client_url: String::new(),
+            dir: tempfile::tempdir().unwrap(),
+            ports: (free_port(), free_port()),
+            proc: None,
+        };
+        e.client_url = format!("http://127.0.0.1:{}", e.ports.0);
+        e.restart();
+        e
+    }
+
+    /// Starts (again) on the same data directory and ports; returns once etcd reports healthy.
+    pub fn restart(&mut self) {
+        drop(self.proc.take());
+        let (client, peer) = self.ports;
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        self.proc = Some(Proc::spawn(
+            "etcd",
+            Command::new("etcd")
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"))
+                .args(["--listen-client-urls", &self.client_url])
+                .args(["--advertise-client-urls", &self.client_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
+        let addr: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
+        wait_for(Duration::from_secs(20), "etcd to be healthy", || {
+            TcpStream::connect(addr).is_ok()
+                && String::from_utf8_lossy(&http_get(addr, "/health", &[]).2).contains("true")
+        });
+    }
+
+    /// Stops etcd (SIGKILL), as an outage.
+    pub fn stop(&mut self) {
+        drop(self.proc.take());
+    }
+}
+
+impl Node {
+    /// A cluster node named `name` on `etcd`.
+    pub fn start_clustered(etcd: &Etcd, name: &str) -> Node {
+        Node::start(&["--etcd", &etcd.client_url, "--node-name", name])
+    }
+}
+
+/// An ffmpeg MP3 source to `node` that retries until the node takes it (or `timeout`); returns
+/// it and how long that took.
+pub fn mp3_source_when_accepted(
+    node: &Node,
+    password: &str,
+    mount: &str,
+    timeout: Duration,
+) -> (Proc, Duration) {
+    let start = Instant::now();
+    loop {
+        let mut src = ffmpeg_mp3_source(node, password, mount, &[]);
+        // A refused source (403) exits within a second; an accepted one keeps running.
+        if src.wait_timeout(Duration::from_millis(1500)).is_none() {
+            return (src, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{mount} not accepted by the node within {timeout:?}"
+        );
+    }
+}

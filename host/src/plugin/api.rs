@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{validate_name, Plugins};
-use crate::coordinator::{CoordError, PluginRecord, PluginVersion};
+use crate::admin::storage_error;
+use crate::coordinator::{PluginRecord, PluginVersion};
 use crate::http::Response;
 use crate::server::State;
 
@@ -172,10 +173,6 @@ pub async fn remove(state: &State, name: &str) -> Response {
         Ok(false) => Response::error(404, format!("no plugin named {name}")),
         Err(e) => storage_error(e),
     }
-}
-
-fn storage_error(e: CoordError) -> Response {
-    Response::error(507, e)
 }
 
 /// Body of `POST /api/v1/plugins/NAME/rank`: a dry run of a policy on sample nodes.

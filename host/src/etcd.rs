@@ -1,0 +1,469 @@
+//! The cluster Coordinator on etcd: every node of a cluster runs it against the same etcd.
+//!
+//! Everything lives under one prefix (default `/tidecast/`):
+//! - `admin`, `mounts/<path>`, `plugins/<name>`: the configuration, JSON as in the embedded store.
+//!   Each node loads it once, then follows a prefix watch, so `mounts()` and friends answer from
+//!   memory and every change reaches every node (as the same `ConfigEvent`s the embedded store
+//!   sends).
+//! - `blobs/<sha256>/<n>`: plugin bytes in chunks of 1 MiB (etcd's request limit is 1.5 MiB).
+//! - `nodes/<name>`: this node's presence (its advertised URL), on the node's lease.
+//! - `origins/<mount>`: the node that is a mount's origin, created only if absent and on the
+//!   node's lease. So exactly one node holds a mount; when that node dies its lease expires after
+//!   [`LEASE_TTL`] seconds, the key goes, and a source reconnecting through any other node makes
+//!   that node the origin.
+//!
+//! Writes go to etcd first and reach the cache through the watch; a write that etcd refuses, or
+//! that times out, is reported to the caller and changes nothing. While etcd is unreachable the
+//! node keeps serving from its last known configuration.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::coordinator::{
+    AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, OriginClaim, PluginRecord,
+    PluginVersion,
+};
+
+/// Seconds a node's lease lives without a keep-alive: how long a dead node holds its mounts.
+pub const LEASE_TTL: i64 = 5;
+/// Plugin bytes per etcd value.
+const BLOB_CHUNK: usize = 1024 * 1024;
+/// Longest wait for one etcd request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Cache {
+    admin: Option<AdminCredential>,
+    mounts: BTreeMap<String, MountConfig>,
+    plugins: BTreeMap<String, PluginRecord>,
+}
+
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+    node: String,
+    lease: i64,
+    cache: Arc<Mutex<Cache>>,
+    events: broadcast::Sender<ConfigEvent>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
+    CoordError::Unavailable(format!("etcd {what}: {e}"))
+}
+
+impl Etcd {
+    /// Connects, takes a lease, announces this node, loads the configuration and starts
+    /// following it. `prefix` ends with `/`.
+    pub async fn open(
+        endpoints: &[String],
+        prefix: &str,
+        node: &str,
+        advertise: &str,
+    ) -> anyhow::Result<Etcd> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(REQUEST_TIMEOUT);
+        let mut client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", endpoints.join(",")))?;
+        let lease = client
+            .lease_grant(LEASE_TTL, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd lease: {e}"))?
+            .id();
+        let node_key = format!("{prefix}nodes/{node}");
+        // A node restarted right after a crash finds its old key until the old lease ends:
+        // wait that out rather than fail.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(LEASE_TTL as u64 + 2);
+        loop {
+            let claimed = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::create_revision(
+                            node_key.clone(),
+                            CompareOp::Equal,
+                            0,
+                        )])
+                        .and_then([TxnOp::put(
+                            node_key.clone(),
+                            advertise,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )]),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("etcd: {e}"))?
+                .succeeded();
+            if claimed {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "another node named {node} is alive in this cluster; give this node another \
+                     --node-name"
+                );
+            }
+            info!(
+                node,
+                "the name is held by a previous instance's lease; waiting for it to end"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let etcd = Etcd {
+            client,
+            prefix: prefix.to_owned(),
+            node: node.to_owned(),
+            lease,
+            cache: Arc::default(),
+            events: broadcast::channel(256).0,
+        };
+        let revision = etcd.load().await?;
+        etcd.keep_alive();
+        etcd.follow(revision + 1).await?;
+        info!(node, lease, prefix, "joined the etcd cluster");
+        Ok(etcd)
+    }
+
+    /// Reads the whole configuration; returns the revision it was read at.
+    async fn load(&self) -> anyhow::Result<i64> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| anyhow::anyhow!("cache poisoned"))?;
+        for kv in resp.kvs() {
+            apply(&mut cache, &self.prefix, kv.key(), Some(kv.value()));
+        }
+        Ok(revision)
+    }
+
+    /// Keeps the lease alive (every second). If etcd stays away past the lease, the node's
+    /// origin keys are gone and other nodes may take its mounts.
+    fn keep_alive(&self) {
+        let mut client = self.client.clone();
+        let lease = self.lease;
+        tokio::spawn(async move {
+            loop {
+                match client.lease_keep_alive(lease).await {
+                    Ok((mut keeper, mut stream)) => loop {
+                        if keeper.keep_alive().await.is_err() {
+                            break;
+                        }
+                        match stream.message().await {
+                            Ok(Some(r)) if r.ttl() > 0 => {}
+                            Ok(_) => {
+                                warn!(
+                                    lease,
+                                    "etcd lease expired: this node no longer holds its mounts"
+                                );
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    },
+                    Err(e) => warn!(error = %e, "etcd keep-alive failed; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Follows the configuration from `revision` on, into the cache and the change feed.
+    async fn follow(&self, revision: i64) -> anyhow::Result<()> {
+        let mut client = self.client.clone();
+        let (prefix, cache, events) =
+            (self.prefix.clone(), self.cache.clone(), self.events.clone());
+        let mut stream = client
+            .watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision),
+                ),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("etcd watch: {e}"))?;
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        for ev in resp.events() {
+                            let Some(kv) = ev.kv() else { continue };
+                            let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                            let event = match cache.lock() {
+                                Ok(mut c) => apply(&mut c, &prefix, kv.key(), value),
+                                Err(_) => None,
+                            };
+                            if let Some(e) = event {
+                                let _ = events.send(e);
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        // The watch broke (etcd restarted or unreachable): the node keeps its
+                        // configuration and watches again from scratch.
+                        warn!("etcd watch ended; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match client
+                            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+                            .await
+                        {
+                            Ok(s) => stream = s,
+                            Err(e) => warn!(error = %e, "etcd watch"),
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn put_json(&self, key: String, value: &impl serde::Serialize) -> Result<(), CoordError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| unavailable("encode", e))?;
+        let mut client = self.client.clone();
+        client
+            .put(key, bytes, None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        Ok(())
+    }
+
+    /// Waits (briefly) until the watch has brought a write back into the cache, so a caller
+    /// that reads right after its own write sees it.
+    async fn settle(&self, done: impl Fn(&Cache) -> bool) {
+        for _ in 0..100 {
+            if self.cache.lock().is_ok_and(|c| done(&c)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Applies one key's new value (`None`: deleted) to the cache; the event to publish, if any.
+fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> Option<ConfigEvent> {
+    let key = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
+    if key == "admin" {
+        cache.admin = value.and_then(|v| serde_json::from_slice(v).ok());
+        return None;
+    }
+    if let Some(path) = key.strip_prefix("mounts") {
+        return match value.map(serde_json::from_slice::<MountConfig>) {
+            Some(Ok(m)) => {
+                cache.mounts.insert(path.to_owned(), m);
+                Some(ConfigEvent::MountChanged(path.to_owned()))
+            }
+            Some(Err(e)) => {
+                warn!(key, error = %e, "unreadable mount in etcd; ignored");
+                None
+            }
+            None => {
+                cache.mounts.remove(path);
+                Some(ConfigEvent::MountDeleted(path.to_owned()))
+            }
+        };
+    }
+    if let Some(name) = key.strip_prefix("plugins/") {
+        match value.map(serde_json::from_slice::<PluginRecord>) {
+            Some(Ok(p)) => {
+                cache.plugins.insert(name.to_owned(), p);
+            }
+            Some(Err(e)) => warn!(key, error = %e, "unreadable plugin record in etcd; ignored"),
+            None => {
+                cache.plugins.remove(name);
+            }
+        }
+        return Some(ConfigEvent::PluginChanged(name.to_owned()));
+    }
+    None
+}
+
+struct EtcdClaim {
+    client: Client,
+    key: String,
+    node: String,
+}
+
+impl Drop for EtcdClaim {
+    fn drop(&mut self) {
+        // Give the mount up: delete the key if it is still ours.
+        let (mut client, key, node) = (self.client.clone(), self.key.clone(), self.node.clone());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, node)])
+                    .and_then([TxnOp::delete(key, None)]);
+                let _ = client.txn(txn).await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Coordinator for Etcd {
+    fn mounts(&self) -> Vec<MountConfig> {
+        self.cache
+            .lock()
+            .map(|c| c.mounts.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn mount(&self, path: &str) -> Option<MountConfig> {
+        self.cache.lock().ok()?.mounts.get(path).cloned()
+    }
+
+    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError> {
+        let key = format!("{}mounts{}", self.prefix, mount.path);
+        self.put_json(key, &mount).await?;
+        self.settle(|c| c.mounts.get(&mount.path) == Some(&mount))
+            .await;
+        Ok(())
+    }
+
+    async fn delete_mount(&self, path: &str) -> Result<bool, CoordError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .delete(format!("{}mounts{path}", self.prefix), None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        self.settle(|c| !c.mounts.contains_key(path)).await;
+        Ok(resp.deleted() > 0)
+    }
+
+    fn admin(&self) -> Option<AdminCredential> {
+        self.cache.lock().ok()?.admin.clone()
+    }
+
+    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError> {
+        self.put_json(format!("{}admin", self.prefix), &admin)
+            .await?;
+        self.settle(|c| c.admin.as_ref() == Some(&admin)).await;
+        Ok(())
+    }
+
+    async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
+        let key = format!("{}origins{path}", self.prefix);
+        let mut client = self.client.clone();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                self.node.as_str(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )]);
+        let won = client
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("origin election", e))?
+            .succeeded();
+        if !won {
+            return Ok(None);
+        }
+        Ok(Some(OriginClaim::new(Box::new(EtcdClaim {
+            client,
+            key,
+            node: self.node.clone(),
+        }))))
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
+        self.events.subscribe()
+    }
+
+    async fn leave(&self) {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(self.lease)).await {
+            Ok(Ok(_)) => info!(node = %self.node, "left the cluster"),
+            _ => {
+                warn!(node = %self.node, "could not revoke the lease; its mounts free up when it expires")
+            }
+        }
+    }
+
+    fn plugins(&self) -> Vec<PluginRecord> {
+        self.cache
+            .lock()
+            .map(|c| c.plugins.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn plugin(&self, name: &str) -> Option<PluginRecord> {
+        self.cache.lock().ok()?.plugins.get(name).cloned()
+    }
+
+    async fn add_plugin_version(
+        &self,
+        name: &str,
+        version: PluginVersion,
+        wasm: &[u8],
+    ) -> Result<(), CoordError> {
+        let mut client = self.client.clone();
+        for (i, chunk) in wasm.chunks(BLOB_CHUNK).enumerate() {
+            client
+                .put(
+                    format!("{}blobs/{}/{i:04}", self.prefix, version.hash),
+                    chunk,
+                    None,
+                )
+                .await
+                .map_err(|e| unavailable("write", e))?;
+        }
+        let mut record = self.plugin(name).unwrap_or_else(|| PluginRecord {
+            name: name.to_owned(),
+            versions: Vec::new(),
+        });
+        // Pushing an old build again makes it current.
+        record.versions.retain(|v| v.hash != version.hash);
+        record.versions.push(version);
+        self.put_json(format!("{}plugins/{name}", self.prefix), &record)
+            .await?;
+        self.settle(|c| c.plugins.get(name) == Some(&record)).await;
+        Ok(())
+    }
+
+    async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .delete(format!("{}plugins/{name}", self.prefix), None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        self.settle(|c| !c.plugins.contains_key(name)).await;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        let mut client = self.client.clone();
+        let resp = client
+            .get(
+                format!("{}blobs/{hash}/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| unavailable("read", e))?;
+        if resp.kvs().is_empty() {
+            return Ok(None);
+        }
+        // Keys sort by chunk number (zero-padded).
+        Ok(Some(
+            resp.kvs()
+                .iter()
+                .flat_map(|kv| kv.value().to_vec())
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,92 @@
+//! Several real nodes on one real etcd (Debian's etcd-server): shared configuration, one origin
+//! per mount across the cluster, origin failover after `kill -9`, and an etcd outage.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_node_dies() {
+    let etcd = Etcd::start();
+    let mut a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
+    let c = Node::start_clustered(&etcd, "c");
+
+    // Configuration written through one node reaches every node.
+    a.create_mount("/live.mp3", "hackme", &[]);
+    let (ok, out) = a.push_plugin("gain", &plugin_file("gain"));
+    assert!(ok, "{out}");
+    for n in [&b, &c] {
+        wait_for(Duration::from_secs(5), "the mount on every node", || {
+            n.cli(&["mount", "list"]).1.contains("/live.mp3")
+        });
+        let (ok, out, err) = n.cli(&["plugin", "list"]);
+        assert!(ok && out.contains("gain"), "{out}{err}");
+    }
+    // The plugin's bytes come from etcd: attaching it on another node builds it there.
+    let (ok, _, err) = c.cli(&["mount", "edit", "/live.mp3", "--filter", "gain:db=-3"]);
+    assert!(ok, "{err}");
+
+    // One origin: a source on A, and a second source through B is refused (403).
+    let _first = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    let mut second = ffmpeg_mp3_source(&b, "hackme", "/live.mp3", &[]);
+    let status = second.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "B took a second source"
+    );
+    assert!(b.log().contains("mount in use"), "{}", b.log());
+
+    // A dies: its lease ends, and the source reconnecting through C makes C the origin.
+    drop(a.proc.take());
+    let killed = Instant::now();
+    let (_src, _) = mp3_source_when_accepted(&c, "hackme", "/live.mp3", Duration::from_secs(15));
+    let took = killed.elapsed();
+    c.wait_live("/live.mp3", Duration::from_secs(10));
+    let (ok, err) = ffmpeg_decode(&c.url("/live.mp3"), 3);
+    assert!(ok && err.trim().is_empty(), "{err}");
+    eprintln!("origin moved to C {took:?} after kill -9 of A");
+    assert!(took < Duration::from_secs(12), "{took:?}");
+}
+
+#[test]
+fn an_etcd_outage_keeps_listeners_and_refuses_changes_until_etcd_is_back() {
+    let mut etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    a.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    let listener = std::net::TcpStream::connect(a.addr).unwrap();
+    std::io::Write::write_all(&mut &listener, b"GET /live.mp3 HTTP/1.0\r\n\r\n").unwrap();
+    let reader = CountingReader::spawn(listener, 0);
+
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, out, err) = a.cli(&["mount", "create", "/other.mp3", "--password", "hackme"]);
+    assert!(!ok, "a change was accepted without etcd: {out}");
+    assert!(
+        err.contains("cluster store is unreachable") && err.contains("HTTP 503"),
+        "{err}"
+    );
+    // Listeners and the source carry on from the last known configuration.
+    let before = reader.bytes();
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        reader.bytes() > before + 5 * 16_000 - 20_000,
+        "the listener starved during the outage: {} bytes",
+        reader.bytes() - before
+    );
+
+    etcd.restart();
+    wait_for(Duration::from_secs(20), "changes to work again", || {
+        a.cli(&["mount", "create", "/other.mp3", "--password", "hackme"])
+            .0
+    });
+    assert!(a.cli(&["mount", "list"]).1.contains("/other.mp3"));
+    assert!(reader.finish(), "the listener was disconnected");
+}
