@@ -132,20 +132,13 @@ impl Etcd {
         Ok(etcd)
     }
 
-    /// Reads the whole configuration; returns the revision it was read at.
+    /// Reads the whole configuration into the cache; returns the revision it was read at.
     async fn load(&self) -> anyhow::Result<i64> {
-        let mut client = self.client.clone();
-        let resp = client
-            .get(self.prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        let (fresh, revision) = snapshot(&mut self.client.clone(), &self.prefix)
             .await
             .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut cache = self
-            .cache
-            .lock()
-            .map_err(|_| anyhow::anyhow!("cache poisoned"))?;
-        for kv in resp.kvs() {
-            apply(&mut cache, &self.prefix, kv.key(), Some(kv.value()));
+        if let Ok(mut c) = self.cache.lock() {
+            *c = fresh;
         }
         Ok(revision)
     }
@@ -216,14 +209,28 @@ impl Etcd {
                     }
                     Ok(None) | Err(_) => {
                         // The watch broke (etcd restarted or unreachable): the node keeps its
-                        // configuration and watches again from scratch.
+                        // configuration, and once etcd answers again it re-reads everything,
+                        // publishes what changed meanwhile, and watches on from there.
                         warn!("etcd watch ended; reconnecting");
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        match client
-                            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
-                            .await
-                        {
-                            Ok(s) => stream = s,
+                        let Ok((fresh, revision)) = snapshot(&mut client, &prefix).await else {
+                            continue;
+                        };
+                        let options = WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1);
+                        match client.watch(prefix.as_str(), Some(options)).await {
+                            Ok(s) => {
+                                stream = s;
+                                let changed = match cache.lock() {
+                                    Ok(mut c) => replace(&mut c, fresh),
+                                    Err(_) => Vec::new(),
+                                };
+                                for e in changed {
+                                    let _ = events.send(e);
+                                }
+                                info!("etcd watch resumed");
+                            }
                             Err(e) => warn!(error = %e, "etcd watch"),
                         }
                     }
@@ -253,6 +260,42 @@ impl Etcd {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The whole configuration under `prefix`, and the revision it was read at.
+async fn snapshot(client: &mut Client, prefix: &str) -> Result<(Cache, i64), etcd_client::Error> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let mut cache = Cache::default();
+    for kv in resp.kvs() {
+        apply(&mut cache, prefix, kv.key(), Some(kv.value()));
+    }
+    Ok((cache, resp.header().map_or(0, |h| h.revision())))
+}
+
+/// Replaces the cache with `fresh`; the events for what differs.
+fn replace(cache: &mut Cache, fresh: Cache) -> Vec<ConfigEvent> {
+    let mut events = Vec::new();
+    for path in cache.mounts.keys() {
+        if !fresh.mounts.contains_key(path) {
+            events.push(ConfigEvent::MountDeleted(path.clone()));
+        }
+    }
+    for (path, m) in &fresh.mounts {
+        if cache.mounts.get(path) != Some(m) {
+            events.push(ConfigEvent::MountChanged(path.clone()));
+        }
+    }
+    let names: std::collections::BTreeSet<&String> =
+        cache.plugins.keys().chain(fresh.plugins.keys()).collect();
+    for name in names {
+        if cache.plugins.get(name) != fresh.plugins.get(name) {
+            events.push(ConfigEvent::PluginChanged(name.clone()));
+        }
+    }
+    *cache = fresh;
+    events
 }
 
 /// Applies one key's new value (`None`: deleted) to the cache; the event to publish, if any.
@@ -465,5 +508,64 @@ impl Coordinator for Etcd {
                 .flat_map(|kv| kv.value().to_vec())
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn mount_json(path: &str, max: u32) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "path": path, "source_user": "source", "source_password_hash": "x",
+            "max_listeners": max,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_become_cache_entries_and_events() {
+        let mut c = Cache::default();
+        let p = "/t/";
+        assert_eq!(
+            apply(
+                &mut c,
+                p,
+                b"/t/mounts/a.mp3",
+                Some(&mount_json("/a.mp3", 1))
+            ),
+            Some(ConfigEvent::MountChanged("/a.mp3".into()))
+        );
+        assert_eq!(c.mounts["/a.mp3"].max_listeners, Some(1));
+        assert_eq!(apply(&mut c, p, b"/t/mounts/bad", Some(b"{oops")), None);
+        assert_eq!(apply(&mut c, p, b"/other/mounts/x", Some(b"{}")), None);
+        assert_eq!(apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node")), None);
+        assert_eq!(
+            apply(&mut c, p, b"/t/mounts/a.mp3", None),
+            Some(ConfigEvent::MountDeleted("/a.mp3".into()))
+        );
+        assert!(c.mounts.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_snapshot_publishes_what_changed_while_the_watch_was_down() {
+        let p = "/t/";
+        let mut old = Cache::default();
+        apply(&mut old, p, b"/t/mounts/a", Some(&mount_json("/a", 1)));
+        apply(&mut old, p, b"/t/mounts/b", Some(&mount_json("/b", 1)));
+        let mut fresh = Cache::default();
+        apply(&mut fresh, p, b"/t/mounts/b", Some(&mount_json("/b", 2)));
+        apply(&mut fresh, p, b"/t/mounts/c", Some(&mount_json("/c", 1)));
+        let events = replace(&mut old, fresh);
+        assert_eq!(
+            events,
+            vec![
+                ConfigEvent::MountDeleted("/a".into()),
+                ConfigEvent::MountChanged("/b".into()),
+                ConfigEvent::MountChanged("/c".into()),
+            ]
+        );
+        assert_eq!(old.mounts.len(), 2);
     }
 }
