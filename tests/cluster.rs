@@ -1,5 +1,6 @@
 //! Several real nodes on one real etcd (Debian's etcd-server): shared configuration, one origin
-//! per mount across the cluster, origin failover after `kill -9`, and an etcd outage.
+//! per mount across the cluster, relays to listeners on other nodes, origin failover after
+//! `kill -9`, and an etcd outage.
 
 #![allow(clippy::unwrap_used)]
 
@@ -42,6 +43,21 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
     );
     assert!(b.log().contains("mount in use"), "{}", b.log());
 
+    // Listeners on other nodes get the stream through a relay from A, titles included.
+    let (ok, err) = ffmpeg_decode(&b.url("/live.mp3"), 3);
+    assert!(ok && err.trim().is_empty(), "listener on B: {err}");
+    let (code, _, _) = http_get(
+        a.addr,
+        "/admin/metadata?mode=updinfo&mount=/live.mp3&song=Relayed%20title",
+        &[("Authorization", &basic("source", "hackme"))],
+    );
+    assert_eq!(code, 200);
+    let listener_on_c = capture_icy_title(&c, "/live.mp3");
+    assert_eq!(listener_on_c, "Relayed title");
+    // The relay endpoint needs the cluster secret.
+    let (code, _, _) = http_get(a.addr, "/_relay/live.mp3", &[]);
+    assert_eq!(code, 403);
+
     // A dies: its lease ends, and the source reconnecting through C makes C the origin.
     drop(a.proc.take());
     let killed = Instant::now();
@@ -50,6 +66,12 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
     c.wait_live("/live.mp3", Duration::from_secs(10));
     let (ok, err) = ffmpeg_decode(&c.url("/live.mp3"), 3);
     assert!(ok && err.trim().is_empty(), "{err}");
+    // B's listeners now relay from C.
+    let (ok, err) = ffmpeg_decode(&b.url("/live.mp3"), 3);
+    assert!(
+        ok && err.trim().is_empty(),
+        "listener on B after the move: {err}"
+    );
     eprintln!("origin moved to C {took:?} after kill -9 of A");
     assert!(took < Duration::from_secs(12), "{took:?}");
 }
@@ -89,4 +111,34 @@ fn an_etcd_outage_keeps_listeners_and_refuses_changes_until_etcd_is_back() {
     });
     assert!(a.cli(&["mount", "list"]).1.contains("/other.mp3"));
     assert!(reader.finish(), "the listener was disconnected");
+}
+
+/// Connects to `mount` on `node` asking for ICY metadata and returns the first non-empty
+/// `StreamTitle` within 10 s.
+fn capture_icy_title(node: &Node, mount: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+        let text = String::from_utf8_lossy(&data);
+        if let Some(i) = text.find("StreamTitle='") {
+            let rest = &text[i + 13..];
+            if let Some(end) = rest.find("';") {
+                if end > 0 {
+                    return rest[..end].to_owned();
+                }
+            }
+        }
+    }
+    panic!("no title on {mount} within 10 s");
 }

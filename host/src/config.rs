@@ -78,6 +78,9 @@ serve_settings! {
     node_name: String = String::new(); [value_name = "NAME"]
     /// URL other nodes and redirected listeners reach this node at [default: http://LISTEN].
     advertise: String = String::new(); [value_name = "URL"]
+    /// Shared secret of the cluster's nodes, for their internal requests (relays). Needed with
+    /// --etcd; the same on every node.
+    cluster_secret: String = String::new(); [env = "TIDECAST_CLUSTER_SECRET", hide_env_values = true]
     /// Memory cap of each WebAssembly plugin instance, in MiB.
     plugin_memory_mb: usize = 32; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.
@@ -124,6 +127,11 @@ impl ServeConfig {
         }
         if !(4096..=16 << 20).contains(&self.listener_send_buffer) {
             problems.push("listener_send_buffer must be between 4096 and 16777216".to_owned());
+        }
+        if !self.etcd.is_empty() && self.cluster_secret.len() < 16 {
+            problems.push(
+                "a cluster (--etcd) needs --cluster-secret (or TIDECAST_CLUSTER_SECRET) of at least 16 characters, the same on every node".to_owned(),
+            );
         }
         if !(1..=4096).contains(&self.plugin_memory_mb) {
             problems.push(format!(

@@ -217,6 +217,10 @@ pub trait Coordinator: Send + Sync {
     async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError>;
     /// The bytes stored under `hash`.
     async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError>;
+    /// The URL of the node that is `mount`'s origin, when that is another node (a cluster).
+    fn origin_url(&self, _mount: &str) -> Option<String> {
+        None
+    }
     /// Leaves the cluster on a clean shutdown (etcd: revokes the node's lease, so its mounts are
     /// free at once instead of after the lease's TTL).
     async fn leave(&self) {}

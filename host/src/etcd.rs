@@ -45,6 +45,10 @@ struct Cache {
     admin: Option<AdminCredential>,
     mounts: BTreeMap<String, MountConfig>,
     plugins: BTreeMap<String, PluginRecord>,
+    /// Mount → the node that is its origin.
+    origins: BTreeMap<String, String>,
+    /// Node name → the URL it advertises.
+    nodes: BTreeMap<String, String>,
 }
 
 pub struct Etcd {
@@ -321,6 +325,18 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
             }
         };
     }
+    for (dir, map) in [
+        ("origins", &mut cache.origins),
+        ("nodes/", &mut cache.nodes),
+    ] {
+        if let Some(name) = key.strip_prefix(dir) {
+            match value.map(|v| String::from_utf8_lossy(v).into_owned()) {
+                Some(v) => map.insert(name.to_owned(), v),
+                None => map.remove(name),
+            };
+            return None;
+        }
+    }
     if let Some(name) = key.strip_prefix("plugins/") {
         match value.map(serde_json::from_slice::<PluginRecord>) {
             Some(Ok(p)) => {
@@ -426,6 +442,15 @@ impl Coordinator for Etcd {
 
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
+    }
+
+    fn origin_url(&self, mount: &str) -> Option<String> {
+        let c = self.cache.lock().ok()?;
+        let node = c.origins.get(mount)?;
+        if *node == self.node {
+            return None;
+        }
+        c.nodes.get(node).cloned()
     }
 
     async fn leave(&self) {
@@ -541,6 +566,7 @@ mod tests {
         assert_eq!(apply(&mut c, p, b"/t/mounts/bad", Some(b"{oops")), None);
         assert_eq!(apply(&mut c, p, b"/other/mounts/x", Some(b"{}")), None);
         assert_eq!(apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node")), None);
+        assert_eq!(c.origins["/a.mp3"], "node");
         assert_eq!(
             apply(&mut c, p, b"/t/mounts/a.mp3", None),
             Some(ConfigEvent::MountDeleted("/a.mp3".into()))

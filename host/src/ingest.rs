@@ -151,9 +151,14 @@ pub async fn serve(
 }
 
 fn props_from(req: &RequestHead) -> StreamProps {
+    props_from_headers(|n| req.header(n))
+}
+
+/// Stream properties from `ice-*` (or `icy-*`) headers, looked up by lower-case name.
+pub fn props_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> StreamProps {
     let get = |a: &str, b: &str| {
-        req.header(a)
-            .or_else(|| req.header(b))
+        header(a)
+            .or_else(|| header(b))
             .map(str::to_owned)
             .filter(|v| !v.is_empty())
     };

@@ -186,7 +186,12 @@ async fn stream_mount(
 ) {
     let version = req.response_version();
     let wanted = req.path.clone();
-    let Some(mut hub) = resolve(&state, &wanted) else {
+    // In a cluster, a mount another node originates is relayed from there on demand.
+    let local = match resolve(&state, &wanted) {
+        Some(h) => Some(h),
+        None => crate::relay::hub_from_origin(&state, &wanted).await,
+    };
+    let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);
         let msg = if state.mount_config(&wanted).is_some() {
             format!("mount {wanted} has no source right now")

@@ -26,6 +26,7 @@ mod ingest;
 mod listener;
 mod metrics;
 mod plugin;
+mod relay;
 mod server;
 mod status;
 mod transcode;
@@ -104,6 +105,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
+        // Bound first: a cluster node advertises the address it really got (port 0 in tests).
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
         let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
             Arc::new(Embedded::open(&config.data_dir)?)
         } else {
@@ -119,7 +125,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 config.node_name.clone()
             };
             let advertise = if config.advertise.is_empty() {
-                format!("http://{}", config.listen)
+                format!("http://{addr}")
             } else {
                 config.advertise.clone()
             };
@@ -132,10 +138,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             warn!("open mode: any mount accepts a source with the global source password");
             Some(auth::hash_password(&config.any_mount_password)?)
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
         // Tests and scripts read this line to find the port when listening on port 0.
         println!("tidecast listening on {addr}");
         let _ = std::io::stdout().flush();

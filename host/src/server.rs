@@ -59,6 +59,8 @@ pub struct State {
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Plugins>,
+    /// Mounts being relayed from another node right now.
+    pub relays: Mutex<std::collections::HashSet<String>>,
     /// What each mount's running filters are doing, for status and the API.
     pub filter_status: Mutex<HashMap<String, Vec<crate::plugin::FilterStatus>>>,
 }
@@ -83,6 +85,7 @@ impl State {
             any_mount_hash,
             transcoders: Mutex::default(),
             plugins,
+            relays: Mutex::default(),
             filter_status: Mutex::default(),
         }
     }
@@ -314,6 +317,29 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
             crate::admin::serve(stream, peer, req, buf, state).await
+        }
+        "GET" if path.starts_with("/_relay/") => {
+            // Another node of the cluster relaying a mount: the listener path, once the cluster
+            // secret matches.
+            drop(buf);
+            let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
+            let expected = state.config.cluster_secret.as_bytes();
+            let ok = !expected.is_empty()
+                && secret.len() == expected.len()
+                && secret
+                    .bytes()
+                    .zip(expected)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !ok {
+                state.metrics.error(ErrorKind::Unauthorized);
+                let r = Response::text(403, "cluster secret required");
+                send(&mut stream, &r, req.response_version(), false).await;
+                return;
+            }
+            let mut req = req;
+            req.path = req.path["/_relay".len()..].to_owned();
+            crate::listener::serve(stream, peer, req, state).await
         }
         "GET" | "HEAD" | "OPTIONS" => {
             // A listener lives for hours: do not keep its request buffer alive that long.

@@ -704,10 +704,19 @@ impl Etcd {
     }
 }
 
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
+
 impl Node {
     /// A cluster node named `name` on `etcd`.
     pub fn start_clustered(etcd: &Etcd, name: &str) -> Node {
-        Node::start(&["--etcd", &etcd.client_url, "--node-name", name])
+        Node::start(&[
+            "--etcd",
+            &etcd.client_url,
+            "--node-name",
+            name,
+            "--cluster-secret",
+            CLUSTER_SECRET,
+        ])
     }
 }
 

@@ -1,0 +1,329 @@
+//! Relays between the nodes of a cluster: a node asked for a mount that another node originates
+//! pulls `/_relay/<mount>` from that node (authenticated with the cluster secret) into a local
+//! hub, which its listeners join like any other. The relay starts on demand, lingers
+//! [`LINGER`] after its last listener, and ends when the origin's stream ends; a listener that
+//! comes after that starts a new relay from whichever node is the origin then.
+//!
+//! The origin side is the listener path itself (`server.rs` routes `/_relay/…` there once the
+//! secret matches), asked for ICY metadata, so titles cross the relay; Ogg streams carry theirs
+//! in-stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidecast_codecs::{Piece, Splitter, StreamFormat};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use crate::hub::{Hub, HubParams};
+use crate::server::State;
+
+/// How long a relay stays up with no listener.
+const LINGER: Duration = Duration::from_secs(20);
+/// Longest wait for the origin's response head.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Header carrying the cluster secret on internal requests.
+pub const SECRET_HEADER: &str = "x-tidecast-secret";
+
+/// The local hub of `mount`, relayed from its origin node if another node is the origin. Waits
+/// (a few seconds at most) for a relay to come up; `None` if there is no origin elsewhere or it
+/// cannot be reached.
+pub async fn hub_from_origin(state: &Arc<State>, mount: &str) -> Option<Arc<Hub>> {
+    let url = state.coordinator.origin_url(mount)?;
+    let starting = state
+        .relays
+        .lock()
+        .map(|mut r| r.insert(mount.to_owned()))
+        .unwrap_or(false);
+    if starting {
+        let (state2, mount2) = (state.clone(), mount.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = run(&state2, &mount2, &url).await {
+                warn!(mount = %mount2, origin = %url, error = %e, "relay ended");
+            }
+            if let Ok(mut r) = state2.relays.lock() {
+                r.remove(&mount2);
+            }
+        });
+    }
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        if let Some(h) = state.hub(mount) {
+            return Some(h);
+        }
+        let running = state.relays.lock().is_ok_and(|r| r.contains(mount));
+        if !running || Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A response head: status and headers (names lower-cased).
+struct ResponseHead {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads a response head (at most 16 KiB); returns it and the body bytes read after it.
+async fn read_response_head(stream: &mut TcpStream) -> Result<(ResponseHead, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p;
+        }
+        if buf.len() > 16 * 1024 {
+            return Err("response head too large".to_owned());
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("origin closed the connection".to_owned());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok((ResponseHead { status, headers }, buf[end + 4..].to_vec()))
+}
+
+/// Pulls `mount` from the origin at `url` into a local hub until the stream ends or nobody has
+/// listened for [`LINGER`].
+async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
+    let authority = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("origin URL {url} is not http://"))?
+        .trim_end_matches('/');
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET /_relay{mount} HTTP/1.0\r\nHost: {authority}\r\nIcy-MetaData: 1\r\nUser-Agent: tidecast-relay\r\n{SECRET_HEADER}: {}\r\n\r\n",
+        state.config.cluster_secret
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, first) = tokio::time::timeout(CONNECT_TIMEOUT, read_response_head(&mut stream))
+        .await
+        .map_err(|_| "no answer from the origin".to_owned())??;
+    if head.status != 200 {
+        return Err(format!("origin answered {}", head.status));
+    }
+    let content_type = head
+        .header("content-type")
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let format = StreamFormat::from_content_type(&content_type);
+    let metaint: Option<usize> = head.header("icy-metaint").and_then(|v| v.parse().ok());
+    let charset = state.mount_config(mount).and_then(|m| m.charset);
+    let hub = Arc::new(Hub::new(HubParams {
+        mount: mount.to_owned(),
+        format,
+        content_type,
+        props: crate::ingest::props_from_headers(|n| head.header(n)),
+        source_ip: authority.to_owned(),
+        source_agent: format!("relay from {url}"),
+        queue_size: state.config.queue_size,
+        burst_size: state.config.burst_size,
+        charset: charset.clone(),
+    }));
+    state.go_live(hub.clone());
+    info!(%mount, origin = %url, "relay started");
+    let why = pump(&mut stream, first, metaint, &hub, charset.as_deref()).await;
+    state.retire(&hub);
+    info!(%mount, origin = %url, reason = why, "relay stopped");
+    Ok(())
+}
+
+/// Copies the origin's stream into `hub`, taking ICY metadata blocks out (their titles go to
+/// the hub). Returns why it stopped.
+async fn pump(
+    stream: &mut TcpStream,
+    first: Vec<u8>,
+    metaint: Option<usize>,
+    hub: &Hub,
+    charset: Option<&str>,
+) -> &'static str {
+    let mut splitter = Splitter::new(hub.format);
+    let mut pieces = Vec::new();
+    let mut icy = IcyDemux::new(metaint);
+    let mut audio = Vec::with_capacity(16 * 1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending = Some(first);
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        let data = match pending.take() {
+            Some(d) => d,
+            None => {
+                let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf));
+                match read.await {
+                    Err(_) => return "origin sent nothing for 5 s",
+                    Ok(Err(_)) => return "read error",
+                    Ok(Ok(0)) => return "origin ended the stream",
+                    Ok(Ok(n)) => buf[..n].to_vec(),
+                }
+            }
+        };
+        audio.clear();
+        if let Some(title) = icy.feed(&data, &mut audio) {
+            hub.set_title(&decode_title(&title, charset));
+        }
+        splitter.push(&audio, &mut pieces);
+        for p in pieces.drain(..) {
+            match p {
+                Piece::Audio(b) => hub.push(b, false),
+                Piece::Headers(b) => hub.push(b, true),
+            }
+        }
+        if hub.listeners.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > LINGER {
+                return "no listeners";
+            }
+        } else {
+            idle_since = None;
+        }
+    }
+}
+
+fn decode_title(raw: &[u8], charset: Option<&str>) -> String {
+    if charset.is_some_and(|c| c.eq_ignore_ascii_case("UTF-8")) {
+        String::from_utf8_lossy(raw).into_owned()
+    } else {
+        raw.iter().map(|&b| char::from(b)).collect()
+    }
+}
+
+/// Separates an ICY stream (`metaint` audio bytes, a length byte, that many 16-byte blocks of
+/// metadata, and so on) into audio and titles.
+struct IcyDemux {
+    metaint: Option<usize>,
+    /// Audio bytes until the next length byte.
+    audio_left: usize,
+    /// Metadata bytes still to collect, once the length byte is read.
+    meta_left: Option<usize>,
+    meta: Vec<u8>,
+}
+
+impl IcyDemux {
+    fn new(metaint: Option<usize>) -> IcyDemux {
+        IcyDemux {
+            metaint,
+            audio_left: metaint.unwrap_or(0),
+            meta_left: None,
+            meta: Vec::new(),
+        }
+    }
+
+    /// Appends the audio of `data` to `audio`; the last complete title in it, if any.
+    fn feed(&mut self, mut data: &[u8], audio: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let Some(metaint) = self.metaint else {
+            audio.extend_from_slice(data);
+            return None;
+        };
+        let mut title = None;
+        while !data.is_empty() {
+            match self.meta_left {
+                None if self.audio_left > 0 => {
+                    let n = self.audio_left.min(data.len());
+                    audio.extend_from_slice(&data[..n]);
+                    self.audio_left -= n;
+                    data = &data[n..];
+                }
+                None => {
+                    self.meta_left = Some(usize::from(data[0]) * 16);
+                    self.meta.clear();
+                    data = &data[1..];
+                }
+                Some(left) => {
+                    let n = left.min(data.len());
+                    self.meta.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if left == n {
+                        self.meta_left = None;
+                        self.audio_left = metaint;
+                        if let Some(t) = stream_title(&self.meta) {
+                            title = Some(t);
+                        }
+                    } else {
+                        self.meta_left = Some(left - n);
+                    }
+                }
+            }
+        }
+        title
+    }
+}
+
+/// The value of `StreamTitle='…';` in a metadata block.
+fn stream_title(block: &[u8]) -> Option<Vec<u8>> {
+    let start = block.windows(13).position(|w| w == b"StreamTitle='")? + 13;
+    let rest = &block[start..];
+    let end = rest.windows(2).position(|w| w == b"';")?;
+    Some(rest[..end].to_vec())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icy_metadata_is_taken_out_at_any_read_size() {
+        let mut stream = Vec::new();
+        let meta = |t: &str| {
+            let body = format!("StreamTitle='{t}';");
+            let blocks = body.len().div_ceil(16);
+            let mut m = vec![blocks as u8];
+            m.extend_from_slice(body.as_bytes());
+            m.resize(1 + blocks * 16, 0);
+            m
+        };
+        stream.extend_from_slice(&[1u8; 10]);
+        stream.extend(meta("One"));
+        stream.extend_from_slice(&[2u8; 10]);
+        stream.push(0);
+        stream.extend_from_slice(&[3u8; 10]);
+        stream.extend(meta("Two"));
+        for size in [1, 3, 7, 100] {
+            let mut d = IcyDemux::new(Some(10));
+            let mut audio = Vec::new();
+            let mut titles = Vec::new();
+            for chunk in stream.chunks(size) {
+                if let Some(t) = d.feed(chunk, &mut audio) {
+                    titles.push(String::from_utf8(t).unwrap());
+                }
+            }
+            let mut want = vec![1u8; 10];
+            want.extend_from_slice(&[2u8; 10]);
+            want.extend_from_slice(&[3u8; 10]);
+            assert_eq!(audio, want, "read size {size}");
+            assert_eq!(titles.last().map(String::as_str), Some("Two"));
+            if size == 1 {
+                assert_eq!(titles, ["One", "Two"]);
+            }
+        }
+    }
+}
