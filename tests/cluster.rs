@@ -142,3 +142,103 @@ fn capture_icy_title(node: &Node, mount: &str) -> String {
     }
     panic!("no title on {mount} within 10 s");
 }
+
+#[test]
+fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected() {
+    let etcd = Etcd::start();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start_clustered(&etcd, n))
+        .collect();
+    nodes[0].create_mount("/live.mp3", "hackme", &[]);
+    nodes[0].create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    // Exactly one node wins the transcoder's election.
+    let mut transcoder = String::new();
+    wait_for(Duration::from_secs(10), "a transcoder elected", || {
+        transcoder = nodes[0].mount_json("/live-64.opus")["origin"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        !transcoder.is_empty()
+    });
+    let t = ["a", "b", "c"]
+        .iter()
+        .position(|n| *n == transcoder)
+        .unwrap();
+    let (s, l) = match t {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // The source on S, a listener on L: L relays from T, which relays the source from S.
+    let _src = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
+    nodes[s].wait_live("/live.mp3", Duration::from_secs(10));
+    let listener = wait_for_listener(&nodes[l], "/live-64.opus");
+    wait_for(Duration::from_secs(15), "audio at the listener", || {
+        listener.bytes() > 3 * 8000
+    });
+
+    // T dies. Another node takes the transcoder over; L's listener keeps its connection.
+    drop(nodes[t].proc.take());
+    let killed = Instant::now();
+    let at_kill = listener.bytes();
+    // What was in flight arrives first; new audio is what comes after a pause.
+    let mut last = at_kill;
+    let mut quiet_since = Instant::now();
+    let mut resumed = None;
+    while killed.elapsed() < Duration::from_secs(25) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = listener.bytes();
+        if now > last {
+            if quiet_since.elapsed() > Duration::from_secs(2) && now > at_kill {
+                resumed = Some(killed.elapsed());
+                break;
+            }
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let resumed =
+        resumed.expect("no new audio reached the listener after the transcoder's node died");
+    eprintln!("transcoder moved: new audio at the listener {resumed:?} after kill -9");
+    let before = listener.bytes();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        listener.bytes() > before + 3 * 7000,
+        "audio did not keep flowing"
+    );
+    let moved_to = nodes[l].mount_json("/live-64.opus")["origin"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(!moved_to.is_empty() && moved_to != transcoder, "{moved_to}");
+    assert_eq!(
+        nodes[l].metric("tidecast_listener_connections_total{mount=\"/live-64.opus\"}"),
+        1.0,
+        "the listener reconnected"
+    );
+    assert!(listener.finish(), "the listener was disconnected");
+}
+
+/// A listener on `mount` (retried while the node answers 404: the mount may not be up yet),
+/// read continuously.
+fn wait_for_listener(node: &Node, mount: &str) -> CountingReader {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+        s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.0 200") {
+            return CountingReader::spawn(s, 0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{mount} never served on {}",
+            node.addr
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -292,6 +292,7 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
             .ok()
             .and_then(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
         "policy": m.policy.as_ref().map(ToString::to_string),
+        "origin": state.coordinator.origin_node(&m.path),
     })
 }
 

@@ -78,6 +78,9 @@ serve_settings! {
     node_name: String = String::new(); [value_name = "NAME"]
     /// URL other nodes and redirected listeners reach this node at [default: http://LISTEN].
     advertise: String = String::new(); [value_name = "URL"]
+    /// Seconds a dead node keeps its mounts and transcoders before other nodes take them over
+    /// (its etcd lease); kept alive four times per period.
+    lease_ttl_secs: u64 = 2; [value_name = "SECONDS"]
     /// Shared secret of the cluster's nodes, for their internal requests (relays). Needed with
     /// --etcd; the same on every node.
     cluster_secret: String = String::new(); [env = "TIDECAST_CLUSTER_SECRET", hide_env_values = true]
@@ -132,6 +135,12 @@ impl ServeConfig {
             problems.push(
                 "a cluster (--etcd) needs --cluster-secret (or TIDECAST_CLUSTER_SECRET) of at least 16 characters, the same on every node".to_owned(),
             );
+        }
+        if !(2..=60).contains(&self.lease_ttl_secs) {
+            problems.push(format!(
+                "lease_ttl_secs must be between 2 and 60, got {}",
+                self.lease_ttl_secs
+            ));
         }
         if !(1..=4096).contains(&self.plugin_memory_mb) {
             problems.push(format!(

@@ -221,6 +221,10 @@ pub trait Coordinator: Send + Sync {
     fn origin_url(&self, _mount: &str) -> Option<String> {
         None
     }
+    /// The name of the node that is `mount`'s origin, in a cluster.
+    fn origin_node(&self, _mount: &str) -> Option<String> {
+        None
+    }
     /// Leaves the cluster on a clean shutdown (etcd: revokes the node's lease, so its mounts are
     /// free at once instead of after the lease's TTL).
     async fn leave(&self) {}

@@ -9,7 +9,7 @@
 //! - `nodes/<name>`: this node's presence (its advertised URL), on the node's lease.
 //! - `origins/<mount>`: the node that is a mount's origin, created only if absent and on the
 //!   node's lease. So exactly one node holds a mount; when that node dies its lease expires after
-//!   [`LEASE_TTL`] seconds, the key goes, and a source reconnecting through any other node makes
+//!   the lease's TTL (`--lease-ttl-secs`, default 2), the key goes, and a source reconnecting through any other node makes
 //!   that node the origin.
 //!
 //! Writes go to etcd first and reach the cache through the watch; a write that etcd refuses, or
@@ -33,8 +33,8 @@ use crate::coordinator::{
     PluginVersion,
 };
 
-/// Seconds a node's lease lives without a keep-alive: how long a dead node holds its mounts.
-pub const LEASE_TTL: i64 = 5;
+/// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.
+const KEEPALIVES_PER_TTL: u32 = 4;
 /// Plugin bytes per etcd value.
 const BLOB_CHUNK: usize = 1024 * 1024;
 /// Longest wait for one etcd request.
@@ -53,6 +53,8 @@ struct Cache {
 
 pub struct Etcd {
     client: Client,
+    /// Seconds a node's lease lives without a keep-alive: how long a dead node holds its mounts.
+    ttl: i64,
     prefix: String,
     node: String,
     lease: i64,
@@ -72,6 +74,7 @@ impl Etcd {
         prefix: &str,
         node: &str,
         advertise: &str,
+        ttl: i64,
     ) -> anyhow::Result<Etcd> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -80,14 +83,14 @@ impl Etcd {
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", endpoints.join(",")))?;
         let lease = client
-            .lease_grant(LEASE_TTL, None)
+            .lease_grant(ttl, None)
             .await
             .map_err(|e| anyhow::anyhow!("etcd lease: {e}"))?
             .id();
         let node_key = format!("{prefix}nodes/{node}");
         // A node restarted right after a crash finds its old key until the old lease ends:
         // wait that out rather than fail.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(LEASE_TTL as u64 + 2);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(ttl.unsigned_abs() + 2);
         loop {
             let claimed = client
                 .txn(
@@ -123,6 +126,7 @@ impl Etcd {
         }
         let etcd = Etcd {
             client,
+            ttl,
             prefix: prefix.to_owned(),
             node: node.to_owned(),
             lease,
@@ -147,11 +151,12 @@ impl Etcd {
         Ok(revision)
     }
 
-    /// Keeps the lease alive (every second). If etcd stays away past the lease, the node's
-    /// origin keys are gone and other nodes may take its mounts.
+    /// Keeps the lease alive ([`KEEPALIVES_PER_TTL`] times per TTL). If etcd stays away past the
+    /// lease, the node's origin keys are gone and other nodes may take its mounts.
     fn keep_alive(&self) {
         let mut client = self.client.clone();
         let lease = self.lease;
+        let every = Duration::from_secs(self.ttl.unsigned_abs()) / KEEPALIVES_PER_TTL;
         tokio::spawn(async move {
             loop {
                 match client.lease_keep_alive(lease).await {
@@ -170,11 +175,11 @@ impl Etcd {
                             }
                             Err(_) => break,
                         }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(every).await;
                     },
                     Err(e) => warn!(error = %e, "etcd keep-alive failed; retrying"),
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(every).await;
             }
         });
     }
@@ -442,6 +447,10 @@ impl Coordinator for Etcd {
 
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
         self.events.subscribe()
+    }
+
+    fn origin_node(&self, mount: &str) -> Option<String> {
+        self.cache.lock().ok()?.origins.get(mount).cloned()
     }
 
     fn origin_url(&self, mount: &str) -> Option<String> {

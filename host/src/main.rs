@@ -129,7 +129,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 config.advertise.clone()
             };
-            Arc::new(etcd::Etcd::open(&endpoints, &config.etcd_prefix, &node, &advertise).await?)
+            let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
+            Arc::new(
+                etcd::Etcd::open(&endpoints, &config.etcd_prefix, &node, &advertise, ttl).await?,
+            )
         };
         ensure_admin(&config, coordinator.as_ref()).await?;
         let any_mount_hash = if config.any_mount_password.is_empty() {

@@ -1,8 +1,8 @@
 //! Relays between the nodes of a cluster: a node asked for a mount that another node originates
 //! pulls `/_relay/<mount>` from that node (authenticated with the cluster secret) into a local
-//! hub, which its listeners join like any other. The relay starts on demand, lingers
-//! [`LINGER`] after its last listener, and ends when the origin's stream ends; a listener that
-//! comes after that starts a new relay from whichever node is the origin then.
+//! hub, which its listeners (and transcoders) join like any other. The relay starts on demand,
+//! lingers [`LINGER`] after its last user, and when the origin goes away it keeps the hub and
+//! follows the mount to its next origin, so listeners here stay connected.
 //!
 //! The origin side is the listener path itself (`server.rs` routes `/_relay/…` there once the
 //! secret matches), asked for ICY metadata, so titles cross the relay; Ogg streams carry theirs
@@ -106,14 +106,22 @@ async fn read_response_head(stream: &mut TcpStream) -> Result<(ResponseHead, Vec
     Ok((ResponseHead { status, headers }, buf[end + 4..].to_vec()))
 }
 
-/// Pulls `mount` from the origin at `url` into a local hub until the stream ends or nobody has
-/// listened for [`LINGER`].
-async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
+/// An open relay connection: the stream after the response head, and what the head said.
+struct Upstream {
+    stream: TcpStream,
+    head: ResponseHead,
+    first: Vec<u8>,
+    authority: String,
+}
+
+/// Connects to `/_relay/<mount>` on the node at `url`.
+async fn connect(state: &State, mount: &str, url: &str) -> Result<Upstream, String> {
     let authority = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("origin URL {url} is not http://"))?
-        .trim_end_matches('/');
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
@@ -131,19 +139,33 @@ async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
     if head.status != 200 {
         return Err(format!("origin answered {}", head.status));
     }
-    let content_type = head
+    Ok(Upstream {
+        stream,
+        head,
+        first,
+        authority,
+    })
+}
+
+/// Pulls `mount` from its origin (first at `url`) into one local hub. When the origin's stream
+/// ends, the hub stays and the relay waits up to [`REORIGIN`] for the mount's next origin (a
+/// source reconnecting elsewhere, a transcoder taken over by another node), so listeners here
+/// stay connected through the move. Ends when nobody has listened for [`LINGER`], or no new
+/// origin comes.
+async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
+    let mut up = connect(state, mount, url).await?;
+    let content_type = up
+        .head
         .header("content-type")
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let format = StreamFormat::from_content_type(&content_type);
-    let metaint: Option<usize> = head.header("icy-metaint").and_then(|v| v.parse().ok());
     let charset = state.mount_config(mount).and_then(|m| m.charset);
     let hub = Arc::new(Hub::new(HubParams {
         mount: mount.to_owned(),
-        format,
+        format: StreamFormat::from_content_type(&content_type),
         content_type,
-        props: crate::ingest::props_from_headers(|n| head.header(n)),
-        source_ip: authority.to_owned(),
+        props: crate::ingest::props_from_headers(|n| up.head.header(n)),
+        source_ip: up.authority.clone(),
         source_agent: format!("relay from {url}"),
         queue_size: state.config.queue_size,
         burst_size: state.config.burst_size,
@@ -151,10 +173,60 @@ async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
     }));
     state.go_live(hub.clone());
     info!(%mount, origin = %url, "relay started");
-    let why = pump(&mut stream, first, metaint, &hub, charset.as_deref()).await;
+    let mut origin = url.to_owned();
+    let why = loop {
+        let metaint: Option<usize> = up.head.header("icy-metaint").and_then(|v| v.parse().ok());
+        let first = std::mem::take(&mut up.first);
+        let why = pump(&mut up.stream, first, metaint, &hub, charset.as_deref()).await;
+        if why == "no listeners" {
+            break why;
+        }
+        info!(%mount, origin = %origin, reason = why, "relay lost its origin; waiting for the next one");
+        match next_origin(state, mount, &origin, &hub).await {
+            Some((url, next)) => {
+                info!(%mount, origin = %url, "relay follows the mount to its new origin");
+                origin = url;
+                up = next;
+            }
+            None => break "no new origin",
+        }
+    };
     state.retire(&hub);
-    info!(%mount, origin = %url, reason = why, "relay stopped");
+    info!(%mount, origin = %origin, reason = why, "relay stopped");
     Ok(())
+}
+
+/// How long a relay waits for a mount's next origin before it ends.
+const REORIGIN: Duration = Duration::from_secs(30);
+
+/// Waits for `mount` to have an origin (another node: not `old`, unless `old` answers again) and
+/// connects to it. `None` also when this node became the origin: its own hub for the mount is
+/// live, and the relay's listeners move to it when the relay hub ends.
+async fn next_origin(
+    state: &State,
+    mount: &str,
+    old: &str,
+    relay_hub: &Arc<Hub>,
+) -> Option<(String, Upstream)> {
+    let deadline = Instant::now() + REORIGIN;
+    while Instant::now() < deadline {
+        if state
+            .hub(mount)
+            .is_some_and(|h| !Arc::ptr_eq(&h, relay_hub))
+        {
+            return None;
+        }
+        if let Some(url) = state.coordinator.origin_url(mount) {
+            if let Ok(up) = connect(state, mount, &url).await {
+                return Some((url, up));
+            }
+            if url != old {
+                warn!(%mount, origin = %url, "new origin not reachable yet");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
 }
 
 /// Copies the origin's stream into `hub`, taking ICY metadata blocks out (their titles go to
@@ -163,7 +235,7 @@ async fn pump(
     stream: &mut TcpStream,
     first: Vec<u8>,
     metaint: Option<usize>,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     charset: Option<&str>,
 ) -> &'static str {
     let mut splitter = Splitter::new(hub.format);
@@ -197,7 +269,9 @@ async fn pump(
                 Piece::Headers(b) => hub.push(b, true),
             }
         }
-        if hub.listeners.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        // In use while anyone besides the node's hub table and this relay holds the hub: a
+        // listener, or a transcoder reading it.
+        if Arc::strong_count(hub) <= 2 {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() > LINGER {
                 return "no listeners";

@@ -202,8 +202,14 @@ impl Transcoder {
         let mut resume: Option<(Arc<Hub>, Arc<AtomicU64>)> = None;
         let mut block = Vec::new();
         while !self.stopped() {
+            // The source mount's hub: local, or relayed from its origin node in a cluster.
             let source = (Instant::now() >= retry_at)
-                .then(|| self.state.hub(&self.from))
+                .then(|| {
+                    self.state.hub(&self.from).or_else(|| {
+                        self.rt
+                            .block_on(crate::relay::hub_from_origin(&self.state, &self.from))
+                    })
+                })
                 .flatten();
             let Some(src) = source else {
                 // No source: keep listeners fed with silence, for a while.
