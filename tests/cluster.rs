@@ -52,7 +52,8 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
         &[("Authorization", &basic("source", "hackme"))],
     );
     assert_eq!(code, 200);
-    let listener_on_c = capture_icy_title(&c, "/live.mp3");
+    // `/_stream/…` is served by the node asked (routing may send `/live.mp3` elsewhere).
+    let listener_on_c = capture_icy_title(&c, "/_stream/live.mp3");
     assert_eq!(listener_on_c, "Relayed title");
     // The relay endpoint needs the cluster secret.
     let (code, _, _) = http_get(a.addr, "/_relay/live.mp3", &[]);
@@ -173,7 +174,7 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
     // The source on S, a listener on L: L relays from T, which relays the source from S.
     let _src = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
     nodes[s].wait_live("/live.mp3", Duration::from_secs(10));
-    let listener = wait_for_listener(&nodes[l], "/live-64.opus");
+    let listener = wait_for_listener(&nodes[l], "/_stream/live-64.opus");
     wait_for(Duration::from_secs(15), "audio at the listener", || {
         listener.bytes() > 3 * 8000
     });
@@ -241,4 +242,88 @@ fn wait_for_listener(node: &Node, mount: &str) -> CountingReader {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
+    let c = Node::start(&[
+        "--etcd",
+        &etcd.client_url,
+        "--node-name",
+        "c",
+        "--cluster-secret",
+        CLUSTER_SECRET,
+        "--max-listeners",
+        "1",
+    ]);
+    a.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    // C takes one listener and is then full.
+    let _on_c = wait_for_listener(&c, "/_stream/live.mp3");
+    let by_url = |n: &Node| format!("http://{}/_stream/live.mp3", n.addr);
+    let (url_a, url_b, url_c) = (by_url(&a), by_url(&b), by_url(&c));
+    let route_all = |count: usize| {
+        let mut to = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..count {
+            let (code, head) = response_head(&a, "/live.mp3");
+            let target = match code {
+                302 => head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Location: "))
+                    .unwrap()
+                    .trim()
+                    .to_owned(),
+                // Served here (the response is the stream itself, cut short by http_get).
+                _ => url_a.clone(),
+            };
+            *to.entry(target).or_default() += 1;
+        }
+        to
+    };
+    // Wait for C's report of its listener, then route 300 listeners entering through A.
+    wait_for(Duration::from_secs(5), "C to report itself full", || {
+        let to = route_all(3);
+        !to.contains_key(&url_c)
+    });
+    let to = route_all(300);
+    eprintln!("native policy: {to:?}");
+    assert_eq!(to.get(&url_c), None, "the full node got listeners");
+    for u in [&url_a, &url_b] {
+        let n = to.get(u).copied().unwrap_or(0);
+        assert!((100..=200).contains(&n), "{u}: {n} of 300 ({to:?})");
+    }
+    // A WASM policy decides instead: sticky by client address sends one client to one node.
+    assert!(a.push_plugin("sticky", &plugin_file("sticky-ip")).0);
+    let (ok, _, err) = a.cli(&["mount", "edit", "/live.mp3", "--policy", "sticky"]);
+    assert!(ok, "{err}");
+    let to = route_all(50);
+    eprintln!("sticky-ip policy: {to:?}");
+    assert_eq!(to.len(), 1, "one client, one node: {to:?}");
+    assert_eq!(to.get(&url_c), None);
+}
+
+/// The status and head of `GET path` (the connection is dropped after the head: a stream's body
+/// never ends).
+fn response_head(node: &Node, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).into_owned();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head)
 }

@@ -59,6 +59,9 @@ serve_settings! {
     burst_size: usize = 64 * 1024; [value_name = "BYTES"]
     /// Bytes of recent audio kept per mount; a listener further behind is dropped.
     queue_size: usize = 512 * 1024; [value_name = "BYTES"]
+    /// Most listeners on this node (0: no limit besides max_clients); more get 503, and cluster
+    /// routing sends none to a node at its limit.
+    max_listeners: usize = 0; [value_name = "N"]
     /// Most simultaneous connections of all kinds; more get 503.
     max_clients: usize = 15_000; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.

@@ -47,6 +47,22 @@ pub struct MountConfig {
     pub policy: Option<PluginRef>,
 }
 
+/// A node's presence and load, as it reports them about every second (cluster only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeReport {
+    pub name: String,
+    /// The URL listeners are redirected to.
+    pub url: String,
+    pub listeners: u32,
+    /// The node's listener limit (0: none).
+    pub max_listeners: u32,
+    /// Listeners per mount.
+    #[serde(default)]
+    pub mounts: BTreeMap<String, u32>,
+    /// Increases with every report, so routing can tell a fresh report from an old one.
+    pub seq: u64,
+}
+
 /// An uploaded plugin: its versions, oldest first. The newest one runs; older ones are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +241,16 @@ pub trait Coordinator: Send + Sync {
     fn origin_node(&self, _mount: &str) -> Option<String> {
         None
     }
+    /// This node's name in the cluster ("" for a single node).
+    fn node_name(&self) -> String {
+        String::new()
+    }
+    /// Every live node's last report (empty for a single node).
+    fn nodes(&self) -> Vec<NodeReport> {
+        Vec::new()
+    }
+    /// Publishes this node's load (name and URL are filled in by the coordinator).
+    async fn report(&self, _report: NodeReport) {}
     /// Leaves the cluster on a clean shutdown (etcd: revokes the node's lease, so its mounts are
     /// free at once instead of after the lease's TTL).
     async fn leave(&self) {}

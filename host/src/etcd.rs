@@ -29,8 +29,8 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::coordinator::{
-    AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, OriginClaim, PluginRecord,
-    PluginVersion,
+    AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, NodeReport, OriginClaim,
+    PluginRecord, PluginVersion,
 };
 
 /// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.
@@ -47,12 +47,13 @@ struct Cache {
     plugins: BTreeMap<String, PluginRecord>,
     /// Mount → the node that is its origin.
     origins: BTreeMap<String, String>,
-    /// Node name → the URL it advertises.
-    nodes: BTreeMap<String, String>,
+    /// Node name → its last report.
+    nodes: BTreeMap<String, NodeReport>,
 }
 
 pub struct Etcd {
     client: Client,
+    url: String,
     /// Seconds a node's lease lives without a keep-alive: how long a dead node holds its mounts.
     ttl: i64,
     prefix: String,
@@ -102,7 +103,12 @@ impl Etcd {
                         )])
                         .and_then([TxnOp::put(
                             node_key.clone(),
-                            advertise,
+                            serde_json::to_vec(&NodeReport {
+                                name: node.to_owned(),
+                                url: advertise.to_owned(),
+                                ..NodeReport::default()
+                            })
+                            .unwrap_or_default(),
                             Some(PutOptions::new().with_lease(lease)),
                         )]),
                 )
@@ -126,6 +132,7 @@ impl Etcd {
         }
         let etcd = Etcd {
             client,
+            url: advertise.to_owned(),
             ttl,
             prefix: prefix.to_owned(),
             node: node.to_owned(),
@@ -330,17 +337,24 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
             }
         };
     }
-    for (dir, map) in [
-        ("origins", &mut cache.origins),
-        ("nodes/", &mut cache.nodes),
-    ] {
-        if let Some(name) = key.strip_prefix(dir) {
-            match value.map(|v| String::from_utf8_lossy(v).into_owned()) {
-                Some(v) => map.insert(name.to_owned(), v),
-                None => map.remove(name),
-            };
-            return None;
+    if let Some(mount) = key.strip_prefix("origins") {
+        match value.map(|v| String::from_utf8_lossy(v).into_owned()) {
+            Some(v) => cache.origins.insert(mount.to_owned(), v),
+            None => cache.origins.remove(mount),
+        };
+        return None;
+    }
+    if let Some(name) = key.strip_prefix("nodes/") {
+        match value.map(serde_json::from_slice::<NodeReport>) {
+            Some(Ok(r)) => {
+                cache.nodes.insert(name.to_owned(), r);
+            }
+            Some(Err(e)) => warn!(key, error = %e, "unreadable node report in etcd; ignored"),
+            None => {
+                cache.nodes.remove(name);
+            }
         }
+        return None;
     }
     if let Some(name) = key.strip_prefix("plugins/") {
         match value.map(serde_json::from_slice::<PluginRecord>) {
@@ -459,7 +473,35 @@ impl Coordinator for Etcd {
         if *node == self.node {
             return None;
         }
-        c.nodes.get(node).cloned()
+        c.nodes.get(node).map(|n| n.url.clone())
+    }
+
+    fn node_name(&self) -> String {
+        self.node.clone()
+    }
+
+    fn nodes(&self) -> Vec<NodeReport> {
+        self.cache
+            .lock()
+            .map(|c| c.nodes.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn report(&self, mut report: NodeReport) {
+        report.name = self.node.clone();
+        report.url = self.url.clone();
+        let Ok(bytes) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let mut client = self.client.clone();
+        let put = client.put(
+            format!("{}nodes/{}", self.prefix, self.node),
+            bytes,
+            Some(PutOptions::new().with_lease(self.lease)),
+        );
+        if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, put).await {
+            tracing::debug!(error = %e, "load report not sent");
+        }
     }
 
     async fn leave(&self) {

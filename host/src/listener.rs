@@ -185,7 +185,34 @@ async fn stream_mount(
     cors: Cors,
 ) {
     let version = req.response_version();
-    let wanted = req.path.clone();
+    // `/_stream/<mount>` is where routing sends listeners: always served here.
+    let (wanted, routed) = match req.path.strip_prefix("/_stream") {
+        Some(m) if m.starts_with('/') => (m.to_owned(), true),
+        _ => (req.path.clone(), false),
+    };
+    if !routed && state.mount_config(&wanted).is_some() {
+        let client = peer.ip().to_string();
+        let agent = req.header("user-agent").unwrap_or("").to_owned();
+        let target = crate::routing::route(&state, &wanted, &client, &agent);
+        if let Some(url) = target {
+            let location = if req.raw_query.is_empty() {
+                url
+            } else {
+                format!("{url}?{}", req.raw_query)
+            };
+            let r = Response::text(302, format!("this stream is served at {location}\n"))
+                .header("Location", &location);
+            send(&mut stream, &cors.apply(r, false), version, false).await;
+            return;
+        }
+    }
+    let node_max = state.config.max_listeners;
+    if node_max > 0 && state.listeners.lock().map_or(0, |l| l.len()) >= node_max {
+        state.metrics.error(ErrorKind::Full);
+        let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
+        send(&mut stream, &cors.apply(r, false), version, false).await;
+        return;
+    }
     // In a cluster, a mount another node originates is relayed from there on demand.
     let local = match resolve(&state, &wanted) {
         Some(h) => Some(h),

@@ -27,6 +27,7 @@ mod listener;
 mod metrics;
 mod plugin;
 mod relay;
+mod routing;
 mod server;
 mod status;
 mod transcode;

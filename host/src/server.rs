@@ -59,6 +59,8 @@ pub struct State {
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Plugins>,
+    /// Listener routing's memory of where it sent listeners since the last load reports.
+    pub routing: crate::routing::Predictor,
     /// Mounts being relayed from another node right now.
     pub relays: Mutex<std::collections::HashSet<String>>,
     /// What each mount's running filters are doing, for status and the API.
@@ -85,6 +87,7 @@ impl State {
             any_mount_hash,
             transcoders: Mutex::default(),
             plugins,
+            routing: crate::routing::Predictor::default(),
             relays: Mutex::default(),
             filter_status: Mutex::default(),
         }
@@ -186,6 +189,7 @@ pub async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(state.config.max_clients));
     let reconciler = tokio::spawn(reconcile(state.clone()));
+    let reporter = tokio::spawn(report_load(state.clone()));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -220,12 +224,43 @@ pub async fn run(
         }
     }
     reconciler.abort();
+    reporter.abort();
     info!("stopped accepting connections");
 }
 
 /// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
 /// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
 /// Other settings are read afresh by each new connection.
+/// Publishes this node's load about every second (in a cluster; a no-op on a single node).
+async fn report_load(state: Arc<State>) {
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let mut mounts = std::collections::BTreeMap::new();
+        let listeners = state
+            .listeners
+            .lock()
+            .map(|l| {
+                for e in l.values() {
+                    *mounts.entry(e.mount.clone()).or_insert(0u32) += 1;
+                }
+                l.len()
+            })
+            .unwrap_or(0);
+        state
+            .coordinator
+            .report(crate::coordinator::NodeReport {
+                listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
+                max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
+                mounts,
+                seq,
+                ..Default::default()
+            })
+            .await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn reconcile(state: Arc<State>) {
     let mut events = state.coordinator.subscribe();
     sync_transcoders(&state);
@@ -337,8 +372,9 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
                 send(&mut stream, &r, req.response_version(), false).await;
                 return;
             }
+            // Served here, never routed elsewhere: the `/_stream/` form of the mount.
             let mut req = req;
-            req.path = req.path["/_relay".len()..].to_owned();
+            req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
             crate::listener::serve(stream, peer, req, state).await
         }
         "GET" | "HEAD" | "OPTIONS" => {

@@ -168,6 +168,39 @@ pub fn sample_node_name(i: usize) -> String {
     format!("node-{i}")
 }
 
+/// A node's load as routing sees it, before it becomes the WIT record.
+pub struct NodeLoadView {
+    pub id: u64,
+    pub listeners: u32,
+    pub max_listeners: u32,
+    pub mount_listeners: u32,
+    pub is_origin: bool,
+}
+
+impl NodeLoadView {
+    pub fn to_wit(&self) -> NodeLoad {
+        NodeLoad {
+            id: self.id,
+            listeners: self.listeners,
+            max_listeners: self.max_listeners,
+            bandwidth_kbps: 0,
+            max_bandwidth_kbps: 0,
+            cpu_percent: 0.0,
+            mount_listeners: self.mount_listeners,
+            is_origin: self.is_origin,
+        }
+    }
+}
+
+/// The WIT listener request.
+pub fn request(client: &str, user_agent: &str, mount: &str) -> ListenerRequest {
+    ListenerRequest {
+        client_address: client.to_owned(),
+        user_agent: user_agent.to_owned(),
+        mount: mount.to_owned(),
+    }
+}
+
 /// Sample input for smoke tests and benchmarks: `n` nodes with varied load.
 pub fn sample_nodes(n: usize) -> Vec<NodeLoad> {
     (0..n)
