@@ -15,11 +15,16 @@ use crate::coordinator::NodeReport;
 use crate::plugin::policy::{native_rank, node_id, WasmPolicy};
 use crate::server::State;
 
-/// Listeners sent to each node since its last report: node name → (report sequence, count).
+/// Routing's state on this node: the predictor (listeners sent to each node since its last
+/// report: node name → (report sequence, count)) and the mounts' policy instances, kept between
+/// requests with the plugin version they were built from.
 #[derive(Default)]
 pub struct Predictor {
     sent: Mutex<HashMap<String, (u64, u32)>>,
+    policies: Mutex<HashMap<String, (ChainKey, WasmPolicy)>>,
 }
+
+type ChainKey = Vec<(crate::plugin::PluginRef, Option<String>)>;
 
 impl Predictor {
     fn pending(&self, n: &NodeReport) -> u32 {
@@ -67,22 +72,28 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         .mount_config(mount)
         .and_then(|m| m.policy)
         .and_then(|p| {
-            let loaded = tokio::task::block_in_place(|| {
-                crate::plugin::resolve(
-                    state,
-                    &p,
-                    crate::plugin::Kind::Policy,
-                    &tokio::runtime::Handle::current(),
+            let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
+            let mut policies = state.routing.policies.lock().ok()?;
+            if policies.get(mount).is_none_or(|(k, _)| *k != key) {
+                let loaded = tokio::task::block_in_place(|| {
+                    crate::plugin::resolve(
+                        state,
+                        &p,
+                        crate::plugin::Kind::Policy,
+                        &tokio::runtime::Handle::current(),
+                    )
+                })
+                .ok()?;
+                let policy = WasmPolicy::new(
+                    state.plugins.clone(),
+                    loaded,
+                    format!("{} on {mount}", p.name),
+                    p.params.clone(),
                 )
-            })
-            .ok()?;
-            let mut policy = WasmPolicy::new(
-                state.plugins.clone(),
-                loaded,
-                format!("{} on {mount}", p.name),
-                p.params.clone(),
-            )
-            .ok()?;
+                .ok()?;
+                policies.insert(mount.to_owned(), (key, policy));
+            }
+            let (_, policy) = policies.get_mut(mount)?;
             let request = crate::plugin::policy::request(client, user_agent, mount);
             policy.rank(&request, &nodes)
         })
