@@ -228,11 +228,11 @@ pub async fn run(
     info!("stopped accepting connections");
 }
 
-/// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
-/// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
-/// Other settings are read afresh by each new connection.
-/// Publishes this node's load about every second (in a cluster; a no-op on a single node).
+/// Publishes this node's load about every second, in a cluster.
 async fn report_load(state: Arc<State>) {
+    if state.coordinator.node_name().is_empty() {
+        return;
+    }
     let mut seq = 0u64;
     loop {
         seq += 1;
@@ -261,6 +261,9 @@ async fn report_load(state: Arc<State>) {
     }
 }
 
+/// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
+/// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
+/// Other settings are read afresh by each new connection.
 async fn reconcile(state: Arc<State>) {
     let mut events = state.coordinator.subscribe();
     sync_transcoders(&state);
