@@ -75,6 +75,12 @@ impl PluginRecord {
     pub fn current(&self) -> Option<&PluginVersion> {
         self.versions.last()
     }
+
+    /// Makes `version` the current (last) one; an old build pushed again moves there.
+    pub fn push(&mut self, version: PluginVersion) {
+        self.versions.retain(|v| v.hash != version.hash);
+        self.versions.push(version);
+    }
 }
 
 /// One uploaded build of a plugin; the bytes are stored under `hash` (SHA-256).
@@ -475,9 +481,7 @@ impl Coordinator for Embedded {
                     name: name.to_owned(),
                     versions: Vec::new(),
                 });
-            // Pushing an old build again makes it current.
-            rec.versions.retain(|v| v.hash != version.hash);
-            rec.versions.push(version);
+            rec.push(version);
         })
         .await?;
         let _ = self

@@ -546,9 +546,7 @@ impl Coordinator for Etcd {
             name: name.to_owned(),
             versions: Vec::new(),
         });
-        // Pushing an old build again makes it current.
-        record.versions.retain(|v| v.hash != version.hash);
-        record.versions.push(version);
+        record.push(version);
         self.put_json(format!("{}plugins/{name}", self.prefix), &record)
             .await?;
         self.settle(|c| c.plugins.get(name) == Some(&record)).await;
