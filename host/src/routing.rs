@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::coordinator::NodeReport;
-use crate::plugin::policy::{native_rank, node_id, WasmPolicy};
+use crate::plugin::policy::{native_rank, node_id, NodeLoad, WasmPolicy};
 use crate::server::State;
 
 /// Routing's state on this node: the predictor (listeners sent to each node since its last
@@ -57,17 +57,21 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
     if reports.len() < 2 {
         return None;
     }
-    let loads: Vec<crate::plugin::policy::NodeLoadView> = reports
+    let origin = state.coordinator.origin_node(mount);
+    let nodes: Vec<NodeLoad> = reports
         .iter()
-        .map(|n| crate::plugin::policy::NodeLoadView {
+        .map(|n| NodeLoad {
             id: node_id(&n.name),
             listeners: n.listeners + state.routing.pending(n),
             max_listeners: n.max_listeners,
+            // Not reported yet: bandwidth and CPU.
+            bandwidth_kbps: 0,
+            max_bandwidth_kbps: 0,
+            cpu_percent: 0.0,
             mount_listeners: n.mounts.get(mount).copied().unwrap_or(0),
-            is_origin: state.coordinator.origin_node(mount).as_deref() == Some(n.name.as_str()),
+            is_origin: origin.as_deref() == Some(n.name.as_str()),
         })
         .collect();
-    let nodes: Vec<_> = loads.iter().map(|l| l.to_wit()).collect();
     let ranked = state
         .mount_config(mount)
         .and_then(|m| m.policy)

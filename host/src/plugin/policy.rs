@@ -9,7 +9,7 @@ use std::sync::Arc;
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
-use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
+pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
 use super::{describe, ticks, Ctx, Loaded, PluginStats, Plugins, Pre, CREATE_DEADLINE};
 
@@ -166,30 +166,6 @@ pub fn node_id(name: &str) -> u64 {
 /// Names of the sample nodes.
 pub fn sample_node_name(i: usize) -> String {
     format!("node-{i}")
-}
-
-/// A node's load as routing sees it, before it becomes the WIT record.
-pub struct NodeLoadView {
-    pub id: u64,
-    pub listeners: u32,
-    pub max_listeners: u32,
-    pub mount_listeners: u32,
-    pub is_origin: bool,
-}
-
-impl NodeLoadView {
-    pub fn to_wit(&self) -> NodeLoad {
-        NodeLoad {
-            id: self.id,
-            listeners: self.listeners,
-            max_listeners: self.max_listeners,
-            bandwidth_kbps: 0,
-            max_bandwidth_kbps: 0,
-            cpu_percent: 0.0,
-            mount_listeners: self.mount_listeners,
-            is_origin: self.is_origin,
-        }
-    }
 }
 
 /// The WIT listener request.
