@@ -14,7 +14,7 @@ use common::*;
 fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_node_dies() {
     let etcd = Etcd::start();
     let mut a = Node::start_clustered(&etcd, "a");
-    let b = Node::start_clustered(&etcd, "b");
+    let b = Node::start_clustered_with(&etcd, "b", &["--proxy-user-agents", "NSPlayer,OldRadio"]);
     let c = Node::start_clustered(&etcd, "c");
 
     // Configuration written through one node reaches every node.
@@ -55,6 +55,53 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
     // `/_stream/…` is served by the node asked (routing may send `/live.mp3` elsewhere).
     let listener_on_c = capture_icy_title(&c, "/_stream/live.mp3");
     assert_eq!(listener_on_c, "Relayed title");
+
+    // Listeners entering through B are sent to the node routing picks: by a redirect, or by a
+    // proxy for players that do not follow redirects (`?proxy=1`, or a listed user agent).
+    // Each way decodes.
+    let mut redirects = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (code, head) = response_head(&b, "/live.mp3", &[]);
+        if code == 302 {
+            let to = location(&head);
+            assert!(to.ends_with("/_stream/live.mp3"), "{head}");
+            redirects.insert(to);
+        } else {
+            assert_eq!(code, 200, "{head}");
+        }
+    }
+    assert!(
+        redirects.contains(&c.url("/_stream/live.mp3")),
+        "B sent nobody to C: {redirects:?}"
+    );
+    for url in &redirects {
+        let (ok, err) = ffmpeg_decode(url, 2);
+        assert!(
+            ok && err.trim().is_empty(),
+            "listener redirected to {url}: {err}"
+        );
+    }
+    let proxied: Vec<_> = (0..3)
+        .map(|_| {
+            let url = b.url("/live.mp3?proxy=1");
+            std::thread::spawn(move || ffmpeg_decode(&url, 3))
+        })
+        .collect();
+    for p in proxied {
+        let (ok, err) = p.join().unwrap();
+        assert!(ok && err.trim().is_empty(), "proxied listener: {err}");
+    }
+    let proxied = b.log().matches("listener proxied").count();
+    assert!(proxied > 0, "{}", b.log());
+    for _ in 0..4 {
+        let (code, head) = response_head(&b, "/live.mp3", &[("User-Agent", "NSPlayer/12.0")]);
+        assert_eq!(code, 200, "a listed user agent got {head}");
+    }
+    assert!(
+        b.log().matches("listener proxied").count() > proxied,
+        "no listed user agent was proxied: {}",
+        b.log()
+    );
     // The relay endpoint needs the cluster secret.
     let (code, _, _) = http_get(a.addr, "/_relay/live.mp3", &[]);
     assert_eq!(code, 403);
@@ -249,34 +296,23 @@ fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
     let etcd = Etcd::start();
     let a = Node::start_clustered(&etcd, "a");
     let b = Node::start_clustered(&etcd, "b");
-    let c = Node::start(&[
-        "--etcd",
-        &etcd.client_url,
-        "--node-name",
-        "c",
-        "--cluster-secret",
-        CLUSTER_SECRET,
-        "--max-listeners",
-        "1",
-    ]);
+    let c = Node::start_clustered_with(&etcd, "c", &["--max-listeners", "1"]);
+    // D may send 64 kbit/s: one 128 kbit/s listener fills it.
+    let d = Node::start_clustered_with(&etcd, "d", &["--max-bandwidth-kbps", "64"]);
     a.create_mount("/live.mp3", "hackme", &[]);
     let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
     a.wait_live("/live.mp3", Duration::from_secs(10));
-    // C takes one listener and is then full.
+    // C and D take one listener each and are then full.
     let _on_c = wait_for_listener(&c, "/_stream/live.mp3");
+    let _on_d = wait_for_listener(&d, "/_stream/live.mp3");
     let by_url = |n: &Node| format!("http://{}/_stream/live.mp3", n.addr);
-    let (url_a, url_b, url_c) = (by_url(&a), by_url(&b), by_url(&c));
+    let (url_a, url_b, url_c, url_d) = (by_url(&a), by_url(&b), by_url(&c), by_url(&d));
     let route_all = |count: usize| {
         let mut to = std::collections::HashMap::<String, usize>::new();
         for _ in 0..count {
-            let (code, head) = response_head(&a, "/live.mp3");
+            let (code, head) = response_head(&a, "/live.mp3", &[]);
             let target = match code {
-                302 => head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Location: "))
-                    .unwrap()
-                    .trim()
-                    .to_owned(),
+                302 => location(&head),
                 // Served here (the response is the stream itself, cut short by http_get).
                 _ => url_a.clone(),
             };
@@ -284,18 +320,79 @@ fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
         }
         to
     };
-    // Wait for C's report of its listener, then route 300 listeners entering through A.
-    wait_for(Duration::from_secs(5), "C to report itself full", || {
-        let to = route_all(3);
-        !to.contains_key(&url_c)
+    // `tidecast status` on any node shows every node's load and where the mount comes from.
+    // Wait there for C's and D's reports of their listener, then route 300 listeners entering
+    // through A.
+    wait_for(
+        Duration::from_secs(15),
+        "C and D to report their listener",
+        || {
+            let (ok, out, err) = b.cli(&["status", "--json"]);
+            assert!(ok, "{err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let node = |name: &str| {
+                v["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n["name"] == name)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            assert_eq!(v["mounts"][0]["origin"], "a", "{v}");
+            node("c")["listeners"] == 1 && node("d")["bandwidth_kbps"].as_u64().unwrap_or(0) > 90
+        },
+    );
+    let (ok, table, err) = b.cli(&["status"]);
+    assert!(ok, "{err}");
+    eprintln!("{table}");
+    for line in ["c ", "d ", "/live.mp3"] {
+        assert!(table.lines().any(|l| l.starts_with(line)), "{table}");
+    }
+    assert!(table.contains("1/1") && table.contains("/64"), "{table}");
+    wait_for(Duration::from_secs(5), "C and D to be left out", || {
+        let to = route_all(4);
+        !to.contains_key(&url_c) && !to.contains_key(&url_d)
     });
     let to = route_all(300);
-    eprintln!("native policy: {to:?}");
-    assert_eq!(to.get(&url_c), None, "the full node got listeners");
+    eprintln!("native policy (best): {to:?}");
+    assert_eq!(
+        to.get(&url_c),
+        None,
+        "the node with no listener left got listeners"
+    );
+    assert_eq!(
+        to.get(&url_d),
+        None,
+        "the node with no bandwidth left got listeners"
+    );
     for u in [&url_a, &url_b] {
         let n = to.get(u).copied().unwrap_or(0);
         assert!((100..=200).contains(&n), "{u}: {n} of 300 ({to:?})");
     }
+    // The mount's own chain: random in proportion to headroom, full nodes still filtered out.
+    let (ok, _, err) = a.cli(&[
+        "mount",
+        "edit",
+        "/live.mp3",
+        "--routing",
+        "listeners_available,bandwidth_available,listeners_score,weighted",
+    ]);
+    assert!(ok, "{err}");
+    let to = route_all(300);
+    eprintln!("native policy (weighted): {to:?}");
+    assert_eq!(
+        to.get(&url_c).or(to.get(&url_d)),
+        None,
+        "{to:?} {}",
+        a.log()
+    );
+    for u in [&url_a, &url_b] {
+        let n = to.get(u).copied().unwrap_or(0);
+        assert!((90..=210).contains(&n), "{u}: {n} of 300 ({to:?})");
+    }
+    let (ok, _, err) = a.cli(&["mount", "edit", "/live.mp3", "--routing", "fastest"]);
+    assert!(!ok && err.contains("unknown step \"fastest\""), "{err}");
     // A WASM policy decides instead: sticky by client address sends one client to one node.
     assert!(a.push_plugin("sticky", &plugin_file("sticky-ip")).0);
     let (ok, _, err) = a.cli(&["mount", "edit", "/live.mp3", "--policy", "sticky"]);
@@ -303,17 +400,20 @@ fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
     let to = route_all(50);
     eprintln!("sticky-ip policy: {to:?}");
     assert_eq!(to.len(), 1, "one client, one node: {to:?}");
-    assert_eq!(to.get(&url_c), None);
+    assert_eq!(to.get(&url_c).or(to.get(&url_d)), None);
 }
 
 /// The status and head of `GET path` (the connection is dropped after the head: a stream's body
 /// never ends).
-fn response_head(node: &Node, path: &str) -> (u16, String) {
+fn response_head(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(node.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
     let mut data = Vec::new();
     let mut byte = [0u8; 1];
     while !data.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
@@ -326,4 +426,13 @@ fn response_head(node: &Node, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (code, head)
+}
+
+/// The `Location` of a response head.
+fn location(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }

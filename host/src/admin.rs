@@ -193,6 +193,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 .collect::<Vec<_>>()),
         ),
         ("POST", "/api/v1/mounts") => create_mount(state, body).await,
+        ("GET", "/api/v1/cluster") => Response::json(200, &crate::status::cluster_json(state)),
         ("GET", "/api/v1/plugins") => crate::plugin::api::list(state),
         (method, p) if p.starts_with("/api/v1/plugins/") => {
             let name = &p["/api/v1/plugins/".len()..];
@@ -292,6 +293,7 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
             .ok()
             .and_then(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
         "policy": m.policy.as_ref().map(ToString::to_string),
+        "routing": m.routing.clone().unwrap_or_else(|| state.config.routing.clone()),
         "origin": state.coordinator.origin_node(&m.path),
     })
 }
@@ -324,6 +326,8 @@ struct MountRequest {
     filters: Option<Vec<String>>,
     /// Listener-selection policy plugin `NAME[:key=value,...]`; empty detaches it.
     policy: Option<String>,
+    /// Native routing chain (`routing::native`); empty returns to the node's default.
+    routing: Option<String>,
 }
 
 impl MountRequest {
@@ -440,6 +444,14 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
             Err(e) => problems.push(format!("policy: {e}")),
         },
     }
+    match r.routing.take().as_deref() {
+        None => {}
+        Some("") => m.routing = None,
+        Some(spec) => match spec.parse::<crate::routing::NativePolicy>() {
+            Ok(p) => m.routing = Some(p.to_string()),
+            Err(e) => problems.push(format!("routing: {e}")),
+        },
+    }
     if let Some(u) = r.source_user {
         if u.is_empty() || u.contains(':') {
             problems.push("source_user must be non-empty and contain no ':'".to_owned());
@@ -515,6 +527,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
         transcode: None,
         filters: Vec::new(),
         policy: None,
+        routing: None,
     };
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);

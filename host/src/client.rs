@@ -95,6 +95,10 @@ pub struct MountSettings {
     /// The listener-selection policy plugin, NAME[:key=value,...] ("" detaches it).
     #[arg(long, value_name = "NAME[:key=value,...]", help_heading = "Plugins")]
     policy: Option<String>,
+    /// The native routing chain in a cluster, e.g. listeners_available,listeners_score,weighted
+    /// ("" returns to the node's --routing).
+    #[arg(long, value_name = "STEP,...")]
+    routing: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -171,6 +175,9 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
     }
     if let Some(p) = s.policy {
         set("policy", json!(p));
+    }
+    if let Some(r) = s.routing {
+        set("routing", json!(r));
     }
     body
 }
@@ -340,6 +347,60 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
         }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+/// `tidecast status`: `/api/v1/cluster` as two tables.
+pub fn status(conn: &Connection) -> anyhow::Result<()> {
+    let v = Api::new(conn)?.call("GET", "/api/v1/cluster", None)?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    let limit = |n: &Value, used: &str, max: &str| match n[max].as_u64() {
+        Some(m) if m > 0 => format!("{}/{m}", n[used]),
+        _ => n[used].to_string(),
+    };
+    println!(
+        "{} store; this node: {}",
+        v["store"].as_str().unwrap_or("?"),
+        v["this_node"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("(single node)")
+    );
+    println!(
+        "\n{:<16} {:<28} {:>11} {:>15} {:>5}",
+        "NODE", "URL", "LISTENERS", "KBIT/S", "CPU%"
+    );
+    for n in rows("nodes") {
+        println!(
+            "{:<16} {:<28} {:>11} {:>15} {:>5}",
+            n["name"].as_str().unwrap_or(""),
+            n["url"].as_str().unwrap_or(""),
+            limit(&n, "listeners", "max_listeners"),
+            limit(&n, "bandwidth_kbps", "max_bandwidth_kbps"),
+            n["cpu_percent"],
+        );
+    }
+    println!(
+        "\n{:<32} {:<24} {:<16} {:>9}",
+        "MOUNT", "KIND", "PRODUCED ON", "LISTENERS"
+    );
+    for m in rows("mounts") {
+        let kind = match m["from"].as_str() {
+            Some(from) => format!("transcode of {from}"),
+            None => "source".to_owned(),
+        };
+        println!(
+            "{:<32} {:<24} {:<16} {:>9}",
+            m["path"].as_str().unwrap_or(""),
+            kind,
+            m["origin"].as_str().unwrap_or("- (not live)"),
+            m["listeners"],
+        );
+    }
     Ok(())
 }
 

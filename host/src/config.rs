@@ -87,6 +87,15 @@ serve_settings! {
     /// Shared secret of the cluster's nodes, for their internal requests (relays). Needed with
     /// --etcd; the same on every node.
     cluster_secret: String = String::new(); [env = "TIDECAST_CLUSTER_SECRET", hide_env_values = true]
+    /// Native listener routing chain of mounts that set none: filters, scorers, then one of
+    /// best, weighted, random (see `tidecast mount edit --routing`).
+    routing: String = crate::routing::NativePolicy::default().to_string(); [value_name = "STEP,..."]
+    /// Most outgoing bandwidth of this node in kbit/s (0: no limit); routing sends no listeners
+    /// to a node at its limit.
+    max_bandwidth_kbps: u32 = 0; [value_name = "KBPS"]
+    /// Listeners whose User-Agent contains one of these (comma-separated, case-insensitive) are
+    /// proxied to the node routing picks instead of redirected; `?proxy=1` asks for it per request.
+    proxy_user_agents: String = String::new(); [value_name = "AGENT,..."]
     /// Memory cap of each WebAssembly plugin instance, in MiB.
     plugin_memory_mb: usize = 32; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.
@@ -150,6 +159,9 @@ impl ServeConfig {
                 "plugin_memory_mb must be between 1 and 4096, got {}",
                 self.plugin_memory_mb
             ));
+        }
+        if let Err(e) = self.routing.parse::<crate::routing::NativePolicy>() {
+            problems.push(format!("routing: {e}"));
         }
         if self.admin_user.contains(':') {
             problems.push("admin_user must not contain ':'".to_owned());

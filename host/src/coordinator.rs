@@ -45,6 +45,10 @@ pub struct MountConfig {
     /// The listener-selection policy plugin of this mount (cluster routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PluginRef>,
+    /// The native routing chain of this mount (`routing::native`), when not the node's
+    /// `--routing`; a policy plugin, if attached, decides first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
 }
 
 /// A node's presence and load, as it reports them about every second (cluster only).
@@ -56,6 +60,15 @@ pub struct NodeReport {
     pub listeners: u32,
     /// The node's listener limit (0: none).
     pub max_listeners: u32,
+    /// Outgoing audio over the last report period, kbit/s.
+    #[serde(default)]
+    pub bandwidth_kbps: u32,
+    /// The node's bandwidth limit (0: none).
+    #[serde(default)]
+    pub max_bandwidth_kbps: u32,
+    /// CPU used by the node over the last report period, in percent of the whole machine.
+    #[serde(default)]
+    pub cpu_percent: u32,
     /// Listeners per mount.
     #[serde(default)]
     pub mounts: BTreeMap<String, u32>,
@@ -575,6 +588,7 @@ mod tests {
             transcode: None,
             filters: Vec::new(),
             policy: None,
+            routing: None,
         }
     }
 

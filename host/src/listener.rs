@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -167,6 +168,32 @@ fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
     })
 }
 
+/// Whether a listener routed to another node is proxied there rather than redirected: the query
+/// flag `proxy` (`?proxy=1`), or a user agent containing one of `agents` (comma-separated,
+/// case-insensitive), for players that do not follow redirects. Returns the query to pass on
+/// (without the flag) and the answer.
+fn proxy_wanted(req: &RequestHead, agents: &str) -> (String, bool) {
+    let mut flag = false;
+    let query: Vec<&str> = req
+        .raw_query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
+            let is_flag = k == "proxy";
+            flag |= is_flag && !matches!(v, "0" | "false" | "no");
+            !is_flag
+        })
+        .collect();
+    let agent = req.header("user-agent").unwrap_or("").to_ascii_lowercase();
+    let by_agent = agents
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .any(|a| agent.contains(&a.to_ascii_lowercase()));
+    (query.join("&"), flag || by_agent)
+}
+
 /// Parses `Range: bytes=0-N` into N; other ranges are served as the whole (live) stream.
 fn small_range(req: &RequestHead) -> Option<usize> {
     let spec = req.header("range")?.trim().strip_prefix("bytes=")?;
@@ -195,11 +222,27 @@ async fn stream_mount(
         let agent = req.header("user-agent").unwrap_or("").to_owned();
         let target = crate::routing::route(&state, &wanted, &client, &agent);
         if let Some(url) = target {
-            let location = if req.raw_query.is_empty() {
+            let (query, proxied) = proxy_wanted(&req, &state.config.proxy_user_agents);
+            let location = if query.is_empty() {
                 url
             } else {
-                format!("{url}?{}", req.raw_query)
+                format!("{url}?{query}")
             };
+            if proxied {
+                let gauge = state
+                    .metrics
+                    .listeners_proxied
+                    .get_or_create(&Metrics::mount(&wanted))
+                    .clone();
+                gauge.inc();
+                info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
+                let result =
+                    crate::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent)
+                        .await;
+                gauge.dec();
+                info!(%peer, mount = %wanted, ?result, "proxied listener ended");
+                return;
+            }
             let r = Response::text(302, format!("this stream is served at {location}\n"))
                 .header("Location", &location);
             send(&mut stream, &cors.apply(r, false), version, false).await;
@@ -473,6 +516,7 @@ impl Conn {
                     Ok(n) => {
                         self.sent += n as u64;
                         counter.inc_by(n as u64);
+                        self.state.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(WriteError::Lagged) => return self.dropped_slow(hub),
                     Err(WriteError::Io) => return "connection closed",
@@ -625,5 +669,40 @@ async fn overtaken(hub: &Hub, cursor: u64) {
         if hub.first_seq() > cursor {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(query: &str, agent: Option<&str>) -> RequestHead {
+        RequestHead {
+            method: "GET".to_owned(),
+            path: "/live.mp3".to_owned(),
+            raw_query: query.to_owned(),
+            version: crate::http::Version::Http10,
+            headers: agent
+                .map(|a| vec![("user-agent".to_owned(), a.to_owned())])
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn the_proxy_flag_and_listed_user_agents_ask_for_a_proxy() {
+        let agents = "NSPlayer, WinampMPEG/2";
+        assert_eq!(proxy_wanted(&req("", None), agents), (String::new(), false));
+        assert_eq!(
+            proxy_wanted(&req("proxy=1&token=x", None), agents),
+            ("token=x".to_owned(), true)
+        );
+        assert_eq!(proxy_wanted(&req("proxy", None), ""), (String::new(), true));
+        assert_eq!(
+            proxy_wanted(&req("a=1&proxy=0", None), agents),
+            ("a=1".to_owned(), false)
+        );
+        assert!(proxy_wanted(&req("", Some("nsplayer/12.0")), agents).1);
+        assert!(!proxy_wanted(&req("", Some("Lavf/59")), agents).1);
+        assert!(!proxy_wanted(&req("", Some("NSPlayer")), "").1);
     }
 }

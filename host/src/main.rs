@@ -69,6 +69,12 @@ enum Command {
         #[command(subcommand)]
         command: client::PluginCommand,
     },
+    /// Show the cluster as a running node sees it: nodes and their load, mounts, where each is
+    /// produced, and listeners everywhere.
+    Status {
+        #[command(flatten)]
+        conn: client::Connection,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Mount { conn, command } => client::mount(&conn, command),
         Command::Plugin { conn, command } => client::plugin(&conn, command),
+        Command::Status { conn } => client::status(&conn),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

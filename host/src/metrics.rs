@@ -38,6 +38,7 @@ pub struct Metrics {
     pub sources: Gauge,
     pub listeners: Family<MountLabel, Gauge>,
     pub listener_connections: Family<MountLabel, Counter>,
+    pub listeners_proxied: Family<MountLabel, Gauge>,
     pub bytes_in: Family<MountLabel, Counter>,
     pub bytes_out: Family<MountLabel, Counter>,
     pub dropped_slow: Family<MountLabel, Counter>,
@@ -55,6 +56,7 @@ impl Metrics {
             sources: Gauge::default(),
             listeners: Family::default(),
             listener_connections: Family::default(),
+            listeners_proxied: Family::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             dropped_slow: Family::default(),
@@ -75,6 +77,11 @@ impl Metrics {
             "listener_connections",
             "Listener connections accepted per mount",
             m.listener_connections.clone(),
+        );
+        registry.register(
+            "listeners_proxied",
+            "Listeners this node proxies to the node routing chose for them (clients that do not follow redirects)",
+            m.listeners_proxied.clone(),
         );
         registry.register(
             "source_bytes",

@@ -60,10 +60,11 @@ pub async fn hub_from_origin(state: &Arc<State>, mount: &str) -> Option<Arc<Hub>
     }
 }
 
-/// A response head: status and headers (names lower-cased).
+/// A response head: status and headers (names lower-cased), and its bytes as received.
 struct ResponseHead {
     status: u16,
     headers: Vec<(String, String)>,
+    raw: Vec<u8>,
 }
 
 impl ResponseHead {
@@ -103,7 +104,15 @@ async fn read_response_head(stream: &mut TcpStream) -> Result<(ResponseHead, Vec
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Ok((ResponseHead { status, headers }, buf[end + 4..].to_vec()))
+    let body = buf.split_off(end + 4);
+    Ok((
+        ResponseHead {
+            status,
+            headers,
+            raw: buf,
+        },
+        body,
+    ))
 }
 
 /// An open relay connection: the stream after the response head, and what the head said.
@@ -116,29 +125,37 @@ struct Upstream {
 
 /// Connects to `/_relay/<mount>` on the node at `url`.
 async fn connect(state: &State, mount: &str, url: &str) -> Result<Upstream, String> {
+    let headers = format!(
+        "Icy-MetaData: 1\r\nUser-Agent: tidecast-relay\r\n{SECRET_HEADER}: {}\r\n",
+        state.config.cluster_secret
+    );
+    let up = request(url, &format!("/_relay{mount}"), &headers).await?;
+    if up.head.status != 200 {
+        return Err(format!("origin answered {}", up.head.status));
+    }
+    Ok(up)
+}
+
+/// Sends `GET <path>` with `headers` (each line ending in CRLF) to the node at `url`
+/// (`http://host:port`) and reads the response head.
+async fn request(url: &str, path: &str, headers: &str) -> Result<Upstream, String> {
     let authority = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("origin URL {url} is not http://"))?
+        .ok_or_else(|| format!("node URL {url} is not http://"))?
         .trim_end_matches('/')
         .to_owned();
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
         .await
         .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET /_relay{mount} HTTP/1.0\r\nHost: {authority}\r\nIcy-MetaData: 1\r\nUser-Agent: tidecast-relay\r\n{SECRET_HEADER}: {}\r\n\r\n",
-        state.config.cluster_secret
-    );
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n{headers}\r\n");
     stream
         .write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     let (head, first) = tokio::time::timeout(CONNECT_TIMEOUT, read_response_head(&mut stream))
         .await
-        .map_err(|_| "no answer from the origin".to_owned())??;
-    if head.status != 200 {
-        return Err(format!("origin answered {}", head.status));
-    }
+        .map_err(|_| "no answer from the node".to_owned())??;
     Ok(Upstream {
         stream,
         head,
@@ -146,6 +163,59 @@ async fn connect(state: &State, mount: &str, url: &str) -> Result<Upstream, Stri
         authority,
     })
 }
+
+/// Serves a listener that does not follow redirects from `target`, another node's
+/// `/_stream/<mount>` URL: its answer is copied through byte for byte until either side hangs
+/// up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
+pub async fn proxy(
+    client: &mut TcpStream,
+    peer: std::net::SocketAddr,
+    req: &crate::http::RequestHead,
+    target: &str,
+    sent: &std::sync::atomic::AtomicU64,
+) -> Result<u64, String> {
+    let rest = target
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("node URL {target} is not http://"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut headers = format!("X-Forwarded-For: {}\r\n", peer.ip());
+    for name in ["icy-metadata", "user-agent"] {
+        if let Some(v) = req.header(name) {
+            headers.push_str(&format!("{name}: {}\r\n", v.replace(['\r', '\n'], " ")));
+        }
+    }
+    let mut up = request(&format!("http://{authority}"), path, &headers).await?;
+    client
+        .write_all(&up.head.raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .write_all(&up.first)
+        .await
+        .map_err(|e| e.to_string())?;
+    // A stalled listener or node ends the proxy; the node's own ring bounds what it queues.
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = up.first.len() as u64;
+    loop {
+        let n = match tokio::time::timeout(PROXY_STALL, up.stream.read(&mut buf)).await {
+            Err(_) => return Err(format!("{authority} sent nothing for {PROXY_STALL:?}")),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(0)) => return Ok(total),
+            Ok(Ok(n)) => n,
+        };
+        match tokio::time::timeout(PROXY_STALL, client.write_all(&buf[..n])).await {
+            Err(_) => return Err(format!("the listener took nothing for {PROXY_STALL:?}")),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(())) => {
+                total += n as u64;
+                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A proxied stream ends when either side is stuck this long.
+const PROXY_STALL: Duration = Duration::from_secs(10);
 
 /// Pulls `mount` from its origin (first at `url`) into one local hub. When the origin's stream
 /// ends, the hub stays and the relay waits up to [`REORIGIN`] for the mount's next origin (a

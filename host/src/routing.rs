@@ -3,16 +3,22 @@
 //! locally, relayed from the origin if need be). A node that picks itself just serves.
 //!
 //! The choice: the mount's WebAssembly policy if one is attached (`--policy`), else the native
-//! one: nodes below their listener limit, least utilized first. Both see each node's last load
+//! chain ([`native`]: the mount's `--routing`, or the node's). Both see each node's last load
 //! report (`Coordinator::nodes`, about every second) plus a predictor: the listeners this node
 //! sent to it since that report, so a burst of new listeners does not all land on the node that
-//! was emptiest a second ago. A failing policy falls back to the native choice.
+//! was emptiest a second ago. A failing policy falls back to the native chain.
+//!
+//! Players that do not follow redirects (`--proxy-user-agents`, or `?proxy=1`) are proxied to
+//! the chosen node instead (`relay::proxy`).
+
+mod native;
+pub use native::NativePolicy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::coordinator::NodeReport;
-use crate::plugin::policy::{native_rank, node_id, NodeLoad, WasmPolicy};
+use crate::plugin::policy::{node_id, NodeLoad, WasmPolicy};
 use crate::server::State;
 
 /// Routing's state on this node: the predictor (listeners sent to each node since its last
@@ -58,23 +64,28 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         return None;
     }
     let origin = state.coordinator.origin_node(mount);
+    let config = state.mount_config(mount);
+    let per_listener = kbps_per_listener(state, mount);
     let nodes: Vec<NodeLoad> = reports
         .iter()
-        .map(|n| NodeLoad {
+        .map(|n| (n, state.routing.pending(n)))
+        .map(|(n, pending)| NodeLoad {
             id: node_id(&n.name),
-            listeners: n.listeners + state.routing.pending(n),
+            listeners: n.listeners + pending,
             max_listeners: n.max_listeners,
-            // Not reported yet: bandwidth and CPU.
-            bandwidth_kbps: 0,
-            max_bandwidth_kbps: 0,
-            cpu_percent: 0.0,
+            // A listener sent since the report is expected to take about the mount's share.
+            bandwidth_kbps: n
+                .bandwidth_kbps
+                .saturating_add(pending.saturating_mul(per_listener)),
+            max_bandwidth_kbps: n.max_bandwidth_kbps,
+            cpu_percent: n.cpu_percent as f32,
             mount_listeners: n.mounts.get(mount).copied().unwrap_or(0),
             is_origin: origin.as_deref() == Some(n.name.as_str()),
         })
         .collect();
-    let ranked = state
-        .mount_config(mount)
-        .and_then(|m| m.policy)
+    let ranked = config
+        .as_ref()
+        .and_then(|m| m.policy.clone())
         .and_then(|p| {
             let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
             let mut policies = state.routing.policies.lock().ok()?;
@@ -101,8 +112,18 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
             let request = crate::plugin::policy::request(client, user_agent, mount);
             policy.rank(&request, &nodes)
         })
-        .unwrap_or_else(|| native_rank(&nodes));
+        .unwrap_or_else(|| {
+            config
+                .and_then(|m| m.routing)
+                .unwrap_or_else(|| state.config.routing.clone())
+                .parse::<NativePolicy>()
+                .unwrap_or_default()
+                .rank(&nodes, &mut rand::thread_rng())
+        });
     let chosen = &reports[*ranked.first()?];
+    if chosen.name == "d" {
+        tracing::warn!(?reports, "DEBUG chose d");
+    }
     state.routing.sent_to(chosen);
     if chosen.name == state.coordinator.node_name() {
         return None;
@@ -111,4 +132,13 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         "{}/_stream{mount}",
         chosen.url.trim_end_matches('/')
     ))
+}
+
+/// The bit rate one listener of `mount` is expected to take, in kbit/s: the stream's announced
+/// `icy-br` if this node has the mount live, else 128.
+fn kbps_per_listener(state: &State, mount: &str) -> u32 {
+    state
+        .hub(mount)
+        .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
+        .unwrap_or(128)
 }

@@ -53,6 +53,10 @@ pub struct State {
     /// Overflow policy: a lagging receiver re-checks its mount.
     pub source_started: broadcast::Sender<String>,
     pub next_id: AtomicU64,
+    /// Bytes written to listeners (proxied ones included), for the load report's bandwidth.
+    pub bytes_sent: AtomicU64,
+    /// This node's latest load measurement (`report_load`).
+    pub load: Mutex<crate::coordinator::NodeReport>,
     pub started: time::OffsetDateTime,
     /// Hash of the open-mode source password, if open mode is on.
     pub any_mount_hash: Option<String>,
@@ -83,6 +87,8 @@ impl State {
             listeners: Mutex::default(),
             source_started: broadcast::channel(64).0,
             next_id: AtomicU64::new(1),
+            bytes_sent: AtomicU64::new(0),
+            load: Mutex::default(),
             started: time::OffsetDateTime::now_utc(),
             any_mount_hash,
             transcoders: Mutex::default(),
@@ -228,14 +234,30 @@ pub async fn run(
     info!("stopped accepting connections");
 }
 
-/// Publishes this node's load about every second, in a cluster.
+/// Measures this node's load about every second into `State::load` (for `tidecast status`),
+/// and publishes it in a cluster.
 async fn report_load(state: Arc<State>) {
-    if state.coordinator.node_name().is_empty() {
-        return;
-    }
     let mut seq = 0u64;
+    // Bandwidth and CPU are averaged over the last few reports: listeners are written to in
+    // batches about once a second, so one period alone would swing between 0 and twice the rate.
+    let mut window =
+        std::collections::VecDeque::from([(std::time::Instant::now(), 0u64, cpu_seconds())]);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     loop {
         seq += 1;
+        let now = (
+            std::time::Instant::now(),
+            state.bytes_sent.load(Ordering::Relaxed),
+            cpu_seconds(),
+        );
+        window.push_back(now);
+        if window.len() > LOAD_WINDOW {
+            window.pop_front();
+        }
+        let first = window[0];
+        let elapsed = now.0.duration_since(first.0).as_secs_f64().max(1e-3);
+        let kbps = (now.1 - first.1) as f64 * 8.0 / 1000.0 / elapsed;
+        let cpu = (now.2 - first.2) / elapsed / cores * 100.0;
         let mut mounts = std::collections::BTreeMap::new();
         let listeners = state
             .listeners
@@ -247,18 +269,41 @@ async fn report_load(state: Arc<State>) {
                 l.len()
             })
             .unwrap_or(0);
-        state
-            .coordinator
-            .report(crate::coordinator::NodeReport {
-                listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
-                max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
-                mounts,
-                seq,
-                ..Default::default()
-            })
-            .await;
+        let report = crate::coordinator::NodeReport {
+            listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
+            max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
+            bandwidth_kbps: kbps as u32,
+            max_bandwidth_kbps: state.config.max_bandwidth_kbps,
+            cpu_percent: cpu.round() as u32,
+            mounts,
+            seq,
+            ..Default::default()
+        };
+        if let Ok(mut l) = state.load.lock() {
+            l.clone_from(&report);
+        }
+        if !state.coordinator.node_name().is_empty() {
+            state.coordinator.report(report).await;
+        }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Reports that bandwidth and CPU are averaged over (one a second).
+const LOAD_WINDOW: usize = 6;
+
+/// CPU time this process has used (user + system), in seconds; 0 where `/proc` is missing.
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks
+    // (USER_HZ, 100 on Linux).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 /// Applies configuration changes to what runs here: a deleted mount loses its source (and so its

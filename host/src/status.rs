@@ -170,3 +170,53 @@ pub fn listclients_xml(state: &State, mount: &str) -> String {
     out.push_str("</source>\n</icestats>\n");
     out
 }
+
+/// The cluster as this node sees it, for `tidecast status` (`/api/v1/cluster`): every live
+/// node's last load report, and every mount with its kind, the node producing it (origin or
+/// transcoder) and its listeners across the cluster. A single node shows itself.
+pub fn cluster_json(state: &State) -> Value {
+    let mut nodes = state.coordinator.nodes();
+    let clustered = !state.coordinator.node_name().is_empty();
+    if !clustered {
+        let mut me = state.load.lock().map(|l| l.clone()).unwrap_or_default();
+        me.name = "(single node)".to_owned();
+        me.url = state.base_url(None);
+        nodes.push(me);
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut mounts = state.coordinator.mounts();
+    mounts.sort_by(|a, b| a.path.cmp(&b.path));
+    let mounts: Vec<Value> = mounts
+        .iter()
+        .map(|m| {
+            let origin = if clustered {
+                state.coordinator.origin_node(&m.path)
+            } else {
+                state.hub(&m.path).map(|_| "(single node)".to_owned())
+            };
+            let listeners: u32 = nodes.iter().filter_map(|n| n.mounts.get(&m.path)).sum();
+            json!({
+                "path": m.path,
+                "kind": if m.transcode.is_some() { "transcode" } else { "source" },
+                "from": m.transcode.as_ref().map(|t| t.from.clone()),
+                "origin": origin,
+                "listeners": listeners,
+            })
+        })
+        .collect();
+    json!({
+        "store": if clustered { "etcd" } else { "embedded" },
+        "this_node": state.coordinator.node_name(),
+        "nodes": nodes.iter().map(|n| json!({
+            "name": n.name,
+            "url": n.url,
+            "listeners": n.listeners,
+            "max_listeners": n.max_listeners,
+            "bandwidth_kbps": n.bandwidth_kbps,
+            "max_bandwidth_kbps": n.max_bandwidth_kbps,
+            "cpu_percent": n.cpu_percent,
+            "mounts": n.mounts,
+        })).collect::<Vec<_>>(),
+        "mounts": mounts,
+    })
+}

@@ -224,7 +224,14 @@ fn spawn_node(dir: &Path, data_dir: &Path, extra: &[String]) -> (Proc, SocketAdd
     let mut proc = Proc::spawn(
         "tidecast",
         Command::new(bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(
+                (!extra.iter().any(|a| a == "--listen"))
+                    .then_some(["--listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .arg("--data-dir")
             .arg(data_dir)
             .args(["--admin-password", ADMIN_PASSWORD])
             .args(extra)
@@ -708,15 +715,28 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 
 impl Node {
     /// A cluster node named `name` on `etcd`.
+    /// A node of the cluster on `etcd`, listening on its own loopback address: 127.0.0.2 for a
+    /// name starting with "a", 127.0.0.3 for "b", and so on.
     pub fn start_clustered(etcd: &Etcd, name: &str) -> Node {
-        Node::start(&[
+        Node::start_clustered_with(etcd, name, &[])
+    }
+
+    /// [`Node::start_clustered`] with more flags.
+    pub fn start_clustered_with(etcd: &Etcd, name: &str, extra: &[&str]) -> Node {
+        let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
+        let listen = format!("127.0.0.{host}:0");
+        let mut args = vec![
+            "--listen",
+            &listen,
             "--etcd",
             &etcd.client_url,
             "--node-name",
             name,
             "--cluster-secret",
             CLUSTER_SECRET,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        Node::start(&args)
     }
 }
 

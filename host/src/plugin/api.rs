@@ -191,7 +191,7 @@ struct RankRequest {
 /// Runs policy `name` once on sample nodes, as listener routing would: the plugin's ranking, or
 /// the native one when the plugin fails (with the failure).
 pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
-    use super::policy::{native_rank, sample_nodes, sample_request, WasmPolicy};
+    use super::policy::{sample_nodes, sample_request, WasmPolicy};
     let r: RankRequest = if body.is_empty() {
         RankRequest::default()
     } else {
@@ -237,7 +237,14 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         Err(e) => return Response::error(422, e),
     };
     let by = if ranked.is_some() { "plugin" } else { "native" };
-    let order = ranked.unwrap_or_else(|| native_rank(&nodes));
+    let order = ranked.unwrap_or_else(|| {
+        state
+            .config
+            .routing
+            .parse::<crate::routing::NativePolicy>()
+            .unwrap_or_default()
+            .rank(&nodes, &mut rand::thread_rng())
+    });
     Response::json(
         200,
         &json!({

@@ -130,32 +130,6 @@ impl WasmPolicy {
     }
 }
 
-/// The native fallback: nodes below their limits, least utilized first (listeners over their
-/// limit, or bandwidth over its limit, whichever is higher).
-pub fn native_rank(nodes: &[NodeLoad]) -> Vec<usize> {
-    let ratio = |used: u32, max: u32| {
-        if max == 0 {
-            f64::from(used) * 1e-9
-        } else {
-            f64::from(used) / f64::from(max)
-        }
-    };
-    let mut order: Vec<(f64, usize)> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                ratio(n.listeners, n.max_listeners)
-                    .max(ratio(n.bandwidth_kbps, n.max_bandwidth_kbps)),
-                i,
-            )
-        })
-        .filter(|(u, _)| *u < 1.0)
-        .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0));
-    order.into_iter().map(|(_, i)| i).collect()
-}
-
 /// The `id` of a node in the WIT's `node-load`: FNV-1a (64 bit) of its name.
 pub fn node_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
