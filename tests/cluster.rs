@@ -125,15 +125,16 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
 }
 
 #[test]
-fn an_etcd_outage_keeps_listeners_and_refuses_changes_until_etcd_is_back() {
+fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back() {
     let mut etcd = Etcd::start();
     let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
     a.create_mount("/live.mp3", "hackme", &[]);
     let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
     a.wait_live("/live.mp3", Duration::from_secs(10));
-    let listener = std::net::TcpStream::connect(a.addr).unwrap();
-    std::io::Write::write_all(&mut &listener, b"GET /live.mp3 HTTP/1.0\r\n\r\n").unwrap();
-    let reader = CountingReader::spawn(listener, 0);
+    // One listener on the origin, one on B through a relay.
+    let on_a = wait_for_listener(&a, "/_stream/live.mp3");
+    let on_b = wait_for_listener(&b, "/_stream/live.mp3");
 
     etcd.stop();
     std::thread::sleep(Duration::from_secs(1));
@@ -143,22 +144,28 @@ fn an_etcd_outage_keeps_listeners_and_refuses_changes_until_etcd_is_back() {
         err.contains("cluster store is unreachable") && err.contains("HTTP 503"),
         "{err}"
     );
-    // Listeners and the source carry on from the last known configuration.
-    let before = reader.bytes();
-    std::thread::sleep(Duration::from_secs(6));
-    assert!(
-        reader.bytes() > before + 5 * 16_000 - 20_000,
-        "the listener starved during the outage: {} bytes",
-        reader.bytes() - before
-    );
+    // Listeners, the relay and the source carry on from the last known configuration, and
+    // the nodes do not give up their mounts: every peer is cut off from etcd too.
+    let before = (on_a.bytes(), on_b.bytes());
+    std::thread::sleep(Duration::from_secs(29));
+    for (name, r, was) in [("A", &on_a, before.0), ("B", &on_b, before.1)] {
+        assert!(
+            r.bytes() > was + 28 * 16_000 - 40_000,
+            "the listener on {name} starved during the outage: {} bytes in 29 s",
+            r.bytes() - was
+        );
+    }
 
     etcd.restart();
     wait_for(Duration::from_secs(20), "changes to work again", || {
         a.cli(&["mount", "create", "/other.mp3", "--password", "hackme"])
             .0
     });
-    assert!(a.cli(&["mount", "list"]).1.contains("/other.mp3"));
-    assert!(reader.finish(), "the listener was disconnected");
+    assert!(b.cli(&["mount", "list"]).1.contains("/other.mp3"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!a.log().contains("giving up its mounts"), "{}", a.log());
+    assert!(on_a.finish(), "the listener on A was disconnected");
+    assert!(on_b.finish(), "the listener on B was disconnected");
 }
 
 /// Connects to `mount` on `node` asking for ICY metadata and returns the first non-empty
@@ -435,4 +442,87 @@ fn location(head: &str) -> String {
         .unwrap_or_default()
         .trim()
         .to_owned()
+}
+
+#[test]
+fn a_node_cut_off_from_etcd_gives_up_its_mounts_so_none_runs_twice() {
+    let etcd = Etcd::start();
+    let link = Link::to(etcd.client_addr());
+    // A alone creates the mounts, so it wins the transcoder's election and is the origin of both.
+    let a = Node::start_clustered_via(&link, "a");
+    a.create_mount("/live.mp3", "hackme", &[]);
+    a.create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    wait_for(
+        Duration::from_secs(15),
+        "A to run the source and the transcoder",
+        || {
+            let live = a.live_mounts();
+            live.contains(&"/live.mp3".to_owned()) && live.contains(&"/live-64.opus".to_owned())
+        },
+    );
+    let b = Node::start_clustered(&etcd, "b");
+    let c = Node::start_clustered(&etcd, "c");
+    wait_for(Duration::from_secs(5), "B to see A as origin", || {
+        b.mount_json("/live-64.opus")["origin"] == "a"
+    });
+
+    // The partition: A cannot reach etcd, B and C can. A's lease ends; B or C takes the
+    // transcoder, and A, told by a peer that its lease is gone, stops its source and transcoder.
+    link.cut();
+    let cut = Instant::now();
+    wait_for(Duration::from_secs(12), "A to give up its mounts", || {
+        a.live_mounts().is_empty()
+    });
+    eprintln!("A gave up its mounts {:?} after the cut", cut.elapsed());
+    assert!(
+        a.log().contains("a peer finds this node's lease gone"),
+        "{}",
+        a.log()
+    );
+    let mut transcoder = String::new();
+    wait_for(
+        Duration::from_secs(10),
+        "B or C to run the transcoder",
+        || {
+            transcoder = b.mount_json("/live-64.opus")["origin"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            transcoder == "b" || transcoder == "c"
+        },
+    );
+    // A refuses sources while it cannot reach etcd; through B the source is taken.
+    let (code, _, _) = http_request(
+        a.addr,
+        &format!(
+            "SOURCE /live.mp3 HTTP/1.0\r\nAuthorization: {}\r\nContent-Type: audio/mpeg\r\n\r\n",
+            basic("source", "hackme")
+        ),
+    );
+    assert_eq!(code, 503, "a cut-off node took a source");
+    let (_src_b, _) = mp3_source_when_accepted(&b, "hackme", "/live.mp3", Duration::from_secs(15));
+    let (ok, err) = ffmpeg_decode(&c.url("/_stream/live-64.opus"), 3);
+    assert!(
+        ok && err.trim().is_empty(),
+        "transcoded mount after the move: {err}"
+    );
+
+    // The partition heals: A takes a new lease and is a node again, and runs neither mount.
+    link.restore();
+    wait_for(Duration::from_secs(15), "A back in the cluster", || {
+        let (_, out, _) = b.cli(&["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| {
+            v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["name"] == "a"))
+        })
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !a.live_mounts().contains(&"/live-64.opus".to_owned()),
+        "A runs the transcoder again beside {transcoder}"
+    );
+    assert_eq!(b.mount_json("/live-64.opus")["origin"], transcoder.as_str());
+    assert_eq!(b.mount_json("/live.mp3")["origin"], "b");
 }

@@ -160,6 +160,16 @@ impl ServeConfig {
                 self.plugin_memory_mb
             ));
         }
+        if !self
+            .node_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            problems.push(format!(
+                "node_name may use letters, digits, '-', '_' and '.' only, got {:?}",
+                self.node_name
+            ));
+        }
         if let Err(e) = self.routing.parse::<crate::routing::NativePolicy>() {
             problems.push(format!("routing: {e}"));
         }

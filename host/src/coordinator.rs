@@ -200,6 +200,10 @@ pub enum ConfigEvent {
     MountChanged(String),
     MountDeleted(String),
     PluginChanged(String),
+    /// This node's lease is gone (it was cut off from etcd for longer than the lease): its origin
+    /// claims are void and other nodes may already hold its mounts. Its sources and transcoders
+    /// must stop; it has a new lease by the time this is sent, or gets one when etcd answers.
+    LeaseLost,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +274,11 @@ pub trait Coordinator: Send + Sync {
     }
     /// Publishes this node's load (name and URL are filled in by the coordinator).
     async fn report(&self, _report: NodeReport) {}
+    /// Whether node `name` still holds its lease, asked of the store now: `None` when the store
+    /// cannot be reached. A node cut off from etcd asks its peers this about itself.
+    async fn node_alive(&self, _name: &str) -> Option<bool> {
+        None
+    }
     /// Leaves the cluster on a clean shutdown (etcd: revokes the node's lease, so its mounts are
     /// free at once instead of after the lease's TTL).
     async fn leave(&self) {}

@@ -17,8 +17,9 @@
 //! node keeps serving from its last known configuration.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -51,6 +52,7 @@ struct Cache {
     nodes: BTreeMap<String, NodeReport>,
 }
 
+#[derive(Clone)]
 pub struct Etcd {
     client: Client,
     url: String,
@@ -58,7 +60,10 @@ pub struct Etcd {
     ttl: i64,
     prefix: String,
     node: String,
-    lease: i64,
+    /// The node's current lease; replaced when the old one is lost.
+    lease: Arc<AtomicI64>,
+    /// The cluster secret, to ask peers about this node's lease while etcd is out of reach.
+    secret: String,
     cache: Arc<Mutex<Cache>>,
     events: broadcast::Sender<ConfigEvent>,
 }
@@ -76,6 +81,7 @@ impl Etcd {
         node: &str,
         advertise: &str,
         ttl: i64,
+        secret: &str,
     ) -> anyhow::Result<Etcd> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -136,7 +142,8 @@ impl Etcd {
             ttl,
             prefix: prefix.to_owned(),
             node: node.to_owned(),
-            lease,
+            lease: Arc::new(AtomicI64::new(lease)),
+            secret: secret.to_owned(),
             cache: Arc::default(),
             events: broadcast::channel(256).0,
         };
@@ -158,37 +165,122 @@ impl Etcd {
         Ok(revision)
     }
 
-    /// Keeps the lease alive ([`KEEPALIVES_PER_TTL`] times per TTL). If etcd stays away past the
-    /// lease, the node's origin keys are gone and other nodes may take its mounts.
+    /// Keeps the lease alive ([`KEEPALIVES_PER_TTL`] times per TTL).
+    ///
+    /// When the lease is lost the node's origin claims are void, so it sends
+    /// [`ConfigEvent::LeaseLost`] (its sources and transcoders stop) and takes a new lease. It
+    /// learns of the loss from etcd (a keep-alive answered with TTL 0), or, while it cannot reach
+    /// etcd for longer than the TTL, from a peer that can and finds the node's key gone: a node cut
+    /// off from etcd by a partition stops acting as origin, while in an outage of etcd itself
+    /// (every peer cut off too) every node keeps serving.
     fn keep_alive(&self) {
-        let mut client = self.client.clone();
-        let lease = self.lease;
+        let me = self.clone();
         let every = Duration::from_secs(self.ttl.unsigned_abs()) / KEEPALIVES_PER_TTL;
+        let ttl = Duration::from_secs(self.ttl.unsigned_abs());
         tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            // LeaseLost was sent for the current lease already (on a peer's word).
+            let mut written_off = false;
+            let mut client = me.client.clone();
             loop {
+                let lease = me.lease.load(Ordering::SeqCst);
+                let mut expired = false;
                 match client.lease_keep_alive(lease).await {
                     Ok((mut keeper, mut stream)) => loop {
-                        if keeper.keep_alive().await.is_err() {
+                        if let Err(e) = keeper.keep_alive().await {
+                            expired = e.to_string().contains("lease not found");
                             break;
                         }
-                        match stream.message().await {
-                            Ok(Some(r)) if r.ttl() > 0 => {}
-                            Ok(_) => {
-                                warn!(
-                                    lease,
-                                    "etcd lease expired: this node no longer holds its mounts"
-                                );
+                        // A silent network drops answers without an error: wait a TTL at most.
+                        let answer = tokio::time::timeout(ttl, stream.message()).await;
+                        let Ok(answer) = answer else { break };
+                        match answer {
+                            Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                            Ok(Some(_)) => {
+                                expired = true;
                                 break;
                             }
-                            Err(_) => break,
+                            Ok(None) => break,
+                            Err(e) => {
+                                expired = e.to_string().contains("lease not found");
+                                break;
+                            }
                         }
                         tokio::time::sleep(every).await;
                     },
+                    Err(e) if e.to_string().contains("lease not found") => expired = true,
                     Err(e) => warn!(error = %e, "etcd keep-alive failed; retrying"),
+                }
+                if expired {
+                    warn!(
+                        lease,
+                        "etcd lease expired: this node no longer holds its mounts"
+                    );
+                    if me.renew().await {
+                        if !written_off {
+                            let _ = me.events.send(ConfigEvent::LeaseLost);
+                        }
+                        written_off = false;
+                        last_ok = Instant::now();
+                        continue;
+                    }
+                }
+                if !written_off && last_ok.elapsed() > ttl && me.peers_say_lease_gone().await {
+                    warn!(lease, "cut off from etcd, and a peer finds this node's lease gone: giving up its mounts");
+                    written_off = true;
+                    let _ = me.events.send(ConfigEvent::LeaseLost);
                 }
                 tokio::time::sleep(every).await;
             }
         });
+    }
+
+    /// Takes a new lease and announces the node on it again; false if etcd refused.
+    async fn renew(&self) -> bool {
+        let mut client = self.client.clone();
+        let Ok(granted) = client.lease_grant(self.ttl, None).await else {
+            return false;
+        };
+        let report = NodeReport {
+            name: self.node.clone(),
+            url: self.url.clone(),
+            ..NodeReport::default()
+        };
+        let put = client
+            .put(
+                format!("{}nodes/{}", self.prefix, self.node),
+                serde_json::to_vec(&report).unwrap_or_default(),
+                Some(PutOptions::new().with_lease(granted.id())),
+            )
+            .await;
+        if put.is_err() {
+            return false;
+        }
+        self.lease.store(granted.id(), Ordering::SeqCst);
+        info!(lease = granted.id(), "new etcd lease");
+        true
+    }
+
+    /// Whether any peer (from the last known node list) reaches etcd and finds this node's key
+    /// gone.
+    async fn peers_say_lease_gone(&self) -> bool {
+        let peers: Vec<String> = self
+            .cache
+            .lock()
+            .map(|c| {
+                c.nodes
+                    .values()
+                    .filter(|n| n.name != self.node)
+                    .map(|n| n.url.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for url in peers {
+            if crate::relay::lease_alive_per(&url, &self.node, &self.secret).await == Some(false) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Follows the configuration from `revision` on, into the cache and the change feed.
@@ -442,7 +534,7 @@ impl Coordinator for Etcd {
             .and_then([TxnOp::put(
                 key.clone(),
                 self.node.as_str(),
-                Some(PutOptions::new().with_lease(self.lease)),
+                Some(PutOptions::new().with_lease(self.lease.load(Ordering::SeqCst))),
             )]);
         let won = client
             .txn(txn)
@@ -497,16 +589,29 @@ impl Coordinator for Etcd {
         let put = client.put(
             format!("{}nodes/{}", self.prefix, self.node),
             bytes,
-            Some(PutOptions::new().with_lease(self.lease)),
+            Some(PutOptions::new().with_lease(self.lease.load(Ordering::SeqCst))),
         );
         if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, put).await {
             tracing::debug!(error = %e, "load report not sent");
         }
     }
 
+    async fn node_alive(&self, name: &str) -> Option<bool> {
+        let mut client = self.client.clone();
+        let get = client.get(
+            format!("{}nodes/{name}", self.prefix),
+            Some(GetOptions::new().with_count_only()),
+        );
+        match tokio::time::timeout(Duration::from_secs(2), get).await {
+            Ok(Ok(r)) => Some(r.count() > 0),
+            _ => None,
+        }
+    }
+
     async fn leave(&self) {
         let mut client = self.client.clone();
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(self.lease)).await {
+        let lease = self.lease.load(Ordering::SeqCst);
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.lease_revoke(lease)).await {
             Ok(Ok(_)) => info!(node = %self.node, "left the cluster"),
             _ => {
                 warn!(node = %self.node, "could not revoke the lease; its mounts free up when it expires")

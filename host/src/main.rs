@@ -139,7 +139,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             };
             let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
             Arc::new(
-                etcd::Etcd::open(&endpoints, &config.etcd_prefix, &node, &advertise, ttl).await?,
+                etcd::Etcd::open(
+                    &endpoints,
+                    &config.etcd_prefix,
+                    &node,
+                    &advertise,
+                    ttl,
+                    &config.cluster_secret,
+                )
+                .await?,
             )
         };
         ensure_admin(&config, coordinator.as_ref()).await?;

@@ -136,6 +136,19 @@ async fn connect(state: &State, mount: &str, url: &str) -> Result<Upstream, Stri
     Ok(up)
 }
 
+/// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`):
+/// `Some(false)` only when that node reached etcd and found the lease gone.
+pub async fn lease_alive_per(url: &str, name: &str, secret: &str) -> Option<bool> {
+    let headers = format!("{SECRET_HEADER}: {secret}\r\n");
+    let path = format!("/_cluster/lease/{name}");
+    let ask = request(url, &path, &headers);
+    match tokio::time::timeout(Duration::from_secs(1), ask).await {
+        Ok(Ok(up)) if up.head.status == 200 => Some(true),
+        Ok(Ok(up)) if up.head.status == 410 => Some(false),
+        _ => None,
+    }
+}
+
 /// Sends `GET <path>` with `headers` (each line ending in CRLF) to the node at `url`
 /// (`http://host:port`) and reads the response head.
 async fn request(url: &str, path: &str, headers: &str) -> Result<Upstream, String> {

@@ -315,6 +315,10 @@ async fn reconcile(state: Arc<State>) {
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
+            Ok(ConfigEvent::LeaseLost) => {
+                give_up_origins(&state);
+                continue;
+            }
             Ok(ConfigEvent::MountChanged(_) | ConfigEvent::PluginChanged(_)) => vec![],
             // Missed events: compare live hubs with the configuration.
             Err(broadcast::error::RecvError::Lagged(_)) => state
@@ -337,6 +341,35 @@ async fn reconcile(state: Arc<State>) {
             }
         }
     }
+}
+
+/// After this node's lease was lost: its sources are disconnected (they reconnect through a node
+/// that can claim the mount) and its transcoders stop and campaign again, so no mount has two
+/// origins for longer than the lease.
+fn give_up_origins(state: &Arc<State>) {
+    let relayed = state.relays.lock().map(|r| r.clone()).unwrap_or_default();
+    let transcoded = state
+        .transcoders
+        .lock()
+        .map(|t| t.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    for h in state.live_hubs() {
+        if !relayed.contains(&h.mount) && !transcoded.contains(&h.mount) {
+            warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
+            h.kill.notify_one();
+        }
+    }
+    if let Ok(mut t) = state.transcoders.lock() {
+        if !t.is_empty() {
+            warn!(
+                count = t.len(),
+                "lease lost: transcoders stop and campaign again"
+            );
+        }
+        // Dropping a handle stops its thread; the sync below starts new ones.
+        t.clear();
+    }
+    sync_transcoders(state);
 }
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.
@@ -401,9 +434,9 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
             crate::admin::serve(stream, peer, req, buf, state).await
         }
-        "GET" if path.starts_with("/_relay/") => {
-            // Another node of the cluster relaying a mount: the listener path, once the cluster
-            // secret matches.
+        "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
+            // Another node of the cluster: relaying a mount (the listener path), or asking
+            // whether its lease is alive. Only with the cluster secret.
             drop(buf);
             let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
             let expected = state.config.cluster_secret.as_bytes();
@@ -417,6 +450,18 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             if !ok {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
+                send(&mut stream, &r, req.response_version(), false).await;
+                return;
+            }
+            if path.starts_with("/_cluster/") {
+                let r = match path.strip_prefix("/_cluster/lease/") {
+                    Some(node) => match state.coordinator.node_alive(node).await {
+                        Some(true) => Response::text(200, "alive"),
+                        Some(false) => Response::text(410, "gone"),
+                        None => Response::text(503, "etcd unreachable from here too"),
+                    },
+                    None => Response::text(404, "no such cluster endpoint"),
+                };
                 send(&mut stream, &r, req.response_version(), false).await;
                 return;
             }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ADMIN_PASSWORD: &str = "admin-secret";
@@ -675,6 +675,11 @@ impl Etcd {
         e
     }
 
+    /// The address of etcd's client port.
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports.0))
+    }
+
     /// Starts (again) on the same data directory and ports; returns once etcd reports healthy.
     pub fn restart(&mut self) {
         drop(self.proc.take());
@@ -721,15 +726,24 @@ impl Node {
         Node::start_clustered_with(etcd, name, &[])
     }
 
+    /// A cluster node that reaches etcd only through `link` (which the test can cut).
+    pub fn start_clustered_via(link: &Link, name: &str) -> Node {
+        Node::cluster_node(&format!("http://{}", link.addr), name, &[])
+    }
+
     /// [`Node::start_clustered`] with more flags.
     pub fn start_clustered_with(etcd: &Etcd, name: &str, extra: &[&str]) -> Node {
+        Node::cluster_node(&etcd.client_url, name, extra)
+    }
+
+    fn cluster_node(etcd_url: &str, name: &str, extra: &[&str]) -> Node {
         let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
         let listen = format!("127.0.0.{host}:0");
         let mut args = vec![
             "--listen",
             &listen,
             "--etcd",
-            &etcd.client_url,
+            etcd_url,
             "--node-name",
             name,
             "--cluster-secret",
@@ -759,5 +773,61 @@ pub fn mp3_source_when_accepted(
             start.elapsed() < timeout,
             "{mount} not accepted by the node within {timeout:?}"
         );
+    }
+}
+
+/// A TCP forwarder on 127.0.0.1 to `target` that can be cut and restored: a network partition
+/// between one node and etcd. Cutting closes every forwarded connection and refuses new ones.
+pub struct Link {
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Link {
+    pub fn to(target: SocketAddr) -> Link {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (cut2, open2) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                if let Ok(mut o) = open2.lock() {
+                    o.push(client.try_clone().unwrap());
+                    o.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { addr, cut, open }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        if let Ok(mut o) = self.open.lock() {
+            for s in o.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 }
