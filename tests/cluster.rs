@@ -526,3 +526,49 @@ fn a_node_cut_off_from_etcd_gives_up_its_mounts_so_none_runs_twice() {
     assert_eq!(b.mount_json("/live-64.opus")["origin"], transcoder.as_str());
     assert_eq!(b.mount_json("/live.mp3")["origin"], "b");
 }
+
+#[test]
+fn a_node_refuses_to_join_with_an_address_nobody_can_reach_it_at() {
+    let secret = ["--cluster-secret", CLUSTER_SECRET];
+    let etcd = ["--etcd", "http://127.0.0.1:9"];
+    let unused = format!("http://127.0.0.1:{}", free_port());
+    for (listen, advertise, why) in [
+        ("127.0.0.1:0", Some("http://0.0.0.0:8000"), "is a wildcard"),
+        ("0.0.0.0:0", None, "is a wildcard"),
+        (
+            "127.0.0.1:0",
+            Some(unused.as_str()),
+            "does not reach this node",
+        ),
+        (
+            "127.0.0.1:0",
+            Some("ftp://127.0.0.1:8000"),
+            "is not http://HOST:PORT",
+        ),
+        (
+            "127.0.0.1:0",
+            Some("http://no-such-host.invalid:8000"),
+            "does not resolve",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(dir.path())
+            .args(etcd)
+            .args(secret)
+            .args(["--admin-password", ADMIN_PASSWORD]);
+        if let Some(a) = advertise {
+            cmd.args(["--advertise", a]);
+        }
+        let started = Instant::now();
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{advertise:?} was accepted");
+        assert!(
+            err.contains(why) && err.contains("give --advertise http://HOST:PORT"),
+            "{advertise:?}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{advertise:?}");
+    }
+}

@@ -137,6 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 config.advertise.clone()
             };
+            check_advertise(&listener, &advertise).await?;
             let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
             Arc::new(
                 etcd::Etcd::open(
@@ -186,6 +187,50 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
 /// generated one printed once.
 /// The host name, for a node that was given no `--node-name`.
+/// Checks that `advertise` (what other nodes and redirected listeners will use) reaches this
+/// node's `listener`: it names a concrete host and port, and a connection to it arrives here.
+/// Nothing else is accepted yet, so the one connection that arrives is the probe's.
+async fn check_advertise(
+    listener: &tokio::net::TcpListener,
+    advertise: &str,
+) -> anyhow::Result<()> {
+    let fix =
+        "give --advertise http://HOST:PORT with an address the other nodes reach this node at";
+    let authority = advertise
+        .strip_prefix("http://")
+        .map(|a| a.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| {
+            anyhow::anyhow!("the advertised URL {advertise:?} is not http://HOST:PORT; {fix}")
+        })?;
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("the advertised address {authority} does not resolve; {fix}"))?
+        .collect();
+    if resolved.iter().any(|a| a.ip().is_unspecified()) {
+        anyhow::bail!(
+            "the advertised address {authority} is a wildcard that other nodes cannot use; {fix}"
+        );
+    }
+    let probe = async {
+        let out = tokio::net::TcpStream::connect(authority).await?;
+        let (_, from) = listener.accept().await?;
+        std::io::Result::Ok(from == out.local_addr()?)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => anyhow::bail!(
+            "the advertised address {authority} reaches another server, not this node; {fix}"
+        ),
+        Ok(Err(e)) => anyhow::bail!(
+            "the advertised address {authority} does not reach this node ({e}); {fix}"
+        ),
+        Err(_) => {
+            anyhow::bail!("connections to the advertised address {authority} do not arrive at this node; {fix}")
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
