@@ -572,3 +572,68 @@ fn a_node_refuses_to_join_with_an_address_nobody_can_reach_it_at() {
         assert!(started.elapsed() < Duration::from_secs(10), "{advertise:?}");
     }
 }
+
+#[test]
+fn the_cluster_zone_resolves_to_the_live_nodes() {
+    require("dig");
+    let etcd = Etcd::start();
+    let port = free_port().to_string();
+    let _a = Node::start_clustered_with(
+        &etcd,
+        "a",
+        &[
+            "--dns-listen",
+            &format!("127.0.0.2:{port}"),
+            "--dns-zone",
+            "radio.test",
+            "--dns-ns",
+            "ns1.radio.test,ns2.radio.test",
+        ],
+    );
+    let _b = Node::start_clustered(&etcd, "b");
+    let mut c = Node::start_clustered(&etcd, "c");
+    let dig = |args: &[&str]| {
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.2", "-p", &port, "+norec", "+time=2", "+tries=2"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addresses = |tcp: bool| {
+        let mut args = vec!["radio.test", "A", "+short"];
+        if tcp {
+            args.push("+tcp");
+        }
+        let mut v: Vec<String> = dig(&args).lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    wait_for(Duration::from_secs(5), "three nodes in the zone", || {
+        addresses(false) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    });
+    assert_eq!(addresses(true), ["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+    assert_eq!(dig(&["c.radio.test", "A", "+short"]).trim(), "127.0.0.4");
+    let full = dig(&["radio.test", "A"]);
+    assert!(
+        full.contains("flags: qr aa") && full.contains("radio.test.\t\t5\tIN\tA"),
+        "{full}"
+    );
+    let ns = dig(&["radio.test", "NS", "+short"]);
+    assert!(
+        ns.contains("ns1.radio.test.") && ns.contains("ns2.radio.test."),
+        "{ns}"
+    );
+    assert!(
+        dig(&["radio.test", "SOA", "+short"]).starts_with("ns1.radio.test. hostmaster.radio.test.")
+    );
+    assert!(dig(&["nowhere.radio.test", "A"]).contains("status: NXDOMAIN"));
+    assert!(dig(&["example.com", "A"]).contains("status: REFUSED"));
+
+    // A dead node leaves the zone once its lease ends.
+    drop(c.proc.take());
+    wait_for(Duration::from_secs(10), "C out of the zone", || {
+        addresses(false) == ["127.0.0.2", "127.0.0.3"]
+    });
+    assert!(dig(&["c.radio.test", "A"]).contains("status: NXDOMAIN"));
+}

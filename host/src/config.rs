@@ -96,6 +96,16 @@ serve_settings! {
     /// Listeners whose User-Agent contains one of these (comma-separated, case-insensitive) are
     /// proxied to the node routing picks instead of redirected; `?proxy=1` asks for it per request.
     proxy_user_agents: String = String::new(); [value_name = "AGENT,..."]
+    /// Answer DNS for the cluster zone on this address (UDP and TCP, e.g. 0.0.0.0:53); off when
+    /// empty.
+    dns_listen: String = String::new(); [value_name = "ADDR"]
+    /// The zone answered (e.g. stream.example.org): its A/AAAA are the live nodes, and
+    /// `<node>.<zone>` each node.
+    dns_zone: String = String::new(); [value_name = "NAME"]
+    /// Name servers of the zone for its NS records, comma-separated [default: ns.<zone>].
+    dns_ns: String = String::new(); [value_name = "NAME,..."]
+    /// TTL of the DNS answers, short so a dead node leaves resolvers' caches soon.
+    dns_ttl_secs: u32 = 5; [value_name = "SECONDS"]
     /// Memory cap of each WebAssembly plugin instance, in MiB.
     plugin_memory_mb: usize = 32; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.
@@ -170,6 +180,19 @@ impl ServeConfig {
                 self.node_name
             ));
         }
+        if !self.dns_listen.is_empty() {
+            if let Err(e) = self.dns_listen.parse::<SocketAddr>() {
+                problems.push(format!("dns_listen {:?}: {e}", self.dns_listen));
+            }
+            if self.dns_zone.is_empty() {
+                problems.push("dns_listen needs dns_zone (the zone to answer for)".to_owned());
+            } else if let Err(e) = self.dns_zone() {
+                problems.push(e);
+            }
+        }
+        if !(1..=86_400).contains(&self.dns_ttl_secs) {
+            problems.push("dns_ttl_secs must be between 1 and 86400".to_owned());
+        }
         if let Err(e) = self.routing.parse::<crate::routing::NativePolicy>() {
             problems.push(format!("routing: {e}"));
         }
@@ -181,6 +204,11 @@ impl ServeConfig {
         } else {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
         }
+    }
+
+    /// The DNS zone from `dns_zone`, `dns_ns` and `dns_ttl_secs`.
+    pub fn dns_zone(&self) -> Result<crate::dns::Zone, String> {
+        crate::dns::Zone::parse(&self.dns_zone, &self.dns_ns, self.dns_ttl_secs)
     }
 
     pub fn source_timeout(&self) -> Duration {

@@ -19,6 +19,7 @@ mod bench;
 mod client;
 mod config;
 mod coordinator;
+mod dns;
 mod etcd;
 mod http;
 mod hub;
@@ -152,6 +153,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         };
         ensure_admin(&config, coordinator.as_ref()).await?;
+        let dns = match config.dns_listen.parse() {
+            Ok(addr) => Some((
+                dns::bind(addr).await?,
+                config.dns_zone().map_err(anyhow::Error::msg)?,
+            )),
+            Err(_) => None,
+        };
         let any_mount_hash = if config.any_mount_password.is_empty() {
             None
         } else {
@@ -175,7 +183,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             any_mount_hash,
             plugins,
         ));
+        let dns = dns.map(|(sockets, zone)| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(e) = dns::serve(state, sockets, zone).await {
+                    tracing::error!(error = %e, "DNS server stopped");
+                }
+            })
+        });
         server::run(listener, state, shutdown_signal()).await;
+        if let Some(d) = dns {
+            d.abort();
+        }
         coordinator.leave().await;
         anyhow::Ok(())
     });

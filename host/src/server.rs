@@ -139,6 +139,17 @@ impl State {
         v
     }
 
+    /// Every live node's last load report; a single node's own latest one.
+    pub fn cluster_nodes(&self) -> Vec<crate::coordinator::NodeReport> {
+        if !self.coordinator.node_name().is_empty() {
+            return self.coordinator.nodes();
+        }
+        let mut me = self.load.lock().map(|l| l.clone()).unwrap_or_default();
+        me.name = "(single node)".to_owned();
+        me.url = self.base_url(None);
+        vec![me]
+    }
+
     pub fn mount_config(&self, mount: &str) -> Option<MountConfig> {
         self.coordinator.mount(mount)
     }

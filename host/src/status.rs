@@ -175,14 +175,8 @@ pub fn listclients_xml(state: &State, mount: &str) -> String {
 /// node's last load report, and every mount with its kind, the node producing it (origin or
 /// transcoder) and its listeners across the cluster. A single node shows itself.
 pub fn cluster_json(state: &State) -> Value {
-    let mut nodes = state.coordinator.nodes();
+    let mut nodes = state.cluster_nodes();
     let clustered = !state.coordinator.node_name().is_empty();
-    if !clustered {
-        let mut me = state.load.lock().map(|l| l.clone()).unwrap_or_default();
-        me.name = "(single node)".to_owned();
-        me.url = state.base_url(None);
-        nodes.push(me);
-    }
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut mounts = state.coordinator.mounts();
     mounts.sort_by(|a, b| a.path.cmp(&b.path));

@@ -1,0 +1,262 @@
+//! The optional authoritative DNS server of the cluster zone (`--dns-listen`, `--dns-zone`), so
+//! the stream's host name always resolves to live nodes:
+//! - `<zone>` A/AAAA: every live node (by the address in its advertised URL), at most
+//!   [`MAX_ADDRESSES`], least loaded first;
+//! - `<node>.<zone>` A/AAAA: that node;
+//! - `<zone>` NS: `--dns-ns` (default `ns.<zone>`), and SOA.
+//!
+//! Answers use short TTLs (`--dns-ttl-secs`) so a dead node leaves resolvers quickly. Names
+//! outside the zone are REFUSED; unknown names in it are NXDOMAIN with the SOA. Served over UDP
+//! and TCP by hickory-server; the records come from the same node reports routing uses.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::proto::op::{Header, MessageType, OpCode, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::ServerFuture;
+use tracing::{info, warn};
+
+use crate::server::State;
+
+/// Most addresses in one answer for the zone's name.
+pub const MAX_ADDRESSES: usize = 8;
+
+/// The zone's fixed parts, parsed once from the configuration.
+pub struct Zone {
+    origin: Name,
+    lower: LowerName,
+    name_servers: Vec<Name>,
+    ttl: u32,
+}
+
+impl Zone {
+    /// Parses `--dns-zone` and `--dns-ns`; every problem is reported.
+    pub fn parse(zone: &str, name_servers: &str, ttl: u32) -> Result<Zone, String> {
+        let origin = Name::from_str(zone)
+            .map(|n| n.to_lowercase())
+            .map_err(|e| format!("dns_zone {zone:?}: {e}"))?;
+        let origin = Name::from_labels(origin.iter().map(<[u8]>::to_vec))
+            .map_err(|e| format!("dns_zone {zone:?}: {e}"))?;
+        let mut ns = Vec::new();
+        for n in name_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            let mut name = Name::from_str(n).map_err(|e| format!("dns_ns {n:?}: {e}"))?;
+            name.set_fqdn(true);
+            ns.push(name);
+        }
+        if ns.is_empty() {
+            ns.push(
+                Name::from_str("ns")
+                    .and_then(|n| n.append_domain(&origin))
+                    .map_err(|e| format!("dns_zone {zone:?}: {e}"))?,
+            );
+        }
+        let mut origin = origin;
+        origin.set_fqdn(true);
+        Ok(Zone {
+            lower: LowerName::new(&origin),
+            origin,
+            name_servers: ns,
+            ttl,
+        })
+    }
+
+    fn soa(&self) -> Record {
+        let serial = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            & 0xffff_ffff) as u32;
+        let mbox = Name::from_str("hostmaster")
+            .and_then(|n| n.append_domain(&self.origin))
+            .unwrap_or_else(|_| self.origin.clone());
+        let ttl = self.ttl as i32;
+        Record::from_rdata(
+            self.origin.clone(),
+            self.ttl,
+            RData::SOA(SOA::new(
+                self.name_servers[0].clone(),
+                mbox,
+                serial,
+                ttl.max(60),
+                ttl.max(60),
+                3600,
+                self.ttl,
+            )),
+        )
+    }
+}
+
+struct Handler {
+    state: Arc<State>,
+    zone: Zone,
+}
+
+impl Handler {
+    /// The addresses of the live nodes, least loaded first: all of them for the zone's name, or
+    /// one node's for `<node>.<zone>`. `None`: no such name.
+    fn addresses(&self, name: &LowerName) -> Option<Vec<IpAddr>> {
+        let mut nodes = self.state.cluster_nodes();
+        let ip = |url: &str| -> Option<IpAddr> {
+            let authority = url.strip_prefix("http://")?.split('/').next()?;
+            let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+            host.trim_matches(['[', ']']).parse().ok()
+        };
+        if *name == self.zone.lower {
+            nodes.sort_by_key(|n| {
+                let share = |used: u32, max: u32| (used * 1000).checked_div(max).unwrap_or(0);
+                share(n.listeners, n.max_listeners)
+                    .max(share(n.bandwidth_kbps, n.max_bandwidth_kbps))
+            });
+            return Some(
+                nodes
+                    .iter()
+                    .filter_map(|n| ip(&n.url))
+                    .take(MAX_ADDRESSES)
+                    .collect(),
+            );
+        }
+        let label = name.to_string();
+        let label = label.strip_suffix(&format!(".{}", self.zone.origin.to_lowercase()))?;
+        nodes
+            .iter()
+            .find(|n| n.name.eq_ignore_ascii_case(label))
+            .map(|n| ip(&n.url).into_iter().collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response: R,
+    ) -> ResponseInfo {
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut header = Header::response_from_request(request.header());
+        header.set_authoritative(true);
+        header.set_recursion_available(false);
+        let query = match request.queries() {
+            [q] if request.message_type() == MessageType::Query
+                && request.op_code() == OpCode::Query =>
+            {
+                q
+            }
+            _ => {
+                header.set_response_code(ResponseCode::NotImp);
+                return send(&mut response, builder.build_no_records(header)).await;
+            }
+        };
+        let name = query.name();
+        if !self.zone.lower.zone_of(name) {
+            header.set_authoritative(false);
+            header.set_response_code(ResponseCode::Refused);
+            return send(&mut response, builder.build_no_records(header)).await;
+        }
+        let ttl = self.zone.ttl;
+        let owner = Name::from(name.clone());
+        let mut answers = Vec::new();
+        let Some(addresses) = self.addresses(name) else {
+            header.set_response_code(ResponseCode::NXDomain);
+            let soa = [self.zone.soa()];
+            return send(&mut response, builder.build(header, &[], &[], &soa, &[])).await;
+        };
+        let apex = *name == self.zone.lower;
+        match query.query_type() {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                for ip in addresses {
+                    let rdata = match (ip, query.query_type()) {
+                        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+                        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
+                            RData::AAAA(AAAA(v6))
+                        }
+                        _ => continue,
+                    };
+                    answers.push(Record::from_rdata(owner.clone(), ttl, rdata));
+                }
+            }
+            RecordType::NS if apex => {
+                for ns in &self.zone.name_servers {
+                    answers.push(Record::from_rdata(
+                        owner.clone(),
+                        ttl,
+                        RData::NS(NS(ns.clone())),
+                    ));
+                }
+            }
+            RecordType::SOA if apex => answers.push(self.zone.soa()),
+            _ => {}
+        }
+        // No data of that type: NOERROR with the SOA, so resolvers cache the absence briefly.
+        let soa = if answers.is_empty() {
+            vec![self.zone.soa()]
+        } else {
+            vec![]
+        };
+        send(
+            &mut response,
+            builder.build(header, &answers, &[], &soa, &[]),
+        )
+        .await
+    }
+}
+
+async fn send<'q, 'a, R: ResponseHandler>(
+    response: &mut R,
+    message: hickory_server::authority::MessageResponse<
+        'q,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> ResponseInfo {
+    match response.send_response(message).await {
+        Ok(info) => info,
+        Err(e) => {
+            warn!(error = %e, "DNS answer not sent");
+            let mut h = Header::new();
+            h.set_response_code(ResponseCode::ServFail);
+            h.into()
+        }
+    }
+}
+
+/// The DNS server's sockets, bound at start-up so a busy port is a start-up error.
+pub struct Sockets {
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+}
+
+/// Binds `addr` for UDP and TCP.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Sockets> {
+    let udp = tokio::net::UdpSocket::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}/udp: {e}"))?;
+    let tcp = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}/tcp: {e}"))?;
+    Ok(Sockets { udp, tcp })
+}
+
+/// Serves the zone until the task is dropped.
+pub async fn serve(state: Arc<State>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
+    let Sockets { udp, tcp } = sockets;
+    info!(addr = ?udp.local_addr().ok(), zone = %zone.origin, "authoritative DNS for the cluster zone");
+    let mut server = ServerFuture::new(Handler { state, zone });
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(5));
+    server
+        .block_until_done()
+        .await
+        .map_err(|e| anyhow::anyhow!("DNS server: {e}"))
+}
