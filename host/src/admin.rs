@@ -493,10 +493,10 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
 /// A store that refused a change: 503 when the cluster store is unreachable (try again later),
 /// 507 when the node's own disk failed.
 pub fn storage_error(e: CoordError) -> Response {
-    let status = if matches!(e, CoordError::Unavailable(_)) {
-        503
-    } else {
-        507
+    let status = match e {
+        CoordError::Unavailable(_) => 503,
+        CoordError::Conflict(_) => 409,
+        _ => 507,
     };
     Response::error(status, e)
 }
@@ -551,7 +551,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
             Err(e) => return Response::error(500, e),
         };
     }
-    if let Err(e) = state.coordinator.put_mount(m.clone()).await {
+    if let Err(e) = state.coordinator.put_mount(m.clone(), None).await {
         return storage_error(e);
     }
     info!(mount = %path, "mount created");
@@ -592,7 +592,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
             Err(e) => return Response::error(500, e),
         };
     }
-    if let Err(e) = state.coordinator.put_mount(m.clone()).await {
+    if let Err(e) = state.coordinator.put_mount(m.clone(), Some(&before)).await {
         return storage_error(e);
     }
     info!(%mount, "mount edited");

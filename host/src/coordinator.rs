@@ -217,6 +217,9 @@ pub enum CoordError {
     Corrupt { path: PathBuf, reason: String },
     #[error("the cluster store is unreachable ({0}): configuration changes are refused until it is back (nothing was changed)")]
     Unavailable(String),
+    /// A compare-and-swap write found something else stored than what the change was based on.
+    #[error("{0} was changed at the same time by another request; nothing was changed: read it again and retry")]
+    Conflict(String),
 }
 
 /// Held while this node is the origin of a mount; dropping it gives the mount up.
@@ -236,11 +239,23 @@ pub trait Coordinator: Send + Sync {
     fn mounts(&self) -> Vec<MountConfig>;
     fn mount(&self, path: &str) -> Option<MountConfig>;
     /// Creates or replaces a mount.
-    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError>;
+    /// Stores `mount` only if what is stored at its path is still `base` (`None`: nothing yet),
+    /// else [`CoordError::Conflict`]: two concurrent edits never silently overwrite each other.
+    async fn put_mount(
+        &self,
+        mount: MountConfig,
+        base: Option<&MountConfig>,
+    ) -> Result<(), CoordError>;
     /// Removes a mount; false when it did not exist.
     async fn delete_mount(&self, path: &str) -> Result<bool, CoordError>;
     fn admin(&self) -> Option<AdminCredential>;
-    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError>;
+    /// Stores the admin credential; with `only_if_absent`, only when none is stored yet (else
+    /// [`CoordError::Conflict`]), so nodes starting together agree on one generated password.
+    async fn set_admin(
+        &self,
+        admin: AdminCredential,
+        only_if_absent: bool,
+    ) -> Result<(), CoordError>;
     /// Tries to become the origin of `path`. `None` when another source holds it.
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError>;
     fn plugins(&self) -> Vec<PluginRecord>;
@@ -354,10 +369,13 @@ impl Embedded {
     }
 
     /// Applies `change` to a copy, persists it, then publishes it in memory.
-    async fn update(&self, change: impl FnOnce(&mut Persisted)) -> Result<(), CoordError> {
+    async fn update(
+        &self,
+        change: impl FnOnce(&mut Persisted) -> Result<(), CoordError>,
+    ) -> Result<(), CoordError> {
         let _guard = self.write_lock.lock().await;
         let mut next = self.snapshot();
-        change(&mut next);
+        change(&mut next)?;
         let bytes = serde_json::to_vec_pretty(&next).unwrap_or_default();
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || write_atomic(&file, &bytes))
@@ -419,10 +437,18 @@ impl Coordinator for Embedded {
         self.state.lock().ok()?.mounts.get(path).cloned()
     }
 
-    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError> {
+    async fn put_mount(
+        &self,
+        mount: MountConfig,
+        base: Option<&MountConfig>,
+    ) -> Result<(), CoordError> {
         let path = mount.path.clone();
         self.update(|s| {
+            if s.mounts.get(&path) != base {
+                return Err(CoordError::Conflict(format!("mount {path}")));
+            }
             s.mounts.insert(mount.path.clone(), mount);
+            Ok(())
         })
         .await?;
         let _ = self.events.send(ConfigEvent::MountChanged(path));
@@ -435,6 +461,7 @@ impl Coordinator for Embedded {
         }
         self.update(|s| {
             s.mounts.remove(path);
+            Ok(())
         })
         .await?;
         let _ = self.events.send(ConfigEvent::MountDeleted(path.to_owned()));
@@ -445,8 +472,19 @@ impl Coordinator for Embedded {
         self.state.lock().ok()?.admin.clone()
     }
 
-    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError> {
-        self.update(|s| s.admin = Some(admin)).await
+    async fn set_admin(
+        &self,
+        admin: AdminCredential,
+        only_if_absent: bool,
+    ) -> Result<(), CoordError> {
+        self.update(|s| {
+            if only_if_absent && s.admin.is_some() {
+                return Err(CoordError::Conflict("the admin credential".to_owned()));
+            }
+            s.admin = Some(admin);
+            Ok(())
+        })
+        .await
     }
 
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
@@ -504,6 +542,7 @@ impl Coordinator for Embedded {
                     versions: Vec::new(),
                 });
             rec.push(version);
+            Ok(())
         })
         .await?;
         let _ = self
@@ -518,6 +557,7 @@ impl Coordinator for Embedded {
         }
         self.update(|s| {
             s.plugins.remove(name);
+            Ok(())
         })
         .await?;
         let _ = self
@@ -606,8 +646,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Embedded::open(dir.path()).unwrap();
         let mut events = c.subscribe();
-        c.put_mount(mount("/a")).await.unwrap();
-        c.put_mount(mount("/b")).await.unwrap();
+        c.put_mount(mount("/a"), None).await.unwrap();
+        c.put_mount(mount("/b"), None).await.unwrap();
+        // Compare-and-swap: a create over an existing mount, or an edit based on an old
+        // version, is a conflict and changes nothing.
+        let mut edited = mount("/a");
+        edited.max_listeners = Some(7);
+        assert!(matches!(
+            c.put_mount(edited.clone(), None).await,
+            Err(CoordError::Conflict(_))
+        ));
+        c.put_mount(edited.clone(), Some(&mount("/a")))
+            .await
+            .unwrap();
+        assert!(matches!(
+            c.put_mount(mount("/a"), Some(&mount("/a"))).await,
+            Err(CoordError::Conflict(_))
+        ));
+        assert_eq!(c.mount("/a"), Some(edited.clone()));
         assert!(c.delete_mount("/b").await.unwrap());
         assert!(!c.delete_mount("/b").await.unwrap());
         assert_eq!(
@@ -616,7 +672,7 @@ mod tests {
         );
         drop(c);
         let c = Embedded::open(dir.path()).unwrap();
-        assert_eq!(c.mounts(), vec![mount("/a")]);
+        assert_eq!(c.mounts(), vec![edited]);
     }
 
     #[tokio::test]
@@ -631,13 +687,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_generated_admin_credential_never_replaces_a_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Embedded::open(dir.path()).unwrap();
+        let cred = |hash: &str| AdminCredential {
+            user: "admin".into(),
+            password_hash: hash.into(),
+        };
+        c.set_admin(cred("first"), true).await.unwrap();
+        assert!(matches!(
+            c.set_admin(cred("second"), true).await,
+            Err(CoordError::Conflict(_))
+        ));
+        assert_eq!(c.admin(), Some(cred("first")));
+        c.set_admin(cred("third"), false).await.unwrap();
+        assert_eq!(c.admin(), Some(cred("third")));
+    }
+
+    #[tokio::test]
     async fn failed_write_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let c = Embedded::open(dir.path()).unwrap();
-        c.put_mount(mount("/a")).await.unwrap();
+        c.put_mount(mount("/a"), None).await.unwrap();
         // Make the temp file path a directory so the write fails.
         std::fs::create_dir(dir.path().join("state.tmp")).unwrap();
-        let err = c.put_mount(mount("/b")).await.unwrap_err();
+        let err = c.put_mount(mount("/b"), None).await.unwrap_err();
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         assert_eq!(c.mounts(), vec![mount("/a")]);
         let on_disk: Persisted =

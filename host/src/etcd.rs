@@ -45,6 +45,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 struct Cache {
     admin: Option<AdminCredential>,
     mounts: BTreeMap<String, MountConfig>,
+    /// Each mount's key's `mod_revision`, for compare-and-swap writes.
+    mount_revisions: BTreeMap<String, i64>,
     plugins: BTreeMap<String, PluginRecord>,
     /// Mount → the node that is its origin.
     origins: BTreeMap<String, String>,
@@ -307,7 +309,11 @@ impl Etcd {
                             let Some(kv) = ev.kv() else { continue };
                             let value = (ev.event_type() == EventType::Put).then(|| kv.value());
                             let event = match cache.lock() {
-                                Ok(mut c) => apply(&mut c, &prefix, kv.key(), value),
+                                Ok(mut c) => {
+                                    let rev = value.is_some().then(|| kv.mod_revision());
+                                    note_revision(&mut c, &prefix, kv.key(), rev);
+                                    apply(&mut c, &prefix, kv.key(), value)
+                                }
                                 Err(_) => None,
                             };
                             if let Some(e) = event {
@@ -348,14 +354,24 @@ impl Etcd {
         Ok(())
     }
 
-    async fn put_json(&self, key: String, value: &impl serde::Serialize) -> Result<(), CoordError> {
+    /// Writes `value` as JSON at `key` if `compare` holds (always without one); whether it did.
+    async fn put_if(
+        &self,
+        key: String,
+        value: &impl serde::Serialize,
+        compare: Option<Compare>,
+    ) -> Result<bool, CoordError> {
         let bytes = serde_json::to_vec(value).map_err(|e| unavailable("encode", e))?;
-        let mut client = self.client.clone();
-        client
-            .put(key, bytes, None)
+        let txn = Txn::new()
+            .when(compare.into_iter().collect::<Vec<_>>())
+            .and_then([TxnOp::put(key, bytes, None)]);
+        Ok(self
+            .client
+            .clone()
+            .txn(txn)
             .await
-            .map_err(|e| unavailable("write", e))?;
-        Ok(())
+            .map_err(|e| unavailable("write", e))?
+            .succeeded())
     }
 
     /// Waits (briefly) until the watch has brought a write back into the cache, so a caller
@@ -377,6 +393,7 @@ async fn snapshot(client: &mut Client, prefix: &str) -> Result<(Cache, i64), etc
         .await?;
     let mut cache = Cache::default();
     for kv in resp.kvs() {
+        note_revision(&mut cache, prefix, kv.key(), Some(kv.mod_revision()));
         apply(&mut cache, prefix, kv.key(), Some(kv.value()));
     }
     Ok((cache, resp.header().map_or(0, |h| h.revision())))
@@ -404,6 +421,20 @@ fn replace(cache: &mut Cache, fresh: Cache) -> Vec<ConfigEvent> {
     }
     *cache = fresh;
     events
+}
+
+/// Keeps a mount key's `mod_revision` (`None`: deleted) for compare-and-swap writes.
+fn note_revision(cache: &mut Cache, prefix: &str, key: &[u8], revision: Option<i64>) {
+    let Some(path) = std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| k.strip_prefix(prefix)?.strip_prefix("mounts"))
+    else {
+        return;
+    };
+    match revision {
+        Some(r) => cache.mount_revisions.insert(path.to_owned(), r),
+        None => cache.mount_revisions.remove(path),
+    };
 }
 
 /// Applies one key's new value (`None`: deleted) to the cache; the event to publish, if any.
@@ -497,9 +528,31 @@ impl Coordinator for Etcd {
         self.cache.lock().ok()?.mounts.get(path).cloned()
     }
 
-    async fn put_mount(&self, mount: MountConfig) -> Result<(), CoordError> {
+    async fn put_mount(
+        &self,
+        mount: MountConfig,
+        base: Option<&MountConfig>,
+    ) -> Result<(), CoordError> {
         let key = format!("{}mounts{}", self.prefix, mount.path);
-        self.put_json(key, &mount).await?;
+        let conflict = || CoordError::Conflict(format!("mount {}", mount.path));
+        // The change was based on `base` as this node's cache has it; the write succeeds only if
+        // etcd still holds that very revision (or, for a new mount, nothing).
+        let compare = {
+            let c = self.cache.lock().map_err(|_| conflict())?;
+            if c.mounts.get(&mount.path) != base {
+                return Err(conflict());
+            }
+            match base {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some(_) => {
+                    let rev = c.mount_revisions.get(&mount.path).copied().unwrap_or(0);
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, rev)
+                }
+            }
+        };
+        if !self.put_if(key, &mount, Some(compare)).await? {
+            return Err(conflict());
+        }
         self.settle(|c| c.mounts.get(&mount.path) == Some(&mount))
             .await;
         Ok(())
@@ -519,9 +572,17 @@ impl Coordinator for Etcd {
         self.cache.lock().ok()?.admin.clone()
     }
 
-    async fn set_admin(&self, admin: AdminCredential) -> Result<(), CoordError> {
-        self.put_json(format!("{}admin", self.prefix), &admin)
-            .await?;
+    async fn set_admin(
+        &self,
+        admin: AdminCredential,
+        only_if_absent: bool,
+    ) -> Result<(), CoordError> {
+        let key = format!("{}admin", self.prefix);
+        let compare =
+            only_if_absent.then(|| Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+        if !self.put_if(key, &admin, compare).await? {
+            return Err(CoordError::Conflict("the admin credential".to_owned()));
+        }
         self.settle(|c| c.admin.as_ref() == Some(&admin)).await;
         Ok(())
     }
@@ -647,15 +708,32 @@ impl Coordinator for Etcd {
                 .await
                 .map_err(|e| unavailable("write", e))?;
         }
-        let mut record = self.plugin(name).unwrap_or_else(|| PluginRecord {
-            name: name.to_owned(),
-            versions: Vec::new(),
-        });
-        record.push(version);
-        self.put_json(format!("{}plugins/{name}", self.prefix), &record)
-            .await?;
-        self.settle(|c| c.plugins.get(name) == Some(&record)).await;
-        Ok(())
+        // Read-modify-write of the version list, as a compare-and-swap on the record's
+        // revision, so two uploads at once through two nodes both keep their version.
+        let key = format!("{}plugins/{name}", self.prefix);
+        for _ in 0..10 {
+            let current = client
+                .get(key.clone(), None)
+                .await
+                .map_err(|e| unavailable("read", e))?;
+            let kv = current.kvs().first();
+            let mut record = kv
+                .and_then(|kv| serde_json::from_slice::<PluginRecord>(kv.value()).ok())
+                .unwrap_or_else(|| PluginRecord {
+                    name: name.to_owned(),
+                    versions: Vec::new(),
+                });
+            record.push(version.clone());
+            let compare = match kv {
+                Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            };
+            if self.put_if(key.clone(), &record, Some(compare)).await? {
+                self.settle(|c| c.plugins.get(name) == Some(&record)).await;
+                return Ok(());
+            }
+        }
+        Err(CoordError::Conflict(format!("plugin {name}")))
     }
 
     async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError> {

@@ -170,10 +170,22 @@ impl Transcoder {
     }
 
     fn run(&self) {
-        // Become the origin of the output mount (retrying while an old transcoder lets go).
+        // Become the origin of the output mount (retrying while an old transcoder lets go). While
+        // the cluster's view shows another node holding it, no election is tried: that costs
+        // nothing but a look at the watched cache.
+        let me = self.state.coordinator.node_name();
         let claim = loop {
             if self.stopped() {
                 return;
+            }
+            if self
+                .state
+                .coordinator
+                .origin_node(&self.path)
+                .is_some_and(|n| n != me)
+            {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
             }
             match self
                 .rt
