@@ -716,3 +716,50 @@ fn concurrent_writes_through_two_nodes_never_overwrite_each_other() {
         serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["versions"] == 2)
     });
 }
+
+#[test]
+fn nodes_talk_to_etcd_over_tls_with_client_certificates() {
+    let etcd = Etcd::start_tls();
+    let certs = etcd.certs.clone().unwrap();
+    let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
+    a.create_mount("/live.mp3", "hackme", &[]);
+    wait_for(Duration::from_secs(5), "the mount on B", || {
+        b.cli(&["mount", "list"]).1.contains("/live.mp3")
+    });
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    let (ok, err) = ffmpeg_decode(&b.url("/_stream/live.mp3"), 2);
+    assert!(ok && err.trim().is_empty(), "{err}");
+
+    // Without a client certificate etcd refuses the node, and without the CA the node refuses
+    // to start: both say so.
+    let ca = certs.join("ca.crt");
+    for (extra, why) in [
+        (
+            vec!["--etcd-ca", ca.to_str().unwrap()],
+            "a client certificate etcd trusts",
+        ),
+        (vec![], "need --etcd-ca"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.9:0", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--etcd",
+                &etcd.client_url,
+                "--cluster-secret",
+                CLUSTER_SECRET,
+            ])
+            .args(["--admin-password", ADMIN_PASSWORD])
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{extra:?}: {err}"
+        );
+    }
+}

@@ -75,6 +75,13 @@ serve_settings! {
     /// etcd endpoints of a cluster, comma-separated (e.g. http://10.0.0.5:2379); empty: a single
     /// node with its embedded store.
     etcd: String = String::new(); [value_name = "URL,..."]
+    /// CA certificate (PEM) that etcd's server certificate must chain to; needed for https://
+    /// endpoints.
+    etcd_ca: PathBuf = PathBuf::new(); [value_name = "FILE"]
+    /// This node's client certificate (PEM) for etcd's client-certificate authentication.
+    etcd_cert: PathBuf = PathBuf::new(); [value_name = "FILE"]
+    /// The private key (PEM) of --etcd-cert.
+    etcd_key: PathBuf = PathBuf::new(); [value_name = "FILE"]
     /// Prefix of the cluster's keys in etcd.
     etcd_prefix: String = "/tidecast/".to_owned(); [value_name = "PREFIX"]
     /// This node's name in the cluster [default: the host name].
@@ -179,6 +186,29 @@ impl ServeConfig {
                 "node_name may use letters, digits, '-', '_' and '.' only, got {:?}",
                 self.node_name
             ));
+        }
+        let https = self
+            .etcd
+            .split(',')
+            .any(|e| e.trim().starts_with("https://"));
+        let tls_files = [&self.etcd_ca, &self.etcd_cert, &self.etcd_key];
+        if https && self.etcd_ca.as_os_str().is_empty() {
+            problems.push(
+                "https:// etcd endpoints need --etcd-ca (the CA of etcd's certificate)".to_owned(),
+            );
+        }
+        if !https && tls_files.iter().any(|f| !f.as_os_str().is_empty()) {
+            problems.push(
+                "--etcd-ca, --etcd-cert and --etcd-key need https:// etcd endpoints".to_owned(),
+            );
+        }
+        if self.etcd_cert.as_os_str().is_empty() != self.etcd_key.as_os_str().is_empty() {
+            problems.push("--etcd-cert and --etcd-key go together".to_owned());
+        }
+        for f in tls_files.iter().filter(|f| !f.as_os_str().is_empty()) {
+            if !f.is_file() {
+                problems.push(format!("{} is not a readable file", f.display()));
+            }
         }
         if !self.dns_listen.is_empty() {
             if let Err(e) = self.dns_listen.parse::<SocketAddr>() {

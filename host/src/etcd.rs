@@ -74,27 +74,58 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
     CoordError::Unavailable(format!("etcd {what}: {e}"))
 }
 
+/// TLS settings for etcd from PEM files: the CA that signed etcd's certificate, and optionally
+/// this node's client certificate and key.
+pub fn tls_options(
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<etcd_client::TlsOptions> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    let mut tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    if !cert.as_os_str().is_empty() {
+        tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 impl Etcd {
     /// Connects, takes a lease, announces this node, loads the configuration and starts
     /// following it. `prefix` ends with `/`.
     pub async fn open(
         endpoints: &[String],
+        tls: Option<etcd_client::TlsOptions>,
         prefix: &str,
         node: &str,
         advertise: &str,
         ttl: i64,
         secret: &str,
     ) -> anyhow::Result<Etcd> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(REQUEST_TIMEOUT);
+        let with_tls = tls.is_some();
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         let mut client = Client::connect(endpoints, Some(options))
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", endpoints.join(",")))?;
         let lease = client
             .lease_grant(ttl, None)
             .await
-            .map_err(|e| anyhow::anyhow!("etcd lease: {e}"))?
+            .map_err(|e| {
+                let hint = if with_tls {
+                    " (over TLS: check that --etcd-ca signed etcd's certificate and that \
+                     --etcd-cert/--etcd-key are a client certificate etcd trusts)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(","))
+            })?
             .id();
         let node_key = format!("{prefix}nodes/{node}");
         // A node restarted right after a crash finds its old key until the old lease ends:

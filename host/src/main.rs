@@ -143,6 +143,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(
                 etcd::Etcd::open(
                     &endpoints,
+                    if config.etcd_ca.as_os_str().is_empty() {
+                        None
+                    } else {
+                        Some(etcd::tls_options(
+                            &config.etcd_ca,
+                            &config.etcd_cert,
+                            &config.etcd_key,
+                        )?)
+                    },
                     &config.etcd_prefix,
                     &node,
                     &advertise,

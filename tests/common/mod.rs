@@ -659,18 +659,40 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     ports: (u16, u16),
     proc: Option<Proc>,
+    /// With TLS: the directory of `ca.crt`, `server.*` and `client.*`.
+    pub certs: Option<PathBuf>,
+    /// Times etcd was started (its log is appended to).
+    starts: usize,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(false)
+    }
+
+    /// An etcd that serves https only and requires client certificates signed by its own test
+    /// CA (made with openssl; see [`Etcd::certs`]).
+    pub fn start_tls() -> Etcd {
+        Etcd::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Etcd {
         require("etcd");
         let mut e = Etcd {
             client_url: String::new(),
             dir: tempfile::tempdir().unwrap(),
             ports: (free_port(), free_port()),
             proc: None,
+            certs: None,
+            starts: 0,
         };
-        e.client_url = format!("http://127.0.0.1:{}", e.ports.0);
+        let scheme = if tls { "https" } else { "http" };
+        e.client_url = format!("{scheme}://127.0.0.1:{}", e.ports.0);
+        if tls {
+            let dir = e.dir.path().join("certs");
+            make_certs(&dir);
+            e.certs = Some(dir);
+        }
         e.restart();
         e
     }
@@ -690,10 +712,19 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
+        let mut cmd = Command::new("etcd");
+        if let Some(c) = &self.certs {
+            cmd.arg("--cert-file")
+                .arg(c.join("server.crt"))
+                .arg("--key-file")
+                .arg(c.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(c.join("ca.crt"))
+                .arg("--client-cert-auth");
+        }
         self.proc = Some(Proc::spawn(
             "etcd",
-            Command::new("etcd")
-                .arg("--data-dir")
+            cmd.arg("--data-dir")
                 .arg(self.dir.path().join("data"))
                 .args(["--listen-client-urls", &self.client_url])
                 .args(["--advertise-client-urls", &self.client_url])
@@ -704,10 +735,20 @@ impl Etcd {
                 .stderr(log),
         ));
         let addr: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
+        let log = self.dir.path().join("etcd.log");
+        let starts = self.starts;
         wait_for(Duration::from_secs(20), "etcd to be healthy", || {
-            TcpStream::connect(addr).is_ok()
-                && String::from_utf8_lossy(&http_get(addr, "/health", &[]).2).contains("true")
+            if TcpStream::connect(addr).is_err() {
+                return false;
+            }
+            if self.certs.is_some() {
+                // /health wants a client certificate here: etcd's log says when it serves.
+                return std::fs::read_to_string(&log)
+                    .is_ok_and(|l| l.matches("serving client requests").count() > starts);
+            }
+            String::from_utf8_lossy(&http_get(addr, "/health", &[]).2).contains("true")
         });
+        self.starts += 1;
     }
 
     /// Stops etcd (SIGKILL), as an outage.
@@ -716,10 +757,89 @@ impl Etcd {
     }
 }
 
+/// A test CA, etcd's server certificate (for 127.0.0.1) and a client certificate, in `dir`.
+fn make_certs(dir: &Path) {
+    require("openssl");
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tidecast test CA",
+        ],
+    ]
+    .concat());
+    // etcd's own gateway connects to itself with the server certificate: it needs clientAuth.
+    for (name, usage) in [
+        ("server", "serverAuth,clientAuth"),
+        ("client", "clientAuth"),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let (k, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &key,
+            &["-keyout", &k, "-out", &csr, "-subj", &format!("/CN={name}")],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+}
+
 pub const CLUSTER_SECRET: &str = "test-cluster-secret-0123456789";
 
 impl Node {
-    /// A cluster node named `name` on `etcd`.
     /// A node of the cluster on `etcd`, listening on its own loopback address: 127.0.0.2 for a
     /// name starting with "a", 127.0.0.3 for "b", and so on.
     pub fn start_clustered(etcd: &Etcd, name: &str) -> Node {
@@ -733,7 +853,18 @@ impl Node {
 
     /// [`Node::start_clustered`] with more flags.
     pub fn start_clustered_with(etcd: &Etcd, name: &str, extra: &[&str]) -> Node {
-        Node::cluster_node(&etcd.client_url, name, extra)
+        let tls: Vec<String> = etcd.certs.as_ref().map_or(vec![], |c| {
+            ["ca", "cert", "key"]
+                .iter()
+                .zip(["ca.crt", "client.crt", "client.key"])
+                .flat_map(|(flag, file)| {
+                    [format!("--etcd-{flag}"), c.join(file).display().to_string()]
+                })
+                .collect()
+        });
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Node::cluster_node(&etcd.client_url, name, &all)
     }
 
     fn cluster_node(etcd_url: &str, name: &str, extra: &[&str]) -> Node {
