@@ -53,7 +53,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (single node with an embedded store unless told otherwise).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure codec throughput on this machine (decode, encode, whole pipelines; one thread).
     Bench(bench::BenchArgs),
     /// Declare and manage mounts on a running node.
@@ -81,7 +81,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Bench(args) => bench::run(args),
         Command::Mount { conn, command } => client::mount(&conn, command),
         Command::Plugin { conn, command } => client::plugin(&conn, command),
