@@ -51,9 +51,13 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up: the size of the flags does not matter"
+)]
 enum Command {
     /// Run a node (single node with an embedded store unless told otherwise).
-    Serve(Box<ServeArgs>),
+    Serve(ServeArgs),
     /// Measure codec throughput on this machine (decode, encode, whole pipelines; one thread).
     Bench(bench::BenchArgs),
     /// Declare and manage mounts on a running node.
@@ -81,7 +85,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::run(args),
         Command::Mount { conn, command } => client::mount(&conn, command),
         Command::Plugin { conn, command } => client::plugin(&conn, command),
