@@ -408,6 +408,55 @@ fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
     eprintln!("sticky-ip policy: {to:?}");
     assert_eq!(to.len(), 1, "one client, one node: {to:?}");
     assert_eq!(to.get(&url_c).or(to.get(&url_d)), None);
+
+    // A station: its mounts share its policy and chain unless they set their own.
+    let ok = |args: &[&str]| {
+        let (ok, out, err) = a.cli(args);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    ok(&[
+        "mount",
+        "edit",
+        "/live.mp3",
+        "--policy",
+        "",
+        "--routing",
+        "",
+    ]);
+    ok(&["station", "create", "radio1", "--policy", "sticky"]);
+    let (fine, _, err) = a.cli(&["mount", "edit", "/live.mp3", "--station", "nope"]);
+    assert!(!fine && err.contains("no station named nope"), "{err}");
+    ok(&["mount", "edit", "/live.mp3", "--station", "radio1"]);
+    let to = route_all(50);
+    eprintln!("station radio1 with sticky-ip: {to:?}");
+    assert_eq!(to.len(), 1, "{to:?}");
+    let (fine, _, err) = a.cli(&["plugin", "rm", "sticky"]);
+    assert!(!fine && err.contains("station radio1"), "{err}");
+    ok(&[
+        "station",
+        "edit",
+        "radio1",
+        "--policy",
+        "",
+        "--routing",
+        "listeners_available,bandwidth_available,random",
+    ]);
+    let to = route_all(300);
+    eprintln!("station radio1 with random: {to:?}");
+    assert_eq!(to.get(&url_c).or(to.get(&url_d)), None, "{to:?}");
+    for u in [&url_a, &url_b] {
+        let n = to.get(u).copied().unwrap_or(0);
+        assert!((90..=210).contains(&n), "{u}: {n} of 300 ({to:?})");
+    }
+    assert!(ok(&["station", "list"]).contains("/live.mp3"));
+    let (fine, _, err) = a.cli(&["station", "rm", "radio1"]);
+    assert!(
+        !fine && err.contains("still has mounts: /live.mp3"),
+        "{err}"
+    );
+    ok(&["mount", "edit", "/live.mp3", "--station", ""]);
+    ok(&["station", "rm", "radio1"]);
 }
 
 /// The status and head of `GET path` (the connection is dropped after the head: a stream's body

@@ -194,6 +194,17 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
         ),
         ("POST", "/api/v1/mounts") => create_mount(state, body).await,
         ("GET", "/api/v1/cluster") => Response::json(200, &crate::status::cluster_json(state)),
+        ("GET", "/api/v1/stations") => crate::stations::list(state),
+        ("POST", "/api/v1/stations") => crate::stations::create(state, body).await,
+        (method, p) if p.starts_with("/api/v1/stations/") => {
+            let name = &p["/api/v1/stations/".len()..];
+            match method {
+                "GET" => crate::stations::show(state, name),
+                "PATCH" => crate::stations::edit(state, name, body).await,
+                "DELETE" => crate::stations::delete(state, name).await,
+                _ => Response::error(405, "use GET, PATCH or DELETE"),
+            }
+        }
         ("GET", "/api/v1/plugins") => crate::plugin::api::list(state),
         (method, p) if p.starts_with("/api/v1/plugins/") => {
             let name = &p["/api/v1/plugins/".len()..];
@@ -275,6 +286,8 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
 
 fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
     let hub = state.hub(&m.path);
+    // What routes this mount's listeners: its own, its station's, or the node's.
+    let (policy, routing) = crate::routing::for_mount(state, m);
     json!({
         "path": m.path,
         "source_user": m.source_user,
@@ -292,8 +305,9 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
             .lock()
             .ok()
             .and_then(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
-        "policy": m.policy.as_ref().map(ToString::to_string),
-        "routing": m.routing.clone().unwrap_or_else(|| state.config.routing.clone()),
+        "policy": policy.as_ref().map(ToString::to_string),
+        "routing": routing,
+        "station": m.station,
         "origin": state.coordinator.origin_node(&m.path),
     })
 }
@@ -328,6 +342,8 @@ struct MountRequest {
     policy: Option<String>,
     /// Native routing chain (`routing::native`); empty returns to the node's default.
     routing: Option<String>,
+    /// The station the mount belongs to; empty detaches it.
+    station: Option<String>,
 }
 
 impl MountRequest {
@@ -452,6 +468,11 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
             Err(e) => problems.push(format!("routing: {e}")),
         },
     }
+    match r.station.take() {
+        None => {}
+        Some(s) if s.is_empty() => m.station = None,
+        Some(s) => m.station = Some(s),
+    }
     if let Some(u) = r.source_user {
         if u.is_empty() || u.contains(':') {
             problems.push("source_user must be non-empty and contain no ':'".to_owned());
@@ -528,9 +549,11 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
         filters: Vec::new(),
         policy: None,
         routing: None,
+        station: None,
     };
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
+    problems.extend(crate::stations::check_membership(state, &m));
     if problems.is_empty() {
         problems.extend(crate::plugin::check_attachments(state, &m, None));
     }
@@ -577,6 +600,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     let before = m.clone();
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
+    problems.extend(crate::stations::check_membership(state, &m));
     if problems.is_empty() {
         problems.extend(crate::plugin::check_attachments(state, &m, Some(&before)));
     }

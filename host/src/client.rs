@@ -99,6 +99,10 @@ pub struct MountSettings {
     /// ("" returns to the node's --routing).
     #[arg(long, value_name = "STEP,...")]
     routing: Option<String>,
+    /// The station (radio) this mount belongs to ("" to leave it); the station's policy and
+    /// routing apply when the mount sets none.
+    #[arg(long, value_name = "NAME")]
+    station: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -178,6 +182,9 @@ fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) 
     }
     if let Some(r) = s.routing {
         set("routing", json!(r));
+    }
+    if let Some(st) = s.station {
+        set("station", json!(st));
     }
     body
 }
@@ -527,6 +534,122 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
         }
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+/// What stations share: listener routing.
+#[derive(clap::Args, Debug)]
+pub struct StationSettings {
+    /// The listener-selection policy plugin of the station's mounts, NAME[:key=value,...]
+    /// ("" detaches it).
+    #[arg(long, value_name = "NAME[:key=value,...]")]
+    policy: Option<String>,
+    /// The native routing chain of the station's mounts ("" returns to the node's --routing).
+    #[arg(long, value_name = "STEP,...")]
+    routing: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StationCommand {
+    /// Declare a station; mounts join it with `tidecast mount edit M --station NAME`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: StationSettings,
+    },
+    /// List stations and their mounts.
+    List,
+    /// Show one station.
+    Show { name: String },
+    /// Change a station's policy or routing chain.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        settings: StationSettings,
+    },
+    /// Remove a station that has no mounts left.
+    Rm { name: String },
+}
+
+pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn)?;
+    let body = |name: Option<&str>, s: StationSettings| {
+        let mut b = json!({});
+        if let Some(n) = name {
+            b["name"] = json!(n);
+        }
+        if let Some(p) = s.policy {
+            b["policy"] = json!(p);
+        }
+        if let Some(r) = s.routing {
+            b["routing"] = json!(r);
+        }
+        b
+    };
+    let item = |name: &str| {
+        format!(
+            "/api/v1/stations/{}",
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        )
+    };
+    let (v, done) = match command {
+        StationCommand::Create { name, settings } => {
+            let v = api.call(
+                "POST",
+                "/api/v1/stations",
+                Some(body(Some(&name), settings)),
+            )?;
+            (v, format!("Created station {name}"))
+        }
+        StationCommand::List => {
+            let v = api.call("GET", "/api/v1/stations", None)?;
+            if !conn.json {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    println!("No stations. Create one with `tidecast station create NAME`.");
+                }
+                for s in rows {
+                    println!(
+                        "{:<20} policy {:<20} routing {:<40} mounts {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["policy"].as_str().unwrap_or("-"),
+                        s["routing"].as_str().unwrap_or(""),
+                        s["mounts"]
+                            .as_array()
+                            .map(|m| m
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            (v, String::new())
+        }
+        StationCommand::Show { name } => {
+            let v = api.call("GET", &item(&name), None)?;
+            if !conn.json {
+                print_fields(&v);
+                return Ok(());
+            }
+            (v, String::new())
+        }
+        StationCommand::Edit { name, settings } => {
+            let v = api.call("PATCH", &item(&name), Some(body(None, settings)))?;
+            (v, format!("Updated station {name}"))
+        }
+        StationCommand::Rm { name } => {
+            let v = api.call("DELETE", &item(&name), None)?;
+            (v, format!("Removed station {name}"))
+        }
+    };
+    if conn.json || done.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{done}");
+    }
     Ok(())
 }
 

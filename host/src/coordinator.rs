@@ -49,6 +49,24 @@ pub struct MountConfig {
     /// `--routing`; a policy plugin, if attached, decides first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<String>,
+    /// The station (radio) this mount belongs to: its policy and routing chain apply when the
+    /// mount sets none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+}
+
+/// A station: one radio, whose mounts name it (`MountConfig::station`), and the listener
+/// routing its mounts share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationConfig {
+    pub name: String,
+    /// The listener-selection policy plugin of the station's mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PluginRef>,
+    /// The native routing chain of the station's mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
 }
 
 /// A node's presence and load, as it reports them about every second (cluster only).
@@ -258,6 +276,17 @@ pub trait Coordinator: Send + Sync {
     ) -> Result<(), CoordError>;
     /// Tries to become the origin of `path`. `None` when another source holds it.
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError>;
+    fn stations(&self) -> Vec<StationConfig>;
+    fn station(&self, name: &str) -> Option<StationConfig>;
+    /// Stores `station` only if what is stored under its name is still `base` (compare-and-swap,
+    /// as [`Coordinator::put_mount`]).
+    async fn put_station(
+        &self,
+        station: StationConfig,
+        base: Option<&StationConfig>,
+    ) -> Result<(), CoordError>;
+    /// Removes a station; false when it did not exist.
+    async fn delete_station(&self, name: &str) -> Result<bool, CoordError>;
     fn plugins(&self) -> Vec<PluginRecord>;
     fn plugin(&self, name: &str) -> Option<PluginRecord>;
     /// Stores `wasm` under its hash, then adds `version` to plugin `name` (creating it).
@@ -312,6 +341,8 @@ struct Persisted {
     mounts: BTreeMap<String, MountConfig>,
     #[serde(default)]
     plugins: BTreeMap<String, PluginRecord>,
+    #[serde(default)]
+    stations: BTreeMap<String, StationConfig>,
 }
 
 /// The single-node coordinator, persisted in the data directory.
@@ -502,6 +533,39 @@ impl Coordinator for Embedded {
         }))
     }
 
+    fn stations(&self) -> Vec<StationConfig> {
+        self.snapshot().stations.into_values().collect()
+    }
+
+    fn station(&self, name: &str) -> Option<StationConfig> {
+        self.state.lock().ok()?.stations.get(name).cloned()
+    }
+
+    async fn put_station(
+        &self,
+        station: StationConfig,
+        base: Option<&StationConfig>,
+    ) -> Result<(), CoordError> {
+        self.update(|s| {
+            if s.stations.get(&station.name) != base {
+                return Err(CoordError::Conflict(format!("station {}", station.name)));
+            }
+            s.stations.insert(station.name.clone(), station);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_station(&self, name: &str) -> Result<bool, CoordError> {
+        let mut existed = false;
+        self.update(|s| {
+            existed = s.stations.remove(name).is_some();
+            Ok(())
+        })
+        .await?;
+        Ok(existed)
+    }
+
     fn plugins(&self) -> Vec<PluginRecord> {
         self.snapshot().plugins.into_values().collect()
     }
@@ -638,6 +702,7 @@ mod tests {
             filters: Vec::new(),
             policy: None,
             routing: None,
+            station: None,
         }
     }
 

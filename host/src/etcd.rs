@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::coordinator::{
     AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, NodeReport, OriginClaim,
-    PluginRecord, PluginVersion,
+    PluginRecord, PluginVersion, StationConfig,
 };
 
 /// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.
@@ -45,8 +45,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 struct Cache {
     admin: Option<AdminCredential>,
     mounts: BTreeMap<String, MountConfig>,
-    /// Each mount's key's `mod_revision`, for compare-and-swap writes.
-    mount_revisions: BTreeMap<String, i64>,
+    stations: BTreeMap<String, StationConfig>,
+    /// Each configuration key's `mod_revision` (key without the prefix), for compare-and-swap
+    /// writes.
+    revisions: BTreeMap<String, i64>,
     plugins: BTreeMap<String, PluginRecord>,
     /// Mount → the node that is its origin.
     origins: BTreeMap<String, String>,
@@ -405,6 +407,39 @@ impl Etcd {
             .succeeded())
     }
 
+    /// Compare-and-swap of the configuration key `rel` (without the prefix): writes `value` only
+    /// if the cache still shows what the change was based on (`unchanged`) and etcd still holds
+    /// that very revision (`existed`), or nothing (`!existed`). Else [`CoordError::Conflict`]
+    /// naming `what`.
+    async fn swap(
+        &self,
+        rel: &str,
+        value: &impl serde::Serialize,
+        existed: bool,
+        unchanged: impl Fn(&Cache) -> bool,
+        what: impl Fn() -> String,
+    ) -> Result<(), CoordError> {
+        let key = format!("{}{rel}", self.prefix);
+        let compare = {
+            let c = self
+                .cache
+                .lock()
+                .map_err(|_| CoordError::Conflict(what()))?;
+            if !unchanged(&c) {
+                return Err(CoordError::Conflict(what()));
+            }
+            match c.revisions.get(rel) {
+                Some(&rev) if existed => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                _ => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            }
+        };
+        if self.put_if(key, value, Some(compare)).await? {
+            Ok(())
+        } else {
+            Err(CoordError::Conflict(what()))
+        }
+    }
+
     /// Waits (briefly) until the watch has brought a write back into the cache, so a caller
     /// that reads right after its own write sees it.
     async fn settle(&self, done: impl Fn(&Cache) -> bool) {
@@ -454,17 +489,18 @@ fn replace(cache: &mut Cache, fresh: Cache) -> Vec<ConfigEvent> {
     events
 }
 
-/// Keeps a mount key's `mod_revision` (`None`: deleted) for compare-and-swap writes.
+/// Keeps a configuration key's `mod_revision` (`None`: deleted) for compare-and-swap writes.
 fn note_revision(cache: &mut Cache, prefix: &str, key: &[u8], revision: Option<i64>) {
-    let Some(path) = std::str::from_utf8(key)
+    let Some(key) = std::str::from_utf8(key)
         .ok()
-        .and_then(|k| k.strip_prefix(prefix)?.strip_prefix("mounts"))
+        .and_then(|k| k.strip_prefix(prefix))
+        .filter(|k| k.starts_with("mounts/") || k.starts_with("stations/"))
     else {
         return;
     };
     match revision {
-        Some(r) => cache.mount_revisions.insert(path.to_owned(), r),
-        None => cache.mount_revisions.remove(path),
+        Some(r) => cache.revisions.insert(key.to_owned(), r),
+        None => cache.revisions.remove(key),
     };
 }
 
@@ -506,6 +542,18 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
             Some(Err(e)) => warn!(key, error = %e, "unreadable node report in etcd; ignored"),
             None => {
                 cache.nodes.remove(name);
+            }
+        }
+        return None;
+    }
+    if let Some(name) = key.strip_prefix("stations/") {
+        match value.map(serde_json::from_slice::<StationConfig>) {
+            Some(Ok(s)) => {
+                cache.stations.insert(name.to_owned(), s);
+            }
+            Some(Err(e)) => warn!(key, error = %e, "unreadable station in etcd; ignored"),
+            None => {
+                cache.stations.remove(name);
             }
         }
         return None;
@@ -564,26 +612,15 @@ impl Coordinator for Etcd {
         mount: MountConfig,
         base: Option<&MountConfig>,
     ) -> Result<(), CoordError> {
-        let key = format!("{}mounts{}", self.prefix, mount.path);
-        let conflict = || CoordError::Conflict(format!("mount {}", mount.path));
-        // The change was based on `base` as this node's cache has it; the write succeeds only if
-        // etcd still holds that very revision (or, for a new mount, nothing).
-        let compare = {
-            let c = self.cache.lock().map_err(|_| conflict())?;
-            if c.mounts.get(&mount.path) != base {
-                return Err(conflict());
-            }
-            match base {
-                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Some(_) => {
-                    let rev = c.mount_revisions.get(&mount.path).copied().unwrap_or(0);
-                    Compare::mod_revision(key.clone(), CompareOp::Equal, rev)
-                }
-            }
-        };
-        if !self.put_if(key, &mount, Some(compare)).await? {
-            return Err(conflict());
-        }
+        let unchanged = |c: &Cache| c.mounts.get(&mount.path) == base;
+        self.swap(
+            &format!("mounts{}", mount.path),
+            &mount,
+            base.is_some(),
+            unchanged,
+            || format!("mount {}", mount.path),
+        )
+        .await?;
         self.settle(|c| c.mounts.get(&mount.path) == Some(&mount))
             .await;
         Ok(())
@@ -709,6 +746,47 @@ impl Coordinator for Etcd {
                 warn!(node = %self.node, "could not revoke the lease; its mounts free up when it expires")
             }
         }
+    }
+
+    fn stations(&self) -> Vec<StationConfig> {
+        self.cache
+            .lock()
+            .map(|c| c.stations.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn station(&self, name: &str) -> Option<StationConfig> {
+        self.cache.lock().ok()?.stations.get(name).cloned()
+    }
+
+    async fn put_station(
+        &self,
+        station: StationConfig,
+        base: Option<&StationConfig>,
+    ) -> Result<(), CoordError> {
+        let unchanged = |c: &Cache| c.stations.get(&station.name) == base;
+        self.swap(
+            &format!("stations/{}", station.name),
+            &station,
+            base.is_some(),
+            unchanged,
+            || format!("station {}", station.name),
+        )
+        .await?;
+        self.settle(|c| c.stations.get(&station.name) == Some(&station))
+            .await;
+        Ok(())
+    }
+
+    async fn delete_station(&self, name: &str) -> Result<bool, CoordError> {
+        let resp = self
+            .client
+            .clone()
+            .delete(format!("{}stations/{name}", self.prefix), None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        self.settle(|c| !c.stations.contains_key(name)).await;
+        Ok(resp.deleted() > 0)
     }
 
     fn plugins(&self) -> Vec<PluginRecord> {

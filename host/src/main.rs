@@ -30,6 +30,7 @@ mod plugin;
 mod relay;
 mod routing;
 mod server;
+mod stations;
 mod status;
 mod transcode;
 
@@ -74,6 +75,13 @@ enum Command {
         #[command(subcommand)]
         command: client::PluginCommand,
     },
+    /// Group mounts into stations (radios) that share listener routing, on a running node.
+    Station {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::StationCommand,
+    },
     /// Show the cluster as a running node sees it: nodes and their load, mounts, where each is
     /// produced, and listeners everywhere.
     Status {
@@ -90,6 +98,7 @@ fn main() -> std::process::ExitCode {
         Command::Mount { conn, command } => client::mount(&conn, command),
         Command::Plugin { conn, command } => client::plugin(&conn, command),
         Command::Status { conn } => client::status(&conn),
+        Command::Station { conn, command } => client::station(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

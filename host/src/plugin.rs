@@ -834,21 +834,35 @@ pub fn check_attachments(
             }
         }
         if let (true, Some(r)) = (policy_changed, &m.policy) {
-            let checked = resolve(state, r, Kind::Policy, &rt).and_then(|loaded| {
-                policy::WasmPolicy::new(
-                    state.plugins.clone(),
-                    loaded,
-                    format!("{} (attach check)", r.name),
-                    r.params.clone(),
-                )
-                .map(drop)
-            });
-            if let Err(e) = checked {
-                problems.push(format!("policy {r}: {e}"));
+            if let Err(e) = check_policy_in(state, r, &rt) {
+                problems.push(e);
             }
         }
         problems
     })
+}
+
+/// Builds policy `r` with its parameters, as attaching it to a mount or station would.
+pub fn check_policy(state: &State, r: &PluginRef) -> Result<(), String> {
+    tokio::task::block_in_place(|| check_policy_in(state, r, &tokio::runtime::Handle::current()))
+}
+
+fn check_policy_in(
+    state: &State,
+    r: &PluginRef,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), String> {
+    resolve(state, r, Kind::Policy, rt)
+        .and_then(|loaded| {
+            policy::WasmPolicy::new(
+                state.plugins.clone(),
+                loaded,
+                format!("{} (attach check)", r.name),
+                r.params.clone(),
+            )
+            .map(drop)
+        })
+        .map_err(|e| format!("policy {r}: {e}"))
 }
 
 /// The format a mount's filters see: the encoder's input on a transcoded mount; none (metadata

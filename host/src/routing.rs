@@ -83,9 +83,11 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
             is_origin: origin.as_deref() == Some(n.name.as_str()),
         })
         .collect();
-    let ranked = config
+    let (policy, chain) = config
         .as_ref()
-        .and_then(|m| m.policy.clone())
+        .map(|m| for_mount(state, m))
+        .unwrap_or_else(|| (None, state.config.routing.clone()));
+    let ranked = policy
         .and_then(|p| {
             let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
             let mut policies = state.routing.policies.lock().ok()?;
@@ -113,9 +115,7 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
             policy.rank(&request, &nodes)
         })
         .unwrap_or_else(|| {
-            config
-                .and_then(|m| m.routing)
-                .unwrap_or_else(|| state.config.routing.clone())
+            chain
                 .parse::<NativePolicy>()
                 .unwrap_or_default()
                 .rank(&nodes, &mut rand::thread_rng())
@@ -141,4 +141,26 @@ fn kbps_per_listener(state: &State, mount: &str) -> u32 {
         .hub(mount)
         .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
         .unwrap_or(128)
+}
+
+/// The policy plugin and native routing chain that route `m`'s listeners: the mount's own, else
+/// its station's, else (the chain) the node's `--routing`.
+pub fn for_mount(
+    state: &State,
+    m: &crate::coordinator::MountConfig,
+) -> (Option<crate::plugin::PluginRef>, String) {
+    let station = m
+        .station
+        .as_deref()
+        .and_then(|s| state.coordinator.station(s));
+    let policy = m
+        .policy
+        .clone()
+        .or_else(|| station.as_ref().and_then(|s| s.policy.clone()));
+    let chain = m
+        .routing
+        .clone()
+        .or_else(|| station.and_then(|s| s.routing))
+        .unwrap_or_else(|| state.config.routing.clone());
+    (policy, chain)
 }

@@ -18,7 +18,7 @@ use crate::server::State;
 
 /// Mounts that attach plugin `name` (as a filter or as their policy).
 fn attached_to(state: &State, name: &str) -> Vec<String> {
-    state
+    let mounts = state
         .coordinator
         .mounts()
         .into_iter()
@@ -26,8 +26,14 @@ fn attached_to(state: &State, name: &str) -> Vec<String> {
             m.filters.iter().any(|f| f.name == name)
                 || m.policy.as_ref().is_some_and(|p| p.name == name)
         })
-        .map(|m| m.path)
-        .collect()
+        .map(|m| m.path);
+    let stations = state
+        .coordinator
+        .stations()
+        .into_iter()
+        .filter(|s| s.policy.as_ref().is_some_and(|p| p.name == name))
+        .map(|s| format!("station {}", s.name));
+    mounts.chain(stations).collect()
 }
 
 fn version_json(v: &PluginVersion) -> serde_json::Value {

@@ -1,0 +1,188 @@
+//! Stations: one radio's mounts and the listener routing they share (`/api/v1/stations`, behind
+//! `tidecast station …`). A mount joins a station with `tidecast mount edit M --station NAME`;
+//! the station's policy plugin and native routing chain apply to its mounts that set none of
+//! their own (`routing::for_mount`).
+
+use serde::Deserialize;
+use serde_json::json;
+use tracing::info;
+
+use crate::admin::storage_error;
+use crate::coordinator::{MountConfig, StationConfig};
+use crate::http::Response;
+use crate::server::State;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StationRequest {
+    name: Option<String>,
+    /// Policy plugin `NAME[:key=value,...]`; empty detaches it.
+    policy: Option<String>,
+    /// Native routing chain; empty returns to the node's default.
+    routing: Option<String>,
+}
+
+/// Problems with `m`'s station: it must exist.
+pub fn check_membership(state: &State, m: &MountConfig) -> Option<String> {
+    let name = m.station.as_deref()?;
+    state.coordinator.station(name).is_none().then(|| {
+        format!("station: no station named {name}; create it with `tidecast station create {name}`")
+    })
+}
+
+fn view(state: &State, s: &StationConfig) -> serde_json::Value {
+    let mounts: Vec<String> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter(|m| m.station.as_deref() == Some(s.name.as_str()))
+        .map(|m| m.path)
+        .collect();
+    json!({
+        "name": s.name,
+        "policy": s.policy.as_ref().map(ToString::to_string),
+        "routing": s.routing.clone().unwrap_or_else(|| state.config.routing.clone()),
+        "mounts": mounts,
+    })
+}
+
+pub fn list(state: &State) -> Response {
+    let all: Vec<_> = state
+        .coordinator
+        .stations()
+        .iter()
+        .map(|s| view(state, s))
+        .collect();
+    Response::json(200, &json!(all))
+}
+
+pub fn show(state: &State, name: &str) -> Response {
+    match state.coordinator.station(name) {
+        Some(s) => Response::json(200, &view(state, &s)),
+        None => Response::error(404, format!("no station named {name}")),
+    }
+}
+
+/// Applies a request to `s`, collecting every problem.
+fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut Vec<String>) {
+    match r.policy.as_deref() {
+        None => {}
+        Some("") => s.policy = None,
+        Some(spec) => match crate::plugin::parse_ref(spec) {
+            Ok(p) => match crate::plugin::check_policy(state, &p) {
+                Ok(()) => s.policy = Some(p),
+                Err(e) => problems.push(e),
+            },
+            Err(e) => problems.push(format!("policy: {e}")),
+        },
+    }
+    match r.routing.as_deref() {
+        None => {}
+        Some("") => s.routing = None,
+        Some(spec) => match spec.parse::<crate::routing::NativePolicy>() {
+            Ok(p) => s.routing = Some(p.to_string()),
+            Err(e) => problems.push(format!("routing: {e}")),
+        },
+    }
+}
+
+fn parse(body: &[u8]) -> Result<StationRequest, Response> {
+    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
+}
+
+fn refused(problems: &[String]) -> Response {
+    Response::json(
+        400,
+        &json!({ "error": problems.join("; "), "problems": problems }),
+    )
+}
+
+pub async fn create(state: &State, body: &[u8]) -> Response {
+    let mut r = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let name = r.name.take().unwrap_or_default();
+    let mut problems = Vec::new();
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        problems.push(format!(
+            "a station name is 1 to 64 letters, digits, '-', '_' or '.', got {name:?}"
+        ));
+    }
+    if state.coordinator.station(&name).is_some() {
+        return Response::error(409, format!("station {name} already exists"));
+    }
+    let mut s = StationConfig {
+        name: name.clone(),
+        policy: None,
+        routing: None,
+    };
+    apply(state, &mut s, r, &mut problems);
+    if !problems.is_empty() {
+        return refused(&problems);
+    }
+    if let Err(e) = state.coordinator.put_station(s.clone(), None).await {
+        return storage_error(e);
+    }
+    info!(station = %name, "station created");
+    Response::json(201, &view(state, &s))
+}
+
+pub async fn edit(state: &State, name: &str, body: &[u8]) -> Response {
+    let r = match parse(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let Some(before) = state.coordinator.station(name) else {
+        return Response::error(404, format!("no station named {name}"));
+    };
+    let mut problems = Vec::new();
+    if r.name.as_deref().is_some_and(|n| n != name) {
+        problems.push("a station cannot be renamed".to_owned());
+    }
+    let mut s = before.clone();
+    apply(state, &mut s, r, &mut problems);
+    if !problems.is_empty() {
+        return refused(&problems);
+    }
+    if let Err(e) = state
+        .coordinator
+        .put_station(s.clone(), Some(&before))
+        .await
+    {
+        return storage_error(e);
+    }
+    info!(station = %name, "station edited");
+    Response::json(200, &view(state, &s))
+}
+
+pub async fn delete(state: &State, name: &str) -> Response {
+    let members: Vec<String> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter(|m| m.station.as_deref() == Some(name))
+        .map(|m| m.path)
+        .collect();
+    if !members.is_empty() {
+        return Response::error(
+            409,
+            format!(
+                "station {name} still has mounts: {}; move them out first (`tidecast mount edit M --station \"\"`)",
+                members.join(", ")
+            ),
+        );
+    }
+    match state.coordinator.delete_station(name).await {
+        Ok(true) => {
+            info!(station = %name, "station deleted");
+            Response::json(200, &json!({ "deleted": name }))
+        }
+        Ok(false) => Response::error(404, format!("no station named {name}")),
+        Err(e) => storage_error(e),
+    }
+}
