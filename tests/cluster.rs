@@ -812,3 +812,67 @@ fn nodes_talk_to_etcd_over_tls_with_client_certificates() {
         );
     }
 }
+
+#[test]
+fn skewed_clocks_and_a_slow_etcd_link_change_nothing() {
+    let etcd = Etcd::start();
+    // Every etcd answer to A arrives about 300 ms late; B's clock is 3 days ahead, C's 7 hours
+    // behind. Leases are etcd's clock, and nothing between nodes compares wall clocks.
+    let slow = Link::with_delay(etcd.client_addr(), Duration::from_millis(150));
+    let a = Node::start_clustered_via(&slow, "a");
+    let b = Node::start_clustered_skewed(&etcd, "b", "+3d");
+    let c = Node::start_clustered_skewed(&etcd, "c", "-7h");
+    // Each node's log is stamped with its own clock: check the skew took.
+    let skew = |n: &Node| {
+        let log = n.log();
+        let out = std::process::Command::new("date")
+            .args(["-u", "+%s", "-d", log.get(..19).unwrap_or("")])
+            .output()
+            .unwrap();
+        let stamped: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        stamped - now
+    };
+    assert!(
+        (3 * 86_400 - 120..3 * 86_400 + 5).contains(&skew(&b)),
+        "{}",
+        skew(&b)
+    );
+    assert!(
+        (-7 * 3600 - 120..-7 * 3600 + 5).contains(&skew(&c)),
+        "{}",
+        skew(&c)
+    );
+    a.create_mount("/live.mp3", "hackme", &[]);
+    a.create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    let (ok, err) = ffmpeg_decode(&b.url("/_stream/live.mp3"), 2);
+    assert!(ok && err.trim().is_empty(), "{err}");
+    wait_for(Duration::from_secs(15), "the transcoded mount", || {
+        ffmpeg_decode(&c.url("/_stream/live-64.opus"), 2).0
+    });
+    // A plugin pushed through a skewed node is stored and seen everywhere.
+    assert!(b.push_plugin("gain", &plugin_file("gain")).0);
+    wait_for(Duration::from_secs(5), "the plugin on A", || {
+        a.cli(&["plugin", "list"]).1.contains("gain")
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    // One transcoder in the cluster all along, the origin never moved, no lease was lost.
+    let started: usize = [&a, &b, &c]
+        .iter()
+        .map(|n| n.log().matches("transcoder started").count())
+        .sum();
+    assert_eq!(started, 1, "transcoders started: {started}");
+    for n in [&a, &b, &c] {
+        assert_eq!(n.mount_json("/live.mp3")["origin"], "a");
+        let log = n.log();
+        assert!(
+            !log.contains("lease expired") && !log.contains("giving up"),
+            "{log}"
+        );
+    }
+}

@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real peers for the tests and benchmarks, and build tools
-# (cmake builds libopus, protoc is needed by etcd-client; dig queries the DNS server, openssl makes the certificates of the etcd TLS test).
-tools=(ffmpeg ffprobe ezstream liquidsoap icecast2 etcd cmake protoc sox dig openssl)
-packages=(ffmpeg ezstream liquidsoap icecast2 etcd-server cmake protobuf-compiler sox bind9-dnsutils openssl)
+# (cmake builds libopus, protoc is needed by etcd-client; dig queries the DNS server, openssl makes the certificates of the etcd TLS test, faketime skews a node's clock).
+tools=(ffmpeg ffprobe ezstream liquidsoap icecast2 etcd cmake protoc sox dig openssl faketime)
+packages=(ffmpeg ezstream liquidsoap icecast2 etcd-server cmake protobuf-compiler sox bind9-dnsutils openssl faketime)
 missing=()
 for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -82,6 +82,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub proc: Option<Proc>,
     pub extra: Vec<String>,
+    /// Environment of the node's process, beyond the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -93,21 +95,32 @@ impl Node {
 
     /// Starts a node whose data directory is `data_dir`.
     pub fn start_in(dir: tempfile::TempDir, data_dir: PathBuf, extra: &[&str]) -> Node {
+        Node::start_env(dir, data_dir, extra, Vec::new())
+    }
+
+    /// Starts a node whose process also gets `env`.
+    pub fn start_env(
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Node {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (proc, addr) = spawn_node(dir.path(), &data_dir, &extra);
+        let (proc, addr) = spawn_node(dir.path(), &data_dir, &extra, &env);
         Node {
             addr,
             dir,
             data_dir,
             proc: Some(proc),
             extra,
+            env,
         }
     }
 
     /// SIGKILLs the node and starts it again on the same data directory.
     pub fn kill9_and_restart(&mut self) {
         drop(self.proc.take());
-        let (proc, addr) = spawn_node(self.dir.path(), &self.data_dir, &self.extra);
+        let (proc, addr) = spawn_node(self.dir.path(), &self.data_dir, &self.extra, &self.env);
         self.proc = Some(proc);
         self.addr = addr;
     }
@@ -215,7 +228,12 @@ impl Node {
     }
 }
 
-fn spawn_node(dir: &Path, data_dir: &Path, extra: &[String]) -> (Proc, SocketAddr) {
+fn spawn_node(
+    dir: &Path,
+    data_dir: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Proc, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -235,6 +253,7 @@ fn spawn_node(dir: &Path, data_dir: &Path, extra: &[String]) -> (Proc, SocketAdd
             .arg(data_dir)
             .args(["--admin-password", ADMIN_PASSWORD])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log),
     );
@@ -846,7 +865,7 @@ impl Node {
         Node::start_clustered_with(etcd, name, &[])
     }
 
-    /// A cluster node that reaches etcd only through `link` (which the test can cut).
+    /// A cluster node that reaches etcd only through `link` (which the test can cut or slow).
     pub fn start_clustered_via(link: &Link, name: &str) -> Node {
         Node::cluster_node(&format!("http://{}", link.addr), name, &[])
     }
@@ -865,6 +884,45 @@ impl Node {
         let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
         Node::cluster_node(&etcd.client_url, name, &all)
+    }
+
+    /// A cluster node whose wall clock is off by `offset` (libfaketime, e.g. "+3d" or "-7h");
+    /// its monotonic clock is left alone.
+    pub fn start_clustered_skewed(etcd: &Etcd, name: &str, offset: &str) -> Node {
+        require("faketime");
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime is missing: apt-get install faketime");
+        let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
+        let listen = format!("127.0.0.{host}:0");
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let env = [
+            ("LD_PRELOAD", lib),
+            ("FAKETIME", offset),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec();
+        Node::start_env(
+            dir,
+            data_dir,
+            &[
+                "--listen",
+                &listen,
+                "--etcd",
+                &etcd.client_url,
+                "--node-name",
+                name,
+                "--cluster-secret",
+                CLUSTER_SECRET,
+            ],
+            env,
+        )
     }
 
     fn cluster_node(etcd_url: &str, name: &str, extra: &[&str]) -> Node {
@@ -909,6 +967,7 @@ pub fn mp3_source_when_accepted(
 
 /// A TCP forwarder on 127.0.0.1 to `target` that can be cut and restored: a network partition
 /// between one node and etcd. Cutting closes every forwarded connection and refuses new ones.
+/// It can also hold every chunk it forwards for a while: a slow link.
 pub struct Link {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
@@ -917,6 +976,11 @@ pub struct Link {
 
 impl Link {
     pub fn to(target: SocketAddr) -> Link {
+        Link::with_delay(target, Duration::ZERO)
+    }
+
+    /// A link that delivers each chunk `delay` late, in both directions.
+    pub fn with_delay(target: SocketAddr, delay: Duration) -> Link {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -940,7 +1004,13 @@ impl Link {
                     (server, client),
                 ] {
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            std::thread::sleep(delay);
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
