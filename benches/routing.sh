@@ -4,7 +4,7 @@
 # sends N listener requests to node A, which answers each with a 302 to the chosen node. The
 # node's CPU time (user + sys from /proc/PID/stat) over the run gives redirects per CPU-second.
 # Node A is kept full, so every request is a redirect.
-# Native policy and the sticky-ip WASM policy, in the same run.
+# Two native chains and the sticky-ip WASM policy, in the same run.
 #
 #   benches/routing.sh [N]      (default 20000)
 set -euo pipefail
@@ -77,8 +77,12 @@ PY
   after=$(cpu "$pid_a")
   python3 -c "t=($after-$before)/$ticks; print(f'  $1: node A used {t:.2f} s CPU: {($n/t if t else 0):,.0f} redirects per CPU-second')"
 }
-echo "== native policy"
-load native
+echo "== native policy (default chain: listeners_available,bandwidth_available,listeners_score,bandwidth_score,best)"
+load native-best
+"$tc" mount edit /live.mp3 --routing listeners_available,listeners_score,weighted --server "http://$a" >/dev/null
+echo "== native policy (listeners_available,listeners_score,weighted)"
+load native-weighted
+"$tc" mount edit /live.mp3 --routing "" --server "http://$a" >/dev/null
 "$tc" plugin push sticky plugins/dist/sticky-ip.wasm --server "http://$a" >/dev/null
 "$tc" mount edit /live.mp3 --policy sticky --server "http://$a" >/dev/null
 echo "== sticky-ip WASM policy"

@@ -84,7 +84,7 @@ pub struct NodeReport {
     /// The node's bandwidth limit (0: none).
     #[serde(default)]
     pub max_bandwidth_kbps: u32,
-    /// CPU used by the node over the last report period, in percent of the whole machine.
+    /// CPU used by the node over the last few seconds, 100 per busy core.
     #[serde(default)]
     pub cpu_percent: u32,
     /// Listeners per mount.

@@ -253,7 +253,6 @@ async fn report_load(state: Arc<State>) {
     // batches about once a second, so one period alone would swing between 0 and twice the rate.
     let mut window =
         std::collections::VecDeque::from([(std::time::Instant::now(), 0u64, cpu_seconds())]);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     loop {
         seq += 1;
         let now = (
@@ -268,7 +267,8 @@ async fn report_load(state: Arc<State>) {
         let first = window[0];
         let elapsed = now.0.duration_since(first.0).as_secs_f64().max(1e-3);
         let kbps = (now.1 - first.1) as f64 * 8.0 / 1000.0 / elapsed;
-        let cpu = (now.2 - first.2) / elapsed / cores * 100.0;
+        // As `top` shows it: 100 per busy core (the WIT's `cpu-percent`).
+        let cpu = (now.2 - first.2) / elapsed * 100.0;
         let mut mounts = std::collections::BTreeMap::new();
         let listeners = state
             .listeners
