@@ -4,7 +4,8 @@
 # sends N listener requests to node A, which answers each with a 302 to the chosen node. The
 # node's CPU time (user + sys from /proc/PID/stat) over the run gives redirects per CPU-second.
 # Node A is kept full, so every request is a redirect.
-# Two native chains and the sticky-ip WASM policy, in the same run.
+# Two native chains and the sticky-ip WASM policy, in the same run; then the CPU cost of
+# proxied listeners on the entry node against the nodes that serve them.
 #
 #   benches/routing.sh [N]      (default 20000)
 set -euo pipefail
@@ -87,3 +88,42 @@ load native-weighted
 "$tc" mount edit /live.mp3 --policy sticky --server "http://$a" >/dev/null
 echo "== sticky-ip WASM policy"
 load sticky-ip
+"$tc" mount edit /live.mp3 --policy "" --server "http://$a" >/dev/null
+# Proxied listeners: 200 players that do not follow redirects (`?proxy=1`) enter through A, which
+# copies each one's stream from B or C. CPU per listener-second on A (the proxy) and on B and C
+# (which serve the same listeners) over 20 s, after 3 s for the joins.
+echo "== 200 proxied listeners for 20 s"
+python3 - "$a" 200 26 >"$work/proxy.out" <<'PY' &
+import selectors, socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1); n = int(sys.argv[2]); secs = float(sys.argv[3])
+sel = selectors.DefaultSelector(); total = 0
+for _ in range(n):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET /live.mp3?proxy=1 HTTP/1.0\r\n\r\n")
+    s.setblocking(False); sel.register(s, selectors.EVENT_READ)
+end = time.time() + secs
+while time.time() < end:
+    for key, _ in sel.select(timeout=0.5):
+        try:
+            data = key.fileobj.recv(65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            sel.unregister(key.fileobj)
+        total += len(data)
+print(f"{len(sel.get_map())} of {n} listeners still connected, {total / secs / n / 1000:.1f} kB/s each")
+PY
+loadpid=$!
+sleep 3
+a0=$(cpu "$pid_a"); b0=$(cpu "$pid_b"); c0=$(cpu "$pid_c")
+sleep 20
+a1=$(cpu "$pid_a"); b1=$(cpu "$pid_b"); c1=$(cpu "$pid_c")
+wait "$loadpid"
+echo "  $(cat "$work/proxy.out")"
+python3 -c "
+ls = 200 * 20
+a = ($a1 - $a0) / $ticks; bc = ($b1 - $b0 + $c1 - $c0) / $ticks
+print(f'  node A (proxy): {a:.2f} s CPU, {a / ls * 1e6:.0f} us per listener-second')
+print(f'  nodes B and C (serving): {bc:.2f} s CPU, {bc / ls * 1e6:.0f} us per listener-second')
+print(f'  proxy / serving: {a / bc if bc else 0:.2f}x')
+"

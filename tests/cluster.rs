@@ -457,6 +457,18 @@ fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
     );
     ok(&["mount", "edit", "/live.mp3", "--station", ""]);
     ok(&["station", "rm", "radio1"]);
+
+    // A full node still feeds the relays of other nodes: C, at its one listener, is the origin
+    // of another mount, and B's listeners get it (a player at C itself gets 503).
+    a.create_mount("/c.mp3", "hackme", &[]);
+    let _src_c = ffmpeg_mp3_source(&c, "hackme", "/c.mp3", &[]);
+    c.wait_live("/c.mp3", Duration::from_secs(10));
+    assert_eq!(response_head(&c, "/_stream/c.mp3", &[]).0, 503);
+    let (fine, err) = ffmpeg_decode(&b.url("/_stream/c.mp3"), 2);
+    assert!(
+        fine && err.trim().is_empty(),
+        "relay from a full origin: {err}"
+    );
 }
 
 /// The status and head of `GET path` (the connection is dropped after the head: a stream's body

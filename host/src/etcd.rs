@@ -440,6 +440,19 @@ impl Etcd {
         }
     }
 
+    /// Deletes the configuration key `rel` (without the prefix) and waits until the cache shows
+    /// it `gone`; whether it existed.
+    async fn delete(&self, rel: &str, gone: impl Fn(&Cache) -> bool) -> Result<bool, CoordError> {
+        let resp = self
+            .client
+            .clone()
+            .delete(format!("{}{rel}", self.prefix), None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        self.settle(gone).await;
+        Ok(resp.deleted() > 0)
+    }
+
     /// Waits (briefly) until the watch has brought a write back into the cache, so a caller
     /// that reads right after its own write sees it.
     async fn settle(&self, done: impl Fn(&Cache) -> bool) {
@@ -627,13 +640,8 @@ impl Coordinator for Etcd {
     }
 
     async fn delete_mount(&self, path: &str) -> Result<bool, CoordError> {
-        let mut client = self.client.clone();
-        let resp = client
-            .delete(format!("{}mounts{path}", self.prefix), None)
+        self.delete(&format!("mounts{path}"), |c| !c.mounts.contains_key(path))
             .await
-            .map_err(|e| unavailable("write", e))?;
-        self.settle(|c| !c.mounts.contains_key(path)).await;
-        Ok(resp.deleted() > 0)
     }
 
     fn admin(&self) -> Option<AdminCredential> {
@@ -779,14 +787,10 @@ impl Coordinator for Etcd {
     }
 
     async fn delete_station(&self, name: &str) -> Result<bool, CoordError> {
-        let resp = self
-            .client
-            .clone()
-            .delete(format!("{}stations/{name}", self.prefix), None)
-            .await
-            .map_err(|e| unavailable("write", e))?;
-        self.settle(|c| !c.stations.contains_key(name)).await;
-        Ok(resp.deleted() > 0)
+        self.delete(&format!("stations/{name}"), |c| {
+            !c.stations.contains_key(name)
+        })
+        .await
     }
 
     fn plugins(&self) -> Vec<PluginRecord> {
@@ -846,13 +850,10 @@ impl Coordinator for Etcd {
     }
 
     async fn delete_plugin(&self, name: &str) -> Result<bool, CoordError> {
-        let mut client = self.client.clone();
-        let resp = client
-            .delete(format!("{}plugins/{name}", self.prefix), None)
-            .await
-            .map_err(|e| unavailable("write", e))?;
-        self.settle(|c| !c.plugins.contains_key(name)).await;
-        Ok(resp.deleted() > 0)
+        self.delete(&format!("plugins/{name}"), |c| {
+            !c.plugins.contains_key(name)
+        })
+        .await
     }
 
     async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError> {

@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::{Hub, ReadResult};
@@ -228,29 +228,39 @@ async fn stream_mount(
             } else {
                 format!("{url}?{query}")
             };
-            if proxied {
-                let gauge = state
-                    .metrics
-                    .listeners_proxied
-                    .get_or_create(&Metrics::mount(&wanted))
-                    .clone();
-                gauge.inc();
-                info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
-                let result =
-                    crate::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent)
-                        .await;
-                gauge.dec();
-                info!(%peer, mount = %wanted, ?result, "proxied listener ended");
+            if !proxied {
+                let r = Response::text(302, format!("this stream is served at {location}\n"))
+                    .header("Location", &location);
+                send(&mut stream, &cors.apply(r, false), version, false).await;
                 return;
             }
-            let r = Response::text(302, format!("this stream is served at {location}\n"))
-                .header("Location", &location);
-            send(&mut stream, &cors.apply(r, false), version, false).await;
-            return;
+            let gauge = state
+                .metrics
+                .listeners_proxied
+                .get_or_create(&Metrics::mount(&wanted))
+                .clone();
+            gauge.inc();
+            info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
+            let result =
+                crate::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent).await;
+            gauge.dec();
+            match result {
+                crate::relay::Proxied::Ended(bytes, why) => {
+                    info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
+                    return;
+                }
+                // Nothing was sent yet: this node serves the listener itself.
+                crate::relay::Proxied::Unreachable(e) => {
+                    warn!(%peer, mount = %wanted, to = %location, error = %e, "proxy target unreachable; serving here");
+                }
+            }
         }
     }
+    // Another node relaying the mount is not a listener the limits are for: refusing it would
+    // cut off every listener over there.
+    let relay = state.from_cluster(&req);
     let node_max = state.config.max_listeners;
-    if node_max > 0 && state.listeners.lock().map_or(0, |l| l.len()) >= node_max {
+    if !relay && node_max > 0 && state.listeners.lock().map_or(0, |l| l.len()) >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
         send(&mut stream, &cors.apply(r, false), version, false).await;
@@ -277,7 +287,11 @@ async fn stream_mount(
         .await;
         return;
     };
-    if let Some(max) = state.mount_config(&wanted).and_then(|m| m.max_listeners) {
+    if let Some(max) = state
+        .mount_config(&wanted)
+        .and_then(|m| m.max_listeners)
+        .filter(|_| !relay)
+    {
         let current = state
             .listeners
             .lock()

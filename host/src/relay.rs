@@ -177,6 +177,15 @@ async fn request(url: &str, path: &str, headers: &str) -> Result<Upstream, Strin
     })
 }
 
+/// How a proxied listener ended.
+#[derive(Debug)]
+pub enum Proxied {
+    /// The chosen node could not be reached; nothing was sent to the listener yet.
+    Unreachable(String),
+    /// The stream ran (this many bytes) and ended, for this reason.
+    Ended(u64, String),
+}
+
 /// Serves a listener that does not follow redirects from `target`, another node's
 /// `/_stream/<mount>` URL: its answer is copied through byte for byte until either side hangs
 /// up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
@@ -186,7 +195,21 @@ pub async fn proxy(
     req: &crate::http::RequestHead,
     target: &str,
     sent: &std::sync::atomic::AtomicU64,
-) -> Result<u64, String> {
+) -> Proxied {
+    let mut up = match open_proxy(peer, req, target).await {
+        Ok(up) => up,
+        Err(e) => return Proxied::Unreachable(e),
+    };
+    let mut total = 0;
+    let why = copy_through(client, &mut up, &mut total, sent).await;
+    Proxied::Ended(total, why)
+}
+
+async fn open_proxy(
+    peer: std::net::SocketAddr,
+    req: &crate::http::RequestHead,
+    target: &str,
+) -> Result<Upstream, String> {
     let rest = target
         .strip_prefix("http://")
         .ok_or_else(|| format!("node URL {target} is not http://"))?;
@@ -197,33 +220,37 @@ pub async fn proxy(
             headers.push_str(&format!("{name}: {}\r\n", v.replace(['\r', '\n'], " ")));
         }
     }
-    let mut up = request(&format!("http://{authority}"), path, &headers).await?;
-    client
-        .write_all(&up.head.raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    client
-        .write_all(&up.first)
-        .await
-        .map_err(|e| e.to_string())?;
-    // A stalled listener or node ends the proxy; the node's own ring bounds what it queues.
+    request(&format!("http://{authority}"), path, &headers).await
+}
+
+/// Copies the node's answer (head, then body) to the listener; why it stopped. A stalled
+/// listener or node ends it: the node's own ring bounds what it queues.
+async fn copy_through(
+    client: &mut TcpStream,
+    up: &mut Upstream,
+    total: &mut u64,
+    sent: &std::sync::atomic::AtomicU64,
+) -> String {
+    let head = std::mem::take(&mut up.head.raw);
+    let mut pending = [head, std::mem::take(&mut up.first)].concat();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut total = up.first.len() as u64;
     loop {
-        let n = match tokio::time::timeout(PROXY_STALL, up.stream.read(&mut buf)).await {
-            Err(_) => return Err(format!("{authority} sent nothing for {PROXY_STALL:?}")),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(0)) => return Ok(total),
-            Ok(Ok(n)) => n,
-        };
-        match tokio::time::timeout(PROXY_STALL, client.write_all(&buf[..n])).await {
-            Err(_) => return Err(format!("the listener took nothing for {PROXY_STALL:?}")),
-            Ok(Err(e)) => return Err(e.to_string()),
+        match tokio::time::timeout(PROXY_STALL, client.write_all(&pending)).await {
+            Err(_) => return format!("the listener took nothing for {PROXY_STALL:?}"),
+            Ok(Err(e)) => return e.to_string(),
             Ok(Ok(())) => {
-                total += n as u64;
-                sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                *total += pending.len() as u64;
+                sent.fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        let n = match tokio::time::timeout(PROXY_STALL, up.stream.read(&mut buf)).await {
+            Err(_) => return format!("{} sent nothing for {PROXY_STALL:?}", up.authority),
+            Ok(Err(e)) => return e.to_string(),
+            Ok(Ok(0)) => return "the node ended the stream".to_owned(),
+            Ok(Ok(n)) => n,
+        };
+        pending.clear();
+        pending.extend_from_slice(&buf[..n]);
     }
 }
 

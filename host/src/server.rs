@@ -139,6 +139,20 @@ impl State {
         v
     }
 
+    /// Whether `req` carries this cluster's secret (compared in constant time): a request from
+    /// another node.
+    pub fn from_cluster(&self, req: &RequestHead) -> bool {
+        let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
+        let expected = self.config.cluster_secret.as_bytes();
+        !expected.is_empty()
+            && secret.len() == expected.len()
+            && secret
+                .bytes()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
     /// Every live node's last load report; a single node's own latest one.
     pub fn cluster_nodes(&self) -> Vec<crate::coordinator::NodeReport> {
         if !self.coordinator.node_name().is_empty() {
@@ -310,7 +324,7 @@ fn cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
+            let rest = s.get(s.rfind(')')? + 2..)?;
             let f: Vec<&str> = rest.split(' ').collect();
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
         })
@@ -449,16 +463,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // Another node of the cluster: relaying a mount (the listener path), or asking
             // whether its lease is alive. Only with the cluster secret.
             drop(buf);
-            let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
-            let expected = state.config.cluster_secret.as_bytes();
-            let ok = !expected.is_empty()
-                && secret.len() == expected.len()
-                && secret
-                    .bytes()
-                    .zip(expected)
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0;
-            if !ok {
+            if !state.from_cluster(&req) {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
                 send(&mut stream, &r, req.response_version(), false).await;
