@@ -258,7 +258,7 @@ async fn stream_mount(
     }
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
-    let relay = state.from_cluster(&req);
+    let relay = state.is_cluster_request(&req);
     let node_max = state.config.max_listeners;
     if !relay && node_max > 0 && state.listeners.lock().map_or(0, |l| l.len()) >= node_max {
         state.metrics.error(ErrorKind::Full);

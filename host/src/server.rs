@@ -141,7 +141,7 @@ impl State {
 
     /// Whether `req` carries this cluster's secret (compared in constant time): a request from
     /// another node.
-    pub fn from_cluster(&self, req: &RequestHead) -> bool {
+    pub fn is_cluster_request(&self, req: &RequestHead) -> bool {
         let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
         let expected = self.config.cluster_secret.as_bytes();
         !expected.is_empty()
@@ -463,7 +463,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // Another node of the cluster: relaying a mount (the listener path), or asking
             // whether its lease is alive. Only with the cluster secret.
             drop(buf);
-            if !state.from_cluster(&req) {
+            if !state.is_cluster_request(&req) {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
                 send(&mut stream, &r, req.response_version(), false).await;
