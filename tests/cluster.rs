@@ -164,6 +164,10 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     assert!(b.cli(&["mount", "list"]).1.contains("/other.mp3"));
     std::thread::sleep(Duration::from_secs(3));
     assert!(!a.log().contains("giving up its mounts"), "{}", a.log());
+    // The outage is logged once, not twice a second, and its end too.
+    let log = a.log();
+    assert!(log.matches("keep-alive failed").count() <= 2, "{log}");
+    assert!(log.contains("etcd keep-alive works again"), "{log}");
     assert!(on_a.finish(), "the listener on A was disconnected");
     assert!(on_b.finish(), "the listener on B was disconnected");
 }

@@ -216,6 +216,9 @@ impl Etcd {
             let mut last_ok = Instant::now();
             // LeaseLost was sent for the current lease already (on a peer's word).
             let mut written_off = false;
+            // While etcd is away: logged once, and peers asked at most once per TTL.
+            let mut failing = false;
+            let mut asked = Instant::now();
             let mut client = me.client.clone();
             loop {
                 let lease = me.lease.load(Ordering::SeqCst);
@@ -230,7 +233,12 @@ impl Etcd {
                         let answer = tokio::time::timeout(ttl, stream.message()).await;
                         let Ok(answer) = answer else { break };
                         match answer {
-                            Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                            Ok(Some(r)) if r.ttl() > 0 => {
+                                last_ok = Instant::now();
+                                if std::mem::take(&mut failing) {
+                                    info!("etcd keep-alive works again");
+                                }
+                            }
                             Ok(Some(_)) => {
                                 expired = true;
                                 break;
@@ -244,7 +252,11 @@ impl Etcd {
                         tokio::time::sleep(every).await;
                     },
                     Err(e) if e.to_string().contains("lease not found") => expired = true,
-                    Err(e) => warn!(error = %e, "etcd keep-alive failed; retrying"),
+                    Err(e) if !failing => {
+                        warn!(error = %e, "etcd keep-alive failed; retrying quietly until it works");
+                        failing = true;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "etcd keep-alive failed"),
                 }
                 if expired {
                     warn!(
@@ -260,7 +272,10 @@ impl Etcd {
                         continue;
                     }
                 }
-                if !written_off && last_ok.elapsed() > ttl && me.peers_say_lease_gone().await {
+                if !written_off && last_ok.elapsed() > ttl && asked.elapsed() >= ttl && {
+                    asked = Instant::now();
+                    me.peers_say_lease_gone().await
+                } {
                     warn!(lease, "cut off from etcd, and a peer finds this node's lease gone: giving up its mounts");
                     written_off = true;
                     let _ = me.events.send(ConfigEvent::LeaseLost);
