@@ -867,7 +867,7 @@ impl Node {
 
     /// A cluster node that reaches etcd only through `link` (which the test can cut or slow).
     pub fn start_clustered_via(link: &Link, name: &str) -> Node {
-        Node::cluster_node(&format!("http://{}", link.addr), name, &[])
+        Node::cluster_node(&format!("http://{}", link.addr), name, &[], Vec::new())
     }
 
     /// [`Node::start_clustered`] with more flags.
@@ -883,7 +883,7 @@ impl Node {
         });
         let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
         all.extend_from_slice(extra);
-        Node::cluster_node(&etcd.client_url, name, &all)
+        Node::cluster_node(&etcd.client_url, name, &all, Vec::new())
     }
 
     /// A cluster node whose wall clock is off by `offset` (libfaketime, e.g. "+3d" or "-7h");
@@ -897,10 +897,6 @@ impl Node {
         .into_iter()
         .find(|p| Path::new(p).exists())
         .expect("libfaketime is missing: apt-get install faketime");
-        let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
-        let listen = format!("127.0.0.{host}:0");
-        let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
         let env = [
             ("LD_PRELOAD", lib),
             ("FAKETIME", offset),
@@ -908,24 +904,15 @@ impl Node {
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .to_vec();
-        Node::start_env(
-            dir,
-            data_dir,
-            &[
-                "--listen",
-                &listen,
-                "--etcd",
-                &etcd.client_url,
-                "--node-name",
-                name,
-                "--cluster-secret",
-                CLUSTER_SECRET,
-            ],
-            env,
-        )
+        Node::cluster_node(&etcd.client_url, name, &[], env)
     }
 
-    fn cluster_node(etcd_url: &str, name: &str, extra: &[&str]) -> Node {
+    fn cluster_node(
+        etcd_url: &str,
+        name: &str,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Node {
         let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
         let listen = format!("127.0.0.{host}:0");
         let mut args = vec![
@@ -939,7 +926,9 @@ impl Node {
             CLUSTER_SECRET,
         ];
         args.extend_from_slice(extra);
-        Node::start(&args)
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        Node::start_env(dir, data_dir, &args, env)
     }
 }
 
