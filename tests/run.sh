@@ -5,18 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: real peers for the tests and benchmarks, and build tools
-# (cmake builds libopus, protoc is needed by etcd-client; dig queries the DNS server, openssl makes the certificates of the etcd TLS test, faketime skews a node's clock).
-tools=(ffmpeg ffprobe ezstream liquidsoap icecast2 etcd cmake protoc sox dig openssl faketime)
-packages=(ffmpeg ezstream liquidsoap icecast2 etcd-server cmake protobuf-compiler sox bind9-dnsutils openssl faketime)
-missing=()
-for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing test dependencies (missing: ${missing[*]})"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
-fi
+# Debian packages: real peers for the tests and benchmarks, and the build tools. The one list,
+# with the reason for each package, is .config/debian-packages (./tidecast reads it too).
+echo "== Debian packages"
+.config/install-packages all
 
 # Rust pieces: the WebAssembly target for plugins, formatter and linter.
 rustup target add wasm32-wasip2 >/dev/null
