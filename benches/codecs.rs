@@ -41,7 +41,7 @@ fn encode_all(settings: &EncoderSettings, pcm: &[f32]) -> Vec<u8> {
 fn decode_all(mp3: &[u8], mut each: impl FnMut(&[f32], AudioFormat)) {
     let mut d = Decoder::open(Cursor::new(mp3.to_vec()), StreamFormat::Mp3).unwrap();
     let mut block = Vec::new();
-    while let Some(f) = d.next_block(&mut block) {
+    while let Some(f) = d.next_block(&mut block).unwrap() {
         each(&block, f);
     }
 }

@@ -23,6 +23,10 @@ pub struct Converter {
 
 impl Converter {
     pub fn new(from: AudioFormat, to: AudioFormat) -> Result<Converter, String> {
+        // The resampler's buffers are sized from both rates: never from an unchecked one.
+        for f in [from, to] {
+            AudioFormat::checked(f.sample_rate, f.channels).map_err(|e| e.to_string())?;
+        }
         let resampler = if from.sample_rate == to.sample_rate {
             None
         } else {

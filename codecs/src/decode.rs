@@ -31,12 +31,57 @@ pub struct AudioFormat {
     pub channels: u16,
 }
 
+/// The sample rates a stream may declare. Every rate radio uses (8 kHz telephone audio up to
+/// 192 kHz studio streams) is inside; a rate outside is a broken or hostile stream, and it must be
+/// refused before anything (a resampler above all) is sized from it.
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 8_000..=192_000;
+/// The channel counts a stream may declare (more than two are mixed down to their first two).
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 1..=8;
+
+impl DecodeError {
+    /// The stream itself is refused (out-of-range or malformed parameters), as opposed to not
+    /// being recognised yet: count it, and do not trust this source's current stream.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::OutOfRange { .. } | DecodeError::Malformed(_)
+        )
+    }
+}
+
+impl AudioFormat {
+    /// The format, if its rate and channel count are inside [`SAMPLE_RATES`] and [`CHANNELS`].
+    pub fn checked(sample_rate: u32, channels: u16) -> Result<AudioFormat, DecodeError> {
+        if !SAMPLE_RATES.contains(&sample_rate) || !CHANNELS.contains(&channels) {
+            return Err(DecodeError::OutOfRange {
+                sample_rate,
+                channels,
+            });
+        }
+        Ok(AudioFormat {
+            sample_rate,
+            channels,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// Not a stream this decoder knows: try again when the source changes.
     #[error("unrecognised or unsupported stream: {0}")]
     Unsupported(String),
     #[error("stream has no audio track")]
     NoAudio,
+    /// The stream declares a format outside the accepted ranges: it is refused as a whole (a
+    /// broken or hostile source), and nothing was sized from it.
+    #[error(
+        "stream refused: it declares {sample_rate} Hz and {channels} channel(s); accepted are \
+         8000–192000 Hz and 1–8 channels"
+    )]
+    OutOfRange { sample_rate: u32, channels: u16 },
+    /// A header field outside what its codec allows: the stream is refused.
+    #[error("stream refused: {0}")]
+    Malformed(&'static str),
 }
 
 enum Inner {
@@ -78,18 +123,33 @@ enum OggLink {
 
 impl OggLink {
     /// What the first packet of a link is, with the decoder for it (Vorbis: once its setup
-    /// header arrives). `None`: a codec this demuxer does not handle.
-    fn detect(first: &[u8]) -> Option<(OggLink, Option<Inner>)> {
+    /// header arrives). `Ok(None)`: a codec this demuxer does not handle. Every parameter the
+    /// header declares is range-checked here, before anything is sized from it.
+    fn detect(first: &[u8]) -> Result<Option<(OggLink, Option<Inner>)>, DecodeError> {
         if first.starts_with(b"OpusHead") && first.len() >= 19 {
-            return Some((OggLink::Opus { tags: 1 }, opus_decoder(first[9]).ok()));
+            // Opus always decodes at 48 kHz; the input rate in the header is informational, and
+            // pre-skip is not used (a live join starts mid-stream anyway).
+            let channels = first[9];
+            AudioFormat::checked(48_000, u16::from(channels))?;
+            return Ok(Some((
+                OggLink::Opus { tags: 1 },
+                opus_decoder(channels).ok(),
+            )));
         }
         if first.starts_with(b"\x01vorbis") && first.len() == 30 && (1..=2).contains(&first[11]) {
-            return Some((
+            let rate = u32::from_le_bytes([first[12], first[13], first[14], first[15]]);
+            AudioFormat::checked(rate, u16::from(first[11]))?;
+            // Block sizes are 2^6 to 2^13 samples, the short one no longer than the long one.
+            let (short, long) = (first[28] & 0x0F, first[28] >> 4);
+            if !(6..=13).contains(&short) || !(short..=13).contains(&long) {
+                return Err(DecodeError::Malformed("Vorbis block sizes out of range"));
+            }
+            return Ok(Some((
                 OggLink::Vorbis {
                     ident: first.to_vec(),
                 },
                 None,
-            ));
+            )));
         }
         // FLAC in Ogg: 0x7F "FLAC", mapping version, header count, "fLaC", STREAMINFO block.
         if first.starts_with(b"\x7fFLAC") && first.len() >= 13 + 4 + 34 && &first[9..13] == b"fLaC"
@@ -100,8 +160,9 @@ impl OggLink {
             let channels = ((info[12] >> 1) & 7) + 1;
             let bits = (((info[12] & 1) << 4) | (info[13] >> 4)) + 1;
             if channels > 2 {
-                return None;
+                return Ok(None);
             }
+            AudioFormat::checked(rate, u16::from(channels))?;
             let mut params = AudioCodecParameters::new();
             params
                 .for_codec(CODEC_ID_FLAC)
@@ -109,9 +170,9 @@ impl OggLink {
                 .with_sample_rate(rate)
                 .with_bits_per_sample(u32::from(bits))
                 .with_channels(layout(channels));
-            return Some((OggLink::Flac, symphonia_decoder(&params).ok()));
+            return Ok(Some((OggLink::Flac, symphonia_decoder(&params).ok())));
         }
-        None
+        Ok(None)
     }
 }
 
@@ -178,6 +239,8 @@ pub struct Decoder {
     inner: Inner,
     /// Packets that failed to decode and were skipped.
     pub skipped_packets: u64,
+    /// Why the stream ended, when a new chain link was refused.
+    refused: Option<DecodeError>,
 }
 
 /// Largest Opus frame: 120 ms at 48 kHz.
@@ -205,10 +268,10 @@ impl Decoder {
             inner: reader,
             kept: Some(Vec::new()),
         });
-        let detected = packets
-            .next_packet()
-            .filter(|p| p.first)
-            .and_then(|p| OggLink::detect(p.data));
+        let detected = match packets.next_packet().filter(|p| p.first) {
+            Some(p) => OggLink::detect(p.data)?,
+            None => None,
+        };
         let Some((link, inner)) = detected else {
             let prefix = packets.into_inner();
             let replay = std::io::Cursor::new(prefix.kept.unwrap_or_default()).chain(prefix.inner);
@@ -223,6 +286,7 @@ impl Decoder {
                 None => opus_decoder(2)?,
             },
             skipped_packets: 0,
+            refused: None,
         })
     }
 
@@ -245,6 +309,9 @@ impl Decoder {
             };
             usable.then_some((f.sample_rate, f.channels))
         });
+        if let Some((rate, channels)) = first {
+            AudioFormat::checked(rate, u16::from(channels))?;
+        }
         let Some((rate, channels)) = first else {
             // Not what the content type said (it lies), or a variant not framed here: probe
             // what was read, and the rest.
@@ -264,6 +331,7 @@ impl Decoder {
             source: Source::Mpeg { frames, adts },
             inner: symphonia_decoder(&params)?,
             skipped_packets: 0,
+            refused: None,
         })
     }
 
@@ -297,6 +365,10 @@ impl Decoder {
             .and_then(|p| p.audio())
             .ok_or(DecodeError::NoAudio)?
             .clone();
+        if let Some(rate) = params.sample_rate {
+            let channels = params.channels.as_ref().map_or(1, |c| c.count());
+            AudioFormat::checked(rate, u16::try_from(channels).unwrap_or(u16::MAX))?;
+        }
         let inner = if params.codec == CODEC_ID_OPUS {
             let channels = params.channels.as_ref().map_or(2, |c| c.count());
             opus_decoder(u8::try_from(channels).unwrap_or(2))?
@@ -313,12 +385,25 @@ impl Decoder {
             },
             inner,
             skipped_packets: 0,
+            refused: None,
         })
     }
 
-    /// Decodes the next packet into `out` (replaced, interleaved f32). `None` at the end of the
-    /// stream (EOF, or an unrecoverable read or format error).
-    pub fn next_block(&mut self, out: &mut Vec<f32>) -> Option<AudioFormat> {
+    /// Decodes the next packet into `out` (replaced, interleaved f32). `Ok(None)` at the end of
+    /// the stream (EOF, or an unrecoverable read or format error); an error when the stream
+    /// declares a format outside [`SAMPLE_RATES`] or [`CHANNELS`] (a new chain link or a symphonia
+    /// decoder's output), which ends it too.
+    pub fn next_block(&mut self, out: &mut Vec<f32>) -> Result<Option<AudioFormat>, DecodeError> {
+        match self.next_unchecked(out) {
+            Some(f) => AudioFormat::checked(f.sample_rate, f.channels).map(Some),
+            None => match self.refused.take() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            },
+        }
+    }
+
+    fn next_unchecked(&mut self, out: &mut Vec<f32>) -> Option<AudioFormat> {
         loop {
             let boxed;
             let packet = match &mut self.source {
@@ -337,7 +422,13 @@ impl Decoder {
                     let p = packets.next_packet()?;
                     if p.first {
                         // A new chain link, possibly of another codec or format.
-                        let (new_link, inner) = OggLink::detect(p.data)?;
+                        let (new_link, inner) = match OggLink::detect(p.data) {
+                            Ok(detected) => detected?,
+                            Err(e) => {
+                                self.refused = Some(e);
+                                return None;
+                            }
+                        };
                         *link = new_link;
                         if let Some(i) = inner {
                             self.inner = i;
@@ -430,6 +521,189 @@ impl Decoder {
                     Err(_) => self.skipped_packets += 1,
                 },
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::encode::{Codec, EncoderSettings};
+    use crate::ogg_pages::OggPager;
+    use crate::pipeline::Pipeline;
+
+    /// An Ogg stream whose first packet is `head`, then `more` packets, each on its own page.
+    fn ogg_stream(head: &[u8], more: &[&[u8]]) -> Vec<u8> {
+        let mut pager = OggPager::new(7);
+        let mut out = Vec::new();
+        pager.packet(head, 0, true, false, &mut out);
+        for (i, p) in more.iter().enumerate() {
+            pager.packet(p, i as u64 + 1, true, i + 1 == more.len(), &mut out);
+        }
+        out
+    }
+
+    fn vorbis_ident(rate: u32, blocksizes: u8) -> Vec<u8> {
+        let mut p = b"\x01vorbis".to_vec();
+        p.extend_from_slice(&0u32.to_le_bytes());
+        p.push(2);
+        p.extend_from_slice(&rate.to_le_bytes());
+        p.extend_from_slice(&[0; 12]);
+        p.push(blocksizes);
+        p.push(1);
+        assert_eq!(p.len(), 30);
+        p
+    }
+
+    fn refusal(encoded: Vec<u8>, format: StreamFormat) -> DecodeError {
+        let mut d = match Decoder::open(std::io::Cursor::new(encoded), format) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        let mut block = Vec::new();
+        loop {
+            match d.next_block(&mut block) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without being refused"),
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// The 4 294 967 291 Hz Vorbis header that once made a transcoder allocate 17 GB.
+    #[test]
+    fn vorbis_header_with_an_absurd_rate_is_refused() {
+        let stream = ogg_stream(&vorbis_ident(4_294_967_291, 0xB8), &[b"\x03vorbis"]);
+        let e = refusal(stream, StreamFormat::Ogg);
+        assert!(
+            matches!(
+                e,
+                DecodeError::OutOfRange {
+                    sample_rate: 4_294_967_291,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.is_refusal());
+        let low = refusal(
+            ogg_stream(&vorbis_ident(1, 0xB8), &[b"\x03vorbis"]),
+            StreamFormat::Ogg,
+        );
+        assert!(matches!(
+            low,
+            DecodeError::OutOfRange { sample_rate: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn vorbis_header_with_bad_block_sizes_is_refused() {
+        for sizes in [0x00, 0xFF, 0x8B, 0xE6] {
+            let e = refusal(
+                ogg_stream(&vorbis_ident(44_100, sizes), &[b"\x03vorbis"]),
+                StreamFormat::Ogg,
+            );
+            assert!(matches!(e, DecodeError::Malformed(_)), "{sizes:#x}: {e}");
+        }
+    }
+
+    #[test]
+    fn opus_header_without_channels_is_refused() {
+        let mut head = b"OpusHead\x01\x00".to_vec();
+        head.extend_from_slice(&[0; 9]);
+        let e = refusal(ogg_stream(&head, &[b"OpusTags"]), StreamFormat::Ogg);
+        assert!(
+            matches!(e, DecodeError::OutOfRange { channels: 0, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn flac_streaminfo_with_an_absurd_rate_is_refused() {
+        // 0x7F "FLAC" 1.0, 1 header, "fLaC", STREAMINFO block header, then STREAMINFO with a
+        // 20-bit rate of 1 048 575 Hz, stereo, 16 bits.
+        let mut head = b"\x7fFLAC\x01\x00\x00\x01fLaC\x00\x00\x00\x22".to_vec();
+        let mut info = [0u8; 34];
+        info[0..2].copy_from_slice(&4096u16.to_be_bytes());
+        info[2..4].copy_from_slice(&4096u16.to_be_bytes());
+        info[10] = 0xFF;
+        info[11] = 0xFF;
+        info[12] = 0xF0 | (1 << 1);
+        info[13] = 0xF0;
+        head.extend_from_slice(&info);
+        let e = refusal(ogg_stream(&head, &[&[0x84, 0, 0, 0]]), StreamFormat::Ogg);
+        assert!(
+            matches!(
+                e,
+                DecodeError::OutOfRange {
+                    sample_rate: 1_048_575,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    /// A valid Opus link followed by a chained link that claims an absurd Vorbis rate: the good
+    /// part decodes, then the stream is refused rather than followed.
+    #[test]
+    fn a_chained_link_with_an_absurd_rate_is_refused() {
+        let mut good = Vec::new();
+        let mut p = Pipeline::new(&EncoderSettings::new(Codec::Opus, 64), vec![]).unwrap();
+        let fmt = AudioFormat {
+            sample_rate: 48_000,
+            channels: 2,
+        };
+        p.push(&crate::sine(440.0, fmt, 0.5), fmt, &mut good)
+            .unwrap();
+        let mut stream = good;
+        stream.extend(ogg_stream(
+            &vorbis_ident(4_294_967_291, 0xB8),
+            &[b"\x03vorbis"],
+        ));
+        let mut d = Decoder::open(std::io::Cursor::new(stream), StreamFormat::Ogg).unwrap();
+        let mut block = Vec::new();
+        let mut decoded = 0;
+        let err = loop {
+            match d.next_block(&mut block) {
+                Ok(Some(_)) => decoded += 1,
+                Ok(None) => panic!("the bad link was not refused"),
+                Err(e) => break e,
+            }
+        };
+        assert!(decoded > 0, "the good link decodes first");
+        assert!(matches!(err, DecodeError::OutOfRange { .. }), "{err}");
+    }
+
+    /// MP3 and ADTS rates come from fixed tables: every one of them is accepted.
+    #[test]
+    fn every_mpeg_table_rate_is_in_range() {
+        for rate in [
+            8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000,
+        ] {
+            AudioFormat::checked(rate, 2).unwrap();
+        }
+        for rate in [64_000, 88_200, 96_000] {
+            AudioFormat::checked(rate, 1).unwrap();
+        }
+        assert!(AudioFormat::checked(44_100, 0).is_err());
+        assert!(AudioFormat::checked(44_100, 9).is_err());
+    }
+
+    /// The converter is sized from rates only after they are checked.
+    #[test]
+    fn converter_refuses_out_of_range_rates() {
+        let to = AudioFormat {
+            sample_rate: 48_000,
+            channels: 2,
+        };
+        for rate in [0, 1, 7_999, 192_001, 4_294_967_291] {
+            let from = AudioFormat {
+                sample_rate: rate,
+                channels: 2,
+            };
+            assert!(crate::convert::Converter::new(from, to).is_err(), "{rate}");
         }
     }
 }

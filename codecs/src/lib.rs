@@ -12,7 +12,7 @@ mod ogg_crc;
 mod ogg_pages;
 pub mod pipeline;
 
-pub use decode::{AudioFormat, Decoder};
+pub use decode::{AudioFormat, DecodeError, Decoder};
 pub use encode::{Codec, EncoderSettings, StereoMode};
 pub use framing::{Piece, SplitStats, Splitter, StreamFormat};
 pub use pipeline::{Filter, Gain, Pipeline};
@@ -55,7 +55,7 @@ mod tests {
         let mut all = Vec::new();
         let mut block = Vec::new();
         let mut fmt = None;
-        while let Some(f) = d.next_block(&mut block) {
+        while let Some(f) = d.next_block(&mut block).unwrap() {
             fmt = Some(f);
             all.extend_from_slice(&block);
         }

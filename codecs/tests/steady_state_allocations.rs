@@ -102,12 +102,12 @@ fn decode_allocations(encoded: Vec<u8>, format: tidecast_codecs::StreamFormat) -
     let mut d = tidecast_codecs::Decoder::open(std::io::Cursor::new(encoded), format).unwrap();
     let mut block = Vec::new();
     for _ in 0..20 {
-        assert!(d.next_block(&mut block).is_some());
+        assert!(d.next_block(&mut block).unwrap().is_some());
     }
     COUNT.with(|c| c.set(0));
     COUNTING.with(|c| c.set(true));
     for _ in 0..100 {
-        assert!(d.next_block(&mut block).is_some());
+        assert!(d.next_block(&mut block).unwrap().is_some());
     }
     COUNTING.with(|c| c.set(false));
     assert_eq!(d.skipped_packets, 0);

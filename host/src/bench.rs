@@ -154,7 +154,10 @@ fn from_file(path: &std::path::Path, need_pcm: bool) -> anyhow::Result<Input> {
     let mut block = Vec::new();
     let mut pcm_format = None;
     let mut frames = 0usize;
-    while let Some(f) = d.next_block(&mut block) {
+    while let Some(f) = d
+        .next_block(&mut block)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+    {
         frames += block.len() / usize::from(f.channels.max(1));
         if !need_pcm {
             // The format is all the pipeline stages need; they count their own audio, and the
@@ -376,7 +379,7 @@ fn run_with(
             if let Ok(mut d) = Decoder::open(Cursor::new(input.encoded.clone()), input.format) {
                 let mut block = Vec::new();
                 let mut packets = 0u64;
-                while let Some(f) = d.next_block(&mut block) {
+                while let Ok(Some(f)) = d.next_block(&mut block) {
                     seconds += block.len() as f64
                         / f64::from(f.channels.max(1))
                         / f64::from(f.sample_rate.max(1));
@@ -510,7 +513,7 @@ fn run_with(
                 let mut block = Vec::new();
                 let mut out = Vec::new();
                 let mut seconds = 0.0;
-                while let Some(f) = d.next_block(&mut block) {
+                while let Ok(Some(f)) = d.next_block(&mut block) {
                     let _ = p.push(&block, f, &mut out);
                     out.clear();
                     let n = block.len() / usize::from(f.channels.max(1));

@@ -114,6 +114,8 @@ impl Drop for Output {
 impl Output {
     /// Announces a title to listeners (ICY) and into the encoded stream (Ogg comments).
     fn announce(&mut self, title: String) {
+        // Titles from plugins are as untrusted as a source's: bounded, no control characters.
+        let title = crate::hub::clean_title(&title);
         if title != self.title {
             self.hub.set_title(&title);
             self.pipeline.set_title(&title);
@@ -202,6 +204,12 @@ impl Transcoder {
             .transcode_skipped_packets
             .get_or_create(&Metrics::mount(&self.path))
             .clone();
+        let refused = self
+            .state
+            .metrics
+            .transcode_refused_streams
+            .get_or_create(&Metrics::mount(&self.path))
+            .clone();
         let mut output: Option<Output> = None;
         let mut gap_since: Option<Instant> = None;
         // The output's audio clock: wall time up to which audio has been produced. A gap is
@@ -255,6 +263,12 @@ impl Transcoder {
             let reader = HubReader::new(src.clone(), cursor, self.rt.clone(), self.stop.clone());
             let mut decoder = match Decoder::open(reader, src.format) {
                 Ok(d) => d,
+                Err(e) if e.is_refusal() => {
+                    warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
+                    refused.inc();
+                    retry_at = Instant::now() + Duration::from_secs(1);
+                    continue;
+                }
                 Err(e) => {
                     info!(mount = %self.path, from = %self.from, error = %e, "cannot decode the source yet; retrying in 1 s");
                     retry_at = Instant::now() + Duration::from_secs(1);
@@ -278,7 +292,17 @@ impl Transcoder {
             gap_since = None;
             let mut meta_version = u64::MAX;
             let mut last_skipped = 0;
-            while let Some(format) = decoder.next_block(&mut block) {
+            loop {
+                let format = match decoder.next_block(&mut block) {
+                    Ok(Some(format)) => format,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
+                        refused.inc();
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                        break;
+                    }
+                };
                 if self.stopped() {
                     break;
                 }
