@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::coordinator::{MountConfig, PluginVersion};
@@ -148,6 +148,8 @@ pub struct Plugins {
     /// Starts the epoch ticker with the first instance: a node without plugins pays nothing for
     /// it (it wakes 1000 times a second, about 1-2 % of a core here).
     ticker: std::sync::Once,
+    /// Held by the one compile that may run at a time.
+    compiling: Arc<Mutex<()>>,
 }
 
 type TitleChains = HashMap<
@@ -183,6 +185,7 @@ impl Plugins {
             generation: AtomicU64::new(0),
             title_chains: Mutex::default(),
             ticker: std::sync::Once::new(),
+            compiling: Arc::default(),
         }))
     }
 
@@ -269,6 +272,33 @@ impl Plugins {
         Some(dir.join(format!("{hash}-{:016x}.cwasm", h.finish())))
     }
 
+    /// Compiles with Cranelift, bounded: no function body over [`MAX_FUNCTION_BYTES`] (what a
+    /// compile's memory grows with), one compile at a time on the node, and an answer within
+    /// [`COMPILE_TIMEOUT`]. Cranelift cannot be stopped: a compile that runs over is refused
+    /// and left to finish on its own thread, and the next compile waits for it.
+    fn compile_bounded(&self, bytes: &[u8]) -> Result<Component, PluginError> {
+        check_function_sizes(bytes)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, gate, bytes) = (self.engine.clone(), self.compiling.clone(), bytes.to_vec());
+        std::thread::Builder::new()
+            .name("plugin compile".into())
+            .spawn(move || {
+                let _one_at_a_time = gate.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = tx.send(Component::new(&engine, &bytes));
+            })
+            .map_err(|e| PluginError::Invalid(format!("cannot start a compile thread: {e}")))?;
+        match rx.recv_timeout(COMPILE_TIMEOUT) {
+            Ok(result) => result.map_err(|e| {
+                PluginError::Invalid(format!("not a valid WebAssembly component: {e:#}"))
+            }),
+            Err(_) => Err(PluginError::Invalid(format!(
+                "compiling took longer than {} s (with any compile queued before it): the \
+                 plugin is too large or too complex, or the node is busy compiling; try again",
+                COMPILE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     fn compile(&self, hash: &str, bytes: &[u8]) -> Result<(Component, bool), PluginError> {
         let file = self.cache_file(hash);
         if let Some(f) = file.as_ref().filter(|f| f.exists()) {
@@ -279,16 +309,11 @@ impl Plugins {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            PluginError::Invalid(format!("not a valid WebAssembly component: {e:#}"))
-        })?;
+        let component = self.compile_bounded(bytes)?;
         if let Some(f) = file {
             match component.serialize() {
                 Ok(data) => {
-                    let tmp = f.with_extension("tmp");
-                    if let Err(e) =
-                        std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, &f))
-                    {
+                    if let Err(e) = store_cached(&f, &data) {
                         tracing::warn!(file = %f.display(), error = %e, "cannot cache a compiled plugin");
                     }
                 }
@@ -318,21 +343,20 @@ impl Plugins {
         });
     }
 
-    /// A fresh store for one instance, labelled for logs.
-    fn store(&self, label: &str) -> Store<Ctx> {
+    /// A fresh store for one instance, logging through `log`.
+    fn store(&self, log: &LogBudget) -> Store<Ctx> {
         self.start_ticker();
+        // WASI handles (pollables, streams) live in this host table: bounded too.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HOST_RESOURCES);
         let ctx = Ctx {
             wasi: WasiCtxBuilder::new().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .table_elements(100_000)
-                .instances(100)
-                .memories(4)
-                .tables(20)
-                .trap_on_grow_failure(true)
-                .build(),
-            log: LogBudget::new(label),
+            table,
+            limits: InstanceLimits {
+                budget: self.limits.memory_bytes,
+                used: 0,
+            },
+            log: log.clone(),
             metadata: None,
         };
         let mut store = Store::new(&self.engine, ctx);
@@ -359,16 +383,68 @@ impl Plugins {
     }
 }
 
+/// The largest function body an upload may have: Cranelift's memory grows with the size of the
+/// function it compiles (one at a time: the engine compiles without a thread pool here).
+const MAX_FUNCTION_BYTES: usize = 1024 * 1024;
+/// The longest a compile may take before the upload is refused.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Refuses an upload with a function body over [`MAX_FUNCTION_BYTES`], in any module it nests,
+/// before anything is compiled. (Malformed input is left to the compiler's own error.)
+fn check_function_sizes(bytes: &[u8]) -> Result<(), PluginError> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let Ok(wasmparser::Payload::CodeSectionEntry(body)) = payload else {
+            continue;
+        };
+        let size = body.range().len();
+        if size > MAX_FUNCTION_BYTES {
+            return Err(PluginError::Invalid(format!(
+                "a function of {size} bytes: plugins may have functions of at most \
+                 {MAX_FUNCTION_BYTES} bytes (compiling one costs memory in proportion)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Loads our own cache file.
 #[allow(
     unsafe_code,
-    reason = "Component::deserialize_file trusts its input: it is only ever given files this node \
-              wrote from Component::serialize, named by content hash and engine compatibility hash, \
-              never uploaded bytes"
+    reason = "Component::deserialize trusts its input: it is only ever given bytes this node \
+              wrote from Component::serialize (named by content hash and engine compatibility \
+              hash, never uploaded bytes), and only after their SHA-256 checked out"
 )]
 fn load_cached(engine: &Engine, file: &std::path::Path) -> wasmtime::Result<Component> {
-    // SAFETY: see the reason above; the file is written atomically by `Plugins::compile`.
-    unsafe { Component::deserialize_file(engine, file) }
+    let data = std::fs::read(file)?;
+    let (digest, payload) = data
+        .split_at_checked(32)
+        .ok_or_else(|| wasmtime::format_err!("truncated cache file"))?;
+    if Sha256::digest(payload).as_slice() != digest {
+        wasmtime::bail!("cache file does not match its checksum (torn write or tampering)");
+    }
+    // SAFETY: see the reason above: these are our own serialize() bytes, checksum verified.
+    unsafe { Component::deserialize(engine, payload) }
+}
+
+/// Writes a compiled component to the cache: its SHA-256, then the bytes, to a temporary file of
+/// this process's own (two nodes may share a data directory's disk, and threads compile at
+/// once), synced, then renamed into place, so a reader sees a whole file or none.
+fn store_cached(file: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = file.with_extension(format!("{}.{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&Sha256::digest(data))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -447,11 +523,77 @@ fn classify(engine: &Engine, component: &Component) -> Result<(Kind, String), Pl
     )))
 }
 
+/// Most WASI handles (streams, pollables) one instance may hold at once.
+const MAX_HOST_RESOURCES: usize = 1024;
+/// What one table element is counted as against the instance's memory cap (a function reference
+/// and its bookkeeping).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// The memory cap of one plugin instance as a whole: all its linear memories, and all its tables
+/// at [`TABLE_ELEMENT_BYTES`] an element, together within `budget` bytes, however many of each a
+/// component declares (at most 4 memories, 20 tables and 100 core instances). Growing past the
+/// cap traps with "memory cap exceeded".
+struct InstanceLimits {
+    budget: usize,
+    used: usize,
+}
+
+impl InstanceLimits {
+    fn grow(&mut self, bytes: usize, what: &str, desired: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(bytes);
+        if total > self.budget {
+            wasmtime::bail!(
+                "memory cap exceeded (the plugin tried to grow a {what} to {desired}, which \
+                 would bring the instance to {total} bytes; its cap is {} bytes)",
+                self.budget
+            );
+        }
+        self.used = total;
+        Ok(true)
+    }
+}
+
+impl wasmtime::ResourceLimiter for InstanceLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let bytes = desired.saturating_sub(current);
+        self.grow(bytes, "memory", desired)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let bytes = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        self.grow(bytes, "table", desired)
+    }
+
+    fn instances(&self) -> usize {
+        100
+    }
+
+    fn tables(&self) -> usize {
+        20
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
+}
+
 /// The host side of one instance's store.
 pub struct Ctx {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: InstanceLimits,
     log: LogBudget,
     /// Set by `now-playing.set-metadata` during a call.
     metadata: Option<Vec<(String, String)>>,
@@ -510,22 +652,53 @@ impl wasmtime::component::HasData for HasTable {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-/// Per-instance log rate limit.
-struct LogBudget {
-    label: String,
-    window: Instant,
-    lines: u32,
+/// The log rate limit of one plugin on one mount: a token bucket of [`LOG_LINES_PER_SEC`] lines,
+/// refilled continuously, so no window boundary lets a double burst through. It belongs to the
+/// plugin's slot (the filter or policy that owns the instances), not to one Store: an instance
+/// rebuilt after a trap or a timeout goes on with the budget its predecessor left, instead of a
+/// fresh one.
+#[derive(Clone)]
+pub struct LogBudget {
+    label: Arc<str>,
+    bucket: Arc<Mutex<LogBucket>>,
+}
+
+struct LogBucket {
+    tokens: f64,
+    refilled: Instant,
+    /// Lines refused since the last one written (reported with the next one).
     dropped: u64,
 }
 
 impl LogBudget {
-    fn new(label: &str) -> LogBudget {
+    pub fn new(label: &str) -> LogBudget {
         LogBudget {
-            label: label.to_owned(),
-            window: Instant::now(),
-            lines: 0,
-            dropped: 0,
+            label: label.into(),
+            bucket: Arc::new(Mutex::new(LogBucket {
+                tokens: f64::from(LOG_LINES_PER_SEC),
+                refilled: Instant::now(),
+                dropped: 0,
+            })),
         }
+    }
+
+    /// Takes one line from the budget: the number of lines dropped before it, or `None` when the
+    /// budget is spent (the line is dropped and counted).
+    fn take(&self) -> Option<u64> {
+        // The bucket is a few numbers that no panic can leave half-written: a poisoned lock is
+        // still a valid bucket.
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let rate = f64::from(LOG_LINES_PER_SEC);
+        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(rate);
+        b.refilled = now;
+        if b.tokens < 1.0 {
+            b.dropped += 1;
+            return None;
+        }
+        b.tokens -= 1.0;
+        Some(std::mem::take(&mut b.dropped))
     }
 }
 
@@ -533,23 +706,15 @@ impl wit::types::Host for Ctx {}
 
 impl wit::log::Host for Ctx {
     fn write(&mut self, level: wit::log::Level, message: String) {
-        let b = &mut self.log;
-        if b.window.elapsed() >= Duration::from_secs(1) {
-            b.window = Instant::now();
-            b.lines = 0;
-        }
-        if b.lines >= LOG_LINES_PER_SEC {
-            b.dropped += 1;
+        let Some(dropped) = self.log.take() else {
             return;
-        }
-        b.lines += 1;
+        };
         let mut end = message.len().min(LOG_LINE_MAX);
         while !message.is_char_boundary(end) {
             end -= 1;
         }
         let text = &message[..end];
-        let dropped = std::mem::take(&mut b.dropped);
-        let plugin = b.label.as_str();
+        let plugin = &*self.log.label;
         use wit::log::Level;
         match level {
             Level::Error => tracing::error!(plugin, dropped, "{text}"),
@@ -586,14 +751,9 @@ fn describe(e: &wasmtime::Error) -> String {
         };
     }
     let text = format!("{e:#}");
-    if let Some(at) = text.find("growing memory to ") {
-        let bytes: String = text[at + "growing memory to ".len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        return format!(
-            "memory cap exceeded (the plugin tried to grow its memory to {bytes} bytes)"
-        );
+    // The instance's limiter (InstanceLimits) says which cap and how far it went.
+    if let Some(at) = text.find("memory cap exceeded") {
+        return text[at..].lines().next().unwrap_or_default().to_owned();
     }
     // Keep the first line: the rest is a wasm backtrace of unnamed functions.
     text.lines().next().unwrap_or_default().to_owned()
@@ -693,6 +853,13 @@ pub fn resolve(
                 r.name, version.hash
             )
         })?;
+    // The store (etcd above all) is not trusted blindly: the bytes must be what was uploaded.
+    if Plugins::hash(&bytes) != version.hash {
+        return Err(format!(
+            "the stored bytes of plugin {} do not match their hash {}: push it again",
+            r.name, version.hash
+        ));
+    }
     state
         .plugins
         .load(&bytes)
@@ -1012,5 +1179,97 @@ mod tests {
         let core = check_header(b"\0asm\x01\0\0\0").unwrap_err().to_string();
         assert!(core.contains("core WebAssembly module"), "{core}");
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    /// The budget of a slot is shared by every instance it rebuilds, and a window boundary
+    /// lets no double burst through: over any stretch of T seconds at most 10 + 10 T lines.
+    #[test]
+    fn log_budget_is_a_bucket_shared_across_rebuilds() {
+        let slot = LogBudget::new("x on /m");
+        let first_store = slot.clone();
+        let allowed = (0..1000).filter(|_| first_store.take().is_some()).count();
+        assert_eq!(allowed, 10);
+        // The instance is rebuilt (a trap): the new store's handle has no fresh budget.
+        let rebuilt = slot.clone();
+        assert!(rebuilt.take().is_none());
+        std::thread::sleep(Duration::from_millis(250));
+        let later = (0..1000).filter(|_| rebuilt.take().is_some()).count();
+        assert!((2..=3).contains(&later), "{later} lines after 250 ms");
+        // The next line written reports how many were dropped before it.
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(rebuilt.take().unwrap() >= 990);
+    }
+
+    /// The compiled-plugin cache refuses a file whose checksum does not match, so `unsafe`
+    /// deserialisation only ever sees bytes this node wrote whole.
+    #[test]
+    fn cache_files_are_checked_before_they_are_trusted() {
+        let engine = Engine::default();
+        let component = Component::new(&engine, b"\0asm\x0d\0\x01\0").unwrap();
+        let data = component.serialize().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.cwasm");
+        store_cached(&file, &data).unwrap();
+        assert!(load_cached(&engine, &file).is_ok());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        let mut torn = std::fs::read(&file).unwrap();
+        let last = torn.len() - 1;
+        torn[last] ^= 0xFF;
+        std::fs::write(&file, &torn).unwrap();
+        let e = load_cached(&engine, &file).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        std::fs::write(&file, &torn[..10]).unwrap();
+        assert!(load_cached(&engine, &file).is_err());
+    }
+
+    /// Instantiates a component written in WAT in a plugin store with the default 32 MiB cap.
+    fn instantiate_wat(wat: &str) -> Result<(), String> {
+        let plugins = Plugins::new(None, Limits::default()).unwrap();
+        let component = Component::new(&plugins.engine, wat::parse_str(wat).unwrap()).unwrap();
+        let mut store = plugins.store(&LogBudget::new("test"));
+        Linker::new(&plugins.engine)
+            .instantiate(&mut store, &component)
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
+    /// The cap is per instance, not per linear memory: two 20 MB memories (each under 32 MiB)
+    /// are refused together, and so are tables that would hold more than the cap.
+    #[test]
+    fn the_memory_cap_covers_every_memory_and_table_of_an_instance() {
+        let one = "(component (core module $m (memory 300)) (core instance (instantiate $m)))";
+        assert_eq!(instantiate_wat(one), Ok(()));
+        let two = "(component
+            (core module $a (memory 300)) (core module $b (memory 300))
+            (core instance (instantiate $a)) (core instance (instantiate $b)))";
+        let e = instantiate_wat(two).unwrap_err();
+        assert!(e.contains("memory cap exceeded"), "{e}");
+        let tables = "(component
+            (core module $t (table 1500000 funcref) (table 1500000 funcref))
+            (core instance (instantiate $t)))";
+        let e = instantiate_wat(tables).unwrap_err();
+        assert!(
+            e.contains("memory cap exceeded") && e.contains("table"),
+            "{e}"
+        );
+        let many = "(component
+            (core module $m (memory 1))
+            (core instance (instantiate $m)) (core instance (instantiate $m))
+            (core instance (instantiate $m)) (core instance (instantiate $m))
+            (core instance (instantiate $m)))";
+        assert!(instantiate_wat(many).is_err(), "at most 4 memories");
+    }
+
+    /// WASI handles live in a host table of the store: it holds at most MAX_HOST_RESOURCES.
+    #[test]
+    fn the_host_resource_table_is_bounded() {
+        let plugins = Plugins::new(None, Limits::default()).unwrap();
+        let mut store = plugins.store(&LogBudget::new("test"));
+        let table = &mut store.data_mut().table;
+        for _ in 0..MAX_HOST_RESOURCES {
+            table.push(0u8).unwrap();
+        }
+        assert!(table.push(0u8).is_err());
     }
 }

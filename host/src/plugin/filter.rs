@@ -16,7 +16,7 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::bindings::filter::FilterPlugin;
-use super::{describe, ticks, Ctx, Loaded, PluginStats, Plugins, Pre, CREATE_DEADLINE};
+use super::{describe, ticks, Ctx, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE};
 
 struct Live {
     store: Store<Ctx>,
@@ -28,6 +28,7 @@ pub struct WasmFilter {
     plugins: Arc<Plugins>,
     loaded: Arc<Loaded>,
     label: String,
+    log: LogBudget,
     params: Vec<(String, String)>,
     format: AudioFormat,
     live: Option<Live>,
@@ -52,6 +53,7 @@ impl WasmFilter {
         let mut f = WasmFilter {
             plugins,
             loaded,
+            log: LogBudget::new(&label),
             label,
             params,
             format,
@@ -69,7 +71,7 @@ impl WasmFilter {
         instantiate(
             &self.plugins,
             &self.loaded,
-            &self.label,
+            &self.log,
             self.format,
             &self.params,
         )
@@ -134,14 +136,14 @@ fn title_of(m: &[(String, String)]) -> Option<String> {
 fn instantiate(
     plugins: &Plugins,
     loaded: &Loaded,
-    label: &str,
+    log: &LogBudget,
     format: AudioFormat,
     params: &[(String, String)],
 ) -> Result<Live, String> {
     let Pre::Filter(pre) = &loaded.pre else {
         return Err("this plugin is a policy, not a filter".to_owned());
     };
-    let mut store = plugins.store(label);
+    let mut store = plugins.store(log);
     store.set_epoch_deadline(ticks(CREATE_DEADLINE));
     let bindings = pre
         .instantiate(&mut store)
@@ -215,7 +217,7 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
         sample_rate: 48_000,
         channels: 2,
     };
-    let mut live = match instantiate(plugins, loaded, "smoke test", format, &[]) {
+    let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), format, &[]) {
         Ok(l) => l,
         Err(e) if e.starts_with("the plugin rejected") => {
             return Ok(format!(

@@ -11,7 +11,7 @@ use wasmtime::Store;
 
 pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
-use super::{describe, ticks, Ctx, Loaded, PluginStats, Plugins, Pre, CREATE_DEADLINE};
+use super::{describe, ticks, Ctx, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE};
 
 struct Live {
     store: Store<Ctx>,
@@ -23,6 +23,7 @@ pub struct WasmPolicy {
     plugins: Arc<Plugins>,
     loaded: Arc<Loaded>,
     label: String,
+    log: LogBudget,
     params: Vec<(String, String)>,
     live: Option<Live>,
     in_a_row: u32,
@@ -32,13 +33,13 @@ pub struct WasmPolicy {
 fn instantiate(
     plugins: &Plugins,
     loaded: &Loaded,
-    label: &str,
+    log: &LogBudget,
     params: &[(String, String)],
 ) -> Result<Live, String> {
     let Pre::Policy(pre) = &loaded.pre else {
         return Err("this plugin is a filter, not a policy".to_owned());
     };
-    let mut store = plugins.store(label);
+    let mut store = plugins.store(log);
     store.set_epoch_deadline(ticks(CREATE_DEADLINE));
     let bindings = pre
         .instantiate(&mut store)
@@ -63,11 +64,13 @@ impl WasmPolicy {
         label: String,
         params: Vec<(String, String)>,
     ) -> Result<WasmPolicy, String> {
-        let live = instantiate(&plugins, &loaded, &label, &params)?;
+        let log = LogBudget::new(&label);
+        let live = instantiate(&plugins, &loaded, &log, &params)?;
         Ok(WasmPolicy {
             plugins,
             loaded,
             label,
+            log,
             params,
             live: Some(live),
             in_a_row: 0,
@@ -83,7 +86,7 @@ impl WasmPolicy {
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if self.live.is_none() {
-            match instantiate(&self.plugins, &self.loaded, &self.label, &self.params) {
+            match instantiate(&self.plugins, &self.loaded, &self.log, &self.params) {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
                     self.fail(e);
@@ -177,7 +180,7 @@ pub fn sample_request() -> ListenerRequest {
 
 /// The upload check: `create` without parameters and, if accepted, `rank` over three nodes.
 pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
-    let mut live = match instantiate(plugins, loaded, "smoke test", &[]) {
+    let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), &[]) {
         Ok(l) => l,
         Err(e) if e.starts_with("the plugin rejected") => {
             return Ok(format!(
