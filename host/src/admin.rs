@@ -20,7 +20,7 @@ use crate::auth::{generate_password, hash_password};
 use crate::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::metrics::ErrorKind;
-use crate::server::{send, ListenerCtrl, State};
+use crate::server::{refusal, send, ListenerCtrl, State};
 
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
@@ -33,32 +33,120 @@ pub async fn serve(
     state: Arc<State>,
 ) {
     let version = req.response_version();
-    // Plugin uploads are large: only an admin may make the node read one.
-    let upload =
-        req.path.starts_with("/api/v1/plugins/") && matches!(req.method.as_str(), "POST" | "PUT");
-    if upload && !state.is_admin(&req).await {
-        state.metrics.error(ErrorKind::Unauthorized);
-        send(&mut stream, &unauthorized(), version, false).await;
-        return;
+    let r = match admit(&state, &req, peer).await {
+        Ok(limit) => match read_body(&mut stream, &req, leftover, limit).await {
+            Ok(body) => route(&state, &req, &body).await,
+            Err(r) => r,
+        },
+        Err(r) => r,
+    };
+    if r.status >= 400 {
+        info!(%peer, method = %req.method, path = %req.path, status = r.status, "admin request refused");
     }
+    send(&mut stream, &r, version, req.method == "HEAD").await;
+}
+
+/// Everything decided from the head alone, before a byte of the body is read: the request is
+/// not cross-site, its credentials are right, its body is of an accepted kind and size. Returns
+/// the largest body it may have.
+async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usize, Response> {
+    if let Some(why) = cross_site(req) {
+        state.metrics.error(ErrorKind::Unauthorized);
+        return Err(Response::error(403, why));
+    }
+    let path = req.path.as_str();
+    let verdict = if is_metadata(path) {
+        // Source clients update titles with their mount's own credentials (compat.md item 8).
+        let mount = req.query("mount").unwrap_or_default();
+        state.check_source(req, peer.ip(), &mount, true).await
+    } else {
+        state.check_admin(req, peer.ip()).await
+    };
+    if !verdict.granted() {
+        state.metrics.error(ErrorKind::Unauthorized);
+        return Err(refusal(verdict, unauthorized()));
+    }
+    let upload =
+        path.starts_with("/api/v1/plugins/") && matches!(req.method.as_str(), "POST" | "PUT");
     let limit = if upload {
         crate::plugin::MAX_PLUGIN_BYTES
     } else {
         MAX_BODY
     };
-    let body = match read_body(&mut stream, &req, leftover, limit).await {
-        Ok(b) => b,
-        Err(r) => {
-            send(&mut stream, &r, version, false).await;
-            return;
+    let len = body_len(req, limit)?;
+    if len > 0 {
+        // A page on another site can send a form or text/plain without asking first; JSON (or
+        // a plugin's bytes) it cannot.
+        let ct = req.header("content-type").unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        let accepted: &[&str] = if upload {
+            &["application/wasm", "application/octet-stream"]
+        } else {
+            &["application/json"]
+        };
+        if !accepted.iter().any(|a| essence.eq_ignore_ascii_case(a)) {
+            return Err(Response::error(
+                415,
+                format!(
+                    "Content-Type {essence:?} is not accepted here; send {}",
+                    accepted.join(" or ")
+                ),
+            ));
         }
-    };
-    let response = route(&state, &req, &body).await;
-    if response.status >= 400 {
-        info!(%peer, method = %req.method, path = %req.path, status = response.status, "admin request refused");
     }
-    send(&mut stream, &response, version, req.method == "HEAD").await;
+    Ok(limit)
 }
+
+fn is_metadata(path: &str) -> bool {
+    path == "/admin/metadata" || path == "/admin/metadata.xsl"
+}
+
+/// Why a request must be refused as cross-site, if it must: a browser says where a request comes
+/// from in `Sec-Fetch-Site` (and `Origin`), and replays Basic credentials to any site that asks,
+/// so only requests from the node's own pages (or from no page: a tool, a source client) may use
+/// them.
+fn cross_site(req: &RequestHead) -> Option<&'static str> {
+    if let Some(site) = req.header("sec-fetch-site") {
+        if !matches!(
+            site.trim().to_ascii_lowercase().as_str(),
+            "same-origin" | "none"
+        ) {
+            return Some("cross-site request refused: the admin interface accepts requests from its own pages and from tools only");
+        }
+    }
+    if let Some(origin) = req.header("origin") {
+        let host = req.header("host").unwrap_or("");
+        let authority = origin
+            .trim()
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'));
+        if authority.is_none_or(|a| host.is_empty() || !a.eq_ignore_ascii_case(host.trim())) {
+            return Some("cross-origin request refused: the Origin is not this server");
+        }
+    }
+    None
+}
+
+/// The body's declared length, if it is within `limit`.
+fn body_len(req: &RequestHead, limit: usize) -> Result<usize, Response> {
+    let Some(v) = req.header("content-length") else {
+        return Ok(0);
+    };
+    let len = v
+        .trim()
+        .parse::<usize>()
+        .map_err(|_| Response::error(400, "bad Content-Length"))?;
+    if len > limit {
+        return Err(Response::error(
+            413,
+            format!("body of {len} bytes is larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(len)
+}
+
+/// The slowest a body may arrive: the time allowed is 10 s plus its length at this rate.
+const MIN_BODY_RATE: usize = 64 * 1024;
 
 async fn read_body(
     stream: &mut TcpStream,
@@ -66,18 +154,9 @@ async fn read_body(
     mut buf: BytesMut,
     limit: usize,
 ) -> Result<Vec<u8>, Response> {
-    let len = match req.header("content-length") {
-        None => return Ok(Vec::new()),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| Response::error(400, "bad Content-Length"))?,
-    };
-    if len > limit {
-        return Err(Response::error(
-            413,
-            format!("body of {len} bytes is larger than the limit of {limit} bytes"),
-        ));
+    let len = body_len(req, limit)?;
+    if len == 0 {
+        return Ok(Vec::new());
     }
     let read = async {
         while buf.len() < len {
@@ -87,7 +166,8 @@ async fn read_body(
         }
         Ok(())
     };
-    match tokio::time::timeout(Duration::from_secs(60), read).await {
+    let allowed = Duration::from_secs(10 + (len / MIN_BODY_RATE) as u64);
+    match tokio::time::timeout(allowed, read).await {
         Ok(Ok(())) => Ok(buf[..len].to_vec()),
         _ => Err(Response::error(408, "request body incomplete")),
     }
@@ -110,14 +190,11 @@ fn ice_response(status: u16, message: &str) -> Response {
     )
 }
 
+/// Answers an admitted request (see [`admit`]: credentials were checked already).
 async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
     let path = req.path.as_str();
-    if path == "/admin/metadata" || path == "/admin/metadata.xsl" {
+    if is_metadata(path) {
         return metadata(state, req).await;
-    }
-    if !state.is_admin(req).await {
-        state.metrics.error(ErrorKind::Unauthorized);
-        return unauthorized();
     }
     let mount = req.query("mount").unwrap_or_default();
     match (req.method.as_str(), path) {
@@ -162,7 +239,14 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
             }
         }
         (_, "/admin/moveclients" | "/admin/moveclients.xsl") => {
-            let dest = req.query("destination").unwrap_or_default();
+            let Some(dest) = req.query("destination").filter(|d| !d.is_empty()) else {
+                // No destination: the choices, as Icecast answers (dashboards list them).
+                return Response::new(
+                    200,
+                    "text/xml",
+                    crate::status::move_destinations_xml(state, &mount),
+                );
+            };
             if state.hub(&dest).is_none() {
                 return ice_response(400, "Destination does not exist or has no source");
             }
@@ -252,10 +336,6 @@ fn decode_text(bytes: &[u8], charset: Option<&str>) -> String {
 
 async fn metadata(state: &State, req: &RequestHead) -> Response {
     let mount = req.query("mount").unwrap_or_default();
-    if !state.is_source(req, &mount).await && !state.is_admin(req).await {
-        state.metrics.error(ErrorKind::Unauthorized);
-        return unauthorized();
-    }
     if req.query("mode").as_deref() != Some("updinfo") {
         return ice_response(400, "No such mode (use mode=updinfo)");
     }
@@ -276,8 +356,8 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
         (None, Some(a), None) => a,
         (None, None, None) => return ice_response(400, "No metadata given (use song=)"),
     };
-    // Control characters would break the ICY block; drop them.
-    let title: String = title.chars().filter(|c| !c.is_control()).collect();
+    // Control characters would break the ICY block; drop them, and bound the length.
+    let title = crate::hub::clean_title(&title);
     let title = crate::plugin::source_title_hooks(state, &mount, title);
     hub.set_title(&title);
     info!(%mount, %title, "metadata updated");

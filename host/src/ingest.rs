@@ -21,7 +21,7 @@ use crate::coordinator::validate_mount_path;
 use crate::http::{RequestHead, Response};
 use crate::hub::{Hub, HubParams, StreamProps};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::server::{send, State};
+use crate::server::{refusal, send, State};
 
 pub async fn serve(
     mut stream: TcpStream,
@@ -48,16 +48,29 @@ pub async fn serve(
         send(&mut stream, &refuse(404, &msg), version, false).await;
         return;
     }
-    if !state.is_source(&req, &mount).await {
+    let verdict = state.check_source(&req, peer.ip(), &mount, false).await;
+    if !verdict.granted() {
         state.metrics.error(ErrorKind::Unauthorized);
-        info!(%peer, %mount, "source refused: bad credentials");
-        let r = refuse(401, "authentication required")
+        info!(%peer, %mount, ?verdict, "source refused: bad credentials");
+        let denied = refuse(401, "authentication required")
             .header("WWW-Authenticate", "Basic realm=\"tidecast\"")
             .header("Allow", "GET, PUT, OPTIONS, SOURCE");
-        send(&mut stream, &r, version, false).await;
+        send(&mut stream, &refusal(verdict, denied), version, false).await;
         return;
     }
     let content_type = match (req.header("content-type"), req.method.as_str()) {
+        (Some(ct), _) if !ct.trim().is_empty() && !crate::http::is_media_type(ct.trim()) => {
+            state.metrics.error(ErrorKind::BadRequest);
+            info!(%peer, %mount, "source refused: Content-Type is not a media type");
+            send(
+                &mut stream,
+                &refuse(400, "Content-Type is not a media type (such as audio/mpeg)"),
+                version,
+                false,
+            )
+            .await;
+            return;
+        }
         (Some(ct), _) if !ct.trim().is_empty() => ct.trim().to_owned(),
         (_, "SOURCE") => "audio/mpeg".to_owned(),
         _ => {
@@ -202,6 +215,9 @@ impl BodyKind {
     }
 }
 
+/// The slowest a source may send, in bytes a second (4 kbit/s; the lowest MP3 bit rate is 8).
+const MIN_SOURCE_RATE: u64 = 500;
+
 /// Reads the body until EOF, its end, a timeout, or `/admin/killsource`. Returns why it stopped.
 async fn pump(
     stream: &mut TcpStream,
@@ -223,6 +239,11 @@ async fn pump(
     let mut read_buf = vec![0u8; 16 * 1024];
     let mut pending: Option<Bytes> = Some(leftover.freeze());
     let timeout = state.config.source_timeout();
+    // A source must deliver at least MIN_SOURCE_RATE bytes a second, judged over windows of the
+    // source timeout: a byte every few seconds resets a per-read timeout forever, but does not
+    // keep a mount.
+    let mut window = (tokio::time::Instant::now(), 0u64);
+    let need = (MIN_SOURCE_RATE as f64 * timeout.as_secs_f64()) as u64;
     loop {
         let data: Bytes = match pending.take() {
             Some(d) => d,
@@ -241,6 +262,13 @@ async fn pump(
         };
         if data.is_empty() {
             continue;
+        }
+        window.1 += data.len() as u64;
+        if window.0.elapsed() >= timeout {
+            if window.1 < need {
+                return "timeout: source too slow (under 500 bytes a second)";
+            }
+            window = (tokio::time::Instant::now(), 0);
         }
         bytes_in.inc_by(data.len() as u64);
         hub.bytes_in

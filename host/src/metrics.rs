@@ -26,6 +26,8 @@ pub enum ErrorKind {
     NotFound,
     Busy,
     Full,
+    /// Over `--max-clients-per-address`.
+    AddressFull,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +46,7 @@ pub struct Metrics {
     pub dropped_slow: Family<MountLabel, Counter>,
     pub skipped_source_bytes: Family<MountLabel, Counter>,
     pub transcode_skipped_packets: Family<MountLabel, Counter>,
+    pub transcode_refused_streams: Family<MountLabel, Counter>,
     pub connection_errors: Family<ErrorLabel, Counter>,
     pub plugin_failures: Family<PluginLabel, Counter>,
     pub plugin_quarantined: Family<PluginLabel, Gauge>,
@@ -62,6 +65,7 @@ impl Metrics {
             dropped_slow: Family::default(),
             skipped_source_bytes: Family::default(),
             transcode_skipped_packets: Family::default(),
+            transcode_refused_streams: Family::default(),
             connection_errors: Family::default(),
             plugin_failures: Family::default(),
             plugin_quarantined: Family::default(),
@@ -109,6 +113,11 @@ impl Metrics {
             m.transcode_skipped_packets.clone(),
         );
         registry.register(
+            "transcode_refused_streams",
+            "Source streams a transcoder refused because they declare a format out of range",
+            m.transcode_refused_streams.clone(),
+        );
+        registry.register(
             "connection_errors",
             "Connections refused or closed because of an error, by kind",
             m.connection_errors.clone(),
@@ -124,6 +133,36 @@ impl Metrics {
             m.plugin_quarantined.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Exports the password verifier's counters as `tidecast_auth_<outcome>_total`.
+    pub fn register_auth(&mut self, stats: &crate::auth::VerifierStats) {
+        for (outcome, help, counter) in [
+            (
+                "hashed",
+                "Passwords checked with argon2 (right or wrong)",
+                &stats.hashed,
+            ),
+            (
+                "cached",
+                "Credentials granted from the cache of known-good ones",
+                &stats.cached,
+            ),
+            (
+                "throttled",
+                "Logins refused with 429 at once: the address failed recently or is being checked",
+                &stats.throttled,
+            ),
+            (
+                "busy",
+                "Logins refused with 503: no verification slot within the wait",
+                &stats.busy,
+            ),
+        ] {
+            // A Counter is a shared handle: the registry reads the verifier's own.
+            self.registry
+                .register(format!("auth_{outcome}"), help, counter.clone());
+        }
     }
 
     pub fn error(&self, kind: ErrorKind) {

@@ -7,7 +7,7 @@
 //! same way.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::auth::Verifier;
+use crate::auth::{Verdict, Verifier};
 use crate::config::ServeConfig;
 use crate::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::http::{read_head, RequestHead, Response};
@@ -78,11 +78,14 @@ impl State {
         any_mount_hash: Option<String>,
         plugins: Arc<crate::plugin::Plugins>,
     ) -> State {
+        let verifier = Verifier::default();
+        let mut metrics = Metrics::new();
+        metrics.register_auth(&verifier.stats);
         State {
             config,
             coordinator,
-            verifier: Verifier::default(),
-            metrics: Metrics::new(),
+            verifier,
+            metrics,
             hubs: Mutex::default(),
             listeners: Mutex::default(),
             source_started: broadcast::channel(64).0,
@@ -168,27 +171,53 @@ impl State {
         self.coordinator.mount(mount)
     }
 
-    /// Checks admin credentials from a request.
-    pub async fn is_admin(&self, req: &RequestHead) -> bool {
-        let (Some((user, pass)), Some(admin)) = (req.basic_auth(), self.coordinator.admin()) else {
-            return false;
-        };
-        user == admin.user && self.verifier.verify(&pass, &admin.password_hash).await
+    /// Checks admin credentials of a request from `peer`.
+    pub async fn check_admin(&self, req: &RequestHead, peer: IpAddr) -> Verdict {
+        let admin = self.coordinator.admin();
+        let candidates: Vec<(&str, &str)> = admin
+            .iter()
+            .map(|a| (a.user.as_str(), a.password_hash.as_str()))
+            .collect();
+        self.check(req, peer, &candidates).await
     }
 
-    /// Checks source credentials for `mount`: the mount's own, or the open-mode password.
-    pub async fn is_source(&self, req: &RequestHead, mount: &str) -> bool {
+    /// Checks source credentials for `mount`: the mount's own, or the open-mode password; with
+    /// `or_admin`, the admin's too. Only the hash whose user name matches is verified.
+    pub async fn check_source(
+        &self,
+        req: &RequestHead,
+        peer: IpAddr,
+        mount: &str,
+        or_admin: bool,
+    ) -> Verdict {
+        let m = self.mount_config(mount);
+        let admin = self.coordinator.admin().filter(|_| or_admin);
+        let mut candidates: Vec<(&str, &str)> = Vec::new();
+        match (&m, &self.any_mount_hash) {
+            (Some(m), _) => {
+                candidates.push((m.source_user.as_str(), m.source_password_hash.as_str()))
+            }
+            (None, Some(hash)) => candidates.push(("source", hash.as_str())),
+            (None, None) => {}
+        }
+        if let Some(a) = &admin {
+            candidates.push((a.user.as_str(), a.password_hash.as_str()));
+        }
+        self.check(req, peer, &candidates).await
+    }
+
+    /// Verifies the request's Basic credentials against the candidate whose user name matches
+    /// (a decoy hash when none does, at the same cost). No credentials at all is a plain denial
+    /// that costs nothing and counts as no failure: clients ask without them first.
+    async fn check(&self, req: &RequestHead, peer: IpAddr, candidates: &[(&str, &str)]) -> Verdict {
         let Some((user, pass)) = req.basic_auth() else {
-            return false;
+            return Verdict::Denied;
         };
-        if let Some(m) = self.mount_config(mount) {
-            return user == m.source_user
-                && self.verifier.verify(&pass, &m.source_password_hash).await;
-        }
-        match &self.any_mount_hash {
-            Some(hash) => user == "source" && self.verifier.verify(&pass, hash).await,
-            None => false,
-        }
+        let found = candidates.iter().find(|(u, _)| *u == user);
+        let hash = found.map_or("", |(_, h)| *h);
+        self.verifier
+            .verify(peer, found.is_some(), &pass, hash)
+            .await
     }
 
     pub fn next_id(&self) -> u64 {
@@ -212,6 +241,55 @@ impl State {
     }
 }
 
+/// Open connections per client address (IPv6 per /64), for `--max-clients-per-address`.
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// 0: no limit (nothing is counted).
+    max: usize,
+}
+
+/// One counted connection; dropping it gives the place back.
+struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
+
+impl PerAddress {
+    fn new(max: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            open: Mutex::default(),
+            max,
+        })
+    }
+
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if self.max == 0 {
+            return Some(AddressSlot(None));
+        }
+        let key = crate::auth::client_key(ip);
+        // A map of counters stays valid whatever a panicking holder did.
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Some((self.clone(), key))))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((table, key)) = self.0.take() else {
+            return;
+        };
+        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
 /// Serves connections from `listener` until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -219,6 +297,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(state.config.max_clients));
+    let per_address = PerAddress::new(state.config.max_clients_per_address);
     let reconciler = tokio::spawn(reconcile(state.clone()));
     let reporter = tokio::spawn(report_load(state.clone()));
     tokio::pin!(shutdown);
@@ -238,21 +317,29 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    handle(stream, peer, state).await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                // Over the connection limit: one non-blocking attempt at a 503, then close. No
-                // task is spawned, so a connection flood cannot pile up work.
-                state.metrics.error(ErrorKind::Full);
-                let r = Response::text(503, "server full");
-                let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
-            }
-        }
+        let (Ok(permit), Some(slot)) = (
+            permits.clone().try_acquire_owned(),
+            per_address.take(peer.ip()),
+        ) else {
+            // Over a connection limit: one non-blocking attempt at a 503, then close. No task
+            // is spawned, so a connection flood cannot pile up work.
+            let (kind, why) = if permits.available_permits() == 0 {
+                (ErrorKind::Full, "server full")
+            } else {
+                (
+                    ErrorKind::AddressFull,
+                    "too many connections from your address",
+                )
+            };
+            state.metrics.error(kind);
+            let r = Response::text(503, why);
+            let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
+            continue;
+        };
+        tokio::spawn(async move {
+            handle(stream, peer, state).await;
+            drop((permit, slot));
+        });
     }
     reconciler.abort();
     reporter.abort();
@@ -455,10 +542,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     };
     let path = req.path.as_str();
     match req.method.as_str() {
-        "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
+        // The admin surface first: mounts never live under /admin or /api (reserved paths), so
+        // a PUT there is an API call (a plugin upload), not a source.
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
             crate::admin::serve(stream, peer, req, buf, state).await
         }
+        "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
         "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
             // Another node of the cluster: relaying a mount (the listener path), or asking
             // whether its lease is alive. Only with the cluster secret.
@@ -497,6 +586,22 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             send(&mut stream, &r, req.response_version(), false).await;
         }
     }
+}
+
+/// The answer to credentials that were not granted: `denied` for wrong ones, 429 or 503 with a
+/// Retry-After when the check was throttled or the node too busy to make it.
+pub fn refusal(verdict: Verdict, denied: Response) -> Response {
+    let (status, message, wait) = match verdict {
+        Verdict::Throttled(wait) => (
+            429,
+            "too many failed logins from your address: retry later",
+            wait,
+        ),
+        Verdict::Busy(wait) => (503, "busy checking other logins: retry later", wait),
+        Verdict::Granted | Verdict::Denied => return denied,
+    };
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    Response::error(status, message).header("Retry-After", secs.to_string())
 }
 
 /// Writes a complete response, bounded in time; errors only mean the client left.

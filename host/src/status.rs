@@ -132,6 +132,30 @@ pub fn stats_xml(state: &State, with_details: bool) -> String {
     out
 }
 
+/// `/admin/moveclients?mount=M` without a destination (Icecast 2.5): the mounts its listeners
+/// could move to, every live one but M, each with its fallback, listeners, seconds connected and
+/// content type.
+pub fn move_destinations_xml(state: &State, mount: &str) -> String {
+    let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
+    let now = time::OffsetDateTime::now_utc();
+    for h in state.live_hubs().into_iter().filter(|h| h.mount != mount) {
+        let fallback = state
+            .mount_config(&h.mount)
+            .and_then(|m| m.fallback)
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "<source mount=\"{}\">\n<fallback>{}</fallback>\n<listeners>{}</listeners>\n<Connected>{}</Connected>\n<content-type>{}</content-type>\n</source>\n",
+            xml_escape(&h.mount),
+            xml_escape(&fallback),
+            h.listeners.load(Ordering::Relaxed),
+            (now - h.started).whole_seconds().max(0),
+            xml_escape(&h.content_type)
+        ));
+    }
+    out.push_str("</icestats>\n");
+    out
+}
+
 /// `/admin/listclients?mount=` in the Icecast-KH shape dashboards parse.
 pub fn listclients_xml(state: &State, mount: &str) -> String {
     let entries: Vec<(u64, String, String, u64)> = state
