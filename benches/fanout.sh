@@ -54,7 +54,7 @@ XML
 start_tidecast() {
   local port=$1
   TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/tidecast-data" \
-    --admin-password benchadmin --max-clients 20000 >/dev/null 2>"$work/tidecast.log" &
+    --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 >/dev/null 2>"$work/tidecast.log" &
   pids+=($!); echo $!
 }
 

@@ -34,7 +34,7 @@ for name in a b c; do
   # a redirect to B or C.
   extra=(); [ $name = a ] && extra=(--max-listeners 1)
   "$tc" serve --listen 127.0.0.1:0 --data-dir "$work/$name" --etcd "http://127.0.0.1:$cp" --node-name $name \
-    "${extra[@]}" >"$work/$name.out" 2>"$work/$name.log" &
+    --max-clients-per-address 0 "${extra[@]}" >"$work/$name.out" 2>"$work/$name.log" &
   pids+=($!)
   eval "pid_$name=$!"
   until grep -q "listening on" "$work/$name.out" 2>/dev/null; do sleep 0.1; done

@@ -64,6 +64,10 @@ serve_settings! {
     max_listeners: usize = 0; [value_name = "N"]
     /// Most simultaneous connections of all kinds; more get 503.
     max_clients: usize = 15_000; [value_name = "N"]
+    /// Most simultaneous connections from one client address (an IPv6 /64 counts as one); more
+    /// get 503 (0: no limit). Raise it when many listeners share an address (a large NAT, a
+    /// proxy in front of the node).
+    max_clients_per_address: usize = 256; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
     /// A client must send its whole request head within this time.
@@ -82,6 +86,10 @@ serve_settings! {
     etcd_cert: PathBuf = PathBuf::new(); [value_name = "FILE"]
     /// The private key (PEM) of --etcd-cert.
     etcd_key: PathBuf = PathBuf::new(); [value_name = "FILE"]
+    /// etcd user, for etcd's password authentication (beside or instead of client certificates).
+    etcd_user: String = String::new(); [value_name = "NAME", env = "TIDECAST_ETCD_USER"]
+    /// Password of --etcd-user.
+    etcd_password: String = String::new(); [env = "TIDECAST_ETCD_PASSWORD", hide_env_values = true]
     /// Prefix of the cluster's keys in etcd.
     etcd_prefix: String = "/tidecast/".to_owned(); [value_name = "PREFIX"]
     /// This node's name in the cluster [default: the host name].
@@ -191,6 +199,13 @@ impl ServeConfig {
             .etcd
             .split(',')
             .any(|e| e.trim().starts_with("https://"));
+        // Plain http to another machine: the cluster's configuration, credential hashes and
+        // plugins cross the network readable and forgeable by anyone on the path.
+        for e in self.etcd.split(',').map(str::trim) {
+            if !e.is_empty() && !e.starts_with("https://") && !etcd_is_loopback(e) {
+                tracing::warn!(endpoint = e, "etcd is reached over plain http on a network: anyone on the path can read and change the cluster's configuration; use https:// endpoints with --etcd-ca (and --etcd-cert/--etcd-key or --etcd-user)");
+            }
+        }
         let tls_files = [&self.etcd_ca, &self.etcd_cert, &self.etcd_key];
         if https && self.etcd_ca.as_os_str().is_empty() {
             problems.push(
@@ -201,6 +216,9 @@ impl ServeConfig {
             problems.push(
                 "--etcd-ca, --etcd-cert and --etcd-key need https:// etcd endpoints".to_owned(),
             );
+        }
+        if self.etcd_user.is_empty() != self.etcd_password.is_empty() {
+            problems.push("--etcd-user and --etcd-password go together".to_owned());
         }
         if self.etcd_cert.as_os_str().is_empty() != self.etcd_key.as_os_str().is_empty() {
             problems.push("--etcd-cert and --etcd-key go together".to_owned());
@@ -258,6 +276,23 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+}
+
+/// Whether an etcd endpoint (`http://HOST:PORT` or `HOST:PORT`) is on this machine.
+fn etcd_is_loopback(endpoint: &str) -> bool {
+    let authority = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

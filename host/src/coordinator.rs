@@ -385,6 +385,12 @@ impl Embedded {
         };
         // Leftover from a write interrupted by a crash: the real file is intact.
         let _ = std::fs::remove_file(file.with_extension("tmp"));
+        // Written 0644 by versions before 0.1: owner-only now, like every new write.
+        if file.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(storage)?;
+        }
         Ok(Embedded {
             blobs: data_dir.join("plugins"),
             file,
@@ -426,11 +432,27 @@ impl Embedded {
     }
 }
 
+/// Creates (or truncates) `path` readable and writable by its owner only.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // `mode` applies only to a file it creates: tighten one left by an older version too.
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 fn write_atomic(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = file.with_extension("tmp");
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Owner-only: the file holds credential hashes and the cluster's configuration.
+        let mut f = private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, file)?;
@@ -653,8 +675,11 @@ const RESERVED: &[&str] = &[
     "/api",
     "/_relay",
     "/_stream",
+    "/_cluster",
     "/metrics",
+    "/status-json",
     "/status-json.xsl",
+    "/status.xsl",
 ];
 
 /// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no
@@ -767,6 +792,29 @@ mod tests {
         assert_eq!(c.admin(), Some(cred("first")));
         c.set_admin(cred("third"), false).await.unwrap();
         assert_eq!(c.admin(), Some(cred("third")));
+    }
+
+    /// state.json holds credential hashes: owner-only, also when an older version left it 0644.
+    #[tokio::test]
+    async fn the_state_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        std::fs::write(&file, b"{\"version\": 1}").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mode = || std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        let c = Embedded::open(dir.path()).unwrap();
+        assert_eq!(mode(), 0o600, "tightened at open");
+        c.set_admin(
+            AdminCredential {
+                user: "admin".into(),
+                password_hash: "h".into(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        assert_eq!(mode(), 0o600, "after a write");
     }
 
     #[tokio::test]

@@ -8,16 +8,23 @@
 //! Answers use short TTLs (`--dns-ttl-secs`) so a dead node leaves resolvers quickly. Names
 //! outside the zone are REFUSED; unknown names in it are NXDOMAIN with the SOA. Served over UDP
 //! and TCP by hickory-server; the records come from the same node reports routing uses.
+//!
+//! Not an amplifier: ANY gets the minimal RFC 8482 answer (one HINFO), and UDP answers are rate
+//! limited per client network ([`RATE`] a second, bursts of [`BURST`], per IPv4 /24 or IPv6 /56);
+//! past that a client gets an empty truncated answer, no larger than its query, which sends a
+//! real resolver to TCP.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::proto::op::{Header, MessageType, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, HINFO, NS, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
 use tracing::{info, warn};
@@ -98,6 +105,54 @@ impl Zone {
 struct Handler {
     state: Arc<State>,
     zone: Zone,
+    limiter: Mutex<RateLimiter>,
+}
+
+/// UDP answers a second per client network.
+pub const RATE: f64 = 50.0;
+/// UDP answers a client network may get at once.
+pub const BURST: f64 = 100.0;
+/// Client networks remembered; past this, the ones with a full bucket again are forgotten.
+const NETWORKS_MAX: usize = 16_384;
+
+/// Token buckets per client network (IPv4 /24, IPv6 /56).
+#[derive(Default)]
+struct RateLimiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// Whether an answer to `client` is within its network's rate.
+    fn allow(&mut self, client: IpAddr) -> bool {
+        let net = match client {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], 0))
+            }
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3] & 0xff00, 0, 0, 0, 0))
+            }
+        };
+        let now = Instant::now();
+        if self.buckets.len() >= NETWORKS_MAX && !self.buckets.contains_key(&net) {
+            let full = |(tokens, at): &(f64, Instant)| {
+                tokens + now.saturating_duration_since(*at).as_secs_f64() * RATE >= BURST
+            };
+            self.buckets.retain(|_, b| !full(b));
+            if self.buckets.len() >= NETWORKS_MAX {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(net).or_insert((BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * RATE).min(BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
 }
 
 impl Handler {
@@ -112,7 +167,12 @@ impl Handler {
         };
         if *name == self.zone.lower {
             nodes.sort_by_key(|n| {
-                let share = |used: u32, max: u32| (used * 1000).checked_div(max).unwrap_or(0);
+                // In u64: a report's numbers come from another node (and etcd).
+                let share = |used: u32, max: u32| {
+                    (u64::from(used) * 1000)
+                        .checked_div(u64::from(max))
+                        .unwrap_or(0)
+                };
                 share(n.listeners, n.max_listeners)
                     .max(share(n.bandwidth_kbps, n.max_bandwidth_kbps))
             });
@@ -155,6 +215,16 @@ impl RequestHandler for Handler {
                 return send(&mut response, builder.build_no_records(header)).await;
             }
         };
+        if request.protocol() == Protocol::Udp
+            && !self
+                .limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow(request.src().ip())
+        {
+            header.set_truncated(true);
+            return send(&mut response, builder.build_no_records(header)).await;
+        }
         let name = query.name();
         if !self.zone.lower.zone_of(name) {
             header.set_authoritative(false);
@@ -171,13 +241,17 @@ impl RequestHandler for Handler {
         };
         let apex = *name == self.zone.lower;
         match query.query_type() {
-            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+            // RFC 8482: no list of everything, one small synthesized record.
+            RecordType::ANY => answers.push(Record::from_rdata(
+                owner.clone(),
+                ttl,
+                RData::HINFO(HINFO::new("RFC8482".to_owned(), String::new())),
+            )),
+            RecordType::A | RecordType::AAAA => {
                 for ip in addresses {
                     let rdata = match (ip, query.query_type()) {
-                        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
-                        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => {
-                            RData::AAAA(AAAA(v6))
-                        }
+                        (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
+                        (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
                         _ => continue,
                     };
                     answers.push(Record::from_rdata(owner.clone(), ttl, rdata));
@@ -252,7 +326,11 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Sockets> {
 pub async fn serve(state: Arc<State>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
     let Sockets { udp, tcp } = sockets;
     info!(addr = ?udp.local_addr().ok(), zone = %zone.origin, "authoritative DNS for the cluster zone");
-    let mut server = ServerFuture::new(Handler { state, zone });
+    let mut server = ServerFuture::new(Handler {
+        state,
+        zone,
+        limiter: Mutex::default(),
+    });
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5));
     server

@@ -94,12 +94,34 @@ pub fn tls_options(
     Ok(tls)
 }
 
+/// The `HOST:PORT` of a node URL, if the URL is exactly `http://HOST:PORT` (an optional final
+/// `/`): a name, an IPv4 address or a bracketed IPv6 address, and a port.
+pub fn node_authority(url: &str) -> Option<&str> {
+    let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+    let (host, port) = authority.rsplit_once(':')?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    (host_ok && port_ok).then_some(authority)
+}
+
+/// How a node proves itself to etcd: TLS (with a client certificate or not), etcd's own users,
+/// both, or neither.
+pub struct Access {
+    pub tls: Option<etcd_client::TlsOptions>,
+    /// User name and password.
+    pub user: Option<(String, String)>,
+}
+
 impl Etcd {
     /// Connects, takes a lease, announces this node, loads the configuration and starts
     /// following it. `prefix` ends with `/`.
     pub async fn open(
         endpoints: &[String],
-        tls: Option<etcd_client::TlsOptions>,
+        access: Access,
         prefix: &str,
         node: &str,
         advertise: &str,
@@ -109,25 +131,36 @@ impl Etcd {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(REQUEST_TIMEOUT);
-        let with_tls = tls.is_some();
+        let Access { tls, user } = access;
+        // What to check when etcd refuses us, by how we tried.
+        let secured = tls.is_some() || user.is_some();
+        let hint = match (tls.is_some(), user.is_some()) {
+            (true, _) => {
+                " (over TLS: check that --etcd-ca signed etcd's certificate and that \
+                 --etcd-cert/--etcd-key are a client certificate etcd trusts)"
+            }
+            (false, true) => " (check --etcd-user and --etcd-password)",
+            (false, false) => {
+                " (if etcd has authentication enabled, give --etcd-user and --etcd-password, \
+                 or a client certificate)"
+            }
+        };
         if let Some(tls) = tls {
             options = options.with_tls(tls);
         }
+        if let Some((name, password)) = user {
+            options = options.with_user(name, password);
+        }
         let mut client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach etcd at {}: {e}", endpoints.join(",")))?;
+            .map_err(|e| {
+                let hint = if secured { hint } else { "" };
+                anyhow::anyhow!("cannot reach etcd at {}: {e}{hint}", endpoints.join(","))
+            })?;
         let lease = client
             .lease_grant(ttl, None)
             .await
-            .map_err(|e| {
-                let hint = if with_tls {
-                    " (over TLS: check that --etcd-ca signed etcd's certificate and that \
-                     --etcd-cert/--etcd-key are a client certificate etcd trusts)"
-                } else {
-                    ""
-                };
-                anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(","))
-            })?
+            .map_err(|e| anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(",")))?
             .id();
         let node_key = format!("{prefix}nodes/{node}");
         // A node restarted right after a crash finds its old key until the old lease ends:
@@ -154,7 +187,9 @@ impl Etcd {
                         )]),
                 )
                 .await
-                .map_err(|e| anyhow::anyhow!("etcd: {e}"))?
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(","))
+                })?
                 .succeeded();
             if claimed {
                 break;
@@ -564,6 +599,11 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
     }
     if let Some(name) = key.strip_prefix("nodes/") {
         match value.map(serde_json::from_slice::<NodeReport>) {
+            // A node's URL goes into redirects' Location and relay requests: only a plain
+            // http://HOST:PORT is believed, whoever wrote it into etcd.
+            Some(Ok(r)) if node_authority(&r.url).is_none() => {
+                warn!(key, url = %r.url.escape_debug(), "node report with an invalid URL in etcd; ignored");
+            }
             Some(Ok(r)) => {
                 cache.nodes.insert(name.to_owned(), r);
             }
@@ -872,24 +912,39 @@ impl Coordinator for Etcd {
     }
 
     async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        // Whatever etcd holds is bounded before it is gathered: no more chunks than the largest
+        // plugin has, and no more bytes. (The caller checks the bytes against their hash.)
+        let max = crate::plugin::MAX_PLUGIN_BYTES;
+        let max_chunks = max.div_ceil(BLOB_CHUNK);
         let mut client = self.client.clone();
+        let key = format!("{}blobs/{hash}/", self.prefix);
         let resp = client
             .get(
-                format!("{}blobs/{hash}/", self.prefix),
-                Some(GetOptions::new().with_prefix()),
+                key.clone(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_limit(max_chunks as i64 + 1),
+                ),
             )
             .await
             .map_err(|e| unavailable("read", e))?;
         if resp.kvs().is_empty() {
             return Ok(None);
         }
+        let size: usize = resp.kvs().iter().map(|kv| kv.value().len()).sum();
+        if resp.kvs().len() > max_chunks || size > max {
+            return Err(CoordError::Corrupt {
+                path: key.into(),
+                reason: format!("the stored plugin is larger than the {max}-byte limit"),
+            });
+        }
         // Keys sort by chunk number (zero-padded).
-        Ok(Some(
-            resp.kvs()
-                .iter()
-                .flat_map(|kv| kv.value().to_vec())
-                .collect(),
-        ))
+        let mut bytes = Vec::with_capacity(size);
+        for kv in resp.kvs() {
+            bytes.extend_from_slice(kv.value());
+        }
+        Ok(Some(bytes))
     }
 }
 

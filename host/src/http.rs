@@ -122,6 +122,56 @@ pub fn parse_form(raw: &str) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// Encodes pairs as `application/x-www-form-urlencoded` text: everything but letters, digits and
+/// `-_.~` is percent-encoded, so the result is safe in a header value and a URL.
+pub fn encode_form(pairs: &[(String, Vec<u8>)]) -> String {
+    use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const SET: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let k = percent_encode(k.as_bytes(), SET);
+            if v.is_empty() {
+                k.to_string()
+            } else {
+                format!("{k}={}", percent_encode(v, SET))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Whether `value` is a media type as a Content-Type header gives it: `type/subtype` tokens,
+/// then optional `; name=value` parameters (token or quoted string). Anything else (a source's
+/// Content-Type is copied to every listener) is refused.
+pub fn is_media_type(value: &str) -> bool {
+    if value.len() > 200 {
+        return false;
+    }
+    let mut parts = value.split(';');
+    let Some((ty, sub)) = parts.next().and_then(|t| t.trim().split_once('/')) else {
+        return false;
+    };
+    is_token(ty)
+        && is_token(sub)
+        && parts.all(|p| {
+            let Some((name, val)) = p.trim().split_once('=') else {
+                return false;
+            };
+            let quoted = val.len() >= 2
+                && val.starts_with('"')
+                && val.ends_with('"')
+                && val[1..val.len() - 1]
+                    .chars()
+                    .all(|c| c != '"' && c != '\\' && !c.is_control());
+            is_token(name.trim()) && (is_token(val) || quoted)
+        })
+}
+
 /// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
 pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
@@ -181,6 +231,15 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
     // Header values may carry Latin-1 (old source clients); keep them lossily as text.
     let text = String::from_utf8_lossy(raw);
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    // A CR that does not end a line (or a NUL, or any other control character but tab) is how
+    // headers get smuggled into whatever a value is copied to: refuse the request.
+    if text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .any(|l| l.chars().any(|c| c.is_ascii_control() && c != '\t'))
+    {
+        return Err(HeadError::Malformed("control character inside a line"));
+    }
     let request_line = lines.next().ok_or(HeadError::Malformed("empty request"))?;
     let mut parts = request_line.split(' ').filter(|p| !p.is_empty());
     let (Some(method), Some(target), Some(version), None) =
@@ -410,5 +469,54 @@ mod tests {
         let huge = vec![b'a'; MAX_HEAD + 10];
         assert!(matches!(parse(&huge).await.0, Err(HeadError::TooLarge)));
         assert!(matches!(parse(b"").await.0, Err(HeadError::Closed)));
+    }
+
+    #[test]
+    fn media_types_and_forms() {
+        for ok in [
+            "audio/mpeg",
+            "audio/ogg",
+            "application/ogg",
+            "audio/aac; charset=utf-8",
+            "audio/ogg;codecs=\"opus\"",
+        ] {
+            assert!(is_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "audio",
+            "audio/mpeg\r\nX-Evil: 1",
+            "audio/mpeg; <script>",
+            "audio/mp eg",
+            "<b>/x",
+            "audio/mpeg; a=\"b\"c\"",
+        ] {
+            assert!(!is_media_type(bad), "{bad}");
+        }
+        let q = parse_form("a=1&b=x%0d%0aLocation:%20evil&c=%27&flag");
+        assert_eq!(
+            encode_form(&q),
+            "a=1&b=x%0D%0ALocation%3A%20evil&c=%27&flag"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bare_cr_or_nul_in_a_line_is_refused() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nX-A: one\rX-Injected: two\r\n\r\n"[..],
+            b"SOURCE /m HTTP/1.0\r\nice-name: a\0b\r\n\r\n",
+            b"GET /a\rb HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: \x1b[31m\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(raw).await.0, Err(HeadError::Malformed(_))),
+                "{raw:?}"
+            );
+        }
+        // Tabs, bare-LF heads and Latin-1 values stay accepted.
+        let ok = parse(b"SOURCE /m ICE/1.0\nice-name: Caf\xe9\tRadio\n\n")
+            .await
+            .0;
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -242,10 +242,12 @@ impl Hub {
             })
     }
 
+    /// Sets the current title (cleaned with [`clean_title`]) for status and ICY listeners.
     pub fn set_title(&self, title: &str) {
-        let block = icy_block(title, &self.charset);
+        let title = clean_title(title);
+        let block = icy_block(&title, &self.charset);
         if let Ok(mut m) = self.meta.lock() {
-            m.title = title.to_owned();
+            m.title = title;
             m.version += 1;
             m.block = block;
         }
@@ -264,14 +266,40 @@ impl Hub {
 /// Largest ICY metadata payload: the length byte counts 16-byte blocks.
 const MAX_ICY: usize = 255 * 16;
 
+/// Longest title kept, in bytes (an ICY block holds at most 4 080 bytes anyway).
+pub const MAX_TITLE: usize = 1024;
+
+/// A title as tidecast keeps it, wherever it came from (a source's metadata update, a relay's
+/// ICY block, a plugin): control characters (CR, LF, NUL, …) removed, at most [`MAX_TITLE`] bytes,
+/// cut on a character boundary.
+pub fn clean_title(title: &str) -> String {
+    let mut out = String::with_capacity(title.len().min(MAX_TITLE));
+    for c in title.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_TITLE {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Builds an ICY metadata block: one length byte L, then L×16 bytes of `StreamTitle='...';`
 /// padded with NULs. The title is encoded in `charset` (ISO-8859-1 unless UTF-8 is asked for;
 /// unencodable characters become `?`) and truncated to fit.
+///
+/// Players end the value at the first `';` (and some at the first `'`), so a title could close
+/// it and append fields of its own (`x';StreamUrl='http://evil/';`). A `'` in a title therefore
+/// goes out as the typographic apostrophe: `’` in UTF-8, `´` in ISO-8859-1.
 pub fn icy_block(title: &str, charset: &str) -> Bytes {
     let utf8 = charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8");
     let max = MAX_ICY - "StreamTitle='';".len();
     let mut encoded = Vec::with_capacity(title.len().min(max));
-    for c in title.chars() {
+    for c in title.chars().filter(|c| !c.is_control()) {
+        let c = match (c, utf8) {
+            ('\'', true) => '\u{2019}',
+            ('\'', false) => '\u{b4}',
+            (c, _) => c,
+        };
         let mut tmp = [0u8; 4];
         let bytes: &[u8] = if utf8 {
             c.encode_utf8(&mut tmp).as_bytes()
@@ -350,6 +378,14 @@ mod tests {
     }
 
     #[test]
+    fn titles_are_bounded_and_free_of_control_characters() {
+        assert_eq!(clean_title("a\rb\nc\0d\x1be"), "abcde");
+        let long = clean_title(&"ö".repeat(5000));
+        assert!(long.len() <= MAX_TITLE && long.len() >= MAX_TITLE - 1);
+        assert!(long.chars().all(|c| c == 'ö'));
+    }
+
+    #[test]
     fn icy_block_framing() {
         let b = icy_block("Artist - Song", "ISO-8859-1");
         assert_eq!(b[0] as usize * 16 + 1, b.len());
@@ -358,6 +394,21 @@ mod tests {
         assert!(latin.windows(2).any(|w| w == b"\xF6r"));
         let utf8 = icy_block("Motörhead", "UTF-8");
         assert!(utf8.windows(3).any(|w| w == "ör".as_bytes()));
+        // A title cannot close the value and add fields of its own.
+        for charset in ["ISO-8859-1", "UTF-8"] {
+            let evil = icy_block("x';StreamUrl='http://evil/';end", charset);
+            let body = &evil[1..];
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(
+                body.windows(2).filter(|w| w == b"';").count(),
+                1,
+                "{charset}: {text}"
+            );
+            assert!(!text.contains("StreamUrl='"), "{text}");
+            assert!(text.trim_end_matches('\0').ends_with("end';"), "{text}");
+        }
+        assert!(icy_block("Don't", "UTF-8")[1..].starts_with("StreamTitle='Don’t';".as_bytes()));
+        assert!(icy_block("a\r\nb\0c", "UTF-8")[1..].starts_with(b"StreamTitle='abc';"));
         let long = icy_block(&"x".repeat(10_000), "ISO-8859-1");
         assert_eq!(long[0], 255);
         assert_eq!(long.len(), 1 + 255 * 16);

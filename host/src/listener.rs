@@ -174,24 +174,21 @@ fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
 /// (without the flag) and the answer.
 fn proxy_wanted(req: &RequestHead, agents: &str) -> (String, bool) {
     let mut flag = false;
-    let query: Vec<&str> = req
-        .raw_query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .filter(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, "1"));
-            let is_flag = k == "proxy";
-            flag |= is_flag && !matches!(v, "0" | "false" | "no");
-            !is_flag
-        })
-        .collect();
+    let mut query = req.query_bytes();
+    query.retain(|(k, v)| {
+        let is_flag = k == "proxy";
+        flag |= is_flag && !matches!(&v[..], b"0" | b"false" | b"no");
+        !is_flag
+    });
     let agent = req.header("user-agent").unwrap_or("").to_ascii_lowercase();
     let by_agent = agents
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .any(|a| agent.contains(&a.to_ascii_lowercase()));
-    (query.join("&"), flag || by_agent)
+    // Rebuilt from the decoded pairs, never copied: it goes into a Location header and into the
+    // request passed on to another node.
+    (crate::http::encode_form(&query), flag || by_agent)
 }
 
 /// Parses `Range: bytes=0-N` into N; other ranges are served as the whole (live) stream.
@@ -220,7 +217,7 @@ async fn stream_mount(
     if !routed && state.mount_config(&wanted).is_some() {
         let client = peer.ip().to_string();
         let agent = req.header("user-agent").unwrap_or("").to_owned();
-        let target = crate::routing::route(&state, &wanted, &client, &agent);
+        let target = crate::routing::route(&state, &wanted, &client, &agent).await;
         if let Some(url) = target {
             let (query, proxied) = proxy_wanted(&req, &state.config.proxy_user_agents);
             let location = if query.is_empty() {

@@ -156,14 +156,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(
                 etcd::Etcd::open(
                     &endpoints,
-                    if config.etcd_ca.as_os_str().is_empty() {
-                        None
-                    } else {
-                        Some(etcd::tls_options(
-                            &config.etcd_ca,
-                            &config.etcd_cert,
-                            &config.etcd_key,
-                        )?)
+                    etcd::Access {
+                        tls: if config.etcd_ca.as_os_str().is_empty() {
+                            None
+                        } else {
+                            Some(etcd::tls_options(
+                                &config.etcd_ca,
+                                &config.etcd_cert,
+                                &config.etcd_key,
+                            )?)
+                        },
+                        user: (!config.etcd_user.is_empty())
+                            .then(|| (config.etcd_user.clone(), config.etcd_password.clone())),
                     },
                     &config.etcd_prefix,
                     &node,
@@ -237,13 +241,9 @@ async fn check_advertise(
 ) -> anyhow::Result<()> {
     let fix =
         "give --advertise http://HOST:PORT with an address the other nodes reach this node at";
-    let authority = advertise
-        .strip_prefix("http://")
-        .map(|a| a.trim_end_matches('/'))
-        .filter(|a| !a.is_empty() && !a.contains('/'))
-        .ok_or_else(|| {
-            anyhow::anyhow!("the advertised URL {advertise:?} is not http://HOST:PORT; {fix}")
-        })?;
+    let authority = crate::etcd::node_authority(advertise).ok_or_else(|| {
+        anyhow::anyhow!("the advertised URL {advertise:?} is not http://HOST:PORT; {fix}")
+    })?;
     let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority)
         .await
         .with_context(|| format!("the advertised address {authority} does not resolve; {fix}"))?

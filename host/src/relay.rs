@@ -267,6 +267,8 @@ async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
     let content_type = up
         .head
         .header("content-type")
+        .map(str::trim)
+        .filter(|ct| crate::http::is_media_type(ct))
         .unwrap_or("application/octet-stream")
         .to_owned();
     let charset = state.mount_config(mount).and_then(|m| m.charset);

@@ -27,10 +27,14 @@ use crate::server::State;
 #[derive(Default)]
 pub struct Predictor {
     sent: Mutex<HashMap<String, (u64, u32)>>,
-    policies: Mutex<HashMap<String, (ChainKey, WasmPolicy)>>,
+    /// One slot per mount, so mounts never wait for each other's policy. A slot is locked
+    /// asynchronously (requests for one mount queue without holding a thread; the queue is
+    /// bounded by the node's connection limits) and its policy runs on the blocking pool.
+    policies: Mutex<HashMap<String, PolicySlot>>,
 }
 
 type ChainKey = Vec<(crate::plugin::PluginRef, Option<String>)>;
+type PolicySlot = Arc<tokio::sync::Mutex<Option<(ChainKey, WasmPolicy)>>>;
 
 impl Predictor {
     fn pending(&self, n: &NodeReport) -> u32 {
@@ -45,20 +49,32 @@ impl Predictor {
             .unwrap_or(0)
     }
 
+    /// The policy slot of `mount` (created empty on first use).
+    fn slot(&self, mount: &str) -> PolicySlot {
+        // A map of slots stays valid whatever a panicking holder did.
+        let mut slots = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        slots.entry(mount.to_owned()).or_default().clone()
+    }
+
     fn sent_to(&self, n: &NodeReport) {
         if let Ok(mut m) = self.sent.lock() {
             let e = m.entry(n.name.clone()).or_insert((n.seq, 0));
             if e.0 != n.seq {
                 *e = (n.seq, 0);
             }
-            e.1 += 1;
+            e.1 = e.1.saturating_add(1);
         }
     }
 }
 
 /// Where a listener of `mount` from `client` should go: `Some(url)` of another node's
 /// `/_stream/<mount>`, or `None` to serve here.
-pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) -> Option<String> {
+pub async fn route(
+    state: &Arc<State>,
+    mount: &str,
+    client: &str,
+    user_agent: &str,
+) -> Option<String> {
     let reports = state.coordinator.nodes();
     if reports.len() < 2 {
         return None;
@@ -71,7 +87,7 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         .map(|n| (n, state.routing.pending(n)))
         .map(|(n, pending)| NodeLoad {
             id: node_id(&n.name),
-            listeners: n.listeners + pending,
+            listeners: n.listeners.saturating_add(pending),
             max_listeners: n.max_listeners,
             // A listener sent since the report is expected to take about the mount's share.
             bandwidth_kbps: n
@@ -87,43 +103,28 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         .as_ref()
         .map(|m| for_mount(state, m))
         .unwrap_or_else(|| (None, state.config.routing.clone()));
-    let ranked = policy
-        .and_then(|p| {
-            let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
-            let mut policies = state.routing.policies.lock().ok()?;
-            if policies.get(mount).is_none_or(|(k, _)| *k != key) {
-                let loaded = tokio::task::block_in_place(|| {
-                    crate::plugin::resolve(
-                        state,
-                        &p,
-                        crate::plugin::Kind::Policy,
-                        &tokio::runtime::Handle::current(),
-                    )
-                })
-                .ok()?;
-                let policy = WasmPolicy::new(
-                    state.plugins.clone(),
-                    loaded,
-                    format!("{} on {mount}", p.name),
-                    p.params.clone(),
-                )
-                .ok()?;
-                policies.insert(mount.to_owned(), (key, policy));
-            }
-            let (_, policy) = policies.get_mut(mount)?;
+    let ranked = match policy {
+        Some(p) => {
+            let slot = state.routing.slot(mount).lock_owned().await;
             let request = crate::plugin::policy::request(client, user_agent, mount);
-            policy.rank(&request, &nodes)
-        })
-        .unwrap_or_else(|| {
-            chain
-                .parse::<NativePolicy>()
-                .unwrap_or_default()
-                .rank(&nodes, &mut rand::thread_rng())
-        });
+            let (state, mount, nodes) = (state.clone(), mount.to_owned(), nodes.clone());
+            // Instantiating (up to 100 ms) and ranking (up to 5 ms) never run on an IO thread.
+            tokio::task::spawn_blocking(move || {
+                rank_with(&state, slot, &mount, p, &request, &nodes)
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+        None => None,
+    };
+    let ranked = ranked.unwrap_or_else(|| {
+        chain
+            .parse::<NativePolicy>()
+            .unwrap_or_default()
+            .rank(&nodes, &mut rand::thread_rng())
+    });
     let chosen = &reports[*ranked.first()?];
-    if chosen.name == "d" {
-        tracing::warn!(?reports, "DEBUG chose d");
-    }
     state.routing.sent_to(chosen);
     if chosen.name == state.coordinator.node_name() {
         return None;
@@ -132,6 +133,34 @@ pub fn route(state: &Arc<State>, mount: &str, client: &str, user_agent: &str) ->
         "{}/_stream{mount}",
         chosen.url.trim_end_matches('/')
     ))
+}
+
+/// Ranks `nodes` with the mount's policy plugin `p` in its slot, building (or rebuilding, after a
+/// new version) the instance first. Blocking. `None`: use the native chain.
+fn rank_with(
+    state: &Arc<State>,
+    mut slot: tokio::sync::OwnedMutexGuard<Option<(ChainKey, WasmPolicy)>>,
+    mount: &str,
+    p: crate::plugin::PluginRef,
+    request: &crate::plugin::policy::ListenerRequest,
+    nodes: &[NodeLoad],
+) -> Option<Vec<usize>> {
+    let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
+    if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+        *slot = None;
+        let rt = tokio::runtime::Handle::current();
+        let loaded = crate::plugin::resolve(state, &p, crate::plugin::Kind::Policy, &rt).ok()?;
+        let policy = WasmPolicy::new(
+            state.plugins.clone(),
+            loaded,
+            format!("{} on {mount}", p.name),
+            p.params.clone(),
+        )
+        .ok()?;
+        *slot = Some((key, policy));
+    }
+    let (_, policy) = slot.as_mut()?;
+    policy.rank(request, nodes)
 }
 
 /// The bit rate one listener of `mount` is expected to take, in kbit/s: the stream's announced
