@@ -1021,3 +1021,37 @@ impl Link {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
+
+/// The status and head of `GET path` (the connection is dropped after the head: a stream's body
+/// never ends).
+pub fn response_head(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.write_all(format!("{req}\r\n").as_bytes()).unwrap();
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
+        data.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&data).into_owned();
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head)
+}
+
+/// The `Location` of a response head.
+pub fn location(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
