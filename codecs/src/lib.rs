@@ -9,7 +9,7 @@ pub mod decode;
 pub mod encode;
 pub mod framing;
 mod ogg_crc;
-mod ogg_pages;
+pub mod ogg_pages;
 pub mod pipeline;
 
 pub use decode::{AudioFormat, DecodeError, Decoder};

@@ -21,6 +21,7 @@ use crate::coordinator::{validate_mount_path, CoordError, MountConfig, Transcode
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::metrics::ErrorKind;
 use crate::server::{refusal, send, ListenerCtrl, State};
+use crate::sync::Locked;
 
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
@@ -66,8 +67,11 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
         state.metrics.error(ErrorKind::Unauthorized);
         return Err(refusal(verdict, unauthorized()));
     }
-    let upload =
-        path.starts_with("/api/v1/plugins/") && matches!(req.method.as_str(), "POST" | "PUT");
+    // `/api/v1/plugins/NAME` takes a plugin's bytes; `/api/v1/plugins/NAME/rank` takes JSON.
+    let upload = path
+        .strip_prefix("/api/v1/plugins/")
+        .is_some_and(|name| !name.contains('/'))
+        && matches!(req.method.as_str(), "POST" | "PUT");
     let limit = if upload {
         crate::plugin::MAX_PLUGIN_BYTES
     } else {
@@ -225,7 +229,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
         (_, "/admin/killclient" | "/admin/killclient.xsl") => {
             let id = req.query("id").and_then(|i| i.parse::<u64>().ok());
             let done = id.is_some_and(|id| {
-                state.listeners.lock().is_ok_and(|l| {
+                state.listeners.with(|l| {
                     l.get(&id)
                         .filter(|e| mount.is_empty() || e.mount == mount)
                         .map(|e| e.ctrl.send_replace(ListenerCtrl::Kill))
@@ -253,17 +257,13 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
             if dest == mount {
                 return ice_response(400, "Destination is the same as the mount");
             }
-            let moved = state
-                .listeners
-                .lock()
-                .map(|l| {
-                    let movers: Vec<_> = l.values().filter(|e| e.mount == mount).collect();
-                    for e in &movers {
-                        e.ctrl.send_replace(ListenerCtrl::MoveTo(dest.clone()));
-                    }
-                    movers.len()
-                })
-                .unwrap_or(0);
+            let moved = state.listeners.with(|l| {
+                let movers: Vec<_> = l.values().filter(|e| e.mount == mount).collect();
+                for e in &movers {
+                    e.ctrl.send_replace(ListenerCtrl::MoveTo(dest.clone()));
+                }
+                movers.len()
+            });
             info!(from = %mount, to = %dest, moved, "listeners moved by admin");
             ice_response(200, &format!("Clients moved from {mount} to {dest}"))
         }
@@ -382,9 +382,7 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
         "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "filter_status": state
             .filter_status
-            .lock()
-            .ok()
-            .and_then(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
+            .with(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
         "policy": policy.as_ref().map(ToString::to_string),
         "routing": routing,
         "station": m.station,
@@ -517,6 +515,24 @@ fn apply_transcode(
     }
 }
 
+/// A mount request body checked as far as it can be without a node: parsed and applied to an
+/// empty mount, every problem named (the fuzz target `admin_json` drives this).
+pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
+    let mut r: MountRequest =
+        serde_json::from_slice(body).map_err(|e| vec![format!("bad JSON body: {e}")])?;
+    let mut problems = Vec::new();
+    let mut m = MountConfig::new(r.path.take().unwrap_or_default());
+    if let Err(e) = validate_mount_path(&m.path) {
+        problems.push(e);
+    }
+    apply(&mut m, r, &mut problems);
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(problems)
+    }
+}
+
 fn parse_request(body: &[u8]) -> Result<MountRequest, Response> {
     serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
 }
@@ -618,19 +634,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
             format!("mount {path} already exists; use `tidecast mount edit`"),
         );
     }
-    let mut m = MountConfig {
-        path: path.clone(),
-        source_user: "source".to_owned(),
-        source_password_hash: String::new(),
-        max_listeners: None,
-        fallback: None,
-        charset: None,
-        transcode: None,
-        filters: Vec::new(),
-        policy: None,
-        routing: None,
-        station: None,
-    };
+    let mut m = MountConfig::new(path.clone());
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::stations::check_membership(state, &m));

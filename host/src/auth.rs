@@ -9,9 +9,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::sync::Locked;
 use argon2::password_hash::{self, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use prometheus_client::metrics::counter::Counter;
@@ -101,10 +104,11 @@ fn verify_with(password: &str, hash: &str, memory: &mut Vec<Block>) -> bool {
 pub enum Verdict {
     Granted,
     Denied,
-    /// This address failed recently (or is being checked right now): answer 429 with this
-    /// Retry-After. No password was hashed.
+    /// This address failed recently and could not have its turn within [`MAX_WAIT`] (or too
+    /// many of its attempts are queued): answer 429 with this Retry-After. No password was
+    /// hashed.
     Throttled(Duration),
-    /// Every verification slot stayed busy for [`MAX_WAIT`]: answer 503 with this Retry-After.
+    /// No verification slot came free within [`MAX_WAIT`]: answer 503 with this Retry-After.
     Busy(Duration),
 }
 
@@ -116,12 +120,17 @@ impl Verdict {
 
 /// At most this many argon2 computations run at once (each takes a core for tens of ms).
 const SLOTS: usize = 2;
-/// A check waits at most this long for a slot, then answers Busy.
+/// Of those, at most this many for addresses that failed recently, so strangers' failures never
+/// hold every slot while a client with a clean record waits.
+const SUSPECT_SLOTS: usize = 1;
+/// A check waits at most this long in all (its address's turn, its backoff, a slot).
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
 /// The wait after the first failure from an address; it doubles with each further failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest wait between two attempts of one address.
+/// The longest wait between two attempts of one address; a failure record this old is forgotten.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Attempts of one address queued at once; more get 429 at once.
+const QUEUED_PER_ADDRESS: u32 = 16;
 /// Addresses remembered (a few dozen bytes each); past this, forgotten ones are pruned first.
 const CLIENTS_MAX: usize = 16_384;
 const CACHE_MAX: usize = 4096;
@@ -131,21 +140,35 @@ const CACHE_MAX: usize = 4096;
 struct Client {
     failures: u32,
     blocked_until: Option<Instant>,
-    checking: bool,
+    /// Attempts queued or being checked.
+    queued: u32,
+    /// One check at a time per address, first come first served.
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Client {
+    /// Nothing worth remembering: no attempt under way, no recent failure.
+    fn idle(&self, now: Instant) -> bool {
+        self.queued == 0 && self.blocked_until.is_none_or(|t| t + MAX_BACKOFF <= now)
+    }
 }
 
 /// Verifies passwords against stored hashes off the IO threads.
 ///
 /// - A success is remembered (a SHA-256 digest of hash and password), so a known credential is
 ///   answered at once, never queued behind anyone.
-/// - Each client address runs at most one argon2 check at a time, and after a failure waits
-///   [`FIRST_BACKOFF`], doubling per failure up to [`MAX_BACKOFF`]; attempts in between get
-///   [`Verdict::Throttled`] without any hashing. IPv6 addresses count per /64.
-/// - At most [`SLOTS`] checks run at once; a check waits at most [`MAX_WAIT`] for one.
+/// - Each client address has one check at a time, in arrival order. After a failure it waits
+///   [`FIRST_BACKOFF`], doubling per failure up to [`MAX_BACKOFF`], before its next check; an
+///   attempt that cannot have its turn within [`MAX_WAIT`] gets [`Verdict::Throttled`] without
+///   any hashing. So a source that got its password wrong and then right is admitted after a
+///   short wait, and a flood from one address costs one hash per backoff. IPv6 counts per /64.
+/// - At most [`SLOTS`] checks run at once, at most [`SUSPECT_SLOTS`] of them for addresses with
+///   recent failures.
 pub struct Verifier {
     ok: Mutex<HashSet<[u8; 32]>>,
     clients: Mutex<HashMap<IpAddr, Client>>,
     slots: tokio::sync::Semaphore,
+    suspect_slots: tokio::sync::Semaphore,
     /// argon2's working memory, one buffer per slot, reused from check to check.
     memory: Mutex<Vec<Vec<Block>>>,
     /// A hash that no password matches, verified for unknown user names, so that a wrong name
@@ -154,14 +177,14 @@ pub struct Verifier {
     pub stats: VerifierStats,
 }
 
-/// Counters of what the verifier did (exported as `tidecast_auth_checks_total{outcome=...}`).
+/// Counters of what the verifier did (exported as `tidecast_auth_<outcome>_total`).
 #[derive(Default)]
 pub struct VerifierStats {
     /// Passwords hashed with argon2 (right or wrong).
     pub hashed: Counter,
     /// Answered from the cache of known-good credentials.
     pub cached: Counter,
-    /// Refused at once: the address failed recently or is being checked.
+    /// Refused without hashing: the address's failures left it no turn within the wait.
     pub throttled: Counter,
     /// Refused after waiting [`MAX_WAIT`] for a slot.
     pub busy: Counter,
@@ -173,6 +196,7 @@ impl Default for Verifier {
             ok: Mutex::default(),
             clients: Mutex::default(),
             slots: tokio::sync::Semaphore::new(SLOTS),
+            suspect_slots: tokio::sync::Semaphore::new(SUSPECT_SLOTS),
             memory: Mutex::default(),
             decoy: hash_password(&generate_password(32)).unwrap_or_default(),
             stats: VerifierStats::default(),
@@ -200,91 +224,164 @@ impl Verifier {
     pub async fn verify(&self, from: IpAddr, name_ok: bool, password: &str, hash: &str) -> Verdict {
         let hash = if name_ok { hash } else { self.decoy.as_str() };
         let key = cache_key(password, hash);
-        if name_ok && lock(&self.ok).contains(&key) {
+        let cached = || name_ok && self.ok.locked().contains(&key);
+        if cached() {
             self.stats.cached.inc();
             return Verdict::Granted;
         }
         let from = client_key(from);
-        if let Some(wait) = self.begin(from) {
-            self.stats.throttled.inc();
-            return Verdict::Throttled(wait);
+        let deadline = Instant::now() + MAX_WAIT;
+        let turn = match self.enqueue(from) {
+            Ok(turn) => turn,
+            Err(wait) => {
+                self.stats.throttled.inc();
+                return Verdict::Throttled(wait);
+            }
+        };
+        // From here on the attempt is counted in `queued`: `finish` must run on every path.
+        let verdict = self
+            .take_turn(from, turn, deadline, cached, password, hash)
+            .await;
+        let good = match verdict {
+            Verdict::Granted => Some(true),
+            Verdict::Denied => Some(false),
+            Verdict::Throttled(_) | Verdict::Busy(_) => None,
+        };
+        self.finish(from, good);
+        match verdict {
+            Verdict::Granted => {
+                let mut ok = self.ok.locked();
+                if ok.len() >= CACHE_MAX {
+                    ok.clear();
+                }
+                ok.insert(key);
+            }
+            Verdict::Throttled(_) => {
+                self.stats.throttled.inc();
+            }
+            Verdict::Busy(_) => {
+                self.stats.busy.inc();
+            }
+            Verdict::Denied => {}
         }
-        // From here on the address is marked as checking: `end` must run on every path.
-        let slot = tokio::time::timeout(MAX_WAIT, self.slots.acquire()).await;
-        let Ok(Ok(_slot)) = slot else {
-            self.end(from, None);
-            self.stats.busy.inc();
-            return Verdict::Busy(Duration::from_secs(2));
+        verdict
+    }
+
+    /// Waits for the address's turn and its backoff, then for a slot, and hashes.
+    async fn take_turn(
+        &self,
+        from: IpAddr,
+        turn: Arc<tokio::sync::Mutex<()>>,
+        deadline: Instant,
+        cached: impl Fn() -> bool,
+        password: &str,
+        hash: &str,
+    ) -> Verdict {
+        let Ok(_turn) = tokio::time::timeout_at(deadline, turn.lock_owned()).await else {
+            return Verdict::Throttled(Duration::from_secs(1));
+        };
+        // The attempt ahead may have proven this very credential meanwhile.
+        if cached() {
+            return Verdict::Granted;
+        }
+        let (blocked_until, suspect) = {
+            let clients = self.clients.locked();
+            let c = clients.get(&from);
+            (
+                c.and_then(|c| c.blocked_until),
+                c.is_some_and(|c| c.failures > 0),
+            )
+        };
+        if let Some(until) = blocked_until {
+            if until > deadline {
+                let wait = until.saturating_duration_since(Instant::now());
+                return Verdict::Throttled(wait.max(Duration::from_secs(1)));
+            }
+            tokio::time::sleep_until(until).await;
+        }
+        let busy = Verdict::Busy(Duration::from_secs(2));
+        let _suspect_slot = if suspect {
+            match tokio::time::timeout_at(deadline, self.suspect_slots.acquire()).await {
+                Ok(Ok(permit)) => Some(permit),
+                _ => return busy,
+            }
+        } else {
+            None
+        };
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
+            return busy;
         };
         self.stats.hashed.inc();
         let (p, h) = (password.to_owned(), hash.to_owned());
         // At most SLOTS checks hold a buffer at once (the slot permit), so the pool stays at
         // SLOTS buffers.
-        let mut memory = lock(&self.memory).pop().unwrap_or_default();
+        let mut memory = self.memory.locked().pop().unwrap_or_default();
         let (good, memory) = tokio::task::spawn_blocking(move || {
             let good = verify_with(&p, &h, &mut memory);
             (good, memory)
         })
         .await
         .unwrap_or_default();
-        lock(&self.memory).push(memory);
-        let good = good && name_ok;
-        self.end(from, Some(good));
+        self.memory.locked().push(memory);
         if good {
-            let mut ok = lock(&self.ok);
-            if ok.len() >= CACHE_MAX {
-                ok.clear();
-            }
-            ok.insert(key);
             Verdict::Granted
         } else {
             Verdict::Denied
         }
     }
 
-    /// Marks `from` as being checked, or says how long it must wait first.
-    fn begin(&self, from: IpAddr) -> Option<Duration> {
+    /// Counts an attempt of `from` as queued and returns its address's turn lock, or how long
+    /// to wait when too many of its attempts are queued (or too many addresses are remembered).
+    fn enqueue(&self, from: IpAddr) -> Result<Arc<tokio::sync::Mutex<()>>, Duration> {
         let now = Instant::now();
-        let mut clients = lock(&self.clients);
+        let mut clients = self.clients.locked();
         if clients.len() >= CLIENTS_MAX && !clients.contains_key(&from) {
-            clients.retain(|_, c| c.checking || c.blocked_until.is_some_and(|t| t > now));
+            clients.retain(|_, c| !c.idle(now));
             if clients.len() >= CLIENTS_MAX {
                 // Sixteen thousand addresses failing at once: everyone new waits.
-                return Some(Duration::from_secs(5));
+                return Err(Duration::from_secs(5));
             }
         }
         let c = clients.entry(from).or_default();
-        if c.checking {
-            return Some(Duration::from_secs(1));
+        if c.queued >= QUEUED_PER_ADDRESS {
+            let wait = c
+                .blocked_until
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            return Err(wait.max(Duration::from_secs(1)));
         }
-        if let Some(wait) = c.blocked_until.and_then(|t| t.checked_duration_since(now)) {
-            return Some(wait);
-        }
-        c.checking = true;
-        None
+        c.queued += 1;
+        Ok(c.turn.clone())
     }
 
-    /// Ends the check of `from`: a success forgets the address, a failure makes it wait.
-    fn end(&self, from: IpAddr, good: Option<bool>) {
-        let mut clients = lock(&self.clients);
+    /// Ends an attempt of `from`: a success clears the address's record, a failure makes its
+    /// next attempt wait (doubling), no check (throttled, busy) changes nothing.
+    fn finish(&self, from: IpAddr, good: Option<bool>) {
+        let now = Instant::now();
+        let mut clients = self.clients.locked();
+        let Some(c) = clients.get_mut(&from) else {
+            return;
+        };
+        c.queued = c.queued.saturating_sub(1);
         match good {
             Some(true) => {
-                clients.remove(&from);
+                c.failures = 0;
+                c.blocked_until = None;
             }
             Some(false) => {
-                let c = clients.entry(from).or_default();
-                c.checking = false;
+                // A record older than the longest backoff is forgotten first.
+                if c.blocked_until.is_some_and(|t| t + MAX_BACKOFF <= now) {
+                    c.failures = 0;
+                }
                 c.failures = c.failures.saturating_add(1);
                 let backoff = FIRST_BACKOFF
                     .saturating_mul(1 << c.failures.saturating_sub(1).min(16))
                     .min(MAX_BACKOFF);
-                c.blocked_until = Some(Instant::now() + backoff);
+                c.blocked_until = Some(now + backoff);
             }
-            None => {
-                if let Some(c) = clients.get_mut(&from) {
-                    c.checking = false;
-                }
-            }
+            None => {}
+        }
+        if c.idle(now) && c.failures == 0 {
+            clients.remove(&from);
         }
     }
 }
@@ -297,12 +394,6 @@ fn cache_key(password: &str, hash: &str) -> [u8; 32] {
     d.finalize().into()
 }
 
-/// The sets and maps behind these locks stay valid whatever a panicking holder did (each update
-/// is one insert or remove), so a poisoned lock is used as it is rather than failing every login.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -310,6 +401,7 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
 
     #[tokio::test]
     async fn hash_and_verify() {
@@ -339,27 +431,50 @@ mod tests {
         assert_eq!(generate_password(20).len(), 20);
     }
 
-    /// A failing address waits, doubling; other addresses and known credentials do not.
-    #[tokio::test]
+    /// A failing address waits, doubling, and a flood from it costs one hash per wait; a right
+    /// password after a wrong one is admitted once the wait is over; other addresses and known
+    /// credentials never wait. (Tokio's clock is paused: the waits are virtual.)
+    #[tokio::test(start_paused = true)]
     async fn failures_cost_the_address_that_fails() {
         let h = hash_password("right").unwrap();
-        let v = Verifier::default();
+        let v = Arc::new(Verifier::default());
         assert_eq!(v.verify(A, true, "wrong", &h).await, Verdict::Denied);
-        let Verdict::Throttled(wait) = v.verify(A, true, "right", &h).await else {
-            panic!("a second attempt at once is throttled");
-        };
-        assert!(wait <= FIRST_BACKOFF && wait > Duration::ZERO, "{wait:?}");
-        assert_eq!(v.stats.hashed.get(), 1, "no hashing when throttled");
-        // Another address is not affected.
-        assert_eq!(v.verify(B, true, "right", &h).await, Verdict::Granted);
-        // ... and a credential known good is granted even from the throttled address.
+        let t = Instant::now();
         assert_eq!(v.verify(A, true, "right", &h).await, Verdict::Granted);
-        tokio::time::sleep(FIRST_BACKOFF).await;
+        assert!(t.elapsed() >= FIRST_BACKOFF, "{:?}", t.elapsed());
+        // Known now: granted at once, even right after a failure of the same address.
         assert_eq!(v.verify(A, true, "wrong", &h).await, Verdict::Denied);
-        let Verdict::Throttled(wait) = v.verify(A, true, "wrong", &h).await else {
-            panic!("throttled after the second failure");
-        };
-        assert!(wait > FIRST_BACKOFF, "the wait doubles: {wait:?}");
+        let t = Instant::now();
+        assert_eq!(v.verify(A, true, "right", &h).await, Verdict::Granted);
+        assert_eq!(t.elapsed(), Duration::ZERO);
+
+        // 30 wrong passwords at once from one address: checked one per backoff (0.5, 1, 2,
+        // 4 s ...) within the 5 s wait, the rest refused without hashing.
+        let hashed = v.stats.hashed.get();
+        let mut flood = tokio::task::JoinSet::new();
+        for _ in 0..30 {
+            let (v, h) = (v.clone(), h.clone());
+            flood.spawn(async move { v.verify(B, true, "wrong", &h).await });
+        }
+        // Meanwhile a client at another address with a clean record is not kept waiting.
+        tokio::task::yield_now().await;
+        let t = Instant::now();
+        let other = hash_password("other").unwrap();
+        assert_eq!(v.verify(C, true, "other", &other).await, Verdict::Granted);
+        let waited = t.elapsed();
+        let verdicts = flood.join_all().await;
+        let denied = verdicts.iter().filter(|v| **v == Verdict::Denied).count();
+        let throttled = verdicts
+            .iter()
+            .filter(|v| matches!(v, Verdict::Throttled(_)))
+            .count();
+        assert_eq!(denied + throttled, 30, "{verdicts:?}");
+        assert!(
+            (3..=5).contains(&denied),
+            "{denied} hashed of 30: {verdicts:?}"
+        );
+        assert_eq!(v.stats.hashed.get() - hashed, denied as u64 + 1);
+        assert!(waited < FIRST_BACKOFF, "{waited:?}");
     }
 
     /// An unknown user name is hashed like a wrong password (no shortcut tells names apart), and

@@ -67,7 +67,7 @@ serve_settings! {
     /// Most simultaneous connections from one client address (an IPv6 /64 counts as one); more
     /// get 503 (0: no limit). Raise it when many listeners share an address (a large NAT, a
     /// proxy in front of the node).
-    max_clients_per_address: usize = 256; [value_name = "N"]
+    max_clients_per_address: usize = 500; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
     /// A client must send its whole request head within this time.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::plugin::{Kind, PluginRef};
+use crate::sync::Locked;
 
 /// A mount the operator declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,25 @@ pub struct MountConfig {
     /// mount sets none of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub station: Option<String>,
+}
+
+impl MountConfig {
+    /// A mount at `path` with nothing set: user `source`, no password hash yet, no limits.
+    pub fn new(path: String) -> MountConfig {
+        MountConfig {
+            path,
+            source_user: "source".to_owned(),
+            source_password_hash: String::new(),
+            max_listeners: None,
+            fallback: None,
+            charset: None,
+            transcode: None,
+            filters: Vec::new(),
+            policy: None,
+            routing: None,
+            station: None,
+        }
+    }
 }
 
 /// A station: one radio, whose mounts name it (`MountConfig::station`), and the listener
@@ -402,7 +422,7 @@ impl Embedded {
     }
 
     fn snapshot(&self) -> Persisted {
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+        self.state.with(|s| s.clone())
     }
 
     /// Applies `change` to a copy, persists it, then publishes it in memory.
@@ -425,7 +445,8 @@ impl Embedded {
                 path: self.file.clone(),
                 source,
             })?;
-        if let Ok(mut s) = self.state.lock() {
+        {
+            let mut s = self.state.locked();
             *s = next;
         }
         Ok(())
@@ -474,7 +495,8 @@ struct EmbeddedClaim {
 
 impl Drop for EmbeddedClaim {
     fn drop(&mut self) {
-        if let Ok(mut o) = self.origins.lock() {
+        {
+            let mut o = self.origins.locked();
             o.remove(&self.path);
         }
     }
@@ -487,7 +509,7 @@ impl Coordinator for Embedded {
     }
 
     fn mount(&self, path: &str) -> Option<MountConfig> {
-        self.state.lock().ok()?.mounts.get(path).cloned()
+        self.state.locked().mounts.get(path).cloned()
     }
 
     async fn put_mount(
@@ -522,7 +544,7 @@ impl Coordinator for Embedded {
     }
 
     fn admin(&self) -> Option<AdminCredential> {
-        self.state.lock().ok()?.admin.clone()
+        self.state.locked().admin.clone()
     }
 
     async fn set_admin(
@@ -541,9 +563,7 @@ impl Coordinator for Embedded {
     }
 
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
-        let Ok(mut o) = self.origins.lock() else {
-            return Ok(None);
-        };
+        let mut o = self.origins.locked();
         if !o.insert(path.to_owned()) {
             return Ok(None);
         }
@@ -560,7 +580,7 @@ impl Coordinator for Embedded {
     }
 
     fn station(&self, name: &str) -> Option<StationConfig> {
-        self.state.lock().ok()?.stations.get(name).cloned()
+        self.state.locked().stations.get(name).cloned()
     }
 
     async fn put_station(
@@ -593,7 +613,7 @@ impl Coordinator for Embedded {
     }
 
     fn plugin(&self, name: &str) -> Option<PluginRecord> {
-        self.state.lock().ok()?.plugins.get(name).cloned()
+        self.state.locked().plugins.get(name).cloned()
     }
 
     async fn add_plugin_version(
@@ -717,17 +737,9 @@ mod tests {
 
     fn mount(path: &str) -> MountConfig {
         MountConfig {
-            path: path.into(),
-            source_user: "source".into(),
             source_password_hash: "$argon2id$x".into(),
             max_listeners: Some(3),
-            fallback: None,
-            charset: None,
-            transcode: None,
-            filters: Vec::new(),
-            policy: None,
-            routing: None,
-            station: None,
+            ..MountConfig::new(path.into())
         }
     }
 

@@ -30,6 +30,7 @@ use hickory_server::ServerFuture;
 use tracing::{info, warn};
 
 use crate::server::State;
+use crate::sync::Locked;
 
 /// Most addresses in one answer for the zone's name.
 pub const MAX_ADDRESSES: usize = 8;
@@ -215,13 +216,7 @@ impl RequestHandler for Handler {
                 return send(&mut response, builder.build_no_records(header)).await;
             }
         };
-        if request.protocol() == Protocol::Udp
-            && !self
-                .limiter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .allow(request.src().ip())
-        {
+        if request.protocol() == Protocol::Udp && !self.limiter.locked().allow(request.src().ip()) {
             header.set_truncated(true);
             return send(&mut response, builder.build_no_records(header)).await;
         }

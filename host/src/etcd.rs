@@ -33,6 +33,7 @@ use crate::coordinator::{
     AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, NodeReport, OriginClaim,
     PluginRecord, PluginVersion, StationConfig,
 };
+use crate::sync::Locked;
 
 /// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.
 const KEEPALIVES_PER_TTL: u32 = 4;
@@ -229,7 +230,8 @@ impl Etcd {
         let (fresh, revision) = snapshot(&mut self.client.clone(), &self.prefix)
             .await
             .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
-        if let Ok(mut c) = self.cache.lock() {
+        {
+            let mut c = self.cache.locked();
             *c = fresh;
         }
         Ok(revision)
@@ -349,17 +351,13 @@ impl Etcd {
     /// Whether any peer (from the last known node list) reaches etcd and finds this node's key
     /// gone.
     async fn peers_say_lease_gone(&self) -> bool {
-        let peers: Vec<String> = self
-            .cache
-            .lock()
-            .map(|c| {
-                c.nodes
-                    .values()
-                    .filter(|n| n.name != self.node)
-                    .map(|n| n.url.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let peers: Vec<String> = self.cache.with(|c| {
+            c.nodes
+                .values()
+                .filter(|n| n.name != self.node)
+                .map(|n| n.url.clone())
+                .collect()
+        });
         for url in peers {
             if crate::relay::lease_alive_per(&url, &self.node, &self.secret).await == Some(false) {
                 return true;
@@ -391,14 +389,11 @@ impl Etcd {
                         for ev in resp.events() {
                             let Some(kv) = ev.kv() else { continue };
                             let value = (ev.event_type() == EventType::Put).then(|| kv.value());
-                            let event = match cache.lock() {
-                                Ok(mut c) => {
-                                    let rev = value.is_some().then(|| kv.mod_revision());
-                                    note_revision(&mut c, &prefix, kv.key(), rev);
-                                    apply(&mut c, &prefix, kv.key(), value)
-                                }
-                                Err(_) => None,
-                            };
+                            let event = cache.with(|c| {
+                                let rev = value.is_some().then(|| kv.mod_revision());
+                                note_revision(c, &prefix, kv.key(), rev);
+                                apply(c, &prefix, kv.key(), value)
+                            });
                             if let Some(e) = event {
                                 let _ = events.send(e);
                             }
@@ -419,10 +414,7 @@ impl Etcd {
                         match client.watch(prefix.as_str(), Some(options)).await {
                             Ok(s) => {
                                 stream = s;
-                                let changed = match cache.lock() {
-                                    Ok(mut c) => replace(&mut c, fresh),
-                                    Err(_) => Vec::new(),
-                                };
+                                let changed = cache.with(|c| replace(c, fresh));
                                 for e in changed {
                                     let _ = events.send(e);
                                 }
@@ -471,10 +463,7 @@ impl Etcd {
     ) -> Result<(), CoordError> {
         let key = format!("{}{rel}", self.prefix);
         let compare = {
-            let c = self
-                .cache
-                .lock()
-                .map_err(|_| CoordError::Conflict(what()))?;
+            let c = self.cache.locked();
             if !unchanged(&c) {
                 return Err(CoordError::Conflict(what()));
             }
@@ -507,7 +496,7 @@ impl Etcd {
     /// that reads right after its own write sees it.
     async fn settle(&self, done: impl Fn(&Cache) -> bool) {
         for _ in 0..100 {
-            if self.cache.lock().is_ok_and(|c| done(&c)) {
+            if done(&self.cache.locked()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -665,14 +654,11 @@ impl Drop for EtcdClaim {
 #[async_trait]
 impl Coordinator for Etcd {
     fn mounts(&self) -> Vec<MountConfig> {
-        self.cache
-            .lock()
-            .map(|c| c.mounts.values().cloned().collect())
-            .unwrap_or_default()
+        self.cache.with(|c| c.mounts.values().cloned().collect())
     }
 
     fn mount(&self, path: &str) -> Option<MountConfig> {
-        self.cache.lock().ok()?.mounts.get(path).cloned()
+        self.cache.locked().mounts.get(path).cloned()
     }
 
     async fn put_mount(
@@ -700,7 +686,7 @@ impl Coordinator for Etcd {
     }
 
     fn admin(&self) -> Option<AdminCredential> {
-        self.cache.lock().ok()?.admin.clone()
+        self.cache.locked().admin.clone()
     }
 
     async fn set_admin(
@@ -748,11 +734,11 @@ impl Coordinator for Etcd {
     }
 
     fn origin_node(&self, mount: &str) -> Option<String> {
-        self.cache.lock().ok()?.origins.get(mount).cloned()
+        self.cache.locked().origins.get(mount).cloned()
     }
 
     fn origin_url(&self, mount: &str) -> Option<String> {
-        let c = self.cache.lock().ok()?;
+        let c = self.cache.locked();
         let node = c.origins.get(mount)?;
         if *node == self.node {
             return None;
@@ -765,10 +751,7 @@ impl Coordinator for Etcd {
     }
 
     fn nodes(&self) -> Vec<NodeReport> {
-        self.cache
-            .lock()
-            .map(|c| c.nodes.values().cloned().collect())
-            .unwrap_or_default()
+        self.cache.with(|c| c.nodes.values().cloned().collect())
     }
 
     async fn report(&self, mut report: NodeReport) {
@@ -812,14 +795,11 @@ impl Coordinator for Etcd {
     }
 
     fn stations(&self) -> Vec<StationConfig> {
-        self.cache
-            .lock()
-            .map(|c| c.stations.values().cloned().collect())
-            .unwrap_or_default()
+        self.cache.with(|c| c.stations.values().cloned().collect())
     }
 
     fn station(&self, name: &str) -> Option<StationConfig> {
-        self.cache.lock().ok()?.stations.get(name).cloned()
+        self.cache.locked().stations.get(name).cloned()
     }
 
     async fn put_station(
@@ -849,14 +829,11 @@ impl Coordinator for Etcd {
     }
 
     fn plugins(&self) -> Vec<PluginRecord> {
-        self.cache
-            .lock()
-            .map(|c| c.plugins.values().cloned().collect())
-            .unwrap_or_default()
+        self.cache.with(|c| c.plugins.values().cloned().collect())
     }
 
     fn plugin(&self, name: &str) -> Option<PluginRecord> {
-        self.cache.lock().ok()?.plugins.get(name).cloned()
+        self.cache.locked().plugins.get(name).cloned()
     }
 
     async fn add_plugin_version(

@@ -180,13 +180,9 @@ pub async fn read_head<R: AsyncRead + Unpin>(
 ) -> Result<RequestHead, HeadError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some((end, body_start)) = find_head_end(buf) {
-            let head = parse_head(&buf[..end])?;
+        if let Some((head, body_start)) = parse_request(buf)? {
             buf.advance(body_start);
             return Ok(head);
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(HeadError::TooLarge);
         }
         buf.reserve(4096);
         let n = match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
@@ -200,6 +196,19 @@ pub async fn read_head<R: AsyncRead + Unpin>(
                 HeadError::Malformed("connection closed inside the request head")
             });
         }
+    }
+}
+
+/// Parses the request head at the start of `buf`: the head and where the body starts, `None`
+/// while the head is incomplete, an error when it is malformed or larger than [`MAX_HEAD`].
+pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    match find_head_end(buf) {
+        Some((end, body_start)) if end <= MAX_HEAD => {
+            Ok(Some((parse_head(&buf[..end])?, body_start)))
+        }
+        Some(_) => Err(HeadError::TooLarge),
+        None if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        None => Ok(None),
     }
 }
 

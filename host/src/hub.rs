@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use crate::sync::Locked;
 use bytes::Bytes;
 use tidecast_codecs::StreamFormat;
 use tokio::sync::{watch, Notify};
@@ -137,9 +138,7 @@ impl Hub {
     /// Appends a chunk of whole frames (or, with `header`, a new Ogg header set).
     pub fn push(&self, data: Bytes, header: bool) {
         let head = {
-            let Ok(mut ring) = self.ring.lock() else {
-                return;
-            };
+            let mut ring = self.ring.locked();
             if header {
                 ring.headers = Some(data.clone());
             }
@@ -168,9 +167,7 @@ impl Hub {
     }
 
     fn join_with_burst(&self, burst: usize) -> (Option<Bytes>, u64) {
-        let Ok(ring) = self.ring.lock() else {
-            return (None, 0);
-        };
+        let ring = self.ring.locked();
         let end = ring.chunks.len();
         let mut start = end;
         let mut total = 0;
@@ -187,9 +184,7 @@ impl Hub {
 
     /// Everything after `cursor`.
     pub fn read_from(&self, cursor: u64) -> ReadResult {
-        let Ok(ring) = self.ring.lock() else {
-            return ReadResult::Lagged;
-        };
+        let ring = self.ring.locked();
         if cursor < ring.first_seq {
             return ReadResult::Lagged;
         }
@@ -209,7 +204,7 @@ impl Hub {
 
     /// Oldest sequence number still in the ring.
     pub fn first_seq(&self) -> u64 {
-        self.ring.lock().map(|r| r.first_seq).unwrap_or(u64::MAX)
+        self.ring.with(|r| r.first_seq)
     }
 
     /// Sequence number of the next chunk to be pushed.
@@ -232,21 +227,15 @@ impl Hub {
     }
 
     pub fn meta(&self) -> Meta {
-        self.meta
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_else(|_| Meta {
-                title: String::new(),
-                version: 0,
-                block: Bytes::from_static(&[0]),
-            })
+        self.meta.with(|m| m.clone())
     }
 
     /// Sets the current title (cleaned with [`clean_title`]) for status and ICY listeners.
     pub fn set_title(&self, title: &str) {
         let title = clean_title(title);
         let block = icy_block(&title, &self.charset);
-        if let Ok(mut m) = self.meta.lock() {
+        {
+            let mut m = self.meta.locked();
             m.title = title;
             m.version += 1;
             m.block = block;

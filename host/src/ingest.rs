@@ -311,7 +311,7 @@ async fn pump(
 
 /// Decodes `Transfer-Encoding: chunked`, bounded: a size line longer than 1 KiB is an error.
 #[derive(Default)]
-struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: ChunkState,
     line: Vec<u8>,
 }
@@ -326,11 +326,13 @@ enum ChunkState {
 }
 
 impl ChunkedDecoder {
-    fn done(&self) -> bool {
+    /// The terminating zero-size chunk was read.
+    pub fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
-    fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
+    /// Appends the data of `input` (any part of the body) to `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), &'static str> {
         while !input.is_empty() {
             match self.state {
                 ChunkState::Size => {

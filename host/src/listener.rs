@@ -28,6 +28,7 @@ use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::{Hub, ReadResult};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::server::{send, ListenerCtrl, ListenerEntry, State};
+use crate::sync::Locked;
 
 /// ICY metadata interval announced to players (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
@@ -257,7 +258,7 @@ async fn stream_mount(
     // cut off every listener over there.
     let relay = state.is_cluster_request(&req);
     let node_max = state.config.max_listeners;
-    if !relay && node_max > 0 && state.listeners.lock().map_or(0, |l| l.len()) >= node_max {
+    if !relay && node_max > 0 && state.listeners.with(|l| l.len()) >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
         send(&mut stream, &cors.apply(r, false), version, false).await;
@@ -291,9 +292,7 @@ async fn stream_mount(
     {
         let current = state
             .listeners
-            .lock()
-            .map(|l| l.values().filter(|e| e.mount == wanted).count())
-            .unwrap_or(0);
+            .with(|l| l.values().filter(|e| e.mount == wanted).count());
         if current >= max as usize {
             state.metrics.error(ErrorKind::Full);
             info!(%peer, mount = %wanted, max, "listener refused: mount full");
@@ -363,7 +362,8 @@ async fn stream_mount(
     let id = state.next_id();
     let agent = req.header("user-agent").unwrap_or("").to_owned();
     let (ctrl_tx, ctrl) = watch::channel(ListenerCtrl::Run);
-    if let Ok(mut l) = state.listeners.lock() {
+    {
+        let mut l = state.listeners.locked();
         l.insert(
             id,
             ListenerEntry {
@@ -399,7 +399,8 @@ async fn stream_mount(
         Err(_) => "write error",
     };
     conn.detach(&hub);
-    if let Ok(mut l) = state.listeners.lock() {
+    {
+        let mut l = state.listeners.locked();
         l.remove(&id);
     }
     info!(
@@ -557,50 +558,51 @@ impl Conn {
                     }
                 }
                 tokio::select! {
-                    biased;
-                    changed = ctrl.changed() => {
-                        if changed.is_err() {
-                            return "removed";
-                        }
-                        let cmd = ctrl.borrow_and_update().clone();
-                        match cmd {
-                            ListenerCtrl::Kill => return "killed by admin",
-                            ListenerCtrl::MoveTo(to) => {
-                                if let Some(h) = resolve(&self.state, &to) {
-                                    wanted = to;
-                                    if let Ok(mut l) = self.state.listeners.lock() {
-                                        if let Some(e) = l.get_mut(&id) {
-                                            e.mount = wanted.clone();
-                                        }
-                                    }
-                                    cursor = self.switch(hub, h, &mut queue);
-                                    rx = hub.watch();
-                                }
-                            }
-                            ListenerCtrl::Run => {}
-                        }
-                        break;
-                    }
-                    ev = started_rx.recv(), if hub.mount != wanted => {
-                        // Override: the wanted mount's source is back.
-                        let relevant = match ev {
-                            Ok(m) => m == wanted,
-                            Err(broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(broadcast::error::RecvError::Closed) => false,
-                        };
-                        if relevant {
-                            if let Some(h) = self.state.hub(&wanted) {
-                                cursor = self.switch(hub, h, &mut queue);
-                                rx = hub.watch();
-                            }
-                        }
-                        if hub.mount == wanted {
-                            break;
-                        }
-                    }
-                    () = tokio::time::sleep_until(next_write), if !paced => paced = true,
-                    _ = rx.changed(), if paced => {}
-                }
+                                   biased;
+                                   changed = ctrl.changed() => {
+                                       if changed.is_err() {
+                                           return "removed";
+                                       }
+                                       let cmd = ctrl.borrow_and_update().clone();
+                                       match cmd {
+                                           ListenerCtrl::Kill => return "killed by admin",
+                                           ListenerCtrl::MoveTo(to) => {
+                                               if let Some(h) = resolve(&self.state, &to) {
+                                                   wanted = to;
+                                                   {
+                let mut l = self.state.listeners.locked();
+                                                       if let Some(e) = l.get_mut(&id) {
+                                                           e.mount = wanted.clone();
+                                                       }
+                                                   }
+                                                   cursor = self.switch(hub, h, &mut queue);
+                                                   rx = hub.watch();
+                                               }
+                                           }
+                                           ListenerCtrl::Run => {}
+                                       }
+                                       break;
+                                   }
+                                   ev = started_rx.recv(), if hub.mount != wanted => {
+                                       // Override: the wanted mount's source is back.
+                                       let relevant = match ev {
+                                           Ok(m) => m == wanted,
+                                           Err(broadcast::error::RecvError::Lagged(_)) => true,
+                                           Err(broadcast::error::RecvError::Closed) => false,
+                                       };
+                                       if relevant {
+                                           if let Some(h) = self.state.hub(&wanted) {
+                                               cursor = self.switch(hub, h, &mut queue);
+                                               rx = hub.watch();
+                                           }
+                                       }
+                                       if hub.mount == wanted {
+                                           break;
+                                       }
+                                   }
+                                   () = tokio::time::sleep_until(next_write), if !paced => paced = true,
+                                   _ = rx.changed(), if paced => {}
+                               }
             }
         }
     }

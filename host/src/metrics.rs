@@ -52,6 +52,12 @@ pub struct Metrics {
     pub plugin_quarantined: Family<PluginLabel, Gauge>,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tidecast");

@@ -28,6 +28,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::coordinator::{MountConfig, PluginVersion};
 use crate::server::State;
+use crate::sync::Locked;
 
 /// The WIT package every plugin is built against, and the versions this node runs.
 pub const WIT_PACKAGE: &str = "tidecast:plugin";
@@ -205,7 +206,7 @@ impl Plugins {
 
     /// The already-loaded component with this hash.
     pub fn get(&self, hash: &str) -> Option<Arc<Loaded>> {
-        self.loaded.lock().ok()?.get(hash).cloned()
+        self.loaded.locked().get(hash).cloned()
     }
 
     /// Compiles `bytes` (or loads its cached compilation), checks which world it implements and
@@ -245,7 +246,8 @@ impl Plugins {
             wit_version,
             pre,
         });
-        if let Ok(mut map) = self.loaded.lock() {
+        {
+            let mut map = self.loaded.locked();
             map.insert(hash, loaded.clone());
         }
         Ok((
@@ -259,7 +261,8 @@ impl Plugins {
 
     /// Forgets in-memory compilations (the disk cache stays); for the cold/cached benchmark.
     pub fn forget(&self) {
-        if let Ok(mut map) = self.loaded.lock() {
+        {
+            let mut map = self.loaded.locked();
             map.clear();
         }
     }
@@ -283,7 +286,7 @@ impl Plugins {
         std::thread::Builder::new()
             .name("plugin compile".into())
             .spawn(move || {
-                let _one_at_a_time = gate.lock().unwrap_or_else(|p| p.into_inner());
+                let _one_at_a_time = gate.locked();
                 let _ = tx.send(Component::new(&engine, &bytes));
             })
             .map_err(|e| PluginError::Invalid(format!("cannot start a compile thread: {e}")))?;
@@ -685,9 +688,7 @@ impl LogBudget {
     /// Takes one line from the budget: the number of lines dropped before it, or `None` when the
     /// budget is spent (the line is dropped and counted).
     fn take(&self) -> Option<u64> {
-        // The bucket is a few numbers that no panic can leave half-written: a poisoned lock is
-        // still a valid bucket.
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self.bucket.locked();
         let now = Instant::now();
         let rate = f64::from(LOG_LINES_PER_SEC);
         let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
@@ -786,7 +787,8 @@ impl PluginStats {
         } else {
             tracing::warn!(plugin = %label, error = %why, "plugin call failed: {meanwhile}");
         }
-        if let Ok(mut e) = self.last_error.lock() {
+        {
+            let mut e = self.last_error.locked();
             *e = Some(why);
         }
         quarantine
@@ -795,7 +797,8 @@ impl PluginStats {
     /// Marks an instance that could not even start (it is bypassed, as if quarantined).
     fn not_started(&self, why: String) {
         self.quarantined.store(true, Ordering::SeqCst);
-        if let Ok(mut e) = self.last_error.lock() {
+        {
+            let mut e = self.last_error.locked();
             *e = Some(why);
         }
     }
@@ -819,7 +822,7 @@ impl FilterStatus {
             "calls": s.calls.load(Ordering::Relaxed),
             "failures": s.failures.load(Ordering::Relaxed),
             "quarantined": s.quarantined.load(Ordering::Relaxed),
-            "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
+            "last_error": s.last_error.with(|e| e.clone()),
         })
     }
 }
@@ -953,7 +956,8 @@ pub fn build_chain(
             }
         }
     }
-    if let Ok(mut m) = state.filter_status.lock() {
+    {
+        let mut m = state.filter_status.locked();
         if status.is_empty() {
             m.remove(mount);
         } else {
@@ -1053,7 +1057,8 @@ pub fn source_title_hooks(state: &State, mount: &str, title: String) -> String {
         return title;
     };
     if m.filters.is_empty() || m.transcode.is_some() {
-        if let Ok(mut chains) = state.plugins.title_chains.lock() {
+        {
+            let mut chains = state.plugins.title_chains.locked();
             chains.remove(mount);
         }
         return title;
@@ -1061,9 +1066,7 @@ pub fn source_title_hooks(state: &State, mount: &str, title: String) -> String {
     tokio::task::block_in_place(|| {
         let rt = tokio::runtime::Handle::current();
         let key = chain_key(state, &m.filters);
-        let Ok(mut chains) = state.plugins.title_chains.lock() else {
-            return title;
-        };
+        let mut chains = state.plugins.title_chains.locked();
         if chains.get(mount).is_none_or(|(k, _)| *k != key) {
             let (chain, _) = build_chain(state, mount, &m.filters, filter_format(&m), &rt);
             chains.insert(mount.to_owned(), (key, chain));

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::hub::{Hub, HubParams};
 use crate::server::State;
+use crate::sync::Locked;
 
 /// How long a relay stays up with no listener.
 const LINGER: Duration = Duration::from_secs(20);
@@ -31,18 +32,15 @@ pub const SECRET_HEADER: &str = "x-tidecast-secret";
 /// cannot be reached.
 pub async fn hub_from_origin(state: &Arc<State>, mount: &str) -> Option<Arc<Hub>> {
     let url = state.coordinator.origin_url(mount)?;
-    let starting = state
-        .relays
-        .lock()
-        .map(|mut r| r.insert(mount.to_owned()))
-        .unwrap_or(false);
+    let starting = state.relays.with(|r| r.insert(mount.to_owned()));
     if starting {
         let (state2, mount2) = (state.clone(), mount.to_owned());
         tokio::spawn(async move {
             if let Err(e) = run(&state2, &mount2, &url).await {
                 warn!(mount = %mount2, origin = %url, error = %e, "relay ended");
             }
-            if let Ok(mut r) = state2.relays.lock() {
+            {
+                let mut r = state2.relays.locked();
                 r.remove(&mount2);
             }
         });
@@ -52,7 +50,7 @@ pub async fn hub_from_origin(state: &Arc<State>, mount: &str) -> Option<Arc<Hub>
         if let Some(h) = state.hub(mount) {
             return Some(h);
         }
-        let running = state.relays.lock().is_ok_and(|r| r.contains(mount));
+        let running = state.relays.locked().contains(mount);
         if !running || Instant::now() > deadline {
             return None;
         }
@@ -404,7 +402,7 @@ fn decode_title(raw: &[u8], charset: Option<&str>) -> String {
 
 /// Separates an ICY stream (`metaint` audio bytes, a length byte, that many 16-byte blocks of
 /// metadata, and so on) into audio and titles.
-struct IcyDemux {
+pub struct IcyDemux {
     metaint: Option<usize>,
     /// Audio bytes until the next length byte.
     audio_left: usize,
@@ -414,7 +412,7 @@ struct IcyDemux {
 }
 
 impl IcyDemux {
-    fn new(metaint: Option<usize>) -> IcyDemux {
+    pub fn new(metaint: Option<usize>) -> IcyDemux {
         IcyDemux {
             metaint,
             audio_left: metaint.unwrap_or(0),
@@ -424,7 +422,7 @@ impl IcyDemux {
     }
 
     /// Appends the audio of `data` to `audio`; the last complete title in it, if any.
-    fn feed(&mut self, mut data: &[u8], audio: &mut Vec<u8>) -> Option<Vec<u8>> {
+    pub fn feed(&mut self, mut data: &[u8], audio: &mut Vec<u8>) -> Option<Vec<u8>> {
         let Some(metaint) = self.metaint else {
             audio.extend_from_slice(data);
             return None;

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::coordinator::NodeReport;
 use crate::plugin::policy::{node_id, NodeLoad, WasmPolicy};
 use crate::server::State;
+use crate::sync::Locked;
 
 /// Routing's state on this node: the predictor (listeners sent to each node since its last
 /// report: node name → (report sequence, count)) and the mounts' policy instances, kept between
@@ -39,9 +40,7 @@ type PolicySlot = Arc<tokio::sync::Mutex<Option<(ChainKey, WasmPolicy)>>>;
 impl Predictor {
     fn pending(&self, n: &NodeReport) -> u32 {
         self.sent
-            .lock()
-            .ok()
-            .and_then(|m| {
+            .with(|m| {
                 m.get(&n.name)
                     .filter(|(seq, _)| *seq == n.seq)
                     .map(|(_, c)| *c)
@@ -51,13 +50,13 @@ impl Predictor {
 
     /// The policy slot of `mount` (created empty on first use).
     fn slot(&self, mount: &str) -> PolicySlot {
-        // A map of slots stays valid whatever a panicking holder did.
-        let mut slots = self.policies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.policies.locked();
         slots.entry(mount.to_owned()).or_default().clone()
     }
 
     fn sent_to(&self, n: &NodeReport) {
-        if let Ok(mut m) = self.sent.lock() {
+        {
+            let mut m = self.sent.locked();
             let e = m.entry(n.name.clone()).or_insert((n.seq, 0));
             if e.0 != n.seq {
                 *e = (n.seq, 0);

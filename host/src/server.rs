@@ -22,6 +22,7 @@ use crate::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::http::{read_head, RequestHead, Response};
 use crate::hub::Hub;
 use crate::metrics::{ErrorKind, Metrics};
+use crate::sync::Locked;
 
 /// What an admin can tell a connected listener to do. Delivered through a `watch` channel: the
 /// latest command wins, so there is nothing to overflow.
@@ -105,8 +106,7 @@ impl State {
     /// The live hub of `mount`, if it has one (a source or a transcoder is producing it).
     pub fn hub(&self, mount: &str) -> Option<Arc<Hub>> {
         self.hubs
-            .lock()
-            .ok()?
+            .locked()
             .get(mount)
             .filter(|h| !h.is_ended())
             .cloned()
@@ -115,7 +115,8 @@ impl State {
     /// Registers a new hub as its mount's live one and tells parked fallback listeners.
     pub fn go_live(&self, hub: Arc<Hub>) {
         let mount = hub.mount.clone();
-        if let Ok(mut hubs) = self.hubs.lock() {
+        {
+            let mut hubs = self.hubs.locked();
             hubs.insert(mount.clone(), hub);
         }
         let _ = self.source_started.send(mount);
@@ -124,7 +125,8 @@ impl State {
     /// Ends a hub: unregisters it first (if it is still its mount's hub), so no new listener
     /// joins it, then ends it, so its listeners move to a fallback or leave.
     pub fn retire(&self, hub: &Arc<Hub>) {
-        if let Ok(mut hubs) = self.hubs.lock() {
+        {
+            let mut hubs = self.hubs.locked();
             if hubs.get(&hub.mount).is_some_and(|h| Arc::ptr_eq(h, hub)) {
                 hubs.remove(&hub.mount);
             }
@@ -133,11 +135,7 @@ impl State {
     }
 
     pub fn live_hubs(&self) -> Vec<Arc<Hub>> {
-        let mut v: Vec<_> = self
-            .hubs
-            .lock()
-            .map(|h| h.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = self.hubs.with(|h| h.values().cloned().collect());
         v.sort_by(|a, b| a.mount.cmp(&b.mount));
         v
     }
@@ -161,7 +159,7 @@ impl State {
         if !self.coordinator.node_name().is_empty() {
             return self.coordinator.nodes();
         }
-        let mut me = self.load.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut me = self.load.with(|l| l.clone());
         me.name = "(single node)".to_owned();
         me.url = self.base_url(None);
         vec![me]
@@ -264,8 +262,7 @@ impl PerAddress {
             return Some(AddressSlot(None));
         }
         let key = crate::auth::client_key(ip);
-        // A map of counters stays valid whatever a panicking holder did.
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self.open.locked();
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
@@ -280,7 +277,7 @@ impl Drop for AddressSlot {
         let Some((table, key)) = self.0.take() else {
             return;
         };
-        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = table.open.locked();
         if let Some(n) = open.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
@@ -371,16 +368,12 @@ async fn report_load(state: Arc<State>) {
         // As `top` shows it: 100 per busy core (the WIT's `cpu-percent`).
         let cpu = (now.2 - first.2) / elapsed * 100.0;
         let mut mounts = std::collections::BTreeMap::new();
-        let listeners = state
-            .listeners
-            .lock()
-            .map(|l| {
-                for e in l.values() {
-                    *mounts.entry(e.mount.clone()).or_insert(0u32) += 1;
-                }
-                l.len()
-            })
-            .unwrap_or(0);
+        let listeners = state.listeners.with(|l| {
+            for e in l.values() {
+                *mounts.entry(e.mount.clone()).or_insert(0u32) += 1;
+            }
+            l.len()
+        });
         let report = crate::coordinator::NodeReport {
             listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
             max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
@@ -391,7 +384,8 @@ async fn report_load(state: Arc<State>) {
             seq,
             ..Default::default()
         };
-        if let Ok(mut l) = state.load.lock() {
+        {
+            let mut l = state.load.locked();
             l.clone_from(&report);
         }
         if !state.coordinator.node_name().is_empty() {
@@ -459,19 +453,18 @@ async fn reconcile(state: Arc<State>) {
 /// that can claim the mount) and its transcoders stop and campaign again, so no mount has two
 /// origins for longer than the lease.
 fn give_up_origins(state: &Arc<State>) {
-    let relayed = state.relays.lock().map(|r| r.clone()).unwrap_or_default();
+    let relayed = state.relays.with(|r| r.clone());
     let transcoded = state
         .transcoders
-        .lock()
-        .map(|t| t.keys().cloned().collect::<Vec<_>>())
-        .unwrap_or_default();
+        .with(|t| t.keys().cloned().collect::<Vec<_>>());
     for h in state.live_hubs() {
         if !relayed.contains(&h.mount) && !transcoded.contains(&h.mount) {
             warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
             h.kill.notify_one();
         }
     }
-    if let Ok(mut t) = state.transcoders.lock() {
+    {
+        let mut t = state.transcoders.locked();
         if !t.is_empty() {
             warn!(
                 count = t.len(),
@@ -492,9 +485,7 @@ fn sync_transcoders(state: &Arc<State>) {
         .into_iter()
         .filter_map(|m| m.transcode.map(|t| (m.path, t)))
         .collect();
-    let Ok(mut running) = state.transcoders.lock() else {
-        return;
-    };
+    let mut running = state.transcoders.locked();
     // Dropping a handle stops its thread.
     running.retain(|path, h| wanted.get(path) == Some(&h.config));
     for (path, config) in wanted {

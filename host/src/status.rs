@@ -9,6 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::http::{xml_escape, RequestHead};
 use crate::hub::Hub;
 use crate::server::State;
+use crate::sync::Locked;
 
 fn iso(t: time::OffsetDateTime) -> String {
     t.replace_nanosecond(0)
@@ -158,26 +159,22 @@ pub fn move_destinations_xml(state: &State, mount: &str) -> String {
 
 /// `/admin/listclients?mount=` in the Icecast-KH shape dashboards parse.
 pub fn listclients_xml(state: &State, mount: &str) -> String {
-    let entries: Vec<(u64, String, String, u64)> = state
-        .listeners
-        .lock()
-        .map(|l| {
-            let mut v: Vec<_> = l
-                .iter()
-                .filter(|(_, e)| e.mount == mount)
-                .map(|(id, e)| {
-                    (
-                        *id,
-                        e.ip.clone(),
-                        e.user_agent.clone(),
-                        e.connected.elapsed().as_secs(),
-                    )
-                })
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default();
+    let entries: Vec<(u64, String, String, u64)> = state.listeners.with(|l| {
+        let mut v: Vec<_> = l
+            .iter()
+            .filter(|(_, e)| e.mount == mount)
+            .map(|(id, e)| {
+                (
+                    *id,
+                    e.ip.clone(),
+                    e.user_agent.clone(),
+                    e.connected.elapsed().as_secs(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    });
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     out.push_str(&format!("<source mount=\"{}\">\n", xml_escape(mount)));
     out.push_str(&format!(

@@ -15,6 +15,7 @@ use crate::admin::storage_error;
 use crate::coordinator::{PluginRecord, PluginVersion};
 use crate::http::Response;
 use crate::server::State;
+use crate::sync::Locked;
 
 /// Mounts that attach plugin `name` (as a filter or as their policy).
 fn attached_to(state: &State, name: &str) -> Vec<String> {
@@ -80,23 +81,19 @@ pub fn show(state: &State, name: &str) -> Response {
         .rev()
         .map(version_json)
         .collect::<Vec<_>>());
-    let running: Vec<_> = state
-        .filter_status
-        .lock()
-        .map(|all| {
-            all.iter()
-                .flat_map(|(mount, list)| {
-                    list.iter()
-                        .filter(|f| f.spec == name || f.spec.starts_with(&format!("{name}:")))
-                        .map(move |f| {
-                            let mut j = f.json();
-                            j["mount"] = json!(mount);
-                            j
-                        })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let running: Vec<_> = state.filter_status.with(|all| {
+        all.iter()
+            .flat_map(|(mount, list)| {
+                list.iter()
+                    .filter(|f| f.spec == name || f.spec.starts_with(&format!("{name}:")))
+                    .map(move |f| {
+                        let mut j = f.json();
+                        j["mount"] = json!(mount);
+                        j
+                    })
+            })
+            .collect()
+    });
     v["running"] = json!(running);
     Response::json(200, &v)
 }
@@ -235,7 +232,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         let started = std::time::Instant::now();
         let ranked = policy.rank(&req, &nodes);
         let micros = started.elapsed().as_secs_f64() * 1e6;
-        let error = policy.stats.last_error.lock().ok().and_then(|e| e.clone());
+        let error = policy.stats.last_error.with(|e| e.clone());
         Ok::<_, String>((ranked, micros, error))
     });
     let (ranked, micros, error) = match outcome {

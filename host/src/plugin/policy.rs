@@ -57,6 +57,19 @@ fn instantiate(
     })
 }
 
+/// What a policy's answer means for `nodes` candidates: its valid indices, each once, in its
+/// order; `None` when nothing valid is left (the native policy decides). Any list a plugin
+/// returns is taken this way, however long or wrong.
+pub fn ranking(order: &[u32], nodes: usize) -> Option<Vec<usize>> {
+    let mut seen = vec![false; nodes];
+    let ranked: Vec<usize> = order
+        .iter()
+        .filter_map(|&i| usize::try_from(i).ok())
+        .filter(|&i| i < nodes && !std::mem::replace(&mut seen[i], true))
+        .collect();
+    (!ranked.is_empty()).then_some(ranked)
+}
+
 impl WasmPolicy {
     pub fn new(
         plugins: Arc<Plugins>,
@@ -106,13 +119,7 @@ impl WasmPolicy {
         match result {
             Ok(order) => {
                 self.in_a_row = 0;
-                let mut seen = vec![false; nodes.len()];
-                let ranked: Vec<usize> = order
-                    .into_iter()
-                    .filter_map(|i| usize::try_from(i).ok())
-                    .filter(|&i| i < nodes.len() && !std::mem::replace(&mut seen[i], true))
-                    .collect();
-                (!ranked.is_empty()).then_some(ranked)
+                ranking(&order, nodes.len())
             }
             Err(e) => {
                 let why = format!("rank: {}", describe(&e));
