@@ -23,12 +23,17 @@ mkdir -p "$CARGO_TARGET_DIR"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
+(cd tests/fuzz && cargo fmt --all -- --check)
 # The plugin SDK and examples: native unit tests, then every plugin and hostile fixture built for
 # wasm32-wasip2 into plugins/dist (the plugin integration tests push those files).
 echo "== plugins"
 plugins/build.sh --test
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every fuzz target, briefly (benches/fuzz.sh runs them for 10 minutes each): a crash, an
+# allocation past the limits or a hang fails the run.
+echo "== fuzz (${TIDECAST_FUZZ_SECONDS:-15} s per target)"
+tests/fuzz/run.sh "${TIDECAST_FUZZ_SECONDS:-15}"
 echo "== tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
