@@ -197,9 +197,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
-/// generated one printed once.
-/// The host name, for a node that was given no `--node-name`.
 /// Checks that `advertise` (what other nodes and redirected listeners will use) reaches this
 /// node's `listener`: it names a concrete host and port, and a connection to it arrives here.
 /// Nothing else is accepted yet, so the one connection that arrives is the probe's.
@@ -240,6 +237,7 @@ async fn check_advertise(
     }
 }
 
+/// The host name, for a node that was given no `--node-name`.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -248,6 +246,8 @@ fn hostname() -> String {
         .unwrap_or_else(|| "tidecast".to_owned())
 }
 
+/// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
+/// generated one printed once.
 async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::Result<()> {
     let existing = coord.admin();
     let user = if config.admin_user.is_empty() {

@@ -915,6 +915,8 @@ impl Node {
     ) -> Node {
         let host = 2 + name.bytes().next().unwrap_or(b'a').saturating_sub(b'a') % 200;
         let listen = format!("127.0.0.{host}:0");
+        // Routing tests send hundreds of listeners from one address within seconds, and a node
+        // notices a closed listener only at its next write: no per-address limit here.
         let mut args = vec![
             "--listen",
             &listen,
@@ -924,6 +926,8 @@ impl Node {
             name,
             "--cluster-secret",
             CLUSTER_SECRET,
+            "--max-clients-per-address",
+            "0",
         ];
         args.extend_from_slice(extra);
         let dir = tempfile::tempdir().unwrap();
