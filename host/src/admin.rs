@@ -35,7 +35,7 @@ pub async fn serve(
 ) {
     let version = req.response_version();
     let r = match admit(&state, &req, peer).await {
-        Ok(limit) => match read_body(&mut stream, &req, leftover, limit).await {
+        Ok(len) => match read_body(&mut stream, leftover, len).await {
             Ok(body) => route(&state, &req, &body).await,
             Err(r) => r,
         },
@@ -49,7 +49,7 @@ pub async fn serve(
 
 /// Everything decided from the head alone, before a byte of the body is read: the request is
 /// not cross-site, its credentials are right, its body is of an accepted kind and size. Returns
-/// the largest body it may have.
+/// the body's length.
 async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usize, Response> {
     if let Some(why) = cross_site(req) {
         state.metrics.error(ErrorKind::Unauthorized);
@@ -98,7 +98,7 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
             ));
         }
     }
-    Ok(limit)
+    Ok(len)
 }
 
 fn is_metadata(path: &str) -> bool {
@@ -152,13 +152,12 @@ fn body_len(req: &RequestHead, limit: usize) -> Result<usize, Response> {
 /// The slowest a body may arrive: the time allowed is 10 s plus its length at this rate.
 const MIN_BODY_RATE: usize = 64 * 1024;
 
+/// Reads a body of `len` bytes (some already in `buf`), within 10 s plus 1 s per 64 KiB.
 async fn read_body(
     stream: &mut TcpStream,
-    req: &RequestHead,
     mut buf: BytesMut,
-    limit: usize,
+    len: usize,
 ) -> Result<Vec<u8>, Response> {
-    let len = body_len(req, limit)?;
     if len == 0 {
         return Ok(Vec::new());
     }

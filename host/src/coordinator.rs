@@ -445,10 +445,7 @@ impl Embedded {
                 path: self.file.clone(),
                 source,
             })?;
-        {
-            let mut s = self.state.locked();
-            *s = next;
-        }
+        *self.state.locked() = next;
         Ok(())
     }
 }
@@ -495,10 +492,7 @@ struct EmbeddedClaim {
 
 impl Drop for EmbeddedClaim {
     fn drop(&mut self) {
-        {
-            let mut o = self.origins.locked();
-            o.remove(&self.path);
-        }
+        self.origins.locked().remove(&self.path);
     }
 }
 

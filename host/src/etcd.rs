@@ -230,10 +230,7 @@ impl Etcd {
         let (fresh, revision) = snapshot(&mut self.client.clone(), &self.prefix)
             .await
             .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
-        {
-            let mut c = self.cache.locked();
-            *c = fresh;
-        }
+        *self.cache.locked() = fresh;
         Ok(revision)
     }
 

@@ -58,31 +58,23 @@ pub async fn serve(
         send(&mut stream, &refusal(verdict, denied), version, false).await;
         return;
     }
-    let content_type = match (req.header("content-type"), req.method.as_str()) {
-        (Some(ct), _) if !ct.trim().is_empty() && !crate::http::is_media_type(ct.trim()) => {
-            state.metrics.error(ErrorKind::BadRequest);
-            info!(%peer, %mount, "source refused: Content-Type is not a media type");
-            send(
-                &mut stream,
-                &refuse(400, "Content-Type is not a media type (such as audio/mpeg)"),
-                version,
-                false,
-            )
-            .await;
-            return;
+    let content_type = match (
+        req.header("content-type").map(str::trim),
+        req.method.as_str(),
+    ) {
+        (Some(ct), _) if !ct.is_empty() && crate::http::is_media_type(ct) => Ok(ct.to_owned()),
+        (Some(ct), _) if !ct.is_empty() => {
+            Err("Content-Type is not a media type (such as audio/mpeg)")
         }
-        (Some(ct), _) if !ct.trim().is_empty() => ct.trim().to_owned(),
-        (_, "SOURCE") => "audio/mpeg".to_owned(),
-        _ => {
+        (_, "SOURCE") => Ok("audio/mpeg".to_owned()),
+        _ => Err("Content-Type is required"),
+    };
+    let content_type = match content_type {
+        Ok(ct) => ct,
+        Err(why) => {
             state.metrics.error(ErrorKind::BadRequest);
-            info!(%peer, %mount, "source refused: PUT without Content-Type");
-            send(
-                &mut stream,
-                &refuse(400, "Content-Type is required"),
-                version,
-                false,
-            )
-            .await;
+            info!(%peer, %mount, why, "source refused");
+            send(&mut stream, &refuse(400, why), version, false).await;
             return;
         }
     };

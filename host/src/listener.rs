@@ -399,10 +399,7 @@ async fn stream_mount(
         Err(_) => "write error",
     };
     conn.detach(&hub);
-    {
-        let mut l = state.listeners.locked();
-        l.remove(&id);
-    }
+    state.listeners.locked().remove(&id);
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent,
         seconds = started.elapsed().as_secs(), "listener disconnected"
@@ -558,51 +555,48 @@ impl Conn {
                     }
                 }
                 tokio::select! {
-                                   biased;
-                                   changed = ctrl.changed() => {
-                                       if changed.is_err() {
-                                           return "removed";
-                                       }
-                                       let cmd = ctrl.borrow_and_update().clone();
-                                       match cmd {
-                                           ListenerCtrl::Kill => return "killed by admin",
-                                           ListenerCtrl::MoveTo(to) => {
-                                               if let Some(h) = resolve(&self.state, &to) {
-                                                   wanted = to;
-                                                   {
-                let mut l = self.state.listeners.locked();
-                                                       if let Some(e) = l.get_mut(&id) {
-                                                           e.mount = wanted.clone();
-                                                       }
-                                                   }
-                                                   cursor = self.switch(hub, h, &mut queue);
-                                                   rx = hub.watch();
-                                               }
-                                           }
-                                           ListenerCtrl::Run => {}
-                                       }
-                                       break;
-                                   }
-                                   ev = started_rx.recv(), if hub.mount != wanted => {
-                                       // Override: the wanted mount's source is back.
-                                       let relevant = match ev {
-                                           Ok(m) => m == wanted,
-                                           Err(broadcast::error::RecvError::Lagged(_)) => true,
-                                           Err(broadcast::error::RecvError::Closed) => false,
-                                       };
-                                       if relevant {
-                                           if let Some(h) = self.state.hub(&wanted) {
-                                               cursor = self.switch(hub, h, &mut queue);
-                                               rx = hub.watch();
-                                           }
-                                       }
-                                       if hub.mount == wanted {
-                                           break;
-                                       }
-                                   }
-                                   () = tokio::time::sleep_until(next_write), if !paced => paced = true,
-                                   _ = rx.changed(), if paced => {}
-                               }
+                    biased;
+                    changed = ctrl.changed() => {
+                        if changed.is_err() {
+                            return "removed";
+                        }
+                        let cmd = ctrl.borrow_and_update().clone();
+                        match cmd {
+                            ListenerCtrl::Kill => return "killed by admin",
+                            ListenerCtrl::MoveTo(to) => {
+                                if let Some(h) = resolve(&self.state, &to) {
+                                    wanted = to;
+                                    if let Some(e) = self.state.listeners.locked().get_mut(&id) {
+                                        e.mount = wanted.clone();
+                                    }
+                                    cursor = self.switch(hub, h, &mut queue);
+                                    rx = hub.watch();
+                                }
+                            }
+                            ListenerCtrl::Run => {}
+                        }
+                        break;
+                    }
+                    ev = started_rx.recv(), if hub.mount != wanted => {
+                        // Override: the wanted mount's source is back.
+                        let relevant = match ev {
+                            Ok(m) => m == wanted,
+                            Err(broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(broadcast::error::RecvError::Closed) => false,
+                        };
+                        if relevant {
+                            if let Some(h) = self.state.hub(&wanted) {
+                                cursor = self.switch(hub, h, &mut queue);
+                                rx = hub.watch();
+                            }
+                        }
+                        if hub.mount == wanted {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(next_write), if !paced => paced = true,
+                    _ = rx.changed(), if paced => {}
+                }
             }
         }
     }

@@ -246,10 +246,7 @@ impl Plugins {
             wit_version,
             pre,
         });
-        {
-            let mut map = self.loaded.locked();
-            map.insert(hash, loaded.clone());
-        }
+        self.loaded.locked().insert(hash, loaded.clone());
         Ok((
             loaded,
             LoadTiming {
@@ -261,10 +258,7 @@ impl Plugins {
 
     /// Forgets in-memory compilations (the disk cache stays); for the cold/cached benchmark.
     pub fn forget(&self) {
-        {
-            let mut map = self.loaded.locked();
-            map.clear();
-        }
+        self.loaded.locked().clear();
     }
 
     fn cache_file(&self, hash: &str) -> Option<PathBuf> {
@@ -1057,10 +1051,7 @@ pub fn source_title_hooks(state: &State, mount: &str, title: String) -> String {
         return title;
     };
     if m.filters.is_empty() || m.transcode.is_some() {
-        {
-            let mut chains = state.plugins.title_chains.locked();
-            chains.remove(mount);
-        }
+        state.plugins.title_chains.locked().remove(mount);
         return title;
     }
     tokio::task::block_in_place(|| {

@@ -115,10 +115,7 @@ impl State {
     /// Registers a new hub as its mount's live one and tells parked fallback listeners.
     pub fn go_live(&self, hub: Arc<Hub>) {
         let mount = hub.mount.clone();
-        {
-            let mut hubs = self.hubs.locked();
-            hubs.insert(mount.clone(), hub);
-        }
+        self.hubs.locked().insert(mount.clone(), hub);
         let _ = self.source_started.send(mount);
     }
 

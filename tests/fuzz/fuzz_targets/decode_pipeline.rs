@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 use tidecast_codecs::convert::Converter;
-use tidecast_codecs::{AudioFormat, Decoder, StreamFormat};
+use tidecast_codecs::{AudioFormat, Decoder};
 
 const OUT: AudioFormat = AudioFormat {
     sample_rate: 48_000,
@@ -15,12 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&control, stream)) = data.split_first() else {
         return;
     };
-    let format = match control % 4 {
-        0 => StreamFormat::Mp3,
-        1 => StreamFormat::Adts,
-        2 => StreamFormat::Ogg,
-        _ => StreamFormat::Passthrough,
-    };
+    let format = tidecast_fuzz::format_of(control);
     let Ok(mut decoder) = Decoder::open(Cursor::new(stream.to_vec()), format) else {
         return;
     };

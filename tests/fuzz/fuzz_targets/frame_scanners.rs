@@ -4,18 +4,13 @@
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 use tidecast_codecs::framing::{MpegFrames, OggPackets};
-use tidecast_codecs::{Piece, Splitter, StreamFormat};
+use tidecast_codecs::{Piece, Splitter};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, stream)) = data.split_first() else {
         return;
     };
-    let format = match control % 4 {
-        0 => StreamFormat::Mp3,
-        1 => StreamFormat::Adts,
-        2 => StreamFormat::Ogg,
-        _ => StreamFormat::Passthrough,
-    };
+    let format = tidecast_fuzz::format_of(control);
     let step = usize::from(control / 4).max(1);
     let mut splitter = Splitter::new(format);
     let mut pieces = Vec::new();
