@@ -19,7 +19,7 @@ export CARGO_TARGET_DIR=${TIDECAST_FUZZ_TARGET:-${CARGO_TARGET_DIR:-$HOME/.cache
 # comparison tracing, plus the `fuzzing` cfg.
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
--Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 # An explicit --target keeps these flags off build scripts and proc macros (as cargo-fuzz does).
 triple=$(rustc -vV | sed -n 's/^host: //p')
 echo "== building fuzz targets (${targets[*]})"
