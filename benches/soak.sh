@@ -9,7 +9,8 @@
 #   - the two transcoded mounts keep running.
 # Every minute it records each node's RSS, open descriptors and threads. Verdicts: RSS at the end
 # within 10 % of RSS at minute 5; descriptors back to their level from before the load once every
-# client is gone (no leak); no stable listener-minute under 95 % of real time.
+# client is gone and relays have ended (no leak); no stable listener-minute under 95 % of real
+# time.
 #   benches/soak.sh [MINUTES] [single|cluster ...]
 # Everything runs on loopback and is killed on exit.
 set -euo pipefail
@@ -125,7 +126,9 @@ run_phase() {
   wait "$load" || true
   kill -9 "$source" "$titles" "$swaps" 2>/dev/null || true
   pkill -9 -f "icecast://source:soakpw@$first" 2>/dev/null || true
-  sleep 15
+  # Let every connection that outlives its clients by design end first: a relay lingers 20 s
+  # after its last listener and waits 30 s for a new origin when its source is gone.
+  if [ "$phase" = single ]; then sleep 15; else sleep 60; fi
   echo
   sed 's/^/    /' "$work/load-$phase.log" | tail -n 4
   local ok=1 k=0

@@ -253,7 +253,12 @@ pub struct Decoder {
     pub skipped_packets: u64,
     /// Why the stream ended, when a new chain link was refused.
     refused: Option<DecodeError>,
+    /// A codec library panicked on this stream: nothing more is decoded from it.
+    broken: bool,
 }
+
+/// What a stream is refused with when a codec library panicked on it.
+const LIBRARY_PANIC: &str = "a codec library failed on this stream (its panic was caught)";
 
 /// Largest Opus frame: 120 ms at 48 kHz.
 const OPUS_MAX_FRAME: usize = 5760;
@@ -266,12 +271,14 @@ impl Decoder {
         format: StreamFormat,
     ) -> Result<Decoder, DecodeError> {
         let reader: Box<dyn Read + Send + Sync> = Box::new(reader);
-        match format {
+        // A codec library that panics on a hostile stream refuses the stream, and only it.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match format {
             StreamFormat::Mp3 => Self::open_mpeg(reader, false),
             StreamFormat::Adts => Self::open_mpeg(reader, true),
             StreamFormat::Ogg => Self::open_ogg(reader),
             StreamFormat::Passthrough => Self::open_demuxer(reader, format),
-        }
+        }))
+        .unwrap_or(Err(DecodeError::Malformed(LIBRARY_PANIC)))
     }
 
     /// Ogg Opus, Vorbis and FLAC are demuxed here; other Ogg streams go to symphonia's probe.
@@ -299,6 +306,7 @@ impl Decoder {
             },
             skipped_packets: 0,
             refused: None,
+            broken: false,
         })
     }
 
@@ -344,6 +352,7 @@ impl Decoder {
             inner: symphonia_decoder(&params)?,
             skipped_packets: 0,
             refused: None,
+            broken: false,
         })
     }
 
@@ -398,6 +407,7 @@ impl Decoder {
             inner,
             skipped_packets: 0,
             refused: None,
+            broken: false,
         })
     }
 
@@ -406,12 +416,23 @@ impl Decoder {
     /// declares a format outside [`SAMPLE_RATES`] or [`CHANNELS`] (a new chain link or a symphonia
     /// decoder's output), which ends it too.
     pub fn next_block(&mut self, out: &mut Vec<f32>) -> Result<Option<AudioFormat>, DecodeError> {
-        match self.next_unchecked(out) {
-            Some(f) => AudioFormat::checked(f.sample_rate, f.channels).map(Some),
-            None => match self.refused.take() {
+        if self.broken {
+            return Err(DecodeError::Malformed(LIBRARY_PANIC));
+        }
+        // A panic inside symphonia (seen: an index out of bounds in its Vorbis codebook reader on
+        // a fuzzed setup header) leaves its state unknown: the stream is refused from then on.
+        let next =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.next_unchecked(out)));
+        match next {
+            Ok(Some(f)) => AudioFormat::checked(f.sample_rate, f.channels).map(Some),
+            Ok(None) => match self.refused.take() {
                 Some(e) => Err(e),
                 None => Ok(None),
             },
+            Err(_) => {
+                self.broken = true;
+                Err(DecodeError::Malformed(LIBRARY_PANIC))
+            }
         }
     }
 

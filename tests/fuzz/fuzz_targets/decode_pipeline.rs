@@ -12,6 +12,7 @@ const OUT: AudioFormat = AudioFormat {
 };
 
 fuzz_target!(|data: &[u8]| {
+    tidecast_fuzz::let_tidecast_catch_library_panics();
     let Some((&control, stream)) = data.split_first() else {
         return;
     };

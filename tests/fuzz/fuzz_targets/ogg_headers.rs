@@ -9,6 +9,7 @@ use tidecast_codecs::ogg_pages::OggPager;
 use tidecast_codecs::{Decoder, StreamFormat};
 
 fuzz_target!(|data: &[u8]| {
+    tidecast_fuzz::let_tidecast_catch_library_panics();
     let Some((&split, rest)) = data.split_first() else {
         return;
     };
