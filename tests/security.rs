@@ -263,11 +263,30 @@ fn no_body_is_read_before_credentials_and_each_address_has_a_connection_limit() 
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Four idle connections from 127.0.0.1 fill its share; the fifth is refused at once, while
-    // another address is served.
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(node.addr).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // another address is served. (An idle connection that is answered at once was refused
+    // because an earlier one was still being counted: it is opened again.)
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..50 {
+        if idle.len() == 4 {
+            break;
+        }
+        let mut s = TcpStream::connect(node.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                idle.push(s)
+            }
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    assert_eq!(idle.len(), 4, "four idle connections were not all admitted");
     let (code, _, body) = http_get(node.addr, "/status-json.xsl", &[]);
     assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("too many connections from your address"));
