@@ -55,6 +55,16 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
     // `/_stream/…` is served by the node asked (routing may send `/live.mp3` elsewhere).
     let listener_on_c = capture_icy_title(&c, "/_stream/live.mp3");
     assert_eq!(listener_on_c, "Relayed title");
+    // A source client may send its titles to any node: C passes it to A, the origin, and it
+    // reaches every node's listeners from there.
+    let (code, _, _) = http_get(
+        c.addr,
+        "/admin/metadata?mode=updinfo&mount=/live.mp3&song=Through%20C",
+        &[("Authorization", &basic("source", "hackme"))],
+    );
+    assert_eq!(code, 200, "{}", c.log());
+    assert_eq!(capture_icy_title(&a, "/_stream/live.mp3"), "Through C");
+    assert_eq!(capture_icy_title(&b, "/_stream/live.mp3"), "Through C");
 
     // Listeners entering through B are sent to the node routing picks: by a redirect, or by a
     // proxy for players that do not follow redirects (`?proxy=1`, or a listed user agent).

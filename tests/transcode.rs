@@ -347,6 +347,43 @@ fn the_source_title_reaches_transcoded_mounts_as_icy_and_as_ogg_comments() {
         tags.contains("TITLE=Transcoded Title"),
         "a new listener sees the title: {tags}"
     );
+
+    // A transcoded mount takes a title of its own (Icecast 2.5: metadata works on every mount),
+    // with the credentials of the mount it is made from; the others keep theirs.
+    let set = |mount: &str, who: &str| {
+        let path = format!("/admin/metadata?mount={mount}&mode=updinfo&song=Own+Title");
+        http_get(
+            node.addr,
+            &path,
+            &[("Authorization", &basic("source", who))],
+        )
+        .0
+    };
+    assert_eq!(set("/live-64.mp3", "wrong"), 401);
+    assert_eq!(set("/live-64.mp3", "hackme"), 200);
+    let titles = |s: serde_json::Value| -> Vec<(String, String)> {
+        let list = s["icestats"]["source"].as_array().unwrap().clone();
+        list.iter()
+            .map(|src| {
+                let mount = src["listenurl"].as_str().unwrap_or("");
+                let path = mount.rsplit_once('/').map_or("", |(_, p)| p).to_owned();
+                (path, src["title"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    };
+    let now = titles(node.status());
+    assert!(
+        now.contains(&("live-64.mp3".into(), "Own Title".into())),
+        "{now:?}"
+    );
+    assert!(
+        now.contains(&("live.mp3".into(), "Transcoded Title".into())),
+        "{now:?}"
+    );
+    assert!(
+        now.contains(&("live-64.opus".into(), "Transcoded Title".into())),
+        "{now:?}"
+    );
 }
 
 /// CPU seconds (user + system) a process has used so far.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::{generate_password, hash_password};
 use crate::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
@@ -59,7 +59,9 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
     let verdict = if is_metadata(path) {
         // Source clients update titles with their mount's own credentials (compat.md item 8).
         let mount = req.query("mount").unwrap_or_default();
-        state.check_source(req, peer.ip(), &mount, true).await
+        state
+            .check_source(req, peer.ip(), &credentials_mount(state, mount), true)
+            .await
     } else {
         state.check_admin(req, peer.ip()).await
     };
@@ -99,6 +101,19 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
         }
     }
     Ok(len)
+}
+
+/// The mount whose source credentials may set `mount`'s title: its own, or for a transcoded
+/// mount (which has no source of its own) those of the mount it is made from, followed through
+/// at most a few transcodes of transcodes.
+fn credentials_mount(state: &State, mut mount: String) -> String {
+    for _ in 0..4 {
+        match state.mount_config(&mount).and_then(|m| m.transcode) {
+            Some(t) => mount = t.from,
+            None => break,
+        }
+    }
+    mount
 }
 
 fn is_metadata(path: &str) -> bool {
@@ -338,9 +353,6 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
     if req.query("mode").as_deref() != Some("updinfo") {
         return ice_response(400, "No such mode (use mode=updinfo)");
     }
-    let Some(hub) = state.hub(&mount) else {
-        return ice_response(400, "Source does not exist");
-    };
     let q = req.query_bytes();
     let charset = req.query("charset");
     let get = |k: &str| {
@@ -357,7 +369,29 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
     };
     // Control characters would break the ICY block; drop them, and bound the length.
     let title = crate::hub::clean_title(&title);
-    let title = crate::plugin::source_title_hooks(state, &mount, title);
+    // A mount produced on another node (its source, its transcoder) takes the title there; it
+    // reaches this node's listeners through the relay, as every other title does.
+    if let Some(origin) = state.coordinator.origin_url(&mount) {
+        let secret = &state.config.cluster_secret;
+        return match crate::relay::set_title_at(&origin, &mount, &title, secret).await {
+            Ok(200) => ice_response(200, "Metadata update successful"),
+            Ok(_) => ice_response(400, "Source does not exist"),
+            Err(e) => {
+                warn!(%mount, %origin, error = %e, "metadata not passed to the mount's origin");
+                ice_response(503, "The node producing this mount cannot be reached")
+            }
+        };
+    }
+    set_title_here(state, &mount, &title)
+}
+
+/// Sets the title of `mount`, produced on this node (also for `/_cluster/metadata`, a title
+/// another node took for it): through the mount's title hooks, then into its hub.
+pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
+    let Some(hub) = state.hub(mount) else {
+        return ice_response(400, "Source does not exist");
+    };
+    let title = crate::plugin::source_title_hooks(state, mount, crate::hub::clean_title(title));
     hub.set_title(&title);
     info!(%mount, %title, "metadata updated");
     ice_response(200, "Metadata update successful")

@@ -147,6 +147,23 @@ pub async fn lease_alive_per(url: &str, name: &str, secret: &str) -> Option<bool
     }
 }
 
+/// Hands `title` for `mount` to the node at `url`, its origin (`/_cluster/metadata`). Returns
+/// that node's status: 200 once set, 400 when the mount is not live there.
+pub async fn set_title_at(
+    url: &str,
+    mount: &str,
+    title: &str,
+    secret: &str,
+) -> Result<u16, String> {
+    let headers = format!("{SECRET_HEADER}: {secret}\r\n");
+    let query = crate::http::encode_form(&[
+        ("mount".to_owned(), mount.as_bytes().to_vec()),
+        ("song".to_owned(), title.as_bytes().to_vec()),
+    ]);
+    let up = request(url, &format!("/_cluster/metadata?{query}"), &headers).await?;
+    Ok(up.head.status)
+}
+
 /// Sends `GET <path>` with `headers` (each line ending in CRLF) to the node at `url`
 /// (`http://host:port`) and reads the response head.
 async fn request(url: &str, path: &str, headers: &str) -> Result<Upstream, String> {

@@ -553,6 +553,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
                         Some(false) => Response::text(410, "gone"),
                         None => Response::text(503, "etcd unreachable from here too"),
                     },
+                    // A title a source client gave another node for a mount produced here.
+                    None if path == "/_cluster/metadata" => {
+                        let mount = req.query("mount").unwrap_or_default();
+                        let title = req.query("song").unwrap_or_default();
+                        crate::admin::set_title_here(&state, &mount, &title)
+                    }
                     None => Response::text(404, "no such cluster endpoint"),
                 };
                 send(&mut stream, &r, req.response_version(), false).await;
