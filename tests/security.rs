@@ -530,6 +530,68 @@ fn a_redirect_never_copies_the_raw_query() {
 /// Defect 7: etcd is not trusted blindly. A node logs in with etcd's password authentication; a
 /// node report whose URL could smuggle headers is ignored; plugin bytes altered in etcd are
 /// refused by their hash.
+/// Defect 6: a policy plugin runs on the blocking pool, in its own mount's slot, never on one of
+/// the node's IO threads (two here, one per core). A policy that spins through its whole deadline
+/// (raised to 1 s here) for every listener of /hang.mp3 holds none of them: while four such
+/// listeners wait, the status page and a routed listener of another mount are answered, well
+/// before the first hung listener gets the native policy's answer.
+#[test]
+fn a_hanging_policy_holds_no_io_thread_and_no_other_mount() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered_with(&etcd, "a", &["--plugin-call-ms", "1000"]);
+    let _b = Node::start_clustered(&etcd, "b");
+    let (ok, out) = a.push_plugin("hang", &plugin_file("policy-spin"));
+    assert!(ok, "{out}");
+    a.create_mount("/hang.mp3", "hackme", &["--policy", "hang"]);
+    a.create_mount("/live.mp3", "hackme", &[]);
+    // Routing (and so the policy) only runs once A knows of two nodes.
+    wait_for(Duration::from_secs(15), "A to see both nodes", || {
+        let (ok, out, _) = a.cli(&["status", "--json"]);
+        ok && serde_json::from_str::<serde_json::Value>(&out).unwrap()["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2)
+    });
+    let answered_at = |path: &'static str| {
+        let addr = a.addr;
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                .unwrap();
+            let mut first = [0u8; 12];
+            s.read_exact(&mut first).unwrap();
+            (String::from_utf8_lossy(&first).into_owned(), Instant::now())
+        })
+    };
+    let hung: Vec<_> = (0..4).map(|_| answered_at("/hang.mp3")).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = answered_at("/status-json.xsl").join().unwrap();
+    let other = answered_at("/live.mp3").join().unwrap();
+    let hung: Vec<_> = hung.into_iter().map(|h| h.join().unwrap()).collect();
+    let first_hung = hung.iter().map(|(_, at)| *at).min().unwrap();
+    assert!(status.0.starts_with("HTTP/1.0 200"), "{status:?}");
+    assert!(other.0.starts_with("HTTP/1.0 "), "{other:?}");
+    assert!(
+        status.1 < first_hung && other.1 < first_hung,
+        "status and /live.mp3 waited for the hung policy: answered {:?} and {:?} after the first hung listener",
+        status.1.saturating_duration_since(first_hung),
+        other.1.saturating_duration_since(first_hung)
+    );
+    // The hung listeners get an answer too: the native policy's, once the plugin's deadline
+    // passed (the mount has no source, so a 404 from whichever node it picked, or a redirect).
+    for (head, _) in &hung {
+        assert!(
+            head.starts_with("HTTP/1.0 302") || head.starts_with("HTTP/1.0 404"),
+            "{head}"
+        );
+    }
+    assert!(
+        a.log().contains("deadline"),
+        "the plugin's failure is logged: {}",
+        a.log()
+    );
+}
+
 #[test]
 fn etcd_password_authentication_and_nothing_taken_from_etcd_blindly() {
     require("etcdctl");

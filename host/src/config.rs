@@ -123,6 +123,9 @@ serve_settings! {
     dns_ttl_secs: u32 = 5; [value_name = "SECONDS"]
     /// Memory cap of each WebAssembly plugin instance, in MiB.
     plugin_memory_mb: usize = 32; [value_name = "MIB"]
+    /// Longest call into a policy plugin (and a filter's title hook), in milliseconds; past it
+    /// the call is cut off and the native policy decides (the title stays as it was).
+    plugin_call_ms: u64 = 5; [value_name = "MS"]
     /// Host name used in playlists and status URLs when the request has no Host header.
     hostname: String = String::new(); [value_name = "NAME"]
 }
@@ -183,6 +186,12 @@ impl ServeConfig {
             problems.push(format!(
                 "plugin_memory_mb must be between 1 and 4096, got {}",
                 self.plugin_memory_mb
+            ));
+        }
+        if !(1..=1000).contains(&self.plugin_call_ms) {
+            problems.push(format!(
+                "plugin_call_ms must be between 1 and 1000, got {}",
+                self.plugin_call_ms
             ));
         }
         if !self

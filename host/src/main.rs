@@ -168,6 +168,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(config.data_dir.join("plugin-cache")),
             plugin::Limits {
                 memory_bytes: config.plugin_memory_mb * 1024 * 1024,
+                policy_deadline: std::time::Duration::from_millis(config.plugin_call_ms),
                 ..plugin::Limits::default()
             },
         )?;
