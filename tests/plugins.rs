@@ -141,6 +141,8 @@ fn hostile_plugins_are_contained_while_every_stream_keeps_playing() {
         ("spin", "deadline exceeded"),
         ("memory-bomb", "memory cap exceeded"),
         ("trap", "trap"),
+        // WASI handles live in a host table outside the memory cap; it is bounded on its own.
+        ("handle-hoarder", "resource table has no free keys"),
     ];
     for (name, _) in hostile {
         let (ok, out) = node.push_plugin(name, &plugin_file(name));
@@ -169,6 +171,7 @@ fn hostile_plugins_are_contained_while_every_stream_keeps_playing() {
         "/spin.opus",
         "/memory-bomb.opus",
         "/trap.opus",
+        "/handle-hoarder.opus",
         "/log-spam.mp3",
         "/clean.opus",
     ];

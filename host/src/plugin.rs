@@ -38,6 +38,9 @@ pub const MAX_PLUGIN_BYTES: usize = 16 * 1024 * 1024;
 /// Consecutive failures after which a running instance is quarantined (bypassed until the plugin
 /// is pushed again or the mount's chain changes).
 pub const QUARANTINE_AFTER: u32 = 3;
+/// Failures within a minute after which it is quarantined however many calls succeed between
+/// them: a plugin that fails every few blocks would otherwise be rebuilt for ever.
+pub const QUARANTINE_PER_MINUTE: u32 = 10;
 /// Epoch tick: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(1);
 /// Deadline for instantiating a component and its `create` call.
@@ -750,8 +753,46 @@ fn describe(e: &wasmtime::Error) -> String {
     if let Some(at) = text.find("memory cap exceeded") {
         return text[at..].lines().next().unwrap_or_default().to_owned();
     }
-    // Keep the first line: the rest is a wasm backtrace of unnamed functions.
-    text.lines().next().unwrap_or_default().to_owned()
+    // Which call, then what went wrong (a full host table, say), leaving out the wasm backtrace
+    // of unnamed functions that wasmtime puts between them.
+    let parts: Vec<String> = e
+        .chain()
+        .filter_map(|c| c.to_string().lines().next().map(str::to_owned))
+        .filter(|l| !l.is_empty() && !l.starts_with("error while executing at wasm backtrace"))
+        .collect();
+    parts.join(": ")
+}
+
+/// The recent failures of one running plugin slot, which decide its quarantine.
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    in_a_row: u32,
+    /// Start of the current minute and the failures counted in it.
+    minute: Option<(Instant, u32)>,
+}
+
+impl Failures {
+    /// A call succeeded: the run of failures in a row ends (the minute's count stays).
+    pub(crate) fn succeeded(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// Counts a failure; whether the slot must now be quarantined.
+    fn count(&mut self) -> bool {
+        self.in_a_row += 1;
+        let now = Instant::now();
+        let in_minute = match self.minute {
+            Some((start, n)) if now.duration_since(start) < Duration::from_secs(60) => {
+                self.minute = Some((start, n + 1));
+                n + 1
+            }
+            _ => {
+                self.minute = Some((now, 1));
+                1
+            }
+        };
+        self.in_a_row >= QUARANTINE_AFTER || in_minute >= QUARANTINE_PER_MINUTE
+    }
 }
 
 /// What a running plugin instance has done, shared with status and metrics.
@@ -768,16 +809,15 @@ impl PluginStats {
         self.quarantined.load(Ordering::Relaxed)
     }
 
-    /// Counts a failed call of the instance `label`, whose run of failures is `in_a_row`, and
-    /// quarantines it at [`QUARANTINE_AFTER`] in a row; `meanwhile` says what happens instead,
-    /// for the log. Returns whether the instance is now quarantined.
-    fn failed(&self, in_a_row: &mut u32, label: &str, why: String, meanwhile: &str) -> bool {
+    /// Counts a failed call of the instance `label`, whose recent failures are `recent`, and
+    /// quarantines it when they are too many; `meanwhile` says what happens instead, for the log.
+    /// Returns whether the instance is now quarantined.
+    fn failed(&self, recent: &mut Failures, label: &str, why: String, meanwhile: &str) -> bool {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        *in_a_row += 1;
-        let quarantine = *in_a_row >= QUARANTINE_AFTER;
+        let quarantine = recent.count();
         if quarantine {
             self.quarantined.store(true, Ordering::SeqCst);
-            tracing::error!(plugin = %label, error = %why, "plugin quarantined after {QUARANTINE_AFTER} failures in a row: {meanwhile} until a new version is pushed or the mount's plugins change");
+            tracing::error!(plugin = %label, error = %why, "plugin quarantined after {QUARANTINE_AFTER} failures in a row or {QUARANTINE_PER_MINUTE} within a minute: {meanwhile} until a new version is pushed or the mount's plugins change");
         } else {
             tracing::warn!(plugin = %label, error = %why, "plugin call failed: {meanwhile}");
         }
@@ -1253,6 +1293,20 @@ mod tests {
             (core instance (instantiate $m)) (core instance (instantiate $m))
             (core instance (instantiate $m)))";
         assert!(instantiate_wat(many).is_err(), "at most 4 memories");
+    }
+
+    /// Three failures in a row quarantine; so do ten within a minute with successes between.
+    #[test]
+    fn failures_between_successes_still_quarantine() {
+        let mut f = Failures::default();
+        for _ in 1..QUARANTINE_PER_MINUTE {
+            assert!(!f.count());
+            f.succeeded();
+        }
+        assert!(f.count());
+        let mut g = Failures::default();
+        assert!(!g.count() && !g.count());
+        assert!(g.count());
     }
 
     /// WASI handles live in a host table of the store: it holds at most MAX_HOST_RESOURCES.

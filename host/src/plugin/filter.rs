@@ -16,7 +16,9 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::bindings::filter::FilterPlugin;
-use super::{describe, ticks, Ctx, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE};
+use super::{
+    describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE,
+};
 
 struct Live {
     store: Store<Ctx>,
@@ -32,7 +34,7 @@ pub struct WasmFilter {
     params: Vec<(String, String)>,
     format: AudioFormat,
     live: Option<Live>,
-    in_a_row: u32,
+    recent: Failures,
     stats: Arc<PluginStats>,
     on_failure: Box<dyn Fn(bool) + Send>,
     title: Option<String>,
@@ -58,7 +60,7 @@ impl WasmFilter {
             params,
             format,
             live: None,
-            in_a_row: 0,
+            recent: Failures::default(),
             stats,
             on_failure,
             title: None,
@@ -80,7 +82,7 @@ impl WasmFilter {
     fn fail(&mut self, why: String) {
         self.live = None;
         let quarantined = self.stats.failed(
-            &mut self.in_a_row,
+            &mut self.recent,
             &self.label,
             why,
             "the audio passes unfiltered",
@@ -117,7 +119,7 @@ impl WasmFilter {
             .call_on_metadata(&mut live.store, live.instance, &meta);
         match result {
             Ok(new) => {
-                self.in_a_row = 0;
+                self.recent.succeeded();
                 new.and_then(|m| title_of(&m))
             }
             Err(e) => {
@@ -184,7 +186,7 @@ impl tidecast_codecs::Filter for WasmFilter {
         match result {
             Ok(out) if out.len() == block.len() => {
                 block.copy_from_slice(&out);
-                self.in_a_row = 0;
+                self.recent.succeeded();
                 if let Some(t) = announced.as_deref().and_then(title_of) {
                     self.title = Some(t);
                 }

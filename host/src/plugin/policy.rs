@@ -11,7 +11,9 @@ use wasmtime::Store;
 
 pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
-use super::{describe, ticks, Ctx, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE};
+use super::{
+    describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE,
+};
 
 struct Live {
     store: Store<Ctx>,
@@ -26,7 +28,7 @@ pub struct WasmPolicy {
     log: LogBudget,
     params: Vec<(String, String)>,
     live: Option<Live>,
-    in_a_row: u32,
+    recent: Failures,
     pub stats: Arc<PluginStats>,
 }
 
@@ -86,7 +88,7 @@ impl WasmPolicy {
             log,
             params,
             live: Some(live),
-            in_a_row: 0,
+            recent: Failures::default(),
             stats: Arc::default(),
         })
     }
@@ -118,7 +120,7 @@ impl WasmPolicy {
         );
         match result {
             Ok(order) => {
-                self.in_a_row = 0;
+                self.recent.succeeded();
                 ranking(&order, nodes.len())
             }
             Err(e) => {
@@ -132,7 +134,7 @@ impl WasmPolicy {
     fn fail(&mut self, why: String) {
         self.live = None;
         self.stats.failed(
-            &mut self.in_a_row,
+            &mut self.recent,
             &self.label,
             why,
             "the native policy decides",
