@@ -691,7 +691,7 @@ fn etcd_password_authentication_and_nothing_taken_from_etcd_blindly() {
 /// answer, and a burst of UDP queries from one network is answered in full only up to its rate;
 /// the rest get empty truncated answers (a real resolver then asks over TCP, which still works).
 #[test]
-fn the_dns_server_answers_any_minimally_and_rate_limits_udp() {
+fn the_dns_server_answers_any_minimally_and_bounds_udp_and_tcp() {
     require("dig");
     let port = free_port();
     let _node = Node::start(&[
@@ -764,4 +764,51 @@ fn the_dns_server_answers_any_minimally_and_rate_limits_udp() {
     // TCP is not rate limited this way: a resolver sent there gets its answer.
     let tcp = dig(&["radio.test", "SOA", "+tcp"]);
     assert!(tcp.contains("status: NOERROR"), "{tcp}");
+
+    // But TCP connections are bounded: 8 per address. Idle ones are closed after 5 s.
+    let dns = SocketAddr::from(([127, 0, 0, 1], port));
+    let ask = |s: &mut TcpStream, id: u16| -> Option<Vec<u8>> {
+        let q = query(id);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).ok()?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).ok()?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut answer).ok()?;
+        Some(answer)
+    };
+    let mut held: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 1), dns);
+            let answer = ask(&mut s, 1000 + i).expect("an answer on an admitted connection");
+            assert_eq!(answer[..2], (1000 + i).to_be_bytes());
+            s
+        })
+        .collect();
+    let mut ninth = connect_from(Ipv4Addr::new(127, 0, 0, 1), dns);
+    assert!(
+        ask(&mut ninth, 2000).is_none(),
+        "a 9th connection from one address was served"
+    );
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), dns);
+    assert!(ask(&mut other, 2001).is_some(), "another address is served");
+    // An idle connection is closed by the server (read gives EOF), within its 5 s.
+    let idle = &mut held[0];
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let waited = Instant::now();
+    assert_eq!(idle.read(&mut [0u8; 1]).unwrap_or(0), 0);
+    assert!(
+        waited.elapsed() < Duration::from_secs(9),
+        "idle for {:?}",
+        waited.elapsed()
+    );
+    held.clear();
+    // Once they are gone, the address is served again.
+    wait_for(
+        Duration::from_secs(10),
+        "a new connection to be served",
+        || ask(&mut connect_from(Ipv4Addr::new(127, 0, 0, 1), dns), 3000).is_some(),
+    );
 }

@@ -12,10 +12,12 @@
 //! Not an amplifier: ANY gets the minimal RFC 8482 answer (one HINFO), and UDP answers are rate
 //! limited per client network ([`RATE`] a second, bursts of [`BURST`], per IPv4 /24 or IPv6 /56);
 //! past that a client gets an empty truncated answer, no larger than its query, which sends a
-//! real resolver to TCP.
+//! real resolver to TCP. TCP is bounded too: [`TCP_CONNECTIONS`] connections at once, at most
+//! [`TCP_PER_ADDRESS`] from one address, each closed after [`TCP_IDLE`] without a query or after
+//! [`TCP_QUERIES`] queries.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,10 +105,12 @@ impl Zone {
     }
 }
 
+/// Cheap to clone: hickory-server owns one (UDP), the TCP side another.
+#[derive(Clone)]
 struct Handler {
     state: Arc<State>,
-    zone: Zone,
-    limiter: Mutex<RateLimiter>,
+    zone: Arc<Zone>,
+    limiter: Arc<Mutex<RateLimiter>>,
 }
 
 /// UDP answers a second per client network.
@@ -317,19 +321,121 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Sockets> {
     Ok(Sockets { udp, tcp })
 }
 
-/// Serves the zone until the task is dropped.
+/// Serves the zone until the task is dropped: UDP through hickory-server, TCP here (hickory's
+/// TCP listener takes every connection offered).
 pub async fn serve(state: Arc<State>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
     let Sockets { udp, tcp } = sockets;
     info!(addr = ?udp.local_addr().ok(), zone = %zone.origin, "authoritative DNS for the cluster zone");
-    let mut server = ServerFuture::new(Handler {
+    let handler = Handler {
         state,
-        zone,
-        limiter: Mutex::default(),
-    });
+        zone: Arc::new(zone),
+        limiter: Arc::default(),
+    };
+    let mut server = ServerFuture::new(handler.clone());
     server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(5));
-    server
-        .block_until_done()
-        .await
-        .map_err(|e| anyhow::anyhow!("DNS server: {e}"))
+    tokio::select! {
+        done = server.block_until_done() => done.map_err(|e| anyhow::anyhow!("DNS server: {e}")),
+        () = serve_tcp(handler, tcp) => Ok(()),
+    }
+}
+
+/// Most DNS-over-TCP connections open at once; more are closed as they arrive.
+pub const TCP_CONNECTIONS: usize = 256;
+/// Most DNS-over-TCP connections from one client address (an IPv6 /64).
+pub const TCP_PER_ADDRESS: usize = 8;
+/// A DNS-over-TCP connection is closed after this long without a (complete) query.
+pub const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Queries answered on one DNS-over-TCP connection before it is closed.
+pub const TCP_QUERIES: usize = 100;
+
+/// Accepts DNS over TCP within the bounds above.
+async fn serve_tcp(handler: Handler, listener: tokio::net::TcpListener) {
+    let open = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
+    let per_address = crate::server::PerAddress::new(TCP_PER_ADDRESS);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                warn!(error = %e, "DNS over TCP: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            continue;
+        };
+        let Some(slot) = per_address.take(peer.ip()) else {
+            continue;
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _held = (permit, slot);
+            answer_tcp(&handler, stream, peer).await;
+        });
+    }
+}
+
+/// Answers the length-prefixed queries of one TCP connection, one at a time.
+async fn answer_tcp(handler: &Handler, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+    use hickory_server::proto::serialize::binary::BinDecodable;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..TCP_QUERIES {
+        let mut len = [0u8; 2];
+        let read = async {
+            stream.read_exact(&mut len).await?;
+            // At most 64 KiB, by the two-byte length.
+            let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut query).await?;
+            Ok::<_, std::io::Error>(query)
+        };
+        let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read).await else {
+            return;
+        };
+        let Ok(message) = hickory_server::authority::MessageRequest::from_bytes(&query) else {
+            return;
+        };
+        let request = Request::new(message, peer, Protocol::Tcp);
+        let answer = Collected::default();
+        handler.handle_request(&request, answer.clone()).await;
+        let bytes = std::mem::take(&mut *answer.0.locked());
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return;
+        };
+        let write = async {
+            stream.write_all(&len.to_be_bytes()).await?;
+            stream.write_all(&bytes).await
+        };
+        if !matches!(tokio::time::timeout(TCP_IDLE, write).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+/// A response handler that keeps the encoded answer (for TCP, sent by [`answer_tcp`]).
+#[derive(Clone, Default)]
+struct Collected(Arc<Mutex<Vec<u8>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Collected {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::authority::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> std::io::Result<ResponseInfo> {
+        let mut buffer = Vec::with_capacity(512);
+        let mut encoder = hickory_server::proto::serialize::binary::BinEncoder::new(&mut buffer);
+        encoder.set_max_size(u16::MAX);
+        let info = response
+            .destructive_emit(&mut encoder)
+            .map_err(std::io::Error::other)?;
+        *self.0.locked() = buffer;
+        Ok(info)
+    }
 }

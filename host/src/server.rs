@@ -236,25 +236,26 @@ impl State {
     }
 }
 
-/// Open connections per client address (IPv6 per /64), for `--max-clients-per-address`.
-struct PerAddress {
+/// Open connections per client address (IPv6 per /64), for `--max-clients-per-address` (and
+/// DNS over TCP).
+pub(crate) struct PerAddress {
     open: Mutex<HashMap<IpAddr, usize>>,
     /// 0: no limit (nothing is counted).
     max: usize,
 }
 
 /// One counted connection; dropping it gives the place back.
-struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
+pub(crate) struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
 
 impl PerAddress {
-    fn new(max: usize) -> Arc<PerAddress> {
+    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
         Arc::new(PerAddress {
             open: Mutex::default(),
             max,
         })
     }
 
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         if self.max == 0 {
             return Some(AddressSlot(None));
         }
