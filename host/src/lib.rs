@@ -17,24 +17,18 @@
 //! - [`client`]: the `tidecast mount …` commands, which call a node's admin API;
 //! - [`bench`]: `tidecast bench`, codec throughput on this machine.
 
-pub mod admin;
 pub mod auth;
 pub mod bench;
-pub mod client;
+pub mod cli;
+pub mod cluster;
 pub mod config;
-pub mod coordinator;
-pub mod dns;
-pub mod etcd;
+pub mod control;
 pub mod http;
 pub mod hub;
 pub mod ingest;
-pub mod listener;
+pub mod listen;
 pub mod metrics;
+pub mod node;
 pub mod plugin;
-pub mod relay;
-pub mod routing;
-pub mod server;
-pub mod stations;
-pub mod status;
 pub mod sync;
 pub mod transcode;

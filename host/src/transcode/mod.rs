@@ -20,10 +20,10 @@ use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, Strea
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::coordinator::TranscodeConfig;
+use crate::cluster::coordinator::TranscodeConfig;
 use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
 use crate::metrics::Metrics;
-use crate::server::State;
+use crate::node::State;
 
 /// Longest source gap filled with silence before the transcoded stream ends.
 pub const MAX_GAP: Duration = Duration::from_secs(30);
@@ -226,8 +226,10 @@ impl Transcoder {
             let source = (Instant::now() >= retry_at)
                 .then(|| {
                     self.state.hub(&self.from).or_else(|| {
-                        self.rt
-                            .block_on(crate::relay::hub_from_origin(&self.state, &self.from))
+                        self.rt.block_on(crate::cluster::relay::hub_from_origin(
+                            &self.state,
+                            &self.from,
+                        ))
                     })
                 })
                 .flatten();

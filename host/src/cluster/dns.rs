@@ -31,7 +31,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::ServerFuture;
 use tracing::{info, warn};
 
-use crate::server::State;
+use crate::node::State;
 use crate::sync::Locked;
 
 /// Most addresses in one answer for the zone's name.
@@ -351,7 +351,7 @@ pub const TCP_QUERIES: usize = 100;
 /// Accepts DNS over TCP within the bounds above.
 async fn serve_tcp(handler: Handler, listener: tokio::net::TcpListener) {
     let open = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
-    let per_address = crate::server::PerAddress::new(TCP_PER_ADDRESS);
+    let per_address = crate::node::PerAddress::new(TCP_PER_ADDRESS);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,

@@ -11,7 +11,6 @@
 //! environment (those interfaces are not even linked, and uploads that import them are refused
 //! with a clear error), and a rate-limited log.
 
-pub mod api;
 pub mod filter;
 pub mod policy;
 
@@ -26,8 +25,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::coordinator::{MountConfig, PluginVersion};
-use crate::server::State;
+use crate::cluster::coordinator::{MountConfig, PluginVersion};
+use crate::node::State;
 use crate::sync::Locked;
 
 /// The WIT package every plugin is built against, and the versions this node runs.

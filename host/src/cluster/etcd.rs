@@ -29,7 +29,7 @@ use etcd_client::{
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::coordinator::{
+use crate::cluster::coordinator::{
     AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, NodeReport, OriginClaim,
     PluginRecord, PluginVersion, StationConfig,
 };
@@ -356,7 +356,9 @@ impl Etcd {
                 .collect()
         });
         for url in peers {
-            if crate::relay::lease_alive_per(&url, &self.node, &self.secret).await == Some(false) {
+            if crate::cluster::relay::lease_alive_per(&url, &self.node, &self.secret).await
+                == Some(false)
+            {
                 return true;
             }
         }

@@ -17,8 +17,8 @@ use tokio::sync::{broadcast, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::auth::{Verdict, Verifier};
+use crate::cluster::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::config::ServeConfig;
-use crate::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::http::{read_head, RequestHead, Response};
 use crate::hub::Hub;
 use crate::metrics::{ErrorKind, Metrics};
@@ -57,7 +57,7 @@ pub struct State {
     /// Bytes written to listeners (proxied ones included), for the load report's bandwidth.
     pub bytes_sent: AtomicU64,
     /// This node's latest load measurement (`report_load`).
-    pub load: Mutex<crate::coordinator::NodeReport>,
+    pub load: Mutex<crate::cluster::coordinator::NodeReport>,
     pub started: time::OffsetDateTime,
     /// Hash of the open-mode source password, if open mode is on.
     pub any_mount_hash: Option<String>,
@@ -65,7 +65,7 @@ pub struct State {
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Plugins>,
     /// Listener routing's memory of where it sent listeners since the last load reports.
-    pub routing: crate::routing::Predictor,
+    pub routing: crate::cluster::routing::Predictor,
     /// Mounts being relayed from another node right now.
     pub relays: Mutex<std::collections::HashSet<String>>,
     /// What each mount's running filters are doing, for status and the API.
@@ -97,7 +97,7 @@ impl State {
             any_mount_hash,
             transcoders: Mutex::default(),
             plugins,
-            routing: crate::routing::Predictor::default(),
+            routing: crate::cluster::routing::Predictor::default(),
             relays: Mutex::default(),
             filter_status: Mutex::default(),
         }
@@ -140,7 +140,9 @@ impl State {
     /// Whether `req` carries this cluster's secret (compared in constant time): a request from
     /// another node.
     pub fn is_cluster_request(&self, req: &RequestHead) -> bool {
-        let secret = req.header(crate::relay::SECRET_HEADER).unwrap_or("");
+        let secret = req
+            .header(crate::cluster::relay::SECRET_HEADER)
+            .unwrap_or("");
         let expected = self.config.cluster_secret.as_bytes();
         !expected.is_empty()
             && secret.len() == expected.len()
@@ -152,7 +154,7 @@ impl State {
     }
 
     /// Every live node's last load report; a single node's own latest one.
-    pub fn cluster_nodes(&self) -> Vec<crate::coordinator::NodeReport> {
+    pub fn cluster_nodes(&self) -> Vec<crate::cluster::coordinator::NodeReport> {
         if !self.coordinator.node_name().is_empty() {
             return self.coordinator.nodes();
         }
@@ -372,7 +374,7 @@ async fn report_load(state: Arc<State>) {
             }
             l.len()
         });
-        let report = crate::coordinator::NodeReport {
+        let report = crate::cluster::coordinator::NodeReport {
             listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
             max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
             bandwidth_kbps: kbps as u32,
@@ -477,7 +479,7 @@ fn give_up_origins(state: &Arc<State>) {
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.
 fn sync_transcoders(state: &Arc<State>) {
-    let wanted: HashMap<String, crate::coordinator::TranscodeConfig> = state
+    let wanted: HashMap<String, crate::cluster::coordinator::TranscodeConfig> = state
         .coordinator
         .mounts()
         .into_iter()
@@ -534,7 +536,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         // The admin surface first: mounts never live under /admin or /api (reserved paths), so
         // a PUT there is an API call (a plugin upload), not a source.
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
-            crate::admin::serve(stream, peer, req, buf, state).await
+            crate::control::admin::serve(stream, peer, req, buf, state).await
         }
         "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
         "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
@@ -558,7 +560,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
                     None if path == "/_cluster/metadata" => {
                         let mount = req.query("mount").unwrap_or_default();
                         let title = req.query("song").unwrap_or_default();
-                        crate::admin::set_title_here(&state, &mount, &title)
+                        crate::control::admin::set_title_here(&state, &mount, &title)
                     }
                     None => Response::text(404, "no such cluster endpoint"),
                 };
@@ -568,12 +570,12 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // Served here, never routed elsewhere: the `/_stream/` form of the mount.
             let mut req = req;
             req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
-            crate::listener::serve(stream, peer, req, state).await
+            crate::listen::serve(stream, peer, req, state).await
         }
         "GET" | "HEAD" | "OPTIONS" => {
             // A listener lives for hours: do not keep its request buffer alive that long.
             drop(buf);
-            crate::listener::serve(stream, peer, req, state).await
+            crate::listen::serve(stream, peer, req, state).await
         }
         _ => {
             let r = Response::text(405, "method not allowed")

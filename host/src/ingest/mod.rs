@@ -17,11 +17,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::coordinator::validate_mount_path;
+use crate::cluster::coordinator::validate_mount_path;
 use crate::http::{RequestHead, Response};
 use crate::hub::{Hub, HubParams, StreamProps};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::server::{refusal, send, State};
+use crate::node::{refusal, send, State};
 
 pub async fn serve(
     mut stream: TcpStream,

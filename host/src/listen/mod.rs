@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::{Hub, ReadResult};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::server::{send, ListenerCtrl, ListenerEntry, State};
+use crate::node::{send, ListenerCtrl, ListenerEntry, State};
 use crate::sync::Locked;
 
 /// ICY metadata interval announced to players (Icecast's default).
@@ -44,9 +44,10 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, req: RequestHead, st
     }
     let path = req.path.clone();
     let page = match path.as_str() {
-        "/status-json.xsl" | "/status-json" => {
-            Some(Response::json(200, &crate::status::json(&state, &req)))
-        }
+        "/status-json.xsl" | "/status-json" => Some(Response::json(
+            200,
+            &crate::control::status::json(&state, &req),
+        )),
         "/metrics" => Some(Response::new(
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -218,7 +219,7 @@ async fn stream_mount(
     if !routed && state.mount_config(&wanted).is_some() {
         let client = peer.ip().to_string();
         let agent = req.header("user-agent").unwrap_or("").to_owned();
-        let target = crate::routing::route(&state, &wanted, &client, &agent).await;
+        let target = crate::cluster::routing::route(&state, &wanted, &client, &agent).await;
         if let Some(url) = target {
             let (query, proxied) = proxy_wanted(&req, &state.config.proxy_user_agents);
             let location = if query.is_empty() {
@@ -240,15 +241,16 @@ async fn stream_mount(
             gauge.inc();
             info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
             let result =
-                crate::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent).await;
+                crate::cluster::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent)
+                    .await;
             gauge.dec();
             match result {
-                crate::relay::Proxied::Ended(bytes, why) => {
+                crate::cluster::relay::Proxied::Ended(bytes, why) => {
                     info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
                     return;
                 }
                 // Nothing was sent yet: this node serves the listener itself.
-                crate::relay::Proxied::Unreachable(e) => {
+                crate::cluster::relay::Proxied::Unreachable(e) => {
                     warn!(%peer, mount = %wanted, to = %location, error = %e, "proxy target unreachable; serving here");
                 }
             }
@@ -267,7 +269,7 @@ async fn stream_mount(
     // In a cluster, a mount another node originates is relayed from there on demand.
     let local = match resolve(&state, &wanted) {
         Some(h) => Some(h),
-        None => crate::relay::hub_from_origin(&state, &wanted).await,
+        None => crate::cluster::relay::hub_from_origin(&state, &wanted).await,
     };
     let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{validate_name, Plugins};
-use crate::admin::storage_error;
-use crate::coordinator::{PluginRecord, PluginVersion};
+use crate::cluster::coordinator::{PluginRecord, PluginVersion};
+use crate::control::admin::storage_error;
 use crate::http::Response;
-use crate::server::State;
+use crate::node::State;
+use crate::plugin::{validate_name, Plugins};
 use crate::sync::Locked;
 
 /// Mounts that attach plugin `name` (as a filter or as their policy).
@@ -41,7 +41,7 @@ fn version_json(v: &PluginVersion) -> serde_json::Value {
     json!({
         "version": v.hash,
         "kind": v.kind,
-        "wit": format!("{}@{}", super::WIT_PACKAGE, v.wit_version),
+        "wit": format!("{}@{}", crate::plugin::WIT_PACKAGE, v.wit_version),
         "size": v.size,
         "uploaded_at": v.uploaded_at,
     })
@@ -194,7 +194,7 @@ struct RankRequest {
 /// Runs policy `name` once on sample nodes, as listener routing would: the plugin's ranking, or
 /// the native one when the plugin fails (with the failure).
 pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
-    use super::policy::{sample_nodes, sample_request, WasmPolicy};
+    use crate::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
     let r: RankRequest = if body.is_empty() {
         RankRequest::default()
     } else {
@@ -211,7 +211,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         Some(p) if !p.is_empty() => format!("{name}:{p}"),
         _ => name.to_owned(),
     };
-    let pref = match super::parse_ref(&spec) {
+    let pref = match crate::plugin::parse_ref(&spec) {
         Ok(p) => p,
         Err(e) => return Response::error(400, e),
     };
@@ -222,7 +222,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
     let nodes = sample_nodes(n);
     let outcome = tokio::task::block_in_place(|| {
         let rt = tokio::runtime::Handle::current();
-        let loaded = super::resolve(state, &pref, super::Kind::Policy, &rt)?;
+        let loaded = crate::plugin::resolve(state, &pref, crate::plugin::Kind::Policy, &rt)?;
         let mut policy = WasmPolicy::new(
             state.plugins.clone(),
             loaded,
@@ -244,7 +244,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         state
             .config
             .routing
-            .parse::<crate::routing::NativePolicy>()
+            .parse::<crate::cluster::routing::NativePolicy>()
             .unwrap_or_default()
             .rank(&nodes, &mut rand::thread_rng())
     });
@@ -252,7 +252,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         200,
         &json!({
             "by": by,
-            "ranked": order.iter().map(|&i| super::policy::sample_node_name(i)).collect::<Vec<_>>(),
+            "ranked": order.iter().map(|&i| crate::plugin::policy::sample_node_name(i)).collect::<Vec<_>>(),
             "micros": micros,
             "plugin_error": error,
         }),

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::hub::{Hub, HubParams};
-use crate::server::State;
+use crate::node::State;
 use crate::sync::Locked;
 
 /// How long a relay stays up with no listener.

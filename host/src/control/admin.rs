@@ -17,10 +17,10 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::auth::{generate_password, hash_password};
-use crate::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
+use crate::cluster::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::metrics::ErrorKind;
-use crate::server::{refusal, send, ListenerCtrl, State};
+use crate::node::{refusal, send, ListenerCtrl, State};
 use crate::sync::Locked;
 
 /// Largest JSON body the API accepts.
@@ -216,12 +216,16 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
     }
     let mount = req.query("mount").unwrap_or_default();
     match (req.method.as_str(), path) {
-        (_, "/admin/stats" | "/admin/stats.xml" | "/admin/stats.xsl") => {
-            Response::new(200, "text/xml", crate::status::stats_xml(state, true))
-        }
-        (_, "/admin/listmounts" | "/admin/listmounts.xsl") => {
-            Response::new(200, "text/xml", crate::status::stats_xml(state, false))
-        }
+        (_, "/admin/stats" | "/admin/stats.xml" | "/admin/stats.xsl") => Response::new(
+            200,
+            "text/xml",
+            crate::control::status::stats_xml(state, true),
+        ),
+        (_, "/admin/listmounts" | "/admin/listmounts.xsl") => Response::new(
+            200,
+            "text/xml",
+            crate::control::status::stats_xml(state, false),
+        ),
         (_, "/admin/listclients" | "/admin/listclients.xsl") => {
             if state.hub(&mount).is_none() && state.mount_config(&mount).is_none() {
                 return ice_response(400, "Source does not exist");
@@ -229,7 +233,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
             Response::new(
                 200,
                 "text/xml",
-                crate::status::listclients_xml(state, &mount),
+                crate::control::status::listclients_xml(state, &mount),
             )
         }
         (_, "/admin/killsource" | "/admin/killsource.xsl") => match state.hub(&mount) {
@@ -262,7 +266,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 return Response::new(
                     200,
                     "text/xml",
-                    crate::status::move_destinations_xml(state, &mount),
+                    crate::control::status::move_destinations_xml(state, &mount),
                 );
             };
             if state.hub(&dest).is_none() {
@@ -291,31 +295,33 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 .collect::<Vec<_>>()),
         ),
         ("POST", "/api/v1/mounts") => create_mount(state, body).await,
-        ("GET", "/api/v1/cluster") => Response::json(200, &crate::status::cluster_json(state)),
-        ("GET", "/api/v1/stations") => crate::stations::list(state),
-        ("POST", "/api/v1/stations") => crate::stations::create(state, body).await,
+        ("GET", "/api/v1/cluster") => {
+            Response::json(200, &crate::control::status::cluster_json(state))
+        }
+        ("GET", "/api/v1/stations") => crate::control::stations::list(state),
+        ("POST", "/api/v1/stations") => crate::control::stations::create(state, body).await,
         (method, p) if p.starts_with("/api/v1/stations/") => {
             let name = &p["/api/v1/stations/".len()..];
             match method {
-                "GET" => crate::stations::show(state, name),
-                "PATCH" => crate::stations::edit(state, name, body).await,
-                "DELETE" => crate::stations::delete(state, name).await,
+                "GET" => crate::control::stations::show(state, name),
+                "PATCH" => crate::control::stations::edit(state, name, body).await,
+                "DELETE" => crate::control::stations::delete(state, name).await,
                 _ => Response::error(405, "use GET, PATCH or DELETE"),
             }
         }
-        ("GET", "/api/v1/plugins") => crate::plugin::api::list(state),
+        ("GET", "/api/v1/plugins") => crate::control::plugins::list(state),
         (method, p) if p.starts_with("/api/v1/plugins/") => {
             let name = &p["/api/v1/plugins/".len()..];
             if let Some(name) = name.strip_suffix("/rank") {
                 return match method {
-                    "POST" => crate::plugin::api::rank(state, name, body),
+                    "POST" => crate::control::plugins::rank(state, name, body),
                     _ => Response::error(405, "use POST"),
                 };
             }
             match method {
-                "GET" => crate::plugin::api::show(state, name),
-                "POST" | "PUT" => crate::plugin::api::push(state, name, body).await,
-                "DELETE" => crate::plugin::api::remove(state, name).await,
+                "GET" => crate::control::plugins::show(state, name),
+                "POST" | "PUT" => crate::control::plugins::push(state, name, body).await,
+                "DELETE" => crate::control::plugins::remove(state, name).await,
                 _ => Response::error(405, "use GET, POST (upload) or DELETE"),
             }
         }
@@ -373,7 +379,7 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
     // reaches this node's listeners through the relay, as every other title does.
     if let Some(origin) = state.coordinator.origin_url(&mount) {
         let secret = &state.config.cluster_secret;
-        return match crate::relay::set_title_at(&origin, &mount, &title, secret).await {
+        return match crate::cluster::relay::set_title_at(&origin, &mount, &title, secret).await {
             Ok(200) => ice_response(200, "Metadata update successful"),
             Ok(_) => ice_response(400, "Source does not exist"),
             Err(e) => {
@@ -400,7 +406,7 @@ pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
 fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
     let hub = state.hub(&m.path);
     // What routes this mount's listeners: its own, its station's, or the node's.
-    let (policy, routing) = crate::routing::for_mount(state, m);
+    let (policy, routing) = crate::cluster::routing::for_mount(state, m);
     json!({
         "path": m.path,
         "source_user": m.source_user,
@@ -592,7 +598,7 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     match r.routing.take().as_deref() {
         None => {}
         Some("") => m.routing = None,
-        Some(spec) => match spec.parse::<crate::routing::NativePolicy>() {
+        Some(spec) => match spec.parse::<crate::cluster::routing::NativePolicy>() {
             Ok(p) => m.routing = Some(p.to_string()),
             Err(e) => problems.push(format!("routing: {e}")),
         },
@@ -670,7 +676,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
     let mut m = MountConfig::new(path.clone());
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
-    problems.extend(crate::stations::check_membership(state, &m));
+    problems.extend(crate::control::stations::check_membership(state, &m));
     if problems.is_empty() {
         problems.extend(crate::plugin::check_attachments(state, &m, None));
     }
@@ -717,7 +723,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     let before = m.clone();
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
-    problems.extend(crate::stations::check_membership(state, &m));
+    problems.extend(crate::control::stations::check_membership(state, &m));
     if problems.is_empty() {
         problems.extend(crate::plugin::check_attachments(state, &m, Some(&before)));
     }

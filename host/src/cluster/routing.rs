@@ -17,9 +17,9 @@ pub use native::NativePolicy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::coordinator::NodeReport;
+use crate::cluster::coordinator::NodeReport;
+use crate::node::State;
 use crate::plugin::policy::{node_id, NodeLoad, WasmPolicy};
-use crate::server::State;
 use crate::sync::Locked;
 
 /// Routing's state on this node: the predictor (listeners sent to each node since its last
@@ -175,7 +175,7 @@ fn kbps_per_listener(state: &State, mount: &str) -> u32 {
 /// its station's, else (the chain) the node's `--routing`.
 pub fn for_mount(
     state: &State,
-    m: &crate::coordinator::MountConfig,
+    m: &crate::cluster::coordinator::MountConfig,
 ) -> (Option<crate::plugin::PluginRef>, String) {
     let station = m
         .station

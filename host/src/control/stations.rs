@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use crate::admin::storage_error;
-use crate::coordinator::{MountConfig, StationConfig};
+use crate::cluster::coordinator::{MountConfig, StationConfig};
+use crate::control::admin::storage_error;
 use crate::http::Response;
-use crate::server::State;
+use crate::node::State;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +79,7 @@ fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut
     match r.routing.as_deref() {
         None => {}
         Some("") => s.routing = None,
-        Some(spec) => match spec.parse::<crate::routing::NativePolicy>() {
+        Some(spec) => match spec.parse::<crate::cluster::routing::NativePolicy>() {
             Ok(p) => s.routing = Some(p.to_string()),
             Err(e) => problems.push(format!("routing: {e}")),
         },

@@ -8,7 +8,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::http::{xml_escape, RequestHead};
 use crate::hub::Hub;
-use crate::server::State;
+use crate::node::State;
 use crate::sync::Locked;
 
 fn iso(t: time::OffsetDateTime) -> String {
