@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidecast_codecs::{Piece, Splitter, StreamFormat};
+use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -47,7 +47,7 @@ pub async fn hub_from_origin(state: &Arc<State>, mount: &str) -> Option<Arc<Hub>
     }
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
-        if let Some(h) = state.hub(mount) {
+        if let Some(h) = state.hubs.hub(mount) {
             return Some(h);
         }
         let running = state.relays.locked().contains(mount);
@@ -287,18 +287,15 @@ async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
         .unwrap_or("application/octet-stream")
         .to_owned();
     let charset = state.mount_config(mount).and_then(|m| m.charset);
-    let hub = Arc::new(Hub::new(HubParams {
+    let hub = state.hubs.open(HubParams {
         mount: mount.to_owned(),
         format: StreamFormat::from_content_type(&content_type),
         content_type,
         props: crate::ingest::props_from_headers(|n| up.head.header(n)),
         source_ip: up.authority.clone(),
         source_agent: format!("relay from {url}"),
-        queue_size: state.config.queue_size,
-        burst_size: state.config.burst_size,
         charset: charset.clone(),
-    }));
-    state.go_live(hub.clone());
+    });
     info!(%mount, origin = %url, "relay started");
     let mut origin = url.to_owned();
     let why = loop {
@@ -318,7 +315,7 @@ async fn run(state: &Arc<State>, mount: &str, url: &str) -> Result<(), String> {
             None => break "no new origin",
         }
     };
-    state.retire(&hub);
+    state.hubs.retire(&hub);
     info!(%mount, origin = %origin, reason = why, "relay stopped");
     Ok(())
 }
@@ -338,6 +335,7 @@ async fn next_origin(
     let deadline = Instant::now() + REORIGIN;
     while Instant::now() < deadline {
         if state
+            .hubs
             .hub(mount)
             .is_some_and(|h| !Arc::ptr_eq(&h, relay_hub))
         {
@@ -390,12 +388,7 @@ async fn pump(
             hub.set_title(&decode_title(&title, charset));
         }
         splitter.push(&audio, &mut pieces);
-        for p in pieces.drain(..) {
-            match p {
-                Piece::Audio(b) => hub.push(b, false),
-                Piece::Headers(b) => hub.push(b, true),
-            }
-        }
+        hub.push_pieces(&mut pieces);
         // In use while anyone besides the node's hub table and this relay holds the hub: a
         // listener, or a transcoder reading it.
         if Arc::strong_count(hub) <= 2 {

@@ -166,6 +166,7 @@ fn rank_with(
 /// `icy-br` if this node has the mount live, else 128.
 fn kbps_per_listener(state: &State, mount: &str) -> u32 {
     state
+        .hubs
         .hub(mount)
         .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
         .unwrap_or(128)

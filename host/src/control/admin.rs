@@ -19,8 +19,9 @@ use tracing::{info, warn};
 use crate::auth::{generate_password, hash_password};
 use crate::cluster::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
 use crate::http::{xml_escape, RequestHead, Response};
+use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
-use crate::node::{refusal, send, ListenerCtrl, State};
+use crate::node::{refusal, send, State};
 use crate::sync::Locked;
 
 /// Largest JSON body the API accepts.
@@ -227,7 +228,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
             crate::control::status::stats_xml(state, false),
         ),
         (_, "/admin/listclients" | "/admin/listclients.xsl") => {
-            if state.hub(&mount).is_none() && state.mount_config(&mount).is_none() {
+            if state.hubs.hub(&mount).is_none() && state.mount_config(&mount).is_none() {
                 return ice_response(400, "Source does not exist");
             }
             Response::new(
@@ -236,7 +237,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                 crate::control::status::listclients_xml(state, &mount),
             )
         }
-        (_, "/admin/killsource" | "/admin/killsource.xsl") => match state.hub(&mount) {
+        (_, "/admin/killsource" | "/admin/killsource.xsl") => match state.hubs.hub(&mount) {
             Some(h) => {
                 h.kill.notify_one();
                 info!(%mount, "source killed by admin");
@@ -246,14 +247,8 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
         },
         (_, "/admin/killclient" | "/admin/killclient.xsl") => {
             let id = req.query("id").and_then(|i| i.parse::<u64>().ok());
-            let done = id.is_some_and(|id| {
-                state.listeners.with(|l| {
-                    l.get(&id)
-                        .filter(|e| mount.is_empty() || e.mount == mount)
-                        .map(|e| e.ctrl.send_replace(ListenerCtrl::Kill))
-                        .is_some()
-                })
-            });
+            let only = Some(mount.as_str()).filter(|m| !m.is_empty());
+            let done = id.is_some_and(|id| state.hubs.command(id, only, ListenerCtrl::Kill));
             if done {
                 ice_response(200, &format!("Client {} removed", id.unwrap_or(0)))
             } else {
@@ -269,19 +264,15 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
                     crate::control::status::move_destinations_xml(state, &mount),
                 );
             };
-            if state.hub(&dest).is_none() {
+            if state.hubs.hub(&dest).is_none() {
                 return ice_response(400, "Destination does not exist or has no source");
             }
             if dest == mount {
                 return ice_response(400, "Destination is the same as the mount");
             }
-            let moved = state.listeners.with(|l| {
-                let movers: Vec<_> = l.values().filter(|e| e.mount == mount).collect();
-                for e in &movers {
-                    e.ctrl.send_replace(ListenerCtrl::MoveTo(dest.clone()));
-                }
-                movers.len()
-            });
+            let moved = state
+                .hubs
+                .command_all(&mount, &ListenerCtrl::MoveTo(dest.clone()));
             info!(from = %mount, to = %dest, moved, "listeners moved by admin");
             ice_response(200, &format!("Clients moved from {mount} to {dest}"))
         }
@@ -394,7 +385,7 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
 /// Sets the title of `mount`, produced on this node (also for `/_cluster/metadata`, a title
 /// another node took for it): through the mount's title hooks, then into its hub.
 pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
-    let Some(hub) = state.hub(mount) else {
+    let Some(hub) = state.hubs.hub(mount) else {
         return ice_response(400, "Source does not exist");
     };
     let title = crate::plugin::source_title_hooks(state, mount, crate::hub::clean_title(title));
@@ -404,7 +395,7 @@ pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
 }
 
 fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
-    let hub = state.hub(&m.path);
+    let hub = state.hubs.hub(&m.path);
     // What routes this mount's listeners: its own, its station's, or the node's.
     let (policy, routing) = crate::cluster::routing::for_mount(state, m);
     json!({

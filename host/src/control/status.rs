@@ -9,7 +9,6 @@ use time::format_description::well_known::Rfc3339;
 use crate::http::{xml_escape, RequestHead};
 use crate::hub::Hub;
 use crate::node::State;
-use crate::sync::Locked;
 
 fn iso(t: time::OffsetDateTime) -> String {
     t.replace_nanosecond(0)
@@ -58,6 +57,7 @@ pub fn json(state: &State, req: &RequestHead) -> Value {
         "server_start_iso8601": iso(state.started),
     });
     let sources: Vec<Value> = state
+        .hubs
         .live_hubs()
         .iter()
         .map(|h| source_json(h, &base))
@@ -107,7 +107,7 @@ fn xml_source_fields(hub: &Hub, out: &mut String) {
 /// `/admin/stats` and `/admin/listmounts`.
 pub fn stats_xml(state: &State, with_details: bool) -> String {
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
-    let hubs = state.live_hubs();
+    let hubs = state.hubs.live_hubs();
     out.push_str(&format!("<sources>{}</sources>\n", hubs.len()));
     out.push_str(&format!(
         "<server_id>tidecast {}</server_id>\n",
@@ -139,7 +139,12 @@ pub fn stats_xml(state: &State, with_details: bool) -> String {
 pub fn move_destinations_xml(state: &State, mount: &str) -> String {
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     let now = time::OffsetDateTime::now_utc();
-    for h in state.live_hubs().into_iter().filter(|h| h.mount != mount) {
+    for h in state
+        .hubs
+        .live_hubs()
+        .into_iter()
+        .filter(|h| h.mount != mount)
+    {
         let fallback = state
             .mount_config(&h.mount)
             .and_then(|m| m.fallback)
@@ -159,33 +164,20 @@ pub fn move_destinations_xml(state: &State, mount: &str) -> String {
 
 /// `/admin/listclients?mount=` in the Icecast-KH shape dashboards parse.
 pub fn listclients_xml(state: &State, mount: &str) -> String {
-    let entries: Vec<(u64, String, String, u64)> = state.listeners.with(|l| {
-        let mut v: Vec<_> = l
-            .iter()
-            .filter(|(_, e)| e.mount == mount)
-            .map(|(id, e)| {
-                (
-                    *id,
-                    e.ip.clone(),
-                    e.user_agent.clone(),
-                    e.connected.elapsed().as_secs(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    });
+    let entries = state.hubs.listeners_of(mount);
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     out.push_str(&format!("<source mount=\"{}\">\n", xml_escape(mount)));
     out.push_str(&format!(
         "<listeners>{0}</listeners>\n<Listeners>{0}</Listeners>\n",
         entries.len()
     ));
-    for (id, ip, ua, secs) in entries {
+    for l in entries {
         out.push_str(&format!(
-            "<listener id=\"{id}\">\n<ID>{id}</ID>\n<IP>{}</IP>\n<UserAgent>{}</UserAgent>\n<Connected>{secs}</Connected>\n<lag>0</lag>\n</listener>\n",
-            xml_escape(&ip),
-            xml_escape(&ua)
+            "<listener id=\"{0}\">\n<ID>{0}</ID>\n<IP>{1}</IP>\n<UserAgent>{2}</UserAgent>\n<Connected>{3}</Connected>\n<lag>0</lag>\n</listener>\n",
+            l.id,
+            xml_escape(&l.ip),
+            xml_escape(&l.user_agent),
+            l.connected_secs
         ));
     }
     out.push_str("</source>\n</icestats>\n");
@@ -207,7 +199,7 @@ pub fn cluster_json(state: &State) -> Value {
             let origin = if clustered {
                 state.coordinator.origin_node(&m.path)
             } else {
-                state.hub(&m.path).map(|_| "(single node)".to_owned())
+                state.hubs.hub(&m.path).map(|_| "(single node)".to_owned())
             };
             let listeners: u32 = nodes.iter().filter_map(|n| n.mounts.get(&m.path)).sum();
             json!({

@@ -10,7 +10,11 @@
 //! disconnected by its task ([`ReadResult::Lagged`]).
 //!
 //! A hub lives from the moment a source connects until it disconnects; then it is marked ended and
-//! its listeners move to a fallback or leave.
+//! its listeners move to a fallback or leave. The node's live hubs, and its listeners, are in the
+//! [`Registry`]: the one thing the data-path stages share.
+
+mod registry;
+pub use registry::{ListenerCtrl, ListenerInfo, ListenerTicket, Registry};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +22,7 @@ use std::sync::Mutex;
 
 use crate::sync::Locked;
 use bytes::Bytes;
-use tidecast_codecs::StreamFormat;
+use tidecast_codecs::{Piece, StreamFormat};
 use tokio::sync::{watch, Notify};
 
 /// Stream properties announced by the source (`ice-*` / `icy-*` headers).
@@ -87,9 +91,16 @@ pub struct HubParams {
     pub props: StreamProps,
     pub source_ip: String,
     pub source_agent: String,
-    pub queue_size: usize,
-    pub burst_size: usize,
     pub charset: Option<String>,
+}
+
+/// How much a hub keeps: the node's `--queue-size` and `--burst-size`, the same for every hub.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSize {
+    /// Bytes of recent audio kept; a listener further behind is dropped.
+    pub queue: usize,
+    /// Bytes a new listener gets at once.
+    pub burst: usize,
 }
 
 pub enum ReadResult {
@@ -102,7 +113,7 @@ pub enum ReadResult {
 }
 
 impl Hub {
-    pub fn new(p: HubParams) -> Hub {
+    pub fn new(p: HubParams, size: RingSize) -> Hub {
         let charset = p.charset.unwrap_or_else(|| "ISO-8859-1".to_owned());
         Hub {
             mount: p.mount,
@@ -112,8 +123,8 @@ impl Hub {
             started: time::OffsetDateTime::now_utc(),
             source_ip: p.source_ip,
             source_agent: p.source_agent,
-            queue_size: p.queue_size,
-            burst_size: p.burst_size,
+            queue_size: size.queue,
+            burst_size: size.burst,
             meta: Mutex::new(Meta {
                 title: String::new(),
                 version: 0,
@@ -137,13 +148,33 @@ impl Hub {
 
     /// Appends a chunk of whole frames (or, with `header`, a new Ogg header set).
     pub fn push(&self, data: Bytes, header: bool) {
+        let piece = if header {
+            Piece::Headers(data)
+        } else {
+            Piece::Audio(data)
+        };
+        self.push_pieces(&mut vec![piece]);
+    }
+
+    /// Appends what a [`tidecast_codecs::Splitter`] cut (whole frames, Ogg header sets), in
+    /// order, under one lock and with one wake-up for the listeners; leaves `pieces` empty.
+    pub fn push_pieces(&self, pieces: &mut Vec<Piece>) {
+        if pieces.is_empty() {
+            return;
+        }
         let head = {
             let mut ring = self.ring.locked();
-            if header {
-                ring.headers = Some(data.clone());
+            for piece in pieces.drain(..) {
+                let (data, header) = match piece {
+                    Piece::Audio(b) => (b, false),
+                    Piece::Headers(b) => (b, true),
+                };
+                if header {
+                    ring.headers = Some(data.clone());
+                }
+                ring.bytes += data.len();
+                ring.chunks.push_back(Chunk { data, header });
             }
-            ring.bytes += data.len();
-            ring.chunks.push_back(Chunk { data, header });
             while ring.bytes > self.queue_size && ring.chunks.len() > 1 {
                 if let Some(old) = ring.chunks.pop_front() {
                     ring.bytes -= old.data.len();
@@ -318,17 +349,18 @@ mod tests {
     use super::*;
 
     fn hub(queue: usize, burst: usize) -> Hub {
-        Hub::new(HubParams {
-            mount: "/t".into(),
-            format: StreamFormat::Mp3,
-            content_type: "audio/mpeg".into(),
-            props: StreamProps::default(),
-            source_ip: String::new(),
-            source_agent: String::new(),
-            queue_size: queue,
-            burst_size: burst,
-            charset: None,
-        })
+        Hub::new(
+            HubParams {
+                mount: "/t".into(),
+                format: StreamFormat::Mp3,
+                content_type: "audio/mpeg".into(),
+                props: StreamProps::default(),
+                source_ip: String::new(),
+                source_agent: String::new(),
+                charset: None,
+            },
+            RingSize { queue, burst },
+        )
     }
 
     #[test]

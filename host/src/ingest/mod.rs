@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tidecast_codecs::{Piece, Splitter, StreamFormat};
+use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
@@ -126,25 +126,22 @@ pub async fn serve(
     }
 
     let format = StreamFormat::from_content_type(&content_type);
-    let hub = Arc::new(Hub::new(HubParams {
+    let hub = state.hubs.open(HubParams {
         mount: mount.clone(),
         format,
         content_type: content_type.clone(),
         props: props_from(&req),
         source_ip: peer.ip().to_string(),
         source_agent: req.header("user-agent").unwrap_or("").to_owned(),
-        queue_size: state.config.queue_size,
-        burst_size: state.config.burst_size,
         charset: state.mount_config(&mount).and_then(|m| m.charset),
-    }));
-    state.go_live(hub.clone());
+    });
     state.metrics.sources.inc();
     info!(%peer, %mount, content_type, method = %req.method, agent = %hub.source_agent, "source connected");
 
     let started = std::time::Instant::now();
     let reason = pump(&mut stream, leftover, body, &hub, &state).await;
 
-    state.retire(&hub);
+    state.hubs.retire(&hub);
     state.metrics.sources.dec();
     drop(claim);
     info!(
@@ -287,12 +284,7 @@ async fn pump(
         if after > before {
             skipped.inc_by(after - before);
         }
-        for piece in pieces.drain(..) {
-            match piece {
-                Piece::Audio(b) => hub.push(b, false),
-                Piece::Headers(b) => hub.push(b, true),
-            }
-        }
+        hub.push_pieces(&mut pieces);
         match &body {
             BodyKind::Length(0) => return "end of body",
             BodyKind::Chunked(dec) if dec.done() => return "end of body",

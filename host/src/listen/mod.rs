@@ -14,21 +14,20 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::{Hub, ReadResult};
+use crate::hub::{ListenerCtrl, ListenerTicket};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::node::{send, ListenerCtrl, ListenerEntry, State};
-use crate::sync::Locked;
+use crate::node::{send, State};
 
 /// ICY metadata interval announced to players (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
@@ -67,7 +66,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, req: RequestHead, st
 fn resolve(state: &State, mount: &str) -> Option<Arc<Hub>> {
     let mut path = mount.to_owned();
     for _ in 0..4 {
-        if let Some(h) = state.hub(&path) {
+        if let Some(h) = state.hubs.hub(&path) {
             return Some(h);
         }
         path = state.mount_config(&path)?.fallback?;
@@ -128,7 +127,7 @@ impl Cors {
 fn index(state: &State, req: &RequestHead) -> Response {
     let base = state.base_url(Some(req));
     let mut body = format!("tidecast {}\n\nLive mounts:\n", env!("CARGO_PKG_VERSION"));
-    let hubs = state.live_hubs();
+    let hubs = state.hubs.live_hubs();
     if hubs.is_empty() {
         body.push_str("  (none)\n");
     }
@@ -143,7 +142,7 @@ fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
     let (mount, kind) = [".m3u", ".pls", ".xspf"]
         .iter()
         .find_map(|ext| req.path.strip_suffix(ext).map(|m| (m, *ext)))?;
-    let hub = state.hub(mount);
+    let hub = state.hubs.hub(mount);
     if hub.is_none() && state.mount_config(mount).is_none() {
         return Some(Response::text(404, format!("no such mount: {mount}")));
     }
@@ -240,9 +239,14 @@ async fn stream_mount(
                 .clone();
             gauge.inc();
             info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
-            let result =
-                crate::cluster::relay::proxy(&mut stream, peer, &req, &location, &state.bytes_sent)
-                    .await;
+            let result = crate::cluster::relay::proxy(
+                &mut stream,
+                peer,
+                &req,
+                &location,
+                state.hubs.sent_counter(),
+            )
+            .await;
             gauge.dec();
             match result {
                 crate::cluster::relay::Proxied::Ended(bytes, why) => {
@@ -260,7 +264,7 @@ async fn stream_mount(
     // cut off every listener over there.
     let relay = state.is_cluster_request(&req);
     let node_max = state.config.max_listeners;
-    if !relay && node_max > 0 && state.listeners.with(|l| l.len()) >= node_max {
+    if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
         send(&mut stream, &cors.apply(r, false), version, false).await;
@@ -292,9 +296,7 @@ async fn stream_mount(
         .and_then(|m| m.max_listeners)
         .filter(|_| !relay)
     {
-        let current = state
-            .listeners
-            .with(|l| l.values().filter(|e| e.mount == wanted).count());
+        let current = state.hubs.listeners_of(&wanted).len();
         if current >= max as usize {
             state.metrics.error(ErrorKind::Full);
             info!(%peer, mount = %wanted, max, "listener refused: mount full");
@@ -361,22 +363,11 @@ async fn stream_mount(
         return;
     }
     let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.config.listener_send_buffer);
-    let id = state.next_id();
     let agent = req.header("user-agent").unwrap_or("").to_owned();
-    let (ctrl_tx, ctrl) = watch::channel(ListenerCtrl::Run);
-    {
-        let mut l = state.listeners.locked();
-        l.insert(
-            id,
-            ListenerEntry {
-                mount: wanted.clone(),
-                ip: peer.ip().to_string(),
-                user_agent: agent.clone(),
-                connected: Instant::now(),
-                ctrl: ctrl_tx,
-            },
-        );
-    }
+    let ticket = state
+        .hubs
+        .sign_in(&wanted, peer.ip().to_string(), agent.clone());
+    let id = ticket.id;
     state
         .metrics
         .listener_connections
@@ -397,11 +388,10 @@ async fn stream_mount(
     };
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
-        Ok(()) => conn.run(&mut hub, wanted.clone(), id, ctrl).await,
+        Ok(()) => conn.run(&mut hub, wanted.clone(), ticket).await,
         Err(_) => "write error",
     };
     conn.detach(&hub);
-    state.listeners.locked().remove(&id);
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent,
         seconds = started.elapsed().as_secs(), "listener disconnected"
@@ -493,8 +483,7 @@ impl Conn {
         &mut self,
         hub: &mut Arc<Hub>,
         mut wanted: String,
-        id: u64,
-        mut ctrl: watch::Receiver<ListenerCtrl>,
+        mut ticket: ListenerTicket,
     ) -> &'static str {
         let interval = self.state.config.write_interval();
         let (headers, mut cursor) = hub.join();
@@ -503,7 +492,7 @@ impl Conn {
             self.queue_audio(hub, h, &mut queue);
         }
         let mut rx = hub.watch();
-        let mut started_rx = self.state.source_started.subscribe();
+        let mut started_rx = self.state.hubs.producer_started();
         let counter = self
             .state
             .metrics
@@ -527,7 +516,7 @@ impl Conn {
                     Ok(n) => {
                         self.sent += n as u64;
                         counter.inc_by(n as u64);
-                        self.state.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        self.state.hubs.sent(n as u64);
                     }
                     Err(WriteError::Lagged) => return self.dropped_slow(hub),
                     Err(WriteError::Io) => return "connection closed",
@@ -558,19 +547,17 @@ impl Conn {
                 }
                 tokio::select! {
                     biased;
-                    changed = ctrl.changed() => {
+                    changed = ticket.commands.changed() => {
                         if changed.is_err() {
                             return "removed";
                         }
-                        let cmd = ctrl.borrow_and_update().clone();
+                        let cmd = ticket.commands.borrow_and_update().clone();
                         match cmd {
                             ListenerCtrl::Kill => return "killed by admin",
                             ListenerCtrl::MoveTo(to) => {
                                 if let Some(h) = resolve(&self.state, &to) {
                                     wanted = to;
-                                    if let Some(e) = self.state.listeners.locked().get_mut(&id) {
-                                        e.mount = wanted.clone();
-                                    }
+                                    ticket.moved_to(&wanted);
                                     cursor = self.switch(hub, h, &mut queue);
                                     rx = hub.watch();
                                 }
@@ -587,7 +574,7 @@ impl Conn {
                             Err(broadcast::error::RecvError::Closed) => false,
                         };
                         if relevant {
-                            if let Some(h) = self.state.hub(&wanted) {
+                            if let Some(h) = self.state.hubs.hub(&wanted) {
                                 cursor = self.switch(hub, h, &mut queue);
                                 rx = hub.watch();
                             }

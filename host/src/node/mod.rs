@@ -8,54 +8,27 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{broadcast, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::auth::{Verdict, Verifier};
 use crate::cluster::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::config::ServeConfig;
 use crate::http::{read_head, RequestHead, Response};
-use crate::hub::Hub;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::sync::Locked;
-
-/// What an admin can tell a connected listener to do. Delivered through a `watch` channel: the
-/// latest command wins, so there is nothing to overflow.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenerCtrl {
-    Run,
-    Kill,
-    MoveTo(String),
-}
-
-/// A connected listener, as the admin API sees it.
-pub struct ListenerEntry {
-    pub mount: String,
-    pub ip: String,
-    pub user_agent: String,
-    pub connected: std::time::Instant,
-    pub ctrl: watch::Sender<ListenerCtrl>,
-}
 
 pub struct State {
     pub config: ServeConfig,
     pub coordinator: Arc<dyn Coordinator>,
     pub verifier: Verifier,
     pub metrics: Metrics,
-    /// Live hubs by mount path (a hub exists while its source is connected).
-    pub hubs: Mutex<HashMap<String, Arc<Hub>>>,
-    pub listeners: Mutex<HashMap<u64, ListenerEntry>>,
-    /// Mount paths whose source just connected: listeners parked on a fallback move back.
-    /// Overflow policy: a lagging receiver re-checks its mount.
-    pub source_started: broadcast::Sender<String>,
-    pub next_id: AtomicU64,
-    /// Bytes written to listeners (proxied ones included), for the load report's bandwidth.
-    pub bytes_sent: AtomicU64,
+    /// Live hubs and connected listeners: what the data-path stages share.
+    pub hubs: Arc<crate::hub::Registry>,
     /// This node's latest load measurement (`report_load`).
     pub load: Mutex<crate::cluster::coordinator::NodeReport>,
     pub started: time::OffsetDateTime,
@@ -80,6 +53,10 @@ impl State {
         plugins: Arc<crate::plugin::Plugins>,
     ) -> State {
         let verifier = Verifier::default();
+        let ring = crate::hub::RingSize {
+            queue: config.queue_size,
+            burst: config.burst_size,
+        };
         let mut metrics = Metrics::new();
         metrics.register_auth(&verifier.stats);
         State {
@@ -87,11 +64,7 @@ impl State {
             coordinator,
             verifier,
             metrics,
-            hubs: Mutex::default(),
-            listeners: Mutex::default(),
-            source_started: broadcast::channel(64).0,
-            next_id: AtomicU64::new(1),
-            bytes_sent: AtomicU64::new(0),
+            hubs: Arc::new(crate::hub::Registry::new(ring)),
             load: Mutex::default(),
             started: time::OffsetDateTime::now_utc(),
             any_mount_hash,
@@ -101,40 +74,6 @@ impl State {
             relays: Mutex::default(),
             filter_status: Mutex::default(),
         }
-    }
-
-    /// The live hub of `mount`, if it has one (a source or a transcoder is producing it).
-    pub fn hub(&self, mount: &str) -> Option<Arc<Hub>> {
-        self.hubs
-            .locked()
-            .get(mount)
-            .filter(|h| !h.is_ended())
-            .cloned()
-    }
-
-    /// Registers a new hub as its mount's live one and tells parked fallback listeners.
-    pub fn go_live(&self, hub: Arc<Hub>) {
-        let mount = hub.mount.clone();
-        self.hubs.locked().insert(mount.clone(), hub);
-        let _ = self.source_started.send(mount);
-    }
-
-    /// Ends a hub: unregisters it first (if it is still its mount's hub), so no new listener
-    /// joins it, then ends it, so its listeners move to a fallback or leave.
-    pub fn retire(&self, hub: &Arc<Hub>) {
-        {
-            let mut hubs = self.hubs.locked();
-            if hubs.get(&hub.mount).is_some_and(|h| Arc::ptr_eq(h, hub)) {
-                hubs.remove(&hub.mount);
-            }
-        }
-        hub.end();
-    }
-
-    pub fn live_hubs(&self) -> Vec<Arc<Hub>> {
-        let mut v: Vec<_> = self.hubs.with(|h| h.values().cloned().collect());
-        v.sort_by(|a, b| a.mount.cmp(&b.mount));
-        v
     }
 
     /// Whether `req` carries this cluster's secret (compared in constant time): a request from
@@ -215,10 +154,6 @@ impl State {
         self.verifier
             .verify(peer, found.is_some(), &pass, hash)
             .await
-    }
-
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The base URL clients used to reach us (for playlists and status).
@@ -355,7 +290,7 @@ async fn report_load(state: Arc<State>) {
         seq += 1;
         let now = (
             std::time::Instant::now(),
-            state.bytes_sent.load(Ordering::Relaxed),
+            state.hubs.bytes_sent(),
             cpu_seconds(),
         );
         window.push_back(now);
@@ -367,15 +302,10 @@ async fn report_load(state: Arc<State>) {
         let kbps = (now.1 - first.1) as f64 * 8.0 / 1000.0 / elapsed;
         // As `top` shows it: 100 per busy core (the WIT's `cpu-percent`).
         let cpu = (now.2 - first.2) / elapsed * 100.0;
-        let mut mounts = std::collections::BTreeMap::new();
-        let listeners = state.listeners.with(|l| {
-            for e in l.values() {
-                *mounts.entry(e.mount.clone()).or_insert(0u32) += 1;
-            }
-            l.len()
-        });
+        let mounts = state.hubs.listeners_per_mount();
+        let listeners: u32 = mounts.values().sum();
         let report = crate::cluster::coordinator::NodeReport {
-            listeners: u32::try_from(listeners).unwrap_or(u32::MAX),
+            listeners,
             max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
             bandwidth_kbps: kbps as u32,
             max_bandwidth_kbps: state.config.max_bandwidth_kbps,
@@ -428,6 +358,7 @@ async fn reconcile(state: Arc<State>) {
             Ok(ConfigEvent::MountChanged(_) | ConfigEvent::PluginChanged(_)) => vec![],
             // Missed events: compare live hubs with the configuration.
             Err(broadcast::error::RecvError::Lagged(_)) => state
+                .hubs
                 .live_hubs()
                 .iter()
                 .filter(|h| {
@@ -441,7 +372,7 @@ async fn reconcile(state: Arc<State>) {
         // Running filter chains re-resolve their plugins at their next block.
         state.plugins.changed();
         for path in deleted {
-            if let Some(h) = state.hub(&path) {
+            if let Some(h) = state.hubs.hub(&path) {
                 info!(mount = %path, "mount deleted: disconnecting its source");
                 h.kill.notify_one();
             }
@@ -457,7 +388,7 @@ fn give_up_origins(state: &Arc<State>) {
     let transcoded = state
         .transcoders
         .with(|t| t.keys().cloned().collect::<Vec<_>>());
-    for h in state.live_hubs() {
+    for h in state.hubs.live_hubs() {
         if !relayed.contains(&h.mount) && !transcoded.contains(&h.mount) {
             warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
             h.kill.notify_one();

@@ -107,7 +107,7 @@ struct Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        self.state.retire(&self.hub);
+        self.state.hubs.retire(&self.hub);
     }
 }
 
@@ -157,12 +157,7 @@ impl Output {
         self.produced.inc_by(self.encoded.len() as u64);
         self.splitter.push(&self.encoded, &mut self.pieces);
         self.encoded.clear();
-        for p in self.pieces.drain(..) {
-            match p {
-                Piece::Audio(b) => self.hub.push(b, false),
-                Piece::Headers(b) => self.hub.push(b, true),
-            }
-        }
+        self.hub.push_pieces(&mut self.pieces);
     }
 }
 
@@ -225,7 +220,7 @@ impl Transcoder {
             // The source mount's hub: local, or relayed from its origin node in a cluster.
             let source = (Instant::now() >= retry_at)
                 .then(|| {
-                    self.state.hub(&self.from).or_else(|| {
+                    self.state.hubs.hub(&self.from).or_else(|| {
                         self.rt.block_on(crate::cluster::relay::hub_from_origin(
                             &self.state,
                             &self.from,
@@ -353,17 +348,6 @@ impl Transcoder {
             )),
             ..src.props.clone()
         };
-        let hub = Arc::new(Hub::new(HubParams {
-            mount: self.path.clone(),
-            format,
-            content_type: s.content_type().to_owned(),
-            props,
-            source_ip: String::new(),
-            source_agent: format!("tidecast transcoder from {}", self.from),
-            queue_size: self.state.config.queue_size,
-            burst_size: self.state.config.burst_size,
-            charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
-        }));
         let refs = self
             .state
             .mount_config(&self.path)
@@ -373,6 +357,17 @@ impl Transcoder {
         let chain_key = crate::plugin::chain_key(&self.state, &refs);
         let (chain, _) =
             crate::plugin::build_chain(&self.state, &self.path, &refs, s.output_format(), &self.rt);
+        // The pipeline first: the hub goes live only once there is something to fill it.
+        let pipeline = Pipeline::new(s, chain)?;
+        let hub = self.state.hubs.open(HubParams {
+            mount: self.path.clone(),
+            format,
+            content_type: s.content_type().to_owned(),
+            props,
+            source_ip: String::new(),
+            source_agent: format!("tidecast transcoder from {}", self.from),
+            charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
+        });
         let output = Output {
             generation,
             chain_key,
@@ -384,14 +379,13 @@ impl Transcoder {
                 .get_or_create(&Metrics::mount(&self.path))
                 .clone(),
             state: self.state.clone(),
-            pipeline: Pipeline::new(s, chain)?,
+            pipeline,
             splitter: Splitter::new(format),
             encoded: Vec::with_capacity(16 * 1024),
             pieces: Vec::new(),
             title: String::new(),
-            hub: hub.clone(),
+            hub,
         };
-        self.state.go_live(hub);
         Ok(output)
     }
 }
