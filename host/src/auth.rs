@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::cluster::coordinator::Coordinator;
+use crate::http::RequestHead;
 use crate::sync::Locked;
 use argon2::password_hash::{self, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -24,6 +26,79 @@ use sha2::{Digest, Sha256};
 fn hasher() -> Argon2<'static> {
     let params = Params::new(7 * 1024, 5, 1, None).unwrap_or_default();
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Who may do what: checks a request's Basic credentials against the admin account and the
+/// mounts' source credentials from the coordinator, through the [`Verifier`].
+pub struct Gate {
+    pub verifier: Verifier,
+    coordinator: Arc<dyn Coordinator>,
+    /// Hash of the open-mode source password, if open mode is on.
+    any_mount_hash: Option<String>,
+}
+
+impl Gate {
+    pub fn new(coordinator: Arc<dyn Coordinator>, any_mount_hash: Option<String>) -> Gate {
+        Gate {
+            verifier: Verifier::default(),
+            coordinator,
+            any_mount_hash,
+        }
+    }
+
+    /// Whether any mount takes a source with the open-mode password (Icecast's global one).
+    pub fn open_mode(&self) -> bool {
+        self.any_mount_hash.is_some()
+    }
+
+    /// Checks admin credentials of a request from `peer`.
+    pub async fn check_admin(&self, req: &RequestHead, peer: IpAddr) -> Verdict {
+        let admin = self.coordinator.admin();
+        let candidates: Vec<(&str, &str)> = admin
+            .iter()
+            .map(|a| (a.user.as_str(), a.password_hash.as_str()))
+            .collect();
+        self.check(req, peer, &candidates).await
+    }
+
+    /// Checks source credentials for `mount`: the mount's own, or the open-mode password; with
+    /// `or_admin`, the admin's too. Only the hash whose user name matches is verified.
+    pub async fn check_source(
+        &self,
+        req: &RequestHead,
+        peer: IpAddr,
+        mount: &str,
+        or_admin: bool,
+    ) -> Verdict {
+        let m = self.coordinator.mount(mount);
+        let admin = self.coordinator.admin().filter(|_| or_admin);
+        let mut candidates: Vec<(&str, &str)> = Vec::new();
+        match (&m, &self.any_mount_hash) {
+            (Some(m), _) => {
+                candidates.push((m.source_user.as_str(), m.source_password_hash.as_str()))
+            }
+            (None, Some(hash)) => candidates.push(("source", hash.as_str())),
+            (None, None) => {}
+        }
+        if let Some(a) = &admin {
+            candidates.push((a.user.as_str(), a.password_hash.as_str()));
+        }
+        self.check(req, peer, &candidates).await
+    }
+
+    /// Verifies the request's Basic credentials against the candidate whose user name matches
+    /// (a decoy hash when none does, at the same cost). No credentials at all is a plain denial
+    /// that costs nothing and counts as no failure: clients ask without them first.
+    async fn check(&self, req: &RequestHead, peer: IpAddr, candidates: &[(&str, &str)]) -> Verdict {
+        let Some((user, pass)) = req.basic_auth() else {
+            return Verdict::Denied;
+        };
+        let found = candidates.iter().find(|(u, _)| *u == user);
+        let hash = found.map_or("", |(_, h)| *h);
+        self.verifier
+            .verify(peer, found.is_some(), &pass, hash)
+            .await
+    }
 }
 
 /// Hashes a password for storage.

@@ -68,7 +68,7 @@ pub struct Etcd {
     /// The node's current lease; replaced when the old one is lost.
     lease: Arc<AtomicI64>,
     /// The cluster secret, to ask peers about this node's lease while etcd is out of reach.
-    secret: String,
+    secret: crate::cluster::peer::Secret,
     cache: Arc<Mutex<Cache>>,
     events: broadcast::Sender<ConfigEvent>,
 }
@@ -214,7 +214,7 @@ impl Etcd {
             prefix: prefix.to_owned(),
             node: node.to_owned(),
             lease: Arc::new(AtomicI64::new(lease)),
-            secret: secret.to_owned(),
+            secret: crate::cluster::peer::Secret::new(secret.to_owned()),
             cache: Arc::default(),
             events: broadcast::channel(256).0,
         };
@@ -356,7 +356,7 @@ impl Etcd {
                 .collect()
         });
         for url in peers {
-            if crate::cluster::relay::lease_alive_per(&url, &self.node, &self.secret).await
+            if crate::cluster::peer::lease_alive_per(&url, &self.node, &self.secret).await
                 == Some(false)
             {
                 return true;

@@ -61,10 +61,11 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
         // Source clients update titles with their mount's own credentials (compat.md item 8).
         let mount = req.query("mount").unwrap_or_default();
         state
+            .gate
             .check_source(req, peer.ip(), &credentials_mount(state, mount), true)
             .await
     } else {
-        state.check_admin(req, peer.ip()).await
+        state.gate.check_admin(req, peer.ip()).await
     };
     if !verdict.granted() {
         state.metrics.error(ErrorKind::Unauthorized);
@@ -369,8 +370,9 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
     // A mount produced on another node (its source, its transcoder) takes the title there; it
     // reaches this node's listeners through the relay, as every other title does.
     if let Some(origin) = state.coordinator.origin_url(&mount) {
-        let secret = &state.config.cluster_secret;
-        return match crate::cluster::relay::set_title_at(&origin, &mount, &title, secret).await {
+        return match crate::cluster::peer::set_title_at(&origin, &mount, &title, &state.secret)
+            .await
+        {
             Ok(200) => ice_response(200, "Metadata update successful"),
             Ok(_) => ice_response(400, "Source does not exist"),
             Err(e) => {

@@ -37,6 +37,28 @@ pub struct StreamProps {
     pub audio_info: Option<String>,
 }
 
+impl StreamProps {
+    /// The properties in `ice-*` (or `icy-*`) headers, looked up by lower-case name: a
+    /// source's request, or an origin node's response to a relay.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> StreamProps {
+        let get = |a: &str, b: &str| {
+            header(a)
+                .or_else(|| header(b))
+                .map(str::to_owned)
+                .filter(|v| !v.is_empty())
+        };
+        StreamProps {
+            name: get("ice-name", "icy-name"),
+            description: get("ice-description", "icy-description"),
+            url: get("ice-url", "icy-url"),
+            genre: get("ice-genre", "icy-genre"),
+            public: get("ice-public", "icy-pub"),
+            bitrate: get("ice-bitrate", "icy-br"),
+            audio_info: get("ice-audio-info", "icy-audio-info"),
+        }
+    }
+}
+
 struct Chunk {
     data: Bytes,
     /// An Ogg header set: delivered in order to connected listeners, never a join point.

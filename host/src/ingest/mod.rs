@@ -39,7 +39,7 @@ pub async fn serve(
         send(&mut stream, &refuse(400, &e), version, false).await;
         return;
     }
-    if state.mount_config(&mount).is_none() && state.any_mount_hash.is_none() {
+    if state.mount_config(&mount).is_none() && !state.gate.open_mode() {
         state.metrics.error(ErrorKind::NotFound);
         info!(%peer, %mount, "source refused: mount not declared");
         let msg = format!(
@@ -48,7 +48,10 @@ pub async fn serve(
         send(&mut stream, &refuse(404, &msg), version, false).await;
         return;
     }
-    let verdict = state.check_source(&req, peer.ip(), &mount, false).await;
+    let verdict = state
+        .gate
+        .check_source(&req, peer.ip(), &mount, false)
+        .await;
     if !verdict.granted() {
         state.metrics.error(ErrorKind::Unauthorized);
         info!(%peer, %mount, ?verdict, "source refused: bad credentials");
@@ -130,7 +133,7 @@ pub async fn serve(
         mount: mount.clone(),
         format,
         content_type: content_type.clone(),
-        props: props_from(&req),
+        props: StreamProps::from_headers(|n| req.header(n)),
         source_ip: peer.ip().to_string(),
         source_agent: req.header("user-agent").unwrap_or("").to_owned(),
         charset: state.mount_config(&mount).and_then(|m| m.charset),
@@ -150,29 +153,6 @@ pub async fn serve(
         seconds = started.elapsed().as_secs(),
         "source disconnected"
     );
-}
-
-fn props_from(req: &RequestHead) -> StreamProps {
-    props_from_headers(|n| req.header(n))
-}
-
-/// Stream properties from `ice-*` (or `icy-*`) headers, looked up by lower-case name.
-pub fn props_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> StreamProps {
-    let get = |a: &str, b: &str| {
-        header(a)
-            .or_else(|| header(b))
-            .map(str::to_owned)
-            .filter(|v| !v.is_empty())
-    };
-    StreamProps {
-        name: get("ice-name", "icy-name"),
-        description: get("ice-description", "icy-description"),
-        url: get("ice-url", "icy-url"),
-        genre: get("ice-genre", "icy-genre"),
-        public: get("ice-public", "icy-pub"),
-        bitrate: get("ice-bitrate", "icy-br"),
-        audio_info: get("ice-audio-info", "icy-audio-info"),
-    }
 }
 
 enum BodyKind {

@@ -239,7 +239,7 @@ async fn stream_mount(
                 .clone();
             gauge.inc();
             info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
-            let result = crate::cluster::relay::proxy(
+            let result = crate::cluster::peer::proxy(
                 &mut stream,
                 peer,
                 &req,
@@ -249,12 +249,12 @@ async fn stream_mount(
             .await;
             gauge.dec();
             match result {
-                crate::cluster::relay::Proxied::Ended(bytes, why) => {
+                crate::cluster::peer::Proxied::Ended(bytes, why) => {
                     info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
                     return;
                 }
                 // Nothing was sent yet: this node serves the listener itself.
-                crate::cluster::relay::Proxied::Unreachable(e) => {
+                crate::cluster::peer::Proxied::Unreachable(e) => {
                     warn!(%peer, mount = %wanted, to = %location, error = %e, "proxy target unreachable; serving here");
                 }
             }
@@ -262,7 +262,7 @@ async fn stream_mount(
     }
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
-    let relay = state.is_cluster_request(&req);
+    let relay = state.secret.matches(&req);
     let node_max = state.config.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
@@ -273,7 +273,7 @@ async fn stream_mount(
     // In a cluster, a mount another node originates is relayed from there on demand.
     let local = match resolve(&state, &wanted) {
         Some(h) => Some(h),
-        None => crate::cluster::relay::hub_from_origin(&state, &wanted).await,
+        None => state.relays.hub_from_origin(&wanted).await,
     };
     let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::auth::{Verdict, Verifier};
+use crate::auth::{Gate, Verdict};
 use crate::cluster::coordinator::{ConfigEvent, Coordinator, MountConfig};
 use crate::config::ServeConfig;
 use crate::http::{read_head, RequestHead, Response};
@@ -25,22 +25,23 @@ use crate::sync::Locked;
 pub struct State {
     pub config: ServeConfig,
     pub coordinator: Arc<dyn Coordinator>,
-    pub verifier: Verifier,
-    pub metrics: Metrics,
+    /// Credentials: admin and sources.
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
     /// Live hubs and connected listeners: what the data-path stages share.
     pub hubs: Arc<crate::hub::Registry>,
     /// This node's latest load measurement (`report_load`).
     pub load: Mutex<crate::cluster::coordinator::NodeReport>,
     pub started: time::OffsetDateTime,
-    /// Hash of the open-mode source password, if open mode is on.
-    pub any_mount_hash: Option<String>,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Plugins>,
     /// Listener routing's memory of where it sent listeners since the last load reports.
     pub routing: crate::cluster::routing::Predictor,
-    /// Mounts being relayed from another node right now.
-    pub relays: Mutex<std::collections::HashSet<String>>,
+    /// Relays of mounts another node produces.
+    pub relays: Arc<crate::cluster::relay::Relays>,
+    /// The cluster secret, for requests between nodes.
+    pub secret: crate::cluster::peer::Secret,
     /// What each mount's running filters are doing, for status and the API.
     pub filter_status: Mutex<HashMap<String, Vec<crate::plugin::FilterStatus>>>,
 }
@@ -52,44 +53,34 @@ impl State {
         any_mount_hash: Option<String>,
         plugins: Arc<crate::plugin::Plugins>,
     ) -> State {
-        let verifier = Verifier::default();
-        let ring = crate::hub::RingSize {
+        let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
+        let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
             queue: config.queue_size,
             burst: config.burst_size,
-        };
+        }));
+        let secret = crate::cluster::peer::Secret::new(config.cluster_secret.clone());
         let mut metrics = Metrics::new();
-        metrics.register_auth(&verifier.stats);
+        metrics.register_auth(&gate.verifier.stats);
+        let relays = Arc::new(crate::cluster::relay::Relays::new(
+            hubs.clone(),
+            coordinator.clone(),
+            secret.clone(),
+        ));
         State {
             config,
             coordinator,
-            verifier,
-            metrics,
-            hubs: Arc::new(crate::hub::Registry::new(ring)),
+            gate,
+            metrics: Arc::new(metrics),
+            hubs,
             load: Mutex::default(),
             started: time::OffsetDateTime::now_utc(),
-            any_mount_hash,
             transcoders: Mutex::default(),
             plugins,
             routing: crate::cluster::routing::Predictor::default(),
-            relays: Mutex::default(),
+            relays,
+            secret,
             filter_status: Mutex::default(),
         }
-    }
-
-    /// Whether `req` carries this cluster's secret (compared in constant time): a request from
-    /// another node.
-    pub fn is_cluster_request(&self, req: &RequestHead) -> bool {
-        let secret = req
-            .header(crate::cluster::relay::SECRET_HEADER)
-            .unwrap_or("");
-        let expected = self.config.cluster_secret.as_bytes();
-        !expected.is_empty()
-            && secret.len() == expected.len()
-            && secret
-                .bytes()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
     }
 
     /// Every live node's last load report; a single node's own latest one.
@@ -105,55 +96,6 @@ impl State {
 
     pub fn mount_config(&self, mount: &str) -> Option<MountConfig> {
         self.coordinator.mount(mount)
-    }
-
-    /// Checks admin credentials of a request from `peer`.
-    pub async fn check_admin(&self, req: &RequestHead, peer: IpAddr) -> Verdict {
-        let admin = self.coordinator.admin();
-        let candidates: Vec<(&str, &str)> = admin
-            .iter()
-            .map(|a| (a.user.as_str(), a.password_hash.as_str()))
-            .collect();
-        self.check(req, peer, &candidates).await
-    }
-
-    /// Checks source credentials for `mount`: the mount's own, or the open-mode password; with
-    /// `or_admin`, the admin's too. Only the hash whose user name matches is verified.
-    pub async fn check_source(
-        &self,
-        req: &RequestHead,
-        peer: IpAddr,
-        mount: &str,
-        or_admin: bool,
-    ) -> Verdict {
-        let m = self.mount_config(mount);
-        let admin = self.coordinator.admin().filter(|_| or_admin);
-        let mut candidates: Vec<(&str, &str)> = Vec::new();
-        match (&m, &self.any_mount_hash) {
-            (Some(m), _) => {
-                candidates.push((m.source_user.as_str(), m.source_password_hash.as_str()))
-            }
-            (None, Some(hash)) => candidates.push(("source", hash.as_str())),
-            (None, None) => {}
-        }
-        if let Some(a) = &admin {
-            candidates.push((a.user.as_str(), a.password_hash.as_str()));
-        }
-        self.check(req, peer, &candidates).await
-    }
-
-    /// Verifies the request's Basic credentials against the candidate whose user name matches
-    /// (a decoy hash when none does, at the same cost). No credentials at all is a plain denial
-    /// that costs nothing and counts as no failure: clients ask without them first.
-    async fn check(&self, req: &RequestHead, peer: IpAddr, candidates: &[(&str, &str)]) -> Verdict {
-        let Some((user, pass)) = req.basic_auth() else {
-            return Verdict::Denied;
-        };
-        let found = candidates.iter().find(|(u, _)| *u == user);
-        let hash = found.map_or("", |(_, h)| *h);
-        self.verifier
-            .verify(peer, found.is_some(), &pass, hash)
-            .await
     }
 
     /// The base URL clients used to reach us (for playlists and status).
@@ -361,9 +303,7 @@ async fn reconcile(state: Arc<State>) {
                 .hubs
                 .live_hubs()
                 .iter()
-                .filter(|h| {
-                    state.any_mount_hash.is_none() && state.mount_config(&h.mount).is_none()
-                })
+                .filter(|h| !state.gate.open_mode() && state.mount_config(&h.mount).is_none())
                 .map(|h| h.mount.clone())
                 .collect(),
             Err(broadcast::error::RecvError::Closed) => return,
@@ -384,7 +324,7 @@ async fn reconcile(state: Arc<State>) {
 /// that can claim the mount) and its transcoders stop and campaign again, so no mount has two
 /// origins for longer than the lease.
 fn give_up_origins(state: &Arc<State>) {
-    let relayed = state.relays.with(|r| r.clone());
+    let relayed = state.relays.relayed();
     let transcoded = state
         .transcoders
         .with(|t| t.keys().cloned().collect::<Vec<_>>());
@@ -474,7 +414,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // Another node of the cluster: relaying a mount (the listener path), or asking
             // whether its lease is alive. Only with the cluster secret.
             drop(buf);
-            if !state.is_cluster_request(&req) {
+            if !state.secret.matches(&req) {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
                 send(&mut stream, &r, req.response_version(), false).await;

@@ -221,10 +221,8 @@ impl Transcoder {
             let source = (Instant::now() >= retry_at)
                 .then(|| {
                     self.state.hubs.hub(&self.from).or_else(|| {
-                        self.rt.block_on(crate::cluster::relay::hub_from_origin(
-                            &self.state,
-                            &self.from,
-                        ))
+                        self.rt
+                            .block_on(self.state.relays.hub_from_origin(&self.from))
                     })
                 })
                 .flatten();
