@@ -10,16 +10,58 @@ use crate::ogg_pages::OggPager;
 
 use crate::decode::AudioFormat;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&str")]
 pub enum Codec {
     Mp3,
     Opus,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "&str")]
 pub enum StereoMode {
     Joint,
     Stereo,
+}
+
+impl TryFrom<String> for Codec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Codec, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "mp3" => Ok(Codec::Mp3),
+            "opus" => Ok(Codec::Opus),
+            _ => Err(format!("codec must be mp3 or opus, got {s:?}")),
+        }
+    }
+}
+
+impl From<Codec> for &'static str {
+    fn from(c: Codec) -> &'static str {
+        match c {
+            Codec::Mp3 => "mp3",
+            Codec::Opus => "opus",
+        }
+    }
+}
+
+impl TryFrom<String> for StereoMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<StereoMode, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "joint" => Ok(StereoMode::Joint),
+            "stereo" => Ok(StereoMode::Stereo),
+            _ => Err(format!("stereo_mode must be joint or stereo, got {s:?}")),
+        }
+    }
+}
+
+impl From<StereoMode> for &'static str {
+    fn from(m: StereoMode) -> &'static str {
+        match m {
+            StereoMode::Joint => "joint",
+            StereoMode::Stereo => "stereo",
+        }
+    }
 }
 
 /// What to encode to. Validate with [`EncoderSettings::validate`] before building.

@@ -318,7 +318,7 @@ fn run_with(
                 Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
                 None => (spec.clone(), String::new()),
             };
-            let params = crate::plugin::parse_ref(&format!("bench:{params}"))
+            let params = crate::model::parse_ref(&format!("bench:{params}"))
                 .map_err(anyhow::Error::msg)?
                 .params;
             let name = std::path::Path::new(&file)

@@ -104,7 +104,7 @@ serve_settings! {
     cluster_secret: String = String::new(); [env = "TIDECAST_CLUSTER_SECRET", hide_env_values = true]
     /// Native listener routing chain of mounts that set none: filters, scorers, then one of
     /// best, weighted, random (see `tidecast mount edit --routing`).
-    routing: String = crate::cluster::routing::NativePolicy::default().to_string(); [value_name = "STEP,..."]
+    routing: String = crate::model::NativePolicy::default().to_string(); [value_name = "STEP,..."]
     /// Most outgoing bandwidth of this node in kbit/s (0: no limit); routing sends no listeners
     /// to a node at its limit.
     max_bandwidth_kbps: u32 = 0; [value_name = "KBPS"]
@@ -250,10 +250,7 @@ impl ServeConfig {
         if !(1..=86_400).contains(&self.dns_ttl_secs) {
             problems.push("dns_ttl_secs must be between 1 and 86400".to_owned());
         }
-        if let Err(e) = self
-            .routing
-            .parse::<crate::cluster::routing::NativePolicy>()
-        {
+        if let Err(e) = self.routing.parse::<crate::model::NativePolicy>() {
             problems.push(format!("routing: {e}"));
         }
         if self.admin_user.contains(':') {

@@ -28,6 +28,7 @@ pub mod hub;
 pub mod ingest;
 pub mod listen;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod plugin;
 pub mod sync;

@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-use tidecast::cluster::coordinator::{AdminCredential, Coordinator, Embedded};
+use tidecast::cluster::coordinator::{Coordinator, Embedded};
 use tidecast::cluster::{dns, etcd};
 use tidecast::config::{ServeArgs, ServeConfig};
+use tidecast::model::AdminCredential;
 use tidecast::{auth, bench, cli as client, node as server, plugin};
 
 #[derive(Parser)]

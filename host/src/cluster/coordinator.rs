@@ -16,78 +16,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::plugin::{Kind, PluginRef};
+use crate::model::{AdminCredential, MountConfig, PluginRecord, PluginVersion, StationConfig};
 use crate::sync::Locked;
-
-/// A mount the operator declared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MountConfig {
-    pub path: String,
-    pub source_user: String,
-    /// argon2id PHC string; never the password itself.
-    pub source_password_hash: String,
-    /// Listener limit for this mount; `None` means only the node-wide limit applies.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_listeners: Option<u32>,
-    /// Mount whose stream listeners get while this one has no source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<String>,
-    /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub charset: Option<String>,
-    /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transcode: Option<TranscodeConfig>,
-    /// WebAssembly filters, in order: audio and metadata on transcoded mounts, metadata hooks
-    /// only on others. Attached by name: the newest version of the plugin runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub filters: Vec<PluginRef>,
-    /// The listener-selection policy plugin of this mount (cluster routing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PluginRef>,
-    /// The native routing chain of this mount (`routing::native`), when not the node's
-    /// `--routing`; a policy plugin, if attached, decides first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routing: Option<String>,
-    /// The station (radio) this mount belongs to: its policy and routing chain apply when the
-    /// mount sets none of its own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub station: Option<String>,
-}
-
-impl MountConfig {
-    /// A mount at `path` with nothing set: user `source`, no password hash yet, no limits.
-    pub fn new(path: String) -> MountConfig {
-        MountConfig {
-            path,
-            source_user: "source".to_owned(),
-            source_password_hash: String::new(),
-            max_listeners: None,
-            fallback: None,
-            charset: None,
-            transcode: None,
-            filters: Vec::new(),
-            policy: None,
-            routing: None,
-            station: None,
-        }
-    }
-}
-
-/// A station: one radio, whose mounts name it (`MountConfig::station`), and the listener
-/// routing its mounts share.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StationConfig {
-    pub name: String,
-    /// The listener-selection policy plugin of the station's mounts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<PluginRef>,
-    /// The native routing chain of the station's mounts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routing: Option<String>,
-}
 
 /// A node's presence and load, as it reports them about every second (cluster only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -112,125 +42,6 @@ pub struct NodeReport {
     pub mounts: BTreeMap<String, u32>,
     /// Increases with every report, so routing can tell a fresh report from an old one.
     pub seq: u64,
-}
-
-/// An uploaded plugin: its versions, oldest first. The newest one runs; older ones are kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginRecord {
-    pub name: String,
-    pub versions: Vec<PluginVersion>,
-}
-
-impl PluginRecord {
-    pub fn current(&self) -> Option<&PluginVersion> {
-        self.versions.last()
-    }
-
-    /// Makes `version` the current (last) one; an old build pushed again moves there.
-    pub fn push(&mut self, version: PluginVersion) {
-        self.versions.retain(|v| v.hash != version.hash);
-        self.versions.push(version);
-    }
-}
-
-/// One uploaded build of a plugin; the bytes are stored under `hash` (SHA-256).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginVersion {
-    pub hash: String,
-    pub size: u64,
-    pub kind: Kind,
-    /// The `tidecast:plugin` version it implements.
-    pub wit_version: String,
-    /// Unix seconds.
-    pub uploaded_at: u64,
-}
-
-/// How a transcoded mount is made from its source mount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TranscodeConfig {
-    /// The mount whose stream is decoded.
-    pub from: String,
-    /// `mp3` or `opus`.
-    pub codec: String,
-    pub bitrate_kbps: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sample_rate: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channels: Option<u16>,
-    /// MP3: LAME quality 0–9 (default 3); Opus: complexity 0–10 (default 10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quality: Option<u8>,
-    /// MP3: `joint` (default) or `stereo`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stereo_mode: Option<String>,
-    /// Opus frame duration in ms (default 20).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frame_ms: Option<u32>,
-    /// MP3: VBR at this -V level (0–9) instead of CBR.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vbr_quality: Option<u8>,
-    /// MP3: average bitrate (ABR) at `bitrate_kbps` instead of CBR.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub abr: bool,
-}
-
-impl TranscodeConfig {
-    /// The encoder settings, or every problem with them.
-    pub fn settings(&self) -> Result<tidecast_codecs::EncoderSettings, Vec<String>> {
-        use tidecast_codecs::{Codec, EncoderSettings, StereoMode};
-        let mut problems = Vec::new();
-        let codec = match self.codec.to_ascii_lowercase().as_str() {
-            "mp3" => Codec::Mp3,
-            "opus" => Codec::Opus,
-            other => {
-                return Err(vec![format!("codec must be mp3 or opus, got {other:?}")]);
-            }
-        };
-        let mut s = EncoderSettings::new(codec, self.bitrate_kbps);
-        if let Some(r) = self.sample_rate {
-            s.sample_rate = r;
-        }
-        if let Some(c) = self.channels {
-            s.channels = c;
-        }
-        if let Some(q) = self.quality {
-            s.quality = q;
-        }
-        if let Some(f) = self.frame_ms {
-            s.frame_ms = f;
-        }
-        s.vbr_quality = self.vbr_quality;
-        s.abr = self.abr;
-        match self
-            .stereo_mode
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("joint") => s.stereo_mode = StereoMode::Joint,
-            Some("stereo") => s.stereo_mode = StereoMode::Stereo,
-            Some(other) => problems.push(format!(
-                "stereo_mode must be joint or stereo, got {other:?}"
-            )),
-        }
-        problems.extend(s.validate());
-        if problems.is_empty() {
-            Ok(s)
-        } else {
-            Err(problems)
-        }
-    }
-}
-
-/// The admin account (cluster-wide).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminCredential {
-    pub user: String,
-    pub password_hash: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -683,47 +494,6 @@ impl Coordinator for Embedded {
     }
 }
 
-/// Paths the server itself answers; no mount may use them.
-const RESERVED: &[&str] = &[
-    "/admin",
-    "/api",
-    "/_relay",
-    "/_stream",
-    "/_cluster",
-    "/metrics",
-    "/status-json",
-    "/status-json.xsl",
-    "/status.xsl",
-];
-
-/// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no
-/// `..` or `//`, not a reserved path, not ending in a playlist extension.
-pub fn validate_mount_path(path: &str) -> Result<(), String> {
-    let ok_chars = path
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b));
-    if !path.starts_with('/') || path.len() < 2 || path.len() > 200 || !ok_chars {
-        return Err(format!(
-            "invalid mount path {path:?}: use / followed by letters, digits and -_.~/ (at most 200 characters)"
-        ));
-    }
-    if path.contains("..") || path.contains("//") || path.ends_with('/') {
-        return Err(format!(
-            "invalid mount path {path:?}: no '..', '//' or trailing '/'"
-        ));
-    }
-    if RESERVED
-        .iter()
-        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
-    {
-        return Err(format!("mount path {path:?} is reserved by the server"));
-    }
-    if [".m3u", ".pls", ".xspf"].iter().any(|e| path.ends_with(e)) {
-        return Err(format!("mount path {path:?} ends in a playlist extension"));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -850,18 +620,5 @@ mod tests {
             std::fs::read(dir.path().join("state.json")).unwrap(),
             b"{oops"
         );
-    }
-
-    #[test]
-    fn mount_paths() {
-        for ok in ["/live.mp3", "/a/b-c_d~e.ogg", "/x"] {
-            assert!(validate_mount_path(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "", "/", "live", "/a/../b", "/a//b", "/a/", "/admin", "/admin/x", "/api/v1", "/l.m3u",
-            "/sp ace", "/é",
-        ] {
-            assert!(validate_mount_path(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -29,10 +29,8 @@ use etcd_client::{
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::{
-    AdminCredential, ConfigEvent, CoordError, Coordinator, MountConfig, NodeReport, OriginClaim,
-    PluginRecord, PluginVersion, StationConfig,
-};
+use crate::cluster::coordinator::{ConfigEvent, CoordError, Coordinator, NodeReport, OriginClaim};
+use crate::model::{AdminCredential, MountConfig, PluginRecord, PluginVersion, StationConfig};
 use crate::sync::Locked;
 
 /// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.

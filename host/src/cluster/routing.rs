@@ -12,7 +12,7 @@
 //! the chosen node instead (`relay::proxy`).
 
 mod native;
-pub use native::NativePolicy;
+pub use crate::model::NativePolicy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ pub struct Predictor {
     policies: Mutex<HashMap<String, PolicySlot>>,
 }
 
-type ChainKey = Vec<(crate::plugin::PluginRef, Option<String>)>;
+type ChainKey = Vec<(crate::model::PluginRef, Option<String>)>;
 type PolicySlot = Arc<tokio::sync::Mutex<Option<(ChainKey, WasmPolicy)>>>;
 
 impl Predictor {
@@ -101,7 +101,7 @@ pub async fn route(
     let (policy, chain) = config
         .as_ref()
         .map(|m| for_mount(state, m))
-        .unwrap_or_else(|| (None, state.config.routing.clone()));
+        .unwrap_or_else(|| (None, state.default_routing.clone()));
     let ranked = match policy {
         Some(p) => {
             let slot = state.routing.slot(mount).lock_owned().await;
@@ -117,12 +117,7 @@ pub async fn route(
         }
         None => None,
     };
-    let ranked = ranked.unwrap_or_else(|| {
-        chain
-            .parse::<NativePolicy>()
-            .unwrap_or_default()
-            .rank(&nodes, &mut rand::thread_rng())
-    });
+    let ranked = ranked.unwrap_or_else(|| chain.rank(&nodes, &mut rand::thread_rng()));
     let chosen = &reports[*ranked.first()?];
     state.routing.sent_to(chosen);
     if chosen.name == state.coordinator.node_name() {
@@ -140,7 +135,7 @@ fn rank_with(
     state: &Arc<State>,
     mut slot: tokio::sync::OwnedMutexGuard<Option<(ChainKey, WasmPolicy)>>,
     mount: &str,
-    p: crate::plugin::PluginRef,
+    p: crate::model::PluginRef,
     request: &crate::plugin::policy::ListenerRequest,
     nodes: &[NodeLoad],
 ) -> Option<Vec<usize>> {
@@ -148,7 +143,7 @@ fn rank_with(
     if slot.as_ref().is_none_or(|(k, _)| *k != key) {
         *slot = None;
         let rt = tokio::runtime::Handle::current();
-        let loaded = crate::plugin::resolve(state, &p, crate::plugin::Kind::Policy, &rt).ok()?;
+        let loaded = crate::plugin::resolve(state, &p, crate::model::Kind::Policy, &rt).ok()?;
         let policy = WasmPolicy::new(
             state.plugins.clone(),
             loaded,
@@ -176,8 +171,8 @@ fn kbps_per_listener(state: &State, mount: &str) -> u32 {
 /// its station's, else (the chain) the node's `--routing`.
 pub fn for_mount(
     state: &State,
-    m: &crate::cluster::coordinator::MountConfig,
-) -> (Option<crate::plugin::PluginRef>, String) {
+    m: &crate::model::MountConfig,
+) -> (Option<crate::model::PluginRef>, NativePolicy) {
     let station = m
         .station
         .as_deref()
@@ -190,6 +185,6 @@ pub fn for_mount(
         .routing
         .clone()
         .or_else(|| station.and_then(|s| s.routing))
-        .unwrap_or_else(|| state.config.routing.clone());
+        .unwrap_or_else(|| state.default_routing.clone());
     (policy, chain)
 }

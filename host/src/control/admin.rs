@@ -17,10 +17,11 @@ use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::auth::{generate_password, hash_password};
-use crate::cluster::coordinator::{validate_mount_path, CoordError, MountConfig, TranscodeConfig};
+use crate::cluster::coordinator::CoordError;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
+use crate::model::{validate_mount_path, MountConfig, TranscodeConfig};
 use crate::node::{refusal, send, State};
 use crate::sync::Locked;
 
@@ -416,7 +417,7 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
             .filter_status
             .with(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
         "policy": policy.as_ref().map(ToString::to_string),
-        "routing": routing,
+        "routing": routing.to_string(),
         "station": m.station,
         "origin": state.coordinator.origin_node(&m.path),
     })
@@ -436,6 +437,8 @@ struct MountRequest {
     charset: Option<String>,
     /// Transcoded mounts: the source mount and the output encoding.
     from: Option<String>,
+    /// Kept as text (so are the stereo mode and the routing chain) and parsed where every
+    /// problem of the request is collected.
     codec: Option<String>,
     bitrate: Option<u32>,
     sample_rate: Option<u32>,
@@ -471,6 +474,14 @@ impl MountRequest {
     }
 }
 
+/// `text` parsed into its type, or `None` with the problem noted.
+fn typed<T: TryFrom<String, Error = String>>(
+    text: Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    text.and_then(|v| T::try_from(v).map_err(|e| problems.push(e)).ok())
+}
+
 /// Applies the transcode fields of `r` to `m` (creating its transcode section when `create`),
 /// collecting every problem, including the source mount's.
 fn apply_transcode(
@@ -483,20 +494,18 @@ fn apply_transcode(
     if !r.has_transcode_fields() {
         return;
     }
+    let codec_given = r.codec.is_some();
+    let codec = typed(r.codec.take(), problems);
+    let stereo_mode = typed(r.stereo_mode.take(), problems);
     let t = match (&mut m.transcode, create) {
         (Some(t), _) => t,
-        (None, true) => m.transcode.insert(TranscodeConfig {
-            from: String::new(),
-            codec: String::new(),
-            bitrate_kbps: 0,
-            sample_rate: None,
-            channels: None,
-            quality: None,
-            stereo_mode: None,
-            frame_ms: None,
-            vbr_quality: None,
-            abr: false,
-        }),
+        // Without a codec the request is refused below; a placeholder lets every other
+        // field be checked too.
+        (None, true) => m.transcode.insert(TranscodeConfig::new(
+            String::new(),
+            codec.unwrap_or(tidecast_codecs::Codec::Mp3),
+            0,
+        )),
         (None, false) => {
             problems.push(format!(
                 "{} is not a transcoded mount; create a new one with --from",
@@ -508,7 +517,7 @@ fn apply_transcode(
     if let Some(v) = r.from.take() {
         t.from = v;
     }
-    if let Some(v) = r.codec.take() {
+    if let Some(v) = codec {
         t.codec = v;
     }
     if let Some(v) = r.bitrate.take() {
@@ -517,11 +526,11 @@ fn apply_transcode(
     t.sample_rate = r.sample_rate.take().or(t.sample_rate);
     t.channels = r.channels.take().or(t.channels);
     t.quality = r.quality.take().or(t.quality);
-    t.stereo_mode = r.stereo_mode.take().or(t.stereo_mode.take());
+    t.stereo_mode = stereo_mode.or(t.stereo_mode);
     t.frame_ms = r.frame_ms.take().or(t.frame_ms);
     t.vbr_quality = r.vbr_quality.take().or(t.vbr_quality);
     t.abr = r.abr.take().unwrap_or(t.abr);
-    if t.from.is_empty() || t.codec.is_empty() || t.bitrate_kbps == 0 {
+    if t.from.is_empty() || t.bitrate_kbps == 0 || (create && !codec_given) {
         problems.push("a transcoded mount needs --from, --codec and --bitrate".to_owned());
     }
     if let Err(e) = t.settings() {
@@ -574,7 +583,7 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     if let Some(specs) = r.filters.take() {
         m.filters.clear();
         for spec in specs {
-            match crate::plugin::parse_ref(&spec) {
+            match crate::model::parse_ref(&spec) {
                 Ok(p) => m.filters.push(p),
                 Err(e) => problems.push(format!("filter: {e}")),
             }
@@ -583,7 +592,7 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     match r.policy.take().as_deref() {
         None => {}
         Some("") => m.policy = None,
-        Some(spec) => match crate::plugin::parse_ref(spec) {
+        Some(spec) => match crate::model::parse_ref(spec) {
             Ok(p) => m.policy = Some(p),
             Err(e) => problems.push(format!("policy: {e}")),
         },
@@ -591,8 +600,8 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     match r.routing.take().as_deref() {
         None => {}
         Some("") => m.routing = None,
-        Some(spec) => match spec.parse::<crate::cluster::routing::NativePolicy>() {
-            Ok(p) => m.routing = Some(p.to_string()),
+        Some(spec) => match spec.parse::<crate::model::NativePolicy>() {
+            Ok(p) => m.routing = Some(p),
             Err(e) => problems.push(format!("routing: {e}")),
         },
     }

@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::cluster::coordinator::{PluginRecord, PluginVersion};
 use crate::control::admin::storage_error;
 use crate::http::Response;
+use crate::model::validate_name;
+use crate::model::{PluginRecord, PluginVersion};
 use crate::node::State;
-use crate::plugin::{validate_name, Plugins};
+use crate::plugin::Plugins;
 use crate::sync::Locked;
 
 /// Mounts that attach plugin `name` (as a filter or as their policy).
@@ -211,7 +212,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         Some(p) if !p.is_empty() => format!("{name}:{p}"),
         _ => name.to_owned(),
     };
-    let pref = match crate::plugin::parse_ref(&spec) {
+    let pref = match crate::model::parse_ref(&spec) {
         Ok(p) => p,
         Err(e) => return Response::error(400, e),
     };
@@ -222,7 +223,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
     let nodes = sample_nodes(n);
     let outcome = tokio::task::block_in_place(|| {
         let rt = tokio::runtime::Handle::current();
-        let loaded = crate::plugin::resolve(state, &pref, crate::plugin::Kind::Policy, &rt)?;
+        let loaded = crate::plugin::resolve(state, &pref, crate::model::Kind::Policy, &rt)?;
         let mut policy = WasmPolicy::new(
             state.plugins.clone(),
             loaded,
@@ -244,7 +245,7 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
         state
             .config
             .routing
-            .parse::<crate::cluster::routing::NativePolicy>()
+            .parse::<crate::model::NativePolicy>()
             .unwrap_or_default()
             .rank(&nodes, &mut rand::thread_rng())
     });

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use crate::cluster::coordinator::{MountConfig, StationConfig};
 use crate::control::admin::storage_error;
 use crate::http::Response;
+use crate::model::{MountConfig, StationConfig};
 use crate::node::State;
 
 #[derive(Deserialize, Default)]
@@ -41,7 +41,7 @@ fn view(state: &State, s: &StationConfig) -> serde_json::Value {
     json!({
         "name": s.name,
         "policy": s.policy.as_ref().map(ToString::to_string),
-        "routing": s.routing.clone().unwrap_or_else(|| state.config.routing.clone()),
+        "routing": s.routing.as_ref().unwrap_or(&state.default_routing).to_string(),
         "mounts": mounts,
     })
 }
@@ -68,7 +68,7 @@ fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut
     match r.policy.as_deref() {
         None => {}
         Some("") => s.policy = None,
-        Some(spec) => match crate::plugin::parse_ref(spec) {
+        Some(spec) => match crate::model::parse_ref(spec) {
             Ok(p) => match crate::plugin::check_policy(state, &p) {
                 Ok(()) => s.policy = Some(p),
                 Err(e) => problems.push(e),
@@ -79,8 +79,8 @@ fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut
     match r.routing.as_deref() {
         None => {}
         Some("") => s.routing = None,
-        Some(spec) => match spec.parse::<crate::cluster::routing::NativePolicy>() {
-            Ok(p) => s.routing = Some(p.to_string()),
+        Some(spec) => match spec.parse::<crate::model::NativePolicy>() {
+            Ok(p) => s.routing = Some(p),
             Err(e) => problems.push(format!("routing: {e}")),
         },
     }

@@ -17,10 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::validate_mount_path;
 use crate::http::{RequestHead, Response};
 use crate::hub::{Hub, HubParams, StreamProps};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::model::validate_mount_path;
 use crate::node::{refusal, send, State};
 
 pub async fn serve(

@@ -16,10 +16,11 @@ use tokio::sync::{broadcast, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::auth::{Gate, Verdict};
-use crate::cluster::coordinator::{ConfigEvent, Coordinator, MountConfig};
+use crate::cluster::coordinator::{ConfigEvent, Coordinator};
 use crate::config::ServeConfig;
 use crate::http::{read_head, RequestHead, Response};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::model::MountConfig;
 use crate::sync::Locked;
 
 pub struct State {
@@ -36,6 +37,8 @@ pub struct State {
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Plugins>,
+    /// The native routing chain of mounts and stations that set none (`--routing`).
+    pub default_routing: crate::model::NativePolicy,
     /// Listener routing's memory of where it sent listeners since the last load reports.
     pub routing: crate::cluster::routing::Predictor,
     /// Relays of mounts another node produces.
@@ -66,7 +69,10 @@ impl State {
             coordinator.clone(),
             secret.clone(),
         ));
+        // Checked when the configuration was loaded.
+        let default_routing = config.routing.parse().unwrap_or_default();
         State {
+            default_routing,
             config,
             coordinator,
             gate,
@@ -350,7 +356,7 @@ fn give_up_origins(state: &Arc<State>) {
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.
 fn sync_transcoders(state: &Arc<State>) {
-    let wanted: HashMap<String, crate::cluster::coordinator::TranscodeConfig> = state
+    let wanted: HashMap<String, crate::model::TranscodeConfig> = state
         .coordinator
         .mounts()
         .into_iter()

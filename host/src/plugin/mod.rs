@@ -25,7 +25,8 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::cluster::coordinator::{MountConfig, PluginVersion};
+use crate::model::{Kind, PluginRef};
+use crate::model::{MountConfig, PluginVersion};
 use crate::node::State;
 use crate::sync::Locked;
 
@@ -68,23 +69,6 @@ pub(crate) mod bindings {
 }
 
 use bindings::filter::tidecast::plugin as wit;
-
-/// Which world a component implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Filter,
-    Policy,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Filter => "filter",
-            Kind::Policy => "policy",
-        }
-    }
-}
 
 /// Limits applied to every instance.
 #[derive(Debug, Clone, Copy)]
@@ -1113,98 +1097,10 @@ pub fn source_title_hooks(state: &State, mount: &str, title: String) -> String {
     })
 }
 
-/// Parses `NAME[:key=value,...]`. A value may contain commas: a segment without `=` continues
-/// the previous value.
-pub fn parse_ref(spec: &str) -> Result<PluginRef, String> {
-    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
-    validate_name(name)?;
-    let mut params: Vec<(String, String)> = Vec::new();
-    for seg in rest
-        .split(',')
-        .filter(|s| !rest.is_empty() || !s.is_empty())
-    {
-        match seg.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                let k = k.trim().to_owned();
-                if params.iter().any(|(pk, _)| *pk == k) {
-                    return Err(format!("{spec:?}: parameter {k} given twice"));
-                }
-                params.push((k, v.to_owned()));
-            }
-            _ => match params.last_mut() {
-                Some((_, v)) => {
-                    v.push(',');
-                    v.push_str(seg);
-                }
-                None => {
-                    return Err(format!(
-                        "{spec:?}: parameters are key=value pairs after the name, e.g. gain:db=-6"
-                    ))
-                }
-            },
-        }
-    }
-    Ok(PluginRef {
-        name: name.to_owned(),
-        params,
-    })
-}
-
-/// Plugin names: 1–64 of `a-z0-9-_`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid plugin name {name:?}: use 1 to 64 of a-z, 0-9, '-' and '_'"
-        ))
-    }
-}
-
-/// A plugin attached to a mount, with its parameters.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PluginRef {
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub params: Vec<(String, String)>,
-}
-
-impl std::fmt::Display for PluginRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)?;
-        for (i, (k, v)) in self.params.iter().enumerate() {
-            f.write_str(if i == 0 { ":" } else { "," })?;
-            write!(f, "{k}={v}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plugin_refs() {
-        let r = parse_ref("gain:db=-6").unwrap();
-        assert_eq!(r.name, "gain");
-        assert_eq!(r.params, vec![("db".to_owned(), "-6".to_owned())]);
-        let r = parse_ref("rw:template={title}, live,uppercase=yes").unwrap();
-        assert_eq!(r.params[0].1, "{title}, live");
-        assert_eq!(r.params[1].1, "yes");
-        assert_eq!(r.to_string(), "rw:template={title}, live,uppercase=yes");
-        assert!(parse_ref("gain").unwrap().params.is_empty());
-        assert!(parse_ref("Gain").is_err());
-        assert!(parse_ref("gain:-6").is_err());
-        assert!(parse_ref("gain:db=1,db=2").is_err());
-    }
 
     #[test]
     fn headers() {

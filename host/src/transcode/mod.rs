@@ -20,9 +20,9 @@ use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, Strea
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::TranscodeConfig;
 use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
 use crate::metrics::Metrics;
+use crate::model::TranscodeConfig;
 use crate::node::State;
 
 /// Longest source gap filled with silence before the transcoded stream ends.
@@ -102,7 +102,7 @@ struct Output {
     source_title: String,
     /// The plugin generation and the chain (plugins and versions) the filters were built from.
     generation: u64,
-    chain_key: Vec<(crate::plugin::PluginRef, Option<String>)>,
+    chain_key: Vec<(crate::model::PluginRef, Option<String>)>,
 }
 
 impl Drop for Output {

@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(m) = tidecast::control::admin::check_mount_json(data) {
         // What is accepted is a valid mount path.
-        assert!(tidecast::cluster::coordinator::validate_mount_path(&m.path).is_ok());
+        assert!(tidecast::model::validate_mount_path(&m.path).is_ok());
     }
 });

@@ -1,0 +1,24 @@
+//! The configuration every layer shares, declared once: mounts (and how a transcoded mount is
+//! made), stations, attached plugins and native routing chains, the admin account. Serde types:
+//! the CLI and the API send them, the coordinator stores them, the pipeline and routing read
+//! them. Everything here is parsed and checked when it is stored, never on the data path.
+
+mod mount;
+mod plugin;
+pub(crate) mod routing;
+mod station;
+
+pub use mount::{validate_mount_path, MountConfig, TranscodeConfig};
+pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
+pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};
+pub use station::StationConfig;
+
+use serde::{Deserialize, Serialize};
+
+/// The admin account (cluster-wide).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCredential {
+    pub user: String,
+    pub password_hash: String,
+}
