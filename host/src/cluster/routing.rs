@@ -139,13 +139,16 @@ fn rank_with(
     request: &crate::plugin::policy::ListenerRequest,
     nodes: &[NodeLoad],
 ) -> Option<Vec<usize>> {
-    let key = crate::plugin::chain_key(state, std::slice::from_ref(&p));
+    let key = state.plugins.chain_key(std::slice::from_ref(&p));
     if slot.as_ref().is_none_or(|(k, _)| *k != key) {
         *slot = None;
         let rt = tokio::runtime::Handle::current();
-        let loaded = crate::plugin::resolve(state, &p, crate::model::Kind::Policy, &rt).ok()?;
+        let loaded = state
+            .plugins
+            .resolve(&p, crate::model::Kind::Policy, &rt)
+            .ok()?;
         let policy = WasmPolicy::new(
-            state.plugins.clone(),
+            state.plugins.runtime.clone(),
             loaded,
             format!("{} on {mount}", p.name),
             p.params.clone(),

@@ -23,7 +23,6 @@ use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
 use crate::model::{validate_mount_path, MountConfig, TranscodeConfig};
 use crate::node::{refusal, send, State};
-use crate::sync::Locked;
 
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
@@ -391,7 +390,9 @@ pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
     let Some(hub) = state.hubs.hub(mount) else {
         return ice_response(400, "Source does not exist");
     };
-    let title = crate::plugin::source_title_hooks(state, mount, crate::hub::clean_title(title));
+    let title = state
+        .plugins
+        .source_title_hooks(mount, crate::hub::clean_title(title));
     hub.set_title(&title);
     info!(%mount, %title, "metadata updated");
     ice_response(200, "Metadata update successful")
@@ -414,8 +415,9 @@ fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
         "transcode": m.transcode,
         "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "filter_status": state
-            .filter_status
-            .with(|f| f.get(&m.path).map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>())),
+            .plugins
+            .filter_status(&m.path)
+            .map(|v| v.iter().map(|s| s.json()).collect::<Vec<_>>()),
         "policy": policy.as_ref().map(ToString::to_string),
         "routing": routing.to_string(),
         "station": m.station,
@@ -680,7 +682,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
     if problems.is_empty() {
-        problems.extend(crate::plugin::check_attachments(state, &m, None));
+        problems.extend(state.plugins.check_attachments(&m, None));
     }
     if !problems.is_empty() {
         return Response::json(
@@ -727,7 +729,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     let new_password = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
     if problems.is_empty() {
-        problems.extend(crate::plugin::check_attachments(state, &m, Some(&before)));
+        problems.extend(state.plugins.check_attachments(&m, Some(&before)));
     }
     if !problems.is_empty() {
         return Response::json(

@@ -82,19 +82,16 @@ pub fn show(state: &State, name: &str) -> Response {
         .rev()
         .map(version_json)
         .collect::<Vec<_>>());
-    let running: Vec<_> = state.filter_status.with(|all| {
-        all.iter()
-            .flat_map(|(mount, list)| {
-                list.iter()
-                    .filter(|f| f.spec == name || f.spec.starts_with(&format!("{name}:")))
-                    .map(move |f| {
-                        let mut j = f.json();
-                        j["mount"] = json!(mount);
-                        j
-                    })
-            })
-            .collect()
-    });
+    let running: Vec<_> = state
+        .plugins
+        .filters_of(name)
+        .into_iter()
+        .map(|(mount, f)| {
+            let mut j = f.json();
+            j["mount"] = json!(mount);
+            j
+        })
+        .collect();
     v["running"] = json!(running);
     Response::json(200, &v)
 }
@@ -106,7 +103,7 @@ pub async fn push(state: &State, name: &str, body: &[u8]) -> Response {
     if body.is_empty() {
         return Response::error(400, "empty upload: send the .wasm file as the request body");
     }
-    let plugins: Arc<Plugins> = state.plugins.clone();
+    let plugins: Arc<Plugins> = state.plugins.runtime.clone();
     let bytes = body.to_vec();
     let validated = tokio::task::spawn_blocking(move || plugins.validate(&bytes)).await;
     let (loaded, timing, smoke) = match validated {
@@ -223,9 +220,11 @@ pub fn rank(state: &State, name: &str, body: &[u8]) -> Response {
     let nodes = sample_nodes(n);
     let outcome = tokio::task::block_in_place(|| {
         let rt = tokio::runtime::Handle::current();
-        let loaded = crate::plugin::resolve(state, &pref, crate::model::Kind::Policy, &rt)?;
+        let loaded = state
+            .plugins
+            .resolve(&pref, crate::model::Kind::Policy, &rt)?;
         let mut policy = WasmPolicy::new(
-            state.plugins.clone(),
+            state.plugins.runtime.clone(),
             loaded,
             format!("{name} (dry run)"),
             pref.params.clone(),

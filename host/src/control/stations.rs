@@ -69,7 +69,7 @@ fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut
         None => {}
         Some("") => s.policy = None,
         Some(spec) => match crate::model::parse_ref(spec) {
-            Ok(p) => match crate::plugin::check_policy(state, &p) {
+            Ok(p) => match state.plugins.check_policy(&p) {
                 Ok(()) => s.policy = Some(p),
                 Err(e) => problems.push(e),
             },

@@ -36,7 +36,7 @@ pub struct State {
     pub started: time::OffsetDateTime,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
-    pub plugins: Arc<crate::plugin::Plugins>,
+    pub plugins: Arc<crate::plugin::Host>,
     /// The native routing chain of mounts and stations that set none (`--routing`).
     pub default_routing: crate::model::NativePolicy,
     /// Listener routing's memory of where it sent listeners since the last load reports.
@@ -45,8 +45,6 @@ pub struct State {
     pub relays: Arc<crate::cluster::relay::Relays>,
     /// The cluster secret, for requests between nodes.
     pub secret: crate::cluster::peer::Secret,
-    /// What each mount's running filters are doing, for status and the API.
-    pub filter_status: Mutex<HashMap<String, Vec<crate::plugin::FilterStatus>>>,
 }
 
 impl State {
@@ -71,12 +69,18 @@ impl State {
         ));
         // Checked when the configuration was loaded.
         let default_routing = config.routing.parse().unwrap_or_default();
+        let metrics = Arc::new(metrics);
+        let plugins = Arc::new(crate::plugin::Host::new(
+            plugins,
+            coordinator.clone(),
+            metrics.clone(),
+        ));
         State {
             default_routing,
             config,
             coordinator,
             gate,
-            metrics: Arc::new(metrics),
+            metrics,
             hubs,
             load: Mutex::default(),
             started: time::OffsetDateTime::now_utc(),
@@ -85,7 +89,6 @@ impl State {
             routing: crate::cluster::routing::Predictor::default(),
             relays,
             secret,
-            filter_status: Mutex::default(),
         }
     }
 
@@ -316,7 +319,7 @@ async fn reconcile(state: Arc<State>) {
         };
         sync_transcoders(&state);
         // Running filter chains re-resolve their plugins at their next block.
-        state.plugins.changed();
+        state.plugins.runtime.changed();
         for path in deleted {
             if let Some(h) = state.hubs.hub(&path) {
                 info!(mount = %path, "mount deleted: disconnecting its source");

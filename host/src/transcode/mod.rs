@@ -126,7 +126,7 @@ impl Output {
     /// Rebuilds the filter chain between two blocks when a plugin or the mount's filters changed:
     /// the next block goes through the new chain, so listeners hear no gap.
     fn refresh_filters(&mut self, rt: &Handle) {
-        let generation = self.state.plugins.generation();
+        let generation = self.state.plugins.runtime.generation();
         if generation == self.generation {
             return;
         }
@@ -136,13 +136,15 @@ impl Output {
             .mount_config(&self.hub.mount)
             .map(|m| m.filters)
             .unwrap_or_default();
-        let key = crate::plugin::chain_key(&self.state, &refs);
+        let key = self.state.plugins.chain_key(&refs);
         if key == self.chain_key {
             return;
         }
         let format = self.pipeline.output_format();
-        let (chain, _) =
-            crate::plugin::build_chain(&self.state, &self.hub.mount, &refs, format, rt);
+        let (chain, _) = self
+            .state
+            .plugins
+            .build_chain(&self.hub.mount, &refs, format, rt);
         info!(mount = %self.hub.mount, filters = chain.len(), "filter chain swapped in");
         self.pipeline.set_filters(chain);
         self.chain_key = key;
@@ -351,10 +353,12 @@ impl Transcoder {
             .mount_config(&self.path)
             .map(|m| m.filters)
             .unwrap_or_default();
-        let generation = self.state.plugins.generation();
-        let chain_key = crate::plugin::chain_key(&self.state, &refs);
+        let generation = self.state.plugins.runtime.generation();
+        let chain_key = self.state.plugins.chain_key(&refs);
         let (chain, _) =
-            crate::plugin::build_chain(&self.state, &self.path, &refs, s.output_format(), &self.rt);
+            self.state
+                .plugins
+                .build_chain(&self.path, &refs, s.output_format(), &self.rt);
         // The pipeline first: the hub goes live only once there is something to fill it.
         let pipeline = Pipeline::new(s, chain)?;
         let hub = self.state.hubs.open(HubParams {

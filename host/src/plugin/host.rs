@@ -1,0 +1,310 @@
+//! Plugins as the data path and the control plane use them: attached to a mount by name, each
+//! resolved to its current version (through the coordinator, checked against its hash), built
+//! into filter chains and policies, checked when attached, and run as title hooks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::{filter, policy, FilterStatus, Loaded, PluginStats, Plugins};
+use crate::cluster::coordinator::Coordinator;
+use crate::metrics::Metrics;
+use crate::model::{Kind, MountConfig, PluginRef, PluginVersion};
+use crate::sync::Locked;
+
+/// The node's plugin runtime with what attaching needs: the coordinator (versions and bytes),
+/// metrics (failures) and each mount's filter status (for status and the API).
+pub struct Host {
+    pub runtime: Arc<Plugins>,
+    coordinator: Arc<dyn Coordinator>,
+    metrics: Arc<Metrics>,
+    /// What each mount's running filters are doing.
+    filter_status: Mutex<HashMap<String, Vec<FilterStatus>>>,
+    /// Title-hook chains of mounts that are not transcoded, by mount, with their chain key.
+    title_chains: Mutex<TitleChains>,
+}
+
+type TitleChains = HashMap<
+    String,
+    (
+        Vec<(PluginRef, Option<String>)>,
+        Vec<Box<dyn tidecast_codecs::Filter>>,
+    ),
+>;
+
+impl Host {
+    pub fn new(
+        runtime: Arc<Plugins>,
+        coordinator: Arc<dyn Coordinator>,
+        metrics: Arc<Metrics>,
+    ) -> Host {
+        Host {
+            runtime,
+            coordinator,
+            metrics,
+            filter_status: Mutex::default(),
+            title_chains: Mutex::default(),
+        }
+    }
+
+    /// Every running filter of plugin `name` (with any parameters), with its mount.
+    pub fn filters_of(&self, name: &str) -> Vec<(String, FilterStatus)> {
+        self.filter_status.with(|all| {
+            all.iter()
+                .flat_map(|(mount, list)| {
+                    list.iter()
+                        .filter(|f| f.spec == name || f.spec.starts_with(&format!("{name}:")))
+                        .map(|f| (mount.clone(), f.clone()))
+                })
+                .collect()
+        })
+    }
+
+    /// What `mount`'s running filters are doing, if it has any.
+    pub fn filter_status(&self, mount: &str) -> Option<Vec<FilterStatus>> {
+        self.filter_status.with(|f| f.get(mount).cloned())
+    }
+
+    /// The current version of plugin `r.name`, loaded: from memory, else its stored bytes through the
+    /// coordinator (compiled, or loaded from the disk cache). Blocking; `rt` runs the store read.
+    pub fn resolve(
+        &self,
+        r: &PluginRef,
+        want: Kind,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<Loaded>, String> {
+        let version = self.current_version(&r.name)?;
+        if version.kind != want {
+            return Err(format!(
+                "plugin {} is a {}, not a {}",
+                r.name,
+                version.kind.as_str(),
+                want.as_str()
+            ));
+        }
+        if let Some(l) = self.runtime.get(&version.hash) {
+            return Ok(l);
+        }
+        let bytes = rt
+            .block_on(self.coordinator.plugin_blob(&version.hash))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "the stored bytes of plugin {} (version {}) are missing; push it again",
+                    r.name, version.hash
+                )
+            })?;
+        // The store (etcd above all) is not trusted blindly: the bytes must be what was uploaded.
+        if Plugins::hash(&bytes) != version.hash {
+            return Err(format!(
+                "the stored bytes of plugin {} do not match their hash {}: push it again",
+                r.name, version.hash
+            ));
+        }
+        self.runtime
+            .load(&bytes)
+            .map(|(l, _)| l)
+            .map_err(|e| e.to_string())
+    }
+
+    fn current_version(&self, name: &str) -> Result<PluginVersion, String> {
+        self
+        .coordinator
+        .plugin(name)
+        .and_then(|rec| rec.current().cloned())
+        .ok_or_else(|| {
+            format!("no plugin named {name}; push it first with `tidecast plugin push {name} FILE.wasm`")
+        })
+    }
+
+    /// What a chain is made of: each reference with the version it resolves to now. A running chain
+    /// is rebuilt only when this changes, so editing another mount keeps filter state.
+    pub fn chain_key(&self, refs: &[PluginRef]) -> Vec<(PluginRef, Option<String>)> {
+        refs.iter()
+            .map(|r| {
+                (
+                    r.clone(),
+                    self.current_version(&r.name).ok().map(|v| v.hash),
+                )
+            })
+            .collect()
+    }
+
+    /// Builds `mount`'s filter chain for audio in `format` (channels 0: metadata hooks only). A
+    /// filter that cannot start is left out, logged and shown in status; the others run. Blocking.
+    pub fn build_chain(
+        &self,
+        mount: &str,
+        refs: &[PluginRef],
+        format: tidecast_codecs::decode::AudioFormat,
+        rt: &tokio::runtime::Handle,
+    ) -> (Vec<Box<dyn tidecast_codecs::Filter>>, Vec<FilterStatus>) {
+        let mut chain: Vec<Box<dyn tidecast_codecs::Filter>> = Vec::new();
+        let mut status = Vec::new();
+        for r in refs {
+            let stats = Arc::new(PluginStats::default());
+            let label = format!("{} on {mount}", r.name);
+            let built = self.resolve(r, Kind::Filter, rt).and_then(|loaded| {
+                let hash = loaded.hash.clone();
+                let labels = crate::metrics::PluginLabel {
+                    mount: mount.to_owned(),
+                    plugin: r.name.clone(),
+                };
+                let failures = self.metrics.plugin_failures.get_or_create(&labels).clone();
+                let quarantined = self
+                    .metrics
+                    .plugin_quarantined
+                    .get_or_create(&labels)
+                    .clone();
+                quarantined.set(0);
+                let f = filter::WasmFilter::new(
+                    self.runtime.clone(),
+                    loaded,
+                    label.clone(),
+                    r.params.clone(),
+                    format,
+                    stats.clone(),
+                    Box::new(move |q| {
+                        failures.inc();
+                        if q {
+                            quarantined.set(1);
+                        }
+                    }),
+                )?;
+                Ok((f, hash))
+            });
+            match built {
+                Ok((f, hash)) => {
+                    chain.push(Box::new(f));
+                    status.push(FilterStatus {
+                        spec: r.to_string(),
+                        hash,
+                        stats,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(plugin = %label, error = %e, "filter not started; the chain runs without it");
+                    stats.not_started(e);
+                    status.push(FilterStatus {
+                        spec: r.to_string(),
+                        hash: String::new(),
+                        stats,
+                    });
+                }
+            }
+        }
+        {
+            let mut m = self.filter_status.locked();
+            if status.is_empty() {
+                m.remove(mount);
+            } else {
+                m.insert(mount.to_owned(), status.clone());
+            }
+        }
+        (chain, status)
+    }
+
+    /// The checks of attaching plugins to `m` (only what changed since `before`): every plugin exists,
+    /// is of the right kind, and accepts its parameters for the mount's audio format. Returns every
+    /// problem; runs plugin code (under the usual limits), so it blocks in place.
+    pub fn check_attachments(&self, m: &MountConfig, before: Option<&MountConfig>) -> Vec<String> {
+        let filters_changed =
+            before.is_none_or(|b| b.filters != m.filters || b.transcode != m.transcode);
+        let policy_changed = before.is_none_or(|b| b.policy != m.policy);
+        if !(filters_changed && !m.filters.is_empty() || policy_changed && m.policy.is_some()) {
+            return Vec::new();
+        }
+        let format = filter_format(m);
+        tokio::task::block_in_place(|| {
+            let rt = tokio::runtime::Handle::current();
+            let mut problems = Vec::new();
+            if filters_changed {
+                for r in &m.filters {
+                    let checked = self.resolve(r, Kind::Filter, &rt).and_then(|loaded| {
+                        filter::WasmFilter::new(
+                            self.runtime.clone(),
+                            loaded,
+                            format!("{} (attach check)", r.name),
+                            r.params.clone(),
+                            format,
+                            Arc::default(),
+                            Box::new(|_| {}),
+                        )
+                        .map(drop)
+                    });
+                    if let Err(e) = checked {
+                        problems.push(format!("filter {r}: {e}"));
+                    }
+                }
+            }
+            if let (true, Some(r)) = (policy_changed, &m.policy) {
+                if let Err(e) = self.check_policy_in(r, &rt) {
+                    problems.push(e);
+                }
+            }
+            problems
+        })
+    }
+
+    /// Builds policy `r` with its parameters, as attaching it to a mount or station would.
+    pub fn check_policy(&self, r: &PluginRef) -> Result<(), String> {
+        tokio::task::block_in_place(|| self.check_policy_in(r, &tokio::runtime::Handle::current()))
+    }
+
+    fn check_policy_in(&self, r: &PluginRef, rt: &tokio::runtime::Handle) -> Result<(), String> {
+        self.resolve(r, Kind::Policy, rt)
+            .and_then(|loaded| {
+                policy::WasmPolicy::new(
+                    self.runtime.clone(),
+                    loaded,
+                    format!("{} (attach check)", r.name),
+                    r.params.clone(),
+                )
+                .map(drop)
+            })
+            .map_err(|e| format!("policy {r}: {e}"))
+    }
+
+    /// Runs a title sent by a source (`/admin/metadata`) through the title hooks of its mount's
+    /// filters. Transcoded mounts run their hooks in their pipeline instead. The instances are kept
+    /// per mount (hooks may keep state) and rebuilt when the chain changes.
+    pub fn source_title_hooks(&self, mount: &str, title: String) -> String {
+        let Some(m) = self.coordinator.mount(mount) else {
+            return title;
+        };
+        if m.filters.is_empty() || m.transcode.is_some() {
+            self.title_chains.locked().remove(mount);
+            return title;
+        }
+        tokio::task::block_in_place(|| {
+            let rt = tokio::runtime::Handle::current();
+            let key = self.chain_key(&m.filters);
+            let mut chains = self.title_chains.locked();
+            if chains.get(mount).is_none_or(|(k, _)| *k != key) {
+                let (chain, _) = self.build_chain(mount, &m.filters, filter_format(&m), &rt);
+                chains.insert(mount.to_owned(), (key, chain));
+            }
+            let mut t = title;
+            if let Some((_, chain)) = chains.get_mut(mount) {
+                for f in chain.iter_mut() {
+                    if let Some(new) = f.on_title(&t) {
+                        t = new;
+                    }
+                }
+            }
+            t
+        })
+    }
+}
+
+/// The format a mount's filters see: the encoder's input on a transcoded mount; none (metadata
+/// hooks only) elsewhere.
+fn filter_format(m: &MountConfig) -> tidecast_codecs::decode::AudioFormat {
+    m.transcode
+        .as_ref()
+        .and_then(|t| t.settings().ok())
+        .map(|s| s.output_format())
+        .unwrap_or(tidecast_codecs::decode::AudioFormat {
+            sample_rate: 0,
+            channels: 0,
+        })
+}
