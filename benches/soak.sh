@@ -130,7 +130,8 @@ run_phase() {
   # after its last listener and waits 30 s for a new origin when its source is gone.
   if [ "$phase" = single ]; then sleep 15; else sleep 60; fi
   echo
-  sed 's/^/    /' "$work/load-$phase.log" | tail -n 4
+  # Every minute of the load, so a dip can be matched with what happened then.
+  sed 's/^/    /' "$work/load-$phase.log"
   local ok=1 k=0
   for p in "${nodepids[@]}"; do
     local after

@@ -469,6 +469,22 @@ fn cache_key(password: &str, hash: &str) -> [u8; 32] {
     d.finalize().into()
 }
 
+/// The answer to credentials that were not granted: `denied` for wrong ones, 429 or 503 with a
+/// Retry-After when the check was throttled or the node too busy to make it.
+pub fn refusal(verdict: Verdict, denied: crate::http::Response) -> crate::http::Response {
+    let (status, message, wait) = match verdict {
+        Verdict::Throttled(wait) => (
+            429,
+            "too many failed logins from your address: retry later",
+            wait,
+        ),
+        Verdict::Busy(wait) => (503, "busy checking other logins: retry later", wait),
+        Verdict::Granted | Verdict::Denied => return denied,
+    };
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    crate::http::Response::error(status, message).header("Retry-After", secs.to_string())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

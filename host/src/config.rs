@@ -34,6 +34,23 @@ macro_rules! serve_settings {
         }
 
         impl ServeConfig {
+    /// The base URL clients used to reach us (for playlists and status).
+    pub fn base_url(&self, req: Option<&crate::http::RequestHead>) -> String {
+        let host = req
+            .and_then(|r| r.header("host"))
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_owned)
+            .unwrap_or_else(|| {
+                if self.hostname.is_empty() {
+                    self.listen.to_string()
+                } else {
+                    format!("{}:{}", self.hostname, self.listen.port())
+                }
+            });
+        format!("http://{host}")
+    }
+
+
             fn merge(args: ServeArgs, file: FileConfig) -> ServeConfig {
                 ServeConfig {
                     $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*

@@ -416,6 +416,74 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+/// The CORS answer to a request: any origin may play streams and read status pages (web
+/// players on other sites), with the ICY headers exposed.
+pub struct Cors {
+    origin: Option<String>,
+    request_headers: Option<String>,
+}
+
+impl Cors {
+    pub fn from(req: &RequestHead) -> Cors {
+        Cors {
+            origin: req.header("origin").map(str::to_owned),
+            request_headers: req
+                .header("access-control-request-headers")
+                .map(str::to_owned),
+        }
+    }
+
+    pub fn headers(&self, preflight: bool) -> Vec<(&'static str, String)> {
+        let mut h = vec![(
+            "Access-Control-Allow-Origin",
+            self.origin.clone().unwrap_or_else(|| "*".to_owned()),
+        )];
+        if self.origin.is_some() {
+            h.push(("Vary", "Origin".to_owned()));
+        }
+        h.push((
+            "Access-Control-Expose-Headers",
+            "icy-br, icy-description, icy-genre, icy-metaint, icy-name, icy-pub, icy-url, ice-audio-info".to_owned(),
+        ));
+        if preflight {
+            h.push((
+                "Access-Control-Allow-Methods",
+                "GET, HEAD, OPTIONS".to_owned(),
+            ));
+            h.push((
+                "Access-Control-Allow-Headers",
+                self.request_headers
+                    .clone()
+                    .unwrap_or_else(|| "Icy-MetaData, Range".to_owned()),
+            ));
+            h.push(("Access-Control-Max-Age", "86400".to_owned()));
+            h.push(("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE".to_owned()));
+        }
+        h
+    }
+
+    pub fn apply(&self, mut r: Response, preflight: bool) -> Response {
+        r.headers.extend(self.headers(preflight));
+        r
+    }
+}
+
+/// Writes a complete response, bounded in time; errors only mean the client left.
+pub async fn send(
+    stream: &mut tokio::net::TcpStream,
+    r: &Response,
+    version: &str,
+    head_only: bool,
+) {
+    let bytes = r.to_bytes(version, head_only);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncWriteExt::write_all(stream, &bytes),
+    )
+    .await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

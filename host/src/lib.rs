@@ -26,6 +26,7 @@ pub mod control;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod model;

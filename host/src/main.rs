@@ -181,9 +181,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             plugins,
         ));
         let dns = dns.map(|(sockets, zone)| {
-            let state = state.clone();
+            let load = state.load.clone();
             tokio::spawn(async move {
-                if let Err(e) = dns::serve(state, sockets, zone).await {
+                if let Err(e) = dns::serve(load, sockets, zone).await {
                     tracing::error!(error = %e, "DNS server stopped");
                 }
             })

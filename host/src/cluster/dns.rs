@@ -31,7 +31,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::ServerFuture;
 use tracing::{info, warn};
 
-use crate::node::State;
+use super::load::Load;
 use crate::sync::Locked;
 
 /// Most addresses in one answer for the zone's name.
@@ -108,7 +108,7 @@ impl Zone {
 /// Cheap to clone: hickory-server owns one (UDP), the TCP side another.
 #[derive(Clone)]
 struct Handler {
-    state: Arc<State>,
+    load: Arc<Load>,
     zone: Arc<Zone>,
     limiter: Arc<Mutex<RateLimiter>>,
 }
@@ -164,7 +164,7 @@ impl Handler {
     /// The addresses of the live nodes, least loaded first: all of them for the zone's name, or
     /// one node's for `<node>.<zone>`. `None`: no such name.
     fn addresses(&self, name: &LowerName) -> Option<Vec<IpAddr>> {
-        let mut nodes = self.state.cluster_nodes();
+        let mut nodes = self.load.nodes();
         let ip = |url: &str| -> Option<IpAddr> {
             let authority = url.strip_prefix("http://")?.split('/').next()?;
             let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
@@ -323,11 +323,11 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Sockets> {
 
 /// Serves the zone until the task is dropped: UDP through hickory-server, TCP here (hickory's
 /// TCP listener takes every connection offered).
-pub async fn serve(state: Arc<State>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
+pub async fn serve(load: Arc<Load>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
     let Sockets { udp, tcp } = sockets;
     info!(addr = ?udp.local_addr().ok(), zone = %zone.origin, "authoritative DNS for the cluster zone");
     let handler = Handler {
-        state,
+        load,
         zone: Arc::new(zone),
         limiter: Arc::default(),
     };
@@ -351,7 +351,7 @@ pub const TCP_QUERIES: usize = 100;
 /// Accepts DNS over TCP within the bounds above.
 async fn serve_tcp(handler: Handler, listener: tokio::net::TcpListener) {
     let open = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
-    let per_address = crate::node::PerAddress::new(TCP_PER_ADDRESS);
+    let per_address = crate::limits::PerAddress::new(TCP_PER_ADDRESS);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,

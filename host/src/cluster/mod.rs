@@ -7,6 +7,7 @@
 pub mod coordinator;
 pub mod dns;
 pub mod etcd;
+pub mod load;
 pub mod peer;
 pub mod relay;
 pub mod routing;

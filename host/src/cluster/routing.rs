@@ -17,16 +17,23 @@ pub use crate::model::NativePolicy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::coordinator::NodeReport;
-use crate::node::State;
-use crate::plugin::policy::{node_id, NodeLoad, WasmPolicy};
+use crate::cluster::coordinator::{Coordinator, NodeReport};
+use crate::hub::Registry;
+use crate::model::{Kind, MountConfig, PluginRef};
+use crate::plugin::policy::{node_id, ListenerRequest, NodeLoad, WasmPolicy};
 use crate::sync::Locked;
 
-/// Routing's state on this node: the predictor (listeners sent to each node since its last
-/// report: node name → (report sequence, count)) and the mounts' policy instances, kept between
-/// requests with the plugin version they were built from.
-#[derive(Default)]
-pub struct Predictor {
+/// Listener routing on this node: what it reads (the nodes' reports through the coordinator,
+/// this node's hubs for bit rates, plugins for policies, the node's default chain), the
+/// predictor (listeners sent to each node since its last report: node name → (report
+/// sequence, count)) and the mounts' policy instances, kept between requests with the plugin
+/// version they were built from.
+pub struct Router {
+    coordinator: Arc<dyn Coordinator>,
+    hubs: Arc<Registry>,
+    plugins: Arc<crate::plugin::Host>,
+    /// The chain of mounts and stations that set none (`--routing`).
+    pub default_chain: NativePolicy,
     sent: Mutex<HashMap<String, (u64, u32)>>,
     /// One slot per mount, so mounts never wait for each other's policy. A slot is locked
     /// asynchronously (requests for one mount queue without holding a thread; the queue is
@@ -34,10 +41,26 @@ pub struct Predictor {
     policies: Mutex<HashMap<String, PolicySlot>>,
 }
 
-type ChainKey = Vec<(crate::model::PluginRef, Option<String>)>;
+type ChainKey = Vec<(PluginRef, Option<String>)>;
 type PolicySlot = Arc<tokio::sync::Mutex<Option<(ChainKey, WasmPolicy)>>>;
 
-impl Predictor {
+impl Router {
+    pub fn new(
+        coordinator: Arc<dyn Coordinator>,
+        hubs: Arc<Registry>,
+        plugins: Arc<crate::plugin::Host>,
+        default_chain: NativePolicy,
+    ) -> Router {
+        Router {
+            coordinator,
+            hubs,
+            plugins,
+            default_chain,
+            sent: Mutex::default(),
+            policies: Mutex::default(),
+        }
+    }
+
     fn pending(&self, n: &NodeReport) -> u32 {
         self.sent
             .with(|m| {
@@ -64,130 +87,123 @@ impl Predictor {
             e.1 = e.1.saturating_add(1);
         }
     }
-}
 
-/// Where a listener of `mount` from `client` should go: `Some(url)` of another node's
-/// `/_stream/<mount>`, or `None` to serve here.
-pub async fn route(
-    state: &Arc<State>,
-    mount: &str,
-    client: &str,
-    user_agent: &str,
-) -> Option<String> {
-    let reports = state.coordinator.nodes();
-    if reports.len() < 2 {
-        return None;
-    }
-    let origin = state.coordinator.origin_node(mount);
-    let config = state.mount_config(mount);
-    let per_listener = kbps_per_listener(state, mount);
-    let nodes: Vec<NodeLoad> = reports
-        .iter()
-        .map(|n| (n, state.routing.pending(n)))
-        .map(|(n, pending)| NodeLoad {
-            id: node_id(&n.name),
-            listeners: n.listeners.saturating_add(pending),
-            max_listeners: n.max_listeners,
-            // A listener sent since the report is expected to take about the mount's share.
-            bandwidth_kbps: n
-                .bandwidth_kbps
-                .saturating_add(pending.saturating_mul(per_listener)),
-            max_bandwidth_kbps: n.max_bandwidth_kbps,
-            cpu_percent: n.cpu_percent as f32,
-            mount_listeners: n.mounts.get(mount).copied().unwrap_or(0),
-            is_origin: origin.as_deref() == Some(n.name.as_str()),
-        })
-        .collect();
-    let (policy, chain) = config
-        .as_ref()
-        .map(|m| for_mount(state, m))
-        .unwrap_or_else(|| (None, state.default_routing.clone()));
-    let ranked = match policy {
-        Some(p) => {
-            let slot = state.routing.slot(mount).lock_owned().await;
-            let request = crate::plugin::policy::request(client, user_agent, mount);
-            let (state, mount, nodes) = (state.clone(), mount.to_owned(), nodes.clone());
-            // Instantiating (up to 100 ms) and ranking (up to 5 ms) never run on an IO thread.
-            tokio::task::spawn_blocking(move || {
-                rank_with(&state, slot, &mount, p, &request, &nodes)
-            })
-            .await
-            .ok()
-            .flatten()
+    /// Where a listener of `mount` from `client` should go: `Some(url)` of another node's
+    /// `/_stream/<mount>`, or `None` to serve here.
+    pub async fn route(
+        self: &Arc<Self>,
+        mount: &str,
+        client: &str,
+        user_agent: &str,
+    ) -> Option<String> {
+        let reports = self.coordinator.nodes();
+        if reports.len() < 2 {
+            return None;
         }
-        None => None,
-    };
-    let ranked = ranked.unwrap_or_else(|| chain.rank(&nodes, &mut rand::thread_rng()));
-    let chosen = &reports[*ranked.first()?];
-    state.routing.sent_to(chosen);
-    if chosen.name == state.coordinator.node_name() {
-        return None;
+        let origin = self.coordinator.origin_node(mount);
+        let config = self.coordinator.mount(mount);
+        let per_listener = self.kbps_per_listener(mount);
+        let nodes: Vec<NodeLoad> = reports
+            .iter()
+            .map(|n| (n, self.pending(n)))
+            .map(|(n, pending)| NodeLoad {
+                id: node_id(&n.name),
+                listeners: n.listeners.saturating_add(pending),
+                max_listeners: n.max_listeners,
+                // A listener sent since the report is expected to take about the mount's share.
+                bandwidth_kbps: n
+                    .bandwidth_kbps
+                    .saturating_add(pending.saturating_mul(per_listener)),
+                max_bandwidth_kbps: n.max_bandwidth_kbps,
+                cpu_percent: n.cpu_percent as f32,
+                mount_listeners: n.mounts.get(mount).copied().unwrap_or(0),
+                is_origin: origin.as_deref() == Some(n.name.as_str()),
+            })
+            .collect();
+        let (policy, chain) = config
+            .as_ref()
+            .map(|m| self.for_mount(m))
+            .unwrap_or_else(|| (None, self.default_chain.clone()));
+        let ranked = match policy {
+            Some(p) => {
+                let slot = self.slot(mount).lock_owned().await;
+                let request = crate::plugin::policy::request(client, user_agent, mount);
+                let (router, mount, nodes) = (self.clone(), mount.to_owned(), nodes.clone());
+                // Instantiating (up to 100 ms) and ranking (up to 5 ms) never run on an IO thread.
+                tokio::task::spawn_blocking(move || {
+                    router.rank_with(slot, &mount, p, &request, &nodes)
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+            None => None,
+        };
+        let ranked = ranked.unwrap_or_else(|| chain.rank(&nodes, &mut rand::thread_rng()));
+        let chosen = &reports[*ranked.first()?];
+        self.sent_to(chosen);
+        if chosen.name == self.coordinator.node_name() {
+            return None;
+        }
+        Some(format!(
+            "{}/_stream{mount}",
+            chosen.url.trim_end_matches('/')
+        ))
     }
-    Some(format!(
-        "{}/_stream{mount}",
-        chosen.url.trim_end_matches('/')
-    ))
-}
 
-/// Ranks `nodes` with the mount's policy plugin `p` in its slot, building (or rebuilding, after a
-/// new version) the instance first. Blocking. `None`: use the native chain.
-fn rank_with(
-    state: &Arc<State>,
-    mut slot: tokio::sync::OwnedMutexGuard<Option<(ChainKey, WasmPolicy)>>,
-    mount: &str,
-    p: crate::model::PluginRef,
-    request: &crate::plugin::policy::ListenerRequest,
-    nodes: &[NodeLoad],
-) -> Option<Vec<usize>> {
-    let key = state.plugins.chain_key(std::slice::from_ref(&p));
-    if slot.as_ref().is_none_or(|(k, _)| *k != key) {
-        *slot = None;
-        let rt = tokio::runtime::Handle::current();
-        let loaded = state
-            .plugins
-            .resolve(&p, crate::model::Kind::Policy, &rt)
+    /// Ranks `nodes` with the mount's policy plugin `p` in its slot, building (or rebuilding, after a
+    /// new version) the instance first. Blocking. `None`: use the native chain.
+    fn rank_with(
+        &self,
+        mut slot: tokio::sync::OwnedMutexGuard<Option<(ChainKey, WasmPolicy)>>,
+        mount: &str,
+        p: PluginRef,
+        request: &ListenerRequest,
+        nodes: &[NodeLoad],
+    ) -> Option<Vec<usize>> {
+        let key = self.plugins.chain_key(std::slice::from_ref(&p));
+        if slot.as_ref().is_none_or(|(k, _)| *k != key) {
+            *slot = None;
+            let rt = tokio::runtime::Handle::current();
+            let loaded = self.plugins.resolve(&p, Kind::Policy, &rt).ok()?;
+            let policy = WasmPolicy::new(
+                self.plugins.runtime.clone(),
+                loaded,
+                format!("{} on {mount}", p.name),
+                p.params.clone(),
+            )
             .ok()?;
-        let policy = WasmPolicy::new(
-            state.plugins.runtime.clone(),
-            loaded,
-            format!("{} on {mount}", p.name),
-            p.params.clone(),
-        )
-        .ok()?;
-        *slot = Some((key, policy));
+            *slot = Some((key, policy));
+        }
+        let (_, policy) = slot.as_mut()?;
+        policy.rank(request, nodes)
     }
-    let (_, policy) = slot.as_mut()?;
-    policy.rank(request, nodes)
-}
 
-/// The bit rate one listener of `mount` is expected to take, in kbit/s: the stream's announced
-/// `icy-br` if this node has the mount live, else 128.
-fn kbps_per_listener(state: &State, mount: &str) -> u32 {
-    state
-        .hubs
-        .hub(mount)
-        .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
-        .unwrap_or(128)
-}
+    /// The bit rate one listener of `mount` is expected to take, in kbit/s: the stream's announced
+    /// `icy-br` if this node has the mount live, else 128.
+    fn kbps_per_listener(&self, mount: &str) -> u32 {
+        self.hubs
+            .hub(mount)
+            .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
+            .unwrap_or(128)
+    }
 
-/// The policy plugin and native routing chain that route `m`'s listeners: the mount's own, else
-/// its station's, else (the chain) the node's `--routing`.
-pub fn for_mount(
-    state: &State,
-    m: &crate::model::MountConfig,
-) -> (Option<crate::model::PluginRef>, NativePolicy) {
-    let station = m
-        .station
-        .as_deref()
-        .and_then(|s| state.coordinator.station(s));
-    let policy = m
-        .policy
-        .clone()
-        .or_else(|| station.as_ref().and_then(|s| s.policy.clone()));
-    let chain = m
-        .routing
-        .clone()
-        .or_else(|| station.and_then(|s| s.routing))
-        .unwrap_or_else(|| state.default_routing.clone());
-    (policy, chain)
+    /// The policy plugin and native routing chain that route `m`'s listeners: the mount's own, else
+    /// its station's, else (the chain) the node's `--routing`.
+    pub fn for_mount(&self, m: &MountConfig) -> (Option<PluginRef>, NativePolicy) {
+        let station = m
+            .station
+            .as_deref()
+            .and_then(|s| self.coordinator.station(s));
+        let policy = m
+            .policy
+            .clone()
+            .or_else(|| station.as_ref().and_then(|s| s.policy.clone()));
+        let chain = m
+            .routing
+            .clone()
+            .or_else(|| station.and_then(|s| s.routing))
+            .unwrap_or_else(|| self.default_chain.clone());
+        (policy, chain)
+    }
 }

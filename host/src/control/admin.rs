@@ -16,13 +16,15 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use crate::auth::refusal;
 use crate::auth::{generate_password, hash_password};
 use crate::cluster::coordinator::CoordError;
+use crate::http::send;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
 use crate::model::{validate_mount_path, MountConfig, TranscodeConfig};
-use crate::node::{refusal, send, State};
+use crate::node::State;
 
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
@@ -110,7 +112,7 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
 /// at most a few transcodes of transcodes.
 fn credentials_mount(state: &State, mut mount: String) -> String {
     for _ in 0..4 {
-        match state.mount_config(&mount).and_then(|m| m.transcode) {
+        match state.coordinator.mount(&mount).and_then(|m| m.transcode) {
             Some(t) => mount = t.from,
             None => break,
         }
@@ -229,7 +231,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
             crate::control::status::stats_xml(state, false),
         ),
         (_, "/admin/listclients" | "/admin/listclients.xsl") => {
-            if state.hubs.hub(&mount).is_none() && state.mount_config(&mount).is_none() {
+            if state.hubs.hub(&mount).is_none() && state.coordinator.mount(&mount).is_none() {
                 return ice_response(400, "Source does not exist");
             }
             Response::new(
@@ -320,7 +322,7 @@ async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
         (method, p) if p.starts_with("/api/v1/mounts/") => {
             let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
             match method {
-                "GET" => match state.mount_config(&mount) {
+                "GET" => match state.coordinator.mount(&mount) {
                     Some(m) => Response::json(200, &mount_view(state, &m)),
                     None => Response::error(404, format!("no such mount: {mount}")),
                 },
@@ -401,7 +403,7 @@ pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
 fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
     let hub = state.hubs.hub(&m.path);
     // What routes this mount's listeners: its own, its station's, or the node's.
-    let (policy, routing) = crate::cluster::routing::for_mount(state, m);
+    let (policy, routing) = state.router.for_mount(m);
     json!({
         "path": m.path,
         "source_user": m.source_user,
@@ -541,7 +543,7 @@ fn apply_transcode(
     if t.from == m.path {
         problems.push("a mount cannot be transcoded from itself".to_owned());
     } else if !t.from.is_empty() {
-        match state.mount_config(&t.from) {
+        match state.coordinator.mount(&t.from) {
             None => problems.push(format!(
                 "source mount {} does not exist; create it first",
                 t.from
@@ -671,7 +673,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
     if let Err(e) = validate_mount_path(&path) {
         problems.push(e);
     }
-    if state.mount_config(&path).is_some() {
+    if state.coordinator.mount(&path).is_some() {
         return Response::error(
             409,
             format!("mount {path} already exists; use `tidecast mount edit`"),
@@ -717,7 +719,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let Some(mut m) = state.mount_config(mount) else {
+    let Some(mut m) = state.coordinator.mount(mount) else {
         return Response::error(404, format!("no such mount: {mount}"));
     };
     let mut problems = Vec::new();

@@ -41,7 +41,7 @@ fn view(state: &State, s: &StationConfig) -> serde_json::Value {
     json!({
         "name": s.name,
         "policy": s.policy.as_ref().map(ToString::to_string),
-        "routing": s.routing.as_ref().unwrap_or(&state.default_routing).to_string(),
+        "routing": s.routing.as_ref().unwrap_or(&state.router.default_chain).to_string(),
         "mounts": mounts,
     })
 }

@@ -42,7 +42,7 @@ fn source_json(hub: &Hub, base: &str) -> Value {
 
 /// `/status-json.xsl`: `source` is an object for one mount, an array for several, absent for none.
 pub fn json(state: &State, req: &RequestHead) -> Value {
-    let base = state.base_url(Some(req));
+    let base = state.config.base_url(Some(req));
     let host = base
         .trim_start_matches("http://")
         .split(':')
@@ -146,7 +146,8 @@ pub fn move_destinations_xml(state: &State, mount: &str) -> String {
         .filter(|h| h.mount != mount)
     {
         let fallback = state
-            .mount_config(&h.mount)
+            .coordinator
+            .mount(&h.mount)
             .and_then(|m| m.fallback)
             .unwrap_or_default();
         out.push_str(&format!(
@@ -188,7 +189,7 @@ pub fn listclients_xml(state: &State, mount: &str) -> String {
 /// node's last load report, and every mount with its kind, the node producing it (origin or
 /// transcoder) and its listeners across the cluster. A single node shows itself.
 pub fn cluster_json(state: &State) -> Value {
-    let mut nodes = state.cluster_nodes();
+    let mut nodes = state.load.nodes();
     let clustered = !state.coordinator.node_name().is_empty();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut mounts = state.coordinator.mounts();

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tidecast_codecs::{Splitter, StreamFormat};
@@ -17,18 +18,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
+use crate::auth::refusal;
+use crate::auth::Gate;
+use crate::cluster::coordinator::Coordinator;
+use crate::http::send;
 use crate::http::{RequestHead, Response};
+use crate::hub::Registry;
 use crate::hub::{Hub, HubParams, StreamProps};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::model::validate_mount_path;
-use crate::node::{refusal, send, State};
+
+/// What ingest needs of the node: the hub registry, the coordinator (mounts, origin claims),
+/// the credentials gate, metrics and the source timeout.
+pub struct Ingest {
+    pub hubs: Arc<Registry>,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
+    /// A source that sends nothing for this long, or too little over it, is dropped.
+    pub source_timeout: Duration,
+}
 
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     req: RequestHead,
     leftover: BytesMut,
-    state: Arc<State>,
+    state: Arc<Ingest>,
 ) {
     let version = req.response_version();
     let mount = req.path.clone();
@@ -39,7 +55,7 @@ pub async fn serve(
         send(&mut stream, &refuse(400, &e), version, false).await;
         return;
     }
-    if state.mount_config(&mount).is_none() && !state.gate.open_mode() {
+    if state.coordinator.mount(&mount).is_none() && !state.gate.open_mode() {
         state.metrics.error(ErrorKind::NotFound);
         info!(%peer, %mount, "source refused: mount not declared");
         let msg = format!(
@@ -136,7 +152,7 @@ pub async fn serve(
         props: StreamProps::from_headers(|n| req.header(n)),
         source_ip: peer.ip().to_string(),
         source_agent: req.header("user-agent").unwrap_or("").to_owned(),
-        charset: state.mount_config(&mount).and_then(|m| m.charset),
+        charset: state.coordinator.mount(&mount).and_then(|m| m.charset),
     });
     state.metrics.sources.inc();
     info!(%peer, %mount, content_type, method = %req.method, agent = %hub.source_agent, "source connected");
@@ -193,7 +209,7 @@ async fn pump(
     leftover: BytesMut,
     mut body: BodyKind,
     hub: &Hub,
-    state: &State,
+    state: &Ingest,
 ) -> &'static str {
     let label = Metrics::mount(&hub.mount);
     let bytes_in = state.metrics.bytes_in.get_or_create(&label).clone();
@@ -207,7 +223,7 @@ async fn pump(
     let mut decoded = Vec::new();
     let mut read_buf = vec![0u8; 16 * 1024];
     let mut pending: Option<Bytes> = Some(leftover.freeze());
-    let timeout = state.config.source_timeout();
+    let timeout = state.source_timeout;
     // A source must deliver at least MIN_SOURCE_RATE bytes a second, judged over windows of the
     // source timeout: a byte every few seconds resets a per-read timeout forever, but does not
     // keep a mount.

@@ -23,150 +23,27 @@ use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::http::{xml_escape, RequestHead, Response};
-use crate::hub::{Hub, ReadResult};
-use crate::hub::{ListenerCtrl, ListenerTicket};
+use crate::cluster::coordinator::Coordinator;
+use crate::cluster::peer::Secret;
+use crate::cluster::relay::Relays;
+use crate::cluster::routing::Router;
+use crate::http::{send, Cors, RequestHead, Response};
+use crate::hub::{Hub, ListenerCtrl, ListenerTicket, ReadResult, Registry};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::node::{send, State};
 
 /// ICY metadata interval announced to players (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
 
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, req: RequestHead, state: Arc<State>) {
-    let version = req.response_version();
-    let head_only = req.method == "HEAD";
-    let cors = Cors::from(&req);
-    if req.method == "OPTIONS" {
-        let r = cors.apply(Response::new(204, "text/plain", ""), true);
-        send(&mut stream, &r, version, false).await;
-        return;
-    }
-    let path = req.path.clone();
-    let page = match path.as_str() {
-        "/status-json.xsl" | "/status-json" => Some(Response::json(
-            200,
-            &crate::control::status::json(&state, &req),
-        )),
-        "/metrics" => Some(Response::new(
-            200,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(),
-        )),
-        "/" => Some(index(&state, &req)),
-        _ => playlist(&state, &req),
-    };
-    if let Some(r) = page {
-        send(&mut stream, &cors.apply(r, false), version, head_only).await;
-        return;
-    }
-    stream_mount(stream, peer, req, state, cors).await;
-}
-
 /// The live hub serving `mount`: its own, or its fallback chain's while it has no source.
-fn resolve(state: &State, mount: &str) -> Option<Arc<Hub>> {
+fn resolve(state: &Listen, mount: &str) -> Option<Arc<Hub>> {
     let mut path = mount.to_owned();
     for _ in 0..4 {
         if let Some(h) = state.hubs.hub(&path) {
             return Some(h);
         }
-        path = state.mount_config(&path)?.fallback?;
+        path = state.coordinator.mount(&path)?.fallback?;
     }
     None
-}
-
-struct Cors {
-    origin: Option<String>,
-    request_headers: Option<String>,
-}
-
-impl Cors {
-    fn from(req: &RequestHead) -> Cors {
-        Cors {
-            origin: req.header("origin").map(str::to_owned),
-            request_headers: req
-                .header("access-control-request-headers")
-                .map(str::to_owned),
-        }
-    }
-
-    fn headers(&self, preflight: bool) -> Vec<(&'static str, String)> {
-        let mut h = vec![(
-            "Access-Control-Allow-Origin",
-            self.origin.clone().unwrap_or_else(|| "*".to_owned()),
-        )];
-        if self.origin.is_some() {
-            h.push(("Vary", "Origin".to_owned()));
-        }
-        h.push((
-            "Access-Control-Expose-Headers",
-            "icy-br, icy-description, icy-genre, icy-metaint, icy-name, icy-pub, icy-url, ice-audio-info".to_owned(),
-        ));
-        if preflight {
-            h.push((
-                "Access-Control-Allow-Methods",
-                "GET, HEAD, OPTIONS".to_owned(),
-            ));
-            h.push((
-                "Access-Control-Allow-Headers",
-                self.request_headers
-                    .clone()
-                    .unwrap_or_else(|| "Icy-MetaData, Range".to_owned()),
-            ));
-            h.push(("Access-Control-Max-Age", "86400".to_owned()));
-            h.push(("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE".to_owned()));
-        }
-        h
-    }
-
-    fn apply(&self, mut r: Response, preflight: bool) -> Response {
-        r.headers.extend(self.headers(preflight));
-        r
-    }
-}
-
-fn index(state: &State, req: &RequestHead) -> Response {
-    let base = state.base_url(Some(req));
-    let mut body = format!("tidecast {}\n\nLive mounts:\n", env!("CARGO_PKG_VERSION"));
-    let hubs = state.hubs.live_hubs();
-    if hubs.is_empty() {
-        body.push_str("  (none)\n");
-    }
-    for h in hubs {
-        body.push_str(&format!("  {base}{}  ({})\n", h.mount, h.content_type));
-    }
-    body.push_str("\nStatus: /status-json.xsl   Metrics: /metrics\n");
-    Response::new(200, "text/plain; charset=utf-8", body)
-}
-
-fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
-    let (mount, kind) = [".m3u", ".pls", ".xspf"]
-        .iter()
-        .find_map(|ext| req.path.strip_suffix(ext).map(|m| (m, *ext)))?;
-    let hub = state.hubs.hub(mount);
-    if hub.is_none() && state.mount_config(mount).is_none() {
-        return Some(Response::text(404, format!("no such mount: {mount}")));
-    }
-    let url = format!("{}{mount}", state.base_url(Some(req)));
-    let title = hub
-        .and_then(|h| h.props.name.clone())
-        .unwrap_or_else(|| mount.to_owned());
-    Some(match kind {
-        ".m3u" => Response::new(200, "audio/x-mpegurl", format!("{url}\n")),
-        ".pls" => Response::new(
-            200,
-            "audio/x-scpls",
-            format!("[playlist]\nNumberOfEntries=1\nFile1={url}\nTitle1={title}\nLength1=-1\nVersion=2\n"),
-        ),
-        _ => Response::new(
-            200,
-            "application/xspf+xml",
-            format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<playlist version=\"1\" xmlns=\"http://xspf.org/ns/0/\">\n  <trackList>\n    <track>\n      <location>{}</location>\n      <title>{}</title>\n    </track>\n  </trackList>\n</playlist>\n",
-                xml_escape(&url),
-                xml_escape(&title)
-            ),
-        ),
-    })
 }
 
 /// Whether a listener routed to another node is proxied there rather than redirected: the query
@@ -202,11 +79,38 @@ fn small_range(req: &RequestHead) -> Option<usize> {
     end.trim().parse::<usize>().ok().filter(|&n| n < 1 << 20)
 }
 
-async fn stream_mount(
+/// What the listener path needs of the node: the hub registry, the coordinator (mount
+/// settings, fallbacks), metrics, routing and relays for a cluster, the cluster secret (to know
+/// another node's relay), and its own settings.
+pub struct Listen {
+    pub hubs: Arc<Registry>,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
+    pub relays: Arc<Relays>,
+    pub secret: Secret,
+    pub settings: Settings,
+}
+
+/// The listener settings of the node's configuration.
+pub struct Settings {
+    /// How often each listener is written to.
+    pub write_interval: Duration,
+    /// Listeners whose User-Agent contains one of these (comma-separated) are proxied.
+    pub proxy_user_agents: String,
+    /// Listener limit of the node (0: none).
+    pub max_listeners: usize,
+    /// Kernel send buffer of each listener socket.
+    pub send_buffer: usize,
+}
+
+/// Serves a listener of a mount (`GET`/`HEAD`), here or by redirect or proxy to the node
+/// routing picks.
+pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     req: RequestHead,
-    state: Arc<State>,
+    state: Arc<Listen>,
     cors: Cors,
 ) {
     let version = req.response_version();
@@ -215,12 +119,12 @@ async fn stream_mount(
         Some(m) if m.starts_with('/') => (m.to_owned(), true),
         _ => (req.path.clone(), false),
     };
-    if !routed && state.mount_config(&wanted).is_some() {
+    if !routed && state.coordinator.mount(&wanted).is_some() {
         let client = peer.ip().to_string();
         let agent = req.header("user-agent").unwrap_or("").to_owned();
-        let target = crate::cluster::routing::route(&state, &wanted, &client, &agent).await;
+        let target = state.router.route(&wanted, &client, &agent).await;
         if let Some(url) = target {
-            let (query, proxied) = proxy_wanted(&req, &state.config.proxy_user_agents);
+            let (query, proxied) = proxy_wanted(&req, &state.settings.proxy_user_agents);
             let location = if query.is_empty() {
                 url
             } else {
@@ -263,7 +167,7 @@ async fn stream_mount(
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
     let relay = state.secret.matches(&req);
-    let node_max = state.config.max_listeners;
+    let node_max = state.settings.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
@@ -277,7 +181,7 @@ async fn stream_mount(
     };
     let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);
-        let msg = if state.mount_config(&wanted).is_some() {
+        let msg = if state.coordinator.mount(&wanted).is_some() {
             format!("mount {wanted} has no source right now")
         } else {
             format!("no such mount: {wanted}")
@@ -292,7 +196,8 @@ async fn stream_mount(
         return;
     };
     if let Some(max) = state
-        .mount_config(&wanted)
+        .coordinator
+        .mount(&wanted)
         .and_then(|m| m.max_listeners)
         .filter(|_| !relay)
     {
@@ -362,7 +267,7 @@ async fn stream_mount(
         send(&mut stream, &r, version, false).await;
         return;
     }
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.config.listener_send_buffer);
+    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.settings.send_buffer);
     let agent = req.header("user-agent").unwrap_or("").to_owned();
     let ticket = state
         .hubs
@@ -409,7 +314,7 @@ struct Conn {
     stream: TcpStream,
     icy: Option<Icy>,
     sent: u64,
-    state: Arc<State>,
+    state: Arc<Listen>,
     hub_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
@@ -485,7 +390,7 @@ impl Conn {
         mut wanted: String,
         mut ticket: ListenerTicket,
     ) -> &'static str {
-        let interval = self.state.config.write_interval();
+        let interval = self.state.settings.write_interval;
         let (headers, mut cursor) = hub.join();
         let mut queue = VecDeque::new();
         if let Some(h) = headers {

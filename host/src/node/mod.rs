@@ -7,7 +7,7 @@
 //! same way.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -15,12 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::auth::{Gate, Verdict};
+use crate::auth::Gate;
 use crate::cluster::coordinator::{ConfigEvent, Coordinator};
 use crate::config::ServeConfig;
-use crate::http::{read_head, RequestHead, Response};
+use crate::http::{read_head, send, Cors, Response};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::model::MountConfig;
 use crate::sync::Locked;
 
 pub struct State {
@@ -31,16 +30,18 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Live hubs and connected listeners: what the data-path stages share.
     pub hubs: Arc<crate::hub::Registry>,
-    /// This node's latest load measurement (`report_load`).
-    pub load: Mutex<crate::cluster::coordinator::NodeReport>,
+    /// This node's load, measured every second, and the cluster's.
+    pub load: Arc<crate::cluster::load::Load>,
     pub started: time::OffsetDateTime,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Host>,
-    /// The native routing chain of mounts and stations that set none (`--routing`).
-    pub default_routing: crate::model::NativePolicy,
-    /// Listener routing's memory of where it sent listeners since the last load reports.
-    pub routing: crate::cluster::routing::Predictor,
+    /// Listener routing (which node serves a listener).
+    pub router: Arc<crate::cluster::routing::Router>,
+    /// Ingest's handles.
+    pub ingest: Arc<crate::ingest::Ingest>,
+    /// The listener path's handles.
+    pub listen: Arc<crate::listen::Listen>,
     /// Relays of mounts another node produces.
     pub relays: Arc<crate::cluster::relay::Relays>,
     /// The cluster secret, for requests between nodes.
@@ -67,108 +68,60 @@ impl State {
             coordinator.clone(),
             secret.clone(),
         ));
-        // Checked when the configuration was loaded.
-        let default_routing = config.routing.parse().unwrap_or_default();
         let metrics = Arc::new(metrics);
         let plugins = Arc::new(crate::plugin::Host::new(
             plugins,
             coordinator.clone(),
             metrics.clone(),
         ));
+        let router = Arc::new(crate::cluster::routing::Router::new(
+            coordinator.clone(),
+            hubs.clone(),
+            plugins.clone(),
+            // Checked when the configuration was loaded.
+            config.routing.parse().unwrap_or_default(),
+        ));
+        let load = Arc::new(crate::cluster::load::Load::new(
+            coordinator.clone(),
+            hubs.clone(),
+            &config,
+        ));
+        let ingest = Arc::new(crate::ingest::Ingest {
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            gate: gate.clone(),
+            metrics: metrics.clone(),
+            source_timeout: config.source_timeout(),
+        });
+        let listen = Arc::new(crate::listen::Listen {
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            metrics: metrics.clone(),
+            router: router.clone(),
+            relays: relays.clone(),
+            secret: secret.clone(),
+            settings: crate::listen::Settings {
+                write_interval: config.write_interval(),
+                proxy_user_agents: config.proxy_user_agents.clone(),
+                max_listeners: config.max_listeners,
+                send_buffer: config.listener_send_buffer,
+            },
+        });
         State {
-            default_routing,
+            ingest,
+            listen,
             config,
             coordinator,
             gate,
             metrics,
             hubs,
-            load: Mutex::default(),
+            load,
             started: time::OffsetDateTime::now_utc(),
             transcoders: Mutex::default(),
             plugins,
-            routing: crate::cluster::routing::Predictor::default(),
+            router,
             relays,
             secret,
-        }
-    }
-
-    /// Every live node's last load report; a single node's own latest one.
-    pub fn cluster_nodes(&self) -> Vec<crate::cluster::coordinator::NodeReport> {
-        if !self.coordinator.node_name().is_empty() {
-            return self.coordinator.nodes();
-        }
-        let mut me = self.load.with(|l| l.clone());
-        me.name = "(single node)".to_owned();
-        me.url = self.base_url(None);
-        vec![me]
-    }
-
-    pub fn mount_config(&self, mount: &str) -> Option<MountConfig> {
-        self.coordinator.mount(mount)
-    }
-
-    /// The base URL clients used to reach us (for playlists and status).
-    pub fn base_url(&self, req: Option<&RequestHead>) -> String {
-        let host = req
-            .and_then(|r| r.header("host"))
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                if self.config.hostname.is_empty() {
-                    self.config.listen.to_string()
-                } else {
-                    format!("{}:{}", self.config.hostname, self.config.listen.port())
-                }
-            });
-        format!("http://{host}")
-    }
-}
-
-/// Open connections per client address (IPv6 per /64), for `--max-clients-per-address` (and
-/// DNS over TCP).
-pub(crate) struct PerAddress {
-    open: Mutex<HashMap<IpAddr, usize>>,
-    /// 0: no limit (nothing is counted).
-    max: usize,
-}
-
-/// One counted connection; dropping it gives the place back.
-pub(crate) struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
-
-impl PerAddress {
-    pub(crate) fn new(max: usize) -> Arc<PerAddress> {
-        Arc::new(PerAddress {
-            open: Mutex::default(),
-            max,
-        })
-    }
-
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        if self.max == 0 {
-            return Some(AddressSlot(None));
-        }
-        let key = crate::auth::client_key(ip);
-        let mut open = self.open.locked();
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot(Some((self.clone(), key))))
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let Some((table, key)) = self.0.take() else {
-            return;
-        };
-        let mut open = table.open.locked();
-        if let Some(n) = open.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&key);
-            }
         }
     }
 }
@@ -180,9 +133,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(state.config.max_clients));
-    let per_address = PerAddress::new(state.config.max_clients_per_address);
+    let per_address = crate::limits::PerAddress::new(state.config.max_clients_per_address);
     let reconciler = tokio::spawn(reconcile(state.clone()));
-    let reporter = tokio::spawn(report_load(state.clone()));
+    let reporter = tokio::spawn(state.load.clone().run());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -229,70 +182,6 @@ pub async fn run(
     info!("stopped accepting connections");
 }
 
-/// Measures this node's load about every second into `State::load` (for `tidecast status`),
-/// and publishes it in a cluster.
-async fn report_load(state: Arc<State>) {
-    let mut seq = 0u64;
-    // Bandwidth and CPU are averaged over the last few reports: listeners are written to in
-    // batches about once a second, so one period alone would swing between 0 and twice the rate.
-    let mut window =
-        std::collections::VecDeque::from([(std::time::Instant::now(), 0u64, cpu_seconds())]);
-    loop {
-        seq += 1;
-        let now = (
-            std::time::Instant::now(),
-            state.hubs.bytes_sent(),
-            cpu_seconds(),
-        );
-        window.push_back(now);
-        if window.len() > LOAD_WINDOW {
-            window.pop_front();
-        }
-        let first = window[0];
-        let elapsed = now.0.duration_since(first.0).as_secs_f64().max(1e-3);
-        let kbps = (now.1 - first.1) as f64 * 8.0 / 1000.0 / elapsed;
-        // As `top` shows it: 100 per busy core (the WIT's `cpu-percent`).
-        let cpu = (now.2 - first.2) / elapsed * 100.0;
-        let mounts = state.hubs.listeners_per_mount();
-        let listeners: u32 = mounts.values().sum();
-        let report = crate::cluster::coordinator::NodeReport {
-            listeners,
-            max_listeners: u32::try_from(state.config.max_listeners).unwrap_or(u32::MAX),
-            bandwidth_kbps: kbps as u32,
-            max_bandwidth_kbps: state.config.max_bandwidth_kbps,
-            cpu_percent: cpu.round() as u32,
-            mounts,
-            seq,
-            ..Default::default()
-        };
-        {
-            let mut l = state.load.locked();
-            l.clone_from(&report);
-        }
-        if !state.coordinator.node_name().is_empty() {
-            state.coordinator.report(report).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-}
-
-/// Reports that bandwidth and CPU are averaged over (one a second).
-const LOAD_WINDOW: usize = 6;
-
-/// CPU time this process has used (user + system), in seconds; 0 where `/proc` is missing.
-fn cpu_seconds() -> f64 {
-    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks
-    // (USER_HZ, 100 on Linux).
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.get(s.rfind(')')? + 2..)?;
-            let f: Vec<&str> = rest.split(' ').collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
 /// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
 /// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
 /// Other settings are read afresh by each new connection.
@@ -312,7 +201,7 @@ async fn reconcile(state: Arc<State>) {
                 .hubs
                 .live_hubs()
                 .iter()
-                .filter(|h| !state.gate.open_mode() && state.mount_config(&h.mount).is_none())
+                .filter(|h| !state.gate.open_mode() && state.coordinator.mount(&h.mount).is_none())
                 .map(|h| h.mount.clone())
                 .collect(),
             Err(broadcast::error::RecvError::Closed) => return,
@@ -418,7 +307,9 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
         _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
             crate::control::admin::serve(stream, peer, req, buf, state).await
         }
-        "SOURCE" | "PUT" => crate::ingest::serve(stream, peer, req, buf, state).await,
+        "SOURCE" | "PUT" => {
+            crate::ingest::serve(stream, peer, req, buf, state.ingest.clone()).await
+        }
         "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
             // Another node of the cluster: relaying a mount (the listener path), or asking
             // whether its lease is alive. Only with the cluster secret.
@@ -450,12 +341,23 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             // Served here, never routed elsewhere: the `/_stream/` form of the mount.
             let mut req = req;
             req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
-            crate::listen::serve(stream, peer, req, state).await
+            let cors = Cors::from(&req);
+            crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
         }
         "GET" | "HEAD" | "OPTIONS" => {
             // A listener lives for hours: do not keep its request buffer alive that long.
             drop(buf);
-            crate::listen::serve(stream, peer, req, state).await
+            let cors = Cors::from(&req);
+            let version = req.response_version();
+            if req.method == "OPTIONS" {
+                let r = cors.apply(Response::new(204, "text/plain", ""), true);
+                send(&mut stream, &r, version, false).await;
+            } else if let Some(r) = crate::control::pages::page(&state, &req) {
+                let r = cors.apply(r, false);
+                send(&mut stream, &r, version, req.method == "HEAD").await;
+            } else {
+                crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
+            }
         }
         _ => {
             let r = Response::text(405, "method not allowed")
@@ -463,31 +365,4 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
             send(&mut stream, &r, req.response_version(), false).await;
         }
     }
-}
-
-/// The answer to credentials that were not granted: `denied` for wrong ones, 429 or 503 with a
-/// Retry-After when the check was throttled or the node too busy to make it.
-pub fn refusal(verdict: Verdict, denied: Response) -> Response {
-    let (status, message, wait) = match verdict {
-        Verdict::Throttled(wait) => (
-            429,
-            "too many failed logins from your address: retry later",
-            wait,
-        ),
-        Verdict::Busy(wait) => (503, "busy checking other logins: retry later", wait),
-        Verdict::Granted | Verdict::Denied => return denied,
-    };
-    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-    Response::error(status, message).header("Retry-After", secs.to_string())
-}
-
-/// Writes a complete response, bounded in time; errors only mean the client left.
-pub async fn send(stream: &mut TcpStream, r: &Response, version: &str, head_only: bool) {
-    let bytes = r.to_bytes(version, head_only);
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::io::AsyncWriteExt::write_all(stream, &bytes),
-    )
-    .await;
-    let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
 }

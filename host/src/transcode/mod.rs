@@ -133,7 +133,8 @@ impl Output {
         self.generation = generation;
         let refs = self
             .state
-            .mount_config(&self.hub.mount)
+            .coordinator
+            .mount(&self.hub.mount)
             .map(|m| m.filters)
             .unwrap_or_default();
         let key = self.state.plugins.chain_key(&refs);
@@ -350,7 +351,8 @@ impl Transcoder {
         };
         let refs = self
             .state
-            .mount_config(&self.path)
+            .coordinator
+            .mount(&self.path)
             .map(|m| m.filters)
             .unwrap_or_default();
         let generation = self.state.plugins.runtime.generation();
@@ -368,7 +370,11 @@ impl Transcoder {
             props,
             source_ip: String::new(),
             source_agent: format!("tidecast transcoder from {}", self.from),
-            charset: self.state.mount_config(&self.path).and_then(|m| m.charset),
+            charset: self
+                .state
+                .coordinator
+                .mount(&self.path)
+                .and_then(|m| m.charset),
         });
         let output = Output {
             generation,

@@ -1,0 +1,112 @@
+//! This node's load (listeners, bandwidth, CPU, listeners per mount), measured about every
+//! second and published in a cluster; and the cluster's nodes as routing, DNS and status see
+//! them.
+
+use std::sync::{Arc, Mutex};
+
+use super::coordinator::{Coordinator, NodeReport};
+use crate::config::ServeConfig;
+use crate::hub::Registry;
+use crate::sync::Locked;
+
+pub struct Load {
+    coordinator: Arc<dyn Coordinator>,
+    hubs: Arc<Registry>,
+    max_listeners: usize,
+    max_bandwidth_kbps: u32,
+    /// Where this node is reached, for a single node's own report.
+    url: String,
+    latest: Mutex<NodeReport>,
+}
+
+impl Load {
+    pub fn new(
+        coordinator: Arc<dyn Coordinator>,
+        hubs: Arc<Registry>,
+        config: &ServeConfig,
+    ) -> Load {
+        Load {
+            coordinator,
+            hubs,
+            max_listeners: config.max_listeners,
+            max_bandwidth_kbps: config.max_bandwidth_kbps,
+            url: config.base_url(None),
+            latest: Mutex::default(),
+        }
+    }
+
+    /// Every live node's last load report; a single node's own latest one.
+    pub fn nodes(&self) -> Vec<NodeReport> {
+        if !self.coordinator.node_name().is_empty() {
+            return self.coordinator.nodes();
+        }
+        let mut me = self.latest.with(|l| l.clone());
+        me.name = "(single node)".to_owned();
+        me.url = self.url.clone();
+        vec![me]
+    }
+
+    /// Measures this node's load about every second into `State::load` (for `tidecast status`),
+    /// and publishes it in a cluster.
+    pub async fn run(self: Arc<Self>) {
+        let mut seq = 0u64;
+        // Bandwidth and CPU are averaged over the last few reports: listeners are written to in
+        // batches about once a second, so one period alone would swing between 0 and twice the rate.
+        let mut window =
+            std::collections::VecDeque::from([(std::time::Instant::now(), 0u64, cpu_seconds())]);
+        loop {
+            seq += 1;
+            let now = (
+                std::time::Instant::now(),
+                self.hubs.bytes_sent(),
+                cpu_seconds(),
+            );
+            window.push_back(now);
+            if window.len() > LOAD_WINDOW {
+                window.pop_front();
+            }
+            let first = window[0];
+            let elapsed = now.0.duration_since(first.0).as_secs_f64().max(1e-3);
+            let kbps = (now.1 - first.1) as f64 * 8.0 / 1000.0 / elapsed;
+            // As `top` shows it: 100 per busy core (the WIT's `cpu-percent`).
+            let cpu = (now.2 - first.2) / elapsed * 100.0;
+            let mounts = self.hubs.listeners_per_mount();
+            let listeners: u32 = mounts.values().sum();
+            let report = crate::cluster::coordinator::NodeReport {
+                listeners,
+                max_listeners: u32::try_from(self.max_listeners).unwrap_or(u32::MAX),
+                bandwidth_kbps: kbps as u32,
+                max_bandwidth_kbps: self.max_bandwidth_kbps,
+                cpu_percent: cpu.round() as u32,
+                mounts,
+                seq,
+                ..Default::default()
+            };
+            {
+                let mut l = self.latest.locked();
+                l.clone_from(&report);
+            }
+            if !self.coordinator.node_name().is_empty() {
+                self.coordinator.report(report).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Reports that bandwidth and CPU are averaged over (one a second).
+const LOAD_WINDOW: usize = 6;
+
+/// CPU time this process has used (user + system), in seconds; 0 where `/proc` is missing.
+fn cpu_seconds() -> f64 {
+    // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks
+    // (USER_HZ, 100 on Linux).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            let f: Vec<&str> = rest.split(' ').collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}

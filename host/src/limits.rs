@@ -1,0 +1,57 @@
+//! Connections per client address: `--max-clients-per-address` on the listen port, and the
+//! same bound on DNS over TCP. An IPv6 /64 counts as one address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::sync::Locked;
+
+/// Open connections per client address (IPv6 per /64), for `--max-clients-per-address` (and
+/// DNS over TCP).
+pub struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+    /// 0: no limit (nothing is counted).
+    max: usize,
+}
+
+/// One counted connection; dropping it gives the place back.
+pub struct AddressSlot(Option<(Arc<PerAddress>, IpAddr)>);
+
+impl PerAddress {
+    pub fn new(max: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            open: Mutex::default(),
+            max,
+        })
+    }
+
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if self.max == 0 {
+            return Some(AddressSlot(None));
+        }
+        let key = crate::auth::client_key(ip);
+        let mut open = self.open.locked();
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot(Some((self.clone(), key))))
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((table, key)) = self.0.take() else {
+            return;
+        };
+        let mut open = table.open.locked();
+        if let Some(n) = open.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
