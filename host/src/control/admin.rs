@@ -18,7 +18,6 @@ use tracing::{info, warn};
 
 use crate::auth::refusal;
 use crate::auth::{generate_password, hash_password};
-use crate::cluster::coordinator::CoordError;
 use crate::http::send;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
@@ -652,17 +651,6 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     r.password
 }
 
-/// A store that refused a change: 503 when the cluster store is unreachable (try again later),
-/// 507 when the node's own disk failed.
-pub fn storage_error(e: CoordError) -> Response {
-    let status = match e {
-        CoordError::Unavailable(_) => 503,
-        CoordError::Conflict(_) => 409,
-        _ => 507,
-    };
-    Response::error(status, e)
-}
-
 async fn create_mount(state: &State, body: &[u8]) -> Response {
     let mut r = match parse_request(body) {
         Ok(r) => r,
@@ -704,7 +692,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
         };
     }
     if let Err(e) = state.coordinator.put_mount(m.clone(), None).await {
-        return storage_error(e);
+        return super::storage_error(e);
     }
     info!(mount = %path, "mount created");
     let mut view = mount_view(state, &m);
@@ -746,7 +734,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
         };
     }
     if let Err(e) = state.coordinator.put_mount(m.clone(), Some(&before)).await {
-        return storage_error(e);
+        return super::storage_error(e);
     }
     info!(%mount, "mount edited");
     Response::json(200, &mount_view(state, &m))
@@ -760,7 +748,7 @@ async fn delete_mount(state: &State, mount: &str) -> Response {
             Response::json(200, &json!({ "deleted": mount }))
         }
         Ok(false) => Response::error(404, format!("no such mount: {mount}")),
-        Err(e) => storage_error(e),
+        Err(e) => super::storage_error(e),
     }
 }
 

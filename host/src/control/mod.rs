@@ -7,3 +7,17 @@ pub mod pages;
 pub mod plugins;
 pub mod stations;
 pub mod status;
+
+use crate::cluster::coordinator::CoordError;
+use crate::http::Response;
+
+/// A store that refused a change: 503 when the cluster store is unreachable (try again later),
+/// 409 when another change won (reload, then retry), 507 when the node's own disk failed.
+pub fn storage_error(e: CoordError) -> Response {
+    let status = match e {
+        CoordError::Unavailable(_) => 503,
+        CoordError::Conflict(_) => 409,
+        _ => 507,
+    };
+    Response::error(status, e)
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::control::admin::storage_error;
+use crate::control::storage_error;
 use crate::http::Response;
 use crate::model::validate_name;
 use crate::model::{PluginRecord, PluginVersion};

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
-use crate::control::admin::storage_error;
+use crate::control::storage_error;
 use crate::http::Response;
 use crate::model::{MountConfig, StationConfig};
 use crate::node::State;

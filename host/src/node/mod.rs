@@ -33,6 +33,8 @@ pub struct State {
     /// This node's load, measured every second, and the cluster's.
     pub load: Arc<crate::cluster::load::Load>,
     pub started: time::OffsetDateTime,
+    /// What transcoders need.
+    pub transcode: Arc<crate::transcode::Shared>,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
     pub plugins: Arc<crate::plugin::Host>,
@@ -107,7 +109,15 @@ impl State {
                 send_buffer: config.listener_send_buffer,
             },
         });
+        let transcode = Arc::new(crate::transcode::Shared {
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            plugins: plugins.clone(),
+            relays: relays.clone(),
+            metrics: metrics.clone(),
+        });
         State {
+            transcode,
             ingest,
             listen,
             config,
@@ -269,7 +279,13 @@ fn sync_transcoders(state: &Arc<State>) {
             }
         };
         let rt = tokio::runtime::Handle::current();
-        match crate::transcode::spawn(state.clone(), path.clone(), config.clone(), settings, rt) {
+        match crate::transcode::spawn(
+            state.transcode.clone(),
+            path.clone(),
+            config.clone(),
+            settings,
+            rt,
+        ) {
             Ok(h) => {
                 running.insert(path, h);
             }

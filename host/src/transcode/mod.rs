@@ -20,10 +20,12 @@ use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, Strea
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::cluster::coordinator::Coordinator;
+use crate::cluster::relay::Relays;
+use crate::hub::Registry;
 use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
 use crate::metrics::Metrics;
 use crate::model::TranscodeConfig;
-use crate::node::State;
 
 /// Longest source gap filled with silence before the transcoded stream ends.
 pub const MAX_GAP: Duration = Duration::from_secs(30);
@@ -44,8 +46,19 @@ impl Drop for TranscoderHandle {
     }
 }
 
+/// What transcoders need of the node: the hub registry (their source and output hubs), the
+/// coordinator (settings, the output's election), plugins (filter chains), relays (a source
+/// produced on another node) and metrics.
+pub struct Shared {
+    pub hubs: Arc<Registry>,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub plugins: Arc<crate::plugin::Host>,
+    pub relays: Arc<Relays>,
+    pub metrics: Arc<Metrics>,
+}
+
 pub fn spawn(
-    state: Arc<State>,
+    shared: Arc<Shared>,
     path: String,
     config: TranscodeConfig,
     settings: EncoderSettings,
@@ -53,7 +66,7 @@ pub fn spawn(
 ) -> std::io::Result<TranscoderHandle> {
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = Transcoder {
-        state,
+        shared,
         path: path.clone(),
         from: config.from.clone(),
         settings,
@@ -77,7 +90,7 @@ pub fn spawn(
 }
 
 struct Transcoder {
-    state: Arc<State>,
+    shared: Arc<Shared>,
     path: String,
     from: String,
     settings: EncoderSettings,
@@ -88,7 +101,7 @@ struct Transcoder {
 /// The output side: the hub listeners join, and the encoder whose stream it carries. Dropping it
 /// (also when unwinding) ends the hub and unregisters it.
 struct Output {
-    state: Arc<State>,
+    shared: Arc<Shared>,
     hub: Arc<Hub>,
     /// `tidecast_source_bytes_total` of the output mount: what the transcoder produced.
     produced: prometheus_client::metrics::counter::Counter,
@@ -107,7 +120,7 @@ struct Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        self.state.hubs.retire(&self.hub);
+        self.shared.hubs.retire(&self.hub);
     }
 }
 
@@ -126,24 +139,24 @@ impl Output {
     /// Rebuilds the filter chain between two blocks when a plugin or the mount's filters changed:
     /// the next block goes through the new chain, so listeners hear no gap.
     fn refresh_filters(&mut self, rt: &Handle) {
-        let generation = self.state.plugins.runtime.generation();
+        let generation = self.shared.plugins.runtime.generation();
         if generation == self.generation {
             return;
         }
         self.generation = generation;
         let refs = self
-            .state
+            .shared
             .coordinator
             .mount(&self.hub.mount)
             .map(|m| m.filters)
             .unwrap_or_default();
-        let key = self.state.plugins.chain_key(&refs);
+        let key = self.shared.plugins.chain_key(&refs);
         if key == self.chain_key {
             return;
         }
         let format = self.pipeline.output_format();
         let (chain, _) = self
-            .state
+            .shared
             .plugins
             .build_chain(&self.hub.mount, &refs, format, rt);
         info!(mount = %self.hub.mount, filters = chain.len(), "filter chain swapped in");
@@ -173,13 +186,13 @@ impl Transcoder {
         // Become the origin of the output mount (retrying while an old transcoder lets go). While
         // the cluster's view shows another node holding it, no election is tried: that costs
         // nothing but a look at the watched cache.
-        let me = self.state.coordinator.node_name();
+        let me = self.shared.coordinator.node_name();
         let claim = loop {
             if self.stopped() {
                 return;
             }
             if self
-                .state
+                .shared
                 .coordinator
                 .origin_node(&self.path)
                 .is_some_and(|n| n != me)
@@ -189,7 +202,7 @@ impl Transcoder {
             }
             match self
                 .rt
-                .block_on(self.state.coordinator.claim_origin(&self.path))
+                .block_on(self.shared.coordinator.claim_origin(&self.path))
             {
                 Ok(Some(c)) => break c,
                 Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -197,13 +210,13 @@ impl Transcoder {
         };
         info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");
         let skipped = self
-            .state
+            .shared
             .metrics
             .transcode_skipped_packets
             .get_or_create(&Metrics::mount(&self.path))
             .clone();
         let refused = self
-            .state
+            .shared
             .metrics
             .transcode_refused_streams
             .get_or_create(&Metrics::mount(&self.path))
@@ -223,9 +236,9 @@ impl Transcoder {
             // The source mount's hub: local, or relayed from its origin node in a cluster.
             let source = (Instant::now() >= retry_at)
                 .then(|| {
-                    self.state.hubs.hub(&self.from).or_else(|| {
+                    self.shared.hubs.hub(&self.from).or_else(|| {
                         self.rt
-                            .block_on(self.state.relays.hub_from_origin(&self.from))
+                            .block_on(self.shared.relays.hub_from_origin(&self.from))
                     })
                 })
                 .flatten();
@@ -350,20 +363,20 @@ impl Transcoder {
             ..src.props.clone()
         };
         let refs = self
-            .state
+            .shared
             .coordinator
             .mount(&self.path)
             .map(|m| m.filters)
             .unwrap_or_default();
-        let generation = self.state.plugins.runtime.generation();
-        let chain_key = self.state.plugins.chain_key(&refs);
+        let generation = self.shared.plugins.runtime.generation();
+        let chain_key = self.shared.plugins.chain_key(&refs);
         let (chain, _) =
-            self.state
+            self.shared
                 .plugins
                 .build_chain(&self.path, &refs, s.output_format(), &self.rt);
         // The pipeline first: the hub goes live only once there is something to fill it.
         let pipeline = Pipeline::new(s, chain)?;
-        let hub = self.state.hubs.open(HubParams {
+        let hub = self.shared.hubs.open(HubParams {
             mount: self.path.clone(),
             format,
             content_type: s.content_type().to_owned(),
@@ -371,7 +384,7 @@ impl Transcoder {
             source_ip: String::new(),
             source_agent: format!("tidecast transcoder from {}", self.from),
             charset: self
-                .state
+                .shared
                 .coordinator
                 .mount(&self.path)
                 .and_then(|m| m.charset),
@@ -381,12 +394,12 @@ impl Transcoder {
             chain_key,
             source_title: String::new(),
             produced: self
-                .state
+                .shared
                 .metrics
                 .bytes_in
                 .get_or_create(&Metrics::mount(&self.path))
                 .clone(),
-            state: self.state.clone(),
+            shared: self.shared.clone(),
             pipeline,
             splitter: Splitter::new(format),
             encoded: Vec::with_capacity(16 * 1024),
