@@ -3,10 +3,14 @@
 #  1. offline, one thread: the same 300 s input (44.1 kHz stereo MP3 128 kbit/s, tone over noise)
 #     to MP3 64 kbit/s and to Opus 64 kbit/s with tidecast's pipeline, `ffmpeg -threads 1` and
 #     liquidsoap 2.1; CPU seconds (user+sys) and peak RSS of each process;
-#  2. live: memory per extra transcoded mount (1 → 21 mounts), and N concurrent MP3 128k → Opus 64k
+#  2. live against live: K transcoded mounts (MP3 128k → Opus 64k) on one node against K
+#     `ffmpeg -threads 1` processes doing the same work as listeners of the same mount, CPU per
+#     stream-second over the same window (tidecast's is the node's CPU above its CPU before the
+#     mounts existed, which already served the K ffmpeg listeners);
+#  3. live: memory per extra transcoded mount (1 → 21 mounts), and N concurrent MP3 128k → Opus 64k
 #     transcoded mounts (default 100) on one node, counting those that keep real time.
 #
-#   benches/transcode.sh [N]
+#   benches/transcode.sh [N]        (LIVE_K=16 sets K; LIVE_ONLY=1 runs part 2 alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrent=${1:-100}
@@ -41,6 +45,51 @@ clock.assign_new(sync="none", [s])
 output.file($1, "$2", fallible=true, on_stop=shutdown, s)
 LIQ
 }
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+cpu_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+live_vs_live() {
+  local k=${LIVE_K:-16} port node src i ff=() window=30
+  port=$(free_port)
+  TIDECAST_LOG=warn "$tc" serve --listen "127.0.0.1:$port" --data-dir data-live --admin-password bench >/dev/null 2>live-node.log &
+  node=$!; pids+=($node)
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  local srv="--server http://127.0.0.1:$port"
+  TIDECAST_ADMIN_PASSWORD=bench "$tc" mount create /live.mp3 --password benchpw $srv >/dev/null
+  ffmpeg -nostdin -v error -re -stream_loop -1 -i in.mp3 -c copy -content_type audio/mpeg -f mp3 \
+    "icecast://source:benchpw@127.0.0.1:$port/live.mp3" & src=$!; pids+=($src)
+  sleep 3
+  for i in $(seq "$k"); do
+    ffmpeg -nostdin -v error -threads 1 -i "http://127.0.0.1:$port/live.mp3" -c:a libopus -b:a 64k -f ogg -y /dev/null &
+    ff+=($!); pids+=($!)
+  done
+  sleep 5
+  # Window 1: the node before the mounts (ingest and K ffmpeg listeners). Window 2: with the K
+  # mounts, and the K ffmpeg processes measured over the same seconds.
+  local b0 b1 m0 m1 f0 f1
+  b0=$(cpu_of $node); sleep "$window"; b1=$(cpu_of $node)
+  for i in $(seq "$k"); do
+    TIDECAST_ADMIN_PASSWORD=bench "$tc" mount create "/k$i.opus" --from /live.mp3 --codec opus --bitrate 64 $srv >/dev/null
+  done
+  sleep 10
+  m0=$(cpu_of $node); f0=$(cpu_of "${ff[@]}"); sleep "$window"; m1=$(cpu_of $node); f1=$(cpu_of "${ff[@]}")
+  python3 - "$k" "$window" "$b0" "$b1" "$m0" "$m1" "$f0" "$f1" <<'PY' | tee live.txt
+import sys
+k, w = int(sys.argv[1]), int(sys.argv[2])
+b0, b1, m0, m1, f0, f1 = (int(x) / 100 for x in sys.argv[3:9])
+tc_ms = (m1 - m0) * 1000 / (k * w)
+base_ms = (b1 - b0) * 1000 / (k * w)
+ff_ms = (f1 - f0) * 1000 / (k * w)
+print(f"\n### Live against live: {k} transcoded mounts vs {k} `ffmpeg -threads 1`, MP3 128k → Opus 64k, same {w} s window\n")
+print("| producer | CPU ms per stream-second | tidecast ÷ ffmpeg |")
+print("|---|---:|---:|")
+print(f"| tidecast transcoded mount | {tc_ms - base_ms:.1f} | {(tc_ms - base_ms) / ff_ms:.2f} |")
+print(f"| ffmpeg -threads 1 (a listener of the mount) | {ff_ms:.1f} | |")
+print(f"\n(Node CPU with the {k} mounts {tc_ms:.1f} ms per stream-second, of which {base_ms:.1f} was the node's before the mounts: ingest and {k} ffmpeg listeners.)")
+PY
+  for p in "${ff[@]}" "$src" "$node"; do kill -9 "$p" 2>/dev/null || true; done
+}
+if [ "${LIVE_ONLY:-0}" = 1 ]; then live_vs_live; exit 0; fi
+
 echo "== offline (one thread each)" >&2
 : > offline.txt
 measure "tidecast:mp3" "$tc" bench --input in.mp3 --bitrate 64 --only "pipeline input → mp3" --json
@@ -54,8 +103,11 @@ measure "liquidsoap:opus" liquidsoap out-liq.opus.liq
 # Stage-level thread CPU (decode alone, encode alone, whole pipeline) for the overhead figure.
 "$tc" bench --input in.mp3 --bitrate 64 --json > stages.jsonl 2>/dev/null
 
+echo "== live against live" >&2
+live_vs_live
+
 echo "== live: one node, a 128 kbit/s MP3 source, transcoded mounts MP3 128k -> Opus 64k" >&2
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+port=$(free_port)
 TIDECAST_LOG=warn "$tc" serve --listen "127.0.0.1:$port" --data-dir data --admin-password bench >/dev/null 2>node.log &
 node=$!; pids+=($node)
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

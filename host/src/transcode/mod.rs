@@ -271,7 +271,7 @@ impl Transcoder {
                 _ => Arc::new(AtomicU64::new(src.join_live().1)),
             };
             resume = Some((src.clone(), cursor.clone()));
-            let reader = HubReader::new(src.clone(), cursor, self.rt.clone(), self.stop.clone());
+            let reader = HubReader::new(src.clone(), cursor, self.stop.clone());
             let mut decoder = match Decoder::open(reader, src.format) {
                 Ok(d) => d,
                 Err(e) if e.is_refusal() => {
@@ -415,22 +415,27 @@ impl Transcoder {
 /// header pages (if any), then reads from `cursor`, which it keeps up to date. Ends (returns 0)
 /// when the hub ends, when no data arrives for `STALL`, or when the transcoder is stopped. If the
 /// decoder falls behind the ring, it skips to the live position.
+///
+/// With nothing new it sleeps [`POLL`] on its own thread and then takes everything that came:
+/// a few frames per wake-up, never a wake-up (and a trip through the async runtime) per source
+/// frame. Radio players buffer seconds; `POLL` adds at most its own length of delay.
 pub struct HubReader {
     hub: Arc<Hub>,
     cursor: Arc<AtomicU64>,
     pending: VecDeque<Bytes>,
-    rt: Handle,
     stop: Arc<AtomicBool>,
 }
 
+/// How long a transcoder's reader sleeps when its source hub has nothing new.
+const POLL: Duration = Duration::from_millis(60);
+
 impl HubReader {
-    fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, rt: Handle, stop: Arc<AtomicBool>) -> HubReader {
+    fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> HubReader {
         let pending = hub.join().0.into_iter().collect();
         HubReader {
             hub,
             cursor,
             pending,
-            rt,
             stop,
         }
     }
@@ -438,6 +443,7 @@ impl HubReader {
 
 impl Read for HubReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut idle_since: Option<Instant> = None;
         loop {
             if let Some(front) = self.pending.front_mut() {
                 let n = front.len().min(buf.len());
@@ -451,7 +457,6 @@ impl Read for HubReader {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(0);
             }
-            let mut rx = self.hub.watch();
             let cursor = self.cursor.load(Ordering::SeqCst);
             match self.hub.read_from(cursor) {
                 ReadResult::Data(chunks, next) => {
@@ -464,17 +469,11 @@ impl Read for HubReader {
                 }
                 ReadResult::Empty if self.hub.is_ended() => return Ok(0),
                 ReadResult::Empty => {
-                    rx.borrow_and_update();
-                    if self.hub.head() > cursor || self.hub.is_ended() {
-                        continue;
-                    }
-                    // The timer must be created inside the runtime's context.
-                    let waited = self
-                        .rt
-                        .block_on(async { tokio::time::timeout(STALL, rx.changed()).await });
-                    if waited.is_err() {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= STALL {
                         return Ok(0);
                     }
+                    std::thread::sleep(POLL);
                 }
             }
         }
