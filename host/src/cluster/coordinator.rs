@@ -448,10 +448,7 @@ impl Coordinator for Embedded {
             let rec = s
                 .plugins
                 .entry(name.to_owned())
-                .or_insert_with(|| PluginRecord {
-                    name: name.to_owned(),
-                    versions: Vec::new(),
-                });
+                .or_insert_with(|| PluginRecord::new(name));
             rec.push(version);
             Ok(())
         })

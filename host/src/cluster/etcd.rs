@@ -491,6 +491,26 @@ impl Etcd {
 
     /// Waits (briefly) until the watch has brought a write back into the cache, so a caller
     /// that reads right after its own write sees it.
+    /// Writes `value` as entry `id` of one of the cached maps (mounts, stations) at `rel`, only
+    /// if the store still holds `base` there, then waits for the cache to show it.
+    async fn put_entry<T: serde::Serialize + PartialEq>(
+        &self,
+        rel: &str,
+        kind: &str,
+        id: &str,
+        value: &T,
+        base: Option<&T>,
+        map: fn(&Cache) -> &BTreeMap<String, T>,
+    ) -> Result<(), CoordError> {
+        let unchanged = |c: &Cache| map(c).get(id) == base;
+        self.swap(rel, value, base.is_some(), unchanged, || {
+            format!("{kind} {id}")
+        })
+        .await?;
+        self.settle(|c| map(c).get(id) == Some(value)).await;
+        Ok(())
+    }
+
     async fn settle(&self, done: impl Fn(&Cache) -> bool) {
         for _ in 0..100 {
             if done(&self.cache.locked()) {
@@ -663,18 +683,9 @@ impl Coordinator for Etcd {
         mount: MountConfig,
         base: Option<&MountConfig>,
     ) -> Result<(), CoordError> {
-        let unchanged = |c: &Cache| c.mounts.get(&mount.path) == base;
-        self.swap(
-            &format!("mounts{}", mount.path),
-            &mount,
-            base.is_some(),
-            unchanged,
-            || format!("mount {}", mount.path),
-        )
-        .await?;
-        self.settle(|c| c.mounts.get(&mount.path) == Some(&mount))
-            .await;
-        Ok(())
+        let key = format!("mounts{}", mount.path);
+        self.put_entry(&key, "mount", &mount.path, &mount, base, |c| &c.mounts)
+            .await
     }
 
     async fn delete_mount(&self, path: &str) -> Result<bool, CoordError> {
@@ -804,18 +815,11 @@ impl Coordinator for Etcd {
         station: StationConfig,
         base: Option<&StationConfig>,
     ) -> Result<(), CoordError> {
-        let unchanged = |c: &Cache| c.stations.get(&station.name) == base;
-        self.swap(
-            &format!("stations/{}", station.name),
-            &station,
-            base.is_some(),
-            unchanged,
-            || format!("station {}", station.name),
-        )
-        .await?;
-        self.settle(|c| c.stations.get(&station.name) == Some(&station))
-            .await;
-        Ok(())
+        let key = format!("stations/{}", station.name);
+        self.put_entry(&key, "station", &station.name, &station, base, |c| {
+            &c.stations
+        })
+        .await
     }
 
     async fn delete_station(&self, name: &str) -> Result<bool, CoordError> {
@@ -861,10 +865,7 @@ impl Coordinator for Etcd {
             let kv = current.kvs().first();
             let mut record = kv
                 .and_then(|kv| serde_json::from_slice::<PluginRecord>(kv.value()).ok())
-                .unwrap_or_else(|| PluginRecord {
-                    name: name.to_owned(),
-                    versions: Vec::new(),
-                });
+                .unwrap_or_else(|| PluginRecord::new(name));
             record.push(version.clone());
             let compare = match kv {
                 Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),

@@ -29,6 +29,14 @@ pub struct PluginRecord {
 }
 
 impl PluginRecord {
+    /// A plugin with no version yet.
+    pub fn new(name: &str) -> PluginRecord {
+        PluginRecord {
+            name: name.to_owned(),
+            versions: Vec::new(),
+        }
+    }
+
     pub fn current(&self) -> Option<&PluginVersion> {
         self.versions.last()
     }

@@ -16,9 +16,7 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::bindings::filter::FilterPlugin;
-use super::{
-    describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE,
-};
+use super::{describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre};
 
 struct Live {
     store: Store<Ctx>,
@@ -145,21 +143,20 @@ fn instantiate(
     let Pre::Filter(pre) = &loaded.pre else {
         return Err("this plugin is a policy, not a filter".to_owned());
     };
-    let mut store = plugins.store(log);
-    store.set_epoch_deadline(ticks(CREATE_DEADLINE));
-    let bindings = pre
-        .instantiate(&mut store)
-        .map_err(|e| format!("instantiation: {}", describe(&e)))?;
     let wit_format = super::wit::types::AudioFormat {
         sample_rate: format.sample_rate,
         channels: u8::try_from(format.channels).unwrap_or(u8::MAX),
     };
-    let instance = bindings
-        .tidecast_plugin_filter()
-        .instance()
-        .call_create(&mut store, wit_format, &params.to_vec())
-        .map_err(|e| format!("create: {}", describe(&e)))?
-        .map_err(|msg| format!("the plugin rejected its parameters: {msg}"))?;
+    let (store, bindings, instance) = super::start(
+        plugins,
+        log,
+        |store| pre.instantiate(store),
+        |b: &FilterPlugin, store| {
+            b.tidecast_plugin_filter()
+                .instance()
+                .call_create(store, wit_format, &params.to_vec())
+        },
+    )?;
     Ok(Live {
         store,
         bindings,

@@ -706,6 +706,24 @@ impl wit::now_playing::Host for Ctx {
 }
 
 /// Ticks (of [`TICK`]) for a deadline of `d`, at least 2 so a call always gets a whole tick.
+/// A new instance of a plugin: a fresh store, `instantiate` within the create deadline, then the
+/// plugin's own `create` (with its parameters). Every error names its step.
+fn start<B, R>(
+    plugins: &Plugins,
+    log: &LogBudget,
+    instantiate: impl FnOnce(&mut Store<Ctx>) -> wasmtime::Result<B>,
+    create: impl FnOnce(&B, &mut Store<Ctx>) -> wasmtime::Result<Result<R, String>>,
+) -> Result<(Store<Ctx>, B, R), String> {
+    let mut store = plugins.store(log);
+    store.set_epoch_deadline(ticks(CREATE_DEADLINE));
+    let bindings =
+        instantiate(&mut store).map_err(|e| format!("instantiation: {}", describe(&e)))?;
+    let made = create(&bindings, &mut store)
+        .map_err(|e| format!("create: {}", describe(&e)))?
+        .map_err(|msg| format!("the plugin rejected its parameters: {msg}"))?;
+    Ok((store, bindings, made))
+}
+
 fn ticks(d: Duration) -> u64 {
     (d.as_micros() / TICK.as_micros()).max(2) as u64
 }

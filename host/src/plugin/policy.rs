@@ -11,9 +11,7 @@ use wasmtime::Store;
 
 pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
-use super::{
-    describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre, CREATE_DEADLINE,
-};
+use super::{describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre};
 
 struct Live {
     store: Store<Ctx>,
@@ -41,17 +39,16 @@ fn instantiate(
     let Pre::Policy(pre) = &loaded.pre else {
         return Err("this plugin is a filter, not a policy".to_owned());
     };
-    let mut store = plugins.store(log);
-    store.set_epoch_deadline(ticks(CREATE_DEADLINE));
-    let bindings = pre
-        .instantiate(&mut store)
-        .map_err(|e| format!("instantiation: {}", describe(&e)))?;
-    let selector = bindings
-        .tidecast_plugin_policy()
-        .selector()
-        .call_create(&mut store, &params.to_vec())
-        .map_err(|e| format!("create: {}", describe(&e)))?
-        .map_err(|msg| format!("the plugin rejected its parameters: {msg}"))?;
+    let (store, bindings, selector) = super::start(
+        plugins,
+        log,
+        |store| pre.instantiate(store),
+        |b: &PolicyPlugin, store| {
+            b.tidecast_plugin_policy()
+                .selector()
+                .call_create(store, &params.to_vec())
+        },
+    )?;
     Ok(Live {
         store,
         bindings,
