@@ -1,21 +1,26 @@
 //! tidecast: an Icecast-compatible streaming server that scales out to a fault-tolerant cluster.
 //!
-//! The library behind the `tidecast` binary (`main.rs` parses the command line and starts a node);
-//! fuzz targets and tests reach the parsers through it. Modules, in the order data flows through
-//! a node:
-//! - [`http`]: the request-head reader every connection starts with;
-//! - [`server`]: shared state, accept loop, dispatch;
+//! The library behind the `tidecast` binary: [`run`] starts a node on a bound listener (`main.rs`
+//! only parses the command line). Modules, in the order data flows through a node:
+//! - [`http`]: the request-head reader every connection starts with, responses, CORS;
+//! - [`node`]: builds every stage's handles ([`node::Node`]), the accept loop and dispatch;
 //! - [`ingest`]: source clients (SOURCE/PUT) into a mount's hub;
-//! - [`hub`]: the per-mount ring of frame-aligned chunks;
-//! - [`listener`]: fan-out to players, ICY metadata, playlists;
+//! - [`hub`]: the per-mount ring of frame-aligned chunks, and the [`hub::Registry`] of live hubs
+//!   and listeners, the one thing the data-path stages share;
+//! - [`listen`]: fan-out to players, ICY metadata;
 //! - [`transcode`]: transcoded mounts, one codec thread each, from one hub into another;
 //! - [`plugin`]: WebAssembly filters and policies;
-//! - [`etcd`], [`relay`], [`routing`], [`dns`]: the cluster;
-//! - [`admin`], [`status`], [`stations`]: Icecast admin endpoints, the JSON API, status documents;
-//! - [`coordinator`]: mount configuration, credentials and origin claims (embedded store);
-//! - [`auth`], [`metrics`], [`config`]: support;
-//! - [`client`]: the `tidecast mount …` commands, which call a node's admin API;
+//! - [`cluster`]: the coordinator (embedded store or etcd), the peer client, relays, routing,
+//!   load reports and DNS;
+//! - [`control`]: the control plane on top: Icecast admin endpoints and the JSON API, stations,
+//!   plugin uploads, status documents, public pages, reconciling with the configuration;
+//! - [`model`]: the configuration every layer shares, declared once;
+//! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support;
+//! - [`cli`]: the `tidecast mount …` commands, which call a node's admin API;
 //! - [`bench`]: `tidecast bench`, codec throughput on this machine.
+//!
+//! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
+//! imports [`node`] or [`control`].
 
 pub mod auth;
 pub mod bench;
@@ -34,3 +39,5 @@ pub mod node;
 pub mod plugin;
 pub mod sync;
 pub mod transcode;
+
+pub use node::run;

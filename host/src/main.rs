@@ -1,18 +1,12 @@
 //! The `tidecast` binary: parses the command line, then runs a node (`serve`) or one of the
 //! commands that talk to a running node. Everything else is the library (`lib.rs`).
 
-use std::io::Write;
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing::{info, warn};
+use tracing::info;
 
-use tidecast::cluster::coordinator::{Coordinator, Embedded};
-use tidecast::cluster::{dns, etcd};
 use tidecast::config::{ServeArgs, ServeConfig};
-use tidecast::model::AdminCredential;
-use tidecast::{auth, bench, cli as client, node as server, plugin};
+use tidecast::{bench, cli};
 
 #[derive(Parser)]
 #[command(name = "tidecast", version, about = "Icecast-compatible streaming server", long_about = None)]
@@ -34,29 +28,29 @@ enum Command {
     /// Declare and manage mounts on a running node.
     Mount {
         #[command(flatten)]
-        conn: client::Connection,
+        conn: cli::Connection,
         #[command(subcommand)]
-        command: client::MountCommand,
+        command: cli::MountCommand,
     },
     /// Upload and manage WebAssembly plugins (filters and listener policies) on a running node.
     Plugin {
         #[command(flatten)]
-        conn: client::Connection,
+        conn: cli::Connection,
         #[command(subcommand)]
-        command: client::PluginCommand,
+        command: cli::PluginCommand,
     },
     /// Group mounts into stations (radios) that share listener routing, on a running node.
     Station {
         #[command(flatten)]
-        conn: client::Connection,
+        conn: cli::Connection,
         #[command(subcommand)]
-        command: client::StationCommand,
+        command: cli::StationCommand,
     },
     /// Show the cluster as a running node sees it: nodes and their load, mounts, where each is
     /// produced, and listeners everywhere.
     Status {
         #[command(flatten)]
-        conn: client::Connection,
+        conn: cli::Connection,
     },
 }
 
@@ -65,10 +59,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench::run(args),
-        Command::Mount { conn, command } => client::mount(&conn, command),
-        Command::Plugin { conn, command } => client::plugin(&conn, command),
-        Command::Status { conn } => client::status(&conn),
-        Command::Station { conn, command } => client::station(&conn, command),
+        Command::Mount { conn, command } => cli::mount(&conn, command),
+        Command::Plugin { conn, command } => cli::plugin(&conn, command),
+        Command::Status { conn } => cli::status(&conn),
+        Command::Station { conn, command } => cli::station(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -101,209 +95,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
-            Arc::new(Embedded::open(&config.data_dir)?)
-        } else {
-            let endpoints: Vec<String> = config
-                .etcd
-                .split(',')
-                .map(|e| e.trim().to_owned())
-                .filter(|e| !e.is_empty())
-                .collect();
-            let node = if config.node_name.is_empty() {
-                hostname()
-            } else {
-                config.node_name.clone()
-            };
-            let advertise = if config.advertise.is_empty() {
-                format!("http://{addr}")
-            } else {
-                config.advertise.clone()
-            };
-            check_advertise(&listener, &advertise).await?;
-            let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
-            Arc::new(
-                etcd::Etcd::open(
-                    &endpoints,
-                    etcd::Access {
-                        tls: if config.etcd_ca.as_os_str().is_empty() {
-                            None
-                        } else {
-                            Some(etcd::tls_options(
-                                &config.etcd_ca,
-                                &config.etcd_cert,
-                                &config.etcd_key,
-                            )?)
-                        },
-                        user: (!config.etcd_user.is_empty())
-                            .then(|| (config.etcd_user.clone(), config.etcd_password.clone())),
-                    },
-                    &config.etcd_prefix,
-                    &node,
-                    &advertise,
-                    ttl,
-                    &config.cluster_secret,
-                )
-                .await?,
-            )
-        };
-        ensure_admin(&config, coordinator.as_ref()).await?;
-        let dns = match config.dns_listen.parse() {
-            Ok(addr) => Some((
-                dns::bind(addr).await?,
-                config.dns_zone().map_err(anyhow::Error::msg)?,
-            )),
-            Err(_) => None,
-        };
-        let any_mount_hash = if config.any_mount_password.is_empty() {
-            None
-        } else {
-            warn!("open mode: any mount accepts a source with the global source password");
-            Some(auth::hash_password(&config.any_mount_password)?)
-        };
-        // Tests and scripts read this line to find the port when listening on port 0.
-        println!("tidecast listening on {addr}");
-        let _ = std::io::stdout().flush();
-        info!(%addr, data_dir = %config.data_dir.display(), "node started");
-        let plugins = plugin::Plugins::new(
-            Some(config.data_dir.join("plugin-cache")),
-            plugin::Limits {
-                memory_bytes: config.plugin_memory_mb * 1024 * 1024,
-                policy_deadline: std::time::Duration::from_millis(config.plugin_call_ms),
-                ..plugin::Limits::default()
-            },
-        )?;
-        let state = Arc::new(server::State::new(
-            config,
-            coordinator.clone(),
-            any_mount_hash,
-            plugins,
-        ));
-        let dns = dns.map(|(sockets, zone)| {
-            let load = state.load.clone();
-            tokio::spawn(async move {
-                if let Err(e) = dns::serve(load, sockets, zone).await {
-                    tracing::error!(error = %e, "DNS server stopped");
-                }
-            })
-        });
-        server::run(listener, state, shutdown_signal()).await;
-        if let Some(d) = dns {
-            d.abort();
-        }
-        coordinator.leave().await;
-        anyhow::Ok(())
+        tidecast::run(listener, config, shutdown_signal()).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     info!("node stopped");
     result
-}
-
-/// Checks that `advertise` (what other nodes and redirected listeners will use) reaches this
-/// node's `listener`: it names a concrete host and port, and a connection to it arrives here.
-/// Nothing else is accepted yet, so the one connection that arrives is the probe's.
-async fn check_advertise(
-    listener: &tokio::net::TcpListener,
-    advertise: &str,
-) -> anyhow::Result<()> {
-    let fix =
-        "give --advertise http://HOST:PORT with an address the other nodes reach this node at";
-    let authority = etcd::node_authority(advertise).ok_or_else(|| {
-        anyhow::anyhow!("the advertised URL {advertise:?} is not http://HOST:PORT; {fix}")
-    })?;
-    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority)
-        .await
-        .with_context(|| format!("the advertised address {authority} does not resolve; {fix}"))?
-        .collect();
-    if resolved.iter().any(|a| a.ip().is_unspecified()) {
-        anyhow::bail!(
-            "the advertised address {authority} is a wildcard that other nodes cannot use; {fix}"
-        );
-    }
-    let probe = async {
-        let out = tokio::net::TcpStream::connect(authority).await?;
-        let (_, from) = listener.accept().await?;
-        std::io::Result::Ok(from == out.local_addr()?)
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
-        Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => anyhow::bail!(
-            "the advertised address {authority} reaches another server, not this node; {fix}"
-        ),
-        Ok(Err(e)) => anyhow::bail!(
-            "the advertised address {authority} does not reach this node ({e}); {fix}"
-        ),
-        Err(_) => {
-            anyhow::bail!("connections to the advertised address {authority} do not arrive at this node; {fix}")
-        }
-    }
-}
-
-/// The host name, for a node that was given no `--node-name`.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "tidecast".to_owned())
-}
-
-/// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
-/// generated one printed once.
-async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::Result<()> {
-    let existing = coord.admin();
-    let user = if config.admin_user.is_empty() {
-        existing
-            .as_ref()
-            .map_or("admin".to_owned(), |a| a.user.clone())
-    } else {
-        config.admin_user.clone()
-    };
-    if !config.admin_password.is_empty() {
-        let same = existing.as_ref().is_some_and(|a| {
-            a.user == user && auth::verify_blocking(&config.admin_password, &a.password_hash)
-        });
-        if !same {
-            let password_hash = auth::hash_password(&config.admin_password)?;
-            coord
-                .set_admin(
-                    AdminCredential {
-                        user,
-                        password_hash,
-                    },
-                    false,
-                )
-                .await?;
-        }
-        return Ok(());
-    }
-    if let Some(a) = existing {
-        if a.user != user {
-            coord
-                .set_admin(AdminCredential { user, ..a }, false)
-                .await?;
-        }
-        return Ok(());
-    }
-    let password = auth::generate_password(20);
-    let password_hash = auth::hash_password(&password)?;
-    let generated = AdminCredential {
-        user: user.clone(),
-        password_hash,
-    };
-    match coord.set_admin(generated, true).await {
-        Ok(()) => {}
-        Err(tidecast::cluster::coordinator::CoordError::Conflict(_)) => {
-            eprintln!("\n  Admin credentials were just generated by another node of this cluster: use the ones it printed.\n");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    }
-    eprintln!(
-        "\n  Generated admin credentials (shown only once, stored hashed):\n    user:     {user}\n    password: {password}\n  Use them with `tidecast mount …` via --admin-password or TIDECAST_ADMIN_PASSWORD.\n"
-    );
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -23,7 +23,7 @@ use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
 use crate::model::{validate_mount_path, MountConfig, TranscodeConfig};
-use crate::node::State;
+use crate::node::Node;
 
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
@@ -33,7 +33,7 @@ pub async fn serve(
     peer: SocketAddr,
     req: RequestHead,
     leftover: BytesMut,
-    state: Arc<State>,
+    state: Arc<Node>,
 ) {
     let version = req.response_version();
     let r = match admit(&state, &req, peer).await {
@@ -52,7 +52,7 @@ pub async fn serve(
 /// Everything decided from the head alone, before a byte of the body is read: the request is
 /// not cross-site, its credentials are right, its body is of an accepted kind and size. Returns
 /// the body's length.
-async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usize, Response> {
+async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usize, Response> {
     if let Some(why) = cross_site(req) {
         state.metrics.error(ErrorKind::Unauthorized);
         return Err(Response::error(403, why));
@@ -109,7 +109,7 @@ async fn admit(state: &State, req: &RequestHead, peer: SocketAddr) -> Result<usi
 /// The mount whose source credentials may set `mount`'s title: its own, or for a transcoded
 /// mount (which has no source of its own) those of the mount it is made from, followed through
 /// at most a few transcodes of transcodes.
-fn credentials_mount(state: &State, mut mount: String) -> String {
+fn credentials_mount(state: &Node, mut mount: String) -> String {
     for _ in 0..4 {
         match state.coordinator.mount(&mount).and_then(|m| m.transcode) {
             Some(t) => mount = t.from,
@@ -212,7 +212,7 @@ fn ice_response(status: u16, message: &str) -> Response {
 }
 
 /// Answers an admitted request (see [`admit`]: credentials were checked already).
-async fn route(state: &State, req: &RequestHead, body: &[u8]) -> Response {
+async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
     let path = req.path.as_str();
     if is_metadata(path) {
         return metadata(state, req).await;
@@ -347,7 +347,7 @@ fn decode_text(bytes: &[u8], charset: Option<&str>) -> String {
     }
 }
 
-async fn metadata(state: &State, req: &RequestHead) -> Response {
+async fn metadata(state: &Node, req: &RequestHead) -> Response {
     let mount = req.query("mount").unwrap_or_default();
     if req.query("mode").as_deref() != Some("updinfo") {
         return ice_response(400, "No such mode (use mode=updinfo)");
@@ -387,7 +387,7 @@ async fn metadata(state: &State, req: &RequestHead) -> Response {
 
 /// Sets the title of `mount`, produced on this node (also for `/_cluster/metadata`, a title
 /// another node took for it): through the mount's title hooks, then into its hub.
-pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
+pub fn set_title_here(state: &Node, mount: &str, title: &str) -> Response {
     let Some(hub) = state.hubs.hub(mount) else {
         return ice_response(400, "Source does not exist");
     };
@@ -399,7 +399,7 @@ pub fn set_title_here(state: &State, mount: &str, title: &str) -> Response {
     ice_response(200, "Metadata update successful")
 }
 
-fn mount_view(state: &State, m: &MountConfig) -> serde_json::Value {
+fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
     let hub = state.hubs.hub(&m.path);
     // What routes this mount's listeners: its own, its station's, or the node's.
     let (policy, routing) = state.router.for_mount(m);
@@ -488,7 +488,7 @@ fn typed<T: TryFrom<String, Error = String>>(
 /// Applies the transcode fields of `r` to `m` (creating its transcode section when `create`),
 /// collecting every problem, including the source mount's.
 fn apply_transcode(
-    state: &State,
+    state: &Node,
     m: &mut MountConfig,
     r: &mut MountRequest,
     create: bool,
@@ -651,7 +651,7 @@ fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -
     r.password
 }
 
-async fn create_mount(state: &State, body: &[u8]) -> Response {
+async fn create_mount(state: &Node, body: &[u8]) -> Response {
     let mut r = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -702,7 +702,7 @@ async fn create_mount(state: &State, body: &[u8]) -> Response {
     Response::json(201, &view)
 }
 
-async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
+async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     let mut r = match parse_request(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -740,7 +740,7 @@ async fn edit_mount(state: &State, mount: &str, body: &[u8]) -> Response {
     Response::json(200, &mount_view(state, &m))
 }
 
-async fn delete_mount(state: &State, mount: &str) -> Response {
+async fn delete_mount(state: &Node, mount: &str) -> Response {
     match state.coordinator.delete_mount(mount).await {
         Ok(true) => {
             // The server's reconcile task disconnects a live source of the deleted mount.

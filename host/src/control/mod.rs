@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod pages;
 pub mod plugins;
+pub mod reconcile;
 pub mod stations;
 pub mod status;
 

@@ -2,10 +2,10 @@
 //! playlists (`.m3u`, `.pls`, `.xspf`) of mounts.
 
 use crate::http::{xml_escape, RequestHead, Response};
-use crate::node::State;
+use crate::node::Node;
 
 /// The page `req` asks for, if it is one of these (otherwise it is a stream).
-pub fn page(state: &State, req: &RequestHead) -> Option<Response> {
+pub fn page(state: &Node, req: &RequestHead) -> Option<Response> {
     match req.path.as_str() {
         "/status-json.xsl" | "/status-json" => Some(Response::json(
             200,
@@ -21,7 +21,7 @@ pub fn page(state: &State, req: &RequestHead) -> Option<Response> {
     }
 }
 
-fn index(state: &State, req: &RequestHead) -> Response {
+fn index(state: &Node, req: &RequestHead) -> Response {
     let base = state.config.base_url(Some(req));
     let mut body = format!("tidecast {}\n\nLive mounts:\n", env!("CARGO_PKG_VERSION"));
     let hubs = state.hubs.live_hubs();
@@ -35,7 +35,7 @@ fn index(state: &State, req: &RequestHead) -> Response {
     Response::new(200, "text/plain; charset=utf-8", body)
 }
 
-fn playlist(state: &State, req: &RequestHead) -> Option<Response> {
+fn playlist(state: &Node, req: &RequestHead) -> Option<Response> {
     let (mount, kind) = [".m3u", ".pls", ".xspf"]
         .iter()
         .find_map(|ext| req.path.strip_suffix(ext).map(|m| (m, *ext)))?;

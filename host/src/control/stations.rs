@@ -10,7 +10,7 @@ use tracing::info;
 use crate::control::storage_error;
 use crate::http::Response;
 use crate::model::{MountConfig, StationConfig};
-use crate::node::State;
+use crate::node::Node;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -23,14 +23,14 @@ struct StationRequest {
 }
 
 /// Problems with `m`'s station: it must exist.
-pub fn check_membership(state: &State, m: &MountConfig) -> Option<String> {
+pub fn check_membership(state: &Node, m: &MountConfig) -> Option<String> {
     let name = m.station.as_deref()?;
     state.coordinator.station(name).is_none().then(|| {
         format!("station: no station named {name}; create it with `tidecast station create {name}`")
     })
 }
 
-fn view(state: &State, s: &StationConfig) -> serde_json::Value {
+fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
     let mounts: Vec<String> = state
         .coordinator
         .mounts()
@@ -46,7 +46,7 @@ fn view(state: &State, s: &StationConfig) -> serde_json::Value {
     })
 }
 
-pub fn list(state: &State) -> Response {
+pub fn list(state: &Node) -> Response {
     let all: Vec<_> = state
         .coordinator
         .stations()
@@ -56,7 +56,7 @@ pub fn list(state: &State) -> Response {
     Response::json(200, &json!(all))
 }
 
-pub fn show(state: &State, name: &str) -> Response {
+pub fn show(state: &Node, name: &str) -> Response {
     match state.coordinator.station(name) {
         Some(s) => Response::json(200, &view(state, &s)),
         None => Response::error(404, format!("no station named {name}")),
@@ -64,7 +64,7 @@ pub fn show(state: &State, name: &str) -> Response {
 }
 
 /// Applies a request to `s`, collecting every problem.
-fn apply(state: &State, s: &mut StationConfig, r: StationRequest, problems: &mut Vec<String>) {
+fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut Vec<String>) {
     match r.policy.as_deref() {
         None => {}
         Some("") => s.policy = None,
@@ -97,7 +97,7 @@ fn refused(problems: &[String]) -> Response {
     )
 }
 
-pub async fn create(state: &State, body: &[u8]) -> Response {
+pub async fn create(state: &Node, body: &[u8]) -> Response {
     let mut r = match parse(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -132,7 +132,7 @@ pub async fn create(state: &State, body: &[u8]) -> Response {
     Response::json(201, &view(state, &s))
 }
 
-pub async fn edit(state: &State, name: &str, body: &[u8]) -> Response {
+pub async fn edit(state: &Node, name: &str, body: &[u8]) -> Response {
     let r = match parse(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -160,7 +160,7 @@ pub async fn edit(state: &State, name: &str, body: &[u8]) -> Response {
     Response::json(200, &view(state, &s))
 }
 
-pub async fn delete(state: &State, name: &str) -> Response {
+pub async fn delete(state: &Node, name: &str) -> Response {
     let members: Vec<String> = state
         .coordinator
         .mounts()

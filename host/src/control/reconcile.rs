@@ -1,0 +1,115 @@
+//! Reconciling what runs here with the configuration: a deleted mount loses its source (and so
+//! its listeners), transcoders are started, restarted and stopped to match the transcoded
+//! mounts, and a node that lost its cluster lease gives up what it originates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::cluster::coordinator::ConfigEvent;
+use crate::node::Node;
+use crate::sync::Locked;
+
+/// Applies configuration changes to what runs here: a deleted mount loses its source (and so its
+/// listeners); transcoders are started, restarted and stopped to match the transcoded mounts.
+/// Other settings are read afresh by each new connection.
+pub async fn run(state: Arc<Node>) {
+    let mut events = state.coordinator.subscribe();
+    sync_transcoders(&state);
+    loop {
+        let deleted: Vec<String> = match events.recv().await {
+            Ok(ConfigEvent::MountDeleted(path)) => vec![path],
+            Ok(ConfigEvent::LeaseLost) => {
+                give_up_origins(&state);
+                continue;
+            }
+            Ok(ConfigEvent::MountChanged(_) | ConfigEvent::PluginChanged(_)) => vec![],
+            // Missed events: compare live hubs with the configuration.
+            Err(broadcast::error::RecvError::Lagged(_)) => state
+                .hubs
+                .live_hubs()
+                .iter()
+                .filter(|h| !state.gate.open_mode() && state.coordinator.mount(&h.mount).is_none())
+                .map(|h| h.mount.clone())
+                .collect(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        sync_transcoders(&state);
+        // Running filter chains re-resolve their plugins at their next block.
+        state.plugins.runtime.changed();
+        for path in deleted {
+            if let Some(h) = state.hubs.hub(&path) {
+                info!(mount = %path, "mount deleted: disconnecting its source");
+                h.kill.notify_one();
+            }
+        }
+    }
+}
+
+/// After this node's lease was lost: its sources are disconnected (they reconnect through a node
+/// that can claim the mount) and its transcoders stop and campaign again, so no mount has two
+/// origins for longer than the lease.
+fn give_up_origins(state: &Arc<Node>) {
+    let relayed = state.relays.relayed();
+    let transcoded = state
+        .transcoders
+        .with(|t| t.keys().cloned().collect::<Vec<_>>());
+    for h in state.hubs.live_hubs() {
+        if !relayed.contains(&h.mount) && !transcoded.contains(&h.mount) {
+            warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
+            h.kill.notify_one();
+        }
+    }
+    {
+        let mut t = state.transcoders.locked();
+        if !t.is_empty() {
+            warn!(
+                count = t.len(),
+                "lease lost: transcoders stop and campaign again"
+            );
+        }
+        // Dropping a handle stops its thread; the sync below starts new ones.
+        t.clear();
+    }
+    sync_transcoders(state);
+}
+
+/// Runs exactly the transcoders the configuration asks for, each with its current settings.
+fn sync_transcoders(state: &Arc<Node>) {
+    let wanted: HashMap<String, crate::model::TranscodeConfig> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter_map(|m| m.transcode.map(|t| (m.path, t)))
+        .collect();
+    let mut running = state.transcoders.locked();
+    // Dropping a handle stops its thread.
+    running.retain(|path, h| wanted.get(path) == Some(&h.config));
+    for (path, config) in wanted {
+        if running.contains_key(&path) {
+            continue;
+        }
+        let settings = match config.settings() {
+            Ok(s) => s,
+            Err(problems) => {
+                warn!(mount = %path, problems = %problems.join("; "), "transcoded mount not started");
+                continue;
+            }
+        };
+        let rt = tokio::runtime::Handle::current();
+        match crate::transcode::spawn(
+            state.transcode.clone(),
+            path.clone(),
+            config.clone(),
+            settings,
+            rt,
+        ) {
+            Ok(h) => {
+                running.insert(path, h);
+            }
+            Err(e) => warn!(mount = %path, error = %e, "cannot start a transcoder thread"),
+        }
+    }
+}

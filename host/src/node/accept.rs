@@ -1,0 +1,163 @@
+//! The accept loop and request dispatch. Every connection on the listen port starts the same
+//! way: its request head is read by [`crate::http::read_head`] (bounded in size and time), then
+//! it goes to ingest (SOURCE, PUT), the admin API (`/admin/…`, `/api/…`), another node's
+//! internal request (`/_relay/…`, `/_cluster/…`), a public page, or the listener path (GET/HEAD
+//! of a mount). `run(listener, node, shutdown)` is the whole server, so tests and `main` start it
+//! the same way.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use super::Node;
+use crate::http::{read_head, send, Cors, Response};
+use crate::metrics::ErrorKind;
+
+/// Serves connections from `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<Node>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(state.config.max_clients));
+    let per_address = crate::limits::PerAddress::new(state.config.max_clients_per_address);
+    let reconciler = tokio::spawn(crate::control::reconcile::run(state.clone()));
+    let reporter = tokio::spawn(state.load.clone().run());
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let (Ok(permit), Some(slot)) = (
+            permits.clone().try_acquire_owned(),
+            per_address.take(peer.ip()),
+        ) else {
+            // Over a connection limit: one non-blocking attempt at a 503, then close. No task
+            // is spawned, so a connection flood cannot pile up work.
+            let (kind, why) = if permits.available_permits() == 0 {
+                (ErrorKind::Full, "server full")
+            } else {
+                (
+                    ErrorKind::AddressFull,
+                    "too many connections from your address",
+                )
+            };
+            state.metrics.error(kind);
+            let r = Response::text(503, why);
+            let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
+            continue;
+        };
+        tokio::spawn(async move {
+            handle(stream, peer, state).await;
+            drop((permit, slot));
+        });
+    }
+    reconciler.abort();
+    reporter.abort();
+    info!("stopped accepting connections");
+}
+
+async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let req = match read_head(&mut stream, &mut buf, state.config.header_timeout()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let kind = match e.status() {
+                Some(408) => ErrorKind::Timeout,
+                Some(431) => ErrorKind::TooLarge,
+                Some(_) => ErrorKind::BadRequest,
+                None => {
+                    debug!(%peer, error = %e, "connection closed before a request");
+                    return;
+                }
+            };
+            state.metrics.error(kind);
+            info!(%peer, error = %e, "bad request");
+            if let Some(status) = e.status() {
+                send(&mut stream, &Response::text(status, &e), "HTTP/1.0", false).await;
+            }
+            return;
+        }
+    };
+    let path = req.path.as_str();
+    match req.method.as_str() {
+        // The admin surface first: mounts never live under /admin or /api (reserved paths), so
+        // a PUT there is an API call (a plugin upload), not a source.
+        _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
+            crate::control::admin::serve(stream, peer, req, buf, state).await
+        }
+        "SOURCE" | "PUT" => {
+            crate::ingest::serve(stream, peer, req, buf, state.ingest.clone()).await
+        }
+        "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
+            // Another node of the cluster: relaying a mount (the listener path), or asking
+            // whether its lease is alive. Only with the cluster secret.
+            drop(buf);
+            if !state.secret.matches(&req) {
+                state.metrics.error(ErrorKind::Unauthorized);
+                let r = Response::text(403, "cluster secret required");
+                send(&mut stream, &r, req.response_version(), false).await;
+                return;
+            }
+            if path.starts_with("/_cluster/") {
+                let r = match path.strip_prefix("/_cluster/lease/") {
+                    Some(node) => match state.coordinator.node_alive(node).await {
+                        Some(true) => Response::text(200, "alive"),
+                        Some(false) => Response::text(410, "gone"),
+                        None => Response::text(503, "etcd unreachable from here too"),
+                    },
+                    // A title a source client gave another node for a mount produced here.
+                    None if path == "/_cluster/metadata" => {
+                        let mount = req.query("mount").unwrap_or_default();
+                        let title = req.query("song").unwrap_or_default();
+                        crate::control::admin::set_title_here(&state, &mount, &title)
+                    }
+                    None => Response::text(404, "no such cluster endpoint"),
+                };
+                send(&mut stream, &r, req.response_version(), false).await;
+                return;
+            }
+            // Served here, never routed elsewhere: the `/_stream/` form of the mount.
+            let mut req = req;
+            req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
+            let cors = Cors::from(&req);
+            crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
+        }
+        "GET" | "HEAD" | "OPTIONS" => {
+            // A listener lives for hours: do not keep its request buffer alive that long.
+            drop(buf);
+            let cors = Cors::from(&req);
+            let version = req.response_version();
+            if req.method == "OPTIONS" {
+                let r = cors.apply(Response::new(204, "text/plain", ""), true);
+                send(&mut stream, &r, version, false).await;
+            } else if let Some(r) = crate::control::pages::page(&state, &req) {
+                let r = cors.apply(r, false);
+                send(&mut stream, &r, version, req.method == "HEAD").await;
+            } else {
+                crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
+            }
+        }
+        _ => {
+            let r = Response::text(405, "method not allowed")
+                .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE");
+            send(&mut stream, &r, req.response_version(), false).await;
+        }
+    }
+}
