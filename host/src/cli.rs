@@ -6,6 +6,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde_json::{json, Value};
 
+use crate::model::MountSettings;
+
 #[derive(clap::Args, Debug)]
 pub struct Connection {
     /// Base URL of a tidecast node.
@@ -37,83 +39,12 @@ pub struct Connection {
     json: bool,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct MountSettings {
-    /// Source user name [default on create: source].
-    #[arg(long)]
-    user: Option<String>,
-    /// Most listeners on this mount (0: no limit beyond the node's).
-    #[arg(long)]
-    max_listeners: Option<u32>,
-    /// Mount whose stream listeners hear while this one has no source ("" to remove).
-    #[arg(long)]
-    fallback: Option<String>,
-    /// Charset of ICY metadata sent to players: ISO-8859-1 (default) or UTF-8.
-    #[arg(long)]
-    charset: Option<String>,
-    /// Make a transcoded mount from this source mount (no source client pushes it).
-    #[arg(long, help_heading = "Transcoding")]
-    from: Option<String>,
-    /// Output codec of a transcoded mount: mp3 or opus.
-    #[arg(long, help_heading = "Transcoding")]
-    codec: Option<String>,
-    /// Output bitrate in kbit/s.
-    #[arg(long, help_heading = "Transcoding")]
-    bitrate: Option<u32>,
-    /// Output sample rate in Hz [default: 44100 for mp3, 48000 for opus].
-    #[arg(long, help_heading = "Transcoding")]
-    sample_rate: Option<u32>,
-    /// Output channels: 1 or 2 [default: 2].
-    #[arg(long, help_heading = "Transcoding")]
-    channels: Option<u16>,
-    /// MP3: LAME quality 0 (best) to 9 [default: 3]. Opus: complexity 0 to 10 [default: 10].
-    #[arg(long, help_heading = "Transcoding")]
-    quality: Option<u8>,
-    /// MP3 stereo mode: joint or stereo [default: joint].
-    #[arg(long, help_heading = "Transcoding")]
-    stereo_mode: Option<String>,
-    /// Opus frame duration in ms: 5, 10, 20, 40 or 60 [default: 20].
-    #[arg(long, help_heading = "Transcoding")]
-    frame_ms: Option<u32>,
-    /// MP3 VBR at this LAME -V level, 0 (best) to 9, instead of CBR at --bitrate.
-    #[arg(long, help_heading = "Transcoding")]
-    vbr_quality: Option<u8>,
-    /// MP3 average bitrate (ABR) at --bitrate instead of CBR (`--abr false` returns to CBR).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Transcoding")]
-    abr: Option<bool>,
-    /// A WebAssembly filter plugin, NAME[:key=value,...]; repeat for a chain, in order. Replaces
-    /// the mount's chain. Audio filters run on transcoded mounts; title hooks run on any mount.
-    #[arg(
-        long = "filter",
-        value_name = "NAME[:key=value,...]",
-        help_heading = "Plugins"
-    )]
-    filters: Vec<String>,
-    /// Detach every filter from the mount.
-    #[arg(long, conflicts_with = "filters", help_heading = "Plugins")]
-    no_filters: bool,
-    /// The listener-selection policy plugin, NAME[:key=value,...] ("" detaches it).
-    #[arg(long, value_name = "NAME[:key=value,...]", help_heading = "Plugins")]
-    policy: Option<String>,
-    /// The native routing chain in a cluster, e.g. listeners_available,listeners_score,weighted
-    /// ("" returns to the node's --routing).
-    #[arg(long, value_name = "STEP,...")]
-    routing: Option<String>,
-    /// The station (radio) this mount belongs to ("" to leave it); the station's policy and
-    /// routing apply when the mount sets none.
-    #[arg(long, value_name = "NAME")]
-    station: Option<String>,
-}
-
 #[derive(clap::Subcommand, Debug)]
 pub enum MountCommand {
     /// Declare a mount and print its source credentials.
     Create {
         /// Mount path, e.g. /live.mp3
         path: String,
-        /// Source password [default: a random one, printed once].
-        #[arg(long)]
-        password: Option<String>,
         #[command(flatten)]
         settings: MountSettings,
     },
@@ -124,69 +55,11 @@ pub enum MountCommand {
     /// Change a mount's settings or source password.
     Edit {
         path: String,
-        /// New source password.
-        #[arg(long)]
-        password: Option<String>,
         #[command(flatten)]
         settings: MountSettings,
     },
     /// Remove a mount (a connected source is disconnected).
     Delete { path: String },
-}
-
-fn request_body(path: Option<&str>, password: Option<String>, s: MountSettings) -> Value {
-    let mut body = json!({});
-    let mut set = |k: &str, v: Value| {
-        body[k] = v;
-    };
-    if let Some(p) = path {
-        set("path", json!(p));
-    }
-    if let Some(p) = password {
-        set("password", json!(p));
-    }
-    if let Some(u) = s.user {
-        set("source_user", json!(u));
-    }
-    if let Some(n) = s.max_listeners {
-        set("max_listeners", json!(n));
-    }
-    if let Some(f) = s.fallback {
-        set("fallback", json!(f));
-    }
-    if let Some(c) = s.charset {
-        set("charset", json!(c));
-    }
-    let transcode = [
-        ("from", s.from.map(|v| json!(v))),
-        ("codec", s.codec.map(|v| json!(v))),
-        ("bitrate", s.bitrate.map(|v| json!(v))),
-        ("sample_rate", s.sample_rate.map(|v| json!(v))),
-        ("channels", s.channels.map(|v| json!(v))),
-        ("quality", s.quality.map(|v| json!(v))),
-        ("stereo_mode", s.stereo_mode.map(|v| json!(v))),
-        ("frame_ms", s.frame_ms.map(|v| json!(v))),
-        ("vbr_quality", s.vbr_quality.map(|v| json!(v))),
-        ("abr", s.abr.map(|v| json!(v))),
-    ];
-    for (k, v) in transcode {
-        if let Some(v) = v {
-            set(k, v);
-        }
-    }
-    if s.no_filters || !s.filters.is_empty() {
-        set("filters", json!(s.filters));
-    }
-    if let Some(p) = s.policy {
-        set("policy", json!(p));
-    }
-    if let Some(r) = s.routing {
-        set("routing", json!(r));
-    }
-    if let Some(st) = s.station {
-        set("station", json!(st));
-    }
-    body
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -427,16 +300,9 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
         )
     };
     let result = match command {
-        MountCommand::Create {
-            path,
-            password,
-            settings,
-        } => {
-            let v = api.call(
-                "POST",
-                "/api/v1/mounts",
-                Some(request_body(Some(&path), password, settings)),
-            )?;
+        MountCommand::Create { path, mut settings } => {
+            settings.path = Some(path.clone());
+            let v = api.call("POST", "/api/v1/mounts", Some(settings.to_json()))?;
             if !conn.json && !v["transcode"].is_null() {
                 let t = &v["transcode"];
                 println!(
@@ -507,16 +373,8 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
             }
             v
         }
-        MountCommand::Edit {
-            path,
-            password,
-            settings,
-        } => {
-            let v = api.call(
-                "PATCH",
-                &item_url(&path),
-                Some(request_body(None, password, settings)),
-            )?;
+        MountCommand::Edit { path, settings } => {
+            let v = api.call("PATCH", &item_url(&path), Some(settings.to_json()))?;
             if !conn.json {
                 println!("Updated mount {path}");
                 print_fields(&v);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -22,7 +21,7 @@ use crate::http::send;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
-use crate::model::{validate_mount_path, MountConfig, TranscodeConfig};
+use crate::model::{validate_mount_path, MountConfig, MountSettings, TranscodeConfig};
 use crate::node::Node;
 
 /// Largest JSON body the API accepts.
@@ -426,57 +425,6 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
     })
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct MountRequest {
-    path: Option<String>,
-    password: Option<String>,
-    source_user: Option<String>,
-    /// 0 removes the limit.
-    max_listeners: Option<u32>,
-    /// Empty removes the fallback.
-    fallback: Option<String>,
-    /// Empty returns to the default.
-    charset: Option<String>,
-    /// Transcoded mounts: the source mount and the output encoding.
-    from: Option<String>,
-    /// Kept as text (so are the stereo mode and the routing chain) and parsed where every
-    /// problem of the request is collected.
-    codec: Option<String>,
-    bitrate: Option<u32>,
-    sample_rate: Option<u32>,
-    channels: Option<u16>,
-    quality: Option<u8>,
-    stereo_mode: Option<String>,
-    frame_ms: Option<u32>,
-    vbr_quality: Option<u8>,
-    /// MP3: average bitrate instead of constant (false returns to CBR).
-    abr: Option<bool>,
-    /// WebAssembly filters, in order, as `NAME[:key=value,...]`; an empty list detaches all.
-    filters: Option<Vec<String>>,
-    /// Listener-selection policy plugin `NAME[:key=value,...]`; empty detaches it.
-    policy: Option<String>,
-    /// Native routing chain (`routing::native`); empty returns to the node's default.
-    routing: Option<String>,
-    /// The station the mount belongs to; empty detaches it.
-    station: Option<String>,
-}
-
-impl MountRequest {
-    fn has_transcode_fields(&self) -> bool {
-        self.from.is_some()
-            || self.codec.is_some()
-            || self.bitrate.is_some()
-            || self.sample_rate.is_some()
-            || self.channels.is_some()
-            || self.quality.is_some()
-            || self.stereo_mode.is_some()
-            || self.frame_ms.is_some()
-            || self.vbr_quality.is_some()
-            || self.abr.is_some()
-    }
-}
-
 /// `text` parsed into its type, or `None` with the problem noted.
 fn typed<T: TryFrom<String, Error = String>>(
     text: Option<String>,
@@ -490,7 +438,7 @@ fn typed<T: TryFrom<String, Error = String>>(
 fn apply_transcode(
     state: &Node,
     m: &mut MountConfig,
-    r: &mut MountRequest,
+    r: &mut MountSettings,
     create: bool,
     problems: &mut Vec<String>,
 ) {
@@ -562,7 +510,7 @@ fn apply_transcode(
 /// A mount request body checked as far as it can be without a node: parsed and applied to an
 /// empty mount, every problem named (the fuzz target `admin_json` drives this).
 pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
-    let mut r: MountRequest =
+    let mut r: MountSettings =
         serde_json::from_slice(body).map_err(|e| vec![format!("bad JSON body: {e}")])?;
     let mut problems = Vec::new();
     let mut m = MountConfig::new(r.path.take().unwrap_or_default());
@@ -577,12 +525,12 @@ pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
     }
 }
 
-fn parse_request(body: &[u8]) -> Result<MountRequest, Response> {
+fn parse_request(body: &[u8]) -> Result<MountSettings, Response> {
     serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
 }
 
 /// Applies a request to `m`, collecting every problem.
-fn apply(m: &mut MountConfig, mut r: MountRequest, problems: &mut Vec<String>) -> Option<String> {
+fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) -> Option<String> {
     if let Some(specs) = r.filters.take() {
         m.filters.clear();
         for spec in specs {

@@ -6,11 +6,13 @@
 mod mount;
 mod plugin;
 pub(crate) mod routing;
+mod settings;
 mod station;
 
 pub use mount::{validate_mount_path, MountConfig, TranscodeConfig};
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};
+pub use settings::MountSettings;
 pub use station::StationConfig;
 
 use serde::{Deserialize, Serialize};

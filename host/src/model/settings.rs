@@ -1,0 +1,128 @@
+//! A change to a mount, as the CLI's flags and the API's JSON body both give it: declared once
+//! (clap and serde), applied to a [`super::MountConfig`] by the admin API, which checks every
+//! field and reports every problem at once. A field left out changes nothing.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountSettings {
+    /// The mount path (the CLI takes it as its argument).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Source password [create: a random one, printed once, unless given].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Source user name [default on create: source].
+    #[arg(long = "user")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_user: Option<String>,
+    /// Most listeners on this mount (0: no limit beyond the node's).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_listeners: Option<u32>,
+    /// Mount whose stream listeners hear while this one has no source ("" to remove).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// Charset of ICY metadata sent to players: ISO-8859-1 (default) or UTF-8 ("" for the
+    /// default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub charset: Option<String>,
+    /// Make a transcoded mount from this source mount (no source client pushes it).
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Output codec of a transcoded mount: mp3 or opus. (Text here, like the stereo mode and
+    /// the routing chain: parsed where every problem of the change is collected.)
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    /// Output bitrate in kbit/s.
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u32>,
+    /// Output sample rate in Hz [default: 44100 for mp3, 48000 for opus].
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Output channels: 1 or 2 [default: 2].
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// MP3: LAME quality 0 (best) to 9 [default: 3]. Opus: complexity 0 to 10 [default: 10].
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+    /// MP3 stereo mode: joint or stereo [default: joint].
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stereo_mode: Option<String>,
+    /// Opus frame duration in ms: 5, 10, 20, 40 or 60 [default: 20].
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_ms: Option<u32>,
+    /// MP3 VBR at this LAME -V level, 0 (best) to 9, instead of CBR at --bitrate.
+    #[arg(long, help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vbr_quality: Option<u8>,
+    /// MP3 average bitrate (ABR) at --bitrate instead of CBR (`--abr false` returns to CBR).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Transcoding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abr: Option<bool>,
+    /// A WebAssembly filter plugin, NAME[:key=value,...]; repeat for a chain, in order. Replaces
+    /// the mount's chain. Audio filters run on transcoded mounts; title hooks run on any mount.
+    /// (In JSON a list; an empty list detaches every filter.)
+    #[arg(
+        long = "filter",
+        value_name = "NAME[:key=value,...]",
+        help_heading = "Plugins"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<Vec<String>>,
+    /// Detach every filter from the mount.
+    #[arg(long, conflicts_with = "filters", help_heading = "Plugins")]
+    #[serde(skip)]
+    pub no_filters: bool,
+    /// The listener-selection policy plugin, NAME[:key=value,...] ("" detaches it).
+    #[arg(long, value_name = "NAME[:key=value,...]", help_heading = "Plugins")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The native routing chain in a cluster, e.g. listeners_available,listeners_score,weighted
+    /// ("" returns to the node's --routing).
+    #[arg(long, value_name = "STEP,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
+    /// The station (radio) this mount belongs to ("" to leave it); the station's policy and
+    /// routing apply when the mount sets none.
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub station: Option<String>,
+}
+
+impl MountSettings {
+    /// Whether the change touches how the mount is transcoded.
+    pub fn has_transcode_fields(&self) -> bool {
+        self.from.is_some()
+            || self.codec.is_some()
+            || self.bitrate.is_some()
+            || self.sample_rate.is_some()
+            || self.channels.is_some()
+            || self.quality.is_some()
+            || self.stereo_mode.is_some()
+            || self.frame_ms.is_some()
+            || self.vbr_quality.is_some()
+            || self.abr.is_some()
+    }
+
+    /// The API's JSON body for this change (`--no-filters` as an empty filter list).
+    pub fn to_json(mut self) -> serde_json::Value {
+        if self.no_filters {
+            self.filters = Some(Vec::new());
+        }
+        serde_json::to_value(&self).unwrap_or_default()
+    }
+}
