@@ -184,7 +184,7 @@ impl Router {
     fn kbps_per_listener(&self, mount: &str) -> u32 {
         self.hubs
             .hub(mount)
-            .and_then(|h| h.props.bitrate.as_deref()?.trim().parse().ok())
+            .and_then(|h| h.bitrate_kbps)
             .unwrap_or(128)
     }
 

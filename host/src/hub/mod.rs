@@ -91,6 +91,8 @@ pub struct Hub {
     pub started: time::OffsetDateTime,
     pub source_ip: String,
     pub source_agent: String,
+    /// The announced bit rate (`icy-br`), parsed once: routing's estimate of a listener's share.
+    pub bitrate_kbps: Option<u32>,
     queue_size: usize,
     burst_size: usize,
     charset: String,
@@ -137,6 +139,11 @@ pub enum ReadResult {
 impl Hub {
     pub fn new(p: HubParams, size: RingSize) -> Hub {
         let charset = p.charset.unwrap_or_else(|| "ISO-8859-1".to_owned());
+        let bitrate_kbps = p
+            .props
+            .bitrate
+            .as_deref()
+            .and_then(|b| b.trim().parse().ok());
         Hub {
             mount: p.mount,
             format: p.format,
@@ -145,6 +152,7 @@ impl Hub {
             started: time::OffsetDateTime::now_utc(),
             source_ip: p.source_ip,
             source_agent: p.source_agent,
+            bitrate_kbps,
             queue_size: size.queue,
             burst_size: size.burst,
             meta: Mutex::new(Meta {
