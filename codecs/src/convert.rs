@@ -21,11 +21,22 @@ pub struct Converter {
     mixed: Vec<f32>,
 }
 
+/// Why a converter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// A rate or channel count outside what tidecast takes: refuse the stream.
+    #[error(transparent)]
+    OutOfRange(#[from] crate::decode::DecodeError),
+    /// rubato refused the pair of rates.
+    #[error("resampler {from} → {to} Hz: {why}")]
+    Resampler { from: u32, to: u32, why: String },
+}
+
 impl Converter {
-    pub fn new(from: AudioFormat, to: AudioFormat) -> Result<Converter, String> {
+    pub fn new(from: AudioFormat, to: AudioFormat) -> Result<Converter, ConvertError> {
         // The resampler's buffers are sized from both rates: never from an unchecked one.
         for f in [from, to] {
-            AudioFormat::checked(f.sample_rate, f.channels).map_err(|e| e.to_string())?;
+            AudioFormat::checked(f.sample_rate, f.channels)?;
         }
         let resampler = if from.sample_rate == to.sample_rate {
             None
@@ -38,11 +49,10 @@ impl Converter {
                     2,
                     usize::from(to.channels),
                 )
-                .map_err(|e| {
-                    format!(
-                        "resampler {} → {} Hz: {e}",
-                        from.sample_rate, to.sample_rate
-                    )
+                .map_err(|e| ConvertError::Resampler {
+                    from: from.sample_rate,
+                    to: to.sample_rate,
+                    why: e.to_string(),
                 })?,
             )
         };

@@ -181,16 +181,36 @@ impl EncoderSettings {
         }
     }
 
-    pub fn build(&self) -> Result<Box<dyn Encoder>, String> {
+    pub fn build(&self) -> Result<Box<dyn Encoder>, EncodeError> {
         let problems = self.validate();
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(EncodeError::Settings(problems));
         }
+        let library = |why| EncodeError::Library {
+            codec: self.codec,
+            why,
+        };
         match self.codec {
-            Codec::Mp3 => Mp3Encoder::new(self).map(|e| Box::new(e) as Box<dyn Encoder>),
-            Codec::Opus => OpusOggEncoder::new(self).map(|e| Box::new(e) as Box<dyn Encoder>),
+            Codec::Mp3 => Mp3Encoder::new(self)
+                .map(|e| Box::new(e) as Box<dyn Encoder>)
+                .map_err(library),
+            Codec::Opus => OpusOggEncoder::new(self)
+                .map(|e| Box::new(e) as Box<dyn Encoder>)
+                .map_err(library),
         }
     }
+}
+
+/// Why an encoder could not be built, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The settings are not valid (every problem named): fix the mount's configuration.
+    #[error("{}", .0.join("; "))]
+    Settings(Vec<String>),
+    /// The encoder library refused settings that passed validation: change the settings (and
+    /// tell us: validation should have caught it).
+    #[error("{} encoder: {why}", <&str>::from(*codec))]
+    Library { codec: Codec, why: String },
 }
 
 pub trait Encoder: Send {

@@ -12,10 +12,11 @@ mod ogg_crc;
 pub mod ogg_pages;
 pub mod pipeline;
 
+pub use convert::ConvertError;
 pub use decode::{AudioFormat, DecodeError, Decoder};
-pub use encode::{Codec, EncoderSettings, StereoMode};
+pub use encode::{Codec, EncodeError, EncoderSettings, StereoMode};
 pub use framing::{Piece, SplitStats, Splitter, StreamFormat};
-pub use pipeline::{Filter, Gain, Pipeline};
+pub use pipeline::{Filter, Gain, Pipeline, PipelineError};
 
 /// A generated test signal: `seconds` of a sine at `freq` Hz, interleaved, amplitude 0.5.
 pub fn sine(freq: f32, format: AudioFormat, seconds: f32) -> Vec<f32> {

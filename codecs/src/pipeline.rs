@@ -56,11 +56,25 @@ pub struct Pipeline {
     converted: Vec<f32>,
 }
 
+/// Why a pipeline could not be built or take a block.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The encoder could not be built: the mount's settings.
+    #[error(transparent)]
+    Encode(#[from] crate::encode::EncodeError),
+    /// The block's format cannot be converted to the output's: the stream is refused.
+    #[error(transparent)]
+    Convert(#[from] crate::convert::ConvertError),
+    /// A block without channels or rate: a decoder bug, never the stream's fault.
+    #[error("bad input format {0:?}")]
+    BadInput(AudioFormat),
+}
+
 impl Pipeline {
     pub fn new(
         settings: &EncoderSettings,
         filters: Vec<Box<dyn Filter>>,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, PipelineError> {
         Ok(Pipeline {
             output: settings.output_format(),
             converter: None,
@@ -80,9 +94,9 @@ impl Pipeline {
         block: &[f32],
         format: AudioFormat,
         out: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PipelineError> {
         if format.channels == 0 || format.sample_rate == 0 {
-            return Err(format!("bad input format {format:?}"));
+            return Err(PipelineError::BadInput(format));
         }
         if self
             .converter

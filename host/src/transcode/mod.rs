@@ -351,7 +351,7 @@ impl Transcoder {
         info!(mount = %self.path, "transcoder stopped");
     }
 
-    fn new_output(&self, src: &Hub) -> Result<Output, String> {
+    fn new_output(&self, src: &Hub) -> Result<Output, tidecast_codecs::PipelineError> {
         let s = &self.settings;
         let format = StreamFormat::from_content_type(s.content_type());
         let props = StreamProps {
