@@ -233,7 +233,7 @@ pub fn rank(state: &Node, name: &str, body: &[u8]) -> Response {
         let ranked = policy.rank(&req, &nodes);
         let micros = started.elapsed().as_secs_f64() * 1e6;
         let error = policy.stats.last_error.with(|e| e.clone());
-        Ok::<_, String>((ranked, micros, error))
+        Ok::<_, crate::plugin::AttachError>((ranked, micros, error))
     });
     let (ranked, micros, error) = match outcome {
         Ok(o) => o,

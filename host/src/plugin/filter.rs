@@ -16,7 +16,9 @@ use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
 use super::bindings::filter::FilterPlugin;
-use super::{describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre};
+use super::{
+    describe, ticks, AttachError, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre,
+};
 
 struct Live {
     store: Store<Ctx>,
@@ -49,7 +51,7 @@ impl WasmFilter {
         format: AudioFormat,
         stats: Arc<PluginStats>,
         on_failure: Box<dyn Fn(bool) + Send>,
-    ) -> Result<WasmFilter, String> {
+    ) -> Result<WasmFilter, AttachError> {
         let mut f = WasmFilter {
             plugins,
             loaded,
@@ -67,7 +69,7 @@ impl WasmFilter {
         Ok(f)
     }
 
-    fn instantiate(&self) -> Result<Live, String> {
+    fn instantiate(&self) -> Result<Live, AttachError> {
         instantiate(
             &self.plugins,
             &self.loaded,
@@ -97,7 +99,7 @@ impl WasmFilter {
             match self.instantiate() {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
-                    self.fail(e);
+                    self.fail(e.to_string());
                     return None;
                 }
             }
@@ -139,9 +141,12 @@ fn instantiate(
     log: &LogBudget,
     format: AudioFormat,
     params: &[(String, String)],
-) -> Result<Live, String> {
+) -> Result<Live, AttachError> {
     let Pre::Filter(pre) = &loaded.pre else {
-        return Err("this plugin is a policy, not a filter".to_owned());
+        return Err(AttachError::World {
+            is: "policy",
+            want: "filter",
+        });
     };
     let wit_format = super::wit::types::AudioFormat {
         sample_rate: format.sample_rate,
@@ -218,12 +223,12 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
     };
     let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), format, &[]) {
         Ok(l) => l,
-        Err(e) if e.starts_with("the plugin rejected") => {
+        Err(e @ AttachError::Rejected(_)) => {
             return Ok(format!(
                 "create without parameters was refused ({e}); attach it with parameters"
             ))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.to_string()),
     };
     let silence = vec![0.0f32; 960 * 2];
     live.store.set_epoch_deadline(ticks(Duration::from_secs_f64(

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{filter, policy, FilterStatus, Loaded, PluginStats, Plugins};
+use super::{filter, policy, AttachError, FilterStatus, Loaded, PluginStats, Plugins};
 use crate::cluster::coordinator::Coordinator;
 use crate::metrics::Metrics;
 use crate::model::{Kind, MountConfig, PluginRef, PluginVersion};
@@ -71,49 +71,40 @@ impl Host {
         r: &PluginRef,
         want: Kind,
         rt: &tokio::runtime::Handle,
-    ) -> Result<Arc<Loaded>, String> {
+    ) -> Result<Arc<Loaded>, AttachError> {
         let version = self.current_version(&r.name)?;
         if version.kind != want {
-            return Err(format!(
-                "plugin {} is a {}, not a {}",
-                r.name,
-                version.kind.as_str(),
-                want.as_str()
-            ));
+            return Err(AttachError::WrongKind {
+                name: r.name.clone(),
+                is: version.kind.as_str(),
+                want: want.as_str(),
+            });
         }
         if let Some(l) = self.runtime.get(&version.hash) {
             return Ok(l);
         }
         let bytes = rt
             .block_on(self.coordinator.plugin_blob(&version.hash))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "the stored bytes of plugin {} (version {}) are missing; push it again",
-                    r.name, version.hash
-                )
+            .map_err(|e| AttachError::Store(e.to_string()))?
+            .ok_or_else(|| AttachError::Missing {
+                name: r.name.clone(),
+                hash: version.hash.clone(),
             })?;
         // The store (etcd above all) is not trusted blindly: the bytes must be what was uploaded.
         if Plugins::hash(&bytes) != version.hash {
-            return Err(format!(
-                "the stored bytes of plugin {} do not match their hash {}: push it again",
-                r.name, version.hash
-            ));
+            return Err(AttachError::Corrupt {
+                name: r.name.clone(),
+                hash: version.hash,
+            });
         }
-        self.runtime
-            .load(&bytes)
-            .map(|(l, _)| l)
-            .map_err(|e| e.to_string())
+        Ok(self.runtime.load(&bytes)?.0)
     }
 
-    fn current_version(&self, name: &str) -> Result<PluginVersion, String> {
-        self
-        .coordinator
-        .plugin(name)
-        .and_then(|rec| rec.current().cloned())
-        .ok_or_else(|| {
-            format!("no plugin named {name}; push it first with `tidecast plugin push {name} FILE.wasm`")
-        })
+    fn current_version(&self, name: &str) -> Result<PluginVersion, AttachError> {
+        self.coordinator
+            .plugin(name)
+            .and_then(|rec| rec.current().cloned())
+            .ok_or_else(|| AttachError::Unknown(name.to_owned()))
     }
 
     /// What a chain is made of: each reference with the version it resolves to now. A running chain
@@ -183,7 +174,7 @@ impl Host {
                 }
                 Err(e) => {
                     tracing::error!(plugin = %label, error = %e, "filter not started; the chain runs without it");
-                    stats.not_started(e);
+                    stats.not_started(e.to_string());
                     status.push(FilterStatus {
                         spec: r.to_string(),
                         hash: String::new(),

@@ -100,6 +100,39 @@ pub enum PluginError {
     Smoke(String),
 }
 
+/// Why a plugin could not be attached or started; each message tells the operator what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no plugin named {0}; push it first with `tidecast plugin push {0} FILE.wasm`")]
+    Unknown(String),
+    #[error("plugin {name} is a {is}, not a {want}")]
+    WrongKind {
+        name: String,
+        is: &'static str,
+        want: &'static str,
+    },
+    #[error("the stored bytes of plugin {name} (version {hash}) are missing; push it again")]
+    Missing { name: String, hash: String },
+    #[error("the stored bytes of plugin {name} do not match their hash {hash}: push it again")]
+    Corrupt { name: String, hash: String },
+    /// The store could not be read (etcd unreachable): try again.
+    #[error("{0}")]
+    Store(String),
+    #[error(transparent)]
+    Load(#[from] PluginError),
+    #[error("this plugin is a {is}, not a {want}")]
+    World {
+        is: &'static str,
+        want: &'static str,
+    },
+    #[error("instantiation: {0}")]
+    Instantiate(String),
+    #[error("create: {0}")]
+    Create(String),
+    #[error("the plugin rejected its parameters: {0}")]
+    Rejected(String),
+}
+
 /// A compiled, linked component, ready to instantiate.
 pub struct Loaded {
     pub hash: String,
@@ -713,14 +746,13 @@ fn start<B, R>(
     log: &LogBudget,
     instantiate: impl FnOnce(&mut Store<Ctx>) -> wasmtime::Result<B>,
     create: impl FnOnce(&B, &mut Store<Ctx>) -> wasmtime::Result<Result<R, String>>,
-) -> Result<(Store<Ctx>, B, R), String> {
+) -> Result<(Store<Ctx>, B, R), AttachError> {
     let mut store = plugins.store(log);
     store.set_epoch_deadline(ticks(CREATE_DEADLINE));
-    let bindings =
-        instantiate(&mut store).map_err(|e| format!("instantiation: {}", describe(&e)))?;
+    let bindings = instantiate(&mut store).map_err(|e| AttachError::Instantiate(describe(&e)))?;
     let made = create(&bindings, &mut store)
-        .map_err(|e| format!("create: {}", describe(&e)))?
-        .map_err(|msg| format!("the plugin rejected its parameters: {msg}"))?;
+        .map_err(|e| AttachError::Create(describe(&e)))?
+        .map_err(AttachError::Rejected)?;
     Ok((store, bindings, made))
 }
 

@@ -11,7 +11,9 @@ use wasmtime::Store;
 
 pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
 use super::bindings::policy::PolicyPlugin;
-use super::{describe, ticks, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre};
+use super::{
+    describe, ticks, AttachError, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre,
+};
 
 struct Live {
     store: Store<Ctx>,
@@ -35,9 +37,12 @@ fn instantiate(
     loaded: &Loaded,
     log: &LogBudget,
     params: &[(String, String)],
-) -> Result<Live, String> {
+) -> Result<Live, AttachError> {
     let Pre::Policy(pre) = &loaded.pre else {
-        return Err("this plugin is a filter, not a policy".to_owned());
+        return Err(AttachError::World {
+            is: "filter",
+            want: "policy",
+        });
     };
     let (store, bindings, selector) = super::start(
         plugins,
@@ -75,7 +80,7 @@ impl WasmPolicy {
         loaded: Arc<Loaded>,
         label: String,
         params: Vec<(String, String)>,
-    ) -> Result<WasmPolicy, String> {
+    ) -> Result<WasmPolicy, AttachError> {
         let log = LogBudget::new(&label);
         let live = instantiate(&plugins, &loaded, &log, &params)?;
         Ok(WasmPolicy {
@@ -101,7 +106,7 @@ impl WasmPolicy {
             match instantiate(&self.plugins, &self.loaded, &self.log, &self.params) {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
-                    self.fail(e);
+                    self.fail(e.to_string());
                     return None;
                 }
             }
@@ -188,12 +193,12 @@ pub fn sample_request() -> ListenerRequest {
 pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
     let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), &[]) {
         Ok(l) => l,
-        Err(e) if e.starts_with("the plugin rejected") => {
+        Err(e @ AttachError::Rejected(_)) => {
             return Ok(format!(
                 "create without parameters was refused ({e}); attach it with parameters"
             ))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.to_string()),
     };
     live.store
         .set_epoch_deadline(ticks(plugins.limits.policy_deadline));
