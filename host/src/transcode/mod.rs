@@ -177,6 +177,21 @@ impl Output {
     }
 }
 
+impl Output {
+    /// Encodes silence from `produced_until` up to now, so the output's audio clock is not behind
+    /// the wall clock.
+    fn fill_gap(&mut self, produced_until: &mut Instant, rt: &Handle) {
+        let now = Instant::now();
+        let missing = now.saturating_duration_since(*produced_until).as_secs_f64();
+        self.refresh_filters(rt);
+        let rate = f64::from(self.pipeline.output_format().sample_rate);
+        self.pipeline
+            .push_silence((missing * rate) as usize, &mut self.encoded);
+        self.publish();
+        *produced_until = (*produced_until).max(now);
+    }
+}
+
 impl Transcoder {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -251,14 +266,7 @@ impl Transcoder {
                         output = None;
                         continue;
                     }
-                    let now = Instant::now();
-                    let missing = now.saturating_duration_since(produced_until).as_secs_f64();
-                    out.refresh_filters(&self.rt);
-                    let rate = f64::from(out.pipeline.output_format().sample_rate);
-                    out.pipeline
-                        .push_silence((missing * rate) as usize, &mut out.encoded);
-                    out.publish();
-                    produced_until = produced_until.max(now);
+                    out.fill_gap(&mut produced_until, &self.rt);
                 }
                 std::thread::sleep(GAP_STEP);
                 continue;
@@ -301,6 +309,12 @@ impl Transcoder {
             }
             let Some(out) = &mut output else { continue };
             gap_since = None;
+            // Whatever the wait for this source left unproduced (a relayed source whose origin
+            // moved keeps its hub, so the probe above may have waited without the branch above
+            // filling anything) becomes silence first: listeners never get a hole.
+            if Instant::now().saturating_duration_since(produced_until) > GAP_STEP {
+                out.fill_gap(&mut produced_until, &self.rt);
+            }
             let mut meta_version = u64::MAX;
             let mut last_skipped = 0;
             loop {
