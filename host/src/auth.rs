@@ -357,6 +357,7 @@ impl Verifier {
         };
         // The attempt ahead may have proven this very credential meanwhile.
         if cached() {
+            self.stats.cached.inc();
             return Verdict::Granted;
         }
         let (blocked_until, suspect) = {
@@ -493,6 +494,21 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
     const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 4));
+
+    /// Two logins with one fresh credential at once from one address: the second waits for the
+    /// first's check and is then answered from the cache, and counted as cached.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_that_waited_for_the_same_credential_counts_as_cached() {
+        let h = hash_password("hackme").unwrap();
+        let v = Verifier::default();
+        let (a, b) = tokio::join!(
+            v.verify(A, true, "hackme", &h),
+            v.verify(A, true, "hackme", &h)
+        );
+        assert_eq!((a, b), (Verdict::Granted, Verdict::Granted));
+        assert_eq!(v.stats.hashed.get(), 1, "one hash for both");
+        assert_eq!(v.stats.cached.get(), 1, "the other answered from the cache");
+    }
 
     #[tokio::test]
     async fn hash_and_verify() {
