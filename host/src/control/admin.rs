@@ -365,11 +365,11 @@ async fn metadata(state: &Node, req: &RequestHead) -> Response {
         (None, Some(a), None) => a,
         (None, None, None) => return ice_response(400, "No metadata given (use song=)"),
     };
-    // Control characters would break the ICY block; drop them, and bound the length.
-    let title = crate::hub::clean_title(&title);
     // A mount produced on another node (its source, its transcoder) takes the title there; it
-    // reaches this node's listeners through the relay, as every other title does.
+    // reaches this node's listeners through the relay, as every other title does. Cleaned
+    // first, so what crosses is bounded; the origin cleans what it receives again.
     if let Some(origin) = state.coordinator.origin_url(&mount) {
+        let title = crate::hub::clean_title(&title);
         return match crate::cluster::peer::set_title_at(&origin, &mount, &title, &state.secret)
             .await
         {
@@ -385,7 +385,8 @@ async fn metadata(state: &Node, req: &RequestHead) -> Response {
 }
 
 /// Sets the title of `mount`, produced on this node (also for `/_cluster/metadata`, a title
-/// another node took for it): through the mount's title hooks, then into its hub.
+/// another node took for it): cleaned of control characters and bounded (they would break the
+/// ICY block), through the mount's title hooks, then into its hub.
 pub fn set_title_here(state: &Node, mount: &str, title: &str) -> Response {
     let Some(hub) = state.hubs.hub(mount) else {
         return ice_response(400, "Source does not exist");
