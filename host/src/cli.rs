@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
 use serde_json::{json, Value};
+
+use crate::http::client;
 
 use crate::model::MountSettings;
 
@@ -527,8 +530,13 @@ fn print_fields(v: &Value) {
 struct Api {
     base: String,
     auth: String,
-    agent: ureq::Agent,
+    runtime: tokio::runtime::Runtime,
 }
+
+/// Longest wait for a connection, and again for an answer's head and for its body.
+const WAIT: Duration = Duration::from_secs(30);
+/// Largest answer read (a plugin list with many versions is the largest there is).
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 impl Api {
     fn new(conn: &Connection) -> anyhow::Result<Api> {
@@ -544,59 +552,77 @@ impl Api {
         Ok(Api {
             base: conn.server.trim_end_matches('/').to_owned(),
             auth: format!("Basic {token}"),
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(30))
-                .build(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?,
         })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let req = self.request(method, path);
-        let result = match body {
-            Some(b) => req
-                .set("Content-Type", "application/json")
-                .send_string(&b.to_string()),
-            None => req.call(),
-        };
-        self.answer(result)
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        self.runtime.block_on(self.send(method, path, body))
     }
 
     fn send_bytes(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
-        let req = self
-            .request(method, path)
-            .set("Content-Type", "application/wasm");
-        self.answer(req.send_bytes(&body))
+        let body = Some(("application/wasm", Bytes::from(body)));
+        self.runtime.block_on(self.send(method, path, body))
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        let url = format!("{}{path}", self.base);
-        self.agent
-            .request(method, &url)
-            .set("Authorization", &self.auth)
-    }
-
-    fn answer(&self, result: Result<ureq::Response, ureq::Error>) -> anyhow::Result<Value> {
-        match result {
-            Ok(resp) => {
-                let text = resp.into_string().context("reading the node's answer")?;
-                serde_json::from_str(&text).context("the node's answer is not JSON")
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> anyhow::Result<Value> {
+        let method = http::Method::from_bytes(method.as_bytes())?;
+        // Names and mount paths go in the path as they are: `Bad Name` must reach the node, to
+        // be refused there with its reason.
+        const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~')
+            .remove(b'/');
+        let url = format!(
+            "{}{}",
+            self.base,
+            percent_encoding::utf8_percent_encode(path, SET)
+        );
+        let mut headers = vec![("authorization", self.auth.as_str())];
+        let bytes = match body {
+            Some((content_type, bytes)) => {
+                headers.push(("content-type", content_type));
+                bytes
             }
-            Err(ureq::Error::Status(401, _)) => Err(anyhow!(
+            None => Bytes::new(),
+        };
+        let answer = client::send(method, &url, &headers, bytes, WAIT)
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach a tidecast node at {}: {e} (is `tidecast serve` running? use --server)",
+                    self.base
+                )
+            })?;
+        let status = answer.status().as_u16();
+        let text = client::body(answer, MAX_ANSWER, WAIT)
+            .await
+            .context("reading the node's answer")?;
+        match status {
+            401 => Err(anyhow!(
                 "the node at {} rejected the admin credentials (check --admin-user/--admin-password)",
                 self.base
             )),
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
+            code if code >= 400 => {
+                let text = String::from_utf8_lossy(&text).into_owned();
                 let msg = serde_json::from_str::<Value>(&text)
                     .ok()
                     .and_then(|v| v["error"].as_str().map(str::to_owned))
                     .unwrap_or(text);
                 Err(anyhow!("{msg} (HTTP {code})"))
             }
-            Err(ureq::Error::Transport(t)) => Err(anyhow!(
-                "cannot reach a tidecast node at {}: {t} (is `tidecast serve` running? use --server)",
-                self.base
-            )),
+            _ => serde_json::from_slice(&text).context("the node's answer is not JSON"),
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The library behind the `tidecast` binary: [`run`] starts a node on a bound listener (`main.rs`
 //! only parses the command line). Modules, in the order data flows through a node:
-//! - [`http`]: the request-head reader every connection starts with, responses, CORS;
+//! - [`http`]: the request-head reader every connection starts with, responses, CORS, and
+//!   hyper's server (the control plane's side of the port) and client;
 //! - [`node`]: builds every stage's handles ([`node::Node`]), the accept loop and dispatch;
 //! - [`ingest`]: source clients (SOURCE/PUT) into a mount's hub;
 //! - [`hub`]: the per-mount ring of frame-aligned chunks, and the [`hub::Registry`] of live hubs
@@ -12,8 +13,9 @@
 //! - [`plugin`]: WebAssembly filters and policies;
 //! - [`cluster`]: the coordinator (embedded store or etcd), the peer client, relays, routing,
 //!   load reports and DNS;
-//! - [`control`]: the control plane on top: Icecast admin endpoints and the JSON API, stations,
-//!   plugin uploads, status documents, public pages, reconciling with the configuration;
+//! - [`control`]: the control plane on top, served by hyper: Icecast admin endpoints and the
+//!   JSON API, stations, plugin uploads, status documents, public pages, reconciling with the
+//!   configuration;
 //! - [`model`]: the configuration every layer shares, declared once;
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support;
 //! - [`cli`]: the `tidecast mount …` commands, which call a node's admin API;

@@ -2,34 +2,26 @@
 //! `/_relay/<mount>` through it, the etcd coordinator asks a peer whether a lease is alive,
 //! `/admin/metadata` hands a title to a mount's origin, and listeners that do not follow
 //! redirects are proxied to the node routing picked. Internal requests carry the cluster
-//! secret ([`Secret`]).
+//! secret ([`Secret`]). The requests go through hyper's client (`http/client.rs`).
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::http::client::{self, Answer, ClientError};
 use crate::http::RequestHead;
 
 /// Why a request to another node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("node URL {0} is not http://")]
-    NotHttp(String),
-    #[error("connect timed out")]
-    ConnectTimeout,
-    #[error("no answer from the node")]
-    NoAnswer,
-    #[error("response head too large")]
-    HeadTooLarge,
-    #[error("the node closed the connection")]
-    Closed,
-    #[error("bad status line")]
-    BadStatus,
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("the node answered {0}")]
     Status(u16),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
 }
 
 /// The cluster secret every node shares, for internal requests.
@@ -41,9 +33,9 @@ impl Secret {
         Secret(secret)
     }
 
-    /// The header line that carries it, CRLF included.
-    pub fn header_line(&self) -> String {
-        format!("{SECRET_HEADER}: {}\r\n", self.0)
+    /// The header that carries it.
+    pub fn header(&self) -> (&'static str, &str) {
+        (SECRET_HEADER, &self.0)
     }
 
     /// Whether `req` carries it (compared in constant time): a request from another node.
@@ -65,14 +57,30 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Header carrying the cluster secret on internal requests.
 const SECRET_HEADER: &str = "x-tidecast-secret";
 
-/// A response head: status and headers (names lower-cased), and its bytes as received.
+/// A response head: status and headers (names lower-cased, values lossily as text: old
+/// servers send Latin-1).
 pub(crate) struct ResponseHead {
     pub status: u16,
     headers: Vec<(String, String)>,
-    pub raw: Vec<u8>,
 }
 
 impl ResponseHead {
+    fn of(answer: &Answer) -> ResponseHead {
+        ResponseHead {
+            status: answer.status().as_u16(),
+            headers: answer
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -81,73 +89,30 @@ impl ResponseHead {
     }
 }
 
-/// Reads a response head (at most 16 KiB); returns it and the body bytes read after it.
-async fn read_response_head(stream: &mut TcpStream) -> Result<(ResponseHead, Vec<u8>), PeerError> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        if buf.len() > 16 * 1024 {
-            return Err(PeerError::HeadTooLarge);
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(PeerError::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or(PeerError::BadStatus)?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let body = buf.split_off(end + 4);
-    Ok((
-        ResponseHead {
-            status,
-            headers,
-            raw: buf,
-        },
-        body,
-    ))
-}
-
-/// An open relay connection: the stream after the response head, and what the head said.
+/// An open stream from another node: what its head said, its body, and the node's address.
 pub(crate) struct Upstream {
-    pub stream: TcpStream,
     pub head: ResponseHead,
-    pub first: Vec<u8>,
+    pub body: Incoming,
     pub authority: String,
 }
 
-/// Sends `GET <path>` with `headers` (each line ending in CRLF) to the node at `url`
-/// (`http://host:port`) and reads the response head.
-pub(crate) async fn request(url: &str, path: &str, headers: &str) -> Result<Upstream, PeerError> {
+/// Sends `GET <path>` with `headers` to the node at `url` (`http://host:port`); waits at most
+/// [`CONNECT_TIMEOUT`] for the connection and again for the answer's head.
+pub(crate) async fn request(
+    url: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Upstream, PeerError> {
+    let url = format!("{}{path}", url.trim_end_matches('/'));
+    let answer = client::get(&url, headers, CONNECT_TIMEOUT).await?;
     let authority = url
         .strip_prefix("http://")
-        .ok_or_else(|| PeerError::NotHttp(url.to_owned()))?
-        .trim_end_matches('/')
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
         .to_owned();
-    let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
-        .await
-        .map_err(|_| PeerError::ConnectTimeout)??;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let (head, first) = tokio::time::timeout(CONNECT_TIMEOUT, read_response_head(&mut stream))
-        .await
-        .map_err(|_| PeerError::NoAnswer)??;
     Ok(Upstream {
-        stream,
-        head,
-        first,
+        head: ResponseHead::of(&answer),
+        body: answer.into_body(),
         authority,
     })
 }
@@ -155,8 +120,8 @@ pub(crate) async fn request(url: &str, path: &str, headers: &str) -> Result<Upst
 /// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`):
 /// `Some(false)` only when that node reached etcd and found the lease gone.
 pub async fn lease_alive_per(url: &str, name: &str, secret: &Secret) -> Option<bool> {
-    let headers = secret.header_line();
     let path = format!("/_cluster/lease/{name}");
+    let headers = [secret.header()];
     let ask = request(url, &path, &headers);
     match tokio::time::timeout(Duration::from_secs(1), ask).await {
         Ok(Ok(up)) if up.head.status == 200 => Some(true),
@@ -173,12 +138,16 @@ pub async fn set_title_at(
     title: &str,
     secret: &Secret,
 ) -> Result<u16, PeerError> {
-    let headers = secret.header_line();
     let query = crate::http::encode_form(&[
         ("mount".to_owned(), mount.as_bytes().to_vec()),
         ("song".to_owned(), title.as_bytes().to_vec()),
     ]);
-    let up = request(url, &format!("/_cluster/metadata?{query}"), &headers).await?;
+    let up = request(
+        url,
+        &format!("/_cluster/metadata?{query}"),
+        &[secret.header()],
+    )
+    .await?;
     Ok(up.head.status)
 }
 
@@ -192,8 +161,8 @@ pub enum Proxied {
 }
 
 /// Serves a listener that does not follow redirects from `target`, another node's
-/// `/_stream/<mount>` URL: its answer is copied through byte for byte until either side hangs
-/// up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
+/// `/_stream/<mount>` URL: its answer is passed on (head, then body as it arrives) until either
+/// side hangs up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
 pub async fn proxy(
     client: &mut TcpStream,
     peer: std::net::SocketAddr,
@@ -205,8 +174,9 @@ pub async fn proxy(
         Ok(up) => up,
         Err(e) => return Proxied::Unreachable(e),
     };
+    let head = Bytes::from(up.head.to_bytes(req.response_version()));
     let mut total = 0;
-    let why = copy_through(client, &mut up, &mut total, sent).await;
+    let why = copy_through(client, head, &mut up, &mut total, sent).await;
     Proxied::Ended(total, why)
 }
 
@@ -217,28 +187,69 @@ async fn open_proxy(
 ) -> Result<Upstream, PeerError> {
     let rest = target
         .strip_prefix("http://")
-        .ok_or_else(|| PeerError::NotHttp(target.to_owned()))?;
+        .ok_or_else(|| ClientError::BadUrl(target.to_owned()))?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut headers = format!("X-Forwarded-For: {}\r\n", peer.ip());
+    let forwarded = peer.ip().to_string();
+    let mut headers = vec![("x-forwarded-for", forwarded.as_str())];
     for name in ["icy-metadata", "user-agent"] {
         if let Some(v) = req.header(name) {
-            headers.push_str(&format!("{name}: {}\r\n", v.replace(['\r', '\n'], " ")));
+            headers.push((name, v));
         }
     }
     request(&format!("http://{authority}"), path, &headers).await
+}
+
+impl ResponseHead {
+    /// The head as the listener gets it: the status line in the listener's HTTP version, header
+    /// names in their usual case (old players may look for `Content-Type` exactly), the body's
+    /// framing left to the connection's end.
+    fn to_bytes(&self, version: &str) -> Vec<u8> {
+        let mut head = format!(
+            "{version} {} {}\r\n",
+            self.status,
+            crate::http::reason(self.status)
+        );
+        for (name, value) in &self.headers {
+            if name == "transfer-encoding" {
+                continue;
+            }
+            head.push_str(&usual_case(name));
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
+}
+
+/// `content-type` → `Content-Type`; the `icy-*` and `ice-*` names stay lower-case, as Icecast
+/// sends them.
+fn usual_case(name: &str) -> String {
+    if name.starts_with("icy-") || name.starts_with("ice-") {
+        return name.to_owned();
+    }
+    name.split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or(String::new(), |c| {
+                c.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Copies the node's answer (head, then body) to the listener; why it stopped. A stalled
 /// listener or node ends it: the node's own ring bounds what it queues.
 async fn copy_through(
     client: &mut TcpStream,
+    head: Bytes,
     up: &mut Upstream,
     total: &mut u64,
     sent: &std::sync::atomic::AtomicU64,
 ) -> String {
-    let head = std::mem::take(&mut up.head.raw);
-    let mut pending = [head, std::mem::take(&mut up.first)].concat();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending = head;
     loop {
         match tokio::time::timeout(PROXY_STALL, client.write_all(&pending)).await {
             Err(_) => return format!("the listener took nothing for {PROXY_STALL:?}"),
@@ -248,14 +259,12 @@ async fn copy_through(
                 sent.fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let n = match tokio::time::timeout(PROXY_STALL, up.stream.read(&mut buf)).await {
+        pending = match tokio::time::timeout(PROXY_STALL, up.body.frame()).await {
             Err(_) => return format!("{} sent nothing for {PROXY_STALL:?}", up.authority),
-            Ok(Err(e)) => return e.to_string(),
-            Ok(Ok(0)) => return "the node ended the stream".to_owned(),
-            Ok(Ok(n)) => n,
+            Ok(None) => return "the node ended the stream".to_owned(),
+            Ok(Some(Err(e))) => return e.to_string(),
+            Ok(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         };
-        pending.clear();
-        pending.extend_from_slice(&buf[..n]);
     }
 }
 

@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
 use tidecast_codecs::{Splitter, StreamFormat};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use super::coordinator::Coordinator;
@@ -86,10 +86,11 @@ impl Relays {
 
     /// Connects to `/_relay/<mount>` on the node at `url`.
     async fn connect(&self, mount: &str, url: &str) -> Result<Upstream, PeerError> {
-        let headers = format!(
-            "Icy-MetaData: 1\r\nUser-Agent: tidecast-relay\r\n{}",
-            self.secret.header_line()
-        );
+        let headers = [
+            ("icy-metadata", "1"),
+            ("user-agent", "tidecast-relay"),
+            self.secret.header(),
+        ];
         let up = request(url, &format!("/_relay{mount}"), &headers).await?;
         if up.head.status != 200 {
             return Err(PeerError::Status(up.head.status));
@@ -125,8 +126,7 @@ impl Relays {
         let mut origin = url.to_owned();
         let why = loop {
             let metaint: Option<usize> = up.head.header("icy-metaint").and_then(|v| v.parse().ok());
-            let first = std::mem::take(&mut up.first);
-            match pump(&mut up.stream, first, metaint, &hub, charset.as_deref()).await {
+            match pump(&mut up.body, metaint, &hub, charset.as_deref()).await {
                 Stop::NoListeners => break "no listeners",
                 Stop::Origin(why) => {
                     info!(%mount, origin = %origin, reason = why, "relay lost its origin; waiting for the next one");
@@ -184,8 +184,7 @@ const REORIGIN: Duration = Duration::from_secs(30);
 /// Copies the origin's stream into `hub`, taking ICY metadata blocks out (their titles go to
 /// the hub). Returns why it stopped.
 async fn pump(
-    stream: &mut TcpStream,
-    first: Vec<u8>,
+    body: &mut Incoming,
     metaint: Option<usize>,
     hub: &Arc<Hub>,
     charset: Option<&str>,
@@ -194,21 +193,17 @@ async fn pump(
     let mut pieces = Vec::new();
     let mut icy = IcyDemux::new(metaint);
     let mut audio = Vec::with_capacity(16 * 1024);
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut pending = Some(first);
     let mut idle_since: Option<Instant> = None;
     loop {
-        let data = match pending.take() {
-            Some(d) => d,
-            None => {
-                let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf));
-                match read.await {
-                    Err(_) => return Stop::Origin("origin sent nothing for 5 s"),
-                    Ok(Err(_)) => return Stop::Origin("read error"),
-                    Ok(Ok(0)) => return Stop::Origin("origin ended the stream"),
-                    Ok(Ok(n)) => buf[..n].to_vec(),
-                }
-            }
+        let data = match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+            Err(_) => return Stop::Origin("origin sent nothing for 5 s"),
+            Ok(Some(Err(_))) => return Stop::Origin("read error"),
+            Ok(None) => return Stop::Origin("origin ended the stream"),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: nothing to relay.
+                Err(_) => continue,
+            },
         };
         audio.clear();
         if let Some(title) = icy.feed(&data, &mut audio) {

@@ -6,18 +6,14 @@
 //! so a client that hangs up without reading (butt) still gets its update applied.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::BytesMut;
+use hyper::body::Incoming;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::auth::refusal;
 use crate::auth::{generate_password, hash_password};
-use crate::http::send;
+use crate::http::server::read_body;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
 use crate::metrics::ErrorKind;
@@ -27,17 +23,11 @@ use crate::node::Node;
 /// Largest JSON body the API accepts.
 const MAX_BODY: usize = 64 * 1024;
 
-pub async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    req: RequestHead,
-    leftover: BytesMut,
-    state: Arc<Node>,
-) {
-    let version = req.response_version();
-    let r = match admit(&state, &req, peer).await {
-        Ok(len) => match read_body(&mut stream, leftover, len).await {
-            Ok(body) => route(&state, &req, &body).await,
+/// Answers an admin or API request hyper parsed (`control/serve.rs` sends them here).
+pub async fn answer(state: &Node, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
+    let r = match admit(state, req, peer).await {
+        Ok(limit) => match read_body(body, limit).await {
+            Ok(body) => route(state, req, &body).await,
             Err(r) => r,
         },
         Err(r) => r,
@@ -45,12 +35,12 @@ pub async fn serve(
     if r.status >= 400 {
         info!(%peer, method = %req.method, path = %req.path, status = r.status, "admin request refused");
     }
-    send(&mut stream, &r, version, req.method == "HEAD").await;
+    r
 }
 
 /// Everything decided from the head alone, before a byte of the body is read: the request is
 /// not cross-site, its credentials are right, its body is of an accepted kind and size. Returns
-/// the body's length.
+/// the most body bytes to read: the declared length, or the limit for a chunked body.
 async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usize, Response> {
     if let Some(why) = cross_site(req) {
         state.metrics.error(ErrorKind::Unauthorized);
@@ -81,8 +71,9 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
     } else {
         MAX_BODY
     };
-    let len = body_len(req, limit)?;
-    if len > 0 {
+    let declared = body_len(req, limit)?;
+    let chunked = req.header("transfer-encoding").is_some();
+    if declared > 0 || chunked {
         // A page on another site can send a form or text/plain without asking first; JSON (or
         // a plugin's bytes) it cannot.
         let ct = req.header("content-type").unwrap_or("");
@@ -102,7 +93,7 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
             ));
         }
     }
-    Ok(len)
+    Ok(if chunked { limit } else { declared })
 }
 
 /// The mount whose source credentials may set `mount`'s title: its own, or for a transcoded
@@ -164,33 +155,6 @@ fn body_len(req: &RequestHead, limit: usize) -> Result<usize, Response> {
         ));
     }
     Ok(len)
-}
-
-/// The slowest a body may arrive: the time allowed is 10 s plus its length at this rate.
-const MIN_BODY_RATE: usize = 64 * 1024;
-
-/// Reads a body of `len` bytes (some already in `buf`), within 10 s plus 1 s per 64 KiB.
-async fn read_body(
-    stream: &mut TcpStream,
-    mut buf: BytesMut,
-    len: usize,
-) -> Result<Vec<u8>, Response> {
-    if len == 0 {
-        return Ok(Vec::new());
-    }
-    let read = async {
-        while buf.len() < len {
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
-            }
-        }
-        Ok(())
-    };
-    let allowed = Duration::from_secs(10 + (len / MIN_BODY_RATE) as u64);
-    match tokio::time::timeout(allowed, read).await {
-        Ok(Ok(())) => Ok(buf[..len].to_vec()),
-        _ => Err(Response::error(408, "request body incomplete")),
-    }
 }
 
 fn unauthorized() -> Response {

@@ -1,11 +1,13 @@
-//! The control plane, on top of the data path: the Icecast admin endpoints and the JSON API
-//! ([`admin`]), stations ([`stations`]), plugin uploads ([`plugins`]) status documents
-//! ([`status`]) and the public pages ([`pages`]).
+//! The control plane, on top of the data path, served by hyper ([`serve`] takes every request
+//! that is not a source or a stream): the Icecast admin endpoints and the JSON API ([`admin`]),
+//! stations ([`stations`]), plugin uploads ([`plugins`]), status documents ([`status`]), the
+//! public pages ([`pages`]), and following the stored configuration ([`reconcile`]).
 
 pub mod admin;
 pub mod pages;
 pub mod plugins;
 pub mod reconcile;
+pub mod serve;
 pub mod stations;
 pub mod status;
 

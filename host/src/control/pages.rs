@@ -4,21 +4,36 @@
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::node::Node;
 
-/// The page `req` asks for, if it is one of these (otherwise it is a stream).
-pub fn page(state: &Node, req: &RequestHead) -> Option<Response> {
+/// Whether `path` is one of these pages (otherwise a GET of it is a stream).
+pub fn answers(path: &str) -> bool {
+    matches!(path, "/status-json.xsl" | "/status-json" | "/metrics" | "/")
+        || playlist_of(path).is_some()
+}
+
+/// The page `req` asks for (one that [`answers`] its path).
+pub fn page(state: &Node, req: &RequestHead) -> Response {
     match req.path.as_str() {
-        "/status-json.xsl" | "/status-json" => Some(Response::json(
-            200,
-            &crate::control::status::json(state, req),
-        )),
-        "/metrics" => Some(Response::new(
+        "/status-json.xsl" | "/status-json" => {
+            Response::json(200, &crate::control::status::json(state, req))
+        }
+        "/metrics" => Response::new(
             200,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             state.metrics.render(),
-        )),
-        "/" => Some(index(state, req)),
-        _ => playlist(state, req),
+        ),
+        "/" => index(state, req),
+        path => match playlist_of(path) {
+            Some((mount, kind)) => playlist(state, req, mount, kind),
+            None => Response::text(404, "no such page"),
+        },
     }
+}
+
+/// The mount and kind of a playlist path (`/live.mp3.m3u`).
+fn playlist_of(path: &str) -> Option<(&str, &'static str)> {
+    [".m3u", ".pls", ".xspf"]
+        .iter()
+        .find_map(|ext| path.strip_suffix(ext).map(|m| (m, *ext)))
 }
 
 fn index(state: &Node, req: &RequestHead) -> Response {
@@ -35,19 +50,16 @@ fn index(state: &Node, req: &RequestHead) -> Response {
     Response::new(200, "text/plain; charset=utf-8", body)
 }
 
-fn playlist(state: &Node, req: &RequestHead) -> Option<Response> {
-    let (mount, kind) = [".m3u", ".pls", ".xspf"]
-        .iter()
-        .find_map(|ext| req.path.strip_suffix(ext).map(|m| (m, *ext)))?;
+fn playlist(state: &Node, req: &RequestHead, mount: &str, kind: &str) -> Response {
     let hub = state.hubs.hub(mount);
     if hub.is_none() && state.coordinator.mount(mount).is_none() {
-        return Some(Response::text(404, format!("no such mount: {mount}")));
+        return Response::text(404, format!("no such mount: {mount}"));
     }
     let url = format!("{}{mount}", state.config.base_url(Some(req)));
     let title = hub
         .and_then(|h| h.props.name.clone())
         .unwrap_or_else(|| mount.to_owned());
-    Some(match kind {
+    match kind {
         ".m3u" => Response::new(200, "audio/x-mpegurl", format!("{url}\n")),
         ".pls" => Response::new(
             200,
@@ -63,5 +75,5 @@ fn playlist(state: &Node, req: &RequestHead) -> Option<Response> {
                 xml_escape(&title)
             ),
         ),
-    })
+    }
 }

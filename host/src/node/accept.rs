@@ -1,9 +1,11 @@
 //! The accept loop and request dispatch. Every connection on the listen port starts the same
 //! way: its request head is read by [`crate::http::read_head`] (bounded in size and time), then
-//! it goes to ingest (SOURCE, PUT), the admin API (`/admin/…`, `/api/…`), another node's
-//! internal request (`/_relay/…`, `/_cluster/…`), a public page, or the listener path (GET/HEAD
-//! of a mount). `run(listener, node, shutdown)` is the whole server, so tests and `main` start it
-//! the same way.
+//! it goes to one of two sides. Sources (SOURCE, PUT) go to ingest and streams (GET or HEAD of a
+//! mount, another node's `GET /_relay/…`) to the listener path, both hand-written; everything
+//! else (the admin API, status documents, metrics, pages, `/_cluster/…`) is the control plane's,
+//! served by hyper with the head bytes replayed (`control/serve.rs`, `http/server.rs`).
+//! `run(listener, node, shutdown)` is the whole server, so tests and `main` start it the same
+//! way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Node;
-use crate::http::{read_head, send, Cors, Response};
+use crate::http::{read_head, send, Cors, Response, Version};
 use crate::metrics::ErrorKind;
 
 /// Serves connections from `listener` until `shutdown` resolves.
@@ -75,7 +77,8 @@ pub async fn run(
 
 async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
     let mut buf = BytesMut::with_capacity(4096);
-    let req = match read_head(&mut stream, &mut buf, state.config.header_timeout()).await {
+    let header_timeout = state.config.header_timeout();
+    let (req, head) = match read_head(&mut stream, &mut buf, header_timeout).await {
         Ok(r) => r,
         Err(e) => {
             let kind = match e.status() {
@@ -95,41 +98,32 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
             return;
         }
     };
-    let path = req.path.as_str();
-    match req.method.as_str() {
-        // The admin surface first: mounts never live under /admin or /api (reserved paths), so
-        // a PUT there is an API call (a plugin upload), not a source.
-        _ if path.starts_with("/admin/") || path.starts_with("/api/") => {
-            crate::control::admin::serve(stream, peer, req, buf, state).await
+    if crate::control::serve::takes(&req) {
+        if req.version == Version::Ice {
+            let r = Response::text(400, "ICE/1.0 is for sources; send HTTP/1.1 or HTTP/1.0");
+            send(&mut stream, &r, "HTTP/1.0", false).await;
+            return;
         }
+        // hyper reads the request again from its first byte: the head, then the body.
+        let mut bytes = head;
+        bytes.unsplit(buf);
+        let handler =
+            move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);
+        crate::http::server::serve(stream, bytes.freeze(), header_timeout, handler).await;
+        return;
+    }
+    // A listener lives for hours: do not keep its request head alive that long.
+    drop(head);
+    match req.method.as_str() {
         "SOURCE" | "PUT" => {
             crate::ingest::serve(stream, peer, req, buf, state.ingest.clone()).await
         }
-        "GET" if path.starts_with("/_relay/") || path.starts_with("/_cluster/") => {
-            // Another node of the cluster: relaying a mount (the listener path), or asking
-            // whether its lease is alive. Only with the cluster secret.
+        "GET" if req.path.starts_with("/_relay/") => {
+            // Another node relaying a mount (the listener path), only with the cluster secret.
             drop(buf);
             if !state.secret.matches(&req) {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
-                send(&mut stream, &r, req.response_version(), false).await;
-                return;
-            }
-            if path.starts_with("/_cluster/") {
-                let r = match path.strip_prefix("/_cluster/lease/") {
-                    Some(node) => match state.coordinator.node_alive(node).await {
-                        Some(true) => Response::text(200, "alive"),
-                        Some(false) => Response::text(410, "gone"),
-                        None => Response::text(503, "etcd unreachable from here too"),
-                    },
-                    // A title a source client gave another node for a mount produced here.
-                    None if path == "/_cluster/metadata" => {
-                        let mount = req.query("mount").unwrap_or_default();
-                        let title = req.query("song").unwrap_or_default();
-                        crate::control::admin::set_title_here(&state, &mount, &title)
-                    }
-                    None => Response::text(404, "no such cluster endpoint"),
-                };
                 send(&mut stream, &r, req.response_version(), false).await;
                 return;
             }
@@ -139,25 +133,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
             let cors = Cors::from(&req);
             crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
         }
-        "GET" | "HEAD" | "OPTIONS" => {
-            // A listener lives for hours: do not keep its request buffer alive that long.
+        _ => {
+            // GET or HEAD of a mount.
             drop(buf);
             let cors = Cors::from(&req);
-            let version = req.response_version();
-            if req.method == "OPTIONS" {
-                let r = cors.apply(Response::new(204, "text/plain", ""), true);
-                send(&mut stream, &r, version, false).await;
-            } else if let Some(r) = crate::control::pages::page(&state, &req) {
-                let r = cors.apply(r, false);
-                send(&mut stream, &r, version, req.method == "HEAD").await;
-            } else {
-                crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
-            }
-        }
-        _ => {
-            let r = Response::text(405, "method not allowed")
-                .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE");
-            send(&mut stream, &r, req.response_version(), false).await;
+            crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
         }
     }
 }

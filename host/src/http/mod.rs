@@ -1,15 +1,21 @@
-//! The hand-written HTTP/1.x request reader shared by every connection on the listen port.
+//! HTTP on the listen port and to other nodes.
 //!
-//! Icecast clients are not RFC-strict: sources send `SOURCE` with an `ICE/1.0` or `HTTP/1.0`
-//! token, bare-LF line endings and PUT bodies with no length, so one small reader parses the head
-//! of every request and the server then dispatches to ingest, listener or admin handling with the
-//! bytes already read past the head. Heads are bounded in size, header count and time.
+//! This file is the hand-written HTTP/1.x request reader every connection starts with. Icecast
+//! clients are not RFC-strict: sources send `SOURCE` with an `ICE/1.0` or `HTTP/1.0` token,
+//! bare-LF line endings and PUT bodies with no length, so one small reader parses the head of
+//! every request; ingest and the listener path then go on from the bytes already read past the
+//! head, and every other request is handed to hyper ([`server`]) with the head replayed. Heads are
+//! bounded in size, header count and time. [`client`] is hyper's client, for the CLI and the
+//! peer client.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub mod client;
+pub mod server;
 
 /// Largest request head accepted (request line plus headers).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -175,16 +181,16 @@ pub fn is_media_type(value: &str) -> bool {
 }
 
 /// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
+/// Returns the head, parsed and as its bytes (for a side that parses it again: hyper).
 pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     timeout: Duration,
-) -> Result<RequestHead, HeadError> {
+) -> Result<(RequestHead, BytesMut), HeadError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some((head, body_start)) = parse_request(buf)? {
-            buf.advance(body_start);
-            return Ok(head);
+            return Ok((head, buf.split_to(body_start)));
         }
         buf.reserve(4096);
         let n = match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
@@ -468,6 +474,34 @@ impl Cors {
     }
 }
 
+/// Why a message body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("body incomplete after {0:?}")]
+    Slow(Duration),
+    #[error("body cut short: {0}")]
+    Broken(String),
+}
+
+/// Reads a whole body (a request's on the hyper side, an answer's in the client) of at most
+/// `limit` bytes within `within`.
+pub async fn collect<B>(body: B, limit: usize, within: Duration) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(within, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Err(_) => Err(BodyError::Slow(within)),
+    }
+}
+
 /// Writes a complete response, bounded in time; errors only mean the client left.
 pub async fn send(
     stream: &mut tokio::net::TcpStream,
@@ -493,7 +527,7 @@ mod tests {
         let mut io = input;
         let mut buf = BytesMut::new();
         let r = read_head(&mut io, &mut buf, Duration::from_secs(1)).await;
-        (r, buf)
+        (r.map(|(head, _)| head), buf)
     }
 
     #[tokio::test]

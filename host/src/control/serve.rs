@@ -1,0 +1,82 @@
+//! The control plane's one entry: every request hyper parsed (`http/server.rs`) comes here and
+//! goes to the handler that answers it. The admin API and Icecast admin endpoints
+//! (`/admin/…`, `/api/…`), another node's internal calls (`/_cluster/…`, only with the cluster
+//! secret), CORS preflights, and the public pages (`control/pages.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+
+use crate::http::{Cors, RequestHead, Response};
+use crate::metrics::ErrorKind;
+use crate::node::Node;
+
+/// Whether a request is the control plane's: anything but a source (SOURCE, PUT) and a stream
+/// (GET or HEAD of a mount, `GET /_relay/…`), which stay on the hand-written side.
+pub fn takes(req: &RequestHead) -> bool {
+    let path = req.path.as_str();
+    // Mounts never live under /admin, /api or /_cluster (reserved paths): a PUT there is an API
+    // call (a plugin upload), not a source.
+    if ["/admin/", "/api/", "/_cluster/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+    {
+        return true;
+    }
+    match req.method.as_str() {
+        "SOURCE" | "PUT" => false,
+        "GET" if path.starts_with("/_relay/") => false,
+        "GET" | "HEAD" => crate::control::pages::answers(path),
+        _ => true,
+    }
+}
+
+/// Answers one control request.
+pub async fn answer(
+    state: Arc<Node>,
+    peer: SocketAddr,
+    req: RequestHead,
+    body: Incoming,
+) -> Response {
+    let path = req.path.as_str();
+    if path.starts_with("/admin/") || path.starts_with("/api/") {
+        return crate::control::admin::answer(&state, peer, &req, body).await;
+    }
+    if path.starts_with("/_cluster/") {
+        return cluster(&state, &req).await;
+    }
+    let cors = Cors::from(&req);
+    match req.method.as_str() {
+        "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
+        "GET" | "HEAD" => cors.apply(crate::control::pages::page(&state, &req), false),
+        _ => Response::text(405, "method not allowed")
+            .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE"),
+    }
+}
+
+/// Another node's internal request: whether a lease is alive, or a title for a mount produced
+/// here. Only with the cluster secret.
+async fn cluster(state: &Node, req: &RequestHead) -> Response {
+    if !state.secret.matches(req) {
+        state.metrics.error(ErrorKind::Unauthorized);
+        return Response::text(403, "cluster secret required");
+    }
+    if req.method != "GET" {
+        return Response::text(405, "use GET").header("Allow", "GET");
+    }
+    match req.path.strip_prefix("/_cluster/lease/") {
+        Some(node) => match state.coordinator.node_alive(node).await {
+            Some(true) => Response::text(200, "alive"),
+            Some(false) => Response::text(410, "gone"),
+            None => Response::text(503, "etcd unreachable from here too"),
+        },
+        // A title a source client gave another node for a mount produced here.
+        None if req.path == "/_cluster/metadata" => {
+            let mount = req.query("mount").unwrap_or_default();
+            let title = req.query("song").unwrap_or_default();
+            crate::control::admin::set_title_here(state, &mount, &title)
+        }
+        None => Response::text(404, "no such cluster endpoint"),
+    }
+}

@@ -1,0 +1,218 @@
+//! The hyper side of the listen port. A connection whose first request is neither a source nor
+//! a stream (the admin API, status documents, metrics, pages, the cluster's internal calls) is
+//! handed to hyper's HTTP/1.1 server, with the head bytes the dispatcher already read replayed in
+//! front of the socket ([`Replay`]). Handlers see the request as a [`RequestHead`] and a body they
+//! may read with [`read_body`], and answer a [`Response`], the same types the hand-written side
+//! uses, so a handler does not care which side parsed its request.
+//!
+//! Bounds: the head within the node's header timeout (hyper's `header_read_timeout`), a body
+//! within [`read_body`]'s size and time, and every write of the answer within [`WRITE_STALL`]. One
+//! request per connection: a browser that reuses a connection for a stream must reach the
+//! hand-written listener path, which only a new connection does.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+use super::{BodyError, RequestHead, Response, Version};
+
+/// Longest a write of an answer may wait for the client to take bytes.
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
+
+/// The slowest a request body may arrive: the time allowed is 10 s plus its length at this rate.
+const MIN_BODY_RATE: usize = 64 * 1024;
+
+/// Serves one request on `io` with hyper: `head` holds the bytes already read from it (the whole
+/// request head, maybe the start of the body); `handler` answers.
+pub async fn serve<IO, F, Fut>(io: IO, head: Bytes, header_timeout: Duration, handler: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(RequestHead, Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (parts, body) = req.into_parts();
+        // Started now, as a task of its own: hyper may drop the future it gets back unpolled when
+        // the client hangs up, and the work must still be done (butt sends a title and closes).
+        let task = RequestHead::from_parts(&parts).map(|head| tokio::spawn(handler(head, body)));
+        async move {
+            let answer = match task {
+                Ok(task) => task
+                    .await
+                    .unwrap_or_else(|_| Response::error(500, "the request's handler failed")),
+                Err(why) => Response::text(400, why),
+            };
+            Ok::<_, Infallible>(answer.into_hyper())
+        }
+    });
+    let io = hyper_util::rt::TokioIo::new(Replay::new(head, io));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        // `Content-Type`, not `content-type`: old players and tools match header names exactly.
+        .title_case_headers(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(super::MAX_HEAD.max(8192) * 2)
+        .serve_connection(io, service);
+    if let Err(e) = connection.await {
+        debug!(error = %e, "control connection ended with an error");
+    }
+}
+
+impl RequestHead {
+    /// The head of a request hyper parsed: the path percent-decoded, header values kept lossily
+    /// as text (old clients send Latin-1), as the hand-written reader does.
+    fn from_parts(parts: &http::request::Parts) -> Result<RequestHead, &'static str> {
+        let path = percent_encoding::percent_decode_str(parts.uri.path())
+            .decode_utf8()
+            .map_err(|_| "path is not UTF-8")?
+            .into_owned();
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).trim().to_owned(),
+                )
+            })
+            .collect();
+        Ok(RequestHead {
+            method: parts.method.as_str().to_owned(),
+            path,
+            raw_query: parts.uri.query().unwrap_or("").to_owned(),
+            version: if parts.version == http::Version::HTTP_10 {
+                Version::Http10
+            } else {
+                Version::Http11
+            },
+            headers,
+        })
+    }
+}
+
+impl Response {
+    /// The answer as hyper sends it: hyper adds `Content-Length`, `Date` and `Connection: close`.
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *r.status_mut() = http::StatusCode::from_u16(self.status)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = r.headers_mut();
+        for (name, value) in self.headers {
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value.as_bytes()),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => debug!(header = name, "header with control characters left out"),
+            }
+        }
+        headers.insert(
+            http::header::SERVER,
+            http::HeaderValue::from_static(concat!("tidecast/", env!("CARGO_PKG_VERSION"))),
+        );
+        r
+    }
+}
+
+/// Reads a request body of at most `limit` bytes, within 10 s plus 1 s per 64 KiB of `limit`.
+/// The refusal to answer otherwise: 413 over the limit, 408 too slow, 400 cut short.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response> {
+    let allowed = Duration::from_secs(10 + (limit / MIN_BODY_RATE) as u64);
+    super::collect(body, limit, allowed).await.map_err(|e| {
+        let status = match e {
+            BodyError::TooLarge(_) => 413,
+            BodyError::Slow(_) => 408,
+            BodyError::Broken(_) => 400,
+        };
+        Response::error(status, e)
+    })
+}
+
+/// A socket with bytes already read from it put back in front, and a bound on how long a write
+/// may wait for the peer.
+pub struct Replay<IO> {
+    head: Bytes,
+    io: IO,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> Replay<IO> {
+    pub fn new(head: Bytes, io: IO) -> Replay<IO> {
+        Replay {
+            head,
+            io,
+            stall: None,
+        }
+    }
+
+    /// Err once a write has waited [`WRITE_STALL`] without progress.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let timer = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing for 10 s",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Replay<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.head.is_empty() {
+            let n = this.head.len().min(buf.remaining());
+            buf.put_slice(&this.head[..n]);
+            this.head.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Replay<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Pending => match this.stalled(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+            ready => {
+                this.stall = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
