@@ -101,13 +101,18 @@ impl Gate {
     }
 }
 
+/// A password could not be hashed (argon2 refused its parameters: a bug, not bad input).
+#[derive(Debug, thiserror::Error)]
+#[error("hashing a password: {0}")]
+pub struct HashError(String);
+
 /// Hashes a password for storage.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
     hasher()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+        .map_err(|e| HashError(e.to_string()))
 }
 
 /// A random password of `len` characters from an unambiguous alphabet.

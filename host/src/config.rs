@@ -149,7 +149,7 @@ serve_settings! {
 
 impl ServeConfig {
     /// Reads `args.config` (if any), merges, and validates.
-    pub fn load(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    pub fn load(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -159,7 +159,7 @@ impl ServeConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if !(4096..=64 << 20).contains(&self.queue_size) {
             problems.push(format!(
@@ -276,13 +276,13 @@ impl ServeConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "))
+            Err(ConfigError::Invalid(problems))
         }
     }
 
     /// The DNS zone from `dns_zone`, `dns_ns` and `dns_ttl_secs`.
-    pub fn dns_zone(&self) -> Result<crate::cluster::dns::Zone, String> {
-        crate::cluster::dns::Zone::parse(&self.dns_zone, &self.dns_ns, self.dns_ttl_secs)
+    pub fn dns_zone(&self) -> Result<crate::model::DnsZone, String> {
+        crate::model::DnsZone::parse(&self.dns_zone, &self.dns_ns, self.dns_ttl_secs)
     }
 
     pub fn source_timeout(&self) -> Duration {
@@ -298,10 +298,33 @@ impl ServeConfig {
     }
 }
 
-fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+/// Why a configuration was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// Every problem found, each naming its setting.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Whether an etcd endpoint (`http://HOST:PORT` or `HOST:PORT`) is on this machine.

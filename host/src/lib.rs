@@ -1,7 +1,9 @@
 //! tidecast: an Icecast-compatible streaming server that scales out to a fault-tolerant cluster.
 //!
-//! The library behind the `tidecast` binary: [`run`] starts a node on a bound listener (`main.rs`
-//! only parses the command line). Modules, in the order data flows through a node:
+//! The library behind the `tidecast` binary: [`run`] starts a node on a bound listener. The
+//! binary (`bin/tidecast/`) parses the command line and holds the commands that only talk to a
+//! node (`cli.rs`) or measure codecs (`bench.rs`). Modules, in the order data flows through a
+//! node:
 //! - [`http`]: the request-head reader every connection starts with, responses, CORS, and
 //!   hyper's server (the control plane's side of the port) and client;
 //! - [`node`]: builds every stage's handles ([`node::Node`]), the accept loop and dispatch;
@@ -17,16 +19,12 @@
 //!   JSON API, stations, plugin uploads, status documents, public pages, reconciling with the
 //!   configuration;
 //! - [`model`]: the configuration every layer shares, declared once;
-//! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support;
-//! - [`cli`]: the `tidecast mount …` commands, which call a node's admin API;
-//! - [`bench`]: `tidecast bench`, codec throughput on this machine.
+//! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
 //! imports [`node`] or [`control`].
 
 pub mod auth;
-pub mod bench;
-pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -42,4 +40,4 @@ pub mod plugin;
 pub mod sync;
 pub mod transcode;
 
-pub use node::run;
+pub use node::{run, StartError};

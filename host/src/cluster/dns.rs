@@ -32,54 +32,13 @@ use hickory_server::ServerFuture;
 use tracing::{info, warn};
 
 use super::load::Load;
+use crate::model::DnsZone as Zone;
 use crate::sync::Locked;
 
 /// Most addresses in one answer for the zone's name.
 pub const MAX_ADDRESSES: usize = 8;
 
-/// The zone's fixed parts, parsed once from the configuration.
-pub struct Zone {
-    origin: Name,
-    lower: LowerName,
-    name_servers: Vec<Name>,
-    ttl: u32,
-}
-
 impl Zone {
-    /// Parses `--dns-zone` and `--dns-ns`; every problem is reported.
-    pub fn parse(zone: &str, name_servers: &str, ttl: u32) -> Result<Zone, String> {
-        let origin = Name::from_str(zone)
-            .map(|n| n.to_lowercase())
-            .map_err(|e| format!("dns_zone {zone:?}: {e}"))?;
-        let origin = Name::from_labels(origin.iter().map(<[u8]>::to_vec))
-            .map_err(|e| format!("dns_zone {zone:?}: {e}"))?;
-        let mut ns = Vec::new();
-        for n in name_servers
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-        {
-            let mut name = Name::from_str(n).map_err(|e| format!("dns_ns {n:?}: {e}"))?;
-            name.set_fqdn(true);
-            ns.push(name);
-        }
-        if ns.is_empty() {
-            ns.push(
-                Name::from_str("ns")
-                    .and_then(|n| n.append_domain(&origin))
-                    .map_err(|e| format!("dns_zone {zone:?}: {e}"))?,
-            );
-        }
-        let mut origin = origin;
-        origin.set_fqdn(true);
-        Ok(Zone {
-            lower: LowerName::new(&origin),
-            origin,
-            name_servers: ns,
-            ttl,
-        })
-    }
-
     fn soa(&self) -> Record {
         let serial = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -311,19 +270,39 @@ pub struct Sockets {
 }
 
 /// Binds `addr` for UDP and TCP.
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<Sockets> {
+pub async fn bind(addr: std::net::SocketAddr) -> Result<Sockets, DnsError> {
+    let bind = |proto| {
+        move |source| DnsError::Bind {
+            addr,
+            proto,
+            source,
+        }
+    };
     let udp = tokio::net::UdpSocket::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}/udp: {e}"))?;
+        .map_err(bind("udp"))?;
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for DNS on {addr}/tcp: {e}"))?;
+        .map_err(bind("tcp"))?;
     Ok(Sockets { udp, tcp })
+}
+
+/// Why the DNS server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot listen for DNS on {addr}/{proto}: {source} (choose another --dns-listen)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        proto: &'static str,
+        source: std::io::Error,
+    },
+    #[error("DNS server: {0}")]
+    Serve(String),
 }
 
 /// Serves the zone until the task is dropped: UDP through hickory-server, TCP here (hickory's
 /// TCP listener takes every connection offered).
-pub async fn serve(load: Arc<Load>, sockets: Sockets, zone: Zone) -> anyhow::Result<()> {
+pub async fn serve(load: Arc<Load>, sockets: Sockets, zone: Zone) -> Result<(), DnsError> {
     let Sockets { udp, tcp } = sockets;
     info!(addr = ?udp.local_addr().ok(), zone = %zone.origin, "authoritative DNS for the cluster zone");
     let handler = Handler {
@@ -334,7 +313,7 @@ pub async fn serve(load: Arc<Load>, sockets: Sockets, zone: Zone) -> anyhow::Res
     let mut server = ServerFuture::new(handler.clone());
     server.register_socket(udp);
     tokio::select! {
-        done = server.block_until_done() => done.map_err(|e| anyhow::anyhow!("DNS server: {e}")),
+        done = server.block_until_done() => done.map_err(|e| DnsError::Serve(e.to_string())),
         () = serve_tcp(handler, tcp) => Ok(()),
     }
 }

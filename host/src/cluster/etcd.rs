@@ -75,15 +75,44 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
     CoordError::Unavailable(format!("etcd {what}: {e}"))
 }
 
+/// Why a node could not join the etcd cluster. Each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("cannot read {}: {source}", path.display())]
+    ReadPem {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot reach etcd at {endpoints}: {reason}{hint}")]
+    Unreachable {
+        endpoints: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("cannot use etcd at {endpoints}: {reason}{hint}")]
+    Refused {
+        endpoints: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("another node named {0} is alive in this cluster; give this node another --node-name")]
+    NameTaken(String),
+    #[error("etcd: {0}")]
+    Read(String),
+}
+
 /// TLS settings for etcd from PEM files: the CA that signed etcd's certificate, and optionally
 /// this node's client certificate and key.
 pub fn tls_options(
     ca: &std::path::Path,
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> anyhow::Result<etcd_client::TlsOptions> {
+) -> Result<etcd_client::TlsOptions, JoinError> {
     let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        std::fs::read(p).map_err(|source| JoinError::ReadPem {
+            path: p.to_owned(),
+            source,
+        })
     };
     let mut tls = etcd_client::TlsOptions::new()
         .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
@@ -126,7 +155,7 @@ impl Etcd {
         advertise: &str,
         ttl: i64,
         secret: &str,
-    ) -> anyhow::Result<Etcd> {
+    ) -> Result<Etcd, JoinError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(REQUEST_TIMEOUT);
@@ -150,17 +179,19 @@ impl Etcd {
         if let Some((name, password)) = user {
             options = options.with_user(name, password);
         }
+        let refused = |e: etcd_client::Error| JoinError::Refused {
+            endpoints: endpoints.join(","),
+            reason: e.to_string(),
+            hint,
+        };
         let mut client = Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| {
-                let hint = if secured { hint } else { "" };
-                anyhow::anyhow!("cannot reach etcd at {}: {e}{hint}", endpoints.join(","))
+            .map_err(|e| JoinError::Unreachable {
+                endpoints: endpoints.join(","),
+                reason: e.to_string(),
+                hint: if secured { hint } else { "" },
             })?;
-        let lease = client
-            .lease_grant(ttl, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(",")))?
-            .id();
+        let lease = client.lease_grant(ttl, None).await.map_err(refused)?.id();
         let node_key = format!("{prefix}nodes/{node}");
         // A node restarted right after a crash finds its old key until the old lease ends:
         // wait that out rather than fail.
@@ -186,18 +217,13 @@ impl Etcd {
                         )]),
                 )
                 .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot use etcd at {}: {e}{hint}", endpoints.join(","))
-                })?
+                .map_err(refused)?
                 .succeeded();
             if claimed {
                 break;
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "another node named {node} is alive in this cluster; give this node another \
-                     --node-name"
-                );
+                return Err(JoinError::NameTaken(node.to_owned()));
             }
             info!(
                 node,
@@ -224,10 +250,10 @@ impl Etcd {
     }
 
     /// Reads the whole configuration into the cache; returns the revision it was read at.
-    async fn load(&self) -> anyhow::Result<i64> {
+    async fn load(&self) -> Result<i64, JoinError> {
         let (fresh, revision) = snapshot(&mut self.client.clone(), &self.prefix)
             .await
-            .map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+            .map_err(|e| JoinError::Read(e.to_string()))?;
         *self.cache.locked() = fresh;
         Ok(revision)
     }
@@ -364,7 +390,7 @@ impl Etcd {
     }
 
     /// Follows the configuration from `revision` on, into the cache and the change feed.
-    async fn follow(&self, revision: i64) -> anyhow::Result<()> {
+    async fn follow(&self, revision: i64) -> Result<(), JoinError> {
         let mut client = self.client.clone();
         let (prefix, cache, events) =
             (self.prefix.clone(), self.cache.clone(), self.events.clone());
@@ -378,7 +404,7 @@ impl Etcd {
                 ),
             )
             .await
-            .map_err(|e| anyhow::anyhow!("etcd watch: {e}"))?;
+            .map_err(|e| JoinError::Read(format!("watch: {e}")))?;
         tokio::spawn(async move {
             loop {
                 match stream.message().await {

@@ -1,5 +1,5 @@
 //! The configuration every layer shares, declared once: mounts (and how a transcoded mount is
-//! made), stations, attached plugins and native routing chains, the admin account. Serde types:
+//! made), stations, attached plugins and native routing chains, the admin account, the DNS zone. Serde types:
 //! the CLI and the API send them, the coordinator stores them, the pipeline and routing read
 //! them. Everything here is parsed and checked when it is stored, never on the data path.
 
@@ -8,12 +8,14 @@ mod plugin;
 pub(crate) mod routing;
 mod settings;
 mod station;
+mod zone;
 
 pub use mount::{validate_mount_path, MountConfig, TranscodeConfig};
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};
 pub use settings::MountSettings;
 pub use station::StationConfig;
+pub use zone::DnsZone;
 
 use serde::{Deserialize, Serialize};
 

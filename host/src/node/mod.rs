@@ -5,7 +5,7 @@
 
 pub mod accept;
 mod start;
-pub use start::run;
+pub use start::{run, StartError};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -5,15 +5,38 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tracing::{info, warn};
 
 use super::{accept, Node};
-use crate::cluster::coordinator::{Coordinator, Embedded};
+use crate::cluster::coordinator::{CoordError, Coordinator, Embedded};
 use crate::cluster::{dns, etcd};
 use crate::config::ServeConfig;
 use crate::model::AdminCredential;
 use crate::{auth, plugin};
+
+/// Why a node did not start. Each says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the listen socket: {0}")]
+    Listener(std::io::Error),
+    #[error("the configuration store: {0}")]
+    Store(#[from] CoordError),
+    #[error(transparent)]
+    Etcd(#[from] etcd::JoinError),
+    /// The advertised URL does not lead here.
+    #[error(
+        "{0}; give --advertise http://HOST:PORT with an address the other nodes reach this node at"
+    )]
+    Advertise(String),
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+    #[error("{0}")]
+    DnsZone(String),
+    #[error(transparent)]
+    Hash(#[from] auth::HashError),
+    #[error(transparent)]
+    Plugins(#[from] plugin::EngineError),
+}
 
 /// Runs a node on `listener` with `config` until `shutdown` resolves (what `tidecast serve`
 /// does once it has bound the listen address).
@@ -21,8 +44,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
+) -> Result<(), StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
     let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
         Arc::new(Embedded::open(&config.data_dir)?)
     } else {
@@ -73,7 +96,7 @@ pub async fn run(
     let dns = match config.dns_listen.parse() {
         Ok(addr) => Some((
             dns::bind(addr).await?,
-            config.dns_zone().map_err(anyhow::Error::msg)?,
+            config.dns_zone().map_err(StartError::DnsZone)?,
         )),
         Err(_) => None,
     };
@@ -114,7 +137,7 @@ pub async fn run(
         d.abort();
     }
     coordinator.leave().await;
-    anyhow::Ok(())
+    Ok(())
 }
 
 /// Checks that `advertise` (what other nodes and redirected listeners will use) reaches this
@@ -123,20 +146,25 @@ pub async fn run(
 async fn check_advertise(
     listener: &tokio::net::TcpListener,
     advertise: &str,
-) -> anyhow::Result<()> {
-    let fix =
-        "give --advertise http://HOST:PORT with an address the other nodes reach this node at";
-    let authority = etcd::node_authority(advertise).ok_or_else(|| {
-        anyhow::anyhow!("the advertised URL {advertise:?} is not http://HOST:PORT; {fix}")
-    })?;
-    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(authority)
-        .await
-        .with_context(|| format!("the advertised address {authority} does not resolve; {fix}"))?
-        .collect();
+) -> Result<(), StartError> {
+    let fail = |why: String| Err(StartError::Advertise(why));
+    let Some(authority) = etcd::node_authority(advertise) else {
+        return fail(format!(
+            "the advertised URL {advertise:?} is not http://HOST:PORT"
+        ));
+    };
+    let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(authority).await {
+        Ok(found) => found.collect(),
+        Err(e) => {
+            return fail(format!(
+                "the advertised address {authority} does not resolve ({e})"
+            ))
+        }
+    };
     if resolved.iter().any(|a| a.ip().is_unspecified()) {
-        anyhow::bail!(
-            "the advertised address {authority} is a wildcard that other nodes cannot use; {fix}"
-        );
+        return fail(format!(
+            "the advertised address {authority} is a wildcard that other nodes cannot use"
+        ));
     }
     let probe = async {
         let out = tokio::net::TcpStream::connect(authority).await?;
@@ -145,15 +173,15 @@ async fn check_advertise(
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
         Ok(Ok(true)) => Ok(()),
-        Ok(Ok(false)) => anyhow::bail!(
-            "the advertised address {authority} reaches another server, not this node; {fix}"
-        ),
-        Ok(Err(e)) => anyhow::bail!(
-            "the advertised address {authority} does not reach this node ({e}); {fix}"
-        ),
-        Err(_) => {
-            anyhow::bail!("connections to the advertised address {authority} do not arrive at this node; {fix}")
-        }
+        Ok(Ok(false)) => fail(format!(
+            "the advertised address {authority} reaches another server, not this node"
+        )),
+        Ok(Err(e)) => fail(format!(
+            "the advertised address {authority} does not reach this node ({e})"
+        )),
+        Err(_) => fail(format!(
+            "connections to the advertised address {authority} do not arrive at this node"
+        )),
     }
 }
 
@@ -168,7 +196,7 @@ fn hostname() -> String {
 
 /// Makes sure an admin account exists: from the flags/environment, else the stored one, else a
 /// generated one printed once.
-async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::Result<()> {
+async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> Result<(), StartError> {
     let existing = coord.admin();
     let user = if config.admin_user.is_empty() {
         existing
@@ -211,7 +239,7 @@ async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> anyhow::
     };
     match coord.set_admin(generated, true).await {
         Ok(()) => {}
-        Err(crate::cluster::coordinator::CoordError::Conflict(_)) => {
+        Err(CoordError::Conflict(_)) => {
             eprintln!("\n  Admin credentials were just generated by another node of this cluster: use the ones it printed.\n");
             return Ok(());
         }

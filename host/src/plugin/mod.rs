@@ -170,10 +170,22 @@ pub struct Plugins {
     compiling: Arc<Mutex<()>>,
 }
 
+/// Why the plugin runtime did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("cannot create the compiled-plugin cache {}: {source}", path.display())]
+    CacheDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl Plugins {
     /// Builds the engine and starts its epoch ticker. `cache_dir`: where compiled components are
     /// kept (`None`: memory only).
-    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> anyhow::Result<Arc<Plugins>> {
+    pub fn new(cache_dir: Option<PathBuf>, limits: Limits) -> Result<Arc<Plugins>, EngineError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -181,10 +193,13 @@ impl Plugins {
         config.concurrency_support(false);
         config.max_wasm_stack(512 * 1024);
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime: {e}"))?;
-        let linker = make_linker(&engine).map_err(|e| anyhow::anyhow!("wasmtime linker: {e}"))?;
+        let engine = Engine::new(&config).map_err(|e| EngineError::Engine(e.to_string()))?;
+        let linker = make_linker(&engine).map_err(|e| EngineError::Engine(e.to_string()))?;
         if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| EngineError::CacheDir {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(Arc::new(Plugins {
             engine,

@@ -212,10 +212,10 @@ fn measure(name: &str, work: impl FnOnce() -> f64) -> Row {
 
 /// A plugin file loaded for the bench: cold compile, then load from the disk cache.
 fn load_plugin(
-    plugins: &crate::plugin::Plugins,
+    plugins: &tidecast::plugin::Plugins,
     file: &std::path::Path,
     quiet: bool,
-) -> anyhow::Result<std::sync::Arc<crate::plugin::Loaded>> {
+) -> anyhow::Result<std::sync::Arc<tidecast::plugin::Loaded>> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let (_, cold) = plugins
         .load(&bytes)
@@ -245,12 +245,12 @@ fn load_plugin(
 
 /// Policy call latency over `nodes` nodes: p50, p99 and max of many calls, in µs.
 fn policy_latency(
-    plugins: &std::sync::Arc<crate::plugin::Plugins>,
-    loaded: &std::sync::Arc<crate::plugin::Loaded>,
+    plugins: &std::sync::Arc<tidecast::plugin::Plugins>,
+    loaded: &std::sync::Arc<tidecast::plugin::Loaded>,
     nodes: usize,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use crate::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
+    use tidecast::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
     let mut policy = WasmPolicy::new(plugins.clone(), loaded.clone(), "bench".into(), Vec::new())
         .map_err(anyhow::Error::msg)?;
     let (req, list) = (sample_request(), sample_nodes(nodes));
@@ -292,7 +292,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return run_with(args, None);
     }
     let cache = std::env::temp_dir().join(format!("tidecast-bench-{}", std::process::id()));
-    let plugins = crate::plugin::Plugins::new(Some(cache.clone()), Default::default())?;
+    let plugins = tidecast::plugin::Plugins::new(Some(cache.clone()), Default::default())?;
     let result = run_with(args, Some(&plugins));
     let _ = std::fs::remove_dir_all(&cache);
     result
@@ -300,7 +300,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 fn run_with(
     args: BenchArgs,
-    plugins: Option<&std::sync::Arc<crate::plugin::Plugins>>,
+    plugins: Option<&std::sync::Arc<tidecast::plugin::Plugins>>,
 ) -> anyhow::Result<()> {
     let quiet = args.json;
     let engine = || plugins.context("internal: no plugin engine for --filter/--policy");
@@ -318,7 +318,7 @@ fn run_with(
                 Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
                 None => (spec.clone(), String::new()),
             };
-            let params = crate::model::parse_ref(&format!("bench:{params}"))
+            let params = tidecast::model::parse_ref(&format!("bench:{params}"))
                 .map_err(anyhow::Error::msg)?
                 .params;
             let name = std::path::Path::new(&file)
@@ -455,7 +455,7 @@ fn run_with(
                 {
                     c.process(&input.pcm, &mut pcm);
                 }
-                let mut f = crate::plugin::filter::WasmFilter::new(
+                let mut f = tidecast::plugin::filter::WasmFilter::new(
                     plugins.clone(),
                     loaded.clone(),
                     name.clone(),
@@ -490,7 +490,7 @@ fn run_with(
             let chain: Vec<Box<dyn tidecast_codecs::Filter>> = match plugin {
                 None => Vec::new(),
                 Some((loaded, params, plugins)) => vec![Box::new(
-                    crate::plugin::filter::WasmFilter::new(
+                    tidecast::plugin::filter::WasmFilter::new(
                         plugins.clone(),
                         (*loaded).clone(),
                         name.clone(),

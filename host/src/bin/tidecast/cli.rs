@@ -7,9 +7,9 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::http::client;
+use tidecast::http::client;
 
-use crate::model::MountSettings;
+use tidecast::model::MountSettings;
 
 #[derive(clap::Args, Debug)]
 pub struct Connection {
@@ -105,7 +105,7 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Push { name, file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let max = crate::plugin::MAX_PLUGIN_BYTES;
+            let max = tidecast::plugin::MAX_PLUGIN_BYTES;
             if bytes.len() > max {
                 bail!(
                     "{} is {} bytes, larger than the limit of {max} bytes for a plugin (build with --release; strip debug info)",

@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use tracing::info;
 
 use tidecast::config::{ServeArgs, ServeConfig};
-use tidecast::{bench, cli};
+
+mod bench;
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "tidecast", version, about = "Icecast-compatible streaming server", long_about = None)]
@@ -67,10 +69,24 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line. The library's errors name their cause in their own
+/// message already, so a cause is added only where it says something new.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -95,7 +111,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        tidecast::run(listener, config, shutdown_signal()).await
+        tidecast::run(listener, config, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::from)
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     info!("node stopped");
