@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub mod client;
@@ -181,16 +181,16 @@ pub fn is_media_type(value: &str) -> bool {
 }
 
 /// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
-/// Returns the head, parsed and as its bytes (for a side that parses it again: hyper).
 pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     timeout: Duration,
-) -> Result<(RequestHead, BytesMut), HeadError> {
+) -> Result<RequestHead, HeadError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some((head, body_start)) = parse_request(buf)? {
-            return Ok((head, buf.split_to(body_start)));
+            buf.advance(body_start);
+            return Ok(head);
         }
         buf.reserve(4096);
         let n = match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
@@ -302,8 +302,13 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
                 return Err(HeadError::Malformed("continuation line before any header"));
             };
             let v: &mut String = v;
-            v.push(' ');
-            v.push_str(line.trim());
+            let more = line.trim();
+            if !more.is_empty() {
+                if !v.is_empty() {
+                    v.push(' ');
+                }
+                v.push_str(more);
+            }
             continue;
         }
         let (name, value) = line
@@ -527,7 +532,7 @@ mod tests {
         let mut io = input;
         let mut buf = BytesMut::new();
         let r = read_head(&mut io, &mut buf, Duration::from_secs(1)).await;
-        (r.map(|(head, _)| head), buf)
+        (r, buf)
     }
 
     #[tokio::test]

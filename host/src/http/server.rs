@@ -1,7 +1,9 @@
 //! The hyper side of the listen port. A connection whose first request is neither a source nor
 //! a stream (the admin API, status documents, metrics, pages, the cluster's internal calls) is
-//! handed to hyper's HTTP/1.1 server, with the head bytes the dispatcher already read replayed in
-//! front of the socket ([`Replay`]). Handlers see the request as a [`RequestHead`] and a body they
+//! handed to hyper's HTTP/1.1 server, with its head replayed in front of the socket ([`Replay`])
+//! in canonical HTTP/1.x form ([`RequestHead::to_http1`]): the hand-written reader takes what
+//! Icecast clients send (bare LF, `ICE/1.0`, folded lines, characters a URL should escape), and
+//! hyper gets the same request in the form it parses. Handlers see the request as a [`RequestHead`] and a body they
 //! may read with [`read_body`], and answer a [`Response`], the same types the hand-written side
 //! uses, so a handler does not care which side parsed its request.
 //!
@@ -17,13 +19,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
 
 use super::{BodyError, RequestHead, Response, Version};
+
+/// Largest head replayed to hyper. Escaping can grow a head the reader took up to ninefold (a
+/// byte that is not UTF-8 becomes `%EF%BF%BD`); a real client's grows by a few bytes, and a head
+/// past this is refused (431) without hyper.
+pub const MAX_REPLAYED_HEAD: usize = 2 * super::MAX_HEAD;
 
 /// Longest a write of an answer may wait for the client to take bytes.
 pub const WRITE_STALL: Duration = Duration::from_secs(10);
@@ -31,10 +38,15 @@ pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// The slowest a request body may arrive: the time allowed is 10 s plus its length at this rate.
 const MIN_BODY_RATE: usize = 64 * 1024;
 
-/// Serves one request on `io` with hyper: `head` holds the bytes already read from it (the whole
-/// request head, maybe the start of the body); `handler` answers.
-pub async fn serve<IO, F, Fut>(io: IO, head: Bytes, header_timeout: Duration, handler: F)
-where
+/// Serves one request on `io` with hyper: `head` is its request head, already read by hand, and
+/// `rest` the bytes read past it (the start of the body); `handler` answers.
+pub async fn serve<IO, F, Fut>(
+    io: IO,
+    head: RequestHead,
+    rest: BytesMut,
+    header_timeout: Duration,
+    handler: F,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(RequestHead, Incoming) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
@@ -54,14 +66,23 @@ where
             Ok::<_, Infallible>(answer.into_hyper())
         }
     });
-    let io = hyper_util::rt::TokioIo::new(Replay::new(head, io));
+    let mut replay = BytesMut::from(&head.to_http1()[..]);
+    if replay.len() > MAX_REPLAYED_HEAD {
+        let r = Response::text(431, "request head too large once its URL is escaped");
+        let mut io = io;
+        let bytes = r.to_bytes(head.response_version(), false);
+        let _ = tokio::time::timeout(WRITE_STALL, io.write_all(&bytes)).await;
+        return;
+    }
+    replay.extend_from_slice(&rest);
+    let io = hyper_util::rt::TokioIo::new(Replay::new(replay.freeze(), io));
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(false)
         // `Content-Type`, not `content-type`: old players and tools match header names exactly.
         .title_case_headers(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .max_buf_size(super::MAX_HEAD.max(8192) * 2)
+        .max_buf_size(MAX_REPLAYED_HEAD + 8192)
         .serve_connection(io, service);
     if let Err(e) = connection.await {
         debug!(error = %e, "control connection ended with an error");
@@ -69,6 +90,66 @@ where
 }
 
 impl RequestHead {
+    /// The head as canonical HTTP/1.x: CRLF lines, an HTTP version token, the target escaped
+    /// where a URL needs it (the path from its decoded form, the query as received), folded
+    /// header lines already joined.
+    pub fn to_http1(&self) -> Vec<u8> {
+        use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
+        const PATH: &AsciiSet = &NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'_')
+            .remove(b'~')
+            .remove(b'/')
+            .remove(b'!')
+            .remove(b'$')
+            .remove(b'&')
+            .remove(b'\'')
+            .remove(b'(')
+            .remove(b')')
+            .remove(b'*')
+            .remove(b'+')
+            .remove(b',')
+            .remove(b';')
+            .remove(b'=')
+            .remove(b':')
+            .remove(b'@');
+        // Percent escapes in the query stay as they came; only what may not stand in a URL is
+        // escaped.
+        const QUERY: &AsciiSet = &CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'#')
+            .add(b'<')
+            .add(b'>')
+            .add(b'\\')
+            .add(b'^')
+            .add(b'`')
+            .add(b'{')
+            .add(b'|')
+            .add(b'}');
+        let version = match self.version {
+            Version::Http11 => "HTTP/1.1",
+            Version::Http10 | Version::Ice => "HTTP/1.0",
+        };
+        let mut out = format!("{} {}", self.method, utf8_percent_encode(&self.path, PATH));
+        if !self.raw_query.is_empty() {
+            out.push('?');
+            out.extend(utf8_percent_encode(&self.raw_query, QUERY));
+        }
+        out.push(' ');
+        out.push_str(version);
+        out.push_str("\r\n");
+        for (name, value) in &self.headers {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+
     /// The head of a request hyper parsed: the path percent-decoded, header values kept lossily
     /// as text (old clients send Latin-1), as the hand-written reader does.
     fn from_parts(parts: &http::request::Parts) -> Result<RequestHead, &'static str> {
@@ -214,5 +295,50 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Replay<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What an Icecast-era client may send (bare LF, `ICE/1.0`, raw UTF-8 and `<|>` in the
+    /// target, a folded header line) reaches the handler as the hand-written reader read it.
+    #[tokio::test]
+    async fn a_quirky_head_reaches_the_handler_as_it_was_read() {
+        let raw = "GET /caf\u{e9} radio.m3u?song=<a|b>&x=%41 ICE/1.0\nX-Folded: one\n two\n\n"
+            .replace(" radio", "%20radio");
+        let (head, body_start) = crate::http::parse_request(raw.as_bytes()).unwrap().unwrap();
+        assert_eq!(body_start, raw.len());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let handler = |req: RequestHead, _body: Incoming| async move {
+            let seen = format!(
+                "{}|{}|{}|{}",
+                req.path,
+                req.query("song").unwrap_or_default(),
+                req.query("x").unwrap_or_default(),
+                req.header("x-folded").unwrap_or_default()
+            );
+            Response::text(200, seen)
+        };
+        let served = tokio::spawn(serve(
+            server,
+            head,
+            BytesMut::new(),
+            Duration::from_secs(5),
+            handler,
+        ));
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        served.await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n/caf\u{e9} radio.m3u|<a|b>|A|one two\n"),
+            "{answer}"
+        );
+        client.shutdown().await.unwrap();
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Node;
-use crate::http::{read_head, send, Cors, Response, Version};
+use crate::http::{read_head, send, Cors, Response};
 use crate::metrics::ErrorKind;
 
 /// Serves connections from `listener` until `shutdown` resolves.
@@ -78,7 +78,7 @@ pub async fn run(
 async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
-    let (req, head) = match read_head(&mut stream, &mut buf, header_timeout).await {
+    let req = match read_head(&mut stream, &mut buf, header_timeout).await {
         Ok(r) => r,
         Err(e) => {
             let kind = match e.status() {
@@ -99,21 +99,11 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
         }
     };
     if crate::control::serve::takes(&req) {
-        if req.version == Version::Ice {
-            let r = Response::text(400, "ICE/1.0 is for sources; send HTTP/1.1 or HTTP/1.0");
-            send(&mut stream, &r, "HTTP/1.0", false).await;
-            return;
-        }
-        // hyper reads the request again from its first byte: the head, then the body.
-        let mut bytes = head;
-        bytes.unsplit(buf);
         let handler =
             move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);
-        crate::http::server::serve(stream, bytes.freeze(), header_timeout, handler).await;
+        crate::http::server::serve(stream, req, buf, header_timeout, handler).await;
         return;
     }
-    // A listener lives for hours: do not keep its request head alive that long.
-    drop(head);
     match req.method.as_str() {
         "SOURCE" | "PUT" => {
             crate::ingest::serve(stream, peer, req, buf, state.ingest.clone()).await
