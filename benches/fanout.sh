@@ -7,6 +7,8 @@
 #   benches/fanout.sh [COUNTS...]        (default: 1000 5000 10000)
 #   SECONDS_PER_RUN=20 benches/fanout.sh 1000   (window per row; default 60 s, long against the
 #                                             1 s write batches, so batching cannot fake a loss)
+#   TLS=1 benches/fanout.sh 1000 5000     (also both servers over TLS: icecast2's OpenSSL, and
+#                                             tidecast's rustls; same certificate, same listeners)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("${@:-1000}")
@@ -21,6 +23,19 @@ bin="$CARGO_TARGET_DIR/release"
 
 work=$(mktemp -d /tmp/tidecast-fanout.XXXXXX)
 chmod 755 "$work"
+tls=${TLS:-0}
+if [ "$tls" = 1 ]; then
+  # A CA and a P-256 certificate for localhost; icecast2 wants chain and key in one file.
+  (cd "$work" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt \
+      -days 2 -subj "/CN=fanout CA" 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=localhost" 2>/dev/null &&
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > server.ext &&
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 \
+      -extfile server.ext 2>/dev/null &&
+    cat server.crt server.key > server.pem && chmod 644 server.pem server.key)
+fi
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
@@ -31,7 +46,9 @@ ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=440:duration=60" -ac 2 -c:a
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 start_icecast() {
-  local port=$1
+  local port=$1 tls_port=${2:-}
+  local tls_socket=""
+  [ -n "$tls_port" ] && tls_socket="<listen-socket><port>$tls_port</port><bind-address>127.0.0.1</bind-address><ssl>1</ssl></listen-socket>"
   mkdir -p "$work/icecast-log"; chown nobody "$work/icecast-log" 2>/dev/null || true
   cat > "$work/icecast.xml" <<XML
 <icecast>
@@ -41,8 +58,10 @@ start_icecast() {
     <admin-password>benchadmin</admin-password></authentication>
   <hostname>127.0.0.1</hostname>
   <listen-socket><port>$port</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  $tls_socket
   <fileserve>0</fileserve>
-  <paths><logdir>$work/icecast-log</logdir><pidfile>$work/icecast.pid</pidfile></paths>
+  <paths><logdir>$work/icecast-log</logdir><pidfile>$work/icecast.pid</pidfile>
+    <ssl-certificate>$work/server.pem</ssl-certificate></paths>
   <logging><errorlog>error.log</errorlog><loglevel>1</loglevel></logging>
   <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>
 </icecast>
@@ -52,20 +71,28 @@ XML
 }
 
 start_tidecast() {
-  local port=$1
+  local port=$1 tls_port=${2:-}
+  local tls_flags=()
+  [ -n "$tls_port" ] && tls_flags=(--tls-listen "127.0.0.1:$tls_port" --tls-cert "$work/server.crt" --tls-key "$work/server.key")
+  rm -rf "$work/tidecast-data"
   TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/tidecast-data" \
-    --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 >/dev/null 2>"$work/tidecast.log" &
+    --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 "${tls_flags[@]}" >/dev/null 2>"$work/tidecast.log" &
   pids+=($!); echo $!
 }
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 
 run_server() {
-  local name=$1 port pid src
+  local name=$1 port pid src tls_port="" load_port load_tls=()
   port=$(free_port)
-  if [ "$name" = icecast2 ]; then pid=$(start_icecast "$port"); else pid=$(start_tidecast "$port"); fi
+  case "$name" in *-tls) tls_port=$(free_port) ;; esac
+  if [ "${name%-tls}" = icecast2 ]; then pid=$(start_icecast "$port" "$tls_port"); else pid=$(start_tidecast "$port" "$tls_port"); fi
   wait_port "$port"
-  if [ "$name" = tidecast ]; then
+  load_port=$port
+  if [ -n "$tls_port" ]; then
+    wait_port "$tls_port"; load_port=$tls_port; load_tls=(--tls-ca "$work/ca.crt" --tls-name localhost)
+  fi
+  if [ "${name%-tls}" = tidecast ]; then
     "$bin/tidecast" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$port" --admin-password benchadmin >/dev/null
   fi
   ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
@@ -73,8 +100,8 @@ run_server() {
   src=$!; pids+=($src)
   sleep 3
   for n in "${counts[@]}"; do
-    json=$("$bin/fanout-load" --addr "127.0.0.1:$port" --mount /live.mp3 --listeners "$n" \
-      --seconds "$window" --server-pid "$pid")
+    json=$("$bin/fanout-load" --addr "127.0.0.1:$load_port" --mount /live.mp3 --listeners "$n" \
+      --seconds "$window" --server-pid "$pid" "${load_tls[@]}")
     echo "$name $json" >> "$work/results"
     echo "$name $n: $json" >&2
     sleep 2
@@ -83,7 +110,9 @@ run_server() {
 }
 
 : > "$work/results"
-for server in icecast2 tidecast; do run_server "$server"; done
+servers=(icecast2 tidecast)
+[ "$tls" = 1 ] && servers+=(icecast2-tls tidecast-tls)
+for server in "${servers[@]}"; do run_server "$server"; done
 
 python3 - "$work/results" "$window" <<'PY'
 import json, sys
@@ -93,16 +122,20 @@ for line in open(sys.argv[1]):
     r = json.loads(js)
     rows.setdefault(r["listeners"], {})[name] = r
 print(f"\nFan-out, 128 kbit/s MP3, {sys.argv[2]} s window per row, loopback, load generator in its own process\n")
-print("| listeners | server | CPU µs / listener-s | peak RSS MiB | ≥95 % bytes | mean kbit/s | tidecast/icecast2 CPU |")
-print("|---:|---|---:|---:|---:|---:|---:|")
+print("| listeners | server | CPU µs / listener-s | peak RSS MiB | ≥95 % bytes | mean kbit/s | tidecast/icecast2 CPU | TLS/plain CPU |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|")
+cpu = lambda r: r["cpu_us_per_listener_second"]
 for n in sorted(rows):
-    ice = rows[n].get("icecast2"); tc = rows[n].get("tidecast")
-    for name in ("icecast2", "tidecast"):
+    for name in ("icecast2", "tidecast", "icecast2-tls", "tidecast-tls"):
         r = rows[n].get(name)
         if not r: continue
-        ratio = ""
-        if name == "tidecast" and ice and ice["cpu_us_per_listener_second"] > 0:
-            ratio = f'{r["cpu_us_per_listener_second"] / ice["cpu_us_per_listener_second"]:.2f}'
-        print(f'| {n} | {name} | {r["cpu_us_per_listener_second"]:.1f} | {r["server_peak_rss_kib"]/1024:.0f} | '
-              f'{100*r["share_at_least_95pct"]:.1f} % | {r["mean_kbps_received"]:.1f} | {ratio} |')
+        ratio = tls_ratio = ""
+        peer = rows[n].get(name.replace("tidecast", "icecast2"))
+        if name.startswith("tidecast") and peer and cpu(peer) > 0:
+            ratio = f'{cpu(r) / cpu(peer):.2f}'
+        plain = rows[n].get(name[:-4]) if name.endswith("-tls") else None
+        if plain and cpu(plain) > 0:
+            tls_ratio = f'{cpu(r) / cpu(plain):.2f}'
+        print(f'| {n} | {name} | {cpu(r):.1f} | {r["server_peak_rss_kib"]/1024:.0f} | '
+              f'{100*r["share_at_least_95pct"]:.1f} % | {r["mean_kbps_received"]:.1f} | {ratio} | {tls_ratio} |')
 PY

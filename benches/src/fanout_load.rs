@@ -41,6 +41,30 @@ struct Args {
     /// PID of the server process, for its CPU time over the window.
     #[arg(long)]
     server_pid: u32,
+    /// Listen over TLS, trusting the CA certificate in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// The server name to ask for and check over TLS.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+}
+
+/// A TLS client trusting the CA in `ca`.
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
@@ -67,18 +91,47 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn listener(
+/// Where and how a listener connects.
+#[derive(Clone)]
+struct Target {
     addr: std::net::SocketAddr,
     mount: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+async fn listener(
+    target: Target,
     counter: Arc<AtomicU64>,
     connected: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
+    let Ok(tcp) = TcpStream::connect(target.addr).await else {
         failed.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    match &target.tls {
+        None => listen(tcp, &target.mount, counter, connected, failed, stop).await,
+        Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+            Ok(tls) => listen(tls, &target.mount, counter, connected, failed, stop).await,
+            Err(_) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        },
+    }
+}
+
+async fn listen<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    mount: &str,
+    counter: Arc<AtomicU64>,
+    connected: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
     let req = format!("GET {mount} HTTP/1.0\r\nUser-Agent: fanout-load\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
         failed.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +169,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let target = Target {
+        addr: args.addr,
+        mount: args.mount.clone(),
+        tls: match &args.tls_ca {
+            Some(ca) => Some((
+                tls_connector(ca)?,
+                rustls::pki_types::ServerName::try_from(args.tls_name.clone())?,
+            )),
+            None => None,
+        },
+    };
     let mut tasks = Vec::with_capacity(args.listeners);
     let per_tick = (args.ramp_per_sec / 10).max(1) as usize;
     for (i, c) in counters.iter().enumerate() {
@@ -123,8 +187,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tasks.push(tokio::spawn(listener(
-            args.addr,
-            args.mount.clone(),
+            target.clone(),
             c.clone(),
             connected.clone(),
             failed.clone(),

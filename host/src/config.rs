@@ -47,7 +47,12 @@ macro_rules! serve_settings {
                     format!("{}:{}", self.hostname, self.listen.port())
                 }
             });
-        format!("http://{host}")
+        let scheme = if req.is_some_and(|r| r.secure) {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}")
     }
 
 
@@ -63,6 +68,26 @@ macro_rules! serve_settings {
 serve_settings! {
     /// Address for sources, listeners and the admin API.
     listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8000)); [value_name = "ADDR"]
+    /// Address for the same over TLS (HTTPS, and sources with ffmpeg's `-tls 1`); needs
+    /// --tls-cert and --tls-key. Empty: no TLS port.
+    tls_listen: String = String::new(); [value_name = "ADDR"]
+    /// Certificate chain files (PEM), comma-separated; with several, each connection gets the
+    /// first one valid for the name the client asks for (SNI), else the first. Reloaded on
+    /// SIGHUP, on POST /api/v1/tls/reload, and when a file changes.
+    tls_cert: String = String::new(); [value_name = "PEM,..."]
+    /// Private key files (PEM), comma-separated, one per --tls-cert file, in the same order (a
+    /// file may hold both the chain and the key).
+    tls_key: String = String::new(); [value_name = "PEM,..."]
+    /// Also take TLS on --listen: a connection whose first byte opens a TLS handshake is TLS,
+    /// any other is plain (one port for both, as Icecast-KH offers).
+    listen_detects_tls: bool = false; [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"]
+    /// Answer a plain-HTTP request for a page meant for browsers (the public page) with a
+    /// redirect to the same page over HTTPS. Streams, status documents, metrics and playlists
+    /// are never redirected: old players and monitoring tools may not follow.
+    redirect_http: bool = false; [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"]
+    /// CA certificate (PEM) that other nodes' https:// advertised URLs must chain to (relays,
+    /// lease checks, titles, proxied listeners). Empty: the system's CA bundle.
+    cluster_ca: PathBuf = PathBuf::new(); [value_name = "PEM"]
     /// Directory for persistent state (mounts, hashed credentials).
     data_dir: PathBuf = PathBuf::from("./tidecast-data"); [value_name = "DIR"]
     /// Admin user name [default: admin].
@@ -254,6 +279,7 @@ impl ServeConfig {
                 problems.push(format!("{} is not a readable file", f.display()));
             }
         }
+        problems.extend(self.tls_problems());
         if !self.dns_listen.is_empty() {
             if let Err(e) = self.dns_listen.parse::<SocketAddr>() {
                 problems.push(format!("dns_listen {:?}: {e}", self.dns_listen));
@@ -278,6 +304,72 @@ impl ServeConfig {
         } else {
             Err(ConfigError::Invalid(problems))
         }
+    }
+
+    /// The TLS settings' problems: an address that does not parse, files that are not there,
+    /// certificates without a TLS port or a TLS port without certificates.
+    fn tls_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.tls_listen.is_empty() {
+            if let Err(e) = self.tls_listen.parse::<SocketAddr>() {
+                problems.push(format!("tls_listen {:?}: {e}", self.tls_listen));
+            }
+        }
+        let (certs, keys) = self.tls_files();
+        let on = self.tls_on();
+        if on && certs.is_empty() {
+            problems.push(
+                "--tls-listen and --listen-detects-tls need --tls-cert and --tls-key".to_owned(),
+            );
+        }
+        if !on && !certs.is_empty() {
+            problems.push(
+                "--tls-cert needs --tls-listen ADDR or --listen-detects-tls (where to take TLS)"
+                    .to_owned(),
+            );
+        }
+        if certs.len() != keys.len() {
+            problems.push(format!(
+                "give one --tls-key file per --tls-cert file (got {} and {})",
+                certs.len(),
+                keys.len()
+            ));
+        }
+        if self.redirect_http && !on {
+            problems.push(
+                "--redirect-http needs TLS (--tls-listen or --listen-detects-tls)".to_owned(),
+            );
+        }
+        if self.advertise.starts_with("https://") && !on {
+            problems.push(
+                "an https:// --advertise needs TLS (--tls-listen or --listen-detects-tls)"
+                    .to_owned(),
+            );
+        }
+        let cluster_ca = (!self.cluster_ca.as_os_str().is_empty()).then_some(&self.cluster_ca);
+        for f in certs.iter().chain(&keys).chain(cluster_ca) {
+            if !f.is_file() {
+                problems.push(format!("{} is not a readable file", f.display()));
+            }
+        }
+        problems
+    }
+
+    /// Whether the node takes TLS anywhere.
+    pub fn tls_on(&self) -> bool {
+        !self.tls_listen.is_empty() || self.listen_detects_tls
+    }
+
+    /// The certificate and key files, in order.
+    pub fn tls_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let list = |s: &str| -> Vec<PathBuf> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        };
+        (list(&self.tls_cert), list(&self.tls_key))
     }
 
     /// The DNS zone from `dns_zone`, `dns_ns` and `dns_ttl_secs`.

@@ -19,6 +19,8 @@
 //!   JSON API, stations, plugin uploads, status documents, public pages, reconciling with the
 //!   configuration;
 //! - [`model`]: the configuration every layer shares, declared once;
+//! - [`tls`]: certificates (SNI, reload), the handshake, and the plain-or-TLS [`tls::Stream`]
+//!   every stage reads and writes;
 //! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
@@ -38,6 +40,7 @@ pub mod model;
 pub mod node;
 pub mod plugin;
 pub mod sync;
+pub mod tls;
 pub mod transcode;
 
 pub use node::{run, StartError};

@@ -66,7 +66,7 @@ pub struct Etcd {
     /// The node's current lease; replaced when the old one is lost.
     lease: Arc<AtomicI64>,
     /// The cluster secret, to ask peers about this node's lease while etcd is out of reach.
-    secret: crate::cluster::peer::Secret,
+    peers: crate::cluster::peer::Peers,
     cache: Arc<Mutex<Cache>>,
     events: broadcast::Sender<ConfigEvent>,
 }
@@ -122,10 +122,14 @@ pub fn tls_options(
     Ok(tls)
 }
 
-/// The `HOST:PORT` of a node URL, if the URL is exactly `http://HOST:PORT` (an optional final
-/// `/`): a name, an IPv4 address or a bracketed IPv6 address, and a port.
+/// The `HOST:PORT` of a node URL, if the URL is exactly `http://HOST:PORT` or
+/// `https://HOST:PORT` (an optional final `/`): a name, an IPv4 address or a bracketed IPv6
+/// address, and a port.
 pub fn node_authority(url: &str) -> Option<&str> {
-    let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+    let authority = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?
+        .trim_end_matches('/');
     let (host, port) = authority.rsplit_once(':')?;
     let host_ok = !host.is_empty()
         && host.len() <= 253
@@ -154,7 +158,7 @@ impl Etcd {
         node: &str,
         advertise: &str,
         ttl: i64,
-        secret: &str,
+        peers: crate::cluster::peer::Peers,
     ) -> Result<Etcd, JoinError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
@@ -238,7 +242,7 @@ impl Etcd {
             prefix: prefix.to_owned(),
             node: node.to_owned(),
             lease: Arc::new(AtomicI64::new(lease)),
-            secret: crate::cluster::peer::Secret::new(secret.to_owned()),
+            peers,
             cache: Arc::default(),
             events: broadcast::channel(256).0,
         };
@@ -380,7 +384,7 @@ impl Etcd {
                 .collect()
         });
         for url in peers {
-            if crate::cluster::peer::lease_alive_per(&url, &self.node, &self.secret).await
+            if crate::cluster::peer::lease_alive_per(&self.peers, &url, &self.node).await
                 == Some(false)
             {
                 return true;
@@ -632,7 +636,7 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
     if let Some(name) = key.strip_prefix("nodes/") {
         match value.map(serde_json::from_slice::<NodeReport>) {
             // A node's URL goes into redirects' Location and relay requests: only a plain
-            // http://HOST:PORT is believed, whoever wrote it into etcd.
+            // http(s)://HOST:PORT is believed, whoever wrote it into etcd.
             Some(Ok(r)) if node_authority(&r.url).is_none() => {
                 warn!(key, url = %r.url.escape_debug(), "node report with an invalid URL in etcd; ignored");
             }

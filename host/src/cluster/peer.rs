@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use crate::tls::Stream;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
-use crate::http::client::{self, Answer, ClientError};
+use crate::http::client::{Answer, Client, ClientError};
 use crate::http::RequestHead;
 
 /// Why a request to another node failed.
@@ -49,6 +49,28 @@ impl Secret {
                 .zip(expected)
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
+    }
+}
+
+/// How this node talks to the others: the cluster secret it sends and checks, and the HTTP
+/// client, which trusts the CA that `https://` nodes chain to (`--cluster-ca`).
+#[derive(Clone)]
+pub struct Peers {
+    pub secret: Secret,
+    pub http: Client,
+}
+
+impl Peers {
+    pub fn new(secret: String, http: Client) -> Peers {
+        Peers {
+            secret: Secret::new(secret),
+            http,
+        }
+    }
+
+    /// Whether `req` comes from another node (it carries the cluster secret).
+    pub fn matches(&self, req: &RequestHead) -> bool {
+        self.secret.matches(req)
     }
 }
 
@@ -99,14 +121,16 @@ pub(crate) struct Upstream {
 /// Sends `GET <path>` with `headers` to the node at `url` (`http://host:port`); waits at most
 /// [`CONNECT_TIMEOUT`] for the connection and again for the answer's head.
 pub(crate) async fn request(
+    peers: &Peers,
     url: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Upstream, PeerError> {
     let url = format!("{}{path}", url.trim_end_matches('/'));
-    let answer = client::get(&url, headers, CONNECT_TIMEOUT).await?;
+    let answer = peers.http.get(&url, headers, CONNECT_TIMEOUT).await?;
     let authority = url
         .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("")
         .to_owned();
@@ -119,10 +143,10 @@ pub(crate) async fn request(
 
 /// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`):
 /// `Some(false)` only when that node reached etcd and found the lease gone.
-pub async fn lease_alive_per(url: &str, name: &str, secret: &Secret) -> Option<bool> {
+pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str) -> Option<bool> {
     let path = format!("/_cluster/lease/{name}");
-    let headers = [secret.header()];
-    let ask = request(url, &path, &headers);
+    let headers = [peers.secret.header()];
+    let ask = request(peers, url, &path, &headers);
     match tokio::time::timeout(Duration::from_secs(1), ask).await {
         Ok(Ok(up)) if up.head.status == 200 => Some(true),
         Ok(Ok(up)) if up.head.status == 410 => Some(false),
@@ -133,19 +157,20 @@ pub async fn lease_alive_per(url: &str, name: &str, secret: &Secret) -> Option<b
 /// Hands `title` for `mount` to the node at `url`, its origin (`/_cluster/metadata`). Returns
 /// that node's status: 200 once set, 400 when the mount is not live there.
 pub async fn set_title_at(
+    peers: &Peers,
     url: &str,
     mount: &str,
     title: &str,
-    secret: &Secret,
 ) -> Result<u16, PeerError> {
     let query = crate::http::encode_form(&[
         ("mount".to_owned(), mount.as_bytes().to_vec()),
         ("song".to_owned(), title.as_bytes().to_vec()),
     ]);
     let up = request(
+        peers,
         url,
         &format!("/_cluster/metadata?{query}"),
-        &[secret.header()],
+        &[peers.secret.header()],
     )
     .await?;
     Ok(up.head.status)
@@ -164,13 +189,14 @@ pub enum Proxied {
 /// `/_stream/<mount>` URL: its answer is passed on (head, then body as it arrives) until either
 /// side hangs up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
 pub async fn proxy(
-    client: &mut TcpStream,
+    peers: &Peers,
+    client: &mut Stream,
     peer: std::net::SocketAddr,
     req: &RequestHead,
     target: &str,
     sent: &std::sync::atomic::AtomicU64,
 ) -> Proxied {
-    let mut up = match open_proxy(peer, req, target).await {
+    let mut up = match open_proxy(peers, peer, req, target).await {
         Ok(up) => up,
         Err(e) => return Proxied::Unreachable(e),
     };
@@ -181,14 +207,11 @@ pub async fn proxy(
 }
 
 async fn open_proxy(
+    peers: &Peers,
     peer: std::net::SocketAddr,
     req: &RequestHead,
     target: &str,
 ) -> Result<Upstream, PeerError> {
-    let rest = target
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::BadUrl(target.to_owned()))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let forwarded = peer.ip().to_string();
     let mut headers = vec![("x-forwarded-for", forwarded.as_str())];
     for name in ["icy-metadata", "user-agent"] {
@@ -196,7 +219,7 @@ async fn open_proxy(
             headers.push((name, v));
         }
     }
-    request(&format!("http://{authority}"), path, &headers).await
+    request(peers, target, "", &headers).await
 }
 
 impl ResponseHead {
@@ -243,7 +266,7 @@ fn usual_case(name: &str) -> String {
 /// Copies the node's answer (head, then body) to the listener; why it stopped. A stalled
 /// listener or node ends it: the node's own ring bounds what it queues.
 async fn copy_through(
-    client: &mut TcpStream,
+    client: &mut Stream,
     head: Bytes,
     up: &mut Upstream,
     total: &mut u64,

@@ -18,7 +18,7 @@ use tidecast_codecs::{Splitter, StreamFormat};
 use tracing::{info, warn};
 
 use super::coordinator::Coordinator;
-use super::peer::{request, PeerError, Secret, Upstream, CONNECT_TIMEOUT};
+use super::peer::{request, PeerError, Peers, Upstream, CONNECT_TIMEOUT};
 use crate::hub::{Hub, HubParams, Registry};
 use crate::sync::Locked;
 
@@ -29,7 +29,7 @@ const LINGER: Duration = Duration::from_secs(20);
 pub struct Relays {
     hubs: Arc<Registry>,
     coordinator: Arc<dyn Coordinator>,
-    secret: Secret,
+    peers: Peers,
     running: Mutex<HashSet<String>>,
 }
 
@@ -42,11 +42,11 @@ enum Stop {
 }
 
 impl Relays {
-    pub fn new(hubs: Arc<Registry>, coordinator: Arc<dyn Coordinator>, secret: Secret) -> Relays {
+    pub fn new(hubs: Arc<Registry>, coordinator: Arc<dyn Coordinator>, peers: Peers) -> Relays {
         Relays {
             hubs,
             coordinator,
-            secret,
+            peers,
             running: Mutex::default(),
         }
     }
@@ -89,9 +89,9 @@ impl Relays {
         let headers = [
             ("icy-metadata", "1"),
             ("user-agent", "tidecast-relay"),
-            self.secret.header(),
+            self.peers.secret.header(),
         ];
-        let up = request(url, &format!("/_relay{mount}"), &headers).await?;
+        let up = request(&self.peers, url, &format!("/_relay{mount}"), &headers).await?;
         if up.head.status != 200 {
             return Err(PeerError::Status(up.head.status));
         }

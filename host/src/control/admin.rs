@@ -162,6 +162,32 @@ fn unauthorized() -> Response {
         .header("WWW-Authenticate", "Basic realm=\"tidecast admin\"")
 }
 
+/// Reads this node's certificate files again (what SIGHUP and a change on disk also do).
+fn tls_reload(state: &Node) -> Response {
+    let Some(certs) = &state.certs else {
+        return Response::error(
+            409,
+            "this node takes no TLS (no --tls-listen or --listen-detects-tls)",
+        );
+    };
+    match certs.reload() {
+        Ok(n) => {
+            info!(
+                certificates = n,
+                "TLS certificates reloaded through the API"
+            );
+            Response::json(200, &json!({ "reloaded": n }))
+        }
+        Err(e) => {
+            warn!(error = %e, "new TLS certificates refused; the ones in use stay");
+            Response::error(
+                422,
+                format!("new certificates refused, the ones in use stay: {e}"),
+            )
+        }
+    }
+}
+
 fn ice_response(status: u16, message: &str) -> Response {
     let ok = u8::from(status < 400);
     Response::new(
@@ -254,6 +280,7 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         ("GET", "/api/v1/cluster") => {
             Response::json(200, &crate::control::status::cluster_json(state))
         }
+        ("POST", "/api/v1/tls/reload") => tls_reload(state),
         ("GET", "/api/v1/stations") => crate::control::stations::list(state),
         ("POST", "/api/v1/stations") => crate::control::stations::create(state, body).await,
         (method, p) if p.starts_with("/api/v1/stations/") => {
@@ -334,8 +361,7 @@ async fn metadata(state: &Node, req: &RequestHead) -> Response {
     // first, so what crosses is bounded; the origin cleans what it receives again.
     if let Some(origin) = state.coordinator.origin_url(&mount) {
         let title = crate::hub::clean_title(&title);
-        return match crate::cluster::peer::set_title_at(&origin, &mount, &title, &state.secret)
-            .await
+        return match crate::cluster::peer::set_title_at(&state.peers, &origin, &mount, &title).await
         {
             Ok(200) => ice_response(200, "Metadata update successful"),
             Ok(_) => ice_response(400, "Source does not exist"),

@@ -10,6 +10,13 @@ pub fn answers(path: &str) -> bool {
         || playlist_of(path).is_some()
 }
 
+/// Whether `path` is a page for people in browsers, which `--redirect-http` sends to HTTPS.
+/// Documents that tools and players fetch (status, metrics, playlists) stay where they are
+/// asked for: a monitoring script or an old player may not follow a redirect to https://.
+pub fn for_browsers(path: &str) -> bool {
+    path == "/"
+}
+
 /// The page `req` asks for (one that [`answers`] its path).
 pub fn page(state: &Node, req: &RequestHead) -> Response {
     match req.path.as_str() {

@@ -46,6 +46,13 @@ pub async fn answer(
     if path.starts_with("/_cluster/") {
         return cluster(&state, &req).await;
     }
+    if state.config.redirect_http
+        && !req.secure
+        && matches!(req.method.as_str(), "GET" | "HEAD")
+        && crate::control::pages::for_browsers(&req.path)
+    {
+        return to_https(&state.config, &req);
+    }
     let cors = Cors::from(&req);
     match req.method.as_str() {
         "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
@@ -55,10 +62,29 @@ pub async fn answer(
     }
 }
 
+/// A page for browsers asked for over plain HTTP, sent to the same page over HTTPS: the same host, the TLS
+/// port (none in the URL for 443, or when the plain port takes TLS too).
+fn to_https(config: &crate::config::ServeConfig, req: &RequestHead) -> Response {
+    let host = config.base_url(Some(req));
+    let host = host.trim_start_matches("http://");
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let port = match config.tls_listen.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 443 => format!(":{}", a.port()),
+        Ok(_) => String::new(),
+        // The plain port takes TLS too: the same host and port.
+        Err(_) => host[name.len()..].to_owned(),
+    };
+    let location = format!("https://{name}{port}{}", req.target());
+    Response::text(301, format!("this page is at {location}")).header("Location", location)
+}
+
 /// Another node's internal request: whether a lease is alive, or a title for a mount produced
 /// here. Only with the cluster secret.
 async fn cluster(state: &Node, req: &RequestHead) -> Response {
-    if !state.secret.matches(req) {
+    if !state.peers.matches(req) {
         state.metrics.error(ErrorKind::Unauthorized);
         return Response::text(403, "cluster secret required");
     }

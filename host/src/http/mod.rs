@@ -39,6 +39,8 @@ pub struct RequestHead {
     pub raw_query: String,
     pub version: Version,
     pub headers: Vec<(String, String)>,
+    /// Whether it came over TLS (set by the dispatcher, not read from the head).
+    pub secure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,6 +327,7 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
         raw_query: raw_query.to_owned(),
         version,
         headers,
+        secure: false,
     })
 }
 
@@ -391,6 +394,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         206 => "Partial Content",
+        301 => "Moved Permanently",
         302 => "Found",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -402,6 +406,7 @@ pub fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -508,19 +513,15 @@ where
 }
 
 /// Writes a complete response, bounded in time; errors only mean the client left.
-pub async fn send(
-    stream: &mut tokio::net::TcpStream,
-    r: &Response,
-    version: &str,
-    head_only: bool,
-) {
+pub async fn send(stream: &mut crate::tls::Stream, r: &Response, version: &str, head_only: bool) {
+    use tokio::io::AsyncWriteExt as _;
     let bytes = r.to_bytes(version, head_only);
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::io::AsyncWriteExt::write_all(stream, &bytes),
-    )
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        stream.write_all(&bytes).await?;
+        // Over TLS, this sends close_notify and flushes it.
+        stream.shutdown().await
+    })
     .await;
-    let _ = tokio::io::AsyncWriteExt::shutdown(stream).await;
 }
 
 #[cfg(test)]

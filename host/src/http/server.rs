@@ -51,11 +51,13 @@ pub async fn serve<IO, F, Fut>(
     F: Fn(RequestHead, Incoming) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    let secure = head.secure;
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let (parts, body) = req.into_parts();
         // Started now, as a task of its own: hyper may drop the future it gets back unpolled when
         // the client hangs up, and the work must still be done (butt sends a title and closes).
-        let task = RequestHead::from_parts(&parts).map(|head| tokio::spawn(handler(head, body)));
+        let task =
+            RequestHead::from_parts(&parts, secure).map(|head| tokio::spawn(handler(head, body)));
         async move {
             let answer = match task {
                 Ok(task) => task
@@ -90,10 +92,27 @@ pub async fn serve<IO, F, Fut>(
 }
 
 impl RequestHead {
-    /// The head as canonical HTTP/1.x: CRLF lines, an HTTP version token, the target escaped
-    /// where a URL needs it (the path from its decoded form, the query as received), folded
-    /// header lines already joined.
+    /// The head as canonical HTTP/1.x: CRLF lines, an HTTP version token, the [`target`]
+    /// (`RequestHead::target`), folded header lines already joined.
     pub fn to_http1(&self) -> Vec<u8> {
+        let version = match self.version {
+            Version::Http11 => "HTTP/1.1",
+            Version::Http10 | Version::Ice => "HTTP/1.0",
+        };
+        let mut out = format!("{} {} {version}\r\n", self.method, self.target());
+        for (name, value) in &self.headers {
+            out.push_str(name);
+            out.push_str(": ");
+            out.push_str(value);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+
+    /// The request target, escaped where a URL needs it: the path from its decoded form, the
+    /// query as received.
+    pub fn target(&self) -> String {
         use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
         const PATH: &AsciiSet = &NON_ALPHANUMERIC
             .remove(b'-')
@@ -128,31 +147,17 @@ impl RequestHead {
             .add(b'{')
             .add(b'|')
             .add(b'}');
-        let version = match self.version {
-            Version::Http11 => "HTTP/1.1",
-            Version::Http10 | Version::Ice => "HTTP/1.0",
-        };
-        let mut out = format!("{} {}", self.method, utf8_percent_encode(&self.path, PATH));
+        let mut out = utf8_percent_encode(&self.path, PATH).to_string();
         if !self.raw_query.is_empty() {
             out.push('?');
             out.extend(utf8_percent_encode(&self.raw_query, QUERY));
         }
-        out.push(' ');
-        out.push_str(version);
-        out.push_str("\r\n");
-        for (name, value) in &self.headers {
-            out.push_str(name);
-            out.push_str(": ");
-            out.push_str(value);
-            out.push_str("\r\n");
-        }
-        out.push_str("\r\n");
-        out.into_bytes()
+        out
     }
 
     /// The head of a request hyper parsed: the path percent-decoded, header values kept lossily
     /// as text (old clients send Latin-1), as the hand-written reader does.
-    fn from_parts(parts: &http::request::Parts) -> Result<RequestHead, &'static str> {
+    fn from_parts(parts: &http::request::Parts, secure: bool) -> Result<RequestHead, &'static str> {
         let path = percent_encoding::percent_decode_str(parts.uri.path())
             .decode_utf8()
             .map_err(|_| "path is not UTF-8")?
@@ -177,6 +182,7 @@ impl RequestHead {
                 Version::Http11
             },
             headers,
+            secure,
         })
     }
 }

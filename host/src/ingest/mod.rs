@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::Stream;
 use bytes::{Bytes, BytesMut};
 use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 use crate::auth::refusal;
@@ -40,7 +40,7 @@ pub struct Ingest {
 }
 
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: Stream,
     peer: SocketAddr,
     req: RequestHead,
     leftover: BytesMut,
@@ -205,7 +205,7 @@ const MIN_SOURCE_RATE: u64 = 500;
 
 /// Reads the body until EOF, its end, a timeout, or `/admin/killsource`. Returns why it stopped.
 async fn pump(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     leftover: BytesMut,
     mut body: BodyKind,
     hub: &Hub,

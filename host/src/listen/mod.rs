@@ -17,14 +17,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::Stream;
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::cluster::coordinator::Coordinator;
-use crate::cluster::peer::Secret;
+use crate::cluster::peer::Peers;
 use crate::cluster::relay::Relays;
 use crate::cluster::routing::Router;
 use crate::http::{send, Cors, RequestHead, Response};
@@ -88,7 +88,7 @@ pub struct Listen {
     pub metrics: Arc<Metrics>,
     pub router: Arc<Router>,
     pub relays: Arc<Relays>,
-    pub secret: Secret,
+    pub peers: Peers,
     pub settings: Settings,
 }
 
@@ -107,7 +107,7 @@ pub struct Settings {
 /// Serves a listener of a mount (`GET`/`HEAD`), here or by redirect or proxy to the node
 /// routing picks.
 pub async fn serve(
-    mut stream: TcpStream,
+    mut stream: Stream,
     peer: SocketAddr,
     req: RequestHead,
     state: Arc<Listen>,
@@ -144,6 +144,7 @@ pub async fn serve(
             gauge.inc();
             info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
             let result = crate::cluster::peer::proxy(
+                &state.peers,
                 &mut stream,
                 peer,
                 &req,
@@ -166,7 +167,7 @@ pub async fn serve(
     }
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
-    let relay = state.secret.matches(&req);
+    let relay = state.peers.matches(&req);
     let node_max = state.settings.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
@@ -267,7 +268,7 @@ pub async fn serve(
         send(&mut stream, &r, version, false).await;
         return;
     }
-    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.settings.send_buffer);
+    let _ = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(state.settings.send_buffer);
     let agent = req.header("user-agent").unwrap_or("").to_owned();
     let ticket = state
         .hubs
@@ -311,7 +312,7 @@ struct Icy {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     icy: Option<Icy>,
     sent: u64,
     state: Arc<Listen>,
@@ -523,7 +524,7 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Writes the whole queue with vectored writes. While the socket is blocked, checks once a second
 /// whether the hub's ring has overtaken this listener (`cursor`: the next chunk it needs).
 async fn write_queue(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     queue: &mut VecDeque<Bytes>,
     hub: &Hub,
     cursor: u64,
@@ -561,6 +562,14 @@ async fn write_queue(
             }
         }
     }
+    if stream.is_tls() {
+        // rustls may still hold records the socket had no room for.
+        match tokio::time::timeout(WRITE_STALL, stream.flush()).await {
+            Err(_) => return Err(WriteError::Timeout),
+            Ok(Err(_)) => return Err(WriteError::Io),
+            Ok(Ok(())) => {}
+        }
+    }
     Ok(written)
 }
 
@@ -586,6 +595,7 @@ mod tests {
             headers: agent
                 .map(|a| vec![("user-agent".to_owned(), a.to_owned())])
                 .unwrap_or_default(),
+            secure: false,
         }
     }
 

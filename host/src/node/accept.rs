@@ -4,8 +4,8 @@
 //! mount, another node's `GET /_relay/…`) to the listener path, both hand-written; everything
 //! else (the admin API, status documents, metrics, pages, `/_cluster/…`) is the control plane's,
 //! served by hyper with the head bytes replayed (`control/serve.rs`, `http/server.rs`).
-//! `run(listener, node, shutdown)` is the whole server, so tests and `main` start it the same
-//! way.
+//! A connection on the TLS port (or one that opens with a TLS handshake on a port that takes
+//! both) is a [`Stream`] after its handshake; from the request head on, both are served alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,21 +18,46 @@ use tracing::{debug, info, warn};
 use super::Node;
 use crate::http::{read_head, send, Cors, Response};
 use crate::metrics::ErrorKind;
+use crate::tls::{Acceptor, Stream};
 
-/// Serves connections from `listener` until `shutdown` resolves.
-pub async fn run(
-    listener: TcpListener,
-    state: Arc<Node>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+/// Where a node takes connections: the plain port, and optionally a TLS port and the
+/// certificates (which `--listen-detects-tls` also uses on the plain port).
+pub struct Ports {
+    pub plain: TcpListener,
+    pub tls: Option<TcpListener>,
+    pub acceptor: Option<Acceptor>,
+    /// The plain port also takes TLS, told apart by the first byte.
+    pub detect: bool,
+}
+
+/// How a connection starts before its request head.
+#[derive(Clone, Copy)]
+enum Opening {
+    Plain,
+    Tls,
+    /// Plain or TLS, by the first byte.
+    Either,
+}
+
+/// Serves connections from `ports` until `shutdown` resolves.
+pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
     let permits = Arc::new(Semaphore::new(state.config.max_clients));
     let per_address = crate::limits::PerAddress::new(state.config.max_clients_per_address);
     let reconciler = tokio::spawn(crate::control::reconcile::run(state.clone()));
     let reporter = tokio::spawn(state.load.clone().run());
+    let certs = ports
+        .acceptor
+        .as_ref()
+        .map(|a| tokio::spawn(crate::tls::follow(a.certs.clone())));
+    let plain_opening = match (&ports.acceptor, ports.detect) {
+        (Some(_), true) => Opening::Either,
+        _ => Opening::Plain,
+    };
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (accepted, opening) = tokio::select! {
+            a = ports.plain.accept() => (a, plain_opening),
+            a = accept_on(ports.tls.as_ref()) => (a, Opening::Tls),
             () = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
@@ -50,8 +75,9 @@ pub async fn run(
             permits.clone().try_acquire_owned(),
             per_address.take(peer.ip()),
         ) else {
-            // Over a connection limit: one non-blocking attempt at a 503, then close. No task
-            // is spawned, so a connection flood cannot pile up work.
+            // Over a connection limit: one non-blocking attempt at a 503 (on a port where it
+            // can be read without a handshake), then close. No task is spawned, so a
+            // connection flood cannot pile up work.
             let (kind, why) = if permits.available_permits() == 0 {
                 (ErrorKind::Full, "server full")
             } else {
@@ -61,24 +87,68 @@ pub async fn run(
                 )
             };
             state.metrics.error(kind);
-            let r = Response::text(503, why);
-            let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
+            if !matches!(opening, Opening::Tls) {
+                let r = Response::text(503, why);
+                let _ = stream.try_write(&r.to_bytes("HTTP/1.0", false));
+            }
             continue;
         };
+        let acceptor = ports.acceptor.clone();
         tokio::spawn(async move {
-            handle(stream, peer, state).await;
+            if let Some(stream) = open(stream, peer, opening, acceptor, &state).await {
+                handle(stream, peer, state).await;
+            }
             drop((permit, slot));
         });
     }
     reconciler.abort();
     reporter.abort();
+    if let Some(c) = certs {
+        c.abort();
+    }
     info!("stopped accepting connections");
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
+/// The next connection on `listener`; never, without one.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The connection after its TLS handshake, if it has one. `None`: it failed or never began
+/// (counted, logged at debug: scanners do this all day).
+async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    opening: Opening,
+    acceptor: Option<Acceptor>,
+    state: &Node,
+) -> Option<Stream> {
+    let within = state.config.header_timeout();
+    let tls = match opening {
+        Opening::Plain => false,
+        Opening::Tls => true,
+        Opening::Either => crate::tls::starts_tls(&tcp, within).await?,
+    };
+    let Some(acceptor) = acceptor.filter(|_| tls) else {
+        return Some(Stream::Plain(tcp));
+    };
+    match acceptor.accept(tcp, within).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            state.metrics.error(ErrorKind::BadRequest);
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+async fn handle(mut stream: Stream, peer: SocketAddr, state: Arc<Node>) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
-    let req = match read_head(&mut stream, &mut buf, header_timeout).await {
+    let mut req = match read_head(&mut stream, &mut buf, header_timeout).await {
         Ok(r) => r,
         Err(e) => {
             let kind = match e.status() {
@@ -98,6 +168,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
             return;
         }
     };
+    req.secure = stream.is_tls();
     if crate::control::serve::takes(&req) {
         let handler =
             move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);
@@ -111,7 +182,7 @@ async fn handle(mut stream: TcpStream, peer: SocketAddr, state: Arc<Node>) {
         "GET" if req.path.starts_with("/_relay/") => {
             // Another node relaying a mount (the listener path), only with the cluster secret.
             drop(buf);
-            if !state.secret.matches(&req) {
+            if !state.peers.matches(&req) {
                 state.metrics.error(ErrorKind::Unauthorized);
                 let r = Response::text(403, "cluster secret required");
                 send(&mut stream, &r, req.response_version(), false).await;

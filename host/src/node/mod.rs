@@ -39,8 +39,10 @@ pub struct Node {
     pub listen: Arc<crate::listen::Listen>,
     /// Relays of mounts another node produces.
     pub relays: Arc<crate::cluster::relay::Relays>,
-    /// The cluster secret, for requests between nodes.
-    pub secret: crate::cluster::peer::Secret,
+    /// The cluster secret and the client, for requests between nodes.
+    pub peers: crate::cluster::peer::Peers,
+    /// The TLS certificates, when the node takes TLS.
+    pub certs: Option<Arc<crate::tls::Certs>>,
 }
 
 impl Node {
@@ -49,19 +51,20 @@ impl Node {
         coordinator: Arc<dyn Coordinator>,
         any_mount_hash: Option<String>,
         plugins: Arc<crate::plugin::Plugins>,
+        peers: crate::cluster::peer::Peers,
+        certs: Option<Arc<crate::tls::Certs>>,
     ) -> Node {
         let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
         let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
             queue: config.queue_size,
             burst: config.burst_size,
         }));
-        let secret = crate::cluster::peer::Secret::new(config.cluster_secret.clone());
         let mut metrics = Metrics::new();
         metrics.register_auth(&gate.verifier.stats);
         let relays = Arc::new(crate::cluster::relay::Relays::new(
             hubs.clone(),
             coordinator.clone(),
-            secret.clone(),
+            peers.clone(),
         ));
         let metrics = Arc::new(metrics);
         let plugins = Arc::new(crate::plugin::Host::new(
@@ -94,7 +97,7 @@ impl Node {
             metrics: metrics.clone(),
             router: router.clone(),
             relays: relays.clone(),
-            secret: secret.clone(),
+            peers: peers.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
                 proxy_user_agents: config.proxy_user_agents.clone(),
@@ -124,7 +127,8 @@ impl Node {
             plugins,
             router,
             relays,
-            secret,
+            peers,
+            certs,
         }
     }
 }

@@ -25,7 +25,7 @@ pub enum StartError {
     Etcd(#[from] etcd::JoinError),
     /// The advertised URL does not lead here.
     #[error(
-        "{0}; give --advertise http://HOST:PORT with an address the other nodes reach this node at"
+        "{0}; give --advertise http://HOST:PORT (or https://) with an address the other nodes reach this node at"
     )]
     Advertise(String),
     #[error(transparent)]
@@ -36,6 +36,12 @@ pub enum StartError {
     Hash(#[from] auth::HashError),
     #[error(transparent)]
     Plugins(#[from] plugin::EngineError),
+    #[error("the cluster's CA: {0}")]
+    ClusterCa(#[from] crate::http::client::ClientError),
+    #[error("TLS certificates: {0}")]
+    Certs(#[from] crate::tls::CertError),
+    #[error("cannot listen for TLS on {0}: {1}")]
+    TlsListen(std::net::SocketAddr, std::io::Error),
 }
 
 /// Runs a node on `listener` with `config` until `shutdown` resolves (what `tidecast serve`
@@ -46,6 +52,33 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let cluster_ca =
+        (!config.cluster_ca.as_os_str().is_empty()).then_some(config.cluster_ca.as_path());
+    let peers = crate::cluster::peer::Peers::new(
+        config.cluster_secret.clone(),
+        crate::http::client::Client::new(cluster_ca)?,
+    );
+    let acceptor = if config.tls_on() {
+        let (certs, keys) = config.tls_files();
+        Some(crate::tls::Acceptor::new(crate::tls::Certs::load(
+            &certs, &keys,
+        )?))
+    } else {
+        None
+    };
+    let tls_listener = match config.tls_listen.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| StartError::TlsListen(a, e))?,
+        ),
+        Err(_) => None,
+    };
+    // The port really bound (port 0 in tests), for redirects to HTTPS.
+    let mut config = config;
+    if let Some(a) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        config.tls_listen = a.to_string();
+    }
     let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
         Arc::new(Embedded::open(&config.data_dir)?)
     } else {
@@ -65,7 +98,12 @@ pub async fn run(
         } else {
             config.advertise.clone()
         };
-        check_advertise(&listener, &advertise).await?;
+        // An https:// URL leads to the TLS port, if there is one.
+        let advertised_port = match &tls_listener {
+            Some(tls) if advertise.starts_with("https://") => tls,
+            _ => &listener,
+        };
+        check_advertise(advertised_port, &advertise).await?;
         let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
         Arc::new(
             etcd::Etcd::open(
@@ -87,7 +125,7 @@ pub async fn run(
                 &node,
                 &advertise,
                 ttl,
-                &config.cluster_secret,
+                peers.clone(),
             )
             .await?,
         )
@@ -106,8 +144,11 @@ pub async fn run(
         warn!("open mode: any mount accepts a source with the global source password");
         Some(auth::hash_password(&config.any_mount_password)?)
     };
-    // Tests and scripts read this line to find the port when listening on port 0.
+    // Tests and scripts read these lines to find the ports when listening on port 0.
     println!("tidecast listening on {addr}");
+    if let Some(tls) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("tidecast listening for TLS on {tls}");
+    }
     let _ = std::io::stdout().flush();
     info!(%addr, data_dir = %config.data_dir.display(), "node started");
     let plugins = plugin::Plugins::new(
@@ -123,6 +164,8 @@ pub async fn run(
         coordinator.clone(),
         any_mount_hash,
         plugins,
+        peers,
+        acceptor.as_ref().map(|a| a.certs.clone()),
     ));
     let dns = dns.map(|(sockets, zone)| {
         let load = state.load.clone();
@@ -132,7 +175,13 @@ pub async fn run(
             }
         })
     });
-    accept::run(listener, state, shutdown).await;
+    let ports = accept::Ports {
+        plain: listener,
+        tls: tls_listener,
+        acceptor,
+        detect: state.config.listen_detects_tls,
+    };
+    accept::run(ports, state, shutdown).await;
     if let Some(d) = dns {
         d.abort();
     }
@@ -150,7 +199,7 @@ async fn check_advertise(
     let fail = |why: String| Err(StartError::Advertise(why));
     let Some(authority) = etcd::node_authority(advertise) else {
         return fail(format!(
-            "the advertised URL {advertise:?} is not http://HOST:PORT"
+            "the advertised URL {advertise:?} is not http://HOST:PORT or https://HOST:PORT"
         ));
     };
     let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(authority).await {

@@ -37,6 +37,10 @@ pub struct Connection {
         hide_env_values = true
     )]
     admin_password: Option<String>,
+    /// CA certificate (PEM) that an https:// --server's certificate must chain to [default: the
+    /// system's CA bundle].
+    #[arg(long, global = true, env = "TIDECAST_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -530,6 +534,7 @@ fn print_fields(v: &Value) {
 struct Api {
     base: String,
     auth: String,
+    client: client::Client,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -544,14 +549,18 @@ impl Api {
         let Some(password) = &conn.admin_password else {
             bail!("admin password needed: pass --admin-password or set TIDECAST_ADMIN_PASSWORD (the node printed it on its first start)");
         };
-        if !conn.server.starts_with("http://") {
-            bail!("--server must be an http:// URL, got {}", conn.server);
+        if !conn.server.starts_with("http://") && !conn.server.starts_with("https://") {
+            bail!(
+                "--server must be an http:// or https:// URL, got {}",
+                conn.server
+            );
         }
         let token = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", conn.admin_user, password));
         Ok(Api {
             base: conn.server.trim_end_matches('/').to_owned(),
             auth: format!("Basic {token}"),
+            client: client::Client::new(conn.ca_cert.as_deref())?,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -597,7 +606,9 @@ impl Api {
             }
             None => Bytes::new(),
         };
-        let answer = client::send(method, &url, &headers, bytes, WAIT)
+        let answer = self
+            .client
+            .send(method, &url, &headers, bytes, WAIT)
             .await
             .map_err(|e| {
                 anyhow!(
