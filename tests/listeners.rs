@@ -416,3 +416,69 @@ fn admin_listclients_killclient_moveclients_killsource() {
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("<source mount=\"/two.mp3\">"));
 }
+
+#[test]
+fn now_playing_as_json_and_as_server_sent_events() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    node.create_mount("/other.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+    let set_title = |t: &str| {
+        let q = format!(
+            "/admin/metadata?mount=/live.mp3&mode=updinfo&song={}",
+            t.replace(' ', "+")
+        );
+        assert_eq!(admin_get(&node, &q).0, 200);
+    };
+    set_title("First Song");
+
+    // JSON: every mount, one mount, 404 for none; readable from any origin.
+    let (code, head, body) = http_get(
+        node.addr,
+        "/nowplaying.json",
+        &[("Origin", "https://player.example")],
+    );
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Access-Control-Allow-Origin: https://player.example"),
+        "{head}"
+    );
+    let all: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    let (_, _, body) = http_get(node.addr, "/nowplaying.json?mount=/live.mp3", &[]);
+    let one: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(one["title"], "First Song");
+    assert_eq!(one["live"], true);
+    let (_, _, body) = http_get(node.addr, "/nowplaying.json?mount=/other.mp3", &[]);
+    let off: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(off["live"], false);
+    assert_eq!(
+        http_get(node.addr, "/nowplaying.json?mount=/none.mp3", &[]).0,
+        404
+    );
+
+    // Events: the current state at once, then each new title.
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /nowplaying/events?mount=/live.mp3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut seen = String::new();
+    let read_until = |s: &mut TcpStream, seen: &mut String, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            assert!(Instant::now() < deadline, "no {want:?} in {seen}");
+            if let Ok(n) = s.read(&mut buf) {
+                assert!(n > 0, "the event stream ended: {seen}");
+                seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    };
+    read_until(&mut s, &mut seen, "\"title\":\"First Song\"");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: nowplaying"), "{seen}");
+    assert!(!seen.contains("/other.mp3"), "{seen}");
+    set_title("Second Song");
+    read_until(&mut s, &mut seen, "\"title\":\"Second Song\"");
+}

@@ -14,16 +14,20 @@ use common::*;
 
 /// A CA and a certificate for 127.0.0.1 and localhost in `dir`, named `name`.
 fn certificate(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    if !dir.join("ca.crt").exists() {
-        make_ca(dir);
-    }
-    make_cert(
+    certificate_for(
         dir,
         name,
         cn,
-        "IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4,DNS:localhost",
-        "serverAuth",
-    );
+        "IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4,IP:127.0.0.5,DNS:localhost",
+    )
+}
+
+/// A CA (made once per `dir`) and a certificate for `sans` in `dir`, named `name`.
+fn certificate_for(dir: &Path, name: &str, cn: &str, sans: &str) -> (PathBuf, PathBuf) {
+    if !dir.join("ca.crt").exists() {
+        make_ca(dir);
+    }
+    make_cert(dir, name, cn, sans, "serverAuth");
     (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
@@ -46,9 +50,14 @@ fn curl(args: &[&str]) -> (bool, String, String) {
 
 /// The subject of the certificate a TLS handshake with `addr` shows (`openssl s_client`).
 fn served_subject(addr: &str) -> String {
+    served_subject_for(addr, "localhost")
+}
+
+/// The same, asking for the name `sni`.
+fn served_subject_for(addr: &str, sni: &str) -> String {
     require("openssl");
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", addr, "-servername", "localhost"])
+        .args(["s_client", "-connect", addr, "-servername", sni])
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -405,4 +414,35 @@ fn a_cluster_of_three_nodes_on_https_urls() {
                 && (log.contains("UnknownIssuer") || log.contains("no CA certificate"))
         },
     );
+}
+
+#[test]
+fn several_certificates_are_chosen_by_the_name_the_client_asks_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (main, main_key) = certificate(dir.path(), "main", "main certificate");
+    let (radio, radio_key) = certificate_for(
+        dir.path(),
+        "radio",
+        "radio certificate",
+        "DNS:radio.example",
+    );
+    let (other, other_key) = certificate_for(
+        dir.path(),
+        "other",
+        "other certificate",
+        "DNS:*.other.example",
+    );
+    let certs = [&main, &radio, &other].map(|p| p.to_str().unwrap().to_owned());
+    let keys = [&main_key, &radio_key, &other_key].map(|p| p.to_str().unwrap().to_owned());
+    let (_node, tls) = tls_node(
+        dir.path(),
+        Path::new(&certs.join(",")),
+        Path::new(&keys.join(",")),
+        &[],
+    );
+    assert!(served_subject_for(&tls, "radio.example").contains("radio certificate"));
+    assert!(served_subject_for(&tls, "live.other.example").contains("other certificate"));
+    assert!(served_subject_for(&tls, "localhost").contains("main certificate"));
+    // A name no certificate has: the first one.
+    assert!(served_subject_for(&tls, "unknown.example").contains("main certificate"));
 }

@@ -88,6 +88,17 @@ serve_settings! {
     /// CA certificate (PEM) that other nodes' https:// advertised URLs must chain to (relays,
     /// lease checks, titles, proxied listeners). Empty: the system's CA bundle.
     cluster_ca: PathBuf = PathBuf::new(); [value_name = "PEM"]
+    /// Proxies and load balancers whose word on the client's address is taken (CIDR networks or
+    /// addresses, comma-separated): their `Forwarded`/`X-Forwarded-For`, and their PROXY
+    /// protocol header with --proxy-protocol.
+    trusted_proxies: String = String::new(); [value_name = "CIDR,..."]
+    /// Connections from --trusted-proxies may start with a PROXY protocol header (v1 or v2, as
+    /// HAProxy's `send-proxy`/`send-proxy-v2` sends it), whose client address is then used.
+    /// Connections from anywhere else are served as they come.
+    proxy_protocol: bool = false; [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"]
+    /// Access log in the combined format plus the seconds connected (a file, reopened on
+    /// SIGHUP for logrotate, or `-` for standard output). Empty: none.
+    access_log: String = String::new(); [value_name = "PATH"]
     /// Directory for persistent state (mounts, hashed credentials).
     data_dir: PathBuf = PathBuf::from("./tidecast-data"); [value_name = "DIR"]
     /// Admin user name [default: admin].
@@ -280,6 +291,15 @@ impl ServeConfig {
             }
         }
         problems.extend(self.tls_problems());
+        if let Err(e) = crate::clients::Networks::parse(&self.trusted_proxies) {
+            problems.extend(e.into_iter().map(|p| format!("trusted_proxies: {p}")));
+        }
+        if self.proxy_protocol && self.trusted_proxies.trim().is_empty() {
+            problems.push(
+                "--proxy-protocol needs --trusted-proxies (the proxies allowed to send it)"
+                    .to_owned(),
+            );
+        }
         if !self.dns_listen.is_empty() {
             if let Err(e) = self.dns_listen.parse::<SocketAddr>() {
                 problems.push(format!("dns_listen {:?}: {e}", self.dns_listen));

@@ -21,12 +21,15 @@
 //! - [`model`]: the configuration every layer shares, declared once;
 //! - [`tls`]: certificates (SNI, reload), the handshake, and the plain-or-TLS [`tls::Stream`]
 //!   every stage reads and writes;
-//! - [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support.
+//! - [`clients`]: real client addresses behind proxies (PROXY protocol, `Forwarded`);
+//! - [`access`], [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
 //! imports [`node`] or [`control`].
 
+pub mod access;
 pub mod auth;
+pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -1,9 +1,10 @@
 //! The control plane, on top of the data path, served by hyper ([`serve`] takes every request
 //! that is not a source or a stream): the Icecast admin endpoints and the JSON API ([`admin`]),
 //! stations ([`stations`]), plugin uploads ([`plugins`]), status documents ([`status`]), the
-//! public pages ([`pages`]), and following the stored configuration ([`reconcile`]).
+//! public pages ([`pages`]) and what each mount plays ([`nowplaying`]), and following the stored configuration ([`reconcile`]).
 
 pub mod admin;
+pub mod nowplaying;
 pub mod pages;
 pub mod plugins;
 pub mod reconcile;

@@ -6,9 +6,15 @@ use crate::node::Node;
 
 /// Whether `path` is one of these pages (otherwise a GET of it is a stream).
 pub fn answers(path: &str) -> bool {
-    matches!(path, "/status-json.xsl" | "/status-json" | "/metrics" | "/")
-        || playlist_of(path).is_some()
+    matches!(
+        path,
+        "/status-json.xsl" | "/status-json" | "/metrics" | "/" | "/nowplaying.json" | EVENTS
+    ) || playlist_of(path).is_some()
 }
+
+/// The path of the now-playing event stream (answered by `control/serve.rs`, which owns the
+/// node handle a stream needs).
+pub const EVENTS: &str = "/nowplaying/events";
 
 /// Whether `path` is a page for people in browsers, which `--redirect-http` sends to HTTPS.
 /// Documents that tools and players fetch (status, metrics, playlists) stay where they are
@@ -29,6 +35,7 @@ pub fn page(state: &Node, req: &RequestHead) -> Response {
             state.metrics.render(),
         ),
         "/" => index(state, req),
+        "/nowplaying.json" => crate::control::nowplaying::json(state, req),
         path => match playlist_of(path) {
             Some((mount, kind)) => playlist(state, req, mount, kind),
             None => Response::text(404, "no such page"),
@@ -43,7 +50,15 @@ fn playlist_of(path: &str) -> Option<(&str, &'static str)> {
         .find_map(|ext| path.strip_suffix(ext).map(|m| (m, *ext)))
 }
 
+/// The public page: for a browser, HTML with a player and the live title of every mount; for
+/// a tool (no `text/html` in `Accept`), the same list as text.
 fn index(state: &Node, req: &RequestHead) -> Response {
+    if req
+        .header("accept")
+        .is_some_and(|a| a.contains("text/html"))
+    {
+        return public_page(state);
+    }
     let base = state.config.base_url(Some(req));
     let mut body = format!("tidecast {}\n\nLive mounts:\n", env!("CARGO_PKG_VERSION"));
     let hubs = state.hubs.live_hubs();
@@ -55,6 +70,64 @@ fn index(state: &Node, req: &RequestHead) -> Response {
     }
     body.push_str("\nStatus: /status-json.xsl   Metrics: /metrics\n");
     Response::new(200, "text/plain; charset=utf-8", body)
+}
+
+/// The HTML public page (`control/public.html`, in the binary): one card per mount, declared or
+/// live, with an `<audio>` player; its script follows `/nowplaying/events` for titles.
+fn public_page(state: &Node) -> Response {
+    let mut mounts: Vec<(String, bool, String, String)> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .map(|m| (m.path, false, String::new(), String::new()))
+        .collect();
+    for hub in state.hubs.live_hubs() {
+        let live = (
+            hub.mount.clone(),
+            true,
+            hub.meta().title,
+            hub.props.name.clone().unwrap_or_default(),
+        );
+        match mounts.iter_mut().find(|m| m.0 == hub.mount) {
+            Some(m) => *m = live,
+            None => mounts.push(live),
+        }
+    }
+    mounts.sort();
+    let cards: String = mounts
+        .iter()
+        .map(|(mount, live, title, name)| {
+            let (class, badge) = if *live { ("mount", "live") } else { ("mount off", "off air") };
+            let m = xml_escape(mount);
+            format!(
+                "<section class=\"{class}\" data-mount=\"{m}\"><h2>{heading} <span class=\"badge\">{badge}</span></h2>\
+                 <p class=\"title\">{title}</p><audio controls preload=\"none\" src=\"{m}\"></audio>\
+                 <p class=\"meta\"><a href=\"{m}.m3u\">{m}</a></p></section>\n",
+                heading = xml_escape(if name.is_empty() { mount } else { name }),
+                title = xml_escape(title),
+            )
+        })
+        .collect();
+    let cards = if cards.is_empty() {
+        "<p class=\"empty\">No streams yet.</p>".to_owned()
+    } else {
+        cards
+    };
+    let title = if state.config.hostname.is_empty() {
+        "tidecast".to_owned()
+    } else {
+        xml_escape(&state.config.hostname)
+    };
+    let html = include_str!("public.html")
+        .replace("{{TITLE}}", &title)
+        .replace("{{MOUNTS}}", &cards);
+    Response::new(200, "text/html; charset=utf-8", html)
+        // The page runs only its own inline script and plays only this server's streams.
+        .header(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; media-src 'self'; connect-src 'self'",
+        )
+        .header("X-Content-Type-Options", "nosniff")
 }
 
 fn playlist(state: &Node, req: &RequestHead, mount: &str, kind: &str) -> Response {

@@ -32,31 +32,57 @@ pub fn takes(req: &RequestHead) -> bool {
     }
 }
 
-/// Answers one control request.
+/// Answers one control request, and writes its access-log line.
 pub async fn answer(
     state: Arc<Node>,
     peer: SocketAddr,
     req: RequestHead,
     body: Incoming,
 ) -> Response {
+    // The client's address as the dispatcher found it for the first request of the connection
+    // holds for this one: hyper serves one request per connection.
+    let started = std::time::Instant::now();
+    let r = route(state.clone(), peer, &req, body).await;
+    if let Some(log) = &state.access {
+        log.record(&crate::access::Entry {
+            client: peer.ip(),
+            user: req.basic_auth().map(|(u, _)| u).as_deref(),
+            method: &req.method,
+            target: &req.target(),
+            version: req.response_version(),
+            status: r.status,
+            bytes: r.body.len() as u64,
+            referer: req.header("referer"),
+            agent: req.header("user-agent"),
+            seconds: started.elapsed().as_secs(),
+        });
+    }
+    r
+}
+
+async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
     let path = req.path.as_str();
     if path.starts_with("/admin/") || path.starts_with("/api/") {
-        return crate::control::admin::answer(&state, peer, &req, body).await;
+        return crate::control::admin::answer(&state, peer, req, body).await;
     }
     if path.starts_with("/_cluster/") {
-        return cluster(&state, &req).await;
+        return cluster(&state, req).await;
     }
     if state.config.redirect_http
         && !req.secure
         && matches!(req.method.as_str(), "GET" | "HEAD")
         && crate::control::pages::for_browsers(&req.path)
     {
-        return to_https(&state.config, &req);
+        return to_https(&state.config, req);
     }
-    let cors = Cors::from(&req);
+    let cors = Cors::from(req);
     match req.method.as_str() {
         "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
-        "GET" | "HEAD" => cors.apply(crate::control::pages::page(&state, &req), false),
+        "GET" | "HEAD" if req.path == crate::control::pages::EVENTS => cors.apply(
+            crate::control::nowplaying::events(state.clone(), req),
+            false,
+        ),
+        "GET" | "HEAD" => cors.apply(crate::control::pages::page(&state, req), false),
         _ => Response::text(405, "method not allowed")
             .header("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE"),
     }

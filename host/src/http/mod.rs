@@ -331,11 +331,15 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
     })
 }
 
-/// A complete, non-streaming response. Every such response closes the connection.
+/// A response: complete, or (on the hyper side only) a head followed by a stream of chunks, as
+/// Server-Sent Events are. Every response closes the connection.
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// Chunks sent after `body`, as they come, until the sender is dropped. The hand-written
+    /// side never streams (its answers are refusals and pages).
+    pub stream: Option<tokio::sync::mpsc::Receiver<Bytes>>,
 }
 
 impl Response {
@@ -344,6 +348,7 @@ impl Response {
             status,
             headers: vec![("Content-Type", content_type.to_owned())],
             body: body.into(),
+            stream: None,
         }
     }
 

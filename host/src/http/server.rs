@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::debug;
@@ -188,9 +188,17 @@ impl RequestHead {
 }
 
 impl Response {
-    /// The answer as hyper sends it: hyper adds `Content-Length`, `Date` and `Connection: close`.
-    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
-        let mut r = hyper::Response::new(Full::new(Bytes::from(self.body)));
+    /// The answer as hyper sends it: hyper adds `Content-Length` (or chunks a stream), `Date` and
+    /// `Connection: close`.
+    fn into_hyper(self) -> hyper::Response<Either<Full<Bytes>, Chunks>> {
+        let body = match self.stream {
+            None => Either::Left(Full::new(Bytes::from(self.body))),
+            Some(rx) => Either::Right(Chunks {
+                first: Some(Bytes::from(self.body)).filter(|b| !b.is_empty()),
+                rx,
+            }),
+        };
+        let mut r = hyper::Response::new(body);
         *r.status_mut() = http::StatusCode::from_u16(self.status)
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         let headers = r.headers_mut();
@@ -210,6 +218,30 @@ impl Response {
             http::HeaderValue::from_static(concat!("tidecast/", env!("CARGO_PKG_VERSION"))),
         );
         r
+    }
+}
+
+/// A streamed body: `first`, then every chunk from `rx` until its sender is dropped.
+pub struct Chunks {
+    first: Option<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        this.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
     }
 }
 

@@ -89,6 +89,8 @@ pub struct Listen {
     pub router: Arc<Router>,
     pub relays: Arc<Relays>,
     pub peers: Peers,
+    /// Where a listener's line goes when it leaves.
+    pub access: Option<Arc<crate::access::AccessLog>>,
     pub settings: Settings,
 }
 
@@ -298,10 +300,24 @@ pub async fn serve(
         Err(_) => "write error",
     };
     conn.detach(&hub);
+    let seconds = started.elapsed().as_secs();
     info!(
-        %peer, id, mount = %wanted, reason, bytes = conn.sent,
-        seconds = started.elapsed().as_secs(), "listener disconnected"
+        %peer, id, mount = %wanted, reason, bytes = conn.sent, seconds, "listener disconnected"
     );
+    if let Some(log) = &state.access {
+        log.record(&crate::access::Entry {
+            client: peer.ip(),
+            user: None,
+            method: &req.method,
+            target: &req.target(),
+            version: req.response_version(),
+            status: 200,
+            bytes: conn.sent,
+            referer: req.header("referer"),
+            agent: req.header("user-agent"),
+            seconds,
+        });
+    }
 }
 
 struct Icy {

@@ -95,8 +95,8 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
         };
         let acceptor = ports.acceptor.clone();
         tokio::spawn(async move {
-            if let Some(stream) = open(stream, peer, opening, acceptor, &state).await {
-                handle(stream, peer, state).await;
+            if let Some((stream, client)) = open(stream, peer, opening, acceptor, &state).await {
+                handle(stream, client, state).await;
             }
             drop((permit, slot));
         });
@@ -117,26 +117,41 @@ async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
     }
 }
 
-/// The connection after its TLS handshake, if it has one. `None`: it failed or never began
-/// (counted, logged at debug: scanners do this all day).
+/// The connection after its PROXY protocol header and its TLS handshake, if it has them, and
+/// the client's address (from the PROXY header, else the connection's). `None`: it failed or
+/// never began (counted; logged at debug, as scanners do this all day).
 async fn open(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     opening: Opening,
     acceptor: Option<Acceptor>,
     state: &Node,
-) -> Option<Stream> {
+) -> Option<(Stream, SocketAddr)> {
     let within = state.config.header_timeout();
+    let mut client = peer;
+    // Only a trusted proxy's PROXY header is read; anyone else (another node, a client that
+    // bypasses the proxy) is served as it comes, with its own address.
+    if state.config.proxy_protocol && state.trusted_proxies.contains(peer.ip()) {
+        match crate::clients::read_proxy_header(&mut tcp, within).await {
+            Ok(Some(named)) => client = named,
+            Ok(None) | Err(crate::clients::ProxyHeaderError::Missing) => {}
+            Err(e) => {
+                state.metrics.error(ErrorKind::BadRequest);
+                info!(%peer, error = %e, "connection refused");
+                return None;
+            }
+        }
+    }
     let tls = match opening {
         Opening::Plain => false,
         Opening::Tls => true,
         Opening::Either => crate::tls::starts_tls(&tcp, within).await?,
     };
     let Some(acceptor) = acceptor.filter(|_| tls) else {
-        return Some(Stream::Plain(tcp));
+        return Some((Stream::Plain(tcp), client));
     };
     match acceptor.accept(tcp, within).await {
-        Ok(s) => Some(s),
+        Ok(s) => Some((s, client)),
         Err(e) => {
             state.metrics.error(ErrorKind::BadRequest);
             debug!(%peer, error = %e, "TLS handshake failed");
@@ -169,6 +184,11 @@ async fn handle(mut stream: Stream, peer: SocketAddr, state: Arc<Node>) {
         }
     };
     req.secure = stream.is_tls();
+    // Behind a trusted proxy, the client it names.
+    let peer = SocketAddr::new(
+        crate::clients::forwarded_for(&req, peer.ip(), &state.trusted_proxies),
+        peer.port(),
+    );
     if crate::control::serve::takes(&req) {
         let handler =
             move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);

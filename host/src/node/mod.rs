@@ -43,6 +43,10 @@ pub struct Node {
     pub peers: crate::cluster::peer::Peers,
     /// The TLS certificates, when the node takes TLS.
     pub certs: Option<Arc<crate::tls::Certs>>,
+    /// Proxies whose word on a client's address is taken.
+    pub trusted_proxies: crate::clients::Networks,
+    /// The access log, if any.
+    pub access: Option<Arc<crate::access::AccessLog>>,
 }
 
 impl Node {
@@ -53,7 +57,11 @@ impl Node {
         plugins: Arc<crate::plugin::Plugins>,
         peers: crate::cluster::peer::Peers,
         certs: Option<Arc<crate::tls::Certs>>,
+        access: Option<Arc<crate::access::AccessLog>>,
     ) -> Node {
+        // Checked when the configuration was loaded.
+        let trusted_proxies =
+            crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default();
         let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
         let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
             queue: config.queue_size,
@@ -98,6 +106,7 @@ impl Node {
             router: router.clone(),
             relays: relays.clone(),
             peers: peers.clone(),
+            access: access.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
                 proxy_user_agents: config.proxy_user_agents.clone(),
@@ -129,6 +138,8 @@ impl Node {
             relays,
             peers,
             certs,
+            trusted_proxies,
+            access,
         }
     }
 }

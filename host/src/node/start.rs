@@ -40,6 +40,8 @@ pub enum StartError {
     ClusterCa(#[from] crate::http::client::ClientError),
     #[error("TLS certificates: {0}")]
     Certs(#[from] crate::tls::CertError),
+    #[error("cannot open the access log {0}: {1}")]
+    AccessLog(String, std::io::Error),
     #[error("cannot listen for TLS on {0}: {1}")]
     TlsListen(std::net::SocketAddr, std::io::Error),
 }
@@ -52,6 +54,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let access = if config.access_log.is_empty() {
+        None
+    } else {
+        Some(Arc::new(
+            crate::access::AccessLog::open(&config.access_log)
+                .map_err(|e| StartError::AccessLog(config.access_log.clone(), e))?,
+        ))
+    };
     let cluster_ca =
         (!config.cluster_ca.as_os_str().is_empty()).then_some(config.cluster_ca.as_path());
     let peers = crate::cluster::peer::Peers::new(
@@ -166,7 +176,9 @@ pub async fn run(
         plugins,
         peers,
         acceptor.as_ref().map(|a| a.certs.clone()),
+        access.clone(),
     ));
+    let reopen = access.map(|log| tokio::spawn(crate::access::reopen_on_hangup(log)));
     let dns = dns.map(|(sockets, zone)| {
         let load = state.load.clone();
         tokio::spawn(async move {
@@ -184,6 +196,9 @@ pub async fn run(
     accept::run(ports, state, shutdown).await;
     if let Some(d) = dns {
         d.abort();
+    }
+    if let Some(r) = reopen {
+        r.abort();
     }
     coordinator.leave().await;
     Ok(())

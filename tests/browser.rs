@@ -1,0 +1,390 @@
+//! Web players in a real browser: Debian's Chromium, headless, driven by chromedriver over the
+//! W3C WebDriver protocol (plain HTTP from this test, no client library). An HTTPS page on
+//! another origin plays every kind of mount (MP3, AAC, Ogg Opus and Ogg Vorbis sources,
+//! transcoded MP3 and Opus) through title changes; the public page shows live titles and is
+//! kept as a screenshot.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A chromedriver process and one browser session; both end on drop.
+struct Browser {
+    port: u16,
+    session: String,
+    _driver: Proc,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        require("chromium");
+        require("chromedriver");
+        let port = free_port();
+        let driver = Proc::spawn(
+            "chromedriver",
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let mut b = Browser {
+            port,
+            session: String::new(),
+            _driver: driver,
+        };
+        wait_for(Duration::from_secs(15), "chromedriver", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--mute-audio",
+                         "--autoplay-policy=no-user-gesture-required",
+                         "--ignore-certificate-errors", "--window-size=420,860",
+                         "--disable-dev-shm-usage"]
+            }
+        }}});
+        let v = b.call("POST", "/session", Some(caps));
+        b.session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {v}"))
+            .to_owned();
+        b
+    }
+
+    /// One WebDriver command; its JSON answer.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        // chromedriver keeps the connection open: read the head, then Content-Length bytes.
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let body = loop {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "chromedriver closed the connection mid-answer");
+            answer.extend_from_slice(&chunk[..n]);
+            let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + len {
+                break answer[end + 4..end + 4 + len].to_vec();
+            }
+        };
+        serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "chromedriver {path}: {e}: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })
+    }
+
+    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.session("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    fn run(&self, script: &str) -> Value {
+        self.session(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )["value"]
+            .clone()
+    }
+
+    fn screenshot(&self, to: &Path) {
+        use base64::Engine as _;
+        let v = self.session("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["value"].as_str().unwrap_or(""))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(to, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.session("DELETE", "", None)
+            }));
+        }
+    }
+}
+
+/// A one-page HTTPS server on its own thread (the "other site" that embeds the players):
+/// answers `page` to every request until the test ends.
+fn serve_page(dir: &Path, page: String) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("site.crt"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("site.key")).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 16_384 {
+                if tls.read(&mut byte).map_or(true, |n| n == 0) {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+    });
+    port
+}
+
+/// An ffmpeg source of a two-minute tone of `freq` Hz, encoded as `encode` says.
+fn tone_source(node: &Node, mount: &str, freq: u32, encode: &[&str]) -> Proc {
+    let tone = format!("sine=frequency={freq}:sample_rate=48000:duration=120");
+    ffmpeg_source_from(node, "browser-pw", mount, &tone, encode)
+}
+
+#[test]
+fn every_kind_of_mount_plays_in_chromium_from_another_https_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_ca(&certs);
+    make_cert(
+        &certs,
+        "node",
+        "node",
+        "IP:127.0.0.1,DNS:localhost",
+        "serverAuth",
+    );
+    make_cert(
+        &certs,
+        "site",
+        "site",
+        "IP:127.0.0.1,DNS:localhost",
+        "serverAuth",
+    );
+    let tls = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(&[
+        "--tls-listen",
+        &tls,
+        "--tls-cert",
+        certs.join("node.crt").to_str().unwrap(),
+        "--tls-key",
+        certs.join("node.key").to_str().unwrap(),
+        "--hostname",
+        "Radio Test",
+    ]);
+    let sources = [
+        (
+            "/tone.mp3",
+            &[
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "128k",
+                "-content_type",
+                "audio/mpeg",
+                "-f",
+                "mp3",
+            ][..],
+        ),
+        (
+            "/tone.aac",
+            &[
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+                "-content_type",
+                "audio/aac",
+                "-f",
+                "adts",
+            ][..],
+        ),
+        (
+            "/tone.opus",
+            &[
+                "-c:a",
+                "libopus",
+                "-b:a",
+                "64k",
+                "-content_type",
+                "audio/ogg",
+                "-f",
+                "ogg",
+            ][..],
+        ),
+        (
+            "/tone.ogg",
+            &[
+                "-c:a",
+                "libvorbis",
+                "-q:a",
+                "3",
+                "-content_type",
+                "audio/ogg",
+                "-f",
+                "ogg",
+            ][..],
+        ),
+    ];
+    let mut procs = Vec::new();
+    for (i, (mount, encode)) in sources.iter().enumerate() {
+        node.create_mount(mount, "browser-pw", &[]);
+        procs.push(tone_source(&node, mount, 330 + 110 * i as u32, encode));
+    }
+    node.create_transcode("/low.mp3", "/tone.mp3", "mp3", 64, &[]);
+    node.create_transcode("/low.opus", "/tone.mp3", "opus", 48, &[]);
+    let mounts = [
+        "/tone.mp3",
+        "/tone.aac",
+        "/tone.opus",
+        "/tone.ogg",
+        "/low.mp3",
+        "/low.opus",
+    ];
+    for m in mounts {
+        node.wait_live(m, Duration::from_secs(20));
+    }
+
+    // The other site's page: one <audio> per mount, CORS-mode like a player library that
+    // analyses audio, each recording its errors; and a fetch that asks for ICY metadata, which
+    // needs a preflight and the exposed icy-metaint header.
+    let streams = format!("https://{tls}");
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>players</title><body><script>
+window.errors = []; window.players = {{}};
+for (const m of {mounts}) {{
+  const a = document.createElement("audio");
+  a.crossOrigin = "anonymous"; a.preload = "auto"; a.src = "{streams}" + m;
+  a.addEventListener("error", () => window.errors.push(m + ": " + (a.error && a.error.message)));
+  document.body.appendChild(a); window.players[m] = a;
+  a.play().catch(e => window.errors.push(m + ": play(): " + e));
+}}
+window.icy = "pending";
+const ctl = new AbortController();
+fetch("{streams}/tone.mp3", {{ headers: {{ "Icy-MetaData": "1" }}, signal: ctl.signal }})
+  .then(r => {{ window.icy = r.headers.get("icy-metaint"); ctl.abort(); }})
+  .catch(e => {{ if (window.icy === "pending") window.icy = "failed: " + e; }});
+</script></body>"#,
+        mounts = serde_json::to_string(&mounts).unwrap(),
+    );
+    let site = serve_page(&certs, page);
+    let browser = Browser::start();
+    browser.open(&format!("https://localhost:{site}/"));
+
+    // Titles change while they play: every 4 s, on every mount (a transcoded Opus mount starts
+    // a new Ogg chain link each time).
+    let started = Instant::now();
+    let mut n = 0;
+    let times = loop {
+        if started.elapsed() >= Duration::from_secs(4 * (n + 1)) {
+            n += 1;
+            for m in mounts {
+                let q = format!("/admin/metadata?mount={m}&mode=updinfo&song=Title+{n}");
+                assert_eq!(admin_get(&node, &q).0, 200, "title for {m}");
+            }
+        }
+        let times = browser.run(
+            "return Object.fromEntries(Object.entries(window.players).map(([m, a]) => [m, a.currentTime]));",
+        );
+        let least = mounts
+            .iter()
+            .map(|m| times[m].as_f64().unwrap_or(0.0))
+            .fold(f64::MAX, f64::min);
+        if least >= 20.0 || started.elapsed() > Duration::from_secs(75) {
+            break times;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let errors = browser.run("return window.errors;");
+    assert_eq!(errors, json!([]), "player errors (positions {times})");
+    for m in mounts {
+        let t = times[m].as_f64().unwrap_or(0.0);
+        assert!(t >= 20.0, "{m} played {t:.1} s of 20 (all: {times})");
+    }
+    assert!(n >= 4, "only {n} title changes while playing");
+    assert_eq!(browser.run("return window.icy;"), json!("16000"));
+
+    // The public page over HTTPS: a player per mount, and titles that change by themselves.
+    browser.open(&format!("https://localhost:{}/", node_port(&tls)));
+    let title_of = |m: &str| {
+        browser.run(&format!(
+            "const el = document.querySelector('[data-mount=\"{m}\"] .title'); return el ? el.textContent : null;"
+        ))
+    };
+    for m in mounts {
+        assert!(title_of(m).is_string(), "no card for {m}");
+    }
+    assert_eq!(
+        admin_get(
+            &node,
+            "/admin/metadata?mount=/tone.mp3&mode=updinfo&song=Live+on+the+page"
+        )
+        .0,
+        200
+    );
+    wait_for(Duration::from_secs(10), "the new title on the page", || {
+        title_of("/tone.mp3") == json!("Live on the page")
+    });
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("public-page.png");
+    browser.screenshot(&out);
+    println!("screenshot of the public page: {}", out.display());
+    drop(procs);
+}
+
+fn node_port(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or("", |(_, p)| p)
+}

@@ -1,0 +1,161 @@
+//! Real client addresses behind a real load balancer: Debian's HAProxy in front of a node, first
+//! passing the address in the PROXY protocol (`send-proxy-v2`), then in `X-Forwarded-For`
+//! (`option forwardfor`). Listeners connect from their own loopback addresses; listclients and
+//! the access log must show those, not HAProxy's.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// HAProxy with a TCP front end that sends PROXY v2 and an HTTP one with `option forwardfor`,
+/// both to `backend`; returns it and the two front-end ports.
+fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Proc, u16, u16) {
+    require("haproxy");
+    let (tcp, http) = (free_port(), free_port());
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 200\ndefaults\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend tcp_in\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  default_backend node_proxy_v2\n\
+             backend node_proxy_v2\n  mode tcp\n  server node {backend} send-proxy-v2\n\
+             frontend http_in\n  mode http\n  bind 127.0.0.1:{http}\n  option forwardfor\n  default_backend node_http\n\
+             backend node_http\n  mode http\n  server node {backend}\n"
+        ),
+    )
+    .unwrap();
+    let p = Proc::spawn(
+        "haproxy",
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    for port in [tcp, http] {
+        wait_for(Duration::from_secs(10), "haproxy's front ends", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    (p, tcp, http)
+}
+
+/// A listener (curl) of `url` from the local address `from`.
+fn listener_from(from: &str, url: &str) -> Proc {
+    require("curl");
+    Proc::spawn(
+        "curl listener",
+        Command::new("curl")
+            .args([
+                "-sS",
+                "--interface",
+                from,
+                "-A",
+                "proxied-player/1.0",
+                "-o",
+                "/dev/null",
+                url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn listclients(node: &Node) -> String {
+    let (code, _, body) = admin_get(node, "/admin/listclients?mount=/live.mp3");
+    assert_eq!(code, 200);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[test]
+fn haproxy_in_front_passes_the_real_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let access = dir.path().join("access.log");
+    let node = Node::start(&[
+        "--trusted-proxies",
+        "127.0.0.1/32",
+        "--proxy-protocol",
+        "--access-log",
+        access.to_str().unwrap(),
+    ]);
+    node.create_mount("/live.mp3", "proxied-pw", &[]);
+    let _source = ffmpeg_mp3_source(&node, "proxied-pw", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+    let (_haproxy, tcp, http) = haproxy(dir.path(), node.addr);
+
+    // Through the PROXY protocol (v2), from 127.0.0.9.
+    let mut first = listener_from("127.0.0.9", &format!("http://127.0.0.1:{tcp}/live.mp3"));
+    wait_for(
+        Duration::from_secs(10),
+        "the PROXY-protocol listener",
+        || listclients(&node).contains("<IP>127.0.0.9</IP>"),
+    );
+    // Through X-Forwarded-For, from 127.0.0.10.
+    let mut second = listener_from("127.0.0.10", &format!("http://127.0.0.1:{http}/live.mp3"));
+    wait_for(
+        Duration::from_secs(10),
+        "the forwarded-for listener",
+        || listclients(&node).contains("<IP>127.0.0.10</IP>"),
+    );
+    let list = listclients(&node);
+    assert!(
+        !list.contains("<IP>127.0.0.1</IP>"),
+        "HAProxy's own address listed:\n{list}"
+    );
+
+    // Both leave; the access log has a line each, with the real address and the seconds.
+    drop((first.child.kill(), second.child.kill()));
+    wait_for(
+        Duration::from_secs(10),
+        "two listener lines in the access log",
+        || {
+            let log = std::fs::read_to_string(&access).unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("\"GET /live.mp3 HTTP/1."))
+                .count()
+                >= 2
+        },
+    );
+    let log = std::fs::read_to_string(&access).unwrap();
+    for from in ["127.0.0.9", "127.0.0.10"] {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("{from} - - [")) && l.contains("/live.mp3"))
+            .unwrap_or_else(|| panic!("no line for {from}:\n{log}"));
+        assert!(line.contains("\" 200 "), "{line}");
+        assert!(line.contains("\"proxied-player/1.0\""), "{line}");
+    }
+    // A client that bypasses the proxy keeps its own address: its forwarded-for header is not
+    // believed.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--interface",
+            "127.0.0.11",
+            "-H",
+            "X-Forwarded-For: 198.51.100.7",
+        ])
+        .arg(format!("http://{}/nowplaying.json", node.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(Duration::from_secs(5), "the direct request's line", || {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("127.0.0.11 - - [") && l.contains("/nowplaying.json"))
+    });
+    assert!(!std::fs::read_to_string(&access)
+        .unwrap()
+        .contains("198.51.100.7"));
+}
