@@ -868,3 +868,51 @@ fn skewed_clocks_and_a_slow_etcd_link_change_nothing() {
         );
     }
 }
+
+#[test]
+fn a_signed_url_survives_a_cluster_redirect_and_is_checked_where_it_is_served() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    // B sends every listener elsewhere: it takes none itself.
+    let b = Node::start_clustered_with(&etcd, "b", &["--max-listeners", "1"]);
+    a.create_mount(
+        "/paid.mp3",
+        "hackme",
+        &["--token-key", "a-cluster-wide-token-key"],
+    );
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/paid.mp3", &[]);
+    a.wait_live("/paid.mp3", Duration::from_secs(10));
+    let (ok, url, err) = b.cli(&["mount", "token", "/paid.mp3", "--seconds", "120"]);
+    assert!(ok, "{err}");
+    let signed = url
+        .trim()
+        .split_once(&b.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    let _fills_b = wait_for_listener(&b, &format!("/_stream{signed}"));
+    wait_for(Duration::from_secs(15), "B to report its listener", || {
+        let (ok, out, _) = a.cli(&["status", "--json"]);
+        ok && out.contains("\"listeners\": 1")
+    });
+    // Through B: redirected to A with the signature kept, and A lets the listener in.
+    let (code, head) = response_head(&b, &signed, &[]);
+    assert_eq!(code, 302, "{head}");
+    let to = location(&head);
+    assert!(
+        to.contains(&a.addr.to_string()) && to.contains("token="),
+        "{to}"
+    );
+    let path = to.split_once(&a.addr.to_string()).unwrap().1.to_owned();
+    let (code, head) = response_head(&a, &path, &[("Range", "bytes=0-1")]);
+    assert_eq!(code, 206, "{head}");
+    // Without it, the redirect happens the same, and A refuses.
+    let (code, head) = response_head(&b, "/paid.mp3", &[]);
+    assert_eq!(code, 302, "{head}");
+    let path = location(&head)
+        .split_once(&a.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    assert_eq!(response_head(&a, &path, &[]).0, 401);
+}

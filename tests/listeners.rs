@@ -482,3 +482,110 @@ fn now_playing_as_json_and_as_server_sent_events() {
     set_title("Second Song");
     read_until(&mut s, &mut seen, "\"title\":\"Second Song\"");
 }
+
+#[test]
+fn a_mount_sets_its_own_icy_metadata_interval() {
+    let node = Node::start(&[]);
+    node.create_mount("/live.mp3", "hackme", &["--icy-metaint", "8192"]);
+    let (ok, out, err) = node.cli(&["mount", "edit", "/live.mp3", "--icy-metaint", "100"]);
+    assert!(!ok && err.contains("between 256 and 65536"), "{out}{err}");
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+    assert_eq!(
+        admin_get(
+            &node,
+            "/admin/metadata?mount=/live.mp3&mode=updinfo&song=Every+8192"
+        )
+        .0,
+        200
+    );
+    let (mut s, head, mut pending) = open_listener(&node, "/live.mp3", "Icy-MetaData: 1\r\n");
+    assert!(head.contains("icy-metaint: 8192"), "{head}");
+    for slot in 0..4 {
+        read_exact(&mut s, &mut pending, 8192);
+        let len = usize::from(read_exact(&mut s, &mut pending, 1)[0]) * 16;
+        let meta = read_exact(&mut s, &mut pending, len);
+        if slot == 0 {
+            assert!(
+                String::from_utf8_lossy(&meta).starts_with("StreamTitle='Every 8192';"),
+                "{meta:?}"
+            );
+        } else {
+            assert_eq!(len, 0, "slot {slot}: the title again");
+        }
+    }
+}
+
+#[test]
+fn signed_urls_agent_rules_and_a_listening_time_limit() {
+    let node = Node::start(&[]);
+    node.create_mount(
+        "/paid.mp3",
+        "hackme",
+        &[
+            "--token-key",
+            "sixteen-chars-or-more",
+            "--deny-agents",
+            "badbot",
+            "--max-listener-secs",
+            "3",
+        ],
+    );
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/paid.mp3", &[]);
+    node.wait_live("/paid.mp3", Duration::from_secs(15));
+    let status_of = |target: &str, agent: &str| {
+        http_get(
+            node.addr,
+            target,
+            &[("User-Agent", agent), ("Range", "bytes=0-1")],
+        )
+        .0
+    };
+    assert_eq!(status_of("/paid.mp3", "VLC/3"), 401);
+
+    // A signed URL from the CLI plays; tampered, it does not.
+    let (ok, url, err) = node.cli(&["mount", "token", "/paid.mp3", "--seconds", "60"]);
+    assert!(ok, "{err}");
+    let target = url
+        .trim()
+        .split_once(&node.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    assert!(
+        target.contains("expires=") && target.contains("token="),
+        "{target}"
+    );
+    assert_eq!(status_of(&target, "VLC/3"), 206);
+    assert_eq!(
+        status_of(&target.replace("expires=", "expires=1"), "VLC/3"),
+        403
+    );
+    assert_eq!(status_of(&target, "BadBot/1.0"), 403);
+    // Bound to another address, it is refused here.
+    let (_, bound, _) = node.cli(&["mount", "token", "/paid.mp3", "--ip", "198.51.100.1"]);
+    let bound = bound
+        .trim()
+        .split_once(&node.addr.to_string())
+        .unwrap()
+        .1
+        .to_owned();
+    assert_eq!(status_of(&bound, "VLC/3"), 403);
+
+    // The time limit ends a listener that keeps reading.
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {target} HTTP/1.0\r\nUser-Agent: VLC/3\r\n\r\n").as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16384];
+    while s.read(&mut buf).is_ok_and(|n| n > 0) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not ended by its time limit"
+        );
+    }
+    let lasted = started.elapsed();
+    assert!(lasted >= Duration::from_secs(3), "ended after {lasted:?}");
+    assert!(node.log().contains("listening time limit reached"));
+}

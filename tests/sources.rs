@@ -330,3 +330,53 @@ fn chunked_put_with_expect_continue() {
     );
     assert_eq!(&body[..2], &[0xFF, 0xFB]);
 }
+
+#[test]
+fn liquidsoap_output_shoutcast_v1_source() {
+    require("liquidsoap");
+    // libshout's Shoutcast protocol connects to the given port + 1, as Icecast expects.
+    let shoutcast = free_port();
+    let node = Node::start(&[
+        "--shoutcast-mount",
+        "/sc.mp3",
+        "--shoutcast-listen",
+        &format!("127.0.0.1:{shoutcast}"),
+    ]);
+    node.create_mount("/sc.mp3", "scpass", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = temp_file(
+        dir.path(),
+        "out.liq",
+        &format!(
+            r#"settings.init.allow_root.set(true)
+settings.log.stdout.set(true)
+settings.log.file.set(false)
+output.shoutcast(%mp3(bitrate=128), host="127.0.0.1", port={}, password="scpass",
+  name="shoutcast test", genre="tests", sine(440.))
+"#,
+            shoutcast - 1
+        ),
+    );
+    let _liq = Proc::spawn(
+        "liquidsoap",
+        Command::new("liquidsoap")
+            .arg(&script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    node.wait_live("/sc.mp3", Duration::from_secs(45));
+    assert_decodes(&node, "/sc.mp3", "mp3");
+    let status = node.status();
+    assert_eq!(
+        status["icestats"]["source"]["server_name"], "shoutcast test",
+        "{status}"
+    );
+
+    // A wrong password gets the Shoutcast answer, and no mount.
+    let mut s = TcpStream::connect(("127.0.0.1", shoutcast)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"wrongpass\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("invalid password"), "{answer:?}");
+}

@@ -66,7 +66,9 @@ impl Networks {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// `ip`, with an IPv4-mapped IPv6 address (an IPv4 client of a dual-stack `[::]` socket) as the
+/// IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

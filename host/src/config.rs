@@ -99,6 +99,11 @@ serve_settings! {
     /// Access log in the combined format plus the seconds connected (a file, reopened on
     /// SIGHUP for logrotate, or `-` for standard output). Empty: none.
     access_log: String = String::new(); [value_name = "PATH"]
+    /// The mount that Shoutcast v1 sources feed (password line, `OK2`, `icy-*` lines, audio),
+    /// as Icecast's `<shoutcast-mount>`; their port is --shoutcast-listen. Empty: none.
+    shoutcast_mount: String = String::new(); [value_name = "MOUNT"]
+    /// Address for Shoutcast v1 sources [default: the listen address, port + 1].
+    shoutcast_listen: String = String::new(); [value_name = "ADDR"]
     /// Directory for persistent state (mounts, hashed credentials).
     data_dir: PathBuf = PathBuf::from("./tidecast-data"); [value_name = "DIR"]
     /// Admin user name [default: admin].
@@ -291,6 +296,17 @@ impl ServeConfig {
             }
         }
         problems.extend(self.tls_problems());
+        if !self.shoutcast_mount.is_empty() {
+            if let Err(e) = crate::model::validate_mount_path(&self.shoutcast_mount) {
+                problems.push(format!("shoutcast_mount: {e}"));
+            }
+            if let Err(e) = self.shoutcast_addr() {
+                problems.push(e);
+            }
+        } else if !self.shoutcast_listen.is_empty() {
+            problems
+                .push("--shoutcast-listen needs --shoutcast-mount (the mount it feeds)".to_owned());
+        }
         if let Err(e) = crate::clients::Networks::parse(&self.trusted_proxies) {
             problems.extend(e.into_iter().map(|p| format!("trusted_proxies: {p}")));
         }
@@ -373,6 +389,42 @@ impl ServeConfig {
             }
         }
         problems
+    }
+
+    /// The host of [`ServeConfig::base_url`], without scheme or port (`[::1]` stays bracketed),
+    /// and the `:PORT` part after it, if any.
+    pub fn base_host(&self, req: Option<&crate::http::RequestHead>) -> (String, String) {
+        let base = self.base_url(req);
+        let authority = base.split_once("://").map_or(base.as_str(), |(_, a)| a);
+        let host_end = if authority.starts_with('[') {
+            authority.find(']').map_or(authority.len(), |i| i + 1)
+        } else {
+            authority.find(':').unwrap_or(authority.len())
+        };
+        (
+            authority[..host_end].to_owned(),
+            authority[host_end..].to_owned(),
+        )
+    }
+
+    /// Where Shoutcast v1 sources connect: --shoutcast-listen, or the listen port + 1.
+    pub fn shoutcast_addr(&self) -> Result<SocketAddr, String> {
+        if self.shoutcast_listen.is_empty() {
+            let port = self
+                .listen
+                .port()
+                .checked_add(1)
+                .filter(|_| self.listen.port() != 0);
+            return port
+                .map(|p| SocketAddr::new(self.listen.ip(), p))
+                .ok_or_else(|| {
+                    "--shoutcast-mount needs --shoutcast-listen when --listen has port 0 or 65535"
+                        .to_owned()
+                });
+        }
+        self.shoutcast_listen
+            .parse()
+            .map_err(|e| format!("shoutcast_listen {:?}: {e}", self.shoutcast_listen))
     }
 
     /// Whether the node takes TLS anywhere.
@@ -460,6 +512,57 @@ fn etcd_is_loopback(endpoint: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_host_splits_names_ipv6_literals_and_ports() {
+        let cfg = ServeConfig::load(ServeArgs::default()).unwrap();
+        let head = |host: &str, secure: bool| crate::http::RequestHead {
+            method: "GET".into(),
+            path: "/".into(),
+            raw_query: String::new(),
+            version: crate::http::Version::Http11,
+            headers: vec![("Host".into(), host.into())],
+            secure,
+        };
+        let cases = [
+            (
+                "[::1]:18777",
+                false,
+                "http://[::1]:18777",
+                "[::1]",
+                ":18777",
+            ),
+            (
+                "[2001:db8::1]",
+                true,
+                "https://[2001:db8::1]",
+                "[2001:db8::1]",
+                "",
+            ),
+            (
+                "radio.example:8443",
+                true,
+                "https://radio.example:8443",
+                "radio.example",
+                ":8443",
+            ),
+            (
+                "radio.example",
+                false,
+                "http://radio.example",
+                "radio.example",
+                "",
+            ),
+        ];
+        for (host, secure, base, name, port) in cases {
+            let req = head(host, secure);
+            assert_eq!(cfg.base_url(Some(&req)), base);
+            assert_eq!(
+                cfg.base_host(Some(&req)),
+                (name.to_owned(), port.to_owned())
+            );
+        }
+    }
 
     #[test]
     fn flags_override_file_and_unknown_keys_fail() {

@@ -162,6 +162,52 @@ fn unauthorized() -> Response {
         .header("WWW-Authenticate", "Basic realm=\"tidecast admin\"")
 }
 
+/// A signed URL for a mount that needs one: body `{"seconds": N, "ip": "A"}` (both optional:
+/// an hour, not bound to an address).
+fn signed_url(state: &Node, req: &RequestHead, mount: &str, body: &[u8]) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Ask {
+        seconds: Option<u64>,
+        ip: Option<std::net::IpAddr>,
+    }
+    let ask: Ask = if body.is_empty() {
+        Ask::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(a) => a,
+            Err(e) => return Response::error(400, format!("bad JSON body: {e}")),
+        }
+    };
+    let Some(m) = state.coordinator.mount(mount) else {
+        return Response::error(404, format!("no such mount: {mount}"));
+    };
+    let Some(key) = &m.token_key else {
+        return Response::error(
+            409,
+            format!("{mount} takes listeners without signed URLs; set --token-key first"),
+        );
+    };
+    let seconds = ask.seconds.unwrap_or(3600);
+    if !(1..=31_536_000).contains(&seconds) {
+        return Response::error(400, "seconds must be between 1 and 31536000");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expires = now + seconds;
+    let token = crate::listen::access::sign(key, mount, expires, ask.ip);
+    let bind = if ask.ip.is_some() { "&bind=1" } else { "" };
+    let url = format!(
+        "{}{mount}?expires={expires}&token={token}{bind}",
+        state.config.base_url(Some(req))
+    );
+    Response::json(
+        200,
+        &json!({ "url": url, "expires": expires, "token": token }),
+    )
+}
+
 /// Reads this node's certificate files again (what SIGHUP and a change on disk also do).
 fn tls_reload(state: &Node) -> Response {
     let Some(certs) = &state.certs else {
@@ -308,6 +354,10 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
                 _ => Response::error(405, "use GET, POST (upload) or DELETE"),
             }
         }
+        ("POST", p) if p.starts_with("/api/v1/mounts/") && p.ends_with("/token") => {
+            let mount = format!("/{}", &p["/api/v1/mounts/".len()..p.len() - "/token".len()]);
+            signed_url(state, req, &mount, body)
+        }
         (method, p) if p.starts_with("/api/v1/mounts/") => {
             let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
             match method {
@@ -399,6 +449,11 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "max_listeners": m.max_listeners,
         "fallback": m.fallback,
         "charset": m.charset.clone().unwrap_or_else(|| "ISO-8859-1".to_owned()),
+        "icy_metaint": m.icy_metaint.map_or(crate::listen::ICY_METAINT, |n| n as usize),
+        "signed_urls": m.token_key.is_some(),
+        "max_listener_secs": m.max_listener_secs,
+        "allow_agents": m.allow_agents,
+        "deny_agents": m.deny_agents,
         "live": hub.is_some(),
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
@@ -560,6 +615,41 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
     }
     if let Some(n) = r.max_listeners {
         m.max_listeners = (n > 0).then_some(n);
+    }
+    match r.token_key.take() {
+        None => {}
+        Some(k) if k.is_empty() => m.token_key = None,
+        Some(k) if k.len() >= 16 => m.token_key = Some(k),
+        Some(_) => problems.push("token_key must have at least 16 characters".to_owned()),
+    }
+    match r.max_listener_secs {
+        None => {}
+        Some(0) => m.max_listener_secs = None,
+        Some(n) if n <= 31_536_000 => m.max_listener_secs = Some(n),
+        Some(n) => problems.push(format!(
+            "max_listener_secs must be at most 31536000 (a year), got {n}"
+        )),
+    }
+    let patterns = |list: String| -> Vec<String> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    if let Some(list) = r.allow_agents.take() {
+        m.allow_agents = patterns(list);
+    }
+    if let Some(list) = r.deny_agents.take() {
+        m.deny_agents = patterns(list);
+    }
+    match r.icy_metaint {
+        None => {}
+        Some(0) => m.icy_metaint = None,
+        Some(n) if (256..=65_536).contains(&n) => m.icy_metaint = Some(n),
+        Some(n) => problems.push(format!(
+            "icy_metaint must be between 256 and 65536 bytes (0 for the default), got {n}"
+        )),
     }
     if let Some(f) = r.fallback {
         if f.is_empty() {

@@ -91,17 +91,12 @@ async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Inco
 /// A page for browsers asked for over plain HTTP, sent to the same page over HTTPS: the same host, the TLS
 /// port (none in the URL for 443, or when the plain port takes TLS too).
 fn to_https(config: &crate::config::ServeConfig, req: &RequestHead) -> Response {
-    let host = config.base_url(Some(req));
-    let host = host.trim_start_matches("http://");
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
+    let (name, same_port) = config.base_host(Some(req));
     let port = match config.tls_listen.parse::<SocketAddr>() {
         Ok(a) if a.port() != 443 => format!(":{}", a.port()),
         Ok(_) => String::new(),
         // The plain port takes TLS too: the same host and port.
-        Err(_) => host[name.len()..].to_owned(),
+        Err(_) => same_port,
     };
     let location = format!("https://{name}{port}{}", req.target());
     Response::text(301, format!("this page is at {location}")).header("Location", location)

@@ -43,12 +43,7 @@ fn source_json(hub: &Hub, base: &str) -> Value {
 /// `/status-json.xsl`: `source` is an object for one mount, an array for several, absent for none.
 pub fn json(state: &Node, req: &RequestHead) -> Value {
     let base = state.config.base_url(Some(req));
-    let host = base
-        .trim_start_matches("http://")
-        .split(':')
-        .next()
-        .unwrap_or("")
-        .to_owned();
+    let (host, _) = state.config.base_host(Some(req));
     let mut icestats = json!({
         "admin": "",
         "host": host,

@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::tls::Stream;
 use bytes::{Bytes, BytesMut};
 use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +26,9 @@ use crate::hub::Registry;
 use crate::hub::{Hub, HubParams, StreamProps};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::model::validate_mount_path;
+use crate::tls::Stream;
+
+pub mod shoutcast;
 
 /// What ingest needs of the node: the hub registry, the coordinator (mounts, origin claims),
 /// the credentials gate, metrics and the source timeout.
@@ -40,11 +42,24 @@ pub struct Ingest {
 }
 
 pub async fn serve(
+    stream: Stream,
+    peer: SocketAddr,
+    req: RequestHead,
+    leftover: BytesMut,
+    state: Arc<Ingest>,
+) {
+    admit_and_pump(stream, peer, req, leftover, state, true).await
+}
+
+/// Admits a source and pumps its audio into the mount's hub. `reply`: answer the HTTP way once
+/// admitted (a Shoutcast v1 client was already told `OK2`).
+async fn admit_and_pump(
     mut stream: Stream,
     peer: SocketAddr,
     req: RequestHead,
     leftover: BytesMut,
     state: Arc<Ingest>,
+    reply: bool,
 ) {
     let version = req.response_version();
     let mount = req.path.clone();
@@ -129,19 +144,21 @@ pub async fn serve(
     let expects_continue = req
         .header("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
-    let mut reply = Vec::new();
-    if expects_continue {
-        reply.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-    }
-    reply.extend_from_slice(
-        format!(
-            "{version} 200 OK\r\nServer: tidecast/{}\r\nConnection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        )
-        .as_bytes(),
-    );
-    if stream.write_all(&reply).await.is_err() {
-        return;
+    if reply {
+        let mut reply = Vec::new();
+        if expects_continue {
+            reply.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        reply.extend_from_slice(
+            format!(
+                "{version} 200 OK\r\nServer: tidecast/{}\r\nConnection: close\r\n\r\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_bytes(),
+        );
+        if stream.write_all(&reply).await.is_err() {
+            return;
+        }
     }
 
     let format = StreamFormat::from_content_type(&content_type);

@@ -31,7 +31,9 @@ use crate::http::{send, Cors, RequestHead, Response};
 use crate::hub::{Hub, ListenerCtrl, ListenerTicket, ReadResult, Registry};
 use crate::metrics::{ErrorKind, Metrics};
 
-/// ICY metadata interval announced to players (Icecast's default).
+pub mod access;
+
+/// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
 
 /// The live hub serving `mount`: its own, or its fallback chain's while it has no source.
@@ -177,6 +179,26 @@ pub async fn serve(
         send(&mut stream, &cors.apply(r, false), version, false).await;
         return;
     }
+    // Who may listen: decided here, on the node that serves the stream (a redirect above kept
+    // the signed URL's query). Relays are other nodes, not listeners.
+    let config = state.coordinator.mount(&wanted);
+    if let Some(m) = config.as_ref().filter(|_| !relay) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Err(why) = access::check(m, &req, peer.ip(), now) {
+            state.metrics.error(ErrorKind::Unauthorized);
+            info!(%peer, mount = %wanted, reason = %why, "listener refused");
+            let r = Response::text(why.status(), format!("{why}: {wanted}"));
+            send(&mut stream, &cors.apply(r, false), version, false).await;
+            return;
+        }
+    }
+    let time_limit = config
+        .as_ref()
+        .and_then(|m| m.max_listener_secs)
+        .filter(|_| !relay)
+        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
     // In a cluster, a mount another node originates is relayed from there on demand.
     let local = match resolve(&state, &wanted) {
         Some(h) => Some(h),
@@ -215,6 +237,12 @@ pub async fn serve(
     }
     let icy = hub.format.supports_icy_metadata()
         && req.header("icy-metadata").is_some_and(|v| v.trim() == "1");
+    // The mount asked for (not a fallback serving it) decides, once for the connection.
+    let metaint = state
+        .coordinator
+        .mount(&wanted)
+        .and_then(|m| m.icy_metaint)
+        .map_or(ICY_METAINT, |n| n as usize);
     let mut head = format!("{version} 200 OK\r\n");
     let mut headers: Vec<(&str, String)> = vec![
         ("Content-Type", hub.content_type.clone()),
@@ -240,7 +268,7 @@ pub async fn serve(
         }
     }
     if icy {
-        headers.push(("icy-metaint", ICY_METAINT.to_string()));
+        headers.push(("icy-metaint", metaint.to_string()));
     }
     headers.extend(cors.headers(false));
 
@@ -287,12 +315,14 @@ pub async fn serve(
     let mut conn = Conn {
         stream,
         icy: icy.then_some(Icy {
-            until: ICY_METAINT,
+            until: metaint,
+            every: metaint,
             sent_version: 0,
         }),
         sent: 0,
         state: state.clone(),
         hub_gauge: None,
+        time_limit,
     };
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
@@ -323,11 +353,15 @@ pub async fn serve(
 struct Icy {
     /// Audio bytes left before the next metadata slot.
     until: usize,
+    /// Audio bytes between slots, as announced to this listener.
+    every: usize,
     /// Last metadata version sent to this listener.
     sent_version: u64,
 }
 
 struct Conn {
+    /// When the mount's `max_listener_secs` ends this listener.
+    time_limit: Option<Instant>,
     stream: Stream,
     icy: Option<Icy>,
     sent: u64,
@@ -368,7 +402,7 @@ impl Conn {
         cursor
     }
 
-    /// Appends audio to the write queue, inserting ICY metadata blocks every `ICY_METAINT` bytes.
+    /// Appends audio to the write queue, inserting ICY metadata blocks every `Icy::every` bytes.
     fn queue_audio(&mut self, hub: &Hub, mut data: Bytes, queue: &mut VecDeque<Bytes>) {
         let Some(icy) = &mut self.icy else {
             queue.push_back(data);
@@ -383,7 +417,7 @@ impl Conn {
                 } else {
                     queue.push_back(Bytes::from_static(&[0]));
                 }
-                icy.until = ICY_METAINT;
+                icy.until = icy.every;
             }
             let take = icy.until.min(data.len());
             queue.push_back(data.split_to(take));
@@ -422,6 +456,9 @@ impl Conn {
             .get_or_create(&Metrics::mount(&wanted))
             .clone();
         loop {
+            if self.time_limit.is_some_and(|t| Instant::now() >= t) {
+                return "listening time limit reached";
+            }
             match hub.read_from(cursor) {
                 ReadResult::Data(chunks, next) => {
                     cursor = next;

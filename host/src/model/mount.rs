@@ -24,6 +24,21 @@ pub struct MountConfig {
     /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
+    /// Audio bytes between ICY metadata blocks (default 16000, as Icecast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icy_metaint: Option<u32>,
+    /// Listeners need a URL signed with this key (`listen/access.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
+    /// A listener is disconnected after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_listener_secs: Option<u32>,
+    /// User agents let in (case-insensitive substrings); empty: every one not denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_agents: Vec<String>,
+    /// User agents kept out (case-insensitive substrings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_agents: Vec<String>,
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
@@ -54,6 +69,11 @@ impl MountConfig {
             max_listeners: None,
             fallback: None,
             charset: None,
+            icy_metaint: None,
+            token_key: None,
+            max_listener_secs: None,
+            allow_agents: Vec::new(),
+            deny_agents: Vec::new(),
             transcode: None,
             filters: Vec::new(),
             policy: None,

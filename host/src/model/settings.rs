@@ -32,6 +32,30 @@ pub struct MountSettings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
+    /// Audio bytes between ICY metadata blocks, for players that ask for titles in the stream
+    /// (256 to 65536; 0 for the default, 16000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icy_metaint: Option<u32>,
+    /// Listeners need a signed URL made with this key (at least 16 characters; "" to remove):
+    /// `expires` and `token`, see `tidecast mount token`.
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
+    /// Disconnect a listener after this many seconds (0 to remove the limit).
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_listener_secs: Option<u32>,
+    /// Only players whose User-Agent contains one of these (comma-separated, case-insensitive;
+    /// "" to let every player in).
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_agents: Option<String>,
+    /// Players whose User-Agent contains one of these are refused (comma-separated,
+    /// case-insensitive; "" to clear).
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_agents: Option<String>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,8 @@ use crate::tls::{Acceptor, Stream};
 pub struct Ports {
     pub plain: TcpListener,
     pub tls: Option<TcpListener>,
+    /// Shoutcast v1 sources for --shoutcast-mount.
+    pub shoutcast: Option<TcpListener>,
     pub acceptor: Option<Acceptor>,
     /// The plain port also takes TLS, told apart by the first byte.
     pub detect: bool,
@@ -37,6 +39,8 @@ enum Opening {
     Tls,
     /// Plain or TLS, by the first byte.
     Either,
+    /// A Shoutcast v1 source: a password line, not a request head.
+    Shoutcast,
 }
 
 /// Serves connections from `ports` until `shutdown` resolves.
@@ -58,10 +62,16 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
         let (accepted, opening) = tokio::select! {
             a = ports.plain.accept() => (a, plain_opening),
             a = accept_on(ports.tls.as_ref()) => (a, Opening::Tls),
+            a = accept_on(ports.shoutcast.as_ref()) => (a, Opening::Shoutcast),
             () = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            // A dual-stack `[::]` listener sees IPv4 clients as ::ffff:a.b.c.d: limits, logs and
+            // listclients see the IPv4 address.
+            Ok((s, p)) => (
+                s,
+                SocketAddr::new(crate::clients::canonical(p.ip()), p.port()),
+            ),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 warn!(error = %e, "accept failed");
@@ -95,7 +105,15 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
         };
         let acceptor = ports.acceptor.clone();
         tokio::spawn(async move {
-            if let Some((stream, client)) = open(stream, peer, opening, acceptor, &state).await {
+            if let Opening::Shoutcast = opening {
+                let mount = state.config.shoutcast_mount.clone();
+                let within = state.config.header_timeout();
+                let ingest = state.ingest.clone();
+                crate::ingest::shoutcast::serve(Stream::Plain(stream), peer, ingest, mount, within)
+                    .await;
+            } else if let Some((stream, client)) =
+                open(stream, peer, opening, acceptor, &state).await
+            {
                 handle(stream, client, state).await;
             }
             drop((permit, slot));
@@ -143,7 +161,7 @@ async fn open(
         }
     }
     let tls = match opening {
-        Opening::Plain => false,
+        Opening::Plain | Opening::Shoutcast => false,
         Opening::Tls => true,
         Opening::Either => crate::tls::starts_tls(&tcp, within).await?,
     };

@@ -42,6 +42,10 @@ pub enum StartError {
     Certs(#[from] crate::tls::CertError),
     #[error("cannot open the access log {0}: {1}")]
     AccessLog(String, std::io::Error),
+    #[error("{0}")]
+    ShoutcastAddr(String),
+    #[error("cannot listen for Shoutcast sources on {0}: {1}")]
+    ShoutcastListen(std::net::SocketAddr, std::io::Error),
     #[error("cannot listen for TLS on {0}: {1}")]
     TlsListen(std::net::SocketAddr, std::io::Error),
 }
@@ -83,6 +87,17 @@ pub async fn run(
                 .map_err(|e| StartError::TlsListen(a, e))?,
         ),
         Err(_) => None,
+    };
+    let shoutcast = if config.shoutcast_mount.is_empty() {
+        None
+    } else {
+        // Checked when the configuration was loaded.
+        let a = config.shoutcast_addr().map_err(StartError::ShoutcastAddr)?;
+        Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| StartError::ShoutcastListen(a, e))?,
+        )
     };
     // The port really bound (port 0 in tests), for redirects to HTTPS.
     let mut config = config;
@@ -159,6 +174,9 @@ pub async fn run(
     if let Some(tls) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         println!("tidecast listening for TLS on {tls}");
     }
+    if let Some(a) = shoutcast.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("tidecast listening for Shoutcast v1 sources on {a}");
+    }
     let _ = std::io::stdout().flush();
     info!(%addr, data_dir = %config.data_dir.display(), "node started");
     let plugins = plugin::Plugins::new(
@@ -190,6 +208,7 @@ pub async fn run(
     let ports = accept::Ports {
         plain: listener,
         tls: tls_listener,
+        shoutcast,
         acceptor,
         detect: state.config.listen_detects_tls,
     };

@@ -67,6 +67,17 @@ pub enum MountCommand {
     },
     /// Remove a mount (a connected source is disconnected).
     Delete { path: String },
+    /// Print a signed URL for a mount that needs one (--token-key): valid for --seconds, and
+    /// only from --ip if given.
+    Token {
+        path: String,
+        /// How long the URL stays valid.
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+        /// Bind the URL to the listener's address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -117,7 +128,11 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
                     bytes.len()
                 );
             }
-            let v = api.send_bytes("POST", &format!("/api/v1/plugins/{name}"), bytes)?;
+            let v = api.send_bytes(
+                "POST",
+                &format!("/api/v1/plugins/{}", escaped(&name)),
+                bytes,
+            )?;
             if !conn.json {
                 println!(
                     "Pushed {name}: {} plugin, version {} ({} bytes, {}, compiled in {:.0} ms{})",
@@ -188,7 +203,7 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
             v
         }
         PluginCommand::Show { name } => {
-            let v = api.call("GET", &format!("/api/v1/plugins/{name}"), None)?;
+            let v = api.call("GET", &format!("/api/v1/plugins/{}", escaped(&name)), None)?;
             if !conn.json {
                 print_fields(&v);
                 return Ok(());
@@ -205,7 +220,11 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
             let body = json!({
                 "nodes": nodes, "client_address": client, "user_agent": user_agent, "params": params,
             });
-            let v = api.call("POST", &format!("/api/v1/plugins/{name}/rank"), Some(body))?;
+            let v = api.call(
+                "POST",
+                &format!("/api/v1/plugins/{}/rank", escaped(&name)),
+                Some(body),
+            )?;
             if !conn.json {
                 let names: Vec<&str> = v["ranked"]
                     .as_array()
@@ -225,7 +244,11 @@ pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
             v
         }
         PluginCommand::Rm { name } => {
-            let v = api.call("DELETE", &format!("/api/v1/plugins/{name}"), None)?;
+            let v = api.call(
+                "DELETE",
+                &format!("/api/v1/plugins/{}", escaped(&name)),
+                None,
+            )?;
             if !conn.json {
                 println!("Removed plugin {name}");
                 return Ok(());
@@ -294,17 +317,8 @@ pub fn status(conn: &Connection) -> anyhow::Result<()> {
 pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
     let api = Api::new(conn)?;
     let item_url = |path: &str| {
-        const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-            .remove(b'/')
-            .remove(b'.')
-            .remove(b'-')
-            .remove(b'_')
-            .remove(b'~');
         let rest = path.strip_prefix('/').unwrap_or(path);
-        format!(
-            "/api/v1/mounts/{}",
-            percent_encoding::utf8_percent_encode(rest, PATH)
-        )
+        format!("/api/v1/mounts/{}", escaped(rest))
     };
     let result = match command {
         MountCommand::Create { path, mut settings } => {
@@ -389,6 +403,15 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
             }
             v
         }
+        MountCommand::Token { path, seconds, ip } => {
+            let body = json!({ "seconds": seconds, "ip": ip });
+            let v = api.call("POST", &format!("{}/token", item_url(&path)), Some(body))?;
+            if !conn.json {
+                println!("{}", v["url"].as_str().unwrap_or(""));
+                return Ok(());
+            }
+            v
+        }
         MountCommand::Delete { path } => {
             let v = api.call("DELETE", &item_url(&path), None)?;
             if !conn.json {
@@ -451,12 +474,7 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
         }
         b
     };
-    let item = |name: &str| {
-        format!(
-            "/api/v1/stations/{}",
-            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
-        )
-    };
+    let item = |name: &str| format!("/api/v1/stations/{}", escaped(name));
     let (v, done) = match command {
         StationCommand::Create { name, settings } => {
             let v = api.call(
@@ -531,6 +549,19 @@ fn print_fields(v: &Value) {
     }
 }
 
+/// A name or mount path as it goes into an API URL: escaped where a URL needs it, `/` kept
+/// (mount paths nest). Names the node refuses (`Bad Name`) still reach it, to be refused there
+/// with the reason.
+fn escaped(name: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(name, KEEP).to_string()
+}
+
 struct Api {
     base: String,
     auth: String,
@@ -585,19 +616,7 @@ impl Api {
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<Value> {
         let method = http::Method::from_bytes(method.as_bytes())?;
-        // Names and mount paths go in the path as they are: `Bad Name` must reach the node, to
-        // be refused there with its reason.
-        const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-            .remove(b'-')
-            .remove(b'_')
-            .remove(b'.')
-            .remove(b'~')
-            .remove(b'/');
-        let url = format!(
-            "{}{}",
-            self.base,
-            percent_encoding::utf8_percent_encode(path, SET)
-        );
+        let url = format!("{}{path}", self.base);
         let mut headers = vec![("authorization", self.auth.as_str())];
         let bytes = match body {
             Some((content_type, bytes)) => {
