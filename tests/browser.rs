@@ -227,19 +227,7 @@ fn every_kind_of_mount_plays_in_chromium_from_another_https_site() {
         "Radio Test",
     ]);
     let sources = [
-        (
-            "/tone.mp3",
-            &[
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "128k",
-                "-content_type",
-                "audio/mpeg",
-                "-f",
-                "mp3",
-            ][..],
-        ),
+        ("/tone.mp3", &MP3_128K[..]),
         (
             "/tone.aac",
             &[

@@ -124,32 +124,38 @@ fn ezstream_libshout_source() {
     assert_eq!(status["icestats"]["source"]["genre"], "Test");
 }
 
-#[test]
-fn liquidsoap_output_icecast() {
+/// Liquidsoap running `output` (one output line) as root, with its logs on stdout, which is
+/// dropped; killed with the returned guard (the script's directory goes with it).
+fn liquidsoap(output: &str) -> (Proc, tempfile::TempDir) {
     require("liquidsoap");
-    let node = Node::start(&[]);
-    node.create_mount("/liq.ogg", "liqpass", &[]);
     let dir = tempfile::tempdir().unwrap();
     let script = temp_file(
         dir.path(),
         "out.liq",
         &format!(
-            r#"settings.init.allow_root.set(true)
-settings.log.stdout.set(true)
-settings.log.file.set(false)
-output.icecast(%ogg(%vorbis), host="127.0.0.1", port={}, password="liqpass",
-  mount="/liq.ogg", name="liquidsoap test", sine(440.))
-"#,
-            node.addr.port()
+            "settings.init.allow_root.set(true)\nsettings.log.stdout.set(true)\nsettings.log.file.set(false)\n{output}\n"
         ),
     );
-    let _liq = Proc::spawn(
+    let p = Proc::spawn(
         "liquidsoap",
         Command::new("liquidsoap")
             .arg(&script)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
+    (p, dir)
+}
+
+#[test]
+fn liquidsoap_output_icecast() {
+    require("liquidsoap");
+    let node = Node::start(&[]);
+    node.create_mount("/liq.ogg", "liqpass", &[]);
+    let _liq = liquidsoap(&format!(
+        r#"output.icecast(%ogg(%vorbis), host="127.0.0.1", port={}, password="liqpass",
+  mount="/liq.ogg", name="liquidsoap test", sine(440.))"#,
+        node.addr.port()
+    ));
     // Liquidsoap takes several seconds of CPU to start.
     node.wait_live("/liq.ogg", Duration::from_secs(45));
     assert_decodes(&node, "/liq.ogg", "vorbis");
@@ -343,27 +349,11 @@ fn liquidsoap_output_shoutcast_v1_source() {
         &format!("127.0.0.1:{shoutcast}"),
     ]);
     node.create_mount("/sc.mp3", "scpass", &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let script = temp_file(
-        dir.path(),
-        "out.liq",
-        &format!(
-            r#"settings.init.allow_root.set(true)
-settings.log.stdout.set(true)
-settings.log.file.set(false)
-output.shoutcast(%mp3(bitrate=128), host="127.0.0.1", port={}, password="scpass",
-  name="shoutcast test", genre="tests", sine(440.))
-"#,
-            shoutcast - 1
-        ),
-    );
-    let _liq = Proc::spawn(
-        "liquidsoap",
-        Command::new("liquidsoap")
-            .arg(&script)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _liq = liquidsoap(&format!(
+        r#"output.shoutcast(%mp3(bitrate=128), host="127.0.0.1", port={}, password="scpass",
+  name="shoutcast test", genre="tests", sine(440.))"#,
+        shoutcast - 1
+    ));
     node.wait_live("/sc.mp3", Duration::from_secs(45));
     assert_decodes(&node, "/sc.mp3", "mp3");
     let status = node.status();

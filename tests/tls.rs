@@ -89,29 +89,14 @@ fn ffmpeg_tls_source(addr: &str, password: &str, mount: &str) -> Proc {
     require("ffmpeg");
     let url = format!("icecast://source:{password}@{addr}{mount}");
     let mut cmd = Command::new("ffmpeg");
-    cmd.args([
-        "-nostdin",
-        "-v",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-c:a",
-        "libmp3lame",
-        "-b:a",
-        "128k",
-        "-content_type",
-        "audio/mpeg",
-        "-tls",
-        "1",
-        "-f",
-        "mp3",
-        &url,
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["-nostdin", "-v", "error", "-re", "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:sample_rate=44100"])
+        .args(&MP3_128K[..6])
+        .args(["-tls", "1"])
+        .args(&MP3_128K[6..])
+        .arg(&url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     Proc::spawn("ffmpeg TLS source", &mut cmd)
 }
 
@@ -333,30 +318,29 @@ fn a_cluster_of_three_nodes_on_https_urls() {
     let (cert, key) = certificate(dir.path(), "server", "tidecast test node");
     let ca = dir.path().join("ca.crt");
     let etcd = Etcd::start();
-    let start = |name: &str, host: u8| {
+    // A node on its own address; `trusted`: it trusts the cluster's CA.
+    let start = |name: &str, host: u8, trusted: bool| {
         let tls = format!("127.0.0.{host}:{}", free_port());
         let advertise = format!("https://{tls}");
-        let node = Node::start_clustered_with(
-            &etcd,
-            name,
-            &[
-                "--tls-listen",
-                &tls,
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-                "--advertise",
-                &advertise,
-                "--cluster-ca",
-                ca.to_str().unwrap(),
-            ],
-        );
-        (node, advertise)
+        let mut args = vec![
+            "--tls-listen".to_owned(),
+            tls,
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+            "--advertise".to_owned(),
+            advertise.clone(),
+        ];
+        if trusted {
+            args.extend(["--cluster-ca".to_owned(), ca.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (Node::start_clustered_with(&etcd, name, &args), advertise)
     };
-    let (a, _) = start("a", 2);
-    let (b, b_url) = start("b", 3);
-    let (c, c_url) = start("c", 4);
+    let (a, _) = start("a", 2, true);
+    let (b, b_url) = start("b", 3, true);
+    let (c, c_url) = start("c", 4, true);
     a.create_mount("/live.mp3", "cluster-tls-pw", &[]);
     let _source = ffmpeg_mp3_source(&a, "cluster-tls-pw", "/live.mp3", &[]);
     a.wait_live("/live.mp3", Duration::from_secs(15));
@@ -379,28 +363,7 @@ fn a_cluster_of_three_nodes_on_https_urls() {
     }
     // Without the cluster's CA, a node does not trust the others: its relay fails, with the
     // reason in its log.
-    let (d, d_url) = {
-        let tls = format!("127.0.0.5:{}", free_port());
-        let advertise = format!("https://{tls}");
-        let node = Node::start_clustered_with(
-            &etcd,
-            "d",
-            &[
-                "--tls-listen",
-                &tls,
-                "--tls-cert",
-                cert.to_str().unwrap(),
-                "--tls-key",
-                key.to_str().unwrap(),
-                "--advertise",
-                &advertise,
-                "--routing",
-                "best",
-            ],
-        );
-        (node, advertise)
-    };
-    let _ = d_url;
+    let (d, _) = start("d", 5, false);
     let (_, _, _) = http_request(
         d.addr,
         "GET /_stream/live.mp3 HTTP/1.0\r\nRange: bytes=0-1\r\n\r\n",
