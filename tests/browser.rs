@@ -241,19 +241,7 @@ fn every_kind_of_mount_plays_in_chromium_from_another_https_site() {
                 "adts",
             ][..],
         ),
-        (
-            "/tone.opus",
-            &[
-                "-c:a",
-                "libopus",
-                "-b:a",
-                "64k",
-                "-content_type",
-                "audio/ogg",
-                "-f",
-                "ogg",
-            ][..],
-        ),
+        ("/tone.opus", &OPUS_64K_OGG[..]),
         (
             "/tone.ogg",
             &[

@@ -165,17 +165,7 @@ fn liquidsoap_output_icecast() {
 fn ogg_opus_source_joined_mid_stream_gets_headers_first() {
     let node = Node::start(&["--burst-size", "8192"]);
     node.create_mount("/live.opus", "hackme", &[]);
-    let ogg = [
-        "-c:a",
-        "libopus",
-        "-b:a",
-        "64k",
-        "-content_type",
-        "audio/ogg",
-        "-f",
-        "ogg",
-    ];
-    let _src = ffmpeg_source(&node, "hackme", "/live.opus", &ogg);
+    let _src = ffmpeg_source(&node, "hackme", "/live.opus", &OPUS_64K_OGG);
     node.wait_live("/live.opus", Duration::from_secs(15));
     // Join well after the header pages went by: the burst (8 KiB) is far past them.
     std::thread::sleep(Duration::from_secs(3));

@@ -387,6 +387,18 @@ pub const MP3_128K: [&str; 8] = [
     "mp3",
 ];
 
+/// ffmpeg options for a 64 kbit/s Opus-in-Ogg source.
+pub const OPUS_64K_OGG: [&str; 8] = [
+    "-c:a",
+    "libopus",
+    "-b:a",
+    "64k",
+    "-content_type",
+    "audio/ogg",
+    "-f",
+    "ogg",
+];
+
 /// ffmpeg pushing a generated 128 kbit/s MP3 sine in real time; `extra` goes before the output.
 pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str]) -> Proc {
     let mut encode = MP3_128K[..6].to_vec();

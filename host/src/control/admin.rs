@@ -171,13 +171,9 @@ fn signed_url(state: &Node, req: &RequestHead, mount: &str, body: &[u8]) -> Resp
         seconds: Option<u64>,
         ip: Option<std::net::IpAddr>,
     }
-    let ask: Ask = if body.is_empty() {
-        Ask::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(a) => a,
-            Err(e) => return Response::error(400, format!("bad JSON body: {e}")),
-        }
+    let ask: Ask = match crate::control::optional_json_body(body) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Some(m) = state.coordinator.mount(mount) else {
         return Response::error(404, format!("no such mount: {mount}"));
@@ -571,10 +567,6 @@ pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
     }
 }
 
-fn parse_request(body: &[u8]) -> Result<MountSettings, Response> {
-    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
-}
-
 /// Applies a request to `m`, collecting every problem.
 fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) -> Option<String> {
     if let Some(specs) = r.filters.take() {
@@ -681,7 +673,7 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
 }
 
 async fn create_mount(state: &Node, body: &[u8]) -> Response {
-    let mut r = match parse_request(body) {
+    let mut r: MountSettings = match crate::control::json_body(body) {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -732,7 +724,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
 }
 
 async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
-    let mut r = match parse_request(body) {
+    let mut r: MountSettings = match crate::control::json_body(body) {
         Ok(r) => r,
         Err(e) => return e,
     };

@@ -15,6 +15,22 @@ pub mod status;
 use crate::cluster::coordinator::CoordError;
 use crate::http::Response;
 
+/// A JSON request body as `T`, or the 400 that says what is wrong with it.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
+}
+
+/// [`json_body`], where an empty body means every field's default.
+pub fn optional_json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, Response> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        json_body(body)
+    }
+}
+
 /// A store that refused a change: 503 when the cluster store is unreachable (try again later),
 /// 409 when another change won (reload, then retry), 507 when the node's own disk failed.
 pub fn storage_error(e: CoordError) -> Response {

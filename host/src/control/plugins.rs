@@ -193,13 +193,9 @@ struct RankRequest {
 /// the native one when the plugin fails (with the failure).
 pub fn rank(state: &Node, name: &str, body: &[u8]) -> Response {
     use crate::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
-    let r: RankRequest = if body.is_empty() {
-        RankRequest::default()
-    } else {
-        match serde_json::from_slice(body) {
-            Ok(r) => r,
-            Err(e) => return Response::error(400, format!("bad JSON body: {e}")),
-        }
+    let r: RankRequest = match crate::control::optional_json_body(body) {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     let n = r.nodes.unwrap_or(10);
     if !(1..=1000).contains(&n) {

@@ -87,7 +87,7 @@ fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut 
 }
 
 fn parse(body: &[u8]) -> Result<StationRequest, Response> {
-    serde_json::from_slice(body).map_err(|e| Response::error(400, format!("bad JSON body: {e}")))
+    crate::control::json_body(body)
 }
 
 fn refused(problems: &[String]) -> Response {
