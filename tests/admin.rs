@@ -458,3 +458,19 @@ fn bench_reports_every_stage_and_reads_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("junk.mp3"), "{err}");
 }
+
+#[test]
+fn names_with_url_characters_reach_the_api_as_they_are() {
+    let node = Node::start(&[]);
+    // A station name with `-` and `.`, and a nested mount path.
+    let (ok, out, err) = node.cli(&["station", "create", "rock-fm.1"]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = node.cli(&["station", "show", "rock-fm.1"]);
+    assert!(ok && out.contains("rock-fm.1"), "{out}{err}");
+    node.create_mount("/rock-fm/live.mp3", "hackme", &["--station", "rock-fm.1"]);
+    let (ok, out, err) = node.cli(&["mount", "show", "/rock-fm/live.mp3"]);
+    assert!(ok && out.contains("rock-fm.1"), "{out}{err}");
+    // A name the node refuses still reaches it, and the refusal says why.
+    let (ok, _, err) = node.cli(&["station", "create", "bad name"]);
+    assert!(!ok && err.contains("HTTP 400"), "{err}");
+}
