@@ -589,3 +589,122 @@ fn signed_urls_agent_rules_and_a_listening_time_limit() {
     assert!(lasted >= Duration::from_secs(3), "ended after {lasted:?}");
     assert!(node.log().contains("listening time limit reached"));
 }
+
+/// A radio's authentication endpoint, as Icecast 2.5's URL authentication calls it: admits
+/// `alice`/`wonderland` (header `icecast-auth-user: 1`), refuses anyone else, and records every
+/// form it gets. Serves until the test ends.
+fn auth_webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut data = Vec::new();
+            let mut buf = [0u8; 4096];
+            let form = loop {
+                let Ok(n) = s.read(&mut buf) else { break None };
+                if n == 0 {
+                    break None;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).into_owned();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                    continue;
+                };
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break Some(body.to_owned());
+                }
+            };
+            let Some(form) = form else { continue };
+            let admit = form.contains("user=alice") && form.contains("pass=wonderland");
+            log.lock().unwrap().push(form);
+            let extra = if admit {
+                "icecast-auth-user: 1\r\n"
+            } else {
+                ""
+            };
+            let _ = s.write_all(
+                format!("HTTP/1.1 200 OK\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn a_webhook_admits_and_refuses_listeners_and_hears_when_they_leave() {
+    let (port, seen) = auth_webhook();
+    let node = Node::start(&[]);
+    node.create_mount(
+        "/members.mp3",
+        "hackme",
+        &["--auth-url", &format!("http://127.0.0.1:{port}/auth")],
+    );
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/members.mp3", &[]);
+    node.wait_live("/members.mp3", Duration::from_secs(15));
+    let with = |auth: Option<(&str, &str)>| {
+        let mut headers = vec![("Range", "bytes=0-1".to_owned())];
+        if let Some((u, p)) = auth {
+            headers.push(("Authorization", basic(u, p)));
+        }
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        http_get(node.addr, "/members.mp3", &h)
+    };
+    assert_eq!(with(Some(("alice", "wonderland"))).0, 206);
+    let (code, head, _) = with(Some(("mallory", "guess")));
+    assert_eq!(code, 401, "{head}");
+    assert!(head.contains("WWW-Authenticate: Basic"), "{head}");
+    assert_eq!(with(None).0, 401);
+    {
+        let forms = seen.lock().unwrap();
+        assert!(
+            forms.iter().any(|f| f.contains("action=listener_add")
+                && f.contains("mount=%2Fmembers.mp3")
+                && f.contains("ip=127.0.0.1")),
+            "{forms:?}"
+        );
+    }
+    // A whole listening session: the webhook hears it leave.
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "GET /members.mp3 HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+            basic("alice", "wonderland")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(s.read(&mut buf).unwrap() > 0);
+    drop(s);
+    wait_for(Duration::from_secs(10), "listener_remove", || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|f| f.contains("action=listener_remove"))
+    });
+    // The webhook gone: fail closed.
+    let dead = free_port();
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "edit",
+        "/members.mp3",
+        "--auth-url",
+        &format!("http://127.0.0.1:{dead}/auth"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(with(Some(("alice", "wonderland"))).0, 503);
+}

@@ -450,6 +450,7 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "max_listener_secs": m.max_listener_secs,
         "allow_agents": m.allow_agents,
         "deny_agents": m.deny_agents,
+        "auth_url": m.auth_url,
         "live": hub.is_some(),
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
@@ -634,6 +635,18 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
     }
     if let Some(list) = r.deny_agents.take() {
         m.deny_agents = patterns(list);
+    }
+    match r.auth_url.take() {
+        None => {}
+        Some(u) if u.is_empty() => m.auth_url = None,
+        Some(u)
+            if u.parse::<http::Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some()
+            }) =>
+        {
+            m.auth_url = Some(u)
+        }
+        Some(u) => problems.push(format!("auth_url {u:?} is not an http:// or https:// URL")),
     }
     match r.icy_metaint {
         None => {}

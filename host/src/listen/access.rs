@@ -1,5 +1,6 @@
 //! Who may listen to a mount, decided on the node that serves the stream (after any cluster
-//! redirect, whose URL keeps the query): user-agent patterns, and signed, expiring URLs.
+//! redirect, whose URL keeps the query): user-agent patterns, signed expiring URLs, and the
+//! radio's own authentication URL ([`ask_webhook`]).
 //!
 //! A signed URL carries `expires` (Unix seconds) and `token`, the lower-case hex HMAC-SHA256,
 //! under the mount's token key, of `MOUNT\nEXPIRES\nIP`, where IP is empty unless the URL also
@@ -18,6 +19,12 @@ use crate::model::MountConfig;
 /// Why a listener is refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
+    #[error("the radio's authentication refused this listener")]
+    Webhook,
+    #[error("the radio's authentication did not answer; try again later")]
+    WebhookDown,
+    #[error("too many listeners are being authenticated; try again later")]
+    WebhookBusy,
     #[error("this player is not allowed on this mount")]
     Agent,
     #[error("this stream needs a signed URL (expires and token)")]
@@ -31,7 +38,8 @@ pub enum Refused {
 impl Refused {
     pub fn status(&self) -> u16 {
         match self {
-            Refused::Unsigned => 401,
+            Refused::Unsigned | Refused::Webhook => 401,
+            Refused::WebhookDown | Refused::WebhookBusy => 503,
             _ => 403,
         }
     }
@@ -92,6 +100,62 @@ pub fn check(
         return Err(Refused::Expired);
     }
     Ok(())
+}
+
+/// Longest wait for the radio's authentication URL; past it the listener is refused.
+pub const WEBHOOK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most authentication calls in flight on a node; a listener past it is refused (503) at once,
+/// so unauthenticated clients cannot pile up outgoing requests.
+pub const WEBHOOK_CALLS: usize = 64;
+
+/// Asks the mount's authentication URL about a listener, as Icecast 2.5's URL authentication
+/// does: a form POST with `action=listener_add` (or `listener_remove` when it leaves), the
+/// mount, the client's address, user agent and Basic credentials; an answer with the header
+/// `icecast-auth-user: 1` admits, anything else (another status, no answer in
+/// [`WEBHOOK_WAIT`]) refuses.
+pub async fn ask_webhook(
+    http: &crate::http::client::Client,
+    url: &str,
+    action: &str,
+    mount: &str,
+    req: &RequestHead,
+    client: IpAddr,
+) -> Result<(), Refused> {
+    let (user, pass) = req.basic_auth().unwrap_or_default();
+    let form = crate::http::encode_form(&[
+        ("action".to_owned(), action.as_bytes().to_vec()),
+        ("mount".to_owned(), mount.as_bytes().to_vec()),
+        ("ip".to_owned(), client.to_string().into_bytes()),
+        ("client".to_owned(), client.to_string().into_bytes()),
+        ("user".to_owned(), user.into_bytes()),
+        ("pass".to_owned(), pass.into_bytes()),
+        (
+            "agent".to_owned(),
+            req.header("user-agent").unwrap_or("").as_bytes().to_vec(),
+        ),
+    ]);
+    let headers = [("content-type", "application/x-www-form-urlencoded")];
+    let asked = http.send(
+        http::Method::POST,
+        url,
+        &headers,
+        bytes::Bytes::from(form),
+        WEBHOOK_WAIT,
+    );
+    match tokio::time::timeout(WEBHOOK_WAIT, asked).await {
+        Ok(Ok(answer)) => {
+            let admitted = answer
+                .headers()
+                .get("icecast-auth-user")
+                .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+            if admitted {
+                Ok(())
+            } else {
+                Err(Refused::Webhook)
+            }
+        }
+        _ => Err(Refused::WebhookDown),
+    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ pub struct Listen {
     pub router: Arc<Router>,
     pub relays: Arc<Relays>,
     pub peers: Peers,
+    /// Authentication calls in flight ([`access::WEBHOOK_CALLS`] at most).
+    pub webhook_calls: Arc<tokio::sync::Semaphore>,
     /// Where a listener's line goes when it leaves.
     pub access: Option<Arc<crate::access::AccessLog>>,
     pub settings: Settings,
@@ -186,10 +188,31 @@ pub async fn serve(
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        if let Err(why) = access::check(m, &req, peer.ip(), now) {
+        let mut verdict = access::check(m, &req, peer.ip(), now);
+        if let (Ok(()), Some(url)) = (&verdict, &m.auth_url) {
+            verdict = match state.webhook_calls.clone().try_acquire_owned() {
+                Ok(_permit) => {
+                    access::ask_webhook(
+                        &state.peers.http,
+                        url,
+                        "listener_add",
+                        &wanted,
+                        &req,
+                        peer.ip(),
+                    )
+                    .await
+                }
+                Err(_) => Err(access::Refused::WebhookBusy),
+            };
+        }
+        if let Err(why) = verdict {
             state.metrics.error(ErrorKind::Unauthorized);
             info!(%peer, mount = %wanted, reason = %why, "listener refused");
-            let r = Response::text(why.status(), format!("{why}: {wanted}"));
+            let mut r = Response::text(why.status(), format!("{why}: {wanted}"));
+            if why == access::Refused::Webhook {
+                // Players ask their user for a name and password.
+                r = r.header("WWW-Authenticate", "Basic realm=\"tidecast listener\"");
+            }
             send(&mut stream, &cors.apply(r, false), version, false).await;
             return;
         }
@@ -331,6 +354,22 @@ pub async fn serve(
     };
     conn.detach(&hub);
     let seconds = started.elapsed().as_secs();
+    // Tell the radio's authentication the listener left (answer ignored, bounded in time).
+    if let Some(url) = config
+        .as_ref()
+        .and_then(|m| m.auth_url.clone())
+        .filter(|_| !relay)
+    {
+        let (http, mount, req, ip) = (
+            state.peers.http.clone(),
+            wanted.clone(),
+            req.clone(),
+            peer.ip(),
+        );
+        tokio::spawn(async move {
+            let _ = access::ask_webhook(&http, &url, "listener_remove", &mount, &req, ip).await;
+        });
+    }
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent, seconds, "listener disconnected"
     );

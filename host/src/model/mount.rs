@@ -39,6 +39,9 @@ pub struct MountConfig {
     /// User agents kept out (case-insensitive substrings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_agents: Vec<String>,
+    /// Listeners are admitted by this URL, as Icecast 2.5's URL authentication does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
@@ -74,6 +77,7 @@ impl MountConfig {
             max_listener_secs: None,
             allow_agents: Vec::new(),
             deny_agents: Vec::new(),
+            auth_url: None,
             transcode: None,
             filters: Vec::new(),
             policy: None,

@@ -56,6 +56,12 @@ pub struct MountSettings {
     #[arg(long, help_heading = "Listeners")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deny_agents: Option<String>,
+    /// Admit listeners by asking this http(s) URL, as Icecast 2.5's URL authentication does
+    /// (a POST with action=listener_add; `icecast-auth-user: 1` in the answer admits); "" to
+    /// remove.
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_url: Option<String>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -106,6 +106,9 @@ impl Node {
             router: router.clone(),
             relays: relays.clone(),
             peers: peers.clone(),
+            webhook_calls: Arc::new(tokio::sync::Semaphore::new(
+                crate::listen::access::WEBHOOK_CALLS,
+            )),
             access: access.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
