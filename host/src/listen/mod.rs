@@ -93,6 +93,9 @@ pub struct Listen {
     pub peers: Peers,
     /// Authentication calls in flight ([`access::WEBHOOK_CALLS`] at most).
     pub webhook_calls: Arc<tokio::sync::Semaphore>,
+    /// The client for radios' authentication URLs: the system's CAs (a radio's site has a
+    /// public certificate), not the cluster's own CA.
+    pub webhook_http: crate::http::client::Client,
     /// Where a listener's line goes when it leaves.
     pub access: Option<Arc<crate::access::AccessLog>>,
     pub settings: Settings,
@@ -193,7 +196,7 @@ pub async fn serve(
             verdict = match state.webhook_calls.clone().try_acquire_owned() {
                 Ok(_permit) => {
                     access::ask_webhook(
-                        &state.peers.http,
+                        &state.webhook_http,
                         url,
                         "listener_add",
                         &wanted,
@@ -361,7 +364,7 @@ pub async fn serve(
         .filter(|_| !relay)
     {
         let (http, mount, req, ip) = (
-            state.peers.http.clone(),
+            state.webhook_http.clone(),
             wanted.clone(),
             req.clone(),
             peer.ip(),

@@ -109,6 +109,9 @@ impl Node {
             webhook_calls: Arc::new(tokio::sync::Semaphore::new(
                 crate::listen::access::WEBHOOK_CALLS,
             )),
+            // Without a readable system CA bundle, an https:// authentication URL is refused
+            // with a message that says so (fail closed).
+            webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
             access: access.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
