@@ -895,13 +895,25 @@ fn a_signed_url_survives_a_cluster_redirect_and_is_checked_where_it_is_served() 
         .1
         .to_owned();
     let _fills_b = wait_for_listener(&b, &format!("/_stream{signed}"));
-    wait_for(Duration::from_secs(15), "B to report its listener", || {
-        let (ok, out, _) = a.cli(&["status", "--json"]);
-        ok && out.contains("\"listeners\": 1")
+    wait_for(
+        Duration::from_secs(15),
+        "B's own report of its listener",
+        || {
+            let (ok, out, _) = b.cli(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            ok && v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["name"] == "b" && n["listeners"] == 1))
+        },
+    );
+    // Through B, once B's routing knows it is full: redirected to A with the signature kept
+    // (until then B answers 503 itself and takes no listener), and A lets the listener in.
+    let mut head = String::new();
+    wait_for(Duration::from_secs(15), "B to send listeners to A", || {
+        let (code, h) = response_head(&b, &signed, &[]);
+        head = h;
+        code == 302
     });
-    // Through B: redirected to A with the signature kept, and A lets the listener in.
-    let (code, head) = response_head(&b, &signed, &[]);
-    assert_eq!(code, 302, "{head}");
     let to = location(&head);
     assert!(
         to.contains(&a.addr.to_string()) && to.contains("token="),
@@ -911,8 +923,16 @@ fn a_signed_url_survives_a_cluster_redirect_and_is_checked_where_it_is_served() 
     let (code, head) = response_head(&a, &path, &[("Range", "bytes=0-1")]);
     assert_eq!(code, 206, "{head}");
     // Without it, the redirect happens the same, and A refuses.
-    let (code, head) = response_head(&b, "/paid.mp3", &[]);
-    assert_eq!(code, 302, "{head}");
+    let mut head = String::new();
+    wait_for(
+        Duration::from_secs(15),
+        "B to send an unsigned listener to A",
+        || {
+            let (code, h) = response_head(&b, "/paid.mp3", &[]);
+            head = h;
+            code == 302
+        },
+    );
     let path = location(&head)
         .split_once(&a.addr.to_string())
         .unwrap()
