@@ -184,8 +184,9 @@ pub async fn serve(
         send(&mut stream, &cors.apply(r, false), version, false).await;
         return;
     }
-    // Who may listen: decided here, on the node that serves the stream (a redirect above kept
-    // the signed URL's query). Relays are other nodes, not listeners.
+    // The mount's configuration, read once for this connection. Who may listen is decided
+    // here, on the node that serves the stream (a redirect above kept the signed URL's query).
+    // Relays are other nodes, not listeners.
     let config = state.coordinator.mount(&wanted);
     if let Some(m) = config.as_ref().filter(|_| !relay) {
         let now = std::time::SystemTime::now()
@@ -232,7 +233,7 @@ pub async fn serve(
     };
     let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);
-        let msg = if state.coordinator.mount(&wanted).is_some() {
+        let msg = if config.is_some() {
             format!("mount {wanted} has no source right now")
         } else {
             format!("no such mount: {wanted}")
@@ -246,9 +247,8 @@ pub async fn serve(
         .await;
         return;
     };
-    if let Some(max) = state
-        .coordinator
-        .mount(&wanted)
+    if let Some(max) = config
+        .as_ref()
         .and_then(|m| m.max_listeners)
         .filter(|_| !relay)
     {
@@ -264,9 +264,8 @@ pub async fn serve(
     let icy = hub.format.supports_icy_metadata()
         && req.header("icy-metadata").is_some_and(|v| v.trim() == "1");
     // The mount asked for (not a fallback serving it) decides, once for the connection.
-    let metaint = state
-        .coordinator
-        .mount(&wanted)
+    let metaint = config
+        .as_ref()
         .and_then(|m| m.icy_metaint)
         .map_or(ICY_METAINT, |n| n as usize);
     let mut head = format!("{version} 200 OK\r\n");

@@ -91,11 +91,6 @@ impl Certs {
             .zip(loaded.iter())
             .any(|((c, k), e)| [modified(c), modified(k)] != e.stamps)
     }
-
-    /// The files, for messages.
-    pub fn files(&self) -> &[(PathBuf, PathBuf)] {
-        &self.files
-    }
 }
 
 impl ResolvesServerCert for Certs {
