@@ -873,8 +873,12 @@ fn skewed_clocks_and_a_slow_etcd_link_change_nothing() {
     }
 }
 
+/// Signed URLs and passwords work through a cluster redirect. A signed URL keeps its query and
+/// is checked where it is served too; a password is checked where the listener arrives (players
+/// do not resend credentials to another host: curl here does not), and the node it is sent to
+/// admits the pass in the redirect, and shows the user name.
 #[test]
-fn a_signed_url_survives_a_cluster_redirect_and_is_checked_where_it_is_served() {
+fn signed_urls_and_passwords_survive_a_cluster_redirect() {
     let etcd = Etcd::start();
     let a = Node::start_clustered(&etcd, "a");
     // B sends every listener elsewhere: it takes none itself.
@@ -922,21 +926,68 @@ fn a_signed_url_survives_a_cluster_redirect_and_is_checked_where_it_is_served() 
     let path = to.split_once(&a.addr.to_string()).unwrap().1.to_owned();
     let (code, head) = response_head(&a, &path, &[("Range", "bytes=0-1")]);
     assert_eq!(code, 206, "{head}");
-    // Without it, the redirect happens the same, and A refuses.
+    // Without it, B refuses at once, and so does A.
+    assert_eq!(response_head(&b, "/paid.mp3", &[]).0, 401);
+    assert_eq!(response_head(&a, "/_stream/paid.mp3", &[]).0, 401);
+
+    // A mount with an htpasswd file (the same path on every node).
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    let f = users.to_str().unwrap();
+    run_tool("htpasswd", &["-cbB", f, "alice", "wonderland"], None);
+    a.create_mount("/members.mp3", "hackme", &["--htpasswd", f]);
+    let _src2 = ffmpeg_mp3_source(&a, "hackme", "/members.mp3", &[]);
+    a.wait_live("/members.mp3", Duration::from_secs(10));
+    let alice = basic("alice", "wonderland");
     let mut head = String::new();
-    wait_for(
-        Duration::from_secs(15),
-        "B to send an unsigned listener to A",
-        || {
-            let (code, h) = response_head(&b, "/paid.mp3", &[]);
-            head = h;
-            code == 302
-        },
+    wait_for(Duration::from_secs(15), "B to send alice to A", || {
+        let (code, h) = response_head(&b, "/members.mp3", &[("Authorization", &alice)]);
+        head = h;
+        code == 302
+    });
+    let to = location(&head);
+    assert!(
+        to.contains("listener=alice") && to.contains("pass="),
+        "{to}"
     );
-    let path = location(&head)
-        .split_once(&a.addr.to_string())
-        .unwrap()
-        .1
-        .to_owned();
-    assert_eq!(response_head(&a, &path, &[]).0, 401);
+    assert!(!to.contains("wonderland"), "{to}");
+    // A wrong password is refused by B itself; a pass made for another user does not pass.
+    let wrong = basic("alice", "wonderlan");
+    assert_eq!(
+        response_head(&b, "/members.mp3", &[("Authorization", &wrong)]).0,
+        401
+    );
+    let path = to.split_once(&a.addr.to_string()).unwrap().1.to_owned();
+    assert_eq!(
+        response_head(&a, &path.replace("listener=alice", "listener=mallory"), &[]).0,
+        401
+    );
+    // curl follows the redirect without the credentials, and A lets it in on the pass.
+    require("curl");
+    let out = dir.path().join("members.mp3");
+    let curl = Proc::spawn(
+        "curl",
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-L",
+                "-u",
+                "alice:wonderland",
+                "--max-time",
+                "20",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(b.url("/members.mp3")),
+    );
+    wait_for(Duration::from_secs(15), "alice listening on A", || {
+        let (_, _, body) = admin_get(&a, "/admin/listclients?mount=/members.mp3");
+        String::from_utf8_lossy(&body).contains("<username>alice</username>")
+    });
+    wait_for(
+        Duration::from_secs(10),
+        "audio through the redirect",
+        || std::fs::metadata(&out).is_ok_and(|m| m.len() > 16_000),
+    );
+    drop(curl);
 }

@@ -708,3 +708,147 @@ fn a_webhook_admits_and_refuses_listeners_and_hears_when_they_leave() {
     assert!(ok, "{err}");
     assert_eq!(with(Some(("alice", "wonderland"))).0, 503);
 }
+
+/// An htpasswd file made by Debian's `htpasswd` (bcrypt, apr1 MD5, SHA-512 crypt, {SHA}) and
+/// `argon2` tools admits its users and no one else; a user gets one connection at a time; the
+/// user name shows in listclients, the CLI and the access log; an edit of the file applies
+/// within seconds, and a bad edit keeps the entries that were good.
+#[test]
+fn an_htpasswd_file_admits_its_users_limits_their_connections_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("listeners.htpasswd");
+    let f = file.to_str().unwrap();
+    run_tool("htpasswd", &["-cbB", f, "alice", "wonderland"], None);
+    run_tool("htpasswd", &["-bm", f, "bob", "builder"], None);
+    run_tool("htpasswd", &["-b5", f, "carol", "singer"], None);
+    run_tool("htpasswd", &["-bs", f, "dave", "diver"], None);
+    let erin = run_tool("argon2", &["saltsaltsalt", "-id", "-e"], Some("explorer"));
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "# made with the argon2 tool\nerin:{}\n",
+        erin.trim()
+    ));
+    std::fs::write(&file, &text).unwrap();
+    let log = dir.path().join("access.log");
+    let node = Node::start(&["--access-log", log.to_str().unwrap()]);
+
+    // A relative path and a missing file are named when the mount is declared.
+    let (ok, _, err) = node.cli(&["mount", "create", "/paid.mp3", "--htpasswd", "users"]);
+    assert!(!ok && err.contains("must be an absolute path"), "{err}");
+    let missing = dir.path().join("nope");
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/paid.mp3",
+        "--htpasswd",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("htpasswd: cannot read"), "{err}");
+    node.create_mount(
+        "/paid.mp3",
+        "hackme",
+        &["--htpasswd", f, "--max-user-connections", "1"],
+    );
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/paid.mp3", &[]);
+    node.wait_live("/paid.mp3", Duration::from_secs(15));
+
+    let probe = |auth: Option<(&str, &str)>| {
+        let mut headers = vec![("Range", "bytes=0-1".to_owned())];
+        if let Some((u, p)) = auth {
+            headers.push(("Authorization", basic(u, p)));
+        }
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, head, _) = http_get(node.addr, "/paid.mp3", &h);
+        (code, head)
+    };
+    for (user, pass) in [
+        ("alice", "wonderland"),
+        ("bob", "builder"),
+        ("carol", "singer"),
+        ("dave", "diver"),
+        ("erin", "explorer"),
+    ] {
+        assert_eq!(probe(Some((user, pass))).0, 206, "{user}");
+    }
+    let (code, head) = probe(None);
+    assert_eq!(code, 401, "{head}");
+    assert!(head.contains("WWW-Authenticate: Basic"), "{head}");
+    assert_eq!(probe(Some(("alice", "wonderlan"))).0, 401);
+    assert_eq!(probe(Some(("mallory", "wonderland"))).0, 401);
+
+    // One connection per user: alice's second is refused, bob still gets in.
+    let (mut first, head, _) = open_listener(
+        &node,
+        "/paid.mp3",
+        &format!("Authorization: {}\r\n", basic("alice", "wonderland")),
+    );
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    let (mut bobs, _, _) = open_listener(
+        &node,
+        "/paid.mp3",
+        &format!("Authorization: {}\r\n", basic("bob", "builder")),
+    );
+    let mut second = TcpStream::connect(node.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        second,
+        "GET /paid.mp3 HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+        basic("alice", "wonderland")
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = second.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    assert!(answer.contains("already has 1 connections"), "{answer}");
+
+    // The user names, in listclients and in the CLI.
+    let (code, _, body) = admin_get(&node, "/admin/listclients?mount=/paid.mp3");
+    assert_eq!(code, 200);
+    let xml = String::from_utf8_lossy(&body);
+    assert!(xml.contains("<username>alice</username>"), "{xml}");
+    assert!(xml.contains("<username>bob</username>"), "{xml}");
+    let (ok, out, err) = node.cli(&["mount", "listeners", "/paid.mp3"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("alice") && out.contains("bob"), "{out}");
+    assert!(out.contains("2 listener(s)"), "{out}");
+    let mut buf = [0u8; 1024];
+    assert!(first.read(&mut buf).unwrap() > 0);
+    assert!(bobs.read(&mut buf).unwrap() > 0);
+    drop(first);
+    wait_for(Duration::from_secs(10), "alice's access-log line", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                l.starts_with("127.0.0.1 - alice [") && l.contains("\"GET /paid.mp3 HTTP/1.0\" 200")
+            })
+    });
+
+    // alice taken out of the file: refused within seconds; the others stay.
+    let text: String = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("alice:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, &text).unwrap();
+    wait_for(Duration::from_secs(10), "alice refused", || {
+        probe(Some(("alice", "wonderland"))).0 == 401
+    });
+    // A bad edit (a password in clear) is refused whole: the good entries stay in use.
+    std::fs::write(&file, format!("{text}frank:in-clear\n")).unwrap();
+    // Files are looked at when listeners arrive: a listener finds the edit.
+    wait_for(Duration::from_secs(10), "the bad file noticed", || {
+        probe(Some(("carol", "singer"))).0 == 206
+            && node.log().contains("listener user file refused")
+    });
+    let log_text = node.log();
+    assert!(
+        log_text.contains("line 6 (frank): not a supported hash"),
+        "{log_text}"
+    );
+    assert_eq!(probe(Some(("carol", "singer"))).0, 206);
+    assert_eq!(probe(Some(("frank", "in-clear"))).0, 401);
+}

@@ -142,11 +142,12 @@ impl Metrics {
     }
 
     /// Exports the password verifier's counters as `tidecast_auth_<outcome>_total`.
-    pub fn register_auth(&mut self, stats: &crate::auth::VerifierStats) {
+    /// Registers a password verifier's counters as `tidecast_<prefix>_<outcome>_total`.
+    pub fn register_auth(&mut self, prefix: &str, stats: &crate::auth::VerifierStats) {
         for (outcome, help, counter) in [
             (
                 "hashed",
-                "Passwords checked with argon2 (right or wrong)",
+                "Passwords hashed to be checked (right or wrong)",
                 &stats.hashed,
             ),
             (
@@ -167,7 +168,7 @@ impl Metrics {
         ] {
             // A Counter is a shared handle: the registry reads the verifier's own.
             self.registry
-                .register(format!("auth_{outcome}"), help, counter.clone());
+                .register(format!("{prefix}_{outcome}"), help, counter.clone());
         }
     }
 

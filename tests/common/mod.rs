@@ -70,6 +70,33 @@ pub fn require(tool: &str) {
     );
 }
 
+/// Runs `tool ARGS` and returns its stdout; fails the test loudly if it fails.
+pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&str>) -> String {
+    require(tool);
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tidecast")
 }

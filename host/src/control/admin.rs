@@ -354,6 +354,13 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
             let mount = format!("/{}", &p["/api/v1/mounts/".len()..p.len() - "/token".len()]);
             signed_url(state, req, &mount, body)
         }
+        ("GET", p) if p.starts_with("/api/v1/mounts/") && p.ends_with("/listeners") => {
+            let mount = format!(
+                "/{}",
+                &p["/api/v1/mounts/".len()..p.len() - "/listeners".len()]
+            );
+            listeners(state, &mount)
+        }
         (method, p) if p.starts_with("/api/v1/mounts/") => {
             let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
             match method {
@@ -368,6 +375,29 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         }
         _ => Response::error(404, format!("no such admin endpoint: {path}")),
     }
+}
+
+/// This node's listeners of `mount`: id, address (the client's, behind trusted proxies), the
+/// user name it authenticated with, its player and how long it has listened.
+fn listeners(state: &Node, mount: &str) -> Response {
+    if state.coordinator.mount(mount).is_none() && state.hubs.hub(mount).is_none() {
+        return Response::error(404, format!("no such mount: {mount}"));
+    }
+    let rows: Vec<_> = state
+        .hubs
+        .listeners_of(mount)
+        .into_iter()
+        .map(|l| {
+            json!({
+                "id": l.id,
+                "ip": l.ip,
+                "user": l.user,
+                "user_agent": l.user_agent,
+                "connected_secs": l.connected_secs,
+            })
+        })
+        .collect();
+    Response::json(200, &json!(rows))
 }
 
 /// Decodes a query value in `charset` (UTF-8 or ISO-8859-1); without one, UTF-8 if valid, else
@@ -451,6 +481,8 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "allow_agents": m.allow_agents,
         "deny_agents": m.deny_agents,
         "auth_url": m.auth_url,
+        "htpasswd": m.htpasswd,
+        "max_user_connections": m.max_user_connections,
         "live": hub.is_some(),
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
@@ -648,6 +680,22 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
         }
         Some(u) => problems.push(format!("auth_url {u:?} is not an http:// or https:// URL")),
     }
+    match r.htpasswd.take() {
+        None => {}
+        Some(p) if p.is_empty() => m.htpasswd = None,
+        Some(p) if std::path::Path::new(&p).is_absolute() => m.htpasswd = Some(p),
+        Some(p) => problems.push(format!(
+            "htpasswd {p:?} must be an absolute path (each node reads it from its own disk)"
+        )),
+    }
+    match r.max_user_connections {
+        None => {}
+        Some(0) => m.max_user_connections = None,
+        Some(n) if n <= 10_000 => m.max_user_connections = Some(n),
+        Some(n) => problems.push(format!(
+            "max_user_connections must be at most 10000 (0 for no limit), got {n}"
+        )),
+    }
     match r.icy_metaint {
         None => {}
         Some(0) => m.icy_metaint = None,
@@ -685,6 +733,16 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
     r.password
 }
 
+/// A mount's htpasswd file, read on this node when the mount is created or changed, so a
+/// missing or bad file is named at once rather than found by the first listener.
+async fn check_user_file(m: &MountConfig) -> Option<String> {
+    let path = m.htpasswd.as_ref()?;
+    let e = crate::listen::users::read(std::path::Path::new(path))
+        .await
+        .err()?;
+    Some(format!("htpasswd: {e}"))
+}
+
 async fn create_mount(state: &Node, body: &[u8]) -> Response {
     let mut r: MountSettings = match crate::control::json_body(body) {
         Ok(r) => r,
@@ -705,6 +763,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
+    problems.extend(check_user_file(&m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, None));
     }
@@ -752,6 +811,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
+    problems.extend(check_user_file(&m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, Some(&before)));
     }

@@ -169,11 +169,16 @@ pub fn listclients_xml(state: &Node, mount: &str) -> String {
     ));
     for l in entries {
         out.push_str(&format!(
-            "<listener id=\"{0}\">\n<ID>{0}</ID>\n<IP>{1}</IP>\n<UserAgent>{2}</UserAgent>\n<Connected>{3}</Connected>\n<lag>0</lag>\n</listener>\n",
+            "<listener id=\"{0}\">\n<ID>{0}</ID>\n<IP>{1}</IP>\n<UserAgent>{2}</UserAgent>\n<Connected>{3}</Connected>\n<lag>0</lag>\n{4}</listener>\n",
             l.id,
             xml_escape(&l.ip),
             xml_escape(&l.user_agent),
-            l.connected_secs
+            l.connected_secs,
+            // Icecast's element for an authenticated listener's name.
+            l.user
+                .as_ref()
+                .map(|u| format!("<username>{}</username>\n", xml_escape(u)))
+                .unwrap_or_default()
         ));
     }
     out.push_str("</source>\n</icestats>\n");

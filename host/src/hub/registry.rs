@@ -26,6 +26,8 @@ struct ListenerEntry {
     mount: String,
     ip: String,
     user_agent: String,
+    /// The user name it authenticated with, if any.
+    user: Option<String>,
     connected: Instant,
     ctrl: watch::Sender<ListenerCtrl>,
 }
@@ -36,6 +38,7 @@ pub struct ListenerInfo {
     pub id: u64,
     pub ip: String,
     pub user_agent: String,
+    pub user: Option<String>,
     pub connected_secs: u64,
 }
 
@@ -108,29 +111,45 @@ impl Registry {
     }
 
     /// Signs a listener of `mount` in: its id, and the ticket that signs it out when dropped.
+    /// With `user` and `per_user`, refused (`None`) when that user already has `per_user`
+    /// listeners of `mount` here; counted and signed in under one lock, so two connections at
+    /// once cannot both take the last place.
     pub fn sign_in(
         self: &Arc<Self>,
         mount: &str,
         ip: String,
         user_agent: String,
-    ) -> ListenerTicket {
+        user: Option<String>,
+        per_user: Option<u32>,
+    ) -> Option<ListenerTicket> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (ctrl, commands) = watch::channel(ListenerCtrl::Run);
-        self.listeners.locked().insert(
+        let mut listeners = self.listeners.locked();
+        if let (Some(name), Some(max)) = (&user, per_user) {
+            let theirs = listeners
+                .values()
+                .filter(|e| e.mount == mount && e.user.as_ref() == Some(name))
+                .count();
+            if theirs >= max as usize {
+                return None;
+            }
+        }
+        listeners.insert(
             id,
             ListenerEntry {
                 mount: mount.to_owned(),
                 ip,
                 user_agent,
+                user,
                 connected: Instant::now(),
                 ctrl,
             },
         );
-        ListenerTicket {
+        Some(ListenerTicket {
             id,
             commands,
             registry: self.clone(),
-        }
+        })
     }
 
     pub fn listener_count(&self) -> usize {
@@ -157,6 +176,7 @@ impl Registry {
                     id: *id,
                     ip: e.ip.clone(),
                     user_agent: e.user_agent.clone(),
+                    user: e.user.clone(),
                     connected_secs: e.connected.elapsed().as_secs(),
                 })
                 .collect()

@@ -1,6 +1,7 @@
 //! Who may listen to a mount, decided on the node that serves the stream (after any cluster
-//! redirect, whose URL keeps the query): user-agent patterns, signed expiring URLs, and the
-//! radio's own authentication URL ([`ask_webhook`]).
+//! redirect, whose URL keeps the query and the player resends its credentials): user-agent
+//! patterns, signed expiring URLs, an htpasswd file ([`check_user`]) and the radio's own
+//! authentication URL ([`ask_webhook`]).
 //!
 //! A signed URL carries `expires` (Unix seconds) and `token`, the lower-case hex HMAC-SHA256,
 //! under the mount's token key, of `MOUNT\nEXPIRES\nIP`, where IP is empty unless the URL also
@@ -13,7 +14,9 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::http::RequestHead;
+use super::users::UserFiles;
+use crate::auth::{Verdict, Verifier};
+use crate::http::{RequestHead, Response};
 use crate::model::MountConfig;
 
 /// Why a listener is refused.
@@ -33,28 +36,138 @@ pub enum Refused {
     Expired,
     #[error("the signed URL is not valid for this mount")]
     Invalid,
+    #[error("this stream needs a user name and password")]
+    NoCredentials,
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("the listener user file cannot be used; try again later")]
+    UsersUnavailable,
+    #[error("too many failed logins from your address; try again later")]
+    Throttled(std::time::Duration),
+    #[error("busy checking other logins; try again later")]
+    Busy(std::time::Duration),
+    #[error("this user already has {0} connections to this mount")]
+    UserConnections(u32),
 }
 
 impl Refused {
     pub fn status(&self) -> u16 {
         match self {
-            Refused::Unsigned | Refused::Webhook => 401,
-            Refused::WebhookDown | Refused::WebhookBusy => 503,
-            _ => 403,
+            Refused::Unsigned
+            | Refused::Webhook
+            | Refused::NoCredentials
+            | Refused::BadCredentials => 401,
+            Refused::Throttled(_) => 429,
+            Refused::WebhookDown
+            | Refused::WebhookBusy
+            | Refused::UsersUnavailable
+            | Refused::Busy(_) => 503,
+            Refused::Agent | Refused::Expired | Refused::Invalid | Refused::UserConnections(_) => {
+                403
+            }
         }
+    }
+
+    /// The answer to the player: the status, a `WWW-Authenticate` challenge where a player
+    /// should ask its user for a name and password, a `Retry-After` where waiting helps.
+    pub fn response(&self, mount: &str) -> Response {
+        let mut r = Response::text(self.status(), format!("{self}: {mount}"));
+        if matches!(
+            self,
+            Refused::Webhook | Refused::NoCredentials | Refused::BadCredentials
+        ) {
+            r = r.header("WWW-Authenticate", "Basic realm=\"tidecast listener\"");
+        }
+        if let Refused::Throttled(wait) | Refused::Busy(wait) = self {
+            r = r.header("Retry-After", wait.as_secs().max(1).to_string());
+        }
+        r
     }
 }
 
-/// The token of a signed URL for `mount`, valid until `expires`, bound to `ip` if given.
-pub fn sign(key: &str, mount: &str, expires: u64, ip: Option<IpAddr>) -> String {
-    let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+/// Checks the request's Basic credentials against the htpasswd file at `file` (through the
+/// listeners' [`Verifier`]: costly hashes run off the IO threads, bounded, with a backoff per
+/// address that fails). The user name, when admitted.
+pub async fn check_user(
+    files: &UserFiles,
+    verifier: &Verifier,
+    file: &str,
+    req: &RequestHead,
+    client: IpAddr,
+) -> Result<String, Refused> {
+    let Some((user, pass)) = req.basic_auth() else {
+        return Err(Refused::NoCredentials);
+    };
+    let users = files
+        .users(std::path::Path::new(file))
+        .await
+        .map_err(|_| Refused::UsersUnavailable)?;
+    let found = users.get(&user);
+    // An unknown name is checked against some entry of the same file, at the same cost.
+    let hash = found
+        .or_else(|| users.values().next())
+        .map_or("", |h| h.as_str());
+    match verifier.verify(client, found.is_some(), &pass, hash).await {
+        Verdict::Granted => Ok(user),
+        Verdict::Denied => Err(Refused::BadCredentials),
+        Verdict::Throttled(wait) => Err(Refused::Throttled(wait)),
+        Verdict::Busy(wait) => Err(Refused::Busy(wait)),
+    }
+}
+
+/// The lower-case hex HMAC-SHA256 of `message` under `key`.
+fn mac(key: &str, message: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
-    mac.update(format!("{mount}\n{expires}\n{ip}").as_bytes());
+    mac.update(message.as_bytes());
     mac.finalize()
         .into_bytes()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The token of a signed URL for `mount`, valid until `expires`, bound to `ip` if given.
+pub fn sign(key: &str, mount: &str, expires: u64, ip: Option<IpAddr>) -> String {
+    let ip = ip.map(|i| i.to_string()).unwrap_or_default();
+    mac(key, &format!("{mount}\n{expires}\n{ip}"))
+}
+
+/// How long a routed listener's pass is good for: the time to follow one redirect.
+pub const PASS_SECS: u64 = 30;
+
+/// The query pairs of a pass for a listener of `mount` whose credentials (as `user`, if any)
+/// this node checked before routing it to another node: `pass` (an HMAC under the cluster
+/// secret `key`), `until` and `listener`. Players do not resend credentials to another host
+/// after a redirect; the node they are sent to admits the pass instead.
+pub fn make_pass(key: &str, mount: &str, user: Option<&str>, now: u64) -> Vec<(String, Vec<u8>)> {
+    let until = now + PASS_SECS;
+    let user = user.unwrap_or("");
+    let pass = mac(
+        key,
+        &format!("tidecast listener pass\n{mount}\n{user}\n{until}"),
+    );
+    vec![
+        ("listener".to_owned(), user.as_bytes().to_vec()),
+        ("until".to_owned(), until.to_string().into_bytes()),
+        ("pass".to_owned(), pass.into_bytes()),
+    ]
+}
+
+/// The user name of a valid, unexpired pass for `mount` in `req`'s query (`Some(None)`: a
+/// pass without a user name); `None` without a valid pass or without a cluster secret.
+pub fn check_pass(key: &str, mount: &str, req: &RequestHead, now: u64) -> Option<Option<String>> {
+    if key.is_empty() {
+        return None;
+    }
+    let (pass, until) = (req.query("pass")?, req.query("until")?);
+    let user = req.query("listener").unwrap_or_default();
+    let expected = mac(
+        key,
+        &format!("tidecast listener pass\n{mount}\n{user}\n{until}"),
+    );
+    let fresh = until.parse::<u64>().is_ok_and(|u| u >= now);
+    (fresh && crate::auth::same(expected.as_bytes(), pass.as_bytes()))
+        .then(|| Some(user).filter(|u| !u.is_empty()))
 }
 
 /// Whether the listener of `req` (from `client`, at Unix time `now`) may listen to `mount`.
@@ -87,13 +200,7 @@ pub fn check(
     let bound = req.query("bind").is_some_and(|b| b == "1");
     let expected = sign(key, &mount.path, expires, bound.then_some(client));
     // Constant time: the comparison says nothing about how much of a guess was right.
-    let same = expected.len() == token.len()
-        && expected
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same {
+    if !crate::auth::same(expected.as_bytes(), token.as_bytes()) {
         return Err(Refused::Invalid);
     }
     if expires < now {
@@ -110,7 +217,8 @@ pub const WEBHOOK_CALLS: usize = 64;
 
 /// Asks the mount's authentication URL about a listener, as Icecast 2.5's URL authentication
 /// does: a form POST with `action=listener_add` (or `listener_remove` when it leaves), the
-/// mount, the client's address, user agent and Basic credentials; an answer with the header
+/// mount, the client's address, user agent and Basic credentials (`user`, when given, is the
+/// user name); an answer with the header
 /// `icecast-auth-user: 1` admits, anything else (another status, no answer in
 /// [`WEBHOOK_WAIT`]) refuses.
 pub async fn ask_webhook(
@@ -119,9 +227,12 @@ pub async fn ask_webhook(
     action: &str,
     mount: &str,
     req: &RequestHead,
+    user: Option<&str>,
     client: IpAddr,
 ) -> Result<(), Refused> {
-    let (user, pass) = req.basic_auth().unwrap_or_default();
+    let (mut given, pass) = req.basic_auth().unwrap_or_default();
+    // A listener that came with a pass has no credentials here; its user name is known.
+    let user = user.map_or_else(|| std::mem::take(&mut given), str::to_owned);
     let form = crate::http::encode_form(&[
         ("action".to_owned(), action.as_bytes().to_vec()),
         ("mount".to_owned(), mount.as_bytes().to_vec()),

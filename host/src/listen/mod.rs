@@ -32,6 +32,7 @@ use crate::hub::{Hub, ListenerCtrl, ListenerTicket, ReadResult, Registry};
 use crate::metrics::{ErrorKind, Metrics};
 
 pub mod access;
+pub mod users;
 
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
@@ -96,6 +97,11 @@ pub struct Listen {
     /// The client for radios' authentication URLs: the system's CAs (a radio's site has a
     /// public certificate), not the cluster's own CA.
     pub webhook_http: crate::http::client::Client,
+    /// Listener htpasswd files, each re-read when it changes.
+    pub users: users::UserFiles,
+    /// Checks listeners' passwords; apart from the admin's and sources' verifier, so a crowd
+    /// of listeners logging in never delays an operator or a source.
+    pub verifier: crate::auth::Verifier,
     /// Where a listener's line goes when it leaves.
     pub access: Option<Arc<crate::access::AccessLog>>,
     pub settings: Settings,
@@ -128,12 +134,31 @@ pub async fn serve(
         Some(m) if m.starts_with('/') => (m.to_owned(), true),
         _ => (req.path.clone(), false),
     };
-    if !routed && state.coordinator.mount(&wanted).is_some() {
+    // The mount's configuration, read once for this connection.
+    let config = state.coordinator.mount(&wanted);
+    if let Some(m) = config.as_ref().filter(|_| !routed) {
         let client = peer.ip().to_string();
         let agent = req.header("user-agent").unwrap_or("").to_owned();
         let target = state.router.route(&wanted, &client, &agent).await;
         if let Some(url) = target {
-            let (query, proxied) = proxy_wanted(&req, &state.settings.proxy_user_agents);
+            // Players do not send their credentials to another host after a redirect (ffmpeg
+            // and curl do not): they are checked here, and the listener carries a pass.
+            let user = match admit(&state, m, &req, peer.ip(), None).await {
+                Ok(user) => user,
+                Err(why) => {
+                    refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
+                    return;
+                }
+            };
+            let (mut query, proxied) = proxy_wanted(&req, &state.settings.proxy_user_agents);
+            if m.htpasswd.is_some() || m.auth_url.is_some() {
+                let pass = access::make_pass(state.peers.key(), &wanted, user.as_deref(), now());
+                query = [query, crate::http::encode_form(&pass)]
+                    .into_iter()
+                    .filter(|q| !q.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("&");
+            }
             let location = if query.is_empty() {
                 url
             } else {
@@ -184,41 +209,18 @@ pub async fn serve(
         send(&mut stream, &cors.apply(r, false), version, false).await;
         return;
     }
-    // The mount's configuration, read once for this connection. Who may listen is decided
-    // here, on the node that serves the stream (a redirect above kept the signed URL's query).
-    // Relays are other nodes, not listeners.
-    let config = state.coordinator.mount(&wanted);
+    // Who may listen is decided on the node that serves the stream (a redirect above kept the
+    // signed URL's query, and a pass for credentials checked there). Relays are other nodes,
+    // not listeners. The user name is the one the listener authenticated with, if any.
+    let mut user = None;
     if let Some(m) = config.as_ref().filter(|_| !relay) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut verdict = access::check(m, &req, peer.ip(), now);
-        if let (Ok(()), Some(url)) = (&verdict, &m.auth_url) {
-            verdict = match state.webhook_calls.clone().try_acquire_owned() {
-                Ok(_permit) => {
-                    access::ask_webhook(
-                        &state.webhook_http,
-                        url,
-                        "listener_add",
-                        &wanted,
-                        &req,
-                        peer.ip(),
-                    )
-                    .await
-                }
-                Err(_) => Err(access::Refused::WebhookBusy),
-            };
-        }
-        if let Err(why) = verdict {
-            state.metrics.error(ErrorKind::Unauthorized);
-            info!(%peer, mount = %wanted, reason = %why, "listener refused");
-            let mut r = Response::text(why.status(), format!("{why}: {wanted}"));
-            if why == access::Refused::Webhook {
-                // Players ask their user for a name and password.
-                r = r.header("WWW-Authenticate", "Basic realm=\"tidecast listener\"");
+        let passed = access::check_pass(state.peers.key(), &wanted, &req, now());
+        match admit(&state, m, &req, peer.ip(), passed).await {
+            Ok(name) => user = name,
+            Err(why) => {
+                refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
+                return;
             }
-            send(&mut stream, &cors.apply(r, false), version, false).await;
-            return;
         }
     }
     let time_limit = config
@@ -325,16 +327,25 @@ pub async fn serve(
     }
     let _ = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(state.settings.send_buffer);
     let agent = req.header("user-agent").unwrap_or("").to_owned();
-    let ticket = state
-        .hubs
-        .sign_in(&wanted, peer.ip().to_string(), agent.clone());
+    let per_user = config.as_ref().and_then(|m| m.max_user_connections);
+    let Some(ticket) = state.hubs.sign_in(
+        &wanted,
+        peer.ip().to_string(),
+        agent.clone(),
+        user.clone(),
+        per_user.filter(|_| !relay),
+    ) else {
+        let why = access::Refused::UserConnections(per_user.unwrap_or_default());
+        refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
+        return;
+    };
     let id = ticket.id;
     state
         .metrics
         .listener_connections
         .get_or_create(&Metrics::mount(&wanted))
         .inc();
-    info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, icy, "listener connected");
+    info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
     let started = Instant::now();
 
     let mut conn = Conn {
@@ -362,14 +373,17 @@ pub async fn serve(
         .and_then(|m| m.auth_url.clone())
         .filter(|_| !relay)
     {
-        let (http, mount, req, ip) = (
+        let (http, mount, req, ip, user) = (
             state.webhook_http.clone(),
             wanted.clone(),
             req.clone(),
             peer.ip(),
+            user.clone(),
         );
         tokio::spawn(async move {
-            let _ = access::ask_webhook(&http, &url, "listener_remove", &mount, &req, ip).await;
+            let name = user.as_deref();
+            let _ =
+                access::ask_webhook(&http, &url, "listener_remove", &mount, &req, name, ip).await;
         });
     }
     info!(
@@ -378,7 +392,7 @@ pub async fn serve(
     if let Some(log) = &state.access {
         log.record(&crate::access::Entry {
             client: peer.ip(),
-            user: None,
+            user: user.as_deref(),
             method: &req.method,
             target: &req.target(),
             version: req.response_version(),
@@ -389,6 +403,64 @@ pub async fn serve(
             seconds,
         });
     }
+}
+
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Whether the listener of `req` may listen to `m`: its player and signed URL
+/// ([`access::check`]), then its credentials (the htpasswd file, then the authentication URL)
+/// unless `passed` says a routing node of the cluster checked them already. The user name it
+/// authenticated with, if any.
+async fn admit(
+    state: &Listen,
+    m: &crate::model::MountConfig,
+    req: &RequestHead,
+    client: std::net::IpAddr,
+    passed: Option<Option<String>>,
+) -> Result<Option<String>, access::Refused> {
+    access::check(m, req, client, now())?;
+    if let Some(user) = passed {
+        return Ok(user);
+    }
+    let mut user = None;
+    if let Some(file) = &m.htpasswd {
+        user = Some(access::check_user(&state.users, &state.verifier, file, req, client).await?);
+    }
+    if let Some(url) = &m.auth_url {
+        let Ok(_permit) = state.webhook_calls.clone().try_acquire_owned() else {
+            return Err(access::Refused::WebhookBusy);
+        };
+        let http = &state.webhook_http;
+        access::ask_webhook(http, url, "listener_add", &m.path, req, None, client).await?;
+        user = user.or_else(|| req.basic_auth().map(|(n, _)| n).filter(|n| !n.is_empty()));
+    }
+    Ok(user)
+}
+
+/// Answers a listener who may not listen, and counts and logs it.
+async fn refuse(
+    stream: &mut Stream,
+    state: &Listen,
+    peer: SocketAddr,
+    mount: &str,
+    why: access::Refused,
+    cors: &Cors,
+    version: &str,
+) {
+    state.metrics.error(ErrorKind::Unauthorized);
+    info!(%peer, %mount, reason = %why, "listener refused");
+    send(
+        stream,
+        &cors.apply(why.response(mount), false),
+        version,
+        false,
+    )
+    .await;
 }
 
 struct Icy {

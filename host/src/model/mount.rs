@@ -42,6 +42,13 @@ pub struct MountConfig {
     /// Listeners are admitted by this URL, as Icecast 2.5's URL authentication does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_url: Option<String>,
+    /// Listeners are admitted by user name and password from this htpasswd file, read on
+    /// each node that serves them (`listen/users.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<String>,
+    /// Connections one listener user name may have to this mount at once, on one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_user_connections: Option<u32>,
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
@@ -78,6 +85,8 @@ impl MountConfig {
             allow_agents: Vec::new(),
             deny_agents: Vec::new(),
             auth_url: None,
+            htpasswd: None,
+            max_user_connections: None,
             transcode: None,
             filters: Vec::new(),
             policy: None,

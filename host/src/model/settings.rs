@@ -62,6 +62,17 @@ pub struct MountSettings {
     #[arg(long, help_heading = "Listeners")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_url: Option<String>,
+    /// Admit listeners by user name and password from this htpasswd file (an absolute path,
+    /// read on every node that serves listeners; bcrypt, argon2, SHA-crypt, apr1 or {SHA}
+    /// entries); "" to remove.
+    #[arg(long, help_heading = "Listeners", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<String>,
+    /// Connections one listener user (htpasswd or authentication URL) may have to this mount
+    /// at once, per node (0 for no limit).
+    #[arg(long, help_heading = "Listeners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_user_connections: Option<u32>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

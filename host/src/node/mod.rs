@@ -68,7 +68,9 @@ impl Node {
             burst: config.burst_size,
         }));
         let mut metrics = Metrics::new();
-        metrics.register_auth(&gate.verifier.stats);
+        metrics.register_auth("auth", &gate.verifier.stats);
+        let listener_verifier = crate::auth::Verifier::default();
+        metrics.register_auth("listener_auth", &listener_verifier.stats);
         let relays = Arc::new(crate::cluster::relay::Relays::new(
             hubs.clone(),
             coordinator.clone(),
@@ -112,6 +114,8 @@ impl Node {
             // Without a readable system CA bundle, an https:// authentication URL is refused
             // with a message that says so (fail closed).
             webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
+            users: crate::listen::users::UserFiles::default(),
+            verifier: listener_verifier,
             access: access.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),

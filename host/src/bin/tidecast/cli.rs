@@ -67,6 +67,8 @@ pub enum MountCommand {
     },
     /// Remove a mount (a connected source is disconnected).
     Delete { path: String },
+    /// List this node's listeners of a mount: address, user name, player, time connected.
+    Listeners { path: String },
     /// Print a signed URL for a mount that needs one (--token-key): valid for --seconds, and
     /// only from --ip if given.
     Token {
@@ -408,6 +410,29 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
             let v = api.call("POST", &format!("{}/token", item_url(&path)), Some(body))?;
             if !conn.json {
                 println!("{}", v["url"].as_str().unwrap_or(""));
+                return Ok(());
+            }
+            v
+        }
+        MountCommand::Listeners { path } => {
+            let v = api.call("GET", &format!("{}/listeners", item_url(&path)), None)?;
+            if !conn.json {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                println!(
+                    "{:>6}  {:<39} {:<16} {:>9}  AGENT",
+                    "ID", "ADDRESS", "USER", "SECONDS"
+                );
+                for l in &rows {
+                    println!(
+                        "{:>6}  {:<39} {:<16} {:>9}  {}",
+                        l["id"].as_u64().unwrap_or(0),
+                        l["ip"].as_str().unwrap_or(""),
+                        l["user"].as_str().unwrap_or("-"),
+                        l["connected_secs"].as_u64().unwrap_or(0),
+                        l["user_agent"].as_str().unwrap_or(""),
+                    );
+                }
+                println!("{} listener(s) on this node", rows.len());
                 return Ok(());
             }
             v
