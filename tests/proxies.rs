@@ -1,7 +1,7 @@
 //! Real client addresses behind a real load balancer: Debian's HAProxy in front of a node, first
 //! passing the address in the PROXY protocol (`send-proxy-v2`), then in `X-Forwarded-For`
-//! (`option forwardfor`). Listeners connect from their own loopback addresses; listclients and
-//! the access log must show those, not HAProxy's.
+//! (`option forwardfor`). Listeners connect from their own loopback addresses; listclients, the
+//! access log and a sticky routing policy must see those, not HAProxy's.
 
 #![allow(clippy::unwrap_used)]
 
@@ -158,4 +158,79 @@ fn haproxy_in_front_passes_the_real_client_address() {
     assert!(!std::fs::read_to_string(&access)
         .unwrap()
         .contains("198.51.100.7"));
+}
+
+/// Where a HEAD request from `from` to `url` is redirected (curl's view; "" when the node
+/// answers itself).
+fn redirect_from(from: &str, url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-I",
+            "--interface",
+            from,
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            url,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A sticky-by-address policy behind HAProxy sticks to the clients' addresses, not HAProxy's:
+/// two nodes, HAProxy in front of one, the sticky-ip plugin routing. Each client lands on the
+/// same node through either front end and on every request, and the clients spread over both
+/// nodes (with HAProxy's address they would all land on one).
+#[test]
+fn a_sticky_policy_behind_haproxy_sees_each_client() {
+    require("curl");
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start();
+    let trust = ["--trusted-proxies", "127.0.0.1/32", "--proxy-protocol"];
+    let a = Node::start_clustered_with(&etcd, "a", &trust);
+    let b = Node::start_clustered_with(&etcd, "b", &trust);
+    a.create_mount("/live.mp3", "sticky-pw", &[]);
+    let _source = ffmpeg_mp3_source(&a, "sticky-pw", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(15));
+    assert!(a.push_plugin("sticky", &plugin_file("sticky-ip")).0);
+    let (ok, _, err) = a.cli(&["mount", "edit", "/live.mp3", "--policy", "sticky"]);
+    assert!(ok, "{err}");
+    wait_for(Duration::from_secs(15), "both nodes in A's view", || {
+        let (ok, out, _) = a.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        ok && v["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let (_haproxy, tcp, http) = haproxy(dir.path(), a.addr);
+    let node_of = |location: &str| {
+        // A serves the listeners its policy keeps, without a redirect.
+        if location.is_empty() || location.contains(&a.addr.to_string()) {
+            "a"
+        } else if location.contains(&b.addr.to_string()) {
+            "b"
+        } else {
+            panic!("not redirected to a node: {location:?}")
+        }
+    };
+    let mut landed = std::collections::BTreeMap::new();
+    for i in 20..36 {
+        let from = format!("127.0.0.{i}");
+        let via_tcp = redirect_from(&from, &format!("http://127.0.0.1:{tcp}/live.mp3"));
+        let via_http = redirect_from(&from, &format!("http://127.0.0.1:{http}/live.mp3"));
+        let again = redirect_from(&from, &format!("http://127.0.0.1:{http}/live.mp3"));
+        let node = node_of(&via_tcp);
+        assert_eq!(node, node_of(&via_http), "{from}: {via_tcp} / {via_http}");
+        assert_eq!(node, node_of(&again), "{from}");
+        landed.insert(from, node);
+    }
+    eprintln!("sticky-ip behind HAProxy: {landed:?}");
+    let on_a = landed.values().filter(|n| **n == "a").count();
+    assert!(
+        (1..landed.len()).contains(&on_a),
+        "every client on one node, as if the policy saw one address: {landed:?}"
+    );
 }
