@@ -852,3 +852,65 @@ fn an_htpasswd_file_admits_its_users_limits_their_connections_and_names_them() {
     assert_eq!(probe(Some(("carol", "singer"))).0, 206);
     assert_eq!(probe(Some(("frank", "in-clear"))).0, 401);
 }
+
+/// A mount's intro file (made by ffmpeg: two seconds of 1500 Hz) plays to each new listener
+/// before the live stream (440 Hz); an intro in another format than the stream's is skipped;
+/// a missing or non-audio file is named when it is set.
+#[test]
+fn an_intro_plays_to_each_new_listener_before_the_live_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let make = |name: &str, codec: &[&str]| {
+        let path = dir.path().join(name);
+        let mut args = vec![
+            "-nostdin",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=1500:duration=2",
+            "-ac",
+            "2",
+        ];
+        args.extend_from_slice(codec);
+        args.push(path.to_str().unwrap());
+        run_tool("ffmpeg", &args, None);
+        path.to_str().unwrap().to_owned()
+    };
+    let mp3 = make("intro.mp3", &["-c:a", "libmp3lame", "-b:a", "128k"]);
+    let ogg = make("intro.ogg", &["-c:a", "libopus", "-b:a", "64k"]);
+    let text = temp_file(dir.path(), "notes.txt", "not audio\n");
+    let node = Node::start(&[]);
+    let (ok, _, err) = node.cli(&["mount", "create", "/intro.mp3", "--intro", "intro.mp3"]);
+    assert!(!ok && err.contains("must be an absolute path"), "{err}");
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/intro.mp3",
+        "--intro",
+        text.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("intro: ") && err.contains("not MP3, AAC (ADTS) or Ogg audio"),
+        "{err}"
+    );
+    node.create_mount("/intro.mp3", "hackme", &["--intro", &mp3]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/intro.mp3", &[]);
+    node.wait_live("/intro.mp3", Duration::from_secs(15));
+
+    let heard = decode_pcm(&capture(node.addr, "/intro.mp3", 2.0));
+    let second = 8000;
+    assert!(heard.len() > 4 * second, "{} samples", heard.len());
+    let intro = tone_share(&heard[..3 * second / 2], 1500.0);
+    let live = tone_share(&heard[5 * second / 2..], 440.0);
+    assert!(intro > 0.8, "the intro first: 1500 Hz share {intro}");
+    assert!(live > 0.8, "then the live stream: 440 Hz share {live}");
+
+    // An Ogg intro does not fit an MP3 stream: listeners get the stream alone.
+    let (ok, _, err) = node.cli(&["mount", "edit", "/intro.mp3", "--intro", &ogg]);
+    assert!(ok, "{err}");
+    let heard = decode_pcm(&capture(node.addr, "/intro.mp3", 1.0));
+    let live = tone_share(&heard[..second], 440.0);
+    assert!(live > 0.8, "no intro: 440 Hz share {live}");
+    assert!(node.log().contains("intro skipped"), "{}", node.log());
+}

@@ -483,6 +483,7 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "auth_url": m.auth_url,
         "htpasswd": m.htpasswd,
         "max_user_connections": m.max_user_connections,
+        "intro": m.intro,
         "live": hub.is_some(),
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
@@ -688,6 +689,14 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
             "htpasswd {p:?} must be an absolute path (each node reads it from its own disk)"
         )),
     }
+    match r.intro.take() {
+        None => {}
+        Some(p) if p.is_empty() => m.intro = None,
+        Some(p) if std::path::Path::new(&p).is_absolute() => m.intro = Some(p),
+        Some(p) => problems.push(format!(
+            "intro {p:?} must be an absolute path (each node reads it from its own disk)"
+        )),
+    }
     match r.max_user_connections {
         None => {}
         Some(0) => m.max_user_connections = None,
@@ -733,14 +742,23 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
     r.password
 }
 
-/// A mount's htpasswd file, read on this node when the mount is created or changed, so a
-/// missing or bad file is named at once rather than found by the first listener.
-async fn check_user_file(m: &MountConfig) -> Option<String> {
-    let path = m.htpasswd.as_ref()?;
-    let e = crate::listen::users::read(std::path::Path::new(path))
-        .await
-        .err()?;
-    Some(format!("htpasswd: {e}"))
+/// A mount's htpasswd and intro files, read on this node when the mount is created or changed,
+/// so a missing or bad file is named at once rather than found by the first listener.
+async fn check_files(m: &MountConfig) -> Vec<String> {
+    use crate::listen::files::{read, INTROS, USERS};
+    use std::path::Path;
+    let mut problems = Vec::new();
+    if let Some(p) = &m.htpasswd {
+        if let Err(e) = read(&USERS, Path::new(p)).await {
+            problems.push(format!("htpasswd: {e}"));
+        }
+    }
+    if let Some(p) = &m.intro {
+        if let Err(e) = read(&INTROS, Path::new(p)).await {
+            problems.push(format!("intro: {e}"));
+        }
+    }
+    problems
 }
 
 async fn create_mount(state: &Node, body: &[u8]) -> Response {
@@ -763,7 +781,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
-    problems.extend(check_user_file(&m).await);
+    problems.extend(check_files(&m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, None));
     }
@@ -811,7 +829,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
-    problems.extend(check_user_file(&m).await);
+    problems.extend(check_files(&m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, Some(&before)));
     }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::users::UserFiles;
+use super::files::{Users, Watched};
 use crate::auth::{Verdict, Verifier};
 use crate::http::{RequestHead, Response};
 use crate::model::MountConfig;
@@ -89,7 +89,7 @@ impl Refused {
 /// listeners' [`Verifier`]: costly hashes run off the IO threads, bounded, with a backoff per
 /// address that fails). The user name, when admitted.
 pub async fn check_user(
-    files: &UserFiles,
+    files: &Watched<Users>,
     verifier: &Verifier,
     file: &str,
     req: &RequestHead,
@@ -99,7 +99,7 @@ pub async fn check_user(
         return Err(Refused::NoCredentials);
     };
     let users = files
-        .users(std::path::Path::new(file))
+        .get(std::path::Path::new(file))
         .await
         .map_err(|_| Refused::UsersUnavailable)?;
     let found = users.get(&user);

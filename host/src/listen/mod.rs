@@ -32,7 +32,7 @@ use crate::hub::{Hub, ListenerCtrl, ListenerTicket, ReadResult, Registry};
 use crate::metrics::{ErrorKind, Metrics};
 
 pub mod access;
-pub mod users;
+pub mod files;
 
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
@@ -97,8 +97,9 @@ pub struct Listen {
     /// The client for radios' authentication URLs: the system's CAs (a radio's site has a
     /// public certificate), not the cluster's own CA.
     pub webhook_http: crate::http::client::Client,
-    /// Listener htpasswd files, each re-read when it changes.
-    pub users: users::UserFiles,
+    /// Listener htpasswd files and intro files, each re-read when it changes.
+    pub users: files::Watched<files::Users>,
+    pub intros: files::Watched<files::Intro>,
     /// Checks listeners' passwords; apart from the admin's and sources' verifier, so a crowd
     /// of listeners logging in never delays an operator or a source.
     pub verifier: crate::auth::Verifier,
@@ -348,6 +349,22 @@ pub async fn serve(
     info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
     let started = Instant::now();
 
+    // The mount's intro, if it has one in the format of the stream it serves.
+    let mut intro = None;
+    if let Some(path) = config
+        .as_ref()
+        .and_then(|m| m.intro.as_ref())
+        .filter(|_| !relay)
+    {
+        match state.intros.get(std::path::Path::new(path)).await {
+            Ok(i) if i.format == hub.format => intro = Some(i.data.clone()),
+            Ok(i) => {
+                info!(mount = %wanted, intro = %path, "intro skipped: it is {:?} audio, the stream {:?}", i.format, hub.format)
+            }
+            // Logged when the file was read.
+            Err(_) => {}
+        }
+    }
     let mut conn = Conn {
         stream,
         icy: icy.then_some(Icy {
@@ -362,7 +379,7 @@ pub async fn serve(
     };
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
-        Ok(()) => conn.run(&mut hub, wanted.clone(), ticket).await,
+        Ok(()) => conn.run(&mut hub, wanted.clone(), ticket, intro).await,
         Err(_) => "write error",
     };
     conn.detach(&hub);
@@ -553,21 +570,36 @@ impl Conn {
         hub: &mut Arc<Hub>,
         mut wanted: String,
         mut ticket: ListenerTicket,
+        intro: Option<Bytes>,
     ) -> &'static str {
         let interval = self.state.settings.write_interval;
-        let (headers, mut cursor) = hub.join();
-        let mut queue = VecDeque::new();
-        if let Some(h) = headers {
-            self.queue_audio(hub, h, &mut queue);
-        }
-        let mut rx = hub.watch();
-        let mut started_rx = self.state.hubs.producer_started();
         let counter = self
             .state
             .metrics
             .bytes_out
             .get_or_create(&Metrics::mount(&wanted))
             .clone();
+        let mut queue = VecDeque::new();
+        if let Some(intro) = intro {
+            // Written whole before the listener joins the hub, as fast as the player takes it
+            // (as Icecast does): there is no ring position yet to fall behind.
+            self.queue_audio(hub, intro, &mut queue);
+            match write_queue(&mut self.stream, &mut queue, hub, u64::MAX).await {
+                Ok(n) => {
+                    self.sent += n as u64;
+                    counter.inc_by(n as u64);
+                    self.state.hubs.sent(n as u64);
+                }
+                Err(WriteError::Timeout) => return "write timeout",
+                Err(WriteError::Io | WriteError::Lagged) => return "connection closed",
+            }
+        }
+        let (headers, mut cursor) = hub.join();
+        if let Some(h) = headers {
+            self.queue_audio(hub, h, &mut queue);
+        }
+        let mut rx = hub.watch();
+        let mut started_rx = self.state.hubs.producer_started();
         loop {
             if self.time_limit.is_some_and(|t| Instant::now() >= t) {
                 return "listening time limit reached";

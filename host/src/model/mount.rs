@@ -49,6 +49,10 @@ pub struct MountConfig {
     /// Connections one listener user name may have to this mount at once, on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_user_connections: Option<u32>,
+    /// Audio every new listener hears before the live stream, from this file on each node
+    /// (`listen/files.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intro: Option<String>,
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
@@ -87,6 +91,7 @@ impl MountConfig {
             auth_url: None,
             htpasswd: None,
             max_user_connections: None,
+            intro: None,
             transcode: None,
             filters: Vec::new(),
             policy: None,

@@ -73,6 +73,11 @@ pub struct MountSettings {
     #[arg(long, help_heading = "Listeners")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_user_connections: Option<u32>,
+    /// Play this file (MP3, AAC or Ogg, in the mount's format; an absolute path, read on every
+    /// node that serves listeners) to each new listener before the live stream; "" to remove.
+    #[arg(long, help_heading = "Listeners", value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intro: Option<String>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

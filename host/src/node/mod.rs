@@ -114,7 +114,8 @@ impl Node {
             // Without a readable system CA bundle, an https:// authentication URL is refused
             // with a message that says so (fail closed).
             webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
-            users: crate::listen::users::UserFiles::default(),
+            users: crate::listen::files::Watched::new(crate::listen::files::USERS),
+            intros: crate::listen::files::Watched::new(crate::listen::files::INTROS),
             verifier: listener_verifier,
             access: access.clone(),
             settings: crate::listen::Settings {
