@@ -749,7 +749,7 @@ fn an_htpasswd_file_admits_its_users_limits_their_connections_and_names_them() {
         "hackme",
         &["--htpasswd", f, "--max-user-connections", "1"],
     );
-    let _src = ffmpeg_mp3_source(&node, "hackme", "/paid.mp3", &[]);
+    let mut src = ffmpeg_mp3_source(&node, "hackme", "/paid.mp3", &[]);
     node.wait_live("/paid.mp3", Duration::from_secs(15));
 
     let probe = |auth: Option<(&str, &str)>| {
@@ -851,6 +851,38 @@ fn an_htpasswd_file_admits_its_users_limits_their_connections_and_names_them() {
     );
     assert_eq!(probe(Some(("carol", "singer"))).0, 206);
     assert_eq!(probe(Some(("frank", "in-clear"))).0, 401);
+
+    // The access log has each refusal at once, and the source's line when it leaves, with the
+    // bytes it sent.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    for status in ["401", "403", "206"] {
+        assert!(
+            lines
+                .lines()
+                .any(|l| l.contains("\"GET /paid.mp3 HTTP/1.")
+                    && l.contains(&format!("\" {status} "))),
+            "no {status} line:\n{lines}"
+        );
+    }
+    drop(src.child.kill());
+    wait_for(
+        Duration::from_secs(10),
+        "the source's access-log line",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.starts_with("127.0.0.1 - source [")
+                        && l.contains("\"PUT /paid.mp3 HTTP/1.1\" 200 ")
+                        && l.split("\" 200 ")
+                            .nth(1)
+                            .and_then(|r| r.split(' ').next())
+                            .and_then(|b| b.parse::<u64>().ok())
+                            .is_some_and(|b| b > 16_000)
+                })
+        },
+    );
 }
 
 /// A mount's intro file (made by ffmpeg: two seconds of 1500 Hz) plays to each new listener

@@ -1,7 +1,8 @@
 //! The access log (`--access-log PATH`, or `-` for standard output): one line per request in the
 //! combined log format, with the seconds the client stayed connected at the end, as Icecast's
-//! `access.log` writes it. A listener's line is written when it leaves. The file is opened for
-//! appending and opened again on SIGHUP, for logrotate.
+//! `access.log` writes it: control requests, listeners (a listener's line when it leaves, a
+//! refusal or redirect at once) and sources (when they leave, with the bytes they sent). The file
+//! is opened for appending and opened again on SIGHUP, for logrotate.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -30,7 +31,49 @@ pub struct Entry<'a> {
     pub seconds: u64,
 }
 
+/// How a request ended, for its line.
+pub struct Outcome {
+    pub status: u16,
+    /// Bytes sent to the client (for a source: received from it).
+    pub bytes: u64,
+    /// The user name it authenticated with.
+    pub user: Option<String>,
+}
+
+impl Outcome {
+    /// A request answered with `r`, whole.
+    pub fn of(r: &crate::http::Response) -> Outcome {
+        Outcome {
+            status: r.status,
+            bytes: r.body.len() as u64,
+            user: None,
+        }
+    }
+}
+
 impl AccessLog {
+    /// Writes the line of `req` from `client`, which began at `started` and ended as `outcome`.
+    pub fn request(
+        &self,
+        client: IpAddr,
+        req: &crate::http::RequestHead,
+        outcome: &Outcome,
+        started: std::time::Instant,
+    ) {
+        self.record(&Entry {
+            client,
+            user: outcome.user.as_deref(),
+            method: &req.method,
+            target: &req.target(),
+            version: req.response_version(),
+            status: outcome.status,
+            bytes: outcome.bytes,
+            referer: req.header("referer"),
+            agent: req.header("user-agent"),
+            seconds: started.elapsed().as_secs(),
+        });
+    }
+
     /// `-`: standard output; anything else a file, created if missing, appended to.
     pub fn open(spec: &str) -> std::io::Result<AccessLog> {
         let log = AccessLog {

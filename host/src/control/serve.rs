@@ -44,18 +44,11 @@ pub async fn answer(
     let started = std::time::Instant::now();
     let r = route(state.clone(), peer, &req, body).await;
     if let Some(log) = &state.access {
-        log.record(&crate::access::Entry {
-            client: peer.ip(),
-            user: req.basic_auth().map(|(u, _)| u).as_deref(),
-            method: &req.method,
-            target: &req.target(),
-            version: req.response_version(),
-            status: r.status,
-            bytes: r.body.len() as u64,
-            referer: req.header("referer"),
-            agent: req.header("user-agent"),
-            seconds: started.elapsed().as_secs(),
-        });
+        let outcome = crate::access::Outcome {
+            user: req.basic_auth().map(|(u, _)| u),
+            ..crate::access::Outcome::of(&r)
+        };
+        log.request(peer.ip(), &req, &outcome, started);
     }
     r
 }

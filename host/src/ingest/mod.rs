@@ -17,6 +17,7 @@ use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
+use crate::access::Outcome;
 use crate::auth::refusal;
 use crate::auth::Gate;
 use crate::cluster::coordinator::Coordinator;
@@ -39,6 +40,8 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     /// A source that sends nothing for this long, or too little over it, is dropped.
     pub source_timeout: Duration,
+    /// Where a source's line goes when it leaves (or is refused).
+    pub access: Option<Arc<crate::access::AccessLog>>,
 }
 
 pub async fn serve(
@@ -48,7 +51,30 @@ pub async fn serve(
     leftover: BytesMut,
     state: Arc<Ingest>,
 ) {
-    admit_and_pump(stream, peer, req, leftover, state, true).await
+    serve_logged(stream, peer, req, leftover, state, true).await
+}
+
+/// [`admit_and_pump`], then the source's access-log line.
+async fn serve_logged(
+    stream: Stream,
+    peer: SocketAddr,
+    req: RequestHead,
+    leftover: BytesMut,
+    state: Arc<Ingest>,
+    reply: bool,
+) {
+    let started = std::time::Instant::now();
+    let log = state.access.clone();
+    let outcome = admit_and_pump(stream, peer, &req, leftover, state, reply).await;
+    if let Some(log) = log {
+        log.request(peer.ip(), &req, &outcome, started);
+    }
+}
+
+/// Sends a refusal and says so.
+async fn answer(stream: &mut Stream, r: Response, version: &str) -> Outcome {
+    send(stream, &r, version, false).await;
+    Outcome::of(&r)
 }
 
 /// Admits a source and pumps its audio into the mount's hub. `reply`: answer the HTTP way once
@@ -56,19 +82,18 @@ pub async fn serve(
 async fn admit_and_pump(
     mut stream: Stream,
     peer: SocketAddr,
-    req: RequestHead,
+    req: &RequestHead,
     leftover: BytesMut,
     state: Arc<Ingest>,
     reply: bool,
-) {
+) -> Outcome {
     let version = req.response_version();
     let mount = req.path.clone();
     let refuse = |status: u16, msg: &str| Response::text(status, msg);
     if let Err(e) = validate_mount_path(&mount) {
         state.metrics.error(ErrorKind::BadRequest);
         info!(%peer, %mount, error = %e, "source refused");
-        send(&mut stream, &refuse(400, &e), version, false).await;
-        return;
+        return answer(&mut stream, refuse(400, &e), version).await;
     }
     if state.coordinator.mount(&mount).is_none() && !state.gate.open_mode() {
         state.metrics.error(ErrorKind::NotFound);
@@ -76,21 +101,18 @@ async fn admit_and_pump(
         let msg = format!(
             "mount {mount} is not declared; create it with `tidecast mount create {mount}`"
         );
-        send(&mut stream, &refuse(404, &msg), version, false).await;
-        return;
+        return answer(&mut stream, refuse(404, &msg), version).await;
     }
-    let verdict = state
-        .gate
-        .check_source(&req, peer.ip(), &mount, false)
-        .await;
+    let verdict = state.gate.check_source(req, peer.ip(), &mount, false).await;
+    // The source's user name, for its access-log line.
+    let user = req.basic_auth().map(|(u, _)| u);
     if !verdict.granted() {
         state.metrics.error(ErrorKind::Unauthorized);
         info!(%peer, %mount, ?verdict, "source refused: bad credentials");
         let denied = refuse(401, "authentication required")
             .header("WWW-Authenticate", "Basic realm=\"tidecast\"")
             .header("Allow", "GET, PUT, OPTIONS, SOURCE");
-        send(&mut stream, &refusal(verdict, denied), version, false).await;
-        return;
+        return answer(&mut stream, refusal(verdict, denied), version).await;
     }
     let content_type = match (
         req.header("content-type").map(str::trim),
@@ -108,8 +130,7 @@ async fn admit_and_pump(
         Err(why) => {
             state.metrics.error(ErrorKind::BadRequest);
             info!(%peer, %mount, why, "source refused");
-            send(&mut stream, &refuse(400, why), version, false).await;
-            return;
+            return answer(&mut stream, refuse(400, why), version).await;
         }
     };
     let claim = match state.coordinator.claim_origin(&mount).await {
@@ -117,27 +138,18 @@ async fn admit_and_pump(
         Ok(None) => {
             state.metrics.error(ErrorKind::Busy);
             info!(%peer, %mount, "source refused: mount in use");
-            send(
-                &mut stream,
-                &refuse(403, "Mountpoint in use"),
-                version,
-                false,
-            )
-            .await;
-            return;
+            return answer(&mut stream, refuse(403, "Mountpoint in use"), version).await;
         }
         Err(e) => {
             warn!(%peer, %mount, error = %e, "source refused: coordinator error");
-            send(&mut stream, &refuse(503, &e.to_string()), version, false).await;
-            return;
+            return answer(&mut stream, refuse(503, &e.to_string()), version).await;
         }
     };
-    let body = match BodyKind::from_head(&req) {
+    let body = match BodyKind::from_head(req) {
         Ok(b) => b,
         Err(msg) => {
             state.metrics.error(ErrorKind::BadRequest);
-            send(&mut stream, &refuse(400, msg), version, false).await;
-            return;
+            return answer(&mut stream, refuse(400, msg), version).await;
         }
     };
 
@@ -157,7 +169,11 @@ async fn admit_and_pump(
             .as_bytes(),
         );
         if stream.write_all(&reply).await.is_err() {
-            return;
+            return Outcome {
+                status: 200,
+                bytes: 0,
+                user,
+            };
         }
     }
 
@@ -180,12 +196,17 @@ async fn admit_and_pump(
     state.hubs.retire(&hub);
     state.metrics.sources.dec();
     drop(claim);
+    let bytes = hub.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
     info!(
-        %peer, %mount, reason,
-        bytes = hub.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+        %peer, %mount, reason, bytes,
         seconds = started.elapsed().as_secs(),
         "source disconnected"
     );
+    Outcome {
+        status: 200,
+        bytes,
+        user,
+    }
 }
 
 enum BodyKind {

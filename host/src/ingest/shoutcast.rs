@@ -98,7 +98,7 @@ pub async fn serve(
             .push((name.to_ascii_lowercase(), value.to_owned()));
     }
     info!(%peer, %mount, "Shoutcast v1 source accepted");
-    super::admit_and_pump(stream, peer, req, buf, state, false).await;
+    super::serve_logged(stream, peer, req, buf, state, false).await;
 }
 
 /// Reads into `buf` until it holds `end` (CRLF counted as LF), at most `max` bytes, by

@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
+use crate::access::Outcome;
 use crate::cluster::coordinator::Coordinator;
 use crate::cluster::peer::Peers;
 use crate::cluster::relay::Relays;
@@ -120,15 +121,37 @@ pub struct Settings {
     pub send_buffer: usize,
 }
 
+/// Sends a whole answer (with the CORS headers) and says so.
+async fn answer(stream: &mut Stream, r: Response, cors: &Cors, version: &str) -> Outcome {
+    let r = cors.apply(r, false);
+    send(stream, &r, version, false).await;
+    Outcome::of(&r)
+}
+
 /// Serves a listener of a mount (`GET`/`HEAD`), here or by redirect or proxy to the node
-/// routing picks.
+/// routing picks, and writes the request's access-log line when it ends: a listener's when it
+/// leaves, with the seconds it listened; a refusal or a redirect at once.
 pub async fn serve(
-    mut stream: Stream,
+    stream: Stream,
     peer: SocketAddr,
     req: RequestHead,
     state: Arc<Listen>,
     cors: Cors,
 ) {
+    let started = Instant::now();
+    let outcome = listen(stream, peer, &req, &state, cors).await;
+    if let Some(log) = &state.access {
+        log.request(peer.ip(), &req, &outcome, started);
+    }
+}
+
+async fn listen(
+    mut stream: Stream,
+    peer: SocketAddr,
+    req: &RequestHead,
+    state: &Arc<Listen>,
+    cors: Cors,
+) -> Outcome {
     let version = req.response_version();
     // `/_stream/<mount>` is where routing sends listeners: always served here.
     let (wanted, routed) = match req.path.strip_prefix("/_stream") {
@@ -144,14 +167,13 @@ pub async fn serve(
         if let Some(url) = target {
             // Players do not send their credentials to another host after a redirect (ffmpeg
             // and curl do not): they are checked here, and the listener carries a pass.
-            let user = match admit(&state, m, &req, peer.ip(), None).await {
+            let user = match admit(state, m, req, peer.ip(), None).await {
                 Ok(user) => user,
                 Err(why) => {
-                    refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
-                    return;
+                    return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await
                 }
             };
-            let (mut query, proxied) = proxy_wanted(&req, &state.settings.proxy_user_agents);
+            let (mut query, proxied) = proxy_wanted(req, &state.settings.proxy_user_agents);
             if m.htpasswd.is_some() || m.auth_url.is_some() {
                 let pass = access::make_pass(state.peers.key(), &wanted, user.as_deref(), now());
                 query = [query, crate::http::encode_form(&pass)]
@@ -168,8 +190,9 @@ pub async fn serve(
             if !proxied {
                 let r = Response::text(302, format!("this stream is served at {location}\n"))
                     .header("Location", &location);
-                send(&mut stream, &cors.apply(r, false), version, false).await;
-                return;
+                let mut outcome = answer(&mut stream, r, &cors, version).await;
+                outcome.user = user;
+                return outcome;
             }
             let gauge = state
                 .metrics
@@ -182,7 +205,7 @@ pub async fn serve(
                 &state.peers,
                 &mut stream,
                 peer,
-                &req,
+                req,
                 &location,
                 state.hubs.sent_counter(),
             )
@@ -191,7 +214,11 @@ pub async fn serve(
             match result {
                 crate::cluster::peer::Proxied::Ended(bytes, why) => {
                     info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
-                    return;
+                    return Outcome {
+                        status: 200,
+                        bytes,
+                        user,
+                    };
                 }
                 // Nothing was sent yet: this node serves the listener itself.
                 crate::cluster::peer::Proxied::Unreachable(e) => {
@@ -202,25 +229,23 @@ pub async fn serve(
     }
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
-    let relay = state.peers.matches(&req);
+    let relay = state.peers.matches(req);
     let node_max = state.settings.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
-        send(&mut stream, &cors.apply(r, false), version, false).await;
-        return;
+        return answer(&mut stream, r, &cors, version).await;
     }
     // Who may listen is decided on the node that serves the stream (a redirect above kept the
     // signed URL's query, and a pass for credentials checked there). Relays are other nodes,
     // not listeners. The user name is the one the listener authenticated with, if any.
     let mut user = None;
     if let Some(m) = config.as_ref().filter(|_| !relay) {
-        let passed = access::check_pass(state.peers.key(), &wanted, &req, now());
-        match admit(&state, m, &req, peer.ip(), passed).await {
+        let passed = access::check_pass(state.peers.key(), &wanted, req, now());
+        match admit(state, m, req, peer.ip(), passed).await {
             Ok(name) => user = name,
             Err(why) => {
-                refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
-                return;
+                return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await
             }
         }
     }
@@ -230,7 +255,7 @@ pub async fn serve(
         .filter(|_| !relay)
         .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
     // In a cluster, a mount another node originates is relayed from there on demand.
-    let local = match resolve(&state, &wanted) {
+    let local = match resolve(state, &wanted) {
         Some(h) => Some(h),
         None => state.relays.hub_from_origin(&wanted).await,
     };
@@ -241,14 +266,7 @@ pub async fn serve(
         } else {
             format!("no such mount: {wanted}")
         };
-        send(
-            &mut stream,
-            &cors.apply(Response::text(404, msg), false),
-            version,
-            false,
-        )
-        .await;
-        return;
+        return answer(&mut stream, Response::text(404, msg), &cors, version).await;
     };
     if let Some(max) = config
         .as_ref()
@@ -260,8 +278,7 @@ pub async fn serve(
             state.metrics.error(ErrorKind::Full);
             info!(%peer, mount = %wanted, max, "listener refused: mount full");
             let r = Response::text(503, format!("mount {wanted} is full ({max} listeners)"));
-            send(&mut stream, &cors.apply(r, false), version, false).await;
-            return;
+            return answer(&mut stream, r, &cors, version).await;
         }
     }
     let icy = hub.format.supports_icy_metadata()
@@ -306,9 +323,13 @@ pub async fn serve(
     head.push_str("\r\n");
     if req.method == "HEAD" {
         let _ = stream.write_all(head.as_bytes()).await;
-        return;
+        return Outcome {
+            status: 200,
+            bytes: 0,
+            user,
+        };
     }
-    if let Some(last) = small_range(&req) {
+    if let Some(last) = small_range(req) {
         // Safari-style probe: a few bytes of real audio, then close.
         let (hdrs, cursor) = hub.join();
         let mut body: Vec<u8> = hdrs.map(|h| h.to_vec()).unwrap_or_default();
@@ -324,7 +345,10 @@ pub async fn serve(
         );
         r.headers.extend(cors.headers(false));
         send(&mut stream, &r, version, false).await;
-        return;
+        return Outcome {
+            user,
+            ..Outcome::of(&r)
+        };
     }
     let _ = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(state.settings.send_buffer);
     let agent = req.header("user-agent").unwrap_or("").to_owned();
@@ -337,8 +361,7 @@ pub async fn serve(
         per_user.filter(|_| !relay),
     ) else {
         let why = access::Refused::UserConnections(per_user.unwrap_or_default());
-        refuse(&mut stream, &state, peer, &wanted, why, &cors, version).await;
-        return;
+        return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await;
     };
     let id = ticket.id;
     state
@@ -406,19 +429,10 @@ pub async fn serve(
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent, seconds, "listener disconnected"
     );
-    if let Some(log) = &state.access {
-        log.record(&crate::access::Entry {
-            client: peer.ip(),
-            user: user.as_deref(),
-            method: &req.method,
-            target: &req.target(),
-            version: req.response_version(),
-            status: 200,
-            bytes: conn.sent,
-            referer: req.header("referer"),
-            agent: req.header("user-agent"),
-            seconds,
-        });
+    Outcome {
+        status: 200,
+        bytes: conn.sent,
+        user,
     }
 }
 
@@ -468,16 +482,10 @@ async fn refuse(
     why: access::Refused,
     cors: &Cors,
     version: &str,
-) {
+) -> Outcome {
     state.metrics.error(ErrorKind::Unauthorized);
     info!(%peer, %mount, reason = %why, "listener refused");
-    send(
-        stream,
-        &cors.apply(why.response(mount), false),
-        version,
-        false,
-    )
-    .await;
+    answer(stream, why.response(mount), cors, version).await
 }
 
 struct Icy {

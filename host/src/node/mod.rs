@@ -100,6 +100,7 @@ impl Node {
             gate: gate.clone(),
             metrics: metrics.clone(),
             source_timeout: config.source_timeout(),
+            access: access.clone(),
         });
         let listen = Arc::new(crate::listen::Listen {
             hubs: hubs.clone(),
