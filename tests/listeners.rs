@@ -946,3 +946,34 @@ fn an_intro_plays_to_each_new_listener_before_the_live_stream() {
     assert!(live > 0.8, "no intro: 440 Hz share {live}");
     assert!(node.log().contains("intro skipped"), "{}", node.log());
 }
+
+/// One dual-stack listener (`--listen [::]:PORT`) takes sources and listeners over IPv4 and
+/// IPv6; an IPv4 client is listed as itself (127.0.0.1), not as an IPv4-mapped IPv6 address.
+#[test]
+fn a_dual_stack_listener_serves_ipv4_and_ipv6_clients() {
+    let mut node = Node::start(&["--listen", "[::]:0"]);
+    assert!(node.addr.is_ipv6(), "{}", node.addr);
+    let port = node.addr.port();
+    let v4: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    node.addr = v4;
+    node.create_mount("/dual.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/dual.mp3", &[]);
+    node.wait_live("/dual.mp3", Duration::from_secs(15));
+    let mut listeners = Vec::new();
+    for addr in [v4, v6] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /dual.mp3 HTTP/1.0\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.0 200", "{addr}");
+        listeners.push(s);
+    }
+    let (code, _, body) = admin_get(&node, "/admin/listclients?mount=/dual.mp3");
+    assert_eq!(code, 200);
+    let xml = String::from_utf8_lossy(&body);
+    assert!(xml.contains("<IP>127.0.0.1</IP>"), "{xml}");
+    assert!(xml.contains("<IP>::1</IP>"), "{xml}");
+    assert!(!xml.contains("::ffff:"), "{xml}");
+}
