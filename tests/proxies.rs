@@ -83,6 +83,8 @@ fn haproxy_in_front_passes_the_real_client_address() {
         "--proxy-protocol",
         "--access-log",
         access.to_str().unwrap(),
+        "--max-clients-per-address",
+        "2",
     ]);
     node.create_mount("/live.mp3", "proxied-pw", &[]);
     let _source = ffmpeg_mp3_source(&node, "proxied-pw", "/live.mp3", &[]);
@@ -108,6 +110,34 @@ fn haproxy_in_front_passes_the_real_client_address() {
         !list.contains("<IP>127.0.0.1</IP>"),
         "HAProxy's own address listed:\n{list}"
     );
+
+    // Connections per address count the clients behind HAProxy, not HAProxy: with at most two
+    // per address, 127.0.0.9 gets a second and not a third, while HAProxy carries them all.
+    let mut again = listener_from("127.0.0.9", &format!("http://127.0.0.1:{tcp}/live.mp3"));
+    wait_for(
+        Duration::from_secs(10),
+        "127.0.0.9's second listener",
+        || listclients(&node).matches("<IP>127.0.0.9</IP>").count() == 2,
+    );
+    let third = Command::new("curl")
+        .args([
+            "-sS",
+            "--interface",
+            "127.0.0.9",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+        ])
+        .args([
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{tcp}/live.mp3"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&third.stdout), "503");
+    drop(again.child.kill());
 
     // Both leave; the access log has a line each, with the real address and the seconds.
     drop((first.child.kill(), second.child.kill()));

@@ -123,8 +123,8 @@ serve_settings! {
     /// Most simultaneous connections of all kinds; more get 503.
     max_clients: usize = 15_000; [value_name = "N"]
     /// Most simultaneous connections from one client address (an IPv6 /64 counts as one); more
-    /// get 503 (0: no limit). Raise it when many listeners share an address (a large NAT, a
-    /// proxy in front of the node).
+    /// get 503 (0: no limit). Behind --trusted-proxies the clients they name are counted, not
+    /// the proxies. Raise it when many listeners share an address (a large NAT).
     max_clients_per_address: usize = 500; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]

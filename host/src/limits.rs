@@ -41,6 +41,13 @@ impl PerAddress {
     }
 }
 
+impl AddressSlot {
+    /// A connection that is not counted (a trusted proxy's: its clients are).
+    pub fn uncounted() -> AddressSlot {
+        AddressSlot(None)
+    }
+}
+
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let Some((table, key)) = self.0.take() else {

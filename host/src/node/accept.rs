@@ -81,9 +81,16 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        // A trusted proxy carries many clients: each of them is counted once its address is
+        // known (from the PROXY header or the forwarded-for headers), not the proxy.
+        let proxied = state.trusted_proxies.contains(peer.ip());
         let (Ok(permit), Some(slot)) = (
             permits.clone().try_acquire_owned(),
-            per_address.take(peer.ip()),
+            if proxied {
+                Some(crate::limits::AddressSlot::uncounted())
+            } else {
+                per_address.take(peer.ip())
+            },
         ) else {
             // Over a connection limit: one non-blocking attempt at a 503 (on a port where it
             // can be read without a handshake), then close. No task is spawned, so a
@@ -104,6 +111,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
             continue;
         };
         let acceptor = ports.acceptor.clone();
+        let count_client = proxied.then(|| per_address.clone());
         tokio::spawn(async move {
             if let Opening::Shoutcast = opening {
                 let mount = state.config.shoutcast_mount.clone();
@@ -114,7 +122,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
             } else if let Some((stream, client)) =
                 open(stream, peer, opening, acceptor, &state).await
             {
-                handle(stream, client, state).await;
+                handle(stream, client, state, count_client).await;
             }
             drop((permit, slot));
         });
@@ -178,7 +186,14 @@ async fn open(
     }
 }
 
-async fn handle(mut stream: Stream, peer: SocketAddr, state: Arc<Node>) {
+/// Serves one connection. `count_client`: the connection came through a trusted proxy, and the
+/// client it names is counted against the per-address limit here.
+async fn handle(
+    mut stream: Stream,
+    peer: SocketAddr,
+    state: Arc<Node>,
+    count_client: Option<Arc<crate::limits::PerAddress>>,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
     let mut req = match read_head(&mut stream, &mut buf, header_timeout).await {
@@ -207,6 +222,16 @@ async fn handle(mut stream: Stream, peer: SocketAddr, state: Arc<Node>) {
         crate::clients::forwarded_for(&req, peer.ip(), &state.trusted_proxies),
         peer.port(),
     );
+    let _slot = match count_client.map(|limits| limits.take(peer.ip())) {
+        None => None,
+        Some(Some(slot)) => Some(slot),
+        Some(None) => {
+            state.metrics.error(ErrorKind::AddressFull);
+            let r = Response::text(503, "too many connections from your address");
+            send(&mut stream, &r, req.response_version(), false).await;
+            return;
+        }
+    };
     if crate::control::serve::takes(&req) {
         let handler =
             move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);
