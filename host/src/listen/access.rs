@@ -140,17 +140,21 @@ pub const PASS_SECS: u64 = 30;
 /// secret `key`), `until` and `listener`. Players do not resend credentials to another host
 /// after a redirect; the node they are sent to admits the pass instead.
 pub fn make_pass(key: &str, mount: &str, user: Option<&str>, now: u64) -> Vec<(String, Vec<u8>)> {
-    let until = now + PASS_SECS;
+    let until = (now + PASS_SECS).to_string();
     let user = user.unwrap_or("");
-    let pass = mac(
-        key,
-        &format!("tidecast listener pass\n{mount}\n{user}\n{until}"),
-    );
+    let pass = pass_mac(key, mount, user, &until);
     vec![
         ("listener".to_owned(), user.as_bytes().to_vec()),
-        ("until".to_owned(), until.to_string().into_bytes()),
+        ("until".to_owned(), until.into_bytes()),
         ("pass".to_owned(), pass.into_bytes()),
     ]
+}
+
+fn pass_mac(key: &str, mount: &str, user: &str, until: &str) -> String {
+    mac(
+        key,
+        &format!("tidecast listener pass\n{mount}\n{user}\n{until}"),
+    )
 }
 
 /// The user name of a valid, unexpired pass for `mount` in `req`'s query (`Some(None)`: a
@@ -161,10 +165,7 @@ pub fn check_pass(key: &str, mount: &str, req: &RequestHead, now: u64) -> Option
     }
     let (pass, until) = (req.query("pass")?, req.query("until")?);
     let user = req.query("listener").unwrap_or_default();
-    let expected = mac(
-        key,
-        &format!("tidecast listener pass\n{mount}\n{user}\n{until}"),
-    );
+    let expected = pass_mac(key, mount, &user, &until);
     let fresh = until.parse::<u64>().is_ok_and(|u| u >= now);
     (fresh && crate::auth::same(expected.as_bytes(), pass.as_bytes()))
         .then(|| Some(user).filter(|u| !u.is_empty()))
@@ -230,9 +231,9 @@ pub async fn ask_webhook(
     user: Option<&str>,
     client: IpAddr,
 ) -> Result<(), Refused> {
-    let (mut given, pass) = req.basic_auth().unwrap_or_default();
+    let (given, pass) = req.basic_auth().unwrap_or_default();
     // A listener that came with a pass has no credentials here; its user name is known.
-    let user = user.map_or_else(|| std::mem::take(&mut given), str::to_owned);
+    let user = user.map_or(given, str::to_owned);
     let form = crate::http::encode_form(&[
         ("action".to_owned(), action.as_bytes().to_vec()),
         ("mount".to_owned(), mount.as_bytes().to_vec()),
@@ -283,6 +284,28 @@ mod tests {
             headers: vec![("User-Agent".into(), agent.into())],
             secure: false,
         }
+    }
+
+    /// A pass admits its user on its mount until it expires; an altered one, another mount or
+    /// a node without the cluster secret do not.
+    #[test]
+    fn passes() {
+        let pairs = make_pass("cluster-secret", "/paid.mp3", Some("alice"), 1000);
+        let query = crate::http::encode_form(&pairs);
+        let at = |q: &str, now| check_pass("cluster-secret", "/paid.mp3", &req(q, "VLC"), now);
+        assert_eq!(at(&query, 1000), Some(Some("alice".to_owned())));
+        assert_eq!(at(&query, 1000 + PASS_SECS), Some(Some("alice".to_owned())));
+        assert_eq!(at(&query, 1001 + PASS_SECS), None, "expired");
+        assert_eq!(at(&query.replace("alice", "mallory"), 1000), None);
+        assert_eq!(at(&query.replace("until=1030", "until=9999"), 1000), None);
+        let other = check_pass("cluster-secret", "/free.mp3", &req(&query, "VLC"), 1000);
+        assert_eq!(other, None);
+        assert_eq!(check_pass("", "/paid.mp3", &req(&query, "VLC"), 1000), None);
+        let anonymous = crate::http::encode_form(&make_pass("k", "/paid.mp3", None, 1000));
+        assert_eq!(
+            check_pass("k", "/paid.mp3", &req(&anonymous, "VLC"), 1000),
+            Some(None)
+        );
     }
 
     #[test]

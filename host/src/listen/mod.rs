@@ -104,7 +104,7 @@ pub struct Listen {
     /// Checks listeners' passwords; apart from the admin's and sources' verifier, so a crowd
     /// of listeners logging in never delays an operator or a source.
     pub verifier: crate::auth::Verifier,
-    /// Where a listener's line goes when it leaves.
+    /// Where each stream request's line goes: a listener's when it leaves, a refusal at once.
     pub access: Option<Arc<crate::access::AccessLog>>,
     pub settings: Settings,
 }
