@@ -336,14 +336,14 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// Chunks sent after `body`, as they come, until the sender is dropped. The hand-written
     /// side never streams (its answers are refusals and pages).
     pub stream: Option<tokio::sync::mpsc::Receiver<Bytes>>,
 }
 
 impl Response {
-    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
         Response {
             status,
             headers: vec![("Content-Type", content_type.to_owned())],

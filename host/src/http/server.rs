@@ -192,9 +192,9 @@ impl Response {
     /// `Connection: close`.
     fn into_hyper(self) -> hyper::Response<Either<Full<Bytes>, Chunks>> {
         let body = match self.stream {
-            None => Either::Left(Full::new(Bytes::from(self.body))),
+            None => Either::Left(Full::new(self.body)),
             Some(rx) => Either::Right(Chunks {
-                first: Some(Bytes::from(self.body)).filter(|b| !b.is_empty()),
+                first: Some(self.body).filter(|b| !b.is_empty()),
                 rx,
             }),
         };
