@@ -629,6 +629,36 @@ struct FrameHeader {
     sample_rate: u32,
     channels: u8,
     bitrate_kbps: u32,
+    /// Samples per channel the frame decodes to.
+    samples: u32,
+}
+
+/// What one MPEG audio (MP3) or ADTS (AAC) frame header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    /// The whole frame's length in bytes, header included.
+    pub len: usize,
+    pub sample_rate: u32,
+    pub channels: u8,
+    /// Samples per channel the frame decodes to (1152 for MPEG-1 layer III, 1024 per ADTS
+    /// raw data block).
+    pub samples: u32,
+}
+
+/// The frame that starts `buf` (ADTS with `adts`, else MPEG audio), if a valid header is there.
+/// The frame itself may extend past `buf`.
+pub fn frame_at(buf: &[u8], adts: bool) -> Option<FrameInfo> {
+    let h = if adts {
+        parse_adts(buf)
+    } else {
+        parse_mp3(buf)
+    }?;
+    Some(FrameInfo {
+        len: h.len,
+        sample_rate: h.sample_rate,
+        channels: h.channels,
+        samples: h.samples,
+    })
 }
 
 const MP3_BITRATES_V1: [[u16; 15]; 3] = [
@@ -688,11 +718,18 @@ fn parse_mp3(b: &[u8]) -> Option<FrameHeader> {
         _ => 72 * bps / sr + padding,
     };
     let channels = if (b[3] >> 6) == 3 { 1 } else { 2 };
+    let samples = match layer_row {
+        0 => 384,
+        1 => 1152,
+        _ if version == 3 => 1152,
+        _ => 576,
+    };
     Some(FrameHeader {
         len,
         sample_rate,
         channels,
         bitrate_kbps: kbps,
+        samples,
     })
 }
 
@@ -724,6 +761,8 @@ fn parse_adts(b: &[u8]) -> Option<FrameHeader> {
         sample_rate,
         channels,
         bitrate_kbps: 0,
+        // One to four raw data blocks of 1024 samples.
+        samples: 1024 * (u32::from(b[6] & 3) + 1),
     })
 }
 
@@ -750,6 +789,24 @@ mod tests {
             })
             .flatten()
             .collect()
+    }
+
+    #[test]
+    fn frame_headers_say_their_samples() {
+        let mp3 = frame_at(&mp3_frame(false), false).unwrap();
+        assert_eq!((mp3.len, mp3.sample_rate, mp3.samples), (417, 44100, 1152));
+        // MPEG-2 layer III at 22.05 kHz: 576 samples.
+        let mpeg2 = frame_at(&[0xFF, 0xF3, 0x90, 0x00], false).unwrap();
+        assert_eq!((mpeg2.sample_rate, mpeg2.samples), (22050, 576));
+        // ADTS, 44.1 kHz stereo, 371 bytes, one raw data block.
+        let adts = [0xFF, 0xF1, 0x50, 0x80, 0x2E, 0x7F, 0xFC];
+        let a = frame_at(&adts, true).unwrap();
+        assert_eq!(
+            (a.len, a.sample_rate, a.channels, a.samples),
+            (371, 44100, 2, 1024)
+        );
+        assert_eq!(frame_at(&adts, false), None);
+        assert_eq!(frame_at(b"OggS", false), None);
     }
 
     #[test]

@@ -130,6 +130,10 @@ serve_settings! {
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
     /// A client must send its whole request head within this time.
     header_timeout_secs: u64 = 10; [value_name = "SECONDS"]
+    /// HLS segment length (1 to 30 s; 6 is the spec's suggestion, 2 a low-latency profile).
+    hls_segment_secs: u64 = 6; [value_name = "SECONDS"]
+    /// How much of each mount an HLS playlist offers (at least three segments, at most 600 s).
+    hls_window_secs: u64 = 60; [value_name = "SECONDS"]
     /// Listeners are written to at most this often (larger batches cost less CPU).
     write_interval_ms: u64 = 1000; [value_name = "MS"]
     /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
@@ -222,6 +226,13 @@ impl ServeConfig {
         }
         if !(1..=600).contains(&self.header_timeout_secs) {
             problems.push("header_timeout_secs must be between 1 and 600".to_owned());
+        }
+        if !(1..=30).contains(&self.hls_segment_secs) {
+            problems.push("hls_segment_secs must be between 1 and 30".to_owned());
+        }
+        if self.hls_window_secs < 3 * self.hls_segment_secs || self.hls_window_secs > 600 {
+            problems
+                .push("hls_window_secs must be at least three segments and at most 600".to_owned());
         }
         if !(1..=5000).contains(&self.write_interval_ms) {
             problems.push("write_interval_ms must be between 1 and 5000".to_owned());
@@ -459,6 +470,14 @@ impl ServeConfig {
 
     pub fn write_interval(&self) -> Duration {
         Duration::from_millis(self.write_interval_ms)
+    }
+
+    /// How HLS segments are cut and kept.
+    pub fn hls(&self) -> crate::hls::segment::Settings {
+        crate::hls::segment::Settings {
+            target: Duration::from_secs(self.hls_segment_secs),
+            window: Duration::from_secs(self.hls_window_secs),
+        }
     }
 }
 

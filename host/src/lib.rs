@@ -12,6 +12,8 @@
 //!   and listeners, the one thing the data-path stages share;
 //! - [`listen`]: fan-out to players, ICY metadata;
 //! - [`transcode`]: transcoded mounts, one codec thread each, from one hub into another;
+//! - [`hls`]: MP3 and AAC mounts cut into HLS segments in memory, playlists, and HLS sessions
+//!   counted as listeners;
 //! - [`plugin`]: WebAssembly filters and policies;
 //! - [`cluster`]: the coordinator (embedded store or etcd), the peer client, relays, routing,
 //!   load reports and DNS;
@@ -33,6 +35,7 @@ pub mod clients;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod ingest;

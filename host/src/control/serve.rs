@@ -1,7 +1,8 @@
 //! The control plane's one entry: every request hyper parsed (`http/server.rs`) comes here and
 //! goes to the handler that answers it. The admin API and Icecast admin endpoints
 //! (`/admin/…`, `/api/…`), another node's internal calls (`/_cluster/…`, only with the cluster
-//! secret), CORS preflights, and the public pages (`control/pages.rs`).
+//! secret), CORS preflights, HLS playlists and segments (`hls/`), and the public pages
+//! (`control/pages.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ pub fn takes(req: &RequestHead) -> bool {
     let path = req.path.as_str();
     // Mounts never live under /admin, /api or /_cluster (reserved paths): a PUT there is an API
     // call (a plugin upload), not a source.
-    if ["/admin/", "/api/", "/_cluster/"]
+    if ["/admin/", "/api/", "/_cluster/", "/hls/"]
         .iter()
         .any(|p| path.starts_with(p))
     {
@@ -71,6 +72,9 @@ async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Inco
     let cors = Cors::from(req);
     match req.method.as_str() {
         "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
+        "GET" | "HEAD" if crate::hls::Hls::takes(&req.path) => {
+            cors.apply(state.hls.answer(peer, req).await, false)
+        }
         "GET" | "HEAD" if req.path == crate::control::pages::EVENTS => cors.apply(
             crate::control::nowplaying::events(state.clone(), req),
             false,

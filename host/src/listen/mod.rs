@@ -447,7 +447,7 @@ fn now() -> u64 {
 /// ([`access::check`]), then its credentials (the htpasswd file, then the authentication URL)
 /// unless `passed` says a routing node of the cluster checked them already. The user name it
 /// authenticated with, if any.
-async fn admit(
+pub(crate) async fn admit(
     state: &Listen,
     m: &crate::model::MountConfig,
     req: &RequestHead,

@@ -181,6 +181,7 @@ const RESERVED: &[&str] = &[
     "/_relay",
     "/_stream",
     "/_cluster",
+    "/hls",
     "/metrics",
     "/status-json",
     "/status-json.xsl",

@@ -49,6 +49,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     let per_address = crate::limits::PerAddress::new(state.config.max_clients_per_address);
     let reconciler = tokio::spawn(crate::control::reconcile::run(state.clone()));
     let reporter = tokio::spawn(state.load.clone().run());
+    let hls = tokio::spawn(crate::hls::run(state.hls.clone()));
     let certs = ports
         .acceptor
         .as_ref()
@@ -129,6 +130,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     }
     reconciler.abort();
     reporter.abort();
+    hls.abort();
     if let Some(c) = certs {
         c.abort();
     }

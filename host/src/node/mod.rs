@@ -37,6 +37,8 @@ pub struct Node {
     pub ingest: Arc<crate::ingest::Ingest>,
     /// The listener path's handles.
     pub listen: Arc<crate::listen::Listen>,
+    /// HLS segments and sessions.
+    pub hls: Arc<crate::hls::Hls>,
     /// Relays of mounts another node produces.
     pub relays: Arc<crate::cluster::relay::Relays>,
     /// The cluster secret and the client, for requests between nodes.
@@ -133,10 +135,25 @@ impl Node {
             relays: relays.clone(),
             metrics: metrics.clone(),
         });
+        let hls_settings = config.hls();
+        let hls = Arc::new(crate::hls::Hls {
+            store: Arc::new(crate::hls::segment::Store::new(hls_settings)),
+            // A session ends after three target durations without a request.
+            sessions: crate::hls::sessions::Sessions::new(
+                hubs.clone(),
+                metrics.clone(),
+                hls_settings.target * 3,
+                config.max_clients_per_address,
+            ),
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            listen: listen.clone(),
+        });
         Node {
             transcode,
             ingest,
             listen,
+            hls,
             config,
             coordinator,
             gate,

@@ -1,0 +1,234 @@
+//! HLS: every MP3 and AAC mount as a live HLS stream, served from memory by the control plane.
+//!
+//! - `GET /hls/<mount>/master.m3u8`: the mount and its transcoded mounts as renditions
+//!   (`BANDWIDTH` measured from the segments, `CODECS`), each URI carrying a new session id;
+//! - `GET /hls/<mount>/index.m3u8[?session=ID]`: the media playlist of the last window of
+//!   segments (`EXT-X-PROGRAM-DATE-TIME` on each, `EXT-X-DISCONTINUITY` where a new source
+//!   began); the first request of a session decides whether it may listen, as a stream request
+//!   does (user-agent rules, signed URL, htpasswd, authentication URL), and signs it in;
+//! - `GET /hls/<mount>/<seq>.mp3|.aac?session=ID`: a segment (`segment.rs`), for a live session.
+//!
+//! Segments are cut by a task per hub (`segment::cut`), started as hubs go live ([`run`]).
+//! Sessions count as listeners (`sessions.rs`).
+
+pub mod segment;
+pub mod sessions;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::cluster::coordinator::Coordinator;
+use crate::http::{RequestHead, Response};
+use crate::hub::Registry;
+use crate::listen::Listen;
+use segment::{Segment, Store};
+use sessions::{NewSession, Sessions};
+
+/// What HLS needs of the node: the segments, the sessions, the hubs (to cut them and count
+/// listeners), the mounts' configuration (families, who may listen) and the listener path's
+/// admission.
+pub struct Hls {
+    pub store: Arc<Store>,
+    pub sessions: Sessions,
+    pub hubs: Arc<Registry>,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub listen: Arc<Listen>,
+}
+
+/// The media type of playlists.
+const PLAYLIST: &str = "application/vnd.apple.mpegurl";
+
+impl Hls {
+    /// Whether `path` is HLS's.
+    pub fn takes(path: &str) -> bool {
+        path.starts_with("/hls/")
+    }
+
+    /// Answers a GET or HEAD under `/hls/`.
+    pub async fn answer(&self, peer: SocketAddr, req: &RequestHead) -> Response {
+        let rest = &req.path["/hls".len()..];
+        let Some((mount, file)) = rest.rsplit_once('/') else {
+            return Response::error(404, "no such HLS resource");
+        };
+        if crate::model::validate_mount_path(mount).is_err() {
+            return Response::error(404, format!("no such mount: {mount}"));
+        }
+        match file {
+            "master.m3u8" => self.master(mount),
+            "index.m3u8" => self.media(peer, req, mount).await,
+            _ => self.segment(req, mount, file),
+        }
+    }
+
+    /// The master playlist of `mount`'s family: it and the mounts transcoded from it.
+    fn master(&self, mount: &str) -> Response {
+        let mut family: Vec<String> = vec![mount.to_owned()];
+        family.extend(
+            self.coordinator
+                .mounts()
+                .into_iter()
+                .filter(|m| m.transcode.as_ref().is_some_and(|t| t.from == mount))
+                .map(|m| m.path),
+        );
+        let id = sessions::new_id();
+        let mut renditions: Vec<(u64, String)> = Vec::new();
+        for m in &family {
+            let Some((kind, segments, _)) = self.store.timeline(m) else {
+                continue;
+            };
+            if segments.is_empty() {
+                continue;
+            }
+            let rate = |s: &Segment| (s.data.len() as f64 * 8.0 / s.duration.max(0.001)) as u64;
+            let peak = segments.iter().map(|s| rate(s)).max().unwrap_or(0);
+            let total: usize = segments.iter().map(|s| s.data.len()).sum();
+            let secs: f64 = segments.iter().map(|s| s.duration).sum();
+            let average = (total as f64 * 8.0 / secs.max(0.001)) as u64;
+            renditions.push((
+                peak,
+                format!(
+                    "#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},CODECS=\"{}\"\n/hls{m}/index.m3u8?session={id}\n",
+                    kind.codecs()
+                ),
+            ));
+        }
+        if renditions.is_empty() {
+            return Response::error(404, format!("{mount} has no HLS stream right now"));
+        }
+        renditions.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+        for (_, r) in renditions {
+            out.push_str(&r);
+        }
+        Response::new(200, PLAYLIST, out).header("Cache-Control", "no-cache")
+    }
+
+    /// The media playlist of `mount`, for the session the request names (or one derived from
+    /// the client), which is started here after the same checks as a stream request.
+    async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
+        let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
+            return Response::error(404, format!("{mount} has no HLS stream right now"));
+        };
+        let Some(first) = segments.first() else {
+            return Response::error(404, format!("{mount} has no HLS stream right now"));
+        };
+        let agent = req.header("user-agent").unwrap_or("");
+        let id = match req.query("session") {
+            Some(id) if sessions::valid_id(&id) => id,
+            Some(_) => return Response::error(400, "not a session id"),
+            None => sessions::derived_id(peer.ip(), agent, mount),
+        };
+        if !self.sessions.touch(&id, mount) {
+            let config = self.coordinator.mount(mount);
+            let mut user = None;
+            if let Some(m) = &config {
+                match crate::listen::admit(&self.listen, m, req, peer.ip(), None).await {
+                    Ok(name) => user = name,
+                    Err(why) => return why.response(mount),
+                }
+            }
+            let started = self.sessions.start(
+                &id,
+                NewSession {
+                    mount,
+                    client: peer.ip(),
+                    agent,
+                    user,
+                    per_user: config.and_then(|m| m.max_user_connections),
+                    hub: self.hubs.hub(mount),
+                },
+            );
+            if let Err(why) = started {
+                let status = match why {
+                    sessions::SessionRefused::UserConnections => 403,
+                    _ => 503,
+                };
+                return Response::error(status, why.to_string());
+            }
+        }
+        let target = self.store.settings.target.as_secs().max(1);
+        let mut out = format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_seq}\n",
+            first.seq
+        );
+        for s in &segments {
+            if s.discontinuity {
+                out.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            let when = s
+                .program_time
+                .format(time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+                ))
+                .unwrap_or_default();
+            let _ = write!(
+                out,
+                "#EXT-X-PROGRAM-DATE-TIME:{when}\n#EXTINF:{:.3},\n{}.{}?session={id}\n",
+                s.duration,
+                s.seq,
+                kind.ext()
+            );
+        }
+        Response::new(200, PLAYLIST, out).header("Cache-Control", "no-cache")
+    }
+
+    /// Segment `file` (`<seq>.<ext>`) of `mount`, for a live session.
+    fn segment(&self, req: &RequestHead, mount: &str, file: &str) -> Response {
+        let Some(seq) = file
+            .split_once('.')
+            .and_then(|(n, _)| n.parse::<u64>().ok())
+        else {
+            return Response::error(404, "no such HLS resource");
+        };
+        let session = req.query("session").unwrap_or_default();
+        if !self.sessions.alive(&session, mount) {
+            return Response::error(403, "no such session: load the playlist first");
+        }
+        let (Some(segment), Some((kind, _, _))) =
+            (self.store.segment(mount, seq), self.store.timeline(mount))
+        else {
+            return Response::error(404, format!("segment {seq} of {mount} is gone"));
+        };
+        Response::new(200, kind.content_type(), segment.data.clone())
+            .header("Cache-Control", "max-age=600")
+    }
+}
+
+/// Cuts every MP3 and AAC hub into segments as it goes live, and ends idle sessions, until
+/// dropped.
+pub async fn run(hls: Arc<Hls>) {
+    let mut started = hls.hubs.producer_started();
+    // The hub each mount's cutter works on.
+    let mut cutting: std::collections::HashMap<String, std::sync::Weak<crate::hub::Hub>> =
+        std::collections::HashMap::new();
+    let cut_new = |cutting: &mut std::collections::HashMap<_, _>| {
+        for hub in hls.hubs.live_hubs() {
+            let known = cutting
+                .get(&hub.mount)
+                .and_then(std::sync::Weak::upgrade)
+                .is_some_and(|h| Arc::ptr_eq(&h, &hub));
+            if !known {
+                cutting.insert(hub.mount.clone(), Arc::downgrade(&hub));
+                tokio::spawn(segment::cut(hub, hls.store.clone()));
+            }
+        }
+    };
+    cut_new(&mut cutting);
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = started.recv() => match event {
+                // A hub went live (or several, and some were missed): cut every new one.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    cut_new(&mut cutting);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = sweep.tick() => {
+                hls.sessions.sweep();
+                cutting.retain(|_, h| h.strong_count() > 0);
+            }
+        }
+    }
+}

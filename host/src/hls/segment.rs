@@ -1,0 +1,311 @@
+//! Cutting a mount's stream into HLS segments, held in memory, never on disk.
+//!
+//! A cutter task per live MP3 or AAC (ADTS) hub reads whole frames from the hub like a listener
+//! and ends a segment where the stream's position (samples since its source began) crosses a
+//! multiple of the target duration: the cut instants depend on the stream alone, not on when
+//! the cutter started. Segments are packed audio (RFC 8216 §3.4): an ID3v2.4 tag with the
+//! `com.apple.streaming.transportStreamTimestamp` PRIV frame (the first sample's time on a
+//! 90 kHz clock) and the title then (TIT2), followed by the frames as the source sent them.
+//!
+//! The [`Store`] keeps each mount's timeline across source reconnects: sequence numbers go on,
+//! and the first segment of a new source (or after the cutter lost data) is marked as a
+//! discontinuity. A timeline keeps the segments of the last `window`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tidecast_codecs::framing::frame_at;
+use tidecast_codecs::StreamFormat;
+
+use crate::hub::{Hub, ReadResult};
+use crate::sync::Locked;
+
+/// The audio a timeline holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Mp3,
+    Aac,
+}
+
+impl Kind {
+    pub fn of(format: StreamFormat) -> Option<Kind> {
+        match format {
+            StreamFormat::Mp3 => Some(Kind::Mp3),
+            StreamFormat::Adts => Some(Kind::Aac),
+            _ => None,
+        }
+    }
+
+    /// The file extension of its segments.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Kind::Mp3 => "mp3",
+            Kind::Aac => "aac",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::Mp3 => "audio/mpeg",
+            Kind::Aac => "audio/aac",
+        }
+    }
+
+    /// Its `CODECS` attribute (RFC 6381): MP3 is `mp4a.40.34`, AAC-LC `mp4a.40.2`.
+    pub fn codecs(self) -> &'static str {
+        match self {
+            Kind::Mp3 => "mp4a.40.34",
+            Kind::Aac => "mp4a.40.2",
+        }
+    }
+}
+
+/// One segment: its media sequence number, length, bytes, when its first sample was live, and
+/// whether it starts a new run of the stream (a new source, or data the cutter lost).
+pub struct Segment {
+    pub seq: u64,
+    pub duration: f64,
+    pub data: Bytes,
+    pub program_time: time::OffsetDateTime,
+    pub discontinuity: bool,
+}
+
+/// A mount's segments.
+pub struct Timeline {
+    pub kind: Kind,
+    pub segments: VecDeque<Arc<Segment>>,
+    /// Discontinuities that left the window (`EXT-X-DISCONTINUITY-SEQUENCE`).
+    pub discontinuity_seq: u64,
+    next_seq: u64,
+    /// The time of the next sample on the 90 kHz clock, continued across sources.
+    clock_90k: u64,
+}
+
+/// How segments are cut and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub target: Duration,
+    pub window: Duration,
+}
+
+/// Every mount's timeline on this node.
+pub struct Store {
+    pub settings: Settings,
+    timelines: Mutex<HashMap<String, Timeline>>,
+}
+
+impl Store {
+    pub fn new(settings: Settings) -> Store {
+        Store {
+            settings,
+            timelines: Mutex::default(),
+        }
+    }
+
+    /// A copy of `mount`'s timeline as it is now (segments shared, not copied).
+    pub fn timeline(&self, mount: &str) -> Option<(Kind, Vec<Arc<Segment>>, u64)> {
+        self.timelines.with(|t| {
+            t.get(mount).map(|t| {
+                (
+                    t.kind,
+                    t.segments.iter().cloned().collect(),
+                    t.discontinuity_seq,
+                )
+            })
+        })
+    }
+
+    /// Segment `seq` of `mount`, if still in the window.
+    pub fn segment(&self, mount: &str, seq: u64) -> Option<Arc<Segment>> {
+        self.timelines.with(|t| {
+            let t = t.get(mount)?;
+            let first = t.segments.front()?.seq;
+            t.segments
+                .get(usize::try_from(seq.checked_sub(first)?).ok()?)
+                .cloned()
+        })
+    }
+
+    /// Adds a finished segment of `samples` samples at `rate` to `mount`'s timeline.
+    fn add(&self, mount: &str, kind: Kind, cut: Cut) {
+        let mut timelines = self.timelines.locked();
+        let t = timelines
+            .entry(mount.to_owned())
+            .or_insert_with(|| Timeline {
+                kind,
+                segments: VecDeque::new(),
+                discontinuity_seq: 0,
+                next_seq: 0,
+                clock_90k: 0,
+            });
+        // A new source may bring another codec: the timeline follows it. The first segment of
+        // a timeline follows nothing.
+        let discontinuity = (cut.discontinuity || t.kind != kind) && t.next_seq > 0;
+        t.kind = kind;
+        let pts = t.clock_90k;
+        t.clock_90k = t
+            .clock_90k
+            .saturating_add(cut.samples * 90_000 / u64::from(cut.rate.max(1)));
+        let duration = cut.samples as f64 / f64::from(cut.rate.max(1));
+        let segment = Segment {
+            seq: t.next_seq,
+            duration,
+            data: packed(pts, &cut.title, &cut.frames),
+            program_time: cut.program_time,
+            discontinuity,
+        };
+        t.next_seq += 1;
+        t.segments.push_back(Arc::new(segment));
+        let window = self.settings.window.as_secs_f64();
+        while t.segments.len() > 1 && t.segments.iter().map(|s| s.duration).sum::<f64>() > window {
+            if let Some(old) = t.segments.pop_front() {
+                // A discontinuity leaving the window is counted.
+                if old.discontinuity {
+                    t.discontinuity_seq += 1;
+                }
+            }
+        }
+    }
+}
+
+/// A segment's bytes: the ID3v2.4 tag (PRIV timestamp, TIT2 title), then the frames.
+fn packed(pts_90k: u64, title: &str, frames: &[u8]) -> Bytes {
+    fn frame(out: &mut BytesMut, id: &[u8; 4], body: &[u8]) {
+        out.put_slice(id);
+        out.put_slice(&syncsafe(body.len()));
+        out.put_u16(0);
+        out.put_slice(body);
+    }
+    let mut tag = BytesMut::new();
+    let mut priv_body = b"com.apple.streaming.transportStreamTimestamp\0".to_vec();
+    priv_body.extend_from_slice(&(pts_90k & ((1 << 33) - 1)).to_be_bytes());
+    frame(&mut tag, b"PRIV", &priv_body);
+    if !title.is_empty() {
+        let mut text = vec![3u8]; // UTF-8
+        text.extend_from_slice(title.as_bytes());
+        frame(&mut tag, b"TIT2", &text);
+    }
+    let mut out = BytesMut::with_capacity(10 + tag.len() + frames.len());
+    out.put_slice(b"ID3\x04\x00\x00");
+    out.put_slice(&syncsafe(tag.len()));
+    out.put_slice(&tag);
+    out.put_slice(frames);
+    out.freeze()
+}
+
+/// A size as ID3v2.4 writes it: four bytes of seven bits.
+fn syncsafe(n: usize) -> [u8; 4] {
+    let n = n as u32;
+    [
+        ((n >> 21) & 0x7f) as u8,
+        ((n >> 14) & 0x7f) as u8,
+        ((n >> 7) & 0x7f) as u8,
+        (n & 0x7f) as u8,
+    ]
+}
+
+/// A segment being gathered.
+struct Cut {
+    frames: BytesMut,
+    samples: u64,
+    rate: u32,
+    /// Position (samples since the source began) of its first sample.
+    start: u64,
+    title: String,
+    program_time: time::OffsetDateTime,
+    discontinuity: bool,
+}
+
+/// Cuts `hub`'s stream into segments in `store` until the hub ends. Hubs of other formats
+/// (Ogg) are left alone.
+pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
+    let Some(kind) = Kind::of(hub.format) else {
+        return;
+    };
+    let adts = kind == Kind::Aac;
+    let (_, mut cursor) = hub.join_live();
+    let mut rx = hub.watch();
+    let mut pos: u64 = 0;
+    let mut current: Option<Cut> = None;
+    let mut discontinuity = true;
+    loop {
+        match hub.read_from(cursor) {
+            ReadResult::Data(chunks, next) => {
+                cursor = next;
+                for chunk in chunks {
+                    let mut at = 0;
+                    while let Some(f) = chunk
+                        .get(at..)
+                        .and_then(|rest| frame_at(rest, adts))
+                        .filter(|f| at + f.len <= chunk.len())
+                    {
+                        let target =
+                            (store.settings.target.as_secs_f64() * f64::from(f.sample_rate)) as u64;
+                        let target = target.max(1);
+                        let ends = current.as_ref().is_some_and(|c| {
+                            c.rate != f.sample_rate || pos / target != c.start / target
+                        });
+                        if ends {
+                            if let Some(done) = current.take() {
+                                store.add(&hub.mount, kind, done);
+                            }
+                        }
+                        let c = current.get_or_insert_with(|| Cut {
+                            frames: BytesMut::new(),
+                            samples: 0,
+                            rate: f.sample_rate,
+                            start: pos,
+                            title: hub.meta().title,
+                            program_time: time::OffsetDateTime::now_utc(),
+                            discontinuity: std::mem::take(&mut discontinuity),
+                        });
+                        c.frames.extend_from_slice(&chunk[at..at + f.len]);
+                        c.samples += u64::from(f.samples);
+                        pos += u64::from(f.samples);
+                        at += f.len;
+                    }
+                }
+            }
+            ReadResult::Empty => {
+                if hub.is_ended() || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            ReadResult::Lagged => {
+                // The cutter fell behind the ring (a stalled runtime): what was lost is a gap.
+                cursor = hub.join_live().1;
+                current = None;
+                discontinuity = true;
+            }
+        }
+    }
+    // The source left: what was gathered is the last segment of its run.
+    if let Some(done) = current.filter(|c| c.samples > 0) {
+        store.add(&hub.mount, kind, done);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_segment_starts_with_its_id3_timestamp() {
+        let data = packed(0x1_2345_6789, "Artist - Title", &[0xFF, 0xFB, 0x90, 0x00]);
+        assert_eq!(&data[..4], b"ID3\x04");
+        let at = data
+            .windows(44)
+            .position(|w| w == b"com.apple.streaming.transportStreamTimestamp")
+            .unwrap();
+        let ts = &data[at + 45..at + 53];
+        assert_eq!(u64::from_be_bytes(ts.try_into().unwrap()), 0x1_2345_6789);
+        let size = data[6..10]
+            .iter()
+            .fold(0usize, |n, b| (n << 7) | usize::from(*b));
+        assert_eq!(&data[10 + size..], &[0xFF, 0xFB, 0x90, 0x00]);
+        assert!(data.windows(4).any(|w| w == b"TIT2"));
+    }
+}
