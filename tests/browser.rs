@@ -2,7 +2,7 @@
 //! W3C WebDriver protocol (plain HTTP from this test, no client library). An HTTPS page on
 //! another origin plays every kind of mount (MP3, AAC, Ogg Opus and Ogg Vorbis sources,
 //! transcoded MP3 and Opus) through title changes; the public page shows live titles and is
-//! kept as a screenshot.
+//! kept as a screenshot. hls.js, embedded in the node, plays an HLS master playlist.
 
 #![allow(clippy::unwrap_used)]
 
@@ -359,6 +359,136 @@ fetch("{streams}/tone.mp3", {{ headers: {{ "Icy-MetaData": "1" }}, signal: ctl.s
     browser.screenshot(&out);
     println!("screenshot of the public page: {}", out.display());
     drop(procs);
+}
+
+/// hls.js, as the node serves it, plays a mount family's master playlist (an MP3 source and a
+/// 64 kbit/s transcode of it) in Chromium from another HTTPS site for 30 s through title
+/// changes, sees the titles as the segments' ID3 metadata, and switches rendition when told.
+#[test]
+fn hls_js_plays_a_master_playlist_through_titles_and_switches_rendition() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    make_ca(&certs);
+    for name in ["node", "site"] {
+        make_cert(
+            &certs,
+            name,
+            name,
+            "IP:127.0.0.1,DNS:localhost",
+            "serverAuth",
+        );
+    }
+    let tls = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(&[
+        "--tls-listen",
+        &tls,
+        "--tls-cert",
+        certs.join("node.crt").to_str().unwrap(),
+        "--tls-key",
+        certs.join("node.key").to_str().unwrap(),
+        "--hls-segment-secs",
+        "2",
+    ]);
+    node.create_mount("/live.mp3", "browser-pw", &[]);
+    let _source = tone_source(&node, "/live.mp3", 440, &MP3_128K);
+    node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);
+    for m in ["/live.mp3", "/live-64.mp3"] {
+        node.wait_live(m, Duration::from_secs(20));
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "two renditions in the master playlist",
+        || {
+            let (code, _, body) = http_get(node.addr, "/hls/live.mp3/master.m3u8", &[]);
+            code == 200
+                && String::from_utf8_lossy(&body)
+                    .matches("#EXT-X-STREAM-INF")
+                    .count()
+                    == 2
+        },
+    );
+
+    let streams = format!("https://{tls}");
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>hls.js</title><body>
+<script src="{streams}/assets/hls.light.min.js"></script><script>
+window.errors = []; window.titles = []; window.switched = []; window.levels = 0;
+const a = document.createElement("audio"); document.body.appendChild(a); window.a = a;
+if (!Hls.isSupported()) window.errors.push("hls.js: MSE not supported");
+const hls = new Hls(); window.hls = hls;
+hls.on(Hls.Events.ERROR, (e, d) => {{ if (d.fatal) window.errors.push(d.type + ": " + d.details); }});
+hls.on(Hls.Events.FRAG_PARSING_METADATA, (e, d) => {{
+  for (const s of d.samples) {{
+    const m = new TextDecoder().decode(s.data).match(/Title \d+/);
+    if (m && !window.titles.includes(m[0])) window.titles.push(m[0]);
+  }}
+}});
+hls.on(Hls.Events.LEVEL_SWITCHED, (e, d) => window.switched.push(d.level));
+hls.on(Hls.Events.MANIFEST_PARSED, () => {{
+  window.levels = hls.levels.length;
+  a.play().catch(e => window.errors.push("play(): " + e));
+}});
+hls.loadSource("{streams}/hls/live.mp3/master.m3u8");
+hls.attachMedia(a);
+</script></body>"#
+    );
+    let site = serve_page(&certs, page);
+    let browser = Browser::start();
+    browser.open(&format!("https://localhost:{site}/"));
+
+    let started = Instant::now();
+    let mut n = 0;
+    let mut first: Option<f64> = None;
+    let mut forced: Option<i64> = None;
+    let played = loop {
+        if started.elapsed() >= Duration::from_secs(4 * (n + 1)) {
+            n += 1;
+            for m in ["/live.mp3", "/live-64.mp3"] {
+                let q = format!("/admin/metadata?mount={m}&mode=updinfo&song=Title+{n}");
+                assert_eq!(admin_get(&node, &q).0, 200, "title for {m}");
+            }
+        }
+        let now = browser
+            .run("return window.a.currentTime;")
+            .as_f64()
+            .unwrap_or(0.0);
+        // Played time counts from the first position reported (a live stream does not start
+        // at zero).
+        if first.is_none() && now > 0.0 {
+            first = Some(now);
+        }
+        let t0 = first.unwrap_or(f64::MAX);
+        // After ten seconds of playing, the test picks the other rendition.
+        if forced.is_none() && now - t0 >= 10.0 {
+            let level = browser.run(
+                "const l = (window.hls.currentLevel + 1) % window.hls.levels.length; \
+                 window.hls.currentLevel = l; return l;",
+            );
+            forced = level.as_i64();
+        }
+        if now - t0 >= 30.0 || started.elapsed() > Duration::from_secs(80) {
+            break (now - t0).max(0.0);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let errors = browser.run("return window.errors;");
+    assert_eq!(errors, json!([]), "hls.js errors after {played:.1} s");
+    assert_eq!(browser.run("return window.levels;"), json!(2));
+    assert!(played >= 30.0, "played {played:.1} s of 30");
+    let forced = forced.expect("the test never forced a rendition");
+    let switched = browser.run("return window.switched;");
+    assert!(
+        switched.as_array().unwrap().contains(&json!(forced)),
+        "level {forced} forced, switches seen: {switched}"
+    );
+    let titles = browser.run("return window.titles;");
+    eprintln!(
+        "hls.js: played {played:.1} s, level {forced} forced, switches {switched}, titles {titles}"
+    );
+    assert!(
+        titles.as_array().unwrap().len() >= 3,
+        "titles seen in the segments' ID3: {titles}"
+    );
 }
 
 fn node_port(addr: &str) -> &str {

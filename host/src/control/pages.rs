@@ -1,5 +1,5 @@
-//! The public pages every node answers: the index, `status-json.xsl`, `/metrics`, and
-//! playlists (`.m3u`, `.pls`, `.xspf`) of mounts.
+//! The public pages every node answers: the index, `status-json.xsl`, `/metrics`, playlists
+//! (`.m3u`, `.pls`, `.xspf`) of mounts, and the assets embedded in the binary (hls.js).
 
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::node::Node;
@@ -10,6 +10,21 @@ pub fn answers(path: &str) -> bool {
         path,
         "/status-json.xsl" | "/status-json" | "/metrics" | "/" | "/nowplaying.json" | EVENTS
     ) || playlist_of(path).is_some()
+        || asset(path).is_some()
+}
+
+/// hls.js 1.6.19 (light build), from npm, for web players of HLS streams; Apache-2.0, its
+/// licence served beside it.
+const HLS_JS: &[u8] = include_bytes!("assets/hls.light.min.js");
+const HLS_JS_LICENSE: &[u8] = include_bytes!("assets/hls.js-LICENSE");
+
+/// The files embedded in the binary that pages and other sites' players load.
+fn asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/assets/hls.light.min.js" => Some(("text/javascript; charset=utf-8", HLS_JS)),
+        "/assets/hls.js-LICENSE.txt" => Some(("text/plain; charset=utf-8", HLS_JS_LICENSE)),
+        _ => None,
+    }
 }
 
 /// The path of the now-playing event stream (answered by `control/serve.rs`, which owns the
@@ -36,9 +51,13 @@ pub fn page(state: &Node, req: &RequestHead) -> Response {
         ),
         "/" => index(state, req),
         "/nowplaying.json" => crate::control::nowplaying::json(state, req),
-        path => match playlist_of(path) {
-            Some((mount, kind)) => playlist(state, req, mount, kind),
-            None => Response::text(404, "no such page"),
+        path => match (playlist_of(path), asset(path)) {
+            (Some((mount, kind)), _) => playlist(state, req, mount, kind),
+            (None, Some((content_type, body))) => {
+                Response::new(200, content_type, bytes::Bytes::from_static(body))
+                    .header("Cache-Control", "max-age=86400")
+            }
+            (None, None) => Response::text(404, "no such page"),
         },
     }
 }

@@ -182,6 +182,7 @@ const RESERVED: &[&str] = &[
     "/_stream",
     "/_cluster",
     "/hls",
+    "/assets",
     "/metrics",
     "/status-json",
     "/status-json.xsl",
