@@ -122,6 +122,7 @@ impl Relays {
             source_agent: format!("relay from {url}"),
             charset: charset.clone(),
         });
+        follow_position(&hub, &up);
         info!(%mount, origin = %url, "relay started");
         let mut origin = url.to_owned();
         let why = loop {
@@ -137,6 +138,7 @@ impl Relays {
                     info!(%mount, origin = %url, "relay follows the mount to its new origin");
                     origin = url;
                     up = next;
+                    follow_position(&hub, &up);
                 }
                 None => break "no new origin",
             }
@@ -175,6 +177,18 @@ impl Relays {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         None
+    }
+}
+
+/// Places what the relay pushes next where the origin says its stream is (`x-tidecast-position`),
+/// so HLS segments cut here match the origin's.
+fn follow_position(hub: &Hub, up: &Upstream) {
+    if let Some(at) = up
+        .head
+        .header("x-tidecast-position")
+        .and_then(crate::hub::Position::from_header)
+    {
+        hub.continue_from(at);
     }
 }
 

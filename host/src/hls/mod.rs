@@ -55,14 +55,14 @@ impl Hls {
             return Response::error(404, format!("no such mount: {mount}"));
         }
         match file {
-            "master.m3u8" => self.master(mount),
+            "master.m3u8" => self.master(mount).await,
             "index.m3u8" => self.media(peer, req, mount).await,
             _ => self.segment(req, mount, file),
         }
     }
 
     /// The master playlist of `mount`'s family: it and the mounts transcoded from it.
-    fn master(&self, mount: &str) -> Response {
+    async fn master(&self, mount: &str) -> Response {
         let mut family: Vec<String> = vec![mount.to_owned()];
         family.extend(
             self.coordinator
@@ -71,6 +71,7 @@ impl Hls {
                 .filter(|m| m.transcode.as_ref().is_some_and(|t| t.from == mount))
                 .map(|m| m.path),
         );
+        self.relay_if_elsewhere(&family).await;
         let id = sessions::new_id();
         let mut renditions: Vec<(u64, String)> = Vec::new();
         for m in &family {
@@ -107,6 +108,7 @@ impl Hls {
     /// The media playlist of `mount`, for the session the request names (or one derived from
     /// the client), which is started here after the same checks as a stream request.
     async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
+        self.relay_if_elsewhere(&[mount.to_owned()]).await;
         let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
         };
@@ -171,6 +173,27 @@ impl Hls {
             );
         }
         Response::new(200, PLAYLIST, out).header("Cache-Control", "no-cache")
+    }
+
+    /// In a cluster, a mount another node produces is relayed here (its cutter numbers the
+    /// segments as the origin's does); the first request waits up to two target durations for
+    /// its first whole segment. Sessions keep the relay up, as listeners do.
+    async fn relay_if_elsewhere(&self, mounts: &[String]) {
+        let mut relayed = Vec::new();
+        for m in mounts {
+            if self.hubs.hub(m).is_none() && self.listen.relays.hub_from_origin(m).await.is_some() {
+                relayed.push(m);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.store.settings.target * 2;
+        while relayed.iter().any(|m| {
+            self.store
+                .timeline(m)
+                .is_none_or(|(_, segments, _)| segments.is_empty())
+        }) && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Segment `file` (`<seq>.<ext>`) of `mount`, for a live session.

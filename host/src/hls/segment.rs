@@ -1,15 +1,19 @@
 //! Cutting a mount's stream into HLS segments, held in memory, never on disk.
 //!
 //! A cutter task per live MP3 or AAC (ADTS) hub reads whole frames from the hub like a listener
-//! and ends a segment where the stream's position (samples since its source began) crosses a
-//! multiple of the target duration: the cut instants depend on the stream alone, not on when
-//! the cutter started. Segments are packed audio (RFC 8216 §3.4): an ID3v2.4 tag with the
-//! `com.apple.streaming.transportStreamTimestamp` PRIV frame (the first sample's time on a
-//! 90 kHz clock) and the title then (TIT2), followed by the frames as the source sent them.
+//! and ends a segment where the stream's position ([`crate::hub::Position`]: the run, and the
+//! samples of that run before the frame) crosses a multiple of the target duration. Everything
+//! a segment is known by derives from that position, which a relay takes from its origin: its
+//! media sequence number (the run's start in target durations, plus the segment's index in the
+//! run), its timestamp and its date. So every node that carries a mount cuts the same segments
+//! under the same numbers, whenever its cutter started. Segments are packed audio (RFC 8216
+//! §3.4): an ID3v2.4 tag with the `com.apple.streaming.transportStreamTimestamp` PRIV frame (the
+//! first sample's time on a 90 kHz clock) and the title then (TIT2), followed by the frames as
+//! the source sent them.
 //!
-//! The [`Store`] keeps each mount's timeline across source reconnects: sequence numbers go on,
-//! and the first segment of a new source (or after the cutter lost data) is marked as a
-//! discontinuity. A timeline keeps the segments of the last `window`.
+//! The [`Store`] keeps each mount's timeline across source reconnects: the first segment of a
+//! new run (or after the cutter lost data) is marked as a discontinuity. A timeline keeps the
+//! segments of the last `window`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tidecast_codecs::framing::frame_at;
 use tidecast_codecs::StreamFormat;
 
-use crate::hub::{Hub, ReadResult};
+use crate::hub::{Hub, Position, ReadResult};
 use crate::sync::Locked;
 
 /// The audio a timeline holds.
@@ -78,9 +82,8 @@ pub struct Timeline {
     pub segments: VecDeque<Arc<Segment>>,
     /// Discontinuities that left the window (`EXT-X-DISCONTINUITY-SEQUENCE`).
     pub discontinuity_seq: u64,
-    next_seq: u64,
-    /// The time of the next sample on the 90 kHz clock, continued across sources.
-    clock_90k: u64,
+    /// The run of the last segment.
+    last_run: Option<u64>,
 }
 
 /// How segments are cut and kept.
@@ -128,8 +131,11 @@ impl Store {
         })
     }
 
-    /// Adds a finished segment of `samples` samples at `rate` to `mount`'s timeline.
+    /// Adds a finished segment to `mount`'s timeline.
     fn add(&self, mount: &str, kind: Kind, cut: Cut) {
+        let rate = u64::from(cut.rate.max(1));
+        let target_ms = (self.settings.target.as_millis() as u64).max(1);
+        let target_samples = (target_ms * rate / 1000).max(1);
         let mut timelines = self.timelines.locked();
         let t = timelines
             .entry(mount.to_owned())
@@ -137,26 +143,32 @@ impl Store {
                 kind,
                 segments: VecDeque::new(),
                 discontinuity_seq: 0,
-                next_seq: 0,
-                clock_90k: 0,
+                last_run: None,
             });
-        // A new source may bring another codec: the timeline follows it. The first segment of
-        // a timeline follows nothing.
-        let discontinuity = (cut.discontinuity || t.kind != kind) && t.next_seq > 0;
+        // A new run (a new source; it may bring another codec) or lost data is a discontinuity;
+        // the first segment of a timeline follows nothing.
+        let discontinuity = t.last_run.is_some()
+            && (cut.discontinuity || t.last_run != Some(cut.start.run_ms) || t.kind != kind);
         t.kind = kind;
-        let pts = t.clock_90k;
-        t.clock_90k = t
-            .clock_90k
-            .saturating_add(cut.samples * 90_000 / u64::from(cut.rate.max(1)));
-        let duration = cut.samples as f64 / f64::from(cut.rate.max(1));
+        t.last_run = Some(cut.start.run_ms);
+        // Numbered by position, the same on every node; always after the last one here (a
+        // source sending faster than real time could otherwise reach the next run's numbers).
+        let mut seq = cut.start.run_ms / target_ms + cut.start.samples / target_samples + 1;
+        if let Some(last) = t.segments.back() {
+            seq = seq.max(last.seq + 1);
+        }
+        let pts = cut.start.run_ms * 90 + cut.start.samples * 90_000 / rate;
+        let start_ms = cut.start.run_ms + cut.start.samples * 1000 / rate;
+        let program_time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let segment = Segment {
-            seq: t.next_seq,
-            duration,
+            seq,
+            duration: cut.samples as f64 / rate as f64,
             data: packed(pts, &cut.title, &cut.frames),
-            program_time: cut.program_time,
+            program_time,
             discontinuity,
         };
-        t.next_seq += 1;
         t.segments.push_back(Arc::new(segment));
         let window = self.settings.window.as_secs_f64();
         while t.segments.len() > 1 && t.segments.iter().map(|s| s.duration).sum::<f64>() > window {
@@ -211,10 +223,10 @@ struct Cut {
     frames: BytesMut,
     samples: u64,
     rate: u32,
-    /// Position (samples since the source began) of its first sample.
-    start: u64,
+    /// Where its first sample is.
+    start: Position,
     title: String,
-    program_time: time::OffsetDateTime,
+    /// It follows lost data.
     discontinuity: bool,
 }
 
@@ -225,47 +237,69 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
         return;
     };
     let adts = kind == Kind::Aac;
-    let (_, mut cursor) = hub.join_live();
+    // From the oldest audio the hub holds: a relay's hub starts with its origin's burst, which
+    // gives the first segments at once.
+    let mut cursor = hub.first_seq();
     let mut rx = hub.watch();
-    let mut pos: u64 = 0;
     let mut current: Option<Cut> = None;
-    let mut discontinuity = true;
+    // Where the next frame is expected (after the last one cut); a chunk elsewhere is a gap.
+    let mut expected: Option<Position> = None;
+    let mut lost = false;
     loop {
         match hub.read_from(cursor) {
             ReadResult::Data(chunks, next) => {
+                let first = cursor;
                 cursor = next;
-                for chunk in chunks {
-                    let mut at = 0;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let Some(mut at) = hub.position_of(first + i as u64).or(expected) else {
+                        continue;
+                    };
+                    if expected.is_some_and(|e| e.run_ms == at.run_ms && e.samples != at.samples) {
+                        lost = true;
+                    }
+                    let mut offset = 0;
                     while let Some(f) = chunk
-                        .get(at..)
+                        .get(offset..)
                         .and_then(|rest| frame_at(rest, adts))
-                        .filter(|f| at + f.len <= chunk.len())
+                        .filter(|f| offset + f.len <= chunk.len())
                     {
-                        let target =
-                            (store.settings.target.as_secs_f64() * f64::from(f.sample_rate)) as u64;
-                        let target = target.max(1);
+                        let target = (store.settings.target.as_millis() as u64
+                            * u64::from(f.sample_rate)
+                            / 1000)
+                            .max(1);
                         let ends = current.as_ref().is_some_and(|c| {
-                            c.rate != f.sample_rate || pos / target != c.start / target
+                            c.rate != f.sample_rate
+                                || c.start.run_ms != at.run_ms
+                                || at.samples / target != c.start.samples / target
+                                || lost
                         });
                         if ends {
                             if let Some(done) = current.take() {
                                 store.add(&hub.mount, kind, done);
                             }
                         }
+                        // A segment begins with the first frame at or past a multiple of the
+                        // target: anything before it here (a cutter that began mid-segment) is
+                        // not a whole segment, and another node's would differ.
+                        if current.is_none() && at.samples % target >= u64::from(f.samples) {
+                            at.samples += u64::from(f.samples);
+                            offset += f.len;
+                            continue;
+                        }
                         let c = current.get_or_insert_with(|| Cut {
                             frames: BytesMut::new(),
                             samples: 0,
                             rate: f.sample_rate,
-                            start: pos,
+                            start: at,
                             title: hub.meta().title,
-                            program_time: time::OffsetDateTime::now_utc(),
-                            discontinuity: std::mem::take(&mut discontinuity),
+                            discontinuity: std::mem::take(&mut lost),
                         });
-                        c.frames.extend_from_slice(&chunk[at..at + f.len]);
+                        c.frames.extend_from_slice(&chunk[offset..offset + f.len]);
                         c.samples += u64::from(f.samples);
-                        pos += u64::from(f.samples);
-                        at += f.len;
+                        at.samples += u64::from(f.samples);
+                        offset += f.len;
                     }
+                    expected = Some(at);
                 }
             }
             ReadResult::Empty => {
@@ -277,7 +311,7 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
                 // The cutter fell behind the ring (a stalled runtime): what was lost is a gap.
                 cursor = hub.join_live().1;
                 current = None;
-                discontinuity = true;
+                lost = true;
             }
         }
     }

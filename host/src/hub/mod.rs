@@ -63,6 +63,52 @@ struct Chunk {
     data: Bytes,
     /// An Ogg header set: delivered in order to connected listeners, never a join point.
     header: bool,
+    /// Where its first sample is on the stream's timeline.
+    at: Position,
+}
+
+/// Where audio is on a stream's timeline: the run it belongs to (when its producer began, in
+/// Unix milliseconds, on the origin) and the samples (per channel) of that run before it. A relay
+/// takes its origin's position, so every node that carries a stream places each frame the
+/// same (HLS cuts segments by it). Samples are counted for MP3 and AAC (ADTS) only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub run_ms: u64,
+    pub samples: u64,
+}
+
+impl Position {
+    /// As a header value: `RUN_MS.SAMPLES`.
+    pub fn to_header(self) -> String {
+        format!("{}.{}", self.run_ms, self.samples)
+    }
+
+    pub fn from_header(v: &str) -> Option<Position> {
+        let (run, samples) = v.trim().split_once('.')?;
+        Some(Position {
+            run_ms: run.parse().ok()?,
+            samples: samples.parse().ok()?,
+        })
+    }
+}
+
+/// The samples (per channel) in a chunk of whole MP3 or ADTS frames; 0 for other formats.
+fn samples_in(format: StreamFormat, data: &[u8]) -> u64 {
+    let adts = match format {
+        StreamFormat::Mp3 => false,
+        StreamFormat::Adts => true,
+        _ => return 0,
+    };
+    let mut at = 0;
+    let mut samples = 0;
+    while let Some(f) = data
+        .get(at..)
+        .and_then(|rest| tidecast_codecs::framing::frame_at(rest, adts))
+    {
+        samples += u64::from(f.samples);
+        at += f.len;
+    }
+    samples
 }
 
 struct Ring {
@@ -72,6 +118,8 @@ struct Ring {
     bytes: usize,
     /// The header set that joiners get first (Ogg).
     headers: Option<Bytes>,
+    /// Where the next chunk begins.
+    next: Position,
 }
 
 /// The current ICY title, pre-encoded as a metadata block.
@@ -166,6 +214,12 @@ impl Hub {
                 first_seq: 0,
                 bytes: 0,
                 headers: None,
+                // A producer here begins a run now; a relay takes its origin's position.
+                next: Position {
+                    run_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64
+                        / 1_000_000,
+                    samples: 0,
+                },
             }),
             head: watch::channel(0).0,
             ended: AtomicBool::new(false),
@@ -203,7 +257,11 @@ impl Hub {
                     ring.headers = Some(data.clone());
                 }
                 ring.bytes += data.len();
-                ring.chunks.push_back(Chunk { data, header });
+                let at = ring.next;
+                if !header {
+                    ring.next.samples += samples_in(self.format, &data);
+                }
+                ring.chunks.push_back(Chunk { data, header, at });
             }
             while ring.bytes > self.queue_size && ring.chunks.len() > 1 {
                 if let Some(old) = ring.chunks.pop_front() {
@@ -261,6 +319,20 @@ impl Hub {
             .collect();
         let next = ring.first_seq + ring.chunks.len() as u64;
         ReadResult::Data(out, next)
+    }
+
+    /// Where chunk `seq` begins on the stream's timeline, if it is still in the ring.
+    pub fn position_of(&self, seq: u64) -> Option<Position> {
+        self.ring.with(|r| {
+            let i = usize::try_from(seq.checked_sub(r.first_seq)?).ok()?;
+            r.chunks.get(i).map(|c| c.at)
+        })
+    }
+
+    /// The chunks pushed from now on continue the timeline at `at` (a relay, from its origin's
+    /// word; again when it follows the mount to another origin).
+    pub fn continue_from(&self, at: Position) {
+        self.ring.with(|r| r.next = at);
     }
 
     /// Oldest sequence number still in the ring.
@@ -377,6 +449,34 @@ pub fn icy_block(title: &str, charset: &str) -> Bytes {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Chunks of MP3 frames are placed by the samples before them; a relay continues where its
+    /// origin says; the header form parses back and refuses what is not one.
+    #[test]
+    fn chunks_know_their_position() {
+        let h = hub(1 << 20, 0);
+        // Two 128 kbit/s, 44.1 kHz frames (1152 samples each) per chunk.
+        let mut frame = vec![0xFF, 0xFB, 0x90, 0x00];
+        frame.resize(417, 0);
+        let two = Bytes::from([frame.clone(), frame].concat());
+        h.push(two.clone(), false);
+        h.push(two.clone(), false);
+        let run = h.position_of(0).unwrap().run_ms;
+        assert_eq!(h.position_of(0).unwrap().samples, 0);
+        assert_eq!(h.position_of(1).unwrap().samples, 2304);
+        assert_eq!(h.position_of(2), None);
+        let there = Position {
+            run_ms: run - 5000,
+            samples: 1_000_000,
+        };
+        h.continue_from(there);
+        h.push(two, false);
+        assert_eq!(h.position_of(2), Some(there));
+        assert_eq!(Position::from_header(&there.to_header()), Some(there));
+        for bad in ["", "1", "a.b", "1.-2", "99999999999999999999.1"] {
+            assert_eq!(Position::from_header(bad), None, "{bad}");
+        }
+    }
 
     fn hub(queue: usize, burst: usize) -> Hub {
         Hub::new(

@@ -316,6 +316,15 @@ async fn listen(
         headers.push(("icy-metaint", metaint.to_string()));
     }
     headers.extend(cors.headers(false));
+    // Another node relaying the mount learns where its first chunk is on the stream's timeline,
+    // so it places every frame as this node does.
+    let start = relay.then(|| hub.join());
+    if let Some(at) = start
+        .as_ref()
+        .and_then(|(_, cursor)| hub.position_of(*cursor))
+    {
+        headers.push(("x-tidecast-position", at.to_header()));
+    }
 
     for (n, v) in &headers {
         head.push_str(&format!("{n}: {v}\r\n"));
@@ -402,7 +411,10 @@ async fn listen(
     };
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
-        Ok(()) => conn.run(&mut hub, wanted.clone(), ticket, intro).await,
+        Ok(()) => {
+            conn.run(&mut hub, wanted.clone(), ticket, intro, start)
+                .await
+        }
         Err(_) => "write error",
     };
     conn.detach(&hub);
@@ -579,6 +591,7 @@ impl Conn {
         mut wanted: String,
         mut ticket: ListenerTicket,
         intro: Option<Bytes>,
+        start: Option<(Option<Bytes>, u64)>,
     ) -> &'static str {
         let interval = self.state.settings.write_interval;
         let counter = self
@@ -602,7 +615,8 @@ impl Conn {
                 Err(WriteError::Io | WriteError::Lagged) => return "connection closed",
             }
         }
-        let (headers, mut cursor) = hub.join();
+        // Joined already when the head named the position (a relay); else after the intro.
+        let (headers, mut cursor) = start.unwrap_or_else(|| hub.join());
         if let Some(h) = headers {
             self.queue_audio(hub, h, &mut queue);
         }
