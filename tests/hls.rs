@@ -265,16 +265,20 @@ fn a_new_source_is_a_discontinuity_and_hls_sessions_count_as_listeners() {
 
 /// Two nodes carry one MP3 mount (A originates it, B relays it): both cut the same segments
 /// under the same numbers, with the same dates and timestamps, and a player that alternates
-/// nodes on every segment decodes them as one stream, without a gap.
+/// nodes on every segment decodes them as one stream, without a gap. A first playlist request
+/// is routed like a stream request: B, full, sends it to A.
 #[test]
 fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
     let etcd = Etcd::start();
     let hls = ["--hls-segment-secs", "2", "--hls-window-secs", "60"];
     let a = Node::start_clustered_with(&etcd, "a", &hls);
-    let b = Node::start_clustered_with(&etcd, "b", &hls);
+    let mut b_flags = hls.to_vec();
+    b_flags.extend(["--max-listeners", "1"]);
+    let b = Node::start_clustered_with(&etcd, "b", &b_flags);
     a.create_mount("/live.mp3", "hackme", &[]);
     let _source = fast_source(&a, "/live.mp3", 90, &MP3_128K);
-    let index = "/hls/live.mp3/index.m3u8";
+    // `routed=1`: as a player arrives after routing, served where it asks.
+    let index = "/hls/live.mp3/index.m3u8?routed=1";
     wait_for(Duration::from_secs(20), "A's segments", || {
         offered(&a, index) >= 10.0
     });
@@ -322,4 +326,33 @@ fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
         (decoded - total).abs() < 0.1,
         "decoded {decoded:.3} s of {total:.3} s"
     );
+
+    // B's one HLS session fills it; once its load report says so, a new player's first
+    // playlist request there is sent to A, marked as routed, and A serves it.
+    wait_for(
+        Duration::from_secs(15),
+        "B's report of its listener",
+        || {
+            let (ok, out, _) = b.cli(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            ok && v["nodes"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["name"] == "b" && n["listeners"] == 1))
+        },
+    );
+    let mut head = String::new();
+    wait_for(Duration::from_secs(15), "B to send a player to A", || {
+        let (code, h) = response_head(&b, "/hls/live.mp3/master.m3u8", &[]);
+        head = h;
+        code == 302
+    });
+    let to = location(&head);
+    assert!(
+        to.contains(&a.addr.to_string()) && to.ends_with("/hls/live.mp3/master.m3u8?routed=1"),
+        "{to}"
+    );
+    let path = to.split_once(&a.addr.to_string()).unwrap().1.to_owned();
+    let (code, body) = get(&a, &path);
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("#EXT-X-STREAM-INF"));
 }

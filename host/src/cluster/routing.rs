@@ -96,6 +96,18 @@ impl Router {
         client: &str,
         user_agent: &str,
     ) -> Option<String> {
+        let node = self.route_to_node(mount, client, user_agent).await?;
+        Some(format!("{node}/_stream{mount}"))
+    }
+
+    /// Which node a listener of `mount` from `client` should use: `Some(base URL)` of another
+    /// node, or `None` for this one.
+    pub async fn route_to_node(
+        self: &Arc<Self>,
+        mount: &str,
+        client: &str,
+        user_agent: &str,
+    ) -> Option<String> {
         let reports = self.coordinator.nodes();
         if reports.len() < 2 {
             return None;
@@ -145,10 +157,7 @@ impl Router {
         if chosen.name == self.coordinator.node_name() {
             return None;
         }
-        Some(format!(
-            "{}/_stream{mount}",
-            chosen.url.trim_end_matches('/')
-        ))
+        Some(chosen.url.trim_end_matches('/').to_owned())
     }
 
     /// Ranks `nodes` with the mount's policy plugin `p` in its slot, building (or rebuilding, after a

@@ -54,11 +54,45 @@ impl Hls {
         if crate::model::validate_mount_path(mount).is_err() {
             return Response::error(404, format!("no such mount: {mount}"));
         }
+        let playlist = file == "master.m3u8" || file == "index.m3u8";
+        if playlist && req.query("session").is_none() {
+            if let Some(r) = self.route(peer, req, mount).await {
+                return r;
+            }
+        }
         match file {
             "master.m3u8" => self.master(mount).await,
             "index.m3u8" => self.media(peer, req, mount).await,
             _ => self.segment(req, mount, file),
         }
+    }
+
+    /// In a cluster, a player's first playlist request is routed like a stream request: a
+    /// redirect to the node routing picks, where the player then stays (the playlists' URIs
+    /// are relative to it). The redirect's `routed=1` keeps the node it reaches from routing it
+    /// again. Mounts that take credentials are served where the player arrives: players do not
+    /// resend credentials to another host.
+    async fn route(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Option<Response> {
+        if req.query("routed").is_some() {
+            return None;
+        }
+        let m = self.coordinator.mount(mount)?;
+        if m.htpasswd.is_some() || m.auth_url.is_some() {
+            return None;
+        }
+        let agent = req.header("user-agent").unwrap_or("");
+        let node = self
+            .listen
+            .router
+            .route_to_node(mount, &peer.ip().to_string(), agent)
+            .await?;
+        let mut query = req.query_bytes();
+        query.push(("routed".to_owned(), b"1".to_vec()));
+        let location = format!("{node}{}?{}", req.path, crate::http::encode_form(&query));
+        Some(
+            Response::text(302, format!("this playlist is served at {location}"))
+                .header("Location", location),
+        )
     }
 
     /// The master playlist of `mount`'s family: it and the mounts transcoded from it.
@@ -122,6 +156,10 @@ impl Hls {
             None => sessions::derived_id(peer.ip(), agent, mount),
         };
         if !self.sessions.touch(&id, mount) {
+            let node_max = self.listen.settings.max_listeners;
+            if node_max > 0 && self.hubs.listener_count() >= node_max {
+                return Response::error(503, format!("this node is full ({node_max} listeners)"));
+            }
             let config = self.coordinator.mount(mount);
             let mut user = None;
             if let Some(m) = &config {
