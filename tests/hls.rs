@@ -209,6 +209,53 @@ fn mp3_and_aac_mounts_play_as_hls_with_valid_playlists() {
         assert!((29.5..=30.5).contains(&secs), "{mount}: decoded {secs} s");
     }
 
+    // A player's connection stays open across requests: a playlist and then a segment on one.
+    {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut conn = BufReader::new(std::net::TcpStream::connect(node.addr).unwrap());
+        conn.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut ask = |path: &str| -> (String, Vec<u8>) {
+            write!(
+                conn.get_mut(),
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: keep-alive-test\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                conn.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let mut body = vec![0; len];
+            conn.read_exact(&mut body).unwrap();
+            (head, body)
+        };
+        let (head, body) = ask("/hls/live.aac/index.m3u8");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.contains("Connection: keep-alive"),
+            "{head}"
+        );
+        let Ok(Playlist::MediaPlaylist(p)) = m3u8_rs::parse_playlist_res(&body) else {
+            panic!("not a media playlist");
+        };
+        let (head, body) = ask(&format!("/hls/live.aac/{}", p.segments[0].uri));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Content-Type: audio/aac"), "{head}");
+        assert_eq!(&body[..3], b"ID3");
+    }
+
     // The title reaches the MP3 segments cut after it was set.
     wait_for(Duration::from_secs(10), "a segment with the title", || {
         let p = media_playlist(&node, "/hls/live.mp3/index.m3u8");

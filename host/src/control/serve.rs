@@ -1,8 +1,8 @@
 //! The control plane's one entry: every request hyper parsed (`http/server.rs`) comes here and
 //! goes to the handler that answers it. The admin API and Icecast admin endpoints
 //! (`/admin/…`, `/api/…`), another node's internal calls (`/_cluster/…`, only with the cluster
-//! secret), CORS preflights, HLS playlists and segments (`hls/`), and the public pages
-//! (`control/pages.rs`).
+//! secret), CORS preflights (HLS's too; its GETs are answered on the hand-written side, which
+//! keeps their connections open), and the public pages (`control/pages.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub fn takes(req: &RequestHead) -> bool {
     let path = req.path.as_str();
     // Mounts never live under /admin, /api or /_cluster (reserved paths): a PUT there is an API
     // call (a plugin upload), not a source.
-    if ["/admin/", "/api/", "/_cluster/", "/hls/"]
+    if ["/admin/", "/api/", "/_cluster/"]
         .iter()
         .any(|p| path.starts_with(p))
     {
@@ -72,9 +72,6 @@ async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Inco
     let cors = Cors::from(req);
     match req.method.as_str() {
         "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
-        "GET" | "HEAD" if crate::hls::Hls::takes(&req.path) => {
-            cors.apply(state.hls.answer(peer, req).await, false)
-        }
         "GET" | "HEAD" if req.path == crate::control::pages::EVENTS => cors.apply(
             crate::control::nowplaying::events(state.clone(), req),
             false,

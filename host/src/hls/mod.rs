@@ -246,9 +246,7 @@ impl Hls {
         if !self.sessions.alive(&session, mount) {
             return Response::error(403, "no such session: load the playlist first");
         }
-        let (Some(segment), Some((kind, _, _))) =
-            (self.store.segment(mount, seq), self.store.timeline(mount))
-        else {
+        let Some((kind, segment)) = self.store.segment(mount, seq) else {
             return Response::error(404, format!("segment {seq} of {mount} is gone"));
         };
         Response::new(200, kind.content_type(), segment.data.clone())

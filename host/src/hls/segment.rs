@@ -120,14 +120,15 @@ impl Store {
         })
     }
 
-    /// Segment `seq` of `mount`, if still in the window.
-    pub fn segment(&self, mount: &str, seq: u64) -> Option<Arc<Segment>> {
+    /// Segment `seq` of `mount` and its kind, if still in the window.
+    pub fn segment(&self, mount: &str, seq: u64) -> Option<(Kind, Arc<Segment>)> {
         self.timelines.with(|t| {
             let t = t.get(mount)?;
             let first = t.segments.front()?.seq;
-            t.segments
-                .get(usize::try_from(seq.checked_sub(first)?).ok()?)
-                .cloned()
+            let s = t
+                .segments
+                .get(usize::try_from(seq.checked_sub(first)?).ok()?)?;
+            Some((t.kind, s.clone()))
         })
     }
 

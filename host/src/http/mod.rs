@@ -374,21 +374,28 @@ impl Response {
 
     /// Serializes the response; `head_only` omits the body (for HEAD).
     pub fn to_bytes(&self, version: &str, head_only: bool) -> Vec<u8> {
-        let mut head = format!("{version} {} {}\r\n", self.status, reason(self.status));
-        for (n, v) in &self.headers {
-            let _ = write!(head, "{n}: {v}\r\n");
-        }
-        let _ = write!(
-            head,
-            "Server: tidecast/{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION"),
-            self.body.len()
-        );
-        let mut out = head.into_bytes();
+        let mut out = self.head_bytes(version, false);
         if !head_only {
             out.extend_from_slice(&self.body);
         }
         out
+    }
+
+    /// The status line and headers, with `Content-Length` and `Connection: keep-alive` or
+    /// `close`.
+    pub fn head_bytes(&self, version: &str, keep_alive: bool) -> Vec<u8> {
+        let mut head = format!("{version} {} {}\r\n", self.status, reason(self.status));
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let _ = write!(
+            head,
+            "Server: tidecast/{}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            self.body.len()
+        );
+        head.into_bytes()
     }
 }
 
@@ -518,6 +525,28 @@ where
 }
 
 /// Writes a complete response, bounded in time; errors only mean the client left.
+/// Writes `r` and keeps the connection open for the client's next request: the head, then the
+/// body as it is held (a shared segment is not copied). False if the client is gone or stalls
+/// for 10 s.
+pub async fn send_keep_alive(
+    stream: &mut crate::tls::Stream,
+    r: &Response,
+    version: &str,
+    head_only: bool,
+) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    let head = r.head_bytes(version, true);
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        stream.write_all(&head).await?;
+        if !head_only {
+            stream.write_all(&r.body).await?;
+        }
+        stream.flush().await
+    })
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
+
 pub async fn send(stream: &mut crate::tls::Stream, r: &Response, version: &str, head_only: bool) {
     use tokio::io::AsyncWriteExt as _;
     let bytes = r.to_bytes(version, head_only);

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Node;
-use crate::http::{read_head, send, Cors, Response};
+use crate::http::{read_head, send, Cors, HeadError, RequestHead, Response};
 use crate::metrics::ErrorKind;
 use crate::tls::{Acceptor, Stream};
 
@@ -198,42 +198,102 @@ async fn handle(
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
-    let mut req = match read_head(&mut stream, &mut buf, header_timeout).await {
-        Ok(r) => r,
-        Err(e) => {
-            let kind = match e.status() {
-                Some(408) => ErrorKind::Timeout,
-                Some(431) => ErrorKind::TooLarge,
-                Some(_) => ErrorKind::BadRequest,
-                None => {
-                    debug!(%peer, error = %e, "connection closed before a request");
+    let tcp_peer = peer;
+    let mut _slot = None;
+    // Requests on this connection: more than one only after HLS answers, which keep it open
+    // (players fetch a playlist and a segment every few seconds); anything else ends it.
+    for served in 0u64.. {
+        let mut req = match read_head(&mut stream, &mut buf, header_timeout).await {
+            Ok(r) => r,
+            // A kept-alive connection the player let go quiet, or closed.
+            Err(HeadError::Closed | HeadError::Timeout(_)) if served > 0 && buf.is_empty() => {
+                return;
+            }
+            Err(e) => {
+                let kind = match e.status() {
+                    Some(408) => ErrorKind::Timeout,
+                    Some(431) => ErrorKind::TooLarge,
+                    Some(_) => ErrorKind::BadRequest,
+                    None => {
+                        debug!(%peer, error = %e, "connection closed before a request");
+                        return;
+                    }
+                };
+                state.metrics.error(kind);
+                info!(%peer, error = %e, "bad request");
+                if let Some(status) = e.status() {
+                    send(&mut stream, &Response::text(status, &e), "HTTP/1.0", false).await;
+                }
+                return;
+            }
+        };
+        req.secure = stream.is_tls();
+        // Behind a trusted proxy, the client it names.
+        let peer = SocketAddr::new(
+            crate::clients::forwarded_for(&req, tcp_peer.ip(), &state.trusted_proxies),
+            tcp_peer.port(),
+        );
+        if served == 0 {
+            _slot = match count_client.as_ref().map(|limits| limits.take(peer.ip())) {
+                None => None,
+                Some(Some(slot)) => Some(slot),
+                Some(None) => {
+                    state.metrics.error(ErrorKind::AddressFull);
+                    let r = Response::text(503, "too many connections from your address");
+                    send(&mut stream, &r, req.response_version(), false).await;
                     return;
                 }
             };
-            state.metrics.error(kind);
-            info!(%peer, error = %e, "bad request");
-            if let Some(status) = e.status() {
-                send(&mut stream, &Response::text(status, &e), "HTTP/1.0", false).await;
+        }
+        if crate::hls::Hls::takes(&req.path) && matches!(req.method.as_str(), "GET" | "HEAD") {
+            if !answer_hls(&mut stream, peer, &req, &state).await {
+                return;
             }
-            return;
+            continue;
         }
+        return dispatch(stream, peer, req, buf, state).await;
+    }
+}
+
+/// Answers an HLS request on the hand-written side, with its access-log line; true if the
+/// connection stays open for the next request (HTTP/1.1, and the client did not ask to close).
+async fn answer_hls(
+    stream: &mut Stream,
+    peer: SocketAddr,
+    req: &RequestHead,
+    state: &Node,
+) -> bool {
+    let started = std::time::Instant::now();
+    let cors = Cors::from(req);
+    let r = cors.apply(state.hls.answer(peer, req).await, false);
+    let keep = req.version == crate::http::Version::Http11
+        && !req
+            .header("connection")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("close"));
+    let version = req.response_version();
+    let head_only = req.method == "HEAD";
+    let kept = if keep {
+        crate::http::send_keep_alive(stream, &r, version, head_only).await
+    } else {
+        send(stream, &r, version, head_only).await;
+        false
     };
-    req.secure = stream.is_tls();
-    // Behind a trusted proxy, the client it names.
-    let peer = SocketAddr::new(
-        crate::clients::forwarded_for(&req, peer.ip(), &state.trusted_proxies),
-        peer.port(),
-    );
-    let _slot = match count_client.map(|limits| limits.take(peer.ip())) {
-        None => None,
-        Some(Some(slot)) => Some(slot),
-        Some(None) => {
-            state.metrics.error(ErrorKind::AddressFull);
-            let r = Response::text(503, "too many connections from your address");
-            send(&mut stream, &r, req.response_version(), false).await;
-            return;
-        }
-    };
+    if let Some(log) = &state.access {
+        log.request(peer.ip(), req, &crate::access::Outcome::of(&r), started);
+    }
+    kept
+}
+
+/// Hands a request to the side that serves it: hyper's control plane, ingest, a relay or a
+/// listener.
+async fn dispatch(
+    mut stream: Stream,
+    peer: SocketAddr,
+    req: RequestHead,
+    buf: BytesMut,
+    state: Arc<Node>,
+) {
+    let header_timeout = state.config.header_timeout();
     if crate::control::serve::takes(&req) {
         let handler =
             move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);

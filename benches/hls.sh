@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# HLS benchmark: in one run, one 128 kbit/s MP3 mount (ffmpeg, -c copy, real time) served to N
+# players three ways, one after the other:
+#   1. tidecast's HLS (6 s segments, each player its own session, from benches' hls-load);
+#   2. tidecast's progressive stream of the same mount (fanout-load, as benches/fanout.sh);
+#   3. nginx (Debian, one worker, sendfile) serving a snapshot of the same playlist and segments
+#      as static files, to the same hls-load (which then goes round the snapshot's segments, so
+#      it makes the same requests: one playlist and one segment per player per 6 s), once with
+#      keep-alive and once with a connection per request (as tidecast answers HLS today).
+# Reports CPU µs per listener-second of each server over the window. Everything runs on
+# loopback and is killed on exit.
+#
+#   benches/hls.sh [PLAYERS]                    (default 1000)
+#   SECONDS_PER_RUN=30 benches/hls.sh 1000      (window per row; default 60 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-1000}
+window=${SECONDS_PER_RUN:-60}
+ulimit -n 20000
+
+for t in ffmpeg nginx curl python3; do
+  command -v $t >/dev/null || { echo "missing $t: run tests/run.sh first (nginx is in .config/debian-packages)" >&2; exit 1; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidecast/target}"
+cargo build --release --locked -q -p tidecast -p tidecast-benches
+bin="$CARGO_TARGET_DIR/release"
+
+work=$(mktemp -d /tmp/tidecast-hls.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+# 60 s of 128 kbit/s CBR stereo MP3, looped by the source.
+ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=440:duration=60" -ac 2 -c:a libmp3lame -b:a 128k "$work/in.mp3"
+
+port=$(free_port)
+TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
+  --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 \
+  --hls-segment-secs 6 --hls-window-secs 60 >/dev/null 2>"$work/tidecast.log" &
+tidecast=$!; pids+=($tidecast)
+wait_port "$port"
+"$bin/tidecast" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$port" --admin-password benchadmin >/dev/null
+ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
+  "icecast://source:benchpw@127.0.0.1:$port/live.mp3" &
+pids+=($!)
+echo "a full HLS window (66 s) before measuring" >&2
+sleep 66
+
+master=/hls/live.mp3/master.m3u8
+tidecast_hls=$("$bin/hls-load" --addr "127.0.0.1:$port" --master "$master" --players "$n" \
+  --interval 6 --seconds "$window" --server-pid "$tidecast")
+echo "tidecast HLS: $tidecast_hls" >&2
+sleep 20 # the sessions expire (three segment lengths)
+tidecast_progressive=$("$bin/fanout-load" --addr "127.0.0.1:$port" --mount /live.mp3 --listeners "$n" \
+  --seconds "$window" --server-pid "$tidecast")
+echo "tidecast progressive: $tidecast_progressive" >&2
+
+# The same playlist and segments as static files for nginx.
+www="$work/www"
+mkdir -p "$www/hls/live.mp3"
+curl -sf "http://127.0.0.1:$port$master" -o "$www$master"
+media=$(grep -v '^#' "$www$master" | head -n 1)
+curl -sf "http://127.0.0.1:$port$media" -o "$www/hls/live.mp3/index.m3u8"
+grep -v '^#' "$www/hls/live.mp3/index.m3u8" | while read -r uri; do
+  curl -sf "http://127.0.0.1:$port/hls/live.mp3/$uri" -o "$www/hls/live.mp3/${uri%%\?*}"
+done
+chmod -R a+rX "$www"
+# nginx twice: as deployed (keep-alive), and with one request per connection, as tidecast's
+# control plane answers today (hyper with keep-alive off).
+run_nginx() {
+  local keepalive=$1 nport master_pid worker_pid
+  nport=$(free_port)
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 20000; }
+http {
+  sendfile on; tcp_nopush on; tcp_nodelay on;
+  keepalive_timeout $keepalive; keepalive_requests 1000000;
+  access_log off;
+  client_body_temp_path $work/nginx-tmp; proxy_temp_path $work/nginx-tmp;
+  fastcgi_temp_path $work/nginx-tmp; uwsgi_temp_path $work/nginx-tmp; scgi_temp_path $work/nginx-tmp;
+  types { application/vnd.apple.mpegurl m3u8; audio/mpeg mp3; }
+  server { listen 127.0.0.1:$nport; root $www; }
+}
+CONF
+  nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" >/dev/null 2>&1 &
+  master_pid=$!; pids+=($master_pid)
+  wait_port "$nport"
+  worker_pid=$(pgrep -P "$master_pid" | head -n 1)
+  "$bin/hls-load" --addr "127.0.0.1:$nport" --master "$master" --players "$n" \
+    --interval 6 --seconds "$window" --server-pid "$master_pid,$worker_pid"
+  kill -9 "$master_pid" "$worker_pid" 2>/dev/null || true
+}
+nginx_keepalive=$(run_nginx 65)
+echo "nginx HLS, keep-alive: $nginx_keepalive" >&2
+nginx_close=$(run_nginx 0)
+echo "nginx HLS, a connection per request: $nginx_close" >&2
+
+python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" <<'PY'
+import json, sys
+n = sys.argv[1]
+hls, prog, ngx, ngx_close = (json.loads(a) for a in sys.argv[2:6])
+def row(name, cpu, kbps, errors):
+    ratio = hls["cpu_us_per_listener_s"] / cpu if cpu else 0
+    print(f"| {n} | {name} | {cpu:.1f} | {kbps:.1f} | {errors} | {ratio:.2f} |")
+print("| players | server | CPU µs / listener-s | kbit/s per player | errors | tidecast HLS / this |")
+print("|---|---|---|---|---|---|")
+row("tidecast HLS", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"])
+row("tidecast progressive", prog["cpu_us_per_listener_second"], prog["mean_kbps_received"],
+    prog["failed_connects"])
+row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"], ngx["errors"])
+row("nginx HLS, a connection per request", ngx_close["cpu_us_per_listener_s"], ngx_close["kbit_s_per_player"], ngx_close["errors"])
+PY
