@@ -1,4 +1,5 @@
-//! HLS: every MP3 and AAC mount as a live HLS stream, served from memory by the control plane.
+//! HLS: every MP3 and AAC mount as a live HLS stream, served from memory on the hand-written
+//! side of the port (`node/accept.rs`), which keeps a player's connection open between requests.
 //!
 //! - `GET /hls/<mount>/master.m3u8`: the mount and its transcoded mounts as renditions
 //!   (`BANDWIDTH` measured from the segments, `CODECS`), each URI carrying a new session id;
@@ -14,7 +15,6 @@
 pub mod segment;
 pub mod sessions;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -143,7 +143,7 @@ impl Hls {
     /// the client), which is started here after the same checks as a stream request.
     async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
         self.relay_if_elsewhere(&[mount.to_owned()]).await;
-        let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
+        let Some((_, segments, discontinuity_seq)) = self.store.timeline(mount) else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
         };
         let Some(first) = segments.first() else {
@@ -193,22 +193,10 @@ impl Hls {
             first.seq
         );
         for s in &segments {
-            if s.discontinuity {
-                out.push_str("#EXT-X-DISCONTINUITY\n");
-            }
-            let when = s
-                .program_time
-                .format(time::macros::format_description!(
-                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-                ))
-                .unwrap_or_default();
-            let _ = write!(
-                out,
-                "#EXT-X-PROGRAM-DATE-TIME:{when}\n#EXTINF:{:.3},\n{}.{}?session={id}\n",
-                s.duration,
-                s.seq,
-                kind.ext()
-            );
+            out.push_str(&s.playlist_entry);
+            out.push_str("?session=");
+            out.push_str(&id);
+            out.push('\n');
         }
         Response::new(200, PLAYLIST, out).header("Cache-Control", "no-cache")
     }

@@ -66,14 +66,16 @@ impl Kind {
     }
 }
 
-/// One segment: its media sequence number, length, bytes, when its first sample was live, and
-/// whether it starts a new run of the stream (a new source, or data the cutter lost).
+/// One segment: its media sequence number, length, bytes, whether it starts a new run of the
+/// stream (a new source, or data the cutter lost), and its lines in a media playlist, written
+/// once (`EXT-X-DISCONTINUITY`, `EXT-X-PROGRAM-DATE-TIME`: when its first sample was live,
+/// `EXTINF`, and its URI but for the session's query).
 pub struct Segment {
     pub seq: u64,
     pub duration: f64,
     pub data: Bytes,
-    pub program_time: time::OffsetDateTime,
     pub discontinuity: bool,
+    pub playlist_entry: String,
 }
 
 /// A mount's segments.
@@ -162,13 +164,26 @@ impl Store {
         let start_ms = cut.start.run_ms + cut.start.samples * 1000 / rate;
         let program_time =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                .format(time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+                ))
+                .unwrap_or_default();
+        let duration = cut.samples as f64 / rate as f64;
         let segment = Segment {
             seq,
-            duration: cut.samples as f64 / rate as f64,
+            duration,
             data: packed(pts, &cut.title, &cut.frames),
-            program_time,
             discontinuity,
+            playlist_entry: format!(
+                "{}#EXT-X-PROGRAM-DATE-TIME:{program_time}\n#EXTINF:{duration:.3},\n{seq}.{}",
+                if discontinuity {
+                    "#EXT-X-DISCONTINUITY\n"
+                } else {
+                    ""
+                },
+                kind.ext()
+            ),
         };
         t.segments.push_back(Arc::new(segment));
         let window = self.settings.window.as_secs_f64();
