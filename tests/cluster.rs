@@ -899,17 +899,7 @@ fn signed_urls_and_passwords_survive_a_cluster_redirect() {
         .1
         .to_owned();
     let _fills_b = wait_for_listener(&b, &format!("/_stream{signed}"));
-    wait_for(
-        Duration::from_secs(15),
-        "B's own report of its listener",
-        || {
-            let (ok, out, _) = b.cli(&["status", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            ok && v["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().any(|n| n["name"] == "b" && n["listeners"] == 1))
-        },
-    );
+    wait_for_report(&b, "b", 1);
     // Through B, once B's routing knows it is full: redirected to A with the signature kept
     // (until then B answers 503 itself and takes no listener), and A lets the listener in.
     let mut head = String::new();

@@ -30,17 +30,6 @@ fn fast_source(node: &Node, mount: &str, secs: u32, encode: &[&str]) -> Proc {
     )
 }
 
-const AAC_96K: [&str; 8] = [
-    "-c:a",
-    "aac",
-    "-b:a",
-    "96k",
-    "-content_type",
-    "audio/aac",
-    "-f",
-    "adts",
-];
-
 fn get(node: &Node, path: &str) -> (u16, Vec<u8>) {
     let (code, _, body) = http_get(node.addr, path, &[("User-Agent", "hls-test/1.0")]);
     (code, body)
@@ -376,17 +365,7 @@ fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
 
     // B's one HLS session fills it; once its load report says so, a new player's first
     // playlist request there is sent to A, marked as routed, and A serves it.
-    wait_for(
-        Duration::from_secs(15),
-        "B's report of its listener",
-        || {
-            let (ok, out, _) = b.cli(&["status", "--json"]);
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            ok && v["nodes"]
-                .as_array()
-                .is_some_and(|n| n.iter().any(|n| n["name"] == "b" && n["listeners"] == 1))
-        },
-    );
+    wait_for_report(&b, "b", 1);
     let mut head = String::new();
     wait_for(Duration::from_secs(15), "B to send a player to A", || {
         let (code, h) = response_head(&b, "/hls/live.mp3/master.m3u8", &[]);

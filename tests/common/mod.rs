@@ -414,6 +414,18 @@ pub const MP3_128K: [&str; 8] = [
     "mp3",
 ];
 
+/// ffmpeg options for a 96 kbit/s AAC (ADTS) source.
+pub const AAC_96K: [&str; 8] = [
+    "-c:a",
+    "aac",
+    "-b:a",
+    "96k",
+    "-content_type",
+    "audio/aac",
+    "-f",
+    "adts",
+];
+
 /// ffmpeg options for a 64 kbit/s Opus-in-Ogg source.
 pub const OPUS_64K_OGG: [&str; 8] = [
     "-c:a",
@@ -1088,6 +1100,23 @@ impl Link {
 
 /// The status and head of `GET path` (the connection is dropped after the head: a stream's body
 /// never ends).
+/// Waits (15 s at most) until `node`'s own load report, as `tidecast status` shows it, counts
+/// `listeners` listeners on the node named `name`.
+pub fn wait_for_report(node: &Node, name: &str, listeners: u64) {
+    wait_for(
+        Duration::from_secs(15),
+        &format!("{name}'s report of {listeners} listener(s)"),
+        || {
+            let (ok, out, _) = node.cli(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            ok && v["nodes"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|n| n["name"] == name && n["listeners"] == listeners)
+            })
+        },
+    );
+}
+
 pub fn response_head(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(node.addr).unwrap();

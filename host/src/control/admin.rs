@@ -681,21 +681,19 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
         }
         Some(u) => problems.push(format!("auth_url {u:?} is not an http:// or https:// URL")),
     }
-    match r.htpasswd.take() {
-        None => {}
-        Some(p) if p.is_empty() => m.htpasswd = None,
-        Some(p) if std::path::Path::new(&p).is_absolute() => m.htpasswd = Some(p),
-        Some(p) => problems.push(format!(
-            "htpasswd {p:?} must be an absolute path (each node reads it from its own disk)"
-        )),
-    }
-    match r.intro.take() {
-        None => {}
-        Some(p) if p.is_empty() => m.intro = None,
-        Some(p) if std::path::Path::new(&p).is_absolute() => m.intro = Some(p),
-        Some(p) => problems.push(format!(
-            "intro {p:?} must be an absolute path (each node reads it from its own disk)"
-        )),
+    // Files each node reads from its own disk: an absolute path, or "" to remove.
+    for (name, given, field) in [
+        ("htpasswd", r.htpasswd.take(), &mut m.htpasswd),
+        ("intro", r.intro.take(), &mut m.intro),
+    ] {
+        match given {
+            None => {}
+            Some(p) if p.is_empty() => *field = None,
+            Some(p) if std::path::Path::new(&p).is_absolute() => *field = Some(p),
+            Some(p) => problems.push(format!(
+                "{name} {p:?} must be an absolute path (each node reads it from its own disk)"
+            )),
+        }
     }
     match r.max_user_connections {
         None => {}
