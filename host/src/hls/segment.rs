@@ -156,12 +156,21 @@ impl Store {
         t.last_run = Some(cut.start.run_ms);
         // Numbered by position, the same on every node; always after the last one here (a
         // source sending faster than real time could otherwise reach the next run's numbers).
-        let mut seq = cut.start.run_ms / target_ms + cut.start.samples / target_samples + 1;
+        // A relay's position comes from another node: no arithmetic on it may overflow.
+        let mut seq = (cut.start.run_ms / target_ms)
+            .saturating_add(cut.start.samples / target_samples)
+            .saturating_add(1);
         if let Some(last) = t.segments.back() {
             seq = seq.max(last.seq + 1);
         }
-        let pts = cut.start.run_ms * 90 + cut.start.samples * 90_000 / rate;
-        let start_ms = cut.start.run_ms + cut.start.samples * 1000 / rate;
+        let pts = cut.start.run_ms.wrapping_mul(90).wrapping_add(
+            u64::try_from(u128::from(cut.start.samples) * 90_000 / u128::from(rate))
+                .unwrap_or(u64::MAX),
+        );
+        let start_ms = cut
+            .start
+            .run_ms
+            .saturating_add(cut.start.samples.saturating_mul(1000) / rate);
         let program_time =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(start_ms) * 1_000_000)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
@@ -298,7 +307,7 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
                         // target: anything before it here (a cutter that began mid-segment) is
                         // not a whole segment, and another node's would differ.
                         if current.is_none() && at.samples % target >= u64::from(f.samples) {
-                            at.samples += u64::from(f.samples);
+                            at.samples = at.samples.saturating_add(u64::from(f.samples));
                             offset += f.len;
                             continue;
                         }
@@ -312,7 +321,7 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
                         });
                         c.frames.extend_from_slice(&chunk[offset..offset + f.len]);
                         c.samples += u64::from(f.samples);
-                        at.samples += u64::from(f.samples);
+                        at.samples = at.samples.saturating_add(u64::from(f.samples));
                         offset += f.len;
                     }
                     expected = Some(at);

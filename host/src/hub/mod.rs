@@ -259,7 +259,10 @@ impl Hub {
                 ring.bytes += data.len();
                 let at = ring.next;
                 if !header {
-                    ring.next.samples += samples_in(self.format, &data);
+                    ring.next.samples = ring
+                        .next
+                        .samples
+                        .saturating_add(samples_in(self.format, &data));
                 }
                 ring.chunks.push_back(Chunk { data, header, at });
             }
