@@ -245,6 +245,29 @@ fn mp3_and_aac_mounts_play_as_hls_with_valid_playlists() {
         assert_eq!(&body[..3], b"ID3");
     }
 
+    // A station's master playlist lists its mounts' renditions.
+    for args in [
+        &["station", "create", "radio1"][..],
+        &["mount", "edit", "/live.mp3", "--station", "radio1"],
+        &["mount", "edit", "/live.aac", "--station", "radio1"],
+    ] {
+        let (ok, _, err) = node.cli(args);
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (code, body) = get(&node, "/hls/master.m3u8?station=radio1");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let Ok(Playlist::MasterPlaylist(station)) = m3u8_rs::parse_playlist_res(&body) else {
+        panic!("not a master playlist");
+    };
+    let mut codecs: Vec<_> = station
+        .variants
+        .iter()
+        .filter_map(|v| v.codecs.clone())
+        .collect();
+    codecs.sort();
+    assert_eq!(codecs, ["mp4a.40.2", "mp4a.40.34"]);
+    assert_eq!(get(&node, "/hls/master.m3u8?station=nope").0, 404);
+
     // The title reaches the MP3 segments cut after it was set.
     wait_for(Duration::from_secs(10), "a segment with the title", || {
         let p = media_playlist(&node, "/hls/live.mp3/index.m3u8");

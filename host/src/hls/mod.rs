@@ -3,6 +3,7 @@
 //!
 //! - `GET /hls/<mount>/master.m3u8`: the mount and its transcoded mounts as renditions
 //!   (`BANDWIDTH` measured from the segments, `CODECS`), each URI carrying a new session id;
+//!   `GET /hls/master.m3u8?station=NAME`: the same for a station's mounts;
 //! - `GET /hls/<mount>/index.m3u8[?session=ID]`: the media playlist of the last window of
 //!   segments (`EXT-X-PROGRAM-DATE-TIME` on each, `EXT-X-DISCONTINUITY` where a new source
 //!   began); the first request of a session decides whether it may listen, as a stream request
@@ -39,6 +40,10 @@ pub struct Hls {
 /// The media type of playlists.
 const PLAYLIST: &str = "application/vnd.apple.mpegurl";
 
+/// The master playlist of a station (`?station=NAME`): every HLS mount of the station and of
+/// the mounts transcoded from them.
+pub const STATION_MASTER: &str = "/hls/master.m3u8";
+
 impl Hls {
     /// Whether `path` is HLS's.
     pub fn takes(path: &str) -> bool {
@@ -47,6 +52,15 @@ impl Hls {
 
     /// Answers a GET or HEAD under `/hls/`.
     pub async fn answer(&self, peer: SocketAddr, req: &RequestHead) -> Response {
+        if req.path == STATION_MASTER {
+            return match req.query("station") {
+                Some(name) if self.coordinator.station(&name).is_some() => {
+                    let family = self.station_family(&name);
+                    self.master(&family, &format!("station {name}")).await
+                }
+                _ => Response::error(404, "no such station (?station=NAME)"),
+            };
+        }
         let rest = &req.path["/hls".len()..];
         let Some((mount, file)) = rest.rsplit_once('/') else {
             return Response::error(404, "no such HLS resource");
@@ -61,7 +75,10 @@ impl Hls {
             }
         }
         match file {
-            "master.m3u8" => self.master(mount).await,
+            "master.m3u8" => {
+                let family = self.family(mount);
+                self.master(&family, mount).await
+            }
             "index.m3u8" => self.media(peer, req, mount).await,
             _ => self.segment(req, mount, file),
         }
@@ -95,8 +112,8 @@ impl Hls {
         )
     }
 
-    /// The master playlist of `mount`'s family: it and the mounts transcoded from it.
-    async fn master(&self, mount: &str) -> Response {
+    /// `mount`'s family: it and the mounts transcoded from it.
+    fn family(&self, mount: &str) -> Vec<String> {
         let mut family: Vec<String> = vec![mount.to_owned()];
         family.extend(
             self.coordinator
@@ -105,10 +122,34 @@ impl Hls {
                 .filter(|m| m.transcode.as_ref().is_some_and(|t| t.from == mount))
                 .map(|m| m.path),
         );
-        self.relay_if_elsewhere(&family).await;
+        family
+    }
+
+    /// A station's mounts and the mounts transcoded from them.
+    fn station_family(&self, station: &str) -> Vec<String> {
+        let mounts = self.coordinator.mounts();
+        let own: Vec<String> = mounts
+            .iter()
+            .filter(|m| m.station.as_deref() == Some(station))
+            .map(|m| m.path.clone())
+            .collect();
+        let mut family = own.clone();
+        for m in &mounts {
+            let from_own = m.transcode.as_ref().is_some_and(|t| own.contains(&t.from));
+            if from_own && !family.contains(&m.path) {
+                family.push(m.path.clone());
+            }
+        }
+        family
+    }
+
+    /// The master playlist of `family` (what it is of, for errors): each mount that has
+    /// segments as a rendition.
+    async fn master(&self, family: &[String], of: &str) -> Response {
+        self.relay_if_elsewhere(family).await;
         let id = sessions::new_id();
         let mut renditions: Vec<(u64, String)> = Vec::new();
-        for m in &family {
+        for m in family {
             let Some((kind, segments, _)) = self.store.timeline(m) else {
                 continue;
             };
@@ -129,7 +170,7 @@ impl Hls {
             ));
         }
         if renditions.is_empty() {
-            return Response::error(404, format!("{mount} has no HLS stream right now"));
+            return Response::error(404, format!("{of} has no HLS stream right now"));
         }
         renditions.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
