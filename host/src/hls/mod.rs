@@ -272,7 +272,7 @@ impl Hls {
             return Response::error(404, "no such HLS resource");
         };
         let session = req.query("session").unwrap_or_default();
-        if !self.sessions.alive(&session, mount) {
+        if !self.sessions.touch(&session, mount) {
             return Response::error(403, "no such session: load the playlist first");
         }
         let Some((kind, segment)) = self.store.segment(mount, seq) else {

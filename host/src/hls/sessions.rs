@@ -94,8 +94,8 @@ impl Sessions {
         }
     }
 
-    /// Marks session `id` alive, now listening to `mount` (a player may switch renditions);
-    /// false if there is no such session.
+    /// Marks session `id` alive (a playlist or segment request), now listening to `mount` (a
+    /// player may switch renditions); false if there is no such session.
     pub fn touch(&self, id: &str, mount: &str) -> bool {
         let mut table = self.table.locked();
         let Some(s) = table.get_mut(id) else {
@@ -133,11 +133,6 @@ impl Sessions {
             gauge.inc();
             (hub, gauge)
         })
-    }
-
-    /// Whether session `id` exists for `mount` (a segment request), marking it alive.
-    pub fn alive(&self, id: &str, mount: &str) -> bool {
-        self.touch(id, mount)
     }
 
     /// Starts session `id` as a listener of `new.mount`.
