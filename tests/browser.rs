@@ -460,6 +460,43 @@ hls.attachMedia(a);
         titles.as_array().unwrap().len() >= 3,
         "titles seen in the segments' ID3: {titles}"
     );
+
+    // The public page plays a mount as HLS through hls.js where the browser cannot play the
+    // stream itself (forced here with ?hls=1: Chromium plays MP3).
+    browser.open(&format!("https://localhost:{}/?hls=1", node_port(&tls)));
+    let card = "document.querySelector('[data-mount=\"/live.mp3\"] audio')";
+    wait_for(Duration::from_secs(15), "the page's hls.js player", || {
+        browser.run(&format!("return {card}.dataset.player || null;")) == json!("hls.js")
+    });
+    browser.run(&format!("{card}.muted = true; {card}.play(); return null;"));
+    let position = || {
+        browser
+            .run(&format!("return {card}.currentTime;"))
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    let mut start = 0.0;
+    wait_for(
+        Duration::from_secs(15),
+        "the page's player to start",
+        || {
+            start = position();
+            start > 0.0
+        },
+    );
+    // A live stream does not start at zero: it must advance.
+    wait_for(
+        Duration::from_secs(20),
+        "the page's player to play 3 s",
+        || position() - start >= 3.0,
+    );
+    assert!(
+        browser
+            .run(&format!("return {card}.src;"))
+            .as_str()
+            .is_some_and(|s| s.starts_with("blob:")),
+        "the page's player is not fed by hls.js"
+    );
 }
 
 fn node_port(addr: &str) -> &str {

@@ -94,11 +94,11 @@ fn index(state: &Node, req: &RequestHead) -> Response {
 /// The HTML public page (`control/public.html`, in the binary): one card per mount, declared or
 /// live, with an `<audio>` player; its script follows `/nowplaying/events` for titles.
 fn public_page(state: &Node) -> Response {
-    let mut mounts: Vec<(String, bool, String, String)> = state
+    let mut mounts: Vec<(String, bool, String, String, Option<String>)> = state
         .coordinator
         .mounts()
         .into_iter()
-        .map(|m| (m.path, false, String::new(), String::new()))
+        .map(|m| (m.path, false, String::new(), String::new(), None))
         .collect();
     for hub in state.hubs.live_hubs() {
         let live = (
@@ -106,6 +106,8 @@ fn public_page(state: &Node) -> Response {
             true,
             hub.meta().title,
             hub.props.name.clone().unwrap_or_default(),
+            // The content type of a mount that has HLS.
+            crate::hls::segment::Kind::of(hub.format).map(|_| hub.content_type.clone()),
         );
         match mounts.iter_mut().find(|m| m.0 == hub.mount) {
             Some(m) => *m = live,
@@ -115,12 +117,22 @@ fn public_page(state: &Node) -> Response {
     mounts.sort();
     let cards: String = mounts
         .iter()
-        .map(|(mount, live, title, name)| {
+        .map(|(mount, live, title, name, hls)| {
             let (class, badge) = if *live { ("mount", "live") } else { ("mount off", "off air") };
             let m = xml_escape(mount);
+            // A browser that cannot play the stream itself plays its HLS through hls.js.
+            let hls = hls
+                .as_ref()
+                .map(|ct| {
+                    format!(
+                        " data-hls=\"/hls{m}/master.m3u8\" data-type=\"{}\"",
+                        xml_escape(ct)
+                    )
+                })
+                .unwrap_or_default();
             format!(
                 "<section class=\"{class}\" data-mount=\"{m}\"><h2>{heading} <span class=\"badge\">{badge}</span></h2>\
-                 <p class=\"title\">{title}</p><audio controls preload=\"none\" src=\"{m}\"></audio>\
+                 <p class=\"title\">{title}</p><audio controls preload=\"none\" src=\"{m}\"{hls}></audio>\
                  <p class=\"meta\"><a href=\"{m}.m3u\">{m}</a></p></section>\n",
                 heading = xml_escape(if name.is_empty() { mount } else { name }),
                 title = xml_escape(title),
@@ -141,10 +153,12 @@ fn public_page(state: &Node) -> Response {
         .replace("{{TITLE}}", &title)
         .replace("{{MOUNTS}}", &cards);
     Response::new(200, "text/html; charset=utf-8", html)
-        // The page runs only its own inline script and plays only this server's streams.
+        // The page runs only its own scripts (inline, and the embedded hls.js) and plays only
+        // this server's streams (hls.js feeds the player through a blob: media source, from a
+        // blob: worker).
         .header(
             "Content-Security-Policy",
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; media-src 'self'; connect-src 'self'",
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; media-src 'self' blob:; worker-src 'self' blob:; connect-src 'self'",
         )
         .header("X-Content-Type-Options", "nosniff")
 }
