@@ -193,7 +193,7 @@ fn serve_page(dir: &Path, page: String) -> u16 {
 /// Certificates for the node and the other site (both `localhost` and 127.0.0.1) under
 /// `dir/certs`, and a node taking TLS on its own port with `extra` flags; the node and its TLS
 /// address.
-fn tls_node(dir: &Path, extra: &[&str]) -> (Node, String, std::path::PathBuf) {
+fn tls_site_and_node(dir: &Path, extra: &[&str]) -> (Node, String, std::path::PathBuf) {
     let certs = dir.join("certs");
     make_ca(&certs);
     for name in ["node", "site"] {
@@ -205,18 +205,7 @@ fn tls_node(dir: &Path, extra: &[&str]) -> (Node, String, std::path::PathBuf) {
             "serverAuth",
         );
     }
-    let tls = format!("127.0.0.1:{}", free_port());
-    let (cert, key) = (certs.join("node.crt"), certs.join("node.key"));
-    let mut flags = vec![
-        "--tls-listen",
-        &tls,
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    flags.extend_from_slice(extra);
-    let node = Node::start(&flags);
+    let (node, tls) = tls_node(&certs.join("node.crt"), &certs.join("node.key"), extra);
     (node, tls, certs)
 }
 
@@ -229,7 +218,7 @@ fn tone_source(node: &Node, mount: &str, freq: u32, encode: &[&str]) -> Proc {
 #[test]
 fn every_kind_of_mount_plays_in_chromium_from_another_https_site() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, tls, certs) = tls_node(dir.path(), &["--hostname", "Radio Test"]);
+    let (node, tls, certs) = tls_site_and_node(dir.path(), &["--hostname", "Radio Test"]);
     let sources = [
         ("/tone.mp3", &MP3_128K[..]),
         ("/tone.aac", &AAC_96K[..]),
@@ -359,7 +348,7 @@ fetch("{streams}/tone.mp3", {{ headers: {{ "Icy-MetaData": "1" }}, signal: ctl.s
 #[test]
 fn hls_js_plays_a_master_playlist_through_titles_and_switches_rendition() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, tls, certs) = tls_node(dir.path(), &["--hls-segment-secs", "2"]);
+    let (node, tls, certs) = tls_site_and_node(dir.path(), &["--hls-segment-secs", "2"]);
     node.create_mount("/live.mp3", "browser-pw", &[]);
     let _source = tone_source(&node, "/live.mp3", 440, &MP3_128K);
     node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);

@@ -68,22 +68,6 @@ fn served_subject_for(addr: &str, sni: &str) -> String {
         .to_owned()
 }
 
-fn tls_node(dir: &Path, cert: &Path, key: &Path, extra: &[&str]) -> (Node, String) {
-    let port = free_port();
-    let tls = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "--tls-listen",
-        &tls,
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let _ = dir;
-    (Node::start(&args), tls)
-}
-
 /// ffmpeg's TLS source (`icecast://` with `-tls 1`) of a looped MP3 tone to `addr`.
 fn ffmpeg_tls_source(addr: &str, password: &str, mount: &str) -> Proc {
     require("ffmpeg");
@@ -105,7 +89,7 @@ fn sources_listeners_curl_and_the_cli_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(dir.path(), "server", "tidecast test node");
     let ca = dir.path().join("ca.crt");
-    let (node, tls) = tls_node(dir.path(), &cert, &key, &["--redirect-http"]);
+    let (node, tls) = tls_node(&cert, &key, &["--redirect-http"]);
     let https = format!("https://{tls}");
 
     // The CLI over https: with the CA it works; without it, the certificate is refused by name.
@@ -239,7 +223,7 @@ fn certificates_reload_under_a_connected_tls_listener() {
     };
     replace(&first, &live);
     replace(&first_key, &live_key);
-    let (node, tls) = tls_node(dir.path(), &live, &live_key, &[]);
+    let (node, tls) = tls_node(&live, &live_key, &[]);
     node.create_mount("/live.mp3", "reload-pw", &[]);
     let _source = ffmpeg_mp3_source(&node, "reload-pw", "/live.mp3", &[]);
     node.wait_live("/live.mp3", Duration::from_secs(15));
@@ -397,12 +381,7 @@ fn several_certificates_are_chosen_by_the_name_the_client_asks_for() {
     );
     let certs = [&main, &radio, &other].map(|p| p.to_str().unwrap().to_owned());
     let keys = [&main_key, &radio_key, &other_key].map(|p| p.to_str().unwrap().to_owned());
-    let (_node, tls) = tls_node(
-        dir.path(),
-        Path::new(&certs.join(",")),
-        Path::new(&keys.join(",")),
-        &[],
-    );
+    let (_node, tls) = tls_node(Path::new(&certs.join(",")), Path::new(&keys.join(",")), &[]);
     assert!(served_subject_for(&tls, "radio.example").contains("radio certificate"));
     assert!(served_subject_for(&tls, "live.other.example").contains("other certificate"));
     assert!(served_subject_for(&tls, "localhost").contains("main certificate"));

@@ -1117,6 +1117,22 @@ pub fn wait_for_report(node: &Node, name: &str, listeners: u64) {
     );
 }
 
+/// A node that also takes TLS on a port of its own, with the certificate chain `cert` and key
+/// `key`, and `extra` flags; the node and its TLS address.
+pub fn tls_node(cert: &Path, key: &Path, extra: &[&str]) -> (Node, String) {
+    let tls = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--tls-listen",
+        &tls,
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    (Node::start(&args), tls)
+}
+
 pub fn response_head(node: &Node, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(node.addr).unwrap();
