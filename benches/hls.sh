@@ -7,7 +7,7 @@
 #      as static files, to the same hls-load (which then goes round the snapshot's segments, so
 #      it makes the same requests: one playlist and one segment per player per 6 s), once with
 #      keep-alive and once with a connection per request (as tidecast answers HLS today).
-# Reports CPU µs per listener-second of each server over the window. Everything runs on
+# Reports CPU µs per listener-second of each server over the window, and its memory. Everything runs on
 # loopback and is killed on exit.
 #
 #   benches/hls.sh [PLAYERS]                    (default 1000)
@@ -107,14 +107,17 @@ python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$ngin
 import json, sys
 n = sys.argv[1]
 hls, prog, ngx, ngx_close = (json.loads(a) for a in sys.argv[2:6])
-def row(name, cpu, kbps, errors):
+def row(name, cpu, kbps, errors, rss_kib, rss_kind):
     ratio = hls["cpu_us_per_listener_s"] / cpu if cpu else 0
-    print(f"| {n} | {name} | {cpu:.1f} | {kbps:.1f} | {errors} | {ratio:.2f} |")
-print("| players | server | CPU µs / listener-s | kbit/s per player | errors | tidecast HLS / this |")
-print("|---|---|---|---|---|---|")
-row("tidecast HLS", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"])
+    print(f"| {n} | {name} | {cpu:.1f} | {rss_kib / 1024:.0f} ({rss_kind}) | {kbps:.1f} | {errors} | {ratio:.2f} |")
+print("| players | server | CPU µs / listener-s | RSS MiB | kbit/s per player | errors | tidecast HLS / this |")
+print("|---|---|---|---|---|---|---|")
+row("tidecast HLS", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"],
+    hls["server_rss_kib"], "at the end")
 row("tidecast progressive", prog["cpu_us_per_listener_second"], prog["mean_kbps_received"],
-    prog["failed_connects"])
-row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"], ngx["errors"])
-row("nginx HLS, a connection per request", ngx_close["cpu_us_per_listener_s"], ngx_close["kbit_s_per_player"], ngx_close["errors"])
+    prog["failed_connects"], prog["server_peak_rss_kib"], "peak")
+row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"],
+    ngx["errors"], ngx["server_rss_kib"], "at the end")
+row("nginx HLS, a connection per request", ngx_close["cpu_us_per_listener_s"],
+    ngx_close["kbit_s_per_player"], ngx_close["errors"], ngx_close["server_rss_kib"], "at the end")
 PY

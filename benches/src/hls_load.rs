@@ -5,7 +5,8 @@
 //! comparison answers the same requests: one playlist and one segment per player per interval.
 //! Players start spread over one interval. Connections are kept alive unless the server
 //! answers `Connection: close`; then each request opens one, as a player's would. Reports the bytes and requests in a measurement
-//! window with the server's CPU time over it (from /proc/PID/stat, summed over the PIDs given).
+//! window with the server's CPU time over it (from /proc/PID/stat, summed over the PIDs given)
+//! and its resident memory at the window's end.
 //! Used by `benches/hls.sh`; see BENCHMARKS.md.
 //!
 //! Bounded by construction: N connections, a ramp of one interval, a warm-up and a fixed window.
@@ -52,6 +53,19 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let after = stat.rsplit_once(')').context("odd stat")?.1;
     let f: Vec<&str> = after.split_whitespace().collect();
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+/// Resident memory of a process now (`VmRSS`), in KiB; 0 if unreadable.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn total_ticks(pids: &[u32]) -> anyhow::Result<u64> {
@@ -215,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep_until(window_end.into()).await;
     counters.measuring.store(false, Ordering::Relaxed);
     let ticks1 = total_ticks(&args.server_pid)?;
+    let rss: u64 = args.server_pid.iter().map(|p| rss_kib(*p)).sum();
     let tick_hz = 100.0; // Linux USER_HZ
     let cpu_s = (ticks1 - ticks0) as f64 / tick_hz;
     let listener_s = args.players as f64 * args.seconds as f64;
@@ -226,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
         "requests": counters.requests.load(Ordering::Relaxed),
         "kbit_s_per_player": counters.bytes.load(Ordering::Relaxed) as f64 * 8.0 / 1000.0 / listener_s,
         "errors": counters.errors.load(Ordering::Relaxed),
+        "server_rss_kib": rss,
     });
     println!("{out}");
     for t in tasks {
