@@ -10,9 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "proc_stat.rs"]
+mod proc_stat;
 
 #[derive(Parser)]
 #[command(about = "Listener load generator for fan-out benchmarks")]
@@ -65,30 +69,6 @@ fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnec
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Ok(ticks as f64 / 100.0)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Where and how a listener connects.
@@ -202,12 +182,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     };
     let c0 = snap(&counters);
-    let cpu0 = cpu_seconds(args.server_pid)?;
+    let cpu0 = proc_stat::cpu_seconds(args.server_pid)?;
     let t0 = Instant::now();
     let connected_at_start = connected.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     let window = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_seconds(args.server_pid)?;
+    let cpu1 = proc_stat::cpu_seconds(args.server_pid)?;
     let c1 = snap(&counters);
     let connected_at_end = connected.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -229,7 +209,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "window_s": window,
         "server_cpu_s": cpu,
         "cpu_us_per_listener_second": cpu / listener_seconds * 1e6,
-        "server_peak_rss_kib": peak_rss_kib(args.server_pid),
+        "server_peak_rss_kib": proc_stat::status_kib(args.server_pid, "VmHWM"),
         "share_at_least_95pct": ok as f64 / args.listeners as f64,
         "mean_kbps_received": total as f64 * 8.0 / 1000.0 / window / args.listeners as f64,
     });

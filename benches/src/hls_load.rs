@@ -16,9 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
 use clap::Parser;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+#[path = "proc_stat.rs"]
+mod proc_stat;
 
 #[derive(Parser)]
 #[command(about = "HLS player load generator")]
@@ -47,29 +51,9 @@ struct Args {
     server_pid: Vec<u32>,
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("odd stat")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
-/// Resident memory of a process now (`VmRSS`), in KiB; 0 if unreadable.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn total_ticks(pids: &[u32]) -> anyhow::Result<u64> {
-    pids.iter().map(|p| cpu_ticks(*p)).sum()
+/// CPU seconds of the server's processes together.
+fn total_cpu(pids: &[u32]) -> anyhow::Result<f64> {
+    pids.iter().map(|p| proc_stat::cpu_seconds(*p)).sum()
 }
 
 /// One GET on the player's connection (opened first if the last answer closed it); the body
@@ -224,14 +208,16 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
     tokio::time::sleep_until(window_start.into()).await;
-    let ticks0 = total_ticks(&args.server_pid)?;
+    let cpu0 = total_cpu(&args.server_pid)?;
     counters.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep_until(window_end.into()).await;
     counters.measuring.store(false, Ordering::Relaxed);
-    let ticks1 = total_ticks(&args.server_pid)?;
-    let rss: u64 = args.server_pid.iter().map(|p| rss_kib(*p)).sum();
-    let tick_hz = 100.0; // Linux USER_HZ
-    let cpu_s = (ticks1 - ticks0) as f64 / tick_hz;
+    let cpu_s = total_cpu(&args.server_pid)? - cpu0;
+    let rss: u64 = args
+        .server_pid
+        .iter()
+        .map(|p| proc_stat::status_kib(*p, "VmRSS"))
+        .sum();
     let listener_s = args.players as f64 * args.seconds as f64;
     let out = serde_json::json!({
         "players": args.players,
