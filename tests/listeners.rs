@@ -643,6 +643,17 @@ fn auth_webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     (port, seen)
 }
 
+/// A two-byte probe of `mount` (`Range: bytes=0-1`), with Basic credentials if given: status,
+/// head and body.
+fn range_probe(node: &Node, mount: &str, auth: Option<(&str, &str)>) -> (u16, String, Vec<u8>) {
+    let mut headers = vec![("Range", "bytes=0-1".to_owned())];
+    if let Some((u, p)) = auth {
+        headers.push(("Authorization", basic(u, p)));
+    }
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http_get(node.addr, mount, &h)
+}
+
 #[test]
 fn a_webhook_admits_and_refuses_listeners_and_hears_when_they_leave() {
     let (port, seen) = auth_webhook();
@@ -654,14 +665,7 @@ fn a_webhook_admits_and_refuses_listeners_and_hears_when_they_leave() {
     );
     let _src = ffmpeg_mp3_source(&node, "hackme", "/members.mp3", &[]);
     node.wait_live("/members.mp3", Duration::from_secs(15));
-    let with = |auth: Option<(&str, &str)>| {
-        let mut headers = vec![("Range", "bytes=0-1".to_owned())];
-        if let Some((u, p)) = auth {
-            headers.push(("Authorization", basic(u, p)));
-        }
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        http_get(node.addr, "/members.mp3", &h)
-    };
+    let with = |auth| range_probe(&node, "/members.mp3", auth);
     assert_eq!(with(Some(("alice", "wonderland"))).0, 206);
     let (code, head, _) = with(Some(("mallory", "guess")));
     assert_eq!(code, 401, "{head}");
@@ -752,13 +756,8 @@ fn an_htpasswd_file_admits_its_users_limits_their_connections_and_names_them() {
     let mut src = ffmpeg_mp3_source(&node, "hackme", "/paid.mp3", &[]);
     node.wait_live("/paid.mp3", Duration::from_secs(15));
 
-    let probe = |auth: Option<(&str, &str)>| {
-        let mut headers = vec![("Range", "bytes=0-1".to_owned())];
-        if let Some((u, p)) = auth {
-            headers.push(("Authorization", basic(u, p)));
-        }
-        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (code, head, _) = http_get(node.addr, "/paid.mp3", &h);
+    let probe = |auth| {
+        let (code, head, _) = range_probe(&node, "/paid.mp3", auth);
         (code, head)
     };
     for (user, pass) in [
