@@ -85,7 +85,7 @@ fn icy_metadata_framing_around_an_update_from_a_client_that_hangs_up() {
     };
     send_title("First Title");
     wait_for(Duration::from_secs(5), "title to apply", || {
-        node.status()["icestats"]["source"]["title"] == "First Title"
+        node.source_status("/live.mp3")["title"] == "First Title"
     });
 
     let (mut s, head, mut pending) = open_listener(&node, "/live.mp3", "Icy-MetaData: 1\r\n");

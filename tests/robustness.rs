@@ -126,7 +126,7 @@ fn hostile_clients_get_clear_answers_and_disturb_nobody() {
         meta("mode=updinfo&song=A%00%01%0D%0AB%FF", Some(&auth)),
         200
     );
-    assert_eq!(node.status()["icestats"]["source"]["title"], "ABÿ");
+    assert_eq!(node.source_status("/live.mp3")["title"], "ABÿ");
     let long = format!("mode=updinfo&song={}", "x".repeat(8000));
     assert_eq!(
         meta(&long, Some(&auth)),

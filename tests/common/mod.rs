@@ -216,23 +216,40 @@ impl Node {
         serde_json::from_slice(&body).unwrap()
     }
 
-    /// Mount paths with a live source, from `/status-json.xsl`.
-    pub fn live_mounts(&self) -> Vec<String> {
+    /// The live sources in `/status-json.xsl`, each with its mount path. Icecast gives one
+    /// source as an object and several as an array; this takes either.
+    pub fn live_sources(&self) -> Vec<(String, serde_json::Value)> {
         let s = self.status();
         let list = match &s["icestats"]["source"] {
             serde_json::Value::Null => vec![],
             serde_json::Value::Array(a) => a.clone(),
             o => vec![o.clone()],
         };
-        list.iter()
+        list.into_iter()
             .map(|m| {
                 let url = m["listenurl"].as_str().unwrap();
-                url[url.find("://").unwrap() + 3..]
+                let path = url[url.find("://").unwrap() + 3..]
                     .split_once('/')
                     .map(|(_, p)| format!("/{p}"))
-                    .unwrap()
+                    .unwrap();
+                (path, m)
             })
             .collect()
+    }
+
+    /// Mount paths with a live source, from `/status-json.xsl`.
+    pub fn live_mounts(&self) -> Vec<String> {
+        self.live_sources().into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// The `/status-json.xsl` entry of `mount` (`Null` when it has no source), whatever
+    /// other sources are live at the same moment.
+    pub fn source_status(&self, mount: &str) -> serde_json::Value {
+        self.live_sources()
+            .into_iter()
+            .find(|(p, _)| p == mount)
+            .map(|(_, m)| m)
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// Waits until `mount` has a source (a source client's readiness, as a listener sees it).
