@@ -342,29 +342,36 @@ fetch("{streams}/tone.mp3", {{ headers: {{ "Icy-MetaData": "1" }}, signal: ctl.s
     drop(procs);
 }
 
-/// hls.js, as the node serves it, plays a mount family's master playlist (an MP3 source and a
-/// 64 kbit/s transcode of it) in Chromium from another HTTPS site for 30 s through title
-/// changes, sees the titles as the segments' ID3 metadata, and switches rendition when told.
+/// hls.js, as the node serves it, plays a mount family's master playlist (an MP3 source and
+/// 64 and 32 kbit/s Opus transcodes of it, as fragmented MP4: the issue's ladder) in Chromium
+/// from another HTTPS site for 30 s through title changes, sees the titles as the segments' ID3
+/// metadata (in the fragments' emsg boxes), and switches rendition when told.
+///
+/// The page prefers Opus, as a player does that lists Opus first; the forced switch is to the
+/// other Opus rendition. hls.js cannot switch between packed MP3 and fragmented MP4 (its MP3
+/// SourceBuffer is `audio/mpeg`, and Chromium refuses the append after the change), and its
+/// own bandwidth adaptation stays within one codec.
 #[test]
 fn hls_js_plays_a_master_playlist_through_titles_and_switches_rendition() {
     let dir = tempfile::tempdir().unwrap();
     let (node, tls, certs) = tls_site_and_node(dir.path(), &["--hls-segment-secs", "2"]);
     node.create_mount("/live.mp3", "browser-pw", &[]);
     let _source = tone_source(&node, "/live.mp3", 440, &MP3_128K);
-    node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);
-    for m in ["/live.mp3", "/live-64.mp3"] {
+    node.create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    node.create_transcode("/live-32.opus", "/live.mp3", "opus", 32, &[]);
+    for m in ["/live.mp3", "/live-64.opus", "/live-32.opus"] {
         node.wait_live(m, Duration::from_secs(20));
     }
     wait_for(
         Duration::from_secs(20),
-        "two renditions in the master playlist",
+        "three renditions in the master playlist",
         || {
             let (code, _, body) = http_get(node.addr, "/hls/live.mp3/master.m3u8", &[]);
             code == 200
                 && String::from_utf8_lossy(&body)
                     .matches("#EXT-X-STREAM-INF")
                     .count()
-                    == 2
+                    == 3
         },
     );
 
@@ -376,7 +383,17 @@ window.errors = []; window.titles = []; window.switched = []; window.levels = 0;
 const a = document.createElement("audio"); document.body.appendChild(a); window.a = a;
 if (!Hls.isSupported()) window.errors.push("hls.js: MSE not supported");
 const hls = new Hls(); window.hls = hls;
-hls.on(Hls.Events.ERROR, (e, d) => {{ if (d.fatal) window.errors.push(d.type + ": " + d.details); }});
+window.log = [];
+hls.on(Hls.Events.ERROR, (e, d) => {{
+  if (d.fatal) window.errors.push(d.type + ": " + d.details);
+  else window.log.push("error " + d.details + " " + (d.error ? d.error.message : ""));
+}});
+hls.on(Hls.Events.BUFFER_CODECS, (e, d) => window.log.push("codecs " + JSON.stringify(Object.keys(d).map(k => [k, d[k].codec, d[k].container]))));
+hls.on(Hls.Events.FRAG_BUFFERED, (e, d) => {{
+  const b = a.buffered; const r = [];
+  for (let i = 0; i < b.length; i++) r.push(b.start(i).toFixed(2) + "-" + b.end(i).toFixed(2));
+  window.log.push("buffered level " + d.frag.level + " sn " + d.frag.sn + " at " + a.currentTime.toFixed(2) + ": " + r.join(","));
+}});
 hls.on(Hls.Events.FRAG_PARSING_METADATA, (e, d) => {{
   for (const s of d.samples) {{
     const m = new TextDecoder().decode(s.data).match(/Title \d+/);
@@ -386,6 +403,7 @@ hls.on(Hls.Events.FRAG_PARSING_METADATA, (e, d) => {{
 hls.on(Hls.Events.LEVEL_SWITCHED, (e, d) => window.switched.push(d.level));
 hls.on(Hls.Events.MANIFEST_PARSED, () => {{
   window.levels = hls.levels.length;
+  hls.startLevel = hls.levels.findIndex(l => l.audioCodec === "opus");
   a.play().catch(e => window.errors.push("play(): " + e));
 }});
 hls.loadSource("{streams}/hls/live.mp3/master.m3u8");
@@ -403,7 +421,7 @@ hls.attachMedia(a);
     let played = loop {
         if started.elapsed() >= Duration::from_secs(4 * (n + 1)) {
             n += 1;
-            for m in ["/live.mp3", "/live-64.mp3"] {
+            for m in ["/live.mp3", "/live-64.opus", "/live-32.opus"] {
                 let q = format!("/admin/metadata?mount={m}&mode=updinfo&song=Title+{n}");
                 assert_eq!(admin_get(&node, &q).0, 200, "title for {m}");
             }
@@ -421,8 +439,9 @@ hls.attachMedia(a);
         // After ten seconds of playing, the test picks the other rendition.
         if forced.is_none() && now - t0 >= 10.0 {
             let level = browser.run(
-                "const l = (window.hls.currentLevel + 1) % window.hls.levels.length; \
-                 window.hls.currentLevel = l; return l;",
+                "const h = window.hls, c = h.currentLevel, codec = h.levels[c].audioCodec; \
+                 const l = h.levels.findIndex((x, i) => i !== c && x.audioCodec === codec); \
+                 h.currentLevel = l; return l;",
             );
             forced = level.as_i64();
         }
@@ -433,8 +452,15 @@ hls.attachMedia(a);
     };
     let errors = browser.run("return window.errors;");
     assert_eq!(errors, json!([]), "hls.js errors after {played:.1} s");
-    assert_eq!(browser.run("return window.levels;"), json!(2));
-    assert!(played >= 30.0, "played {played:.1} s of 30");
+    assert_eq!(browser.run("return window.levels;"), json!(3));
+    assert!(
+        played >= 30.0,
+        "played {played:.1} s of 30; hls.js said: {}",
+        browser.run(
+            "return [window.a.paused, window.a.error && window.a.error.message, \
+             window.a.readyState].join(' ') + '\\n' + window.log.slice(0, 30).join('\\n');"
+        )
+    );
     let forced = forced.expect("the test never forced a rendition");
     let switched = browser.run("return window.switched;");
     assert!(

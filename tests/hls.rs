@@ -1,7 +1,7 @@
-//! HLS against the real binary: ffmpeg sources (MP3 and AAC, sent at four times real time so
-//! that half a minute of segments exists within seconds), ffprobe and ffmpeg as HLS players,
-//! and m3u8-rs as a playlist parser, with the spec's rules checked on top. HLS sessions must
-//! show as listeners and leave when they stop.
+//! HLS against the real binary: ffmpeg sources (MP3, AAC and Ogg Opus, sent at four times real
+//! time so that half a minute of segments exists within seconds), ffprobe and ffmpeg as HLS
+//! players, and m3u8-rs as a playlist parser, with the spec's rules checked on top. HLS
+//! sessions must show as listeners and leave when they stop.
 
 #![allow(clippy::unwrap_used)]
 
@@ -44,34 +44,58 @@ fn media_playlist(node: &Node, path: &str) -> m3u8_rs::MediaPlaylist {
     }
 }
 
-/// The 90 kHz timestamp of a packed-audio segment's ID3 PRIV frame.
-fn segment_timestamp(data: &[u8]) -> u64 {
-    assert_eq!(
-        &data[..3],
-        b"ID3",
-        "a packed-audio segment starts with an ID3 tag"
-    );
-    let owner = b"com.apple.streaming.transportStreamTimestamp\0";
+/// A segment's first sample, in seconds: a packed-audio segment's ID3 PRIV timestamp (90 kHz),
+/// or a fragmented MP4 segment's `tfdt` (on the same clock).
+fn segment_seconds(data: &[u8]) -> f64 {
+    if data.starts_with(b"ID3") {
+        let owner = b"com.apple.streaming.transportStreamTimestamp\0";
+        let at = data
+            .windows(owner.len())
+            .position(|w| w == owner)
+            .expect("the PRIV timestamp frame");
+        let ts = u64::from_be_bytes(
+            data[at + owner.len()..at + owner.len() + 8]
+                .try_into()
+                .unwrap(),
+        );
+        return ts as f64 / 90_000.0;
+    }
     let at = data
-        .windows(owner.len())
-        .position(|w| w == owner)
-        .expect("the PRIV timestamp frame");
-    u64::from_be_bytes(
-        data[at + owner.len()..at + owner.len() + 8]
-            .try_into()
-            .unwrap(),
-    )
+        .windows(4)
+        .position(|w| w == b"tfdt")
+        .expect("a packed-audio ID3 tag or an fMP4 tfdt box");
+    let version = data[at + 4];
+    let t = if version == 1 {
+        u64::from_be_bytes(data[at + 8..at + 16].try_into().unwrap())
+    } else {
+        u64::from(u32::from_be_bytes(
+            data[at + 8..at + 12].try_into().unwrap(),
+        ))
+    };
+    t as f64 / 90_000.0
 }
 
 /// The spec's rules on a live media playlist, and every segment fetched: each `EXTINF`
 /// rounds to at most the target duration, sequence numbers count up by one, every segment
-/// has its date and its timestamp, and the timestamps advance by the durations.
+/// has its date and its timestamp, and the timestamps advance by the durations. Fragmented
+/// MP4 (`.m4s`) needs version 6 and an `EXT-X-MAP` before its first segment.
 fn check_media(node: &Node, base: &str, p: &m3u8_rs::MediaPlaylist, target: u64) {
-    assert_eq!(p.version, Some(3));
+    let fmp4 = p.segments.iter().any(|s| s.uri.contains(".m4s"));
+    assert_eq!(p.version, Some(if fmp4 { 6 } else { 3 }));
+    if fmp4 {
+        let map = p.segments[0]
+            .map
+            .as_ref()
+            .expect("EXT-X-MAP before the first segment");
+        let (code, init) = get(node, &format!("{base}/{}", map.uri));
+        assert_eq!(code, 200, "{}", map.uri);
+        assert_eq!(&init[4..8], b"ftyp", "an init segment starts with ftyp");
+        assert!(init.windows(4).any(|w| w == b"dOps"), "Opus's dOps box");
+    }
     assert_eq!(p.target_duration, target);
     assert!(!p.end_list, "a live playlist has no end");
     assert!(p.segments.len() >= 3, "{} segments", p.segments.len());
-    let mut last_ts: Option<(u64, f32)> = None;
+    let mut last_ts: Option<(f64, f32)> = None;
     for (i, s) in p.segments.iter().enumerate() {
         assert!(
             (s.duration.round() as u64) <= target,
@@ -83,12 +107,12 @@ fn check_media(node: &Node, base: &str, p: &m3u8_rs::MediaPlaylist, target: u64)
         assert_eq!(seq, p.media_sequence + i as u64, "{}", s.uri);
         let (code, data) = get(node, &format!("{base}/{}", s.uri));
         assert_eq!(code, 200, "{}", s.uri);
-        let ts = segment_timestamp(&data);
+        let ts = segment_seconds(&data);
         if let Some((prev, dur)) = last_ts.filter(|_| !s.discontinuity) {
-            let expected = prev + (f64::from(dur) * 90_000.0).round() as u64;
+            let expected = prev + f64::from(dur);
             assert!(
-                ts.abs_diff(expected) <= 90,
-                "segment {i}: timestamp {ts}, expected {expected}"
+                (ts - expected).abs() <= 0.001,
+                "segment {i}: at {ts} s, expected {expected} s"
             );
         }
         last_ts = Some((ts, s.duration));
@@ -278,6 +302,77 @@ fn mp3_and_aac_mounts_play_as_hls_with_valid_playlists() {
     });
 }
 
+/// Opus mounts go out as fragmented MP4: a source's own Ogg Opus (with its title in OpusTags)
+/// and an Opus mount transcoded from an MP3 source, which its master playlist lists beside the
+/// MP3. ffprobe and ffmpeg read both; the title rides in each fragment's `emsg` as ID3.
+#[test]
+fn opus_mounts_play_as_fragmented_mp4_hls() {
+    let node = Node::start(&["--hls-segment-secs", "2", "--hls-window-secs", "60"]);
+    node.create_mount("/live.opus", "hackme", &[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    node.create_transcode("/live-48.opus", "/live.mp3", "opus", 48, &[]);
+    let mut opus = vec![
+        "-metadata:s:a:0",
+        "title=Opus Song",
+        "-metadata:s:a:0",
+        "artist=Band",
+    ];
+    opus.extend_from_slice(&OPUS_64K_OGG);
+    let _opus = fast_source(&node, "/live.opus", 60, &opus);
+    let _mp3 = fast_source(&node, "/live.mp3", 60, &MP3_128K);
+    for mount in ["/live.opus", "/live-48.opus"] {
+        let index = format!("/hls{mount}/index.m3u8");
+        wait_for(Duration::from_secs(25), "32 s of segments", || {
+            offered(&node, &index) >= 32.0
+        });
+    }
+    for mount in ["/live.opus", "/live-48.opus"] {
+        let base = format!("/hls{mount}");
+        let media = media_playlist(&node, &format!("{base}/index.m3u8"));
+        check_media(&node, &base, &media, 2);
+        let url = node.url(&format!("{base}/index.m3u8"));
+        let (probed, rate, channels) = ffprobe(&url);
+        assert_eq!(
+            (probed.as_str(), rate, channels),
+            ("opus", 48_000, 2),
+            "{mount}"
+        );
+        let secs = decode_hls(&url, 30);
+        assert!((29.5..=30.5).contains(&secs), "{mount}: decoded {secs} s");
+    }
+
+    // The source's title, from its OpusTags, is in every fragment's emsg as an ID3 TIT2 frame.
+    let media = media_playlist(&node, "/hls/live.opus/index.m3u8");
+    let (_, data) = get(&node, &format!("/hls/live.opus/{}", media.segments[1].uri));
+    let emsg = data
+        .windows(4)
+        .position(|w| w == b"emsg")
+        .expect("an emsg box");
+    let moof = data
+        .windows(4)
+        .position(|w| w == b"moof")
+        .expect("a moof box");
+    assert!(emsg < moof, "the emsg comes before the moof");
+    let scheme = b"https://aomedia.org/emsg/ID3";
+    assert!(data[emsg..moof].windows(scheme.len()).any(|w| w == scheme));
+    assert!(data[emsg..moof].windows(4).any(|w| w == b"TIT2"));
+    assert!(data[emsg..moof].windows(12).any(|w| w == b"Band - Opus "));
+
+    // The MP3 mount's family is a ladder of two codecs, each with its CODECS.
+    let (code, body) = get(&node, "/hls/live.mp3/master.m3u8");
+    assert_eq!(code, 200);
+    let Ok(Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&body) else {
+        panic!("not a master playlist: {}", String::from_utf8_lossy(&body));
+    };
+    let mut codecs: Vec<_> = master
+        .variants
+        .iter()
+        .filter_map(|v| v.codecs.clone())
+        .collect();
+    codecs.sort();
+    assert_eq!(codecs, ["mp4a.40.34", "opus"]);
+}
+
 /// A source that leaves and comes back gives an `EXT-X-DISCONTINUITY`, with the media
 /// sequence going on; HLS sessions are listeners (listclients, status) until they stop asking.
 #[test]
@@ -322,31 +417,21 @@ fn a_new_source_is_a_discontinuity_and_hls_sessions_count_as_listeners() {
     });
 }
 
-/// Two nodes carry one MP3 mount (A originates it, B relays it): both cut the same segments
-/// under the same numbers, with the same dates and timestamps, and a player that alternates
-/// nodes on every segment decodes them as one stream, without a gap. A first playlist request
-/// is routed like a stream request: B, full, sends it to A.
-#[test]
-fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
-    let etcd = Etcd::start();
-    let hls = ["--hls-segment-secs", "2", "--hls-window-secs", "60"];
-    let a = Node::start_clustered_with(&etcd, "a", &hls);
-    let mut b_flags = hls.to_vec();
-    b_flags.extend(["--max-listeners", "1"]);
-    let b = Node::start_clustered_with(&etcd, "b", &b_flags);
-    a.create_mount("/live.mp3", "hackme", &[]);
-    let _source = fast_source(&a, "/live.mp3", 90, &MP3_128K);
+/// `mount`, produced on `a` and relayed by `b` (which starts relaying when asked for its
+/// playlist): both nodes cut the same segments under the same numbers, with the same dates and
+/// bytes, and a player that takes each segment from the other node than the last decodes them
+/// as one stream, without a gap.
+fn same_segments_on_both_nodes(a: &Node, b: &Node, mount: &str) {
     // `routed=1`: as a player arrives after routing, served where it asks.
-    let index = "/hls/live.mp3/index.m3u8?routed=1";
+    let index = format!("/hls{mount}/index.m3u8?routed=1");
     wait_for(Duration::from_secs(20), "A's segments", || {
-        offered(&a, index) >= 10.0
+        offered(a, &index) >= 10.0
     });
-    // B relays the mount when asked for it, and cuts from what it gets.
     wait_for(Duration::from_secs(20), "B's segments", || {
-        offered(&b, index) >= 6.0
+        offered(b, &index) >= 6.0
     });
-    let pa = media_playlist(&a, index);
-    let pb = media_playlist(&b, index);
+    let pa = media_playlist(a, &index);
+    let pb = media_playlist(b, &index);
     let seqs = |p: &m3u8_rs::MediaPlaylist| -> Vec<u64> {
         p.segments
             .iter()
@@ -355,7 +440,7 @@ fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
     };
     let (sa, sb) = (seqs(&pa), seqs(&pb));
     let common: Vec<u64> = sb.iter().copied().filter(|s| sa.contains(s)).collect();
-    assert!(common.len() >= 3, "A {sa:?}, B {sb:?}");
+    assert!(common.len() >= 3, "{mount}: A {sa:?}, B {sb:?}");
     let by_seq = |p: &m3u8_rs::MediaPlaylist, seq: u64| {
         p.segments
             .iter()
@@ -363,19 +448,40 @@ fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
             .unwrap()
             .clone()
     };
+    // The player's stream: an fMP4 rendition's init segment (the same from both nodes), then
+    // each segment from the other node than the last; of packed audio, as an HLS player
+    // does, the frames after each ID3 tag.
     let mut alternating = Vec::new();
+    if let Some(map) = &pa.segments[0].map {
+        let (ia, ib) = (
+            get(a, &format!("/hls{mount}/{}", map.uri)),
+            get(
+                b,
+                &format!("/hls{mount}/{}", pb.segments[0].map.as_ref().unwrap().uri),
+            ),
+        );
+        assert_eq!((ia.0, ib.0), (200, 200));
+        assert!(ia.1 == ib.1, "{mount}: the init segments differ");
+        alternating.extend_from_slice(&ia.1);
+    }
     let mut total = 0.0;
     for (i, seq) in common.iter().enumerate() {
         let (sa, sb) = (by_seq(&pa, *seq), by_seq(&pb, *seq));
-        assert_eq!(sa.duration, sb.duration, "segment {seq}");
-        assert_eq!(sa.program_date_time, sb.program_date_time, "segment {seq}");
-        let (ca, da) = get(&a, &format!("/hls/live.mp3/{}", sa.uri));
-        let (cb, db) = get(&b, &format!("/hls/live.mp3/{}", sb.uri));
-        assert_eq!((ca, cb), (200, 200), "segment {seq}");
-        assert!(da == db, "segment {seq} differs between the nodes");
-        // The player takes each segment from the other node than the last and, as an HLS
-        // player does with packed audio, reads the frames after its ID3 tag.
-        alternating.extend_from_slice(frames_of(if i % 2 == 0 { &da } else { &db }));
+        assert_eq!(sa.duration, sb.duration, "{mount}: segment {seq}");
+        assert_eq!(
+            sa.program_date_time, sb.program_date_time,
+            "{mount}: segment {seq}"
+        );
+        let (ca, da) = get(a, &format!("/hls{mount}/{}", sa.uri));
+        let (cb, db) = get(b, &format!("/hls{mount}/{}", sb.uri));
+        assert_eq!((ca, cb), (200, 200), "{mount}: segment {seq}");
+        assert!(da == db, "{mount}: segment {seq} differs between the nodes");
+        let data = if i % 2 == 0 { &da } else { &db };
+        if data.starts_with(b"ID3") {
+            alternating.extend_from_slice(frames_of(data));
+        } else {
+            alternating.extend_from_slice(data);
+        }
         total += f64::from(sa.duration);
     }
     // Consecutive numbers, decoded as one stream: exactly their total length.
@@ -383,12 +489,31 @@ fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
     let decoded = decode_pcm(&alternating).len() as f64 / 8000.0;
     assert!(
         (decoded - total).abs() < 0.1,
-        "decoded {decoded:.3} s of {total:.3} s"
+        "{mount}: decoded {decoded:.3} s of {total:.3} s"
     );
+}
 
-    // B's one HLS session fills it; once its load report says so, a new player's first
+/// Two nodes carry an MP3 and an Opus mount (A originates them, B relays them): both cut the
+/// same segments of each ([`same_segments_on_both_nodes`]). A first playlist request is routed
+/// like a stream request: B, full, sends it to A.
+#[test]
+fn two_nodes_cut_the_same_segments_and_a_player_may_alternate() {
+    let etcd = Etcd::start();
+    let hls = ["--hls-segment-secs", "2", "--hls-window-secs", "60"];
+    let a = Node::start_clustered_with(&etcd, "a", &hls);
+    let mut b_flags = hls.to_vec();
+    b_flags.extend(["--max-listeners", "2"]);
+    let b = Node::start_clustered_with(&etcd, "b", &b_flags);
+    a.create_mount("/live.mp3", "hackme", &[]);
+    a.create_mount("/live.opus", "hackme", &[]);
+    let _mp3 = fast_source(&a, "/live.mp3", 90, &MP3_128K);
+    let _opus = fast_source(&a, "/live.opus", 90, &OPUS_64K_OGG);
+    for mount in ["/live.mp3", "/live.opus"] {
+        same_segments_on_both_nodes(&a, &b, mount);
+    }
+    // B's two HLS sessions fill it; once its load report says so, a new player's first
     // playlist request there is sent to A, marked as routed, and A serves it.
-    wait_for_report(&b, "b", 1);
+    wait_for_report(&b, "b", 2);
     let mut head = String::new();
     wait_for(Duration::from_secs(15), "B to send a player to A", || {
         let (code, h) = response_head(&b, "/hls/live.mp3/master.m3u8", &[]);

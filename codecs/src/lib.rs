@@ -9,6 +9,7 @@ pub mod decode;
 pub mod encode;
 pub mod framing;
 mod ogg_crc;
+pub mod ogg_opus;
 pub mod ogg_pages;
 pub mod pipeline;
 

@@ -1,5 +1,6 @@
-//! HLS: every MP3 and AAC mount as a live HLS stream, served from memory on the hand-written
-//! side of the port (`node/accept.rs`), which keeps a player's connection open between requests.
+//! HLS: every MP3, AAC and Ogg Opus mount as a live HLS stream, served from memory on the
+//! hand-written side of the port (`node/accept.rs`), which keeps a player's connection open
+//! between requests.
 //!
 //! - `GET /hls/<mount>/master.m3u8`: the mount and its transcoded mounts as renditions
 //!   (`BANDWIDTH` measured from the segments, `CODECS`), each URI carrying a new session id;
@@ -8,11 +9,14 @@
 //!   segments (`EXT-X-PROGRAM-DATE-TIME` on each, `EXT-X-DISCONTINUITY` where a new source
 //!   began); the first request of a session decides whether it may listen, as a stream request
 //!   does (user-agent rules, signed URL, htpasswd, authentication URL), and signs it in;
-//! - `GET /hls/<mount>/<seq>.mp3|.aac?session=ID`: a segment (`segment.rs`), for a live session.
+//! - `GET /hls/<mount>/<seq>.mp3|.aac|.m4s?session=ID`: a segment (`segment.rs`), and
+//!   `GET /hls/<mount>/init-<hash>.mp4?session=ID`: an Opus stream's init segment (`fmp4.rs`),
+//!   for a live session.
 //!
 //! Segments are cut by a task per hub (`segment::cut`), started as hubs go live ([`run`]).
 //! Sessions count as listeners (`sessions.rs`).
 
+pub mod fmp4;
 pub mod segment;
 pub mod sessions;
 
@@ -184,7 +188,7 @@ impl Hls {
     /// the client), which is started here after the same checks as a stream request.
     async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
         self.relay_if_elsewhere(&[mount.to_owned()]).await;
-        let Some((_, segments, discontinuity_seq)) = self.store.timeline(mount) else {
+        let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
         };
         let Some(first) = segments.first() else {
@@ -229,11 +233,20 @@ impl Hls {
             }
         }
         let target = self.store.settings.target.as_secs().max(1);
+        // EXT-X-MAP (fragmented MP4) needs version 6.
+        let version = if kind == segment::Kind::Opus { 6 } else { 3 };
         let mut out = format!(
-            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_seq}\n",
+            "#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_seq}\n",
             first.seq
         );
+        let mut map: Option<&str> = None;
         for s in &segments {
+            if let Some(init) = &s.init {
+                if map != Some(init.name.as_str()) {
+                    out.push_str(&format!("#EXT-X-MAP:URI=\"{}?session={id}\"\n", init.name));
+                    map = Some(&init.name);
+                }
+            }
             out.push_str(&s.playlist_entry);
             out.push_str("?session=");
             out.push_str(&id);
@@ -263,15 +276,26 @@ impl Hls {
         }
     }
 
-    /// Segment `file` (`<seq>.<ext>`) of `mount`, for a live session.
+    /// Segment `file` (`<seq>.<ext>`, or an init segment `init-<hash>.mp4`) of `mount`, for a
+    /// live session.
     fn segment(&self, req: &RequestHead, mount: &str, file: &str) -> Response {
+        let session = req.query("session").unwrap_or_default();
+        if file.starts_with("init-") && file.ends_with(".mp4") {
+            if !self.sessions.touch(&session, mount) {
+                return Response::error(403, "no such session: load the playlist first");
+            }
+            return match self.store.init(mount, file) {
+                Some(init) => Response::new(200, "audio/mp4", init.data.clone())
+                    .header("Cache-Control", "max-age=600"),
+                None => Response::error(404, format!("no init segment {file} for {mount}")),
+            };
+        }
         let Some(seq) = file
             .split_once('.')
             .and_then(|(n, _)| n.parse::<u64>().ok())
         else {
             return Response::error(404, "no such HLS resource");
         };
-        let session = req.query("session").unwrap_or_default();
         if !self.sessions.touch(&session, mount) {
             return Response::error(403, "no such session: load the playlist first");
         }
@@ -283,8 +307,8 @@ impl Hls {
     }
 }
 
-/// Cuts every MP3 and AAC hub into segments as it goes live, and ends idle sessions, until
-/// dropped.
+/// Cuts every MP3, AAC and Ogg Opus hub into segments as it goes live, and ends idle sessions,
+/// until dropped.
 pub async fn run(hls: Arc<Hls>) {
     let mut started = hls.hubs.producer_started();
     // The hub each mount's cutter works on.

@@ -1,19 +1,23 @@
 //! Cutting a mount's stream into HLS segments, held in memory, never on disk.
 //!
-//! A cutter task per live MP3 or AAC (ADTS) hub reads whole frames from the hub like a listener
-//! and ends a segment where the stream's position ([`crate::hub::Position`]: the run, and the
-//! samples of that run before the frame) crosses a multiple of the target duration. Everything
-//! a segment is known by derives from that position, which a relay takes from its origin: its
-//! media sequence number (the run's start in target durations, plus the segment's index in the
-//! run), its timestamp and its date. So every node that carries a mount cuts the same segments
-//! under the same numbers, whenever its cutter started. Segments are packed audio (RFC 8216
-//! §3.4): an ID3v2.4 tag with the `com.apple.streaming.transportStreamTimestamp` PRIV frame (the
-//! first sample's time on a 90 kHz clock) and the title then (TIT2), followed by the frames as
-//! the source sent them.
+//! A cutter task per live MP3, AAC (ADTS) or Ogg Opus hub reads whole frames (Opus: packets)
+//! from the hub like a listener and ends a segment where the stream's position
+//! ([`crate::hub::Position`]: the run, and the samples of that run before the frame) crosses a
+//! multiple of the target duration. Everything a segment is known by derives from that
+//! position, which a relay takes from its origin: its media sequence number (the run's start in
+//! target durations, plus the segment's index in the run), its timestamp and its date. So every
+//! node that carries a mount cuts the same segments under the same numbers, whenever its cutter
+//! started.
+//!
+//! MP3 and AAC segments are packed audio (RFC 8216 §3.4): an ID3v2.4 tag with the
+//! `com.apple.streaming.transportStreamTimestamp` PRIV frame (the first sample's time on a
+//! 90 kHz clock) and the title then (TIT2), followed by the frames as the source sent them.
+//! Opus segments are fragmented MP4 (`fmp4.rs`) after an init segment made from the link's
+//! `OpusHead`, with the title as an ID3 tag in an `emsg` box.
 //!
 //! The [`Store`] keeps each mount's timeline across source reconnects: the first segment of a
-//! new run (or after the cutter lost data) is marked as a discontinuity. A timeline keeps the
-//! segments of the last `window`.
+//! new run (or after the cutter lost data, or with another init segment) is marked as a
+//! discontinuity. A timeline keeps the segments of the last `window`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tidecast_codecs::framing::frame_at;
+use tidecast_codecs::ogg_opus::{self, OggOpusPackets, Packet};
 use tidecast_codecs::StreamFormat;
 
 use crate::hub::{Hub, Position, ReadResult};
@@ -31,14 +36,19 @@ use crate::sync::Locked;
 pub enum Kind {
     Mp3,
     Aac,
+    /// Ogg Opus, served as fragmented MP4.
+    Opus,
 }
 
 impl Kind {
+    /// The kind of a hub's format; Ogg is taken for Opus, and a link of another codec gives
+    /// no segments.
     pub fn of(format: StreamFormat) -> Option<Kind> {
         match format {
             StreamFormat::Mp3 => Some(Kind::Mp3),
             StreamFormat::Adts => Some(Kind::Aac),
-            _ => None,
+            StreamFormat::Ogg => Some(Kind::Opus),
+            StreamFormat::Passthrough => None,
         }
     }
 
@@ -47,6 +57,7 @@ impl Kind {
         match self {
             Kind::Mp3 => "mp3",
             Kind::Aac => "aac",
+            Kind::Opus => "m4s",
         }
     }
 
@@ -54,14 +65,36 @@ impl Kind {
         match self {
             Kind::Mp3 => "audio/mpeg",
             Kind::Aac => "audio/aac",
+            Kind::Opus => "audio/mp4",
         }
     }
 
-    /// Its `CODECS` attribute (RFC 6381): MP3 is `mp4a.40.34`, AAC-LC `mp4a.40.2`.
+    /// Its `CODECS` attribute (RFC 6381): MP3 is `mp4a.40.34`, AAC-LC `mp4a.40.2`, Opus in MP4
+    /// `opus`.
     pub fn codecs(self) -> &'static str {
         match self {
             Kind::Mp3 => "mp4a.40.34",
             Kind::Aac => "mp4a.40.2",
+            Kind::Opus => "opus",
+        }
+    }
+}
+
+/// An init segment (fragmented MP4): its file name, which derives from its bytes (so every
+/// node names it the same), and its bytes.
+pub struct Init {
+    pub name: String,
+    pub data: Bytes,
+}
+
+impl Init {
+    fn new(data: Bytes) -> Init {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&data);
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Init {
+            name: format!("init-{hex}.mp4"),
+            data,
         }
     }
 }
@@ -76,7 +109,14 @@ pub struct Segment {
     pub data: Bytes,
     pub discontinuity: bool,
     pub playlist_entry: String,
+    /// The init segment it needs (`EXT-X-MAP`), for fragmented MP4.
+    pub init: Option<Arc<Init>>,
+    /// Its first sample's time on the 33-bit 90 kHz clock.
+    pub pts: u64,
 }
+
+/// HLS timestamps are 33 bits wide.
+const PTS_MASK: u64 = (1 << 33) - 1;
 
 /// A mount's segments.
 pub struct Timeline {
@@ -122,6 +162,18 @@ impl Store {
         })
     }
 
+    /// The init segment `name` of `mount`, if a segment in the window needs it.
+    pub fn init(&self, mount: &str, name: &str) -> Option<Arc<Init>> {
+        self.timelines.with(|t| {
+            t.get(mount)?
+                .segments
+                .iter()
+                .filter_map(|s| s.init.as_ref())
+                .find(|i| i.name == name)
+                .cloned()
+        })
+    }
+
     /// Segment `seq` of `mount` and its kind, if still in the window.
     pub fn segment(&self, mount: &str, seq: u64) -> Option<(Kind, Arc<Segment>)> {
         self.timelines.with(|t| {
@@ -148,10 +200,27 @@ impl Store {
                 discontinuity_seq: 0,
                 last_run: None,
             });
-        // A new run (a new source; it may bring another codec) or lost data is a discontinuity;
-        // the first segment of a timeline follows nothing.
+        // Its first sample on the 90 kHz clock of HLS timestamps, 33 bits wide as in MPEG-TS
+        // (it wraps about every 26.5 hours). Packed audio's ID3 tag and fMP4's tfdt both
+        // carry this one value, so a player switching renditions sees one timeline.
+        let pts = cut.start.run_ms.wrapping_mul(90).wrapping_add(
+            u64::try_from(u128::from(cut.start.samples) * 90_000 / u128::from(rate))
+                .unwrap_or(u64::MAX),
+        ) & PTS_MASK;
+        // A new run (a new source; it may bring another codec), lost data, another init
+        // segment or the clock wrapping is a discontinuity; the first segment of a timeline
+        // follows nothing.
+        let after = |f: &dyn Fn(&Segment) -> bool| t.segments.back().is_some_and(|l| f(l));
+        let init_changed = after(&|last| {
+            last.init.as_ref().map(|i| &i.name) != cut.init.as_ref().map(|i| &i.name)
+        });
+        let wrapped = after(&|last| last.pts > pts);
         let discontinuity = t.last_run.is_some()
-            && (cut.discontinuity || t.last_run != Some(cut.start.run_ms) || t.kind != kind);
+            && (cut.discontinuity
+                || t.last_run != Some(cut.start.run_ms)
+                || t.kind != kind
+                || init_changed
+                || wrapped);
         t.kind = kind;
         t.last_run = Some(cut.start.run_ms);
         // Numbered by position, the same on every node; always after the last one here (a
@@ -163,10 +232,6 @@ impl Store {
         if let Some(last) = t.segments.back() {
             seq = seq.max(last.seq + 1);
         }
-        let pts = cut.start.run_ms.wrapping_mul(90).wrapping_add(
-            u64::try_from(u128::from(cut.start.samples) * 90_000 / u128::from(rate))
-                .unwrap_or(u64::MAX),
-        );
         let start_ms = cut
             .start
             .run_ms
@@ -179,11 +244,25 @@ impl Store {
                 ))
                 .unwrap_or_default();
         let duration = cut.samples as f64 / rate as f64;
+        let data = match kind {
+            Kind::Mp3 | Kind::Aac => packed(pts, &cut.title, &cut.frames),
+            Kind::Opus => {
+                let tag = (!cut.title.is_empty()).then(|| id3(None, &cut.title));
+                let Some(data) =
+                    super::fmp4::fragment(seq, &cut.frames, &cut.sizes, pts, tag.as_deref())
+                else {
+                    return;
+                };
+                data
+            }
+        };
         let segment = Segment {
             seq,
             duration,
-            data: packed(pts, &cut.title, &cut.frames),
+            data,
             discontinuity,
+            pts,
+            init: cut.init,
             playlist_entry: format!(
                 "{}#EXT-X-PROGRAM-DATE-TIME:{program_time}\n#EXTINF:{duration:.3},\n{seq}.{}",
                 if discontinuity {
@@ -207,8 +286,18 @@ impl Store {
     }
 }
 
-/// A segment's bytes: the ID3v2.4 tag (PRIV timestamp, TIT2 title), then the frames.
+/// A packed-audio segment's bytes: the ID3v2.4 tag (PRIV timestamp, TIT2 title), then the
+/// frames.
 fn packed(pts_90k: u64, title: &str, frames: &[u8]) -> Bytes {
+    let tag = id3(Some(pts_90k), title);
+    let mut out = BytesMut::with_capacity(tag.len() + frames.len());
+    out.put_slice(&tag);
+    out.put_slice(frames);
+    out.freeze()
+}
+
+/// An ID3v2.4 tag: the PRIV timestamp of packed audio (if given), and the title (TIT2).
+fn id3(pts_90k: Option<u64>, title: &str) -> BytesMut {
     fn frame(out: &mut BytesMut, id: &[u8; 4], body: &[u8]) {
         out.put_slice(id);
         out.put_slice(&syncsafe(body.len()));
@@ -216,20 +305,21 @@ fn packed(pts_90k: u64, title: &str, frames: &[u8]) -> Bytes {
         out.put_slice(body);
     }
     let mut tag = BytesMut::new();
-    let mut priv_body = b"com.apple.streaming.transportStreamTimestamp\0".to_vec();
-    priv_body.extend_from_slice(&(pts_90k & ((1 << 33) - 1)).to_be_bytes());
-    frame(&mut tag, b"PRIV", &priv_body);
+    if let Some(pts) = pts_90k {
+        let mut priv_body = b"com.apple.streaming.transportStreamTimestamp\0".to_vec();
+        priv_body.extend_from_slice(&(pts & PTS_MASK).to_be_bytes());
+        frame(&mut tag, b"PRIV", &priv_body);
+    }
     if !title.is_empty() {
         let mut text = vec![3u8]; // UTF-8
         text.extend_from_slice(title.as_bytes());
         frame(&mut tag, b"TIT2", &text);
     }
-    let mut out = BytesMut::with_capacity(10 + tag.len() + frames.len());
+    let mut out = BytesMut::with_capacity(10 + tag.len());
     out.put_slice(b"ID3\x04\x00\x00");
     out.put_slice(&syncsafe(tag.len()));
     out.put_slice(&tag);
-    out.put_slice(frames);
-    out.freeze()
+    out
 }
 
 /// A size as ID3v2.4 writes it: four bytes of seven bits.
@@ -246,6 +336,8 @@ fn syncsafe(n: usize) -> [u8; 4] {
 /// A segment being gathered.
 struct Cut {
     frames: BytesMut,
+    /// Each Opus packet's (duration, size), for its fragment's `trun`.
+    sizes: Vec<(u32, u32)>,
     samples: u64,
     rate: u32,
     /// Where its first sample is.
@@ -253,23 +345,140 @@ struct Cut {
     title: String,
     /// It follows lost data.
     discontinuity: bool,
+    init: Option<Arc<Init>>,
 }
 
-/// Cuts `hub`'s stream into segments in `store` until the hub ends. Hubs of other formats
-/// (Ogg) are left alone.
+/// The cutting of one hub: the segment being gathered, and what the next frame's segment
+/// needs to know.
+struct Cutter {
+    mount: String,
+    kind: Kind,
+    store: Arc<Store>,
+    current: Option<Cut>,
+    /// Data was lost since the last frame: the next segment starts a discontinuity.
+    lost: bool,
+    /// The next frame starts a segment even off a target multiple (after an init change).
+    start_anywhere: bool,
+    /// The init segment of the Opus link being read.
+    init: Option<Arc<Init>>,
+}
+
+impl Cutter {
+    /// Places one frame (an MP3 or ADTS frame, an Opus packet) of `samples` at `rate` that
+    /// begins at `at`, ending the segment being gathered where `at` crosses a multiple of the
+    /// target duration.
+    fn frame(
+        &mut self,
+        data: &[u8],
+        samples: u32,
+        rate: u32,
+        at: Position,
+        title: impl Fn() -> String,
+    ) {
+        let target =
+            (self.store.settings.target.as_millis() as u64 * u64::from(rate) / 1000).max(1);
+        let ends = self.current.as_ref().is_some_and(|c| {
+            c.rate != rate
+                || c.start.run_ms != at.run_ms
+                || at.samples / target != c.start.samples / target
+                || self.lost
+        });
+        if ends {
+            self.finish();
+        }
+        // Opus needs its link's init segment (none came yet, or its header was refused).
+        if self.kind == Kind::Opus && self.init.is_none() {
+            return;
+        }
+        // A segment begins with the first frame at or past a multiple of the target: anything
+        // before it here (a cutter that began mid-segment) is not a whole segment, and another
+        // node's would differ.
+        if self.current.is_none()
+            && !std::mem::take(&mut self.start_anywhere)
+            && at.samples % target >= u64::from(samples)
+        {
+            return;
+        }
+        let c = self.current.get_or_insert_with(|| Cut {
+            frames: BytesMut::new(),
+            sizes: Vec::new(),
+            samples: 0,
+            rate,
+            start: at,
+            title: title(),
+            discontinuity: std::mem::take(&mut self.lost),
+            init: self.init.clone(),
+        });
+        c.frames.extend_from_slice(data);
+        if self.kind == Kind::Opus {
+            c.sizes.push((samples, data.len() as u32));
+        }
+        c.samples += u64::from(samples);
+    }
+
+    /// Stores the segment being gathered, if it holds audio.
+    fn finish(&mut self) {
+        if let Some(done) = self.current.take().filter(|c| c.samples > 0) {
+            self.store.add(&self.mount, self.kind, done);
+        }
+    }
+
+    /// A new Opus link's header: a new init segment, if it differs, ends the segment.
+    fn opus_head(&mut self, head: &ogg_opus::OpusHead) {
+        let Some(data) = super::fmp4::init(head) else {
+            // Not one MP4 can say: nothing of this link is cut.
+            self.finish();
+            self.init = None;
+            return;
+        };
+        let init = Init::new(data);
+        if self.init.as_ref().is_some_and(|i| i.name == init.name) {
+            return;
+        }
+        if self.current.is_some() {
+            self.finish();
+            self.start_anywhere = true;
+        }
+        self.init = Some(Arc::new(init));
+    }
+}
+
+/// Cuts `hub`'s stream into segments in `store` until the hub ends. Hubs of other formats, and
+/// Ogg links of other codecs than Opus, are left alone.
 pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
     let Some(kind) = Kind::of(hub.format) else {
         return;
     };
     let adts = kind == Kind::Aac;
+    let mut cutter = Cutter {
+        mount: hub.mount.clone(),
+        kind,
+        store,
+        current: None,
+        lost: false,
+        start_anywhere: false,
+        init: None,
+    };
+    // Opus: the packets of the pages read, and the title of the link being read.
+    let mut opus = OggOpusPackets::new();
+    let mut link_title: Option<String> = None;
     // From the oldest audio the hub holds: a relay's hub starts with its origin's burst, which
-    // gives the first segments at once.
+    // gives the first segments at once. An Ogg stream's header set comes first.
     let mut cursor = hub.first_seq();
+    if kind == Kind::Opus {
+        if let Some(headers) = hub.join().0 {
+            for page in ogg_opus::pages(&headers) {
+                opus.push(&page, 0, |p| match p {
+                    Packet::Head(head) => cutter.opus_head(&head),
+                    Packet::Tags(title) => link_title = title,
+                    Packet::Audio { .. } => {}
+                });
+            }
+        }
+    }
     let mut rx = hub.watch();
-    let mut current: Option<Cut> = None;
     // Where the next frame is expected (after the last one cut); a chunk elsewhere is a gap.
     let mut expected: Option<Position> = None;
-    let mut lost = false;
     loop {
         match hub.read_from(cursor) {
             ReadResult::Data(chunks, next) => {
@@ -280,49 +489,44 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
                         continue;
                     };
                     if expected.is_some_and(|e| e.run_ms == at.run_ms && e.samples != at.samples) {
-                        lost = true;
+                        cutter.lost = true;
                     }
-                    let mut offset = 0;
-                    while let Some(f) = chunk
-                        .get(offset..)
-                        .and_then(|rest| frame_at(rest, adts))
-                        .filter(|f| offset + f.len <= chunk.len())
-                    {
-                        let target = (store.settings.target.as_millis() as u64
-                            * u64::from(f.sample_rate)
-                            / 1000)
-                            .max(1);
-                        let ends = current.as_ref().is_some_and(|c| {
-                            c.rate != f.sample_rate
-                                || c.start.run_ms != at.run_ms
-                                || at.samples / target != c.start.samples / target
-                                || lost
-                        });
-                        if ends {
-                            if let Some(done) = current.take() {
-                                store.add(&hub.mount, kind, done);
+                    if kind == Kind::Opus {
+                        for page in ogg_opus::pages(chunk) {
+                            let page_at = at;
+                            opus.push(&page, page_at.samples, |p| match p {
+                                Packet::Head(head) => {
+                                    cutter.opus_head(&head);
+                                    link_title = None;
+                                }
+                                Packet::Tags(title) => link_title = title,
+                                Packet::Audio { data, samples, at } => {
+                                    let at = Position {
+                                        run_ms: page_at.run_ms,
+                                        samples: at,
+                                    };
+                                    let title =
+                                        || link_title.clone().unwrap_or_else(|| hub.meta().title);
+                                    cutter.frame(data, samples, 48_000, at, title);
+                                }
+                            });
+                            if opus.take_lost() {
+                                cutter.lost = true;
                             }
+                            at.samples = at.samples.saturating_add(ogg_opus::page_samples(&page));
                         }
-                        // A segment begins with the first frame at or past a multiple of the
-                        // target: anything before it here (a cutter that began mid-segment) is
-                        // not a whole segment, and another node's would differ.
-                        if current.is_none() && at.samples % target >= u64::from(f.samples) {
+                    } else {
+                        let mut offset = 0;
+                        while let Some(f) = chunk
+                            .get(offset..)
+                            .and_then(|rest| frame_at(rest, adts))
+                            .filter(|f| offset + f.len <= chunk.len())
+                        {
+                            let data = &chunk[offset..offset + f.len];
+                            cutter.frame(data, f.samples, f.sample_rate, at, || hub.meta().title);
                             at.samples = at.samples.saturating_add(u64::from(f.samples));
                             offset += f.len;
-                            continue;
                         }
-                        let c = current.get_or_insert_with(|| Cut {
-                            frames: BytesMut::new(),
-                            samples: 0,
-                            rate: f.sample_rate,
-                            start: at,
-                            title: hub.meta().title,
-                            discontinuity: std::mem::take(&mut lost),
-                        });
-                        c.frames.extend_from_slice(&chunk[offset..offset + f.len]);
-                        c.samples += u64::from(f.samples);
-                        at.samples = at.samples.saturating_add(u64::from(f.samples));
-                        offset += f.len;
                     }
                     expected = Some(at);
                 }
@@ -335,15 +539,13 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
             ReadResult::Lagged => {
                 // The cutter fell behind the ring (a stalled runtime): what was lost is a gap.
                 cursor = hub.join_live().1;
-                current = None;
-                lost = true;
+                cutter.current = None;
+                cutter.lost = true;
             }
         }
     }
     // The source left: what was gathered is the last segment of its run.
-    if let Some(done) = current.filter(|c| c.samples > 0) {
-        store.add(&hub.mount, kind, done);
-    }
+    cutter.finish();
 }
 
 #[cfg(test)]

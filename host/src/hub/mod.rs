@@ -70,7 +70,8 @@ struct Chunk {
 /// Where audio is on a stream's timeline: the run it belongs to (when its producer began, in
 /// Unix milliseconds, on the origin) and the samples (per channel) of that run before it. A relay
 /// takes its origin's position, so every node that carries a stream places each frame the
-/// same (HLS cuts segments by it). Samples are counted for MP3 and AAC (ADTS) only.
+/// same (HLS cuts segments by it). Samples are counted for MP3, AAC (ADTS) and Ogg Opus (at
+/// 48 kHz, as `tidecast_codecs::ogg_opus::samples_in` counts them) only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     pub run_ms: u64,
@@ -92,11 +93,13 @@ impl Position {
     }
 }
 
-/// The samples (per channel) in a chunk of whole MP3 or ADTS frames; 0 for other formats.
-fn samples_in(format: StreamFormat, data: &[u8]) -> u64 {
+/// The samples (per channel) in a chunk of whole MP3 or ADTS frames or Ogg Opus pages (`opus`:
+/// the stream's header set is Opus's); 0 for other formats.
+fn samples_in(format: StreamFormat, opus: bool, data: &[u8]) -> u64 {
     let adts = match format {
         StreamFormat::Mp3 => false,
         StreamFormat::Adts => true,
+        StreamFormat::Ogg if opus => return tidecast_codecs::ogg_opus::samples_in(data),
         _ => return 0,
     };
     let mut at = 0;
@@ -118,6 +121,8 @@ struct Ring {
     bytes: usize,
     /// The header set that joiners get first (Ogg).
     headers: Option<Bytes>,
+    /// That header set is Ogg Opus's: pages' samples are counted.
+    opus: bool,
     /// Where the next chunk begins.
     next: Position,
 }
@@ -214,6 +219,7 @@ impl Hub {
                 first_seq: 0,
                 bytes: 0,
                 headers: None,
+                opus: false,
                 // A producer here begins a run now; a relay takes its origin's position.
                 next: Position {
                     run_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64
@@ -254,15 +260,16 @@ impl Hub {
                     Piece::Headers(b) => (b, true),
                 };
                 if header {
+                    ring.opus = tidecast_codecs::ogg_opus::is_opus(&data);
                     ring.headers = Some(data.clone());
                 }
                 ring.bytes += data.len();
                 let at = ring.next;
                 if !header {
-                    ring.next.samples = ring
-                        .next
-                        .samples
-                        .saturating_add(samples_in(self.format, &data));
+                    ring.next.samples =
+                        ring.next
+                            .samples
+                            .saturating_add(samples_in(self.format, ring.opus, &data));
                 }
                 ring.chunks.push_back(Chunk { data, header, at });
             }
