@@ -536,11 +536,11 @@ pub async fn send_keep_alive(
 ) -> bool {
     use tokio::io::AsyncWriteExt as _;
     let head = r.head_bytes(version, true);
+    let body: &[u8] = if head_only { &[] } else { &r.body };
     tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        stream.write_all(&head).await?;
-        if !head_only {
-            stream.write_all(&r.body).await?;
-        }
+        // Head and body in one vectored write: one packet train, one wake-up of the player.
+        let mut both = bytes::Buf::chain(&head[..], body);
+        stream.write_all_buf(&mut both).await?;
         stream.flush().await
     })
     .await
