@@ -7,8 +7,10 @@
 #      as static files, to the same hls-load (which then goes round the snapshot's segments, so
 #      it makes the same requests: one playlist and one segment per player per 6 s), once with
 #      keep-alive and once with a connection per request (as tidecast answers HLS today).
-# Reports CPU µs per listener-second of each server over the window, and its memory. Everything runs on
-# loopback and is killed on exit.
+# Reports CPU µs per listener-second of each server over the window, and its memory; and what
+# tidecast spends with the source alone and no players over a window (ingest, cutting, timers:
+# work nginx serving files does not do), per N players. Everything runs on loopback and is
+# killed on exit.
 #
 #   benches/hls.sh [PLAYERS]                    (default 1000)
 #   SECONDS_PER_RUN=30 benches/hls.sh 1000      (window per row; default 60 s)
@@ -49,6 +51,14 @@ ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_
 pids+=($!)
 echo "a full HLS window (66 s) before measuring" >&2
 sleep 66
+
+# What the node spends with no player at all (taking the source, cutting segments, its timers),
+# over the same window: nginx has no such work, so the table also shows HLS less this.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+idle_start=$(cpu_ticks "$tidecast")
+sleep "$window"
+idle_cpu_s=$(python3 -c "print(($(cpu_ticks "$tidecast") - $idle_start) / 100)")
+echo "tidecast idle: $idle_cpu_s s of CPU in $window s" >&2
 
 master=/hls/live.mp3/master.m3u8
 tidecast_hls=$("$bin/hls-load" --addr "127.0.0.1:$port" --master "$master" --players "$n" \
@@ -103,10 +113,11 @@ echo "nginx HLS, keep-alive: $nginx_keepalive" >&2
 nginx_close=$(run_nginx 0)
 echo "nginx HLS, a connection per request: $nginx_close" >&2
 
-python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" <<'PY'
+python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" "$idle_cpu_s" "$window" <<'PY'
 import json, sys
 n = sys.argv[1]
 hls, prog, ngx, ngx_close = (json.loads(a) for a in sys.argv[2:6])
+idle = float(sys.argv[6]) * 1e6 / (int(n) * float(sys.argv[7]))
 def row(name, cpu, kbps, errors, rss_kib, rss_kind):
     ratio = hls["cpu_us_per_listener_s"] / cpu if cpu else 0
     print(f"| {n} | {name} | {cpu:.1f} | {rss_kib / 1024:.0f} ({rss_kind}) | {kbps:.1f} | {errors} | {ratio:.2f} |")
@@ -114,6 +125,8 @@ print("| players | server | CPU µs / listener-s | RSS MiB | kbit/s per player |
 print("|---|---|---|---|---|---|---|")
 row("tidecast HLS", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"],
     hls["server_rss_kib"], "at the end")
+print(f"| {n} | tidecast with no players (source, cutter), per {n} players | {idle:.1f} | | | | |")
+print(f"| {n} | tidecast HLS less that | {hls['cpu_us_per_listener_s'] - idle:.1f} | | | | |")
 row("tidecast progressive", prog["cpu_us_per_listener_second"], prog["mean_kbps_received"],
     prog["failed_connects"], prog["server_peak_rss_kib"], "peak")
 row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"],

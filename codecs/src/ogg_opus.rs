@@ -363,6 +363,11 @@ impl OggOpusPackets {
         }
     }
 
+    /// Whether the link being read is Opus (its pages' samples count, as the hub counts them).
+    pub fn in_opus_link(&self) -> bool {
+        self.opus
+    }
+
     /// Whether a packet was dropped since the last call.
     pub fn take_lost(&mut self) -> bool {
         std::mem::take(&mut self.lost)

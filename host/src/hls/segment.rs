@@ -513,7 +513,11 @@ pub async fn cut(hub: Arc<Hub>, store: Arc<Store>) {
                             if opus.take_lost() {
                                 cutter.lost = true;
                             }
-                            at.samples = at.samples.saturating_add(ogg_opus::page_samples(&page));
+                            // As the hub counts: the pages of Opus links only.
+                            if opus.in_opus_link() {
+                                at.samples =
+                                    at.samples.saturating_add(ogg_opus::page_samples(&page));
+                            }
                         }
                     } else {
                         let mut offset = 0;

@@ -83,12 +83,17 @@ impl RequestHead {
         parse_form(&self.raw_query)
     }
 
-    /// A query parameter decoded as UTF-8 (lossy).
+    /// A query parameter decoded as UTF-8 (lossy): the first of that name, as in
+    /// [`RequestHead::query_bytes`], decoding nothing but what it compares and returns.
     pub fn query(&self, name: &str) -> Option<String> {
-        self.query_bytes()
-            .into_iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        self.raw_query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (String::from_utf8_lossy(&form_decode(k)) == name)
+                    .then(|| String::from_utf8_lossy(&form_decode(v)).into_owned())
+            })
     }
 
     /// The HTTP version token to answer with.
@@ -122,12 +127,21 @@ pub fn parse_form(raw: &str) -> Vec<(String, Vec<u8>)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| -> Vec<u8> {
-                percent_encoding::percent_decode_str(&s.replace('+', " ")).collect()
-            };
-            (String::from_utf8_lossy(&dec(k)).into_owned(), dec(v))
+            (
+                String::from_utf8_lossy(&form_decode(k)).into_owned(),
+                form_decode(v).into_owned(),
+            )
         })
         .collect()
+}
+
+/// One form-encoded key or value decoded (`+` is a space, `%XX` a byte); borrowed when there
+/// is nothing to decode.
+fn form_decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s.as_bytes());
+    }
+    std::borrow::Cow::Owned(percent_encoding::percent_decode_str(&s.replace('+', " ")).collect())
 }
 
 /// Encodes pairs as `application/x-www-form-urlencoded` text: everything but letters, digits and

@@ -205,10 +205,10 @@ pub fn validate_mount_path(path: &str) -> Result<(), String> {
             "invalid mount path {path:?}: no '..', '//' or trailing '/'"
         ));
     }
-    if RESERVED
-        .iter()
-        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
-    {
+    if RESERVED.iter().any(|r| {
+        path.strip_prefix(r)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }) {
         return Err(format!("mount path {path:?} is reserved by the server"));
     }
     if [".m3u", ".pls", ".xspf"].iter().any(|e| path.ends_with(e)) {
