@@ -6,7 +6,8 @@
 #   3. nginx (Debian, one worker, sendfile) serving a snapshot of the same playlist and segments
 #      as static files, to the same hls-load (which then goes round the snapshot's segments, so
 #      it makes the same requests: one playlist and one segment per player per 6 s), once with
-#      keep-alive and once with a connection per request (as tidecast answers HLS today).
+#      keep-alive and once with a connection per request;
+#   4. the floor: a minimal tokio server (static-floor) serving the same files from memory.
 # Reports CPU µs per listener-second of each server over the window, and its memory; and what
 # tidecast spends with the source alone and no players over a window (ingest, cutting, timers:
 # work nginx serving files does not do), per N players. Everything runs on loopback and is
@@ -113,11 +114,23 @@ echo "nginx HLS, keep-alive: $nginx_keepalive" >&2
 nginx_close=$(run_nginx 0)
 echo "nginx HLS, a connection per request: $nginx_close" >&2
 
-python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" "$idle_cpu_s" "$window" <<'PY'
+# The floor: a minimal tokio server (benches/src/static_floor.rs) serving the same files from
+# memory with keep-alive and nothing else.
+fport=$(free_port)
+"$bin/static-floor" "127.0.0.1:$fport" "$www" &
+floor_pid=$!; pids+=($floor_pid)
+wait_port "$fport"
+floor=$("$bin/hls-load" --addr "127.0.0.1:$fport" --master "$master" --players "$n" \
+  --interval 6 --seconds "$window" --server-pid "$floor_pid")
+kill -9 "$floor_pid" 2>/dev/null || true
+echo "minimal tokio server: $floor" >&2
+
+python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" "$idle_cpu_s" "$window" "$floor" <<'PY'
 import json, sys
 n = sys.argv[1]
 hls, prog, ngx, ngx_close = (json.loads(a) for a in sys.argv[2:6])
 idle = float(sys.argv[6]) * 1e6 / (int(n) * float(sys.argv[7]))
+floor = json.loads(sys.argv[8])
 def row(name, cpu, kbps, errors, rss_kib, rss_kind):
     ratio = hls["cpu_us_per_listener_s"] / cpu if cpu else 0
     print(f"| {n} | {name} | {cpu:.1f} | {rss_kib / 1024:.0f} ({rss_kind}) | {kbps:.1f} | {errors} | {ratio:.2f} |")
@@ -133,4 +146,6 @@ row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["k
     ngx["errors"], ngx["server_rss_kib"], "at the end")
 row("nginx HLS, a connection per request", ngx_close["cpu_us_per_listener_s"],
     ngx_close["kbit_s_per_player"], ngx_close["errors"], ngx_close["server_rss_kib"], "at the end")
+row("minimal tokio server (static-floor)", floor["cpu_us_per_listener_s"],
+    floor["kbit_s_per_player"], floor["errors"], floor["server_rss_kib"], "at the end")
 PY

@@ -127,6 +127,25 @@ fn frames_of(segment: &[u8]) -> &[u8] {
     &segment[10 + size..]
 }
 
+/// The `CODECS` of every rendition of the master playlist at `path`, sorted.
+fn master_codecs(node: &Node, path: &str) -> Vec<String> {
+    let (code, body) = get(node, path);
+    assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    let Ok(Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&body) else {
+        panic!(
+            "{path}: not a master playlist: {}",
+            String::from_utf8_lossy(&body)
+        );
+    };
+    let mut codecs: Vec<_> = master
+        .variants
+        .iter()
+        .filter_map(|v| v.codecs.clone())
+        .collect();
+    codecs.sort();
+    codecs
+}
+
 /// Total seconds a media playlist offers.
 fn offered(node: &Node, path: &str) -> f32 {
     let (code, body) = get(node, path);
@@ -278,18 +297,10 @@ fn mp3_and_aac_mounts_play_as_hls_with_valid_playlists() {
         let (ok, _, err) = node.cli(args);
         assert!(ok, "{args:?}: {err}");
     }
-    let (code, body) = get(&node, "/hls/master.m3u8?station=radio1");
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    let Ok(Playlist::MasterPlaylist(station)) = m3u8_rs::parse_playlist_res(&body) else {
-        panic!("not a master playlist");
-    };
-    let mut codecs: Vec<_> = station
-        .variants
-        .iter()
-        .filter_map(|v| v.codecs.clone())
-        .collect();
-    codecs.sort();
-    assert_eq!(codecs, ["mp4a.40.2", "mp4a.40.34"]);
+    assert_eq!(
+        master_codecs(&node, "/hls/master.m3u8?station=radio1"),
+        ["mp4a.40.2", "mp4a.40.34"]
+    );
     assert_eq!(get(&node, "/hls/master.m3u8?station=nope").0, 404);
 
     // The title reaches the MP3 segments cut after it was set.
@@ -359,18 +370,10 @@ fn opus_mounts_play_as_fragmented_mp4_hls() {
     assert!(data[emsg..moof].windows(12).any(|w| w == b"Band - Opus "));
 
     // The MP3 mount's family is a ladder of two codecs, each with its CODECS.
-    let (code, body) = get(&node, "/hls/live.mp3/master.m3u8");
-    assert_eq!(code, 200);
-    let Ok(Playlist::MasterPlaylist(master)) = m3u8_rs::parse_playlist_res(&body) else {
-        panic!("not a master playlist: {}", String::from_utf8_lossy(&body));
-    };
-    let mut codecs: Vec<_> = master
-        .variants
-        .iter()
-        .filter_map(|v| v.codecs.clone())
-        .collect();
-    codecs.sort();
-    assert_eq!(codecs, ["mp4a.40.34", "opus"]);
+    assert_eq!(
+        master_codecs(&node, "/hls/live.mp3/master.m3u8"),
+        ["mp4a.40.34", "opus"]
+    );
 }
 
 /// A source that leaves and comes back gives an `EXT-X-DISCONTINUITY`, with the media
