@@ -477,41 +477,45 @@ hls.attachMedia(a);
     );
 
     // The public page plays a mount as HLS through hls.js where the browser cannot play the
-    // stream itself (forced here with ?hls=1: Chromium plays MP3).
+    // stream itself (forced here with ?hls=1: Chromium plays MP3 and Ogg Opus; Safari, for
+    // one, has no Ogg Opus): packed MP3, and an Opus mount as fragmented MP4.
     browser.open(&format!("https://localhost:{}/?hls=1", node_port(&tls)));
-    let card = "document.querySelector('[data-mount=\"/live.mp3\"] audio')";
-    wait_for(Duration::from_secs(15), "the page's hls.js player", || {
-        browser.run(&format!("return {card}.dataset.player || null;")) == json!("hls.js")
-    });
-    browser.run(&format!("{card}.muted = true; {card}.play(); return null;"));
-    let position = || {
-        browser
-            .run(&format!("return {card}.currentTime;"))
-            .as_f64()
-            .unwrap_or(0.0)
-    };
-    let mut start = 0.0;
-    wait_for(
-        Duration::from_secs(15),
-        "the page's player to start",
-        || {
-            start = position();
-            start > 0.0
-        },
-    );
-    // A live stream does not start at zero: it must advance.
-    wait_for(
-        Duration::from_secs(20),
-        "the page's player to play 3 s",
-        || position() - start >= 3.0,
-    );
-    assert!(
-        browser
-            .run(&format!("return {card}.src;"))
-            .as_str()
-            .is_some_and(|s| s.starts_with("blob:")),
-        "the page's player is not fed by hls.js"
-    );
+    for mount in ["/live.mp3", "/live-64.opus"] {
+        let card = format!("document.querySelector('[data-mount=\"{mount}\"] audio')");
+        wait_for(Duration::from_secs(15), "the page's hls.js player", || {
+            browser.run(&format!("return {card}.dataset.player || null;")) == json!("hls.js")
+        });
+        browser.run(&format!("{card}.muted = true; {card}.play(); return null;"));
+        let position = || {
+            browser
+                .run(&format!("return {card}.currentTime;"))
+                .as_f64()
+                .unwrap_or(0.0)
+        };
+        let mut start = 0.0;
+        wait_for(
+            Duration::from_secs(15),
+            &format!("the page's player of {mount} to start"),
+            || {
+                start = position();
+                start > 0.0
+            },
+        );
+        // A live stream does not start at zero: it must advance.
+        wait_for(
+            Duration::from_secs(20),
+            &format!("the page's player of {mount} to play 3 s"),
+            || position() - start >= 3.0,
+        );
+        assert!(
+            browser
+                .run(&format!("return {card}.src;"))
+                .as_str()
+                .is_some_and(|s| s.starts_with("blob:")),
+            "the page's player of {mount} is not fed by hls.js"
+        );
+        browser.run(&format!("{card}.pause(); return null;"));
+    }
 }
 
 fn node_port(addr: &str) -> &str {
