@@ -127,6 +127,18 @@ fn frames_of(segment: &[u8]) -> &[u8] {
     &segment[10 + size..]
 }
 
+/// Waits up to `timeout` seconds for each of `mounts`' media playlists to offer `seconds`.
+fn wait_for_seconds_of_segments(node: &Node, mounts: &[&str], seconds: f32, timeout: u64) {
+    for mount in mounts {
+        let index = format!("/hls{mount}/index.m3u8");
+        wait_for(
+            Duration::from_secs(timeout),
+            &format!("{seconds} s of segments of {mount}"),
+            || offered(node, &index) >= seconds,
+        );
+    }
+}
+
 /// The `CODECS` of every rendition of the master playlist at `path`, sorted.
 fn master_codecs(node: &Node, path: &str) -> Vec<String> {
     let (code, body) = get(node, path);
@@ -196,12 +208,7 @@ fn mp3_and_aac_mounts_play_as_hls_with_valid_playlists() {
     node.create_mount("/live.aac", "hackme", &[]);
     let _mp3 = fast_source(&node, "/live.mp3", 60, &MP3_128K);
     let _aac = fast_source(&node, "/live.aac", 60, &AAC_96K);
-    for mount in ["/live.mp3", "/live.aac"] {
-        let index = format!("/hls{mount}/index.m3u8");
-        wait_for(Duration::from_secs(20), "32 s of segments", || {
-            offered(&node, &index) >= 32.0
-        });
-    }
+    wait_for_seconds_of_segments(&node, &["/live.mp3", "/live.aac"], 32.0, 20);
     // A title set now is in the segments cut from now on, as an ID3 TIT2 frame.
     let (code, _, _) = admin_get(
         &node,
@@ -331,12 +338,7 @@ fn opus_mounts_play_as_fragmented_mp4_hls() {
     opus.extend_from_slice(&OPUS_64K_OGG);
     let _opus = fast_source(&node, "/live.opus", 60, &opus);
     let _mp3 = fast_source(&node, "/live.mp3", 60, &MP3_128K);
-    for mount in ["/live.opus", "/live-48.opus"] {
-        let index = format!("/hls{mount}/index.m3u8");
-        wait_for(Duration::from_secs(25), "32 s of segments", || {
-            offered(&node, &index) >= 32.0
-        });
-    }
+    wait_for_seconds_of_segments(&node, &["/live.opus", "/live-48.opus"], 32.0, 25);
     for mount in ["/live.opus", "/live-48.opus"] {
         let base = format!("/hls{mount}");
         let media = media_playlist(&node, &format!("{base}/index.m3u8"));

@@ -279,31 +279,35 @@ impl Hls {
     /// Segment `file` (`<seq>.<ext>`, or an init segment `init-<hash>.mp4`) of `mount`, for a
     /// live session.
     fn segment(&self, req: &RequestHead, mount: &str, file: &str) -> Response {
-        let session = req.query("session").unwrap_or_default();
-        if file.starts_with("init-") && file.ends_with(".mp4") {
-            if !self.sessions.touch(&session, mount) {
-                return Response::error(403, "no such session: load the playlist first");
-            }
-            return match self.store.init(mount, file) {
-                Some(init) => Response::new(200, "audio/mp4", init.data.clone())
-                    .header("Cache-Control", "max-age=600"),
-                None => Response::error(404, format!("no init segment {file} for {mount}")),
-            };
-        }
-        let Some(seq) = file
+        let init = file.starts_with("init-") && file.ends_with(".mp4");
+        let seq = file
             .split_once('.')
-            .and_then(|(n, _)| n.parse::<u64>().ok())
-        else {
+            .and_then(|(n, _)| n.parse::<u64>().ok());
+        if !init && seq.is_none() {
             return Response::error(404, "no such HLS resource");
-        };
+        }
+        let session = req.query("session").unwrap_or_default();
         if !self.sessions.touch(&session, mount) {
             return Response::error(403, "no such session: load the playlist first");
         }
-        let Some((kind, segment)) = self.store.segment(mount, seq) else {
-            return Response::error(404, format!("segment {seq} of {mount} is gone"));
+        let found = match seq {
+            Some(seq) => self
+                .store
+                .segment(mount, seq)
+                .map(|(kind, s)| (kind.content_type(), s.data.clone()))
+                .ok_or_else(|| format!("segment {seq} of {mount} is gone")),
+            None => self
+                .store
+                .init(mount, file)
+                .map(|i| ("audio/mp4", i.data.clone()))
+                .ok_or_else(|| format!("no init segment {file} for {mount}")),
         };
-        Response::new(200, kind.content_type(), segment.data.clone())
-            .header("Cache-Control", "max-age=600")
+        match found {
+            Ok((content_type, data)) => {
+                Response::new(200, content_type, data).header("Cache-Control", "max-age=600")
+            }
+            Err(why) => Response::error(404, why),
+        }
     }
 }
 

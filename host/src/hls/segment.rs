@@ -210,11 +210,11 @@ impl Store {
         // A new run (a new source; it may bring another codec), lost data, another init
         // segment or the clock wrapping is a discontinuity; the first segment of a timeline
         // follows nothing.
-        let after = |f: &dyn Fn(&Segment) -> bool| t.segments.back().is_some_and(|l| f(l));
-        let init_changed = after(&|last| {
-            last.init.as_ref().map(|i| &i.name) != cut.init.as_ref().map(|i| &i.name)
+        let last = t.segments.back();
+        let init_changed = last.is_some_and(|l| {
+            l.init.as_ref().map(|i| &i.name) != cut.init.as_ref().map(|i| &i.name)
         });
-        let wrapped = after(&|last| last.pts > pts);
+        let wrapped = last.is_some_and(|l| l.pts > pts);
         let discontinuity = t.last_run.is_some()
             && (cut.discontinuity
                 || t.last_run != Some(cut.start.run_ms)
