@@ -187,7 +187,7 @@ impl Hls {
     /// The media playlist of `mount`, for the session the request names (or one derived from
     /// the client), which is started here after the same checks as a stream request.
     async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
-        self.relay_if_elsewhere(&[mount.to_owned()]).await;
+        self.relay_if_elsewhere(&[mount]).await;
         let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
         };
@@ -258,12 +258,15 @@ impl Hls {
     /// In a cluster, a mount another node produces is relayed here (its cutter numbers the
     /// segments as the origin's does); the first request waits up to two target durations for
     /// its first whole segment. Sessions keep the relay up, as listeners do.
-    async fn relay_if_elsewhere(&self, mounts: &[String]) {
+    async fn relay_if_elsewhere(&self, mounts: &[impl AsRef<str>]) {
         let mut relayed = Vec::new();
-        for m in mounts {
+        for m in mounts.iter().map(AsRef::as_ref) {
             if self.hubs.hub(m).is_none() && self.listen.relays.hub_from_origin(m).await.is_some() {
                 relayed.push(m);
             }
+        }
+        if relayed.is_empty() {
+            return;
         }
         let deadline = tokio::time::Instant::now() + self.store.settings.target * 2;
         while relayed.iter().any(|m| {

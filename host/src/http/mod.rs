@@ -8,7 +8,7 @@
 //! bounded in size, header count and time. [`client`] is hyper's client, for the CLI and the
 //! peer client.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -262,17 +262,20 @@ fn is_token(s: &str) -> bool {
 
 fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
     // Header values may carry Latin-1 (old source clients); keep them lossily as text.
-    let text = String::from_utf8_lossy(raw);
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     // A CR that does not end a line (or a NUL, or any other control character but tab) is how
-    // headers get smuggled into whatever a value is copied to: refuse the request.
-    if text
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .any(|l| l.chars().any(|c| c.is_ascii_control() && c != '\t'))
-    {
+    // headers get smuggled into whatever a value is copied to: refuse the request. (Checked on
+    // the bytes: invalid UTF-8 becomes U+FFFD below, never a control character.)
+    let smuggled = raw.iter().enumerate().any(|(i, &b)| match b {
+        b'\t' | b'\n' => false,
+        // The head's last line ends at `raw`'s end, its LF cut off.
+        b'\r' => raw.get(i + 1).is_some_and(|&next| next != b'\n'),
+        _ => b.is_ascii_control(),
+    });
+    if smuggled {
         return Err(HeadError::Malformed("control character inside a line"));
     }
+    let text = String::from_utf8_lossy(raw);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let request_line = lines.next().ok_or(HeadError::Malformed("empty request"))?;
     let mut parts = request_line.split(' ').filter(|p| !p.is_empty());
     let (Some(method), Some(target), Some(version), None) =
@@ -304,7 +307,7 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
         .decode_utf8()
         .map_err(|_| HeadError::Malformed("path is not UTF-8"))?
         .into_owned();
-    let mut headers = Vec::new();
+    let mut headers = Vec::with_capacity(16);
     for line in lines {
         if line.is_empty() {
             continue;
@@ -349,7 +352,8 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
 /// Server-Sent Events are. Every response closes the connection.
 pub struct Response {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    /// Values are mostly literals: borrowed, not copied, for the answers HLS makes per request.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Bytes,
     /// Chunks sent after `body`, as they come, until the sender is dropped. The hand-written
     /// side never streams (its answers are refusals and pages).
@@ -357,10 +361,14 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn new(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
+    pub fn new(
+        status: u16,
+        content_type: impl Into<Cow<'static, str>>,
+        body: impl Into<Bytes>,
+    ) -> Response {
         Response {
             status,
-            headers: vec![("Content-Type", content_type.to_owned())],
+            headers: vec![("Content-Type", content_type.into())],
             body: body.into(),
             stream: None,
         }
@@ -381,7 +389,7 @@ impl Response {
         Response::json(status, &serde_json::json!({ "error": message.to_string() }))
     }
 
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
@@ -398,18 +406,38 @@ impl Response {
     /// The status line and headers, with `Content-Length` and `Connection: keep-alive` or
     /// `close`.
     pub fn head_bytes(&self, version: &str, keep_alive: bool) -> Vec<u8> {
-        let mut head = format!("{version} {} {}\r\n", self.status, reason(self.status));
+        let length = self.body.len().to_string();
+        let status = self.status.to_string();
+        let mut head = Vec::with_capacity(
+            160 + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 4)
+                .sum::<usize>(),
+        );
+        for piece in [version, " ", &status, " ", reason(self.status), "\r\n"] {
+            head.extend_from_slice(piece.as_bytes());
+        }
         for (n, v) in &self.headers {
-            let _ = write!(head, "{n}: {v}\r\n");
+            for piece in [n, ": ", &**v, "\r\n"] {
+                head.extend_from_slice(piece.as_bytes());
+            }
         }
         let connection = if keep_alive { "keep-alive" } else { "close" };
-        let _ = write!(
-            head,
-            "Server: tidecast/{}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
-            env!("CARGO_PKG_VERSION"),
-            self.body.len()
-        );
-        head.into_bytes()
+        for piece in [
+            concat!(
+                "Server: tidecast/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\nContent-Length: "
+            ),
+            &length,
+            "\r\nConnection: ",
+            connection,
+            "\r\n\r\n",
+        ] {
+            head.extend_from_slice(piece.as_bytes());
+        }
+        head
     }
 }
 
@@ -475,31 +503,28 @@ impl Cors {
         }
     }
 
-    pub fn headers(&self, preflight: bool) -> Vec<(&'static str, String)> {
+    pub fn headers(&self, preflight: bool) -> Vec<(&'static str, Cow<'static, str>)> {
         let mut h = vec![(
             "Access-Control-Allow-Origin",
-            self.origin.clone().unwrap_or_else(|| "*".to_owned()),
+            self.origin.clone().map_or(Cow::Borrowed("*"), Cow::Owned),
         )];
         if self.origin.is_some() {
-            h.push(("Vary", "Origin".to_owned()));
+            h.push(("Vary", "Origin".into()));
         }
         h.push((
             "Access-Control-Expose-Headers",
-            "icy-br, icy-description, icy-genre, icy-metaint, icy-name, icy-pub, icy-url, ice-audio-info".to_owned(),
+            "icy-br, icy-description, icy-genre, icy-metaint, icy-name, icy-pub, icy-url, ice-audio-info".into(),
         ));
         if preflight {
-            h.push((
-                "Access-Control-Allow-Methods",
-                "GET, HEAD, OPTIONS".to_owned(),
-            ));
+            h.push(("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS".into()));
             h.push((
                 "Access-Control-Allow-Headers",
                 self.request_headers
                     .clone()
-                    .unwrap_or_else(|| "Icy-MetaData, Range".to_owned()),
+                    .map_or(Cow::Borrowed("Icy-MetaData, Range"), Cow::Owned),
             ));
-            h.push(("Access-Control-Max-Age", "86400".to_owned()));
-            h.push(("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE".to_owned()));
+            h.push(("Access-Control-Max-Age", "86400".into()));
+            h.push(("Allow", "GET, HEAD, OPTIONS, PUT, SOURCE".into()));
         }
         h
     }
@@ -677,6 +702,7 @@ mod tests {
             b"SOURCE /m HTTP/1.0\r\nice-name: a\0b\r\n\r\n",
             b"GET /a\rb HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nX-A: \x1b[31m\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: one\r\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(raw).await.0, Err(HeadError::Malformed(_))),

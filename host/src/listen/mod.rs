@@ -189,7 +189,7 @@ async fn listen(
             };
             if !proxied {
                 let r = Response::text(302, format!("this stream is served at {location}\n"))
-                    .header("Location", &location);
+                    .header("Location", location.clone());
                 let mut outcome = answer(&mut stream, r, &cors, version).await;
                 outcome.user = user;
                 return outcome;
@@ -289,13 +289,16 @@ async fn listen(
         .and_then(|m| m.icy_metaint)
         .map_or(ICY_METAINT, |n| n as usize);
     let mut head = format!("{version} 200 OK\r\n");
-    let mut headers: Vec<(&str, String)> = vec![
-        ("Content-Type", hub.content_type.clone()),
-        ("Cache-Control", "no-cache, no-store".to_owned()),
-        ("Pragma", "no-cache".to_owned()),
-        ("Expires", "Mon, 26 Jul 1997 05:00:00 GMT".to_owned()),
-        ("Server", format!("tidecast/{}", env!("CARGO_PKG_VERSION"))),
-        ("Connection", "close".to_owned()),
+    let mut headers: Vec<(&str, std::borrow::Cow<str>)> = vec![
+        ("Content-Type", hub.content_type.as_str().into()),
+        ("Cache-Control", "no-cache, no-store".into()),
+        ("Pragma", "no-cache".into()),
+        ("Expires", "Mon, 26 Jul 1997 05:00:00 GMT".into()),
+        (
+            "Server",
+            concat!("tidecast/", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        ("Connection", "close".into()),
     ];
     let p = &hub.props;
     for (name, value) in [
@@ -309,11 +312,11 @@ async fn listen(
     ] {
         if let Some(v) = value {
             // Header values must stay on one line.
-            headers.push((name, v.replace(['\r', '\n'], " ")));
+            headers.push((name, v.replace(['\r', '\n'], " ").into()));
         }
     }
     if icy {
-        headers.push(("icy-metaint", metaint.to_string()));
+        headers.push(("icy-metaint", metaint.to_string().into()));
     }
     headers.extend(cors.headers(false));
     // Another node relaying the mount learns where its first chunk is on the stream's timeline,
@@ -323,7 +326,7 @@ async fn listen(
         .as_ref()
         .and_then(|(_, cursor)| hub.position_of(*cursor))
     {
-        headers.push(("x-tidecast-position", at.to_header()));
+        headers.push(("x-tidecast-position", at.to_header().into()));
     }
 
     for (n, v) in &headers {
@@ -348,7 +351,7 @@ async fn listen(
             }
         }
         body.truncate(last + 1);
-        let mut r = Response::new(206, &hub.content_type, body.clone()).header(
+        let mut r = Response::new(206, hub.content_type.clone(), body.clone()).header(
             "Content-Range",
             format!("bytes 0-{}/*", body.len().saturating_sub(1)),
         );
