@@ -186,36 +186,6 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     assert!(on_b.finish(), "the listener on B was disconnected");
 }
 
-/// Connects to `mount` on `node` asking for ICY metadata and returns the first non-empty
-/// `StreamTitle` within 10 s.
-fn capture_icy_title(node: &Node, mount: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {mount} HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n").as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut data = Vec::new();
-    let mut buf = [0u8; 16384];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(_) => continue,
-        }
-        let text = String::from_utf8_lossy(&data);
-        if let Some(i) = text.find("StreamTitle='") {
-            let rest = &text[i + 13..];
-            if let Some(end) = rest.find("';") {
-                if end > 0 {
-                    return rest[..end].to_owned();
-                }
-            }
-        }
-    }
-    panic!("no title on {mount} within 10 s");
-}
-
 #[test]
 fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected() {
     let etcd = Etcd::start();
@@ -291,29 +261,6 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
         "the listener reconnected"
     );
     assert!(listener.finish(), "the listener was disconnected");
-}
-
-/// A listener on `mount` (retried while the node answers 404: the mount may not be up yet),
-/// read continuously.
-fn wait_for_listener(node: &Node, mount: &str) -> CountingReader {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut s = std::net::TcpStream::connect(node.addr).unwrap();
-        s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
-            .unwrap();
-        let mut head = [0u8; 12];
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        if s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.0 200") {
-            return CountingReader::spawn(s, 0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{mount} never served on {}",
-            node.addr
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 #[test]

@@ -127,7 +127,18 @@ pub(crate) async fn request(
     headers: &[(&str, &str)],
 ) -> Result<Upstream, PeerError> {
     let url = format!("{}{path}", url.trim_end_matches('/'));
-    let answer = peers.http.get(&url, headers, CONNECT_TIMEOUT).await?;
+    open_stream(&peers.http, &url, headers).await
+}
+
+/// Sends `GET url` with `headers` through `client` (another node, or a relay mount's upstream
+/// server); waits at most [`CONNECT_TIMEOUT`] for the connection and again for the answer's
+/// head.
+pub(crate) async fn open_stream(
+    client: &Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Upstream, PeerError> {
+    let answer = client.get(url, headers, CONNECT_TIMEOUT).await?;
     let authority = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))

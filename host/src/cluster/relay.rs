@@ -34,7 +34,7 @@ pub struct Relays {
 }
 
 /// Why a relay's copy of its origin's stream stopped.
-enum Stop {
+pub(crate) enum Stop {
     /// Nobody has used the relayed hub for [`LINGER`]: the relay ends.
     NoListeners,
     /// The origin's stream ended (this is why): the relay looks for the mount's next origin.
@@ -127,7 +127,15 @@ impl Relays {
         let mut origin = url.to_owned();
         let why = loop {
             let metaint: Option<usize> = up.head.header("icy-metaint").and_then(|v| v.parse().ok());
-            match pump(&mut up.body, metaint, &hub, charset.as_deref()).await {
+            match pump(
+                &mut up.body,
+                metaint,
+                &hub,
+                charset.as_deref(),
+                Some(LINGER),
+            )
+            .await
+            {
                 Stop::NoListeners => break "no listeners",
                 Stop::Origin(why) => {
                     info!(%mount, origin = %origin, reason = why, "relay lost its origin; waiting for the next one");
@@ -196,12 +204,14 @@ fn follow_position(hub: &Hub, up: &Upstream) {
 const REORIGIN: Duration = Duration::from_secs(30);
 
 /// Copies the origin's stream into `hub`, taking ICY metadata blocks out (their titles go to
-/// the hub). Returns why it stopped.
-async fn pump(
+/// the hub). Returns why it stopped: the origin's stream ended or stalled, or (with a
+/// `linger`) nobody used the hub for that long.
+pub(crate) async fn pump(
     body: &mut Incoming,
     metaint: Option<usize>,
     hub: &Arc<Hub>,
     charset: Option<&str>,
+    linger: Option<Duration>,
 ) -> Stop {
     let mut splitter = Splitter::new(hub.format);
     let mut pieces = Vec::new();
@@ -225,11 +235,10 @@ async fn pump(
         }
         splitter.push(&audio, &mut pieces);
         hub.push_pieces(&mut pieces);
-        // In use while anyone besides the node's hub table and this relay holds the hub: a
-        // listener, or a transcoder reading it.
-        if Arc::strong_count(hub) <= 2 {
+        // (Not by who holds the hub: its HLS cutter does, for as long as it lives.)
+        if linger.is_some() && !hub.in_use() {
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > LINGER {
+            if linger.is_some_and(|l| since.elapsed() > l) {
                 return Stop::NoListeners;
             }
         } else {

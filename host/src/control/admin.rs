@@ -489,6 +489,7 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
         "title": hub.as_ref().map(|h| h.meta().title),
         "transcode": m.transcode,
+        "relay": m.relay,
         "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "filter_status": state
             .plugins
@@ -583,6 +584,47 @@ fn apply_transcode(
     }
 }
 
+/// Applies the relay fields of `r` to `m` (making it a relay mount when `create`), collecting
+/// every problem. A relay mount stays one: it takes no source credentials and no transcoding.
+fn apply_relay(
+    m: &mut MountConfig,
+    r: &mut MountSettings,
+    create: bool,
+    problems: &mut Vec<String>,
+) {
+    if let Some(urls) = r.relay_urls.take() {
+        match (&mut m.relay, create) {
+            (Some(relay), _) => relay.urls = urls,
+            (None, true) => {
+                m.relay = Some(crate::model::RelayConfig {
+                    urls,
+                    on_demand: false,
+                })
+            }
+            (None, false) => problems.push(format!(
+                "{} is not a relay mount; create a new one with --relay-url",
+                m.path
+            )),
+        }
+    }
+    if let Some(on_demand) = r.relay_on_demand.take() {
+        match &mut m.relay {
+            Some(relay) => relay.on_demand = on_demand,
+            None => problems.push("--relay-on-demand is for relay mounts (--relay-url)".to_owned()),
+        }
+    }
+    let Some(relay) = &m.relay else {
+        return;
+    };
+    problems.extend(relay.problems());
+    if m.transcode.is_some() || r.has_transcode_fields() {
+        problems.push("a mount is relayed or transcoded, not both".to_owned());
+    }
+    if r.password.is_some() || r.source_user.is_some() {
+        problems.push("a relay mount takes no source credentials".to_owned());
+    }
+}
+
 /// A mount request body checked as far as it can be without a node: parsed and applied to an
 /// empty mount, every problem named (the fuzz target `admin_json` drives this).
 pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
@@ -593,6 +635,7 @@ pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
     if let Err(e) = validate_mount_path(&m.path) {
         problems.push(e);
     }
+    apply_relay(&mut m, &mut r, true, &mut problems);
     apply(&mut m, r, &mut problems);
     if problems.is_empty() {
         Ok(m)
@@ -776,6 +819,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
         );
     }
     let mut m = MountConfig::new(path.clone());
+    apply_relay(&mut m, &mut r, true, &mut problems);
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
@@ -789,10 +833,9 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
             &json!({ "error": problems.join("; "), "problems": problems }),
         );
     }
-    // A transcoded mount has no source password: no hash at all, so nothing can verify.
-    let password = m
-        .transcode
-        .is_none()
+    // A transcoded or relay mount has no source password: no hash at all, so nothing can
+    // verify.
+    let password = (m.transcode.is_none() && m.relay.is_none())
         .then(|| given.unwrap_or_else(|| generate_password(16)));
     if let Some(p) = &password {
         m.source_password_hash = match hash_password(p) {
@@ -824,6 +867,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
         problems.push("path cannot be changed; create a new mount instead".to_owned());
     }
     let before = m.clone();
+    apply_relay(&mut m, &mut r, false, &mut problems);
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));

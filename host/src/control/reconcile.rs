@@ -1,6 +1,7 @@
 //! Reconciling what runs here with the configuration: a deleted mount loses its source (and so
-//! its listeners), transcoders are started, restarted and stopped to match the transcoded
-//! mounts, and a node that lost its cluster lease gives up what it originates.
+//! its listeners), transcoders and relay mounts' pullers are started, restarted and stopped to
+//! match the configuration, and a node that lost its cluster lease gives up what it
+//! originates.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::sync::Locked;
 pub async fn run(state: Arc<Node>) {
     let mut events = state.coordinator.subscribe();
     sync_transcoders(&state);
+    sync_pullers(&state);
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
@@ -37,6 +39,7 @@ pub async fn run(state: Arc<Node>) {
             Err(broadcast::error::RecvError::Closed) => return,
         };
         sync_transcoders(&state);
+        sync_pullers(&state);
         // Running filter chains re-resolve their plugins at their next block.
         state.plugins.runtime.changed();
         for path in deleted {
@@ -56,8 +59,14 @@ fn give_up_origins(state: &Arc<Node>) {
     let transcoded = state
         .transcoders
         .with(|t| t.keys().cloned().collect::<Vec<_>>());
+    let pulled = state
+        .pullers
+        .with(|p| p.keys().cloned().collect::<Vec<_>>());
     for h in state.hubs.live_hubs() {
-        if !relayed.contains(&h.mount) && !transcoded.contains(&h.mount) {
+        if !relayed.contains(&h.mount)
+            && !transcoded.contains(&h.mount)
+            && !pulled.contains(&h.mount)
+        {
             warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
             h.kill.notify_one();
         }
@@ -73,7 +82,37 @@ fn give_up_origins(state: &Arc<Node>) {
         // Dropping a handle stops its thread; the sync below starts new ones.
         t.clear();
     }
+    {
+        let mut p = state.pullers.locked();
+        if !p.is_empty() {
+            warn!(
+                count = p.len(),
+                "lease lost: relay mounts stop pulling and campaign again"
+            );
+        }
+        p.clear();
+    }
     sync_transcoders(state);
+    sync_pullers(state);
+}
+
+/// Runs a puller for exactly the relay mounts of the configuration, each with its current URLs.
+fn sync_pullers(state: &Arc<Node>) {
+    let wanted: HashMap<String, crate::model::RelayConfig> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter_map(|m| m.relay.map(|r| (m.path, r)))
+        .collect();
+    let mut running = state.pullers.locked();
+    // Dropping a handle stops its puller.
+    running.retain(|path, h| wanted.get(path) == Some(&h.config));
+    for (path, config) in wanted {
+        if let std::collections::hash_map::Entry::Vacant(e) = running.entry(path) {
+            let path = e.key().clone();
+            e.insert(crate::ingest::pull::spawn(state.pull.clone(), path, config));
+        }
+    }
 }
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.

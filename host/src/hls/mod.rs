@@ -261,7 +261,13 @@ impl Hls {
     async fn relay_if_elsewhere(&self, mounts: &[impl AsRef<str>]) {
         let mut relayed = Vec::new();
         for m in mounts.iter().map(AsRef::as_ref) {
-            if self.hubs.hub(m).is_none() && self.listen.relays.hub_from_origin(m).await.is_some() {
+            if self.hubs.hub(m).is_some() {
+                continue;
+            }
+            // An on-demand relay mount this node pulls, or a mount another node produces.
+            if self.listen.demand.wake(&self.hubs, m).await.is_some()
+                || self.listen.relays.hub_from_origin(m).await.is_some()
+            {
                 relayed.push(m);
             }
         }

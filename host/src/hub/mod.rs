@@ -156,6 +156,8 @@ pub struct Hub {
     meta: Mutex<Meta>,
     pub listeners: AtomicUsize,
     pub listener_peak: AtomicUsize,
+    /// Transcoders decoding this hub: users that are not listeners.
+    readers: AtomicUsize,
     pub bytes_in: AtomicU64,
     /// `/admin/killsource` signals the ingest task through this.
     pub kill: Notify,
@@ -231,6 +233,7 @@ impl Hub {
             ended: AtomicBool::new(false),
             listeners: AtomicUsize::new(0),
             listener_peak: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
             bytes_in: AtomicU64::new(0),
             kill: Notify::new(),
         }
@@ -392,6 +395,21 @@ impl Hub {
 
     pub fn listener_left(&self) {
         self.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A transcoder starts decoding this hub.
+    pub fn reader_joined(&self) {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn reader_left(&self) {
+        self.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether anyone uses the hub: a listener (another node's relay and an HLS session count
+    /// as one) or a transcoder. A relay whose hub nobody uses ends after a while.
+    pub fn in_use(&self) -> bool {
+        self.listeners.load(Ordering::SeqCst) > 0 || self.readers.load(Ordering::SeqCst) > 0
     }
 }
 

@@ -29,6 +29,7 @@ use crate::metrics::{ErrorKind, Metrics};
 use crate::model::validate_mount_path;
 use crate::tls::Stream;
 
+pub mod pull;
 pub mod shoutcast;
 
 /// What ingest needs of the node: the hub registry, the coordinator (mounts, origin claims),

@@ -92,6 +92,8 @@ pub struct Listen {
     pub metrics: Arc<Metrics>,
     pub router: Arc<Router>,
     pub relays: Arc<Relays>,
+    /// On-demand relay mounts this node pulls, woken by their first listener.
+    pub demand: Arc<crate::ingest::pull::Demand>,
     pub peers: Peers,
     /// Authentication calls in flight ([`access::WEBHOOK_CALLS`] at most).
     pub webhook_calls: Arc<tokio::sync::Semaphore>,
@@ -254,6 +256,10 @@ async fn listen(
         .and_then(|m| m.max_listener_secs)
         .filter(|_| !relay)
         .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    // An on-demand relay mount this node pulls starts pulling now (nothing happens for others).
+    if state.hubs.hub(&wanted).is_none() {
+        state.demand.wake(&state.hubs, &wanted).await;
+    }
     // In a cluster, a mount another node originates is relayed from there on demand.
     let local = match resolve(state, &wanted) {
         Some(h) => Some(h),

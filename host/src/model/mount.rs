@@ -56,6 +56,9 @@ pub struct MountConfig {
     /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcode: Option<TranscodeConfig>,
+    /// Set for a relay mount: pulled from another server's stream, never pushed by a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayConfig>,
     /// WebAssembly filters, in order: audio and metadata on transcoded mounts, metadata hooks
     /// only on others. Attached by name: the newest version of the plugin runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -93,11 +96,53 @@ impl MountConfig {
             max_user_connections: None,
             intro: None,
             transcode: None,
+            relay: None,
             filters: Vec::new(),
             policy: None,
             routing: None,
             station: None,
         }
+    }
+}
+
+/// Where a relay mount is pulled from (Icecast's `<relay>`): another server's stream URL, or
+/// several, tried in order; one node of the cluster pulls it (`ingest/pull.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub urls: Vec<String>,
+    /// Pulled only while someone listens (or a transcoder reads it), not all the time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
+}
+
+/// Most upstream URLs of one relay mount.
+pub const MAX_RELAY_URLS: usize = 8;
+
+impl RelayConfig {
+    /// Every problem with these URLs: 1 to [`MAX_RELAY_URLS`] of them, each an absolute
+    /// `http://` or `https://` URL with a host, at most 2 000 characters.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.urls.is_empty() || self.urls.len() > MAX_RELAY_URLS {
+            problems.push(format!(
+                "a relay mount needs 1 to {MAX_RELAY_URLS} upstream URLs (--relay-url), got {}",
+                self.urls.len()
+            ));
+        }
+        for url in &self.urls {
+            let ok = url.len() <= 2000
+                && url.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                });
+            if !ok {
+                problems.push(format!(
+                    "relay URL {url:?} is not an http:// or https:// URL with a host"
+                ));
+            }
+        }
+        problems
     }
 }
 

@@ -78,6 +78,16 @@ pub struct MountSettings {
     #[arg(long, help_heading = "Listeners", value_name = "PATH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intro: Option<String>,
+    /// Make a relay mount that pulls this http(s) stream URL (no source client pushes it), as
+    /// Icecast's <relay> does, with its ICY titles; repeat for fallback URLs, tried in order.
+    /// One node of the cluster pulls it, and reconnects with backoff when the upstream ends.
+    #[arg(long = "relay-url", value_name = "URL", help_heading = "Relay")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_urls: Option<Vec<String>>,
+    /// Pull the relay mount only while someone listens (`--relay-on-demand false`: always).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Relay")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_on_demand: Option<bool>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

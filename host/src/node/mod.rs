@@ -30,6 +30,10 @@ pub struct Node {
     pub transcode: Arc<crate::transcode::Shared>,
     /// Running transcoders by output mount path.
     pub transcoders: Mutex<HashMap<String, crate::transcode::TranscoderHandle>>,
+    /// What relay mounts' pullers need.
+    pub pull: Arc<crate::ingest::pull::Shared>,
+    /// Running pullers (campaigning, or pulling) by relay mount path.
+    pub pullers: Mutex<HashMap<String, crate::ingest::pull::PullerHandle>>,
     pub plugins: Arc<crate::plugin::Host>,
     /// Listener routing (which node serves a listener).
     pub router: Arc<crate::cluster::routing::Router>,
@@ -104,7 +108,9 @@ impl Node {
             source_timeout: config.source_timeout(),
             access: access.clone(),
         });
+        let demand = Arc::new(crate::ingest::pull::Demand::default());
         let listen = Arc::new(crate::listen::Listen {
+            demand: demand.clone(),
             hubs: hubs.clone(),
             coordinator: coordinator.clone(),
             metrics: metrics.clone(),
@@ -135,6 +141,13 @@ impl Node {
             relays: relays.clone(),
             metrics: metrics.clone(),
         });
+        let pull = Arc::new(crate::ingest::pull::Shared {
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            // Upstreams are other servers on the internet: the system's CAs.
+            client: crate::http::client::Client::new(None).unwrap_or_default(),
+            demand: demand.clone(),
+        });
         let hls_settings = config.hls();
         let hls = Arc::new(crate::hls::Hls {
             store: Arc::new(crate::hls::segment::Store::new(hls_settings)),
@@ -162,6 +175,8 @@ impl Node {
             load,
             started: time::OffsetDateTime::now_utc(),
             transcoders: Mutex::default(),
+            pull,
+            pullers: Mutex::default(),
             plugins,
             router,
             relays,

@@ -440,12 +440,19 @@ pub struct HubReader {
     stop: Arc<AtomicBool>,
 }
 
+impl Drop for HubReader {
+    fn drop(&mut self) {
+        self.hub.reader_left();
+    }
+}
+
 /// How long a transcoder's reader sleeps when its source hub has nothing new.
 const POLL: Duration = Duration::from_millis(60);
 
 impl HubReader {
     fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> HubReader {
         let pending = hub.join().0.into_iter().collect();
+        hub.reader_joined();
         HubReader {
             hub,
             cursor,

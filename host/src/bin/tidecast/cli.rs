@@ -337,6 +337,15 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
                 println!("  listen at: {}{path}", conn.server.trim_end_matches('/'));
                 return Ok(());
             }
+            if !conn.json && !v["relay"].is_null() {
+                let urls: Vec<&str> = v["relay"]["urls"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|u| u.as_str()).collect())
+                    .unwrap_or_default();
+                println!("Created relay mount {path}: pulls {}", urls.join(", then "));
+                println!("  listen at: {}{path}", conn.server.trim_end_matches('/'));
+                return Ok(());
+            }
             if !conn.json {
                 let user = v["source_user"].as_str().unwrap_or("source");
                 let pass = v["password"].as_str().unwrap_or("");
