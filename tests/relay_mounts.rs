@@ -93,6 +93,11 @@ fn a_relay_mount_pulls_its_upstream_with_titles_and_rides_out_an_outage() {
     );
     assert_eq!(capture_icy_title(&node, "/relay.mp3"), "Next Song");
     assert_eq!(pullers(&up), 1);
+    // A relay mount is transcoded like any mount.
+    node.create_transcode("/relay-64.opus", "/relay.mp3", "opus", 64, &[]);
+    node.wait_live("/relay-64.opus", Duration::from_secs(15));
+    let (decoded, errors) = ffmpeg_decode(&node.url("/relay-64.opus"), 3);
+    assert!(decoded, "{errors}");
 
     // No source client can push a relay mount.
     let (code, _, _) = http_request(
