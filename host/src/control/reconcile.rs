@@ -98,57 +98,76 @@ fn give_up_origins(state: &Arc<Node>) {
 
 /// Runs a puller for exactly the relay mounts of the configuration, each with its current URLs.
 fn sync_pullers(state: &Arc<Node>) {
-    let wanted: HashMap<String, crate::model::RelayConfig> = state
+    let wanted = state
         .coordinator
         .mounts()
         .into_iter()
-        .filter_map(|m| m.relay.map(|r| (m.path, r)))
-        .collect();
-    let mut running = state.pullers.locked();
-    // Dropping a handle stops its puller.
-    running.retain(|path, h| wanted.get(path) == Some(&h.config));
-    for (path, config) in wanted {
-        if let std::collections::hash_map::Entry::Vacant(e) = running.entry(path) {
-            let path = e.key().clone();
-            e.insert(crate::ingest::pull::spawn(state.pull.clone(), path, config));
-        }
-    }
+        .filter_map(|m| m.relay.map(|r| (m.path, r)));
+    run_exactly(
+        &state.pullers,
+        wanted,
+        |h| &h.config,
+        |path, config| {
+            Some(crate::ingest::pull::spawn(
+                state.pull.clone(),
+                path.to_owned(),
+                config,
+            ))
+        },
+    );
 }
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.
 fn sync_transcoders(state: &Arc<Node>) {
-    let wanted: HashMap<String, crate::model::TranscodeConfig> = state
+    let wanted = state
         .coordinator
         .mounts()
         .into_iter()
-        .filter_map(|m| m.transcode.map(|t| (m.path, t)))
-        .collect();
-    let mut running = state.transcoders.locked();
-    // Dropping a handle stops its thread.
-    running.retain(|path, h| wanted.get(path) == Some(&h.config));
+        .filter_map(|m| m.transcode.map(|t| (m.path, t)));
+    run_exactly(
+        &state.transcoders,
+        wanted,
+        |h| &h.config,
+        |path, config| {
+            let settings = match config.settings() {
+                Ok(s) => s,
+                Err(problems) => {
+                    warn!(mount = %path, problems = %problems.join("; "), "transcoded mount not started");
+                    return None;
+                }
+            };
+            let rt = tokio::runtime::Handle::current();
+            crate::transcode::spawn(
+                state.transcode.clone(),
+                path.to_owned(),
+                config,
+                settings,
+                rt,
+            )
+            .map_err(|e| warn!(mount = %path, error = %e, "cannot start a transcoder thread"))
+            .ok()
+        },
+    );
+}
+
+/// Makes `running` (handles by mount path, each stopping its work when dropped) exactly
+/// `wanted`: a handle whose mount is gone or whose configuration changed is dropped, and
+/// `start` starts what is missing (`None`: it could not, and said why).
+fn run_exactly<C: PartialEq, H>(
+    running: &std::sync::Mutex<HashMap<String, H>>,
+    wanted: impl Iterator<Item = (String, C)>,
+    config_of: impl Fn(&H) -> &C,
+    mut start: impl FnMut(&str, C) -> Option<H>,
+) {
+    let wanted: HashMap<String, C> = wanted.collect();
+    let mut running = running.locked();
+    running.retain(|path, h| wanted.get(path) == Some(config_of(h)));
     for (path, config) in wanted {
         if running.contains_key(&path) {
             continue;
         }
-        let settings = match config.settings() {
-            Ok(s) => s,
-            Err(problems) => {
-                warn!(mount = %path, problems = %problems.join("; "), "transcoded mount not started");
-                continue;
-            }
-        };
-        let rt = tokio::runtime::Handle::current();
-        match crate::transcode::spawn(
-            state.transcode.clone(),
-            path.clone(),
-            config.clone(),
-            settings,
-            rt,
-        ) {
-            Ok(h) => {
-                running.insert(path, h);
-            }
-            Err(e) => warn!(mount = %path, error = %e, "cannot start a transcoder thread"),
+        if let Some(h) = start(&path, config) {
+            running.insert(path, h);
         }
     }
 }
