@@ -35,7 +35,8 @@ pub struct Relays {
 
 /// Why a relay's copy of its origin's stream stopped.
 pub(crate) enum Stop {
-    /// Nobody has used the relayed hub for [`LINGER`]: the relay ends.
+    /// Nobody has used the hub for the pump's linger ([`LINGER`] for relays between nodes):
+    /// the relay ends.
     NoListeners,
     /// The origin's stream ended (this is why): the relay looks for the mount's next origin.
     Origin(&'static str),
@@ -235,14 +236,16 @@ pub(crate) async fn pump(
         }
         splitter.push(&audio, &mut pieces);
         hub.push_pieces(&mut pieces);
-        // (Not by who holds the hub: its HLS cutter does, for as long as it lives.)
-        if linger.is_some() && !hub.in_use() {
-            let since = *idle_since.get_or_insert_with(Instant::now);
-            if linger.is_some_and(|l| since.elapsed() > l) {
-                return Stop::NoListeners;
+        // Unused: no listener, no transcoder reading it (told by the hub's counts, not by who
+        // holds it: its HLS cutter does, for as long as it lives).
+        match linger {
+            Some(linger) if !hub.in_use() => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > linger {
+                    return Stop::NoListeners;
+                }
             }
-        } else {
-            idle_since = None;
+            _ => idle_since = None,
         }
     }
 }
