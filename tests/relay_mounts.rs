@@ -250,6 +250,27 @@ fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
     });
     assert!(node.log().contains("nobody listens, the pull stops"));
 
+    // An on-demand mount whose upstream is gone: its listener is told at once, not after the
+    // wait for an upstream's answer.
+    let (ok, out, err) = node.cli(&[
+        "mount",
+        "create",
+        "/gone.mp3",
+        "--relay-url",
+        "http://127.0.0.1:1/gone.mp3",
+        "--relay-on-demand",
+    ]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    let (code, _, body) = http_get(node.addr, "/gone.mp3", &[]);
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+
     // An HLS player starts it too.
     let (code, _, body) = http_get(node.addr, "/hls/od.mp3/master.m3u8", &[]);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));

@@ -12,6 +12,7 @@
 //! the last listener left.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,16 @@ pub struct Shared {
 /// that wakes its puller.
 #[derive(Default)]
 pub struct Demand {
-    pullers: Mutex<HashMap<String, Arc<Notify>>>,
+    pullers: Mutex<HashMap<String, Arc<Wanted>>>,
+}
+
+/// How an on-demand puller is woken, and how a waiting listener learns that the pull it woke
+/// has already failed (no URL answered): pulls started and ended, counted.
+#[derive(Default)]
+struct Wanted {
+    wake: Notify,
+    started: AtomicU64,
+    ended: AtomicU64,
 }
 
 impl Demand {
@@ -62,13 +72,16 @@ impl Demand {
     /// mount.
     pub async fn wake(&self, hubs: &Registry, mount: &str) -> Option<Arc<Hub>> {
         let puller = self.pullers.with(|p| p.get(mount).cloned())?;
-        puller.notify_one();
+        // A pull that starts after this (or one running now) and ends without a hub answers
+        // the wait: its URLs all failed.
+        let started = puller.started.load(Ordering::SeqCst);
+        puller.wake.notify_one();
         let deadline = Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1);
         loop {
             if let Some(h) = hubs.hub(mount) {
                 return Some(h);
             }
-            if Instant::now() > deadline {
+            if puller.ended.load(Ordering::SeqCst) > started || Instant::now() > deadline {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -140,7 +153,7 @@ async fn run(shared: Arc<Shared>, path: String, config: RelayConfig) {
         return pull(&shared, &path, &config.urls, None).await;
     }
     info!(mount = %path, "relay mount: this node pulls it when someone listens");
-    let wanted = Arc::new(Notify::new());
+    let wanted = Arc::new(Wanted::default());
     shared
         .demand
         .pullers
@@ -150,8 +163,10 @@ async fn run(shared: Arc<Shared>, path: String, config: RelayConfig) {
         path: path.clone(),
     };
     loop {
-        wanted.notified().await;
+        wanted.wake.notified().await;
+        wanted.started.fetch_add(1, Ordering::SeqCst);
         pull(&shared, &path, &config.urls, Some(ON_DEMAND_LINGER)).await;
+        wanted.ended.fetch_add(1, Ordering::SeqCst);
     }
 }
 
