@@ -196,14 +196,7 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
     nodes[0].create_mount("/live.mp3", "hackme", &[]);
     nodes[0].create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
     // Exactly one node wins the transcoder's election.
-    let mut transcoder = String::new();
-    wait_for(Duration::from_secs(10), "a transcoder elected", || {
-        transcoder = nodes[0].mount_json("/live-64.opus")["origin"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        !transcoder.is_empty()
-    });
+    let transcoder = wait_for_origin(&nodes[0], "/live-64.opus", "", Duration::from_secs(10));
     let t = ["a", "b", "c"]
         .iter()
         .position(|n| *n == transcoder)

@@ -31,6 +31,20 @@ fn set_title(up: &Node, title: &str) {
     assert_eq!(code, 200);
 }
 
+/// Declares relay mount `path` on `node`, pulling `urls` in order; `extra` adds settings.
+fn create_relay(node: &Node, path: &str, urls: &[&str], extra: &[&str]) {
+    let mut args = vec!["mount", "create", path];
+    for url in urls {
+        args.extend(["--relay-url", url]);
+    }
+    args.extend_from_slice(extra);
+    let (ok, out, err) = node.cli(&args);
+    assert!(
+        ok && out.contains(&format!("Created relay mount {path}")),
+        "relay mount {path}: {out}{err}"
+    );
+}
+
 /// Listeners of the upstream's `/live.mp3`: the pullers.
 fn pullers(up: &Node) -> u64 {
     up.source_status("/live.mp3")["listeners"]
@@ -58,18 +72,11 @@ fn a_relay_mount_pulls_its_upstream_with_titles_and_rides_out_an_outage() {
     assert!(err.contains("takes no source credentials"), "{err}");
 
     // The first URL answers nothing; the second is the upstream.
-    let (ok, out, err) = node.cli(&[
-        "mount",
-        "create",
+    create_relay(
+        &node,
         "/relay.mp3",
-        "--relay-url",
-        "http://127.0.0.1:1/gone.mp3",
-        "--relay-url",
-        &up.url("/live.mp3"),
-    ]);
-    assert!(
-        ok && out.contains("Created relay mount /relay.mp3"),
-        "{out}{err}"
+        &["http://127.0.0.1:1/gone.mp3", &up.url("/live.mp3")],
+        &[],
     );
     node.wait_live("/relay.mp3", Duration::from_secs(15));
     assert_eq!(
@@ -156,22 +163,8 @@ fn in_a_cluster_one_node_pulls_a_relay_mount_and_another_takes_over_when_it_dies
         .iter()
         .map(|n| Node::start_clustered(&etcd, n))
         .collect();
-    let (ok, out, err) = nodes[0].cli(&[
-        "mount",
-        "create",
-        "/relay.mp3",
-        "--relay-url",
-        &up.url("/live.mp3"),
-    ]);
-    assert!(ok, "{out}{err}");
-    let mut puller = String::new();
-    wait_for(Duration::from_secs(15), "a node elected to pull", || {
-        puller = nodes[0].mount_json("/relay.mp3")["origin"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        !puller.is_empty()
-    });
+    create_relay(&nodes[0], "/relay.mp3", &[&up.url("/live.mp3")], &[]);
+    let puller = wait_for_origin(&nodes[0], "/relay.mp3", "", Duration::from_secs(15));
     let p = ["a", "b", "c"].iter().position(|n| *n == puller).unwrap();
     let l = (p + 1) % 3;
     // A listener on another node: it relays the mount from the puller's node.
@@ -192,14 +185,7 @@ fn in_a_cluster_one_node_pulls_a_relay_mount_and_another_takes_over_when_it_dies
     // The puller's node dies: another pulls, and the listener elsewhere stays connected.
     drop(nodes[p].proc.take());
     let killed = Instant::now();
-    let mut next = String::new();
-    wait_for(Duration::from_secs(30), "another node pulling", || {
-        next = nodes[l].mount_json("/relay.mp3")["origin"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        !next.is_empty() && next != puller
-    });
+    let next = wait_for_origin(&nodes[l], "/relay.mp3", &puller, Duration::from_secs(30));
     eprintln!(
         "relay mount moved from {puller} to {next} in {:?}",
         killed.elapsed()
@@ -220,15 +206,12 @@ fn in_a_cluster_one_node_pulls_a_relay_mount_and_another_takes_over_when_it_dies
 fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
     let (up, _source) = upstream("On Demand");
     let node = Node::start(&["--hls-segment-secs", "2"]);
-    let (ok, out, err) = node.cli(&[
-        "mount",
-        "create",
+    create_relay(
+        &node,
         "/od.mp3",
-        "--relay-url",
-        &up.url("/live.mp3"),
-        "--relay-on-demand",
-    ]);
-    assert!(ok, "{out}{err}");
+        &[&up.url("/live.mp3")],
+        &["--relay-on-demand"],
+    );
     assert_eq!(node.mount_json("/od.mp3")["relay"]["on_demand"], true);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pullers(&up), 0, "nobody listens: nothing is pulled");
@@ -252,15 +235,12 @@ fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
 
     // An on-demand mount whose upstream is gone: its listener is told at once, not after the
     // wait for an upstream's answer.
-    let (ok, out, err) = node.cli(&[
-        "mount",
-        "create",
+    create_relay(
+        &node,
         "/gone.mp3",
-        "--relay-url",
-        "http://127.0.0.1:1/gone.mp3",
-        "--relay-on-demand",
-    ]);
-    assert!(ok, "{out}{err}");
+        &["http://127.0.0.1:1/gone.mp3"],
+        &["--relay-on-demand"],
+    );
     std::thread::sleep(Duration::from_secs(1));
     let asked = Instant::now();
     let (code, _, body) = http_get(node.addr, "/gone.mp3", &[]);
@@ -346,14 +326,12 @@ fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
 fn a_relay_mount_pulls_a_real_icecast2_stream_with_its_titles() {
     let (port, _icecast, _dir) = icecast2_upstream();
     let node = Node::start(&[]);
-    let (ok, out, err) = node.cli(&[
-        "mount",
-        "create",
+    create_relay(
+        &node,
         "/ice.mp3",
-        "--relay-url",
-        &format!("http://127.0.0.1:{port}/live.mp3"),
-    ]);
-    assert!(ok, "{out}{err}");
+        &[&format!("http://127.0.0.1:{port}/live.mp3")],
+        &[],
+    );
     node.wait_live("/ice.mp3", Duration::from_secs(15));
     assert_eq!(capture_icy_title(&node, "/ice.mp3"), "From Icecast");
     let (decoded, errors) = ffmpeg_decode(&node.url("/ice.mp3"), 5);

@@ -1234,3 +1234,21 @@ pub fn wait_for_listener(node: &Node, mount: &str) -> CountingReader {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// Waits up to `timeout` until `node` names an origin of `mount` other than `not` (`""`: any),
+/// and returns it: the node elected to produce it.
+pub fn wait_for_origin(node: &Node, mount: &str, not: &str, timeout: Duration) -> String {
+    let mut origin = String::new();
+    wait_for(
+        timeout,
+        &format!("an origin of {mount} other than {not:?}"),
+        || {
+            origin = node.mount_json(mount)["origin"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            !origin.is_empty() && origin != not
+        },
+    );
+    origin
+}
