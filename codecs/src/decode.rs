@@ -246,6 +246,41 @@ fn opus_decoder(channels: u8) -> Result<Inner, DecodeError> {
     })
 }
 
+/// What a file's tags say (ID3, Vorbis comments, FLAC), as far as a radio uses them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tags {
+    pub title: Option<String>,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    /// ReplayGain track gain in dB (e.g. from `REPLAYGAIN_TRACK_GAIN=-6.5 dB`).
+    pub track_gain_db: Option<f32>,
+}
+
+impl Tags {
+    /// The title players show: "Artist - Title", or whichever of them is set.
+    pub fn display(&self) -> Option<String> {
+        match (&self.artist, &self.title) {
+            (Some(a), Some(t)) => Some(format!("{a} - {t}")),
+            (None, Some(t)) => Some(t.clone()),
+            (Some(a), None) => Some(a.clone()),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A ReplayGain value such as "-6.50 dB", in dB, when it is a sane one (±60 dB).
+fn parse_gain(text: &str) -> Option<f32> {
+    let number = text
+        .trim()
+        .trim_end_matches("dB")
+        .trim_end_matches("db")
+        .trim();
+    number
+        .parse::<f32>()
+        .ok()
+        .filter(|g| g.is_finite() && g.abs() <= 60.0)
+}
+
 pub struct Decoder {
     source: Source,
     inner: Inner,
@@ -409,6 +444,42 @@ impl Decoder {
             refused: None,
             broken: false,
         })
+    }
+
+    /// The tags read so far (files probed by symphonia: ID3v2 before MP3, Vorbis comments, FLAC);
+    /// empty for streams framed by tidecast itself.
+    pub fn tags(&mut self) -> Tags {
+        use symphonia::core::meta::StandardTag as S;
+        let mut tags = Tags::default();
+        let Source::Demuxer { format, .. } = &mut self.source else {
+            return tags;
+        };
+        let mut meta = format.metadata();
+        let Some(rev) = meta.skip_to_latest() else {
+            return tags;
+        };
+        let all = rev
+            .media
+            .tags
+            .iter()
+            .chain(rev.per_track.iter().flat_map(|t| t.metadata.tags.iter()));
+        for tag in all {
+            let text = |s: &std::sync::Arc<String>| {
+                let t = s.trim();
+                // Tags are untrusted text: bounded.
+                (!t.is_empty()).then(|| t.chars().take(200).collect::<String>())
+            };
+            match &tag.std {
+                Some(S::TrackTitle(s)) => tags.title = tags.title.take().or_else(|| text(s)),
+                Some(S::Artist(s)) => tags.artist = tags.artist.take().or_else(|| text(s)),
+                Some(S::Album(s)) => tags.album = tags.album.take().or_else(|| text(s)),
+                Some(S::ReplayGainTrackGain(s)) => {
+                    tags.track_gain_db = tags.track_gain_db.or_else(|| parse_gain(s))
+                }
+                _ => {}
+            }
+        }
+        tags
     }
 
     /// Decodes the next packet into `out` (replaced, interleaved f32). `Ok(None)` at the end of

@@ -14,7 +14,7 @@ pub mod ogg_pages;
 pub mod pipeline;
 
 pub use convert::ConvertError;
-pub use decode::{AudioFormat, DecodeError, Decoder};
+pub use decode::{AudioFormat, DecodeError, Decoder, Tags};
 pub use encode::{Codec, EncodeError, EncoderSettings, StereoMode};
 pub use framing::{Piece, SplitStats, Splitter, StreamFormat};
 pub use pipeline::{Filter, Gain, Pipeline, PipelineError};

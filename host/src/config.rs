@@ -188,6 +188,17 @@ serve_settings! {
     /// Longest call into a policy plugin (and a filter's title hook), in milliseconds; past it
     /// the call is cut off and the native policy decides (the title stays as it was).
     plugin_call_ms: u64 = 5; [value_name = "MS"]
+    /// The media library playlist mounts play from: s3://BUCKET/PREFIX (S3 or compatible:
+    /// Ceph, MinIO, Garage; AWS_ENDPOINT and AWS_ALLOW_HTTP for a non-AWS server), az://…,
+    /// gs://…, or a local directory. The same on every node; credentials from the environment
+    /// (AWS_*, AZURE_*, GOOGLE_*) or --media-credentials, never from the shared configuration.
+    media_library: String = String::new(); [value_name = "URL", env = "TIDECAST_MEDIA_LIBRARY"]
+    /// A file of KEY=VALUE lines with the media library's credentials (e.g.
+    /// AWS_ACCESS_KEY_ID=…); they win over the environment.
+    media_credentials: PathBuf = PathBuf::new(); [value_name = "FILE"]
+    /// Most disk the media cache (DATA_DIR/media-cache) uses, in MiB; least recently used
+    /// files go first.
+    media_cache_mb: u64 = 2048; [value_name = "MIB"]
     /// Host name used in playlists and status URLs when the request has no Host header.
     hostname: String = String::new(); [value_name = "NAME"]
 }
@@ -256,6 +267,15 @@ impl ServeConfig {
                 "plugin_memory_mb must be between 1 and 4096, got {}",
                 self.plugin_memory_mb
             ));
+        }
+        if !(16..=16 << 20).contains(&self.media_cache_mb) {
+            problems.push(format!(
+                "media_cache_mb must be between 16 and 16777216, got {}",
+                self.media_cache_mb
+            ));
+        }
+        if self.media_library.is_empty() && !self.media_credentials.as_os_str().is_empty() {
+            problems.push("--media-credentials needs --media-library".to_owned());
         }
         if !(1..=1000).contains(&self.plugin_call_ms) {
             problems.push(format!(

@@ -12,6 +12,8 @@
 //!   and listeners, the one thing the data-path stages share;
 //! - [`listen`]: fan-out to players, ICY metadata;
 //! - [`transcode`]: transcoded mounts, one codec thread each, from one hub into another;
+//! - [`playlist`]: playlist mounts (AutoDJ): library files decoded and encoded in real time;
+//! - [`media`]: the media library in object storage and each node's disk cache of it;
 //! - [`hls`]: MP3 and AAC mounts cut into HLS segments in memory, playlists, and HLS sessions
 //!   counted as listeners;
 //! - [`plugin`]: WebAssembly filters and policies;
@@ -41,9 +43,11 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod listen;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod playlist;
 pub mod plugin;
 pub mod sync;
 pub mod tls;

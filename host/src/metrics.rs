@@ -172,6 +172,55 @@ impl Metrics {
         }
     }
 
+    /// Registers the media cache's counters as `tidecast_media_cache_*`.
+    pub fn register_media(&mut self, stats: &crate::media::MediaStats) {
+        for (name, help, counter) in [
+            (
+                "hits",
+                "Media files read from this node's cache",
+                &stats.hits,
+            ),
+            (
+                "misses",
+                "Media files fetched into the cache",
+                &stats.misses,
+            ),
+            (
+                "joined",
+                "Readers of a media file that joined its fetch under way",
+                &stats.joined,
+            ),
+            (
+                "bytes_from_peers",
+                "Media bytes fetched from other nodes' caches",
+                &stats.bytes_from_peers,
+            ),
+            (
+                "bytes_from_bucket",
+                "Media bytes fetched from the library's store",
+                &stats.bytes_from_bucket,
+            ),
+            (
+                "evictions",
+                "Media files evicted from the cache to make room",
+                &stats.evictions,
+            ),
+            (
+                "corrupt",
+                "Media fetches refused for a wrong size or checksum",
+                &stats.corrupt,
+            ),
+        ] {
+            self.registry
+                .register(format!("media_cache_{name}"), help, counter.clone());
+        }
+        self.registry.register(
+            "media_cache_bytes",
+            "Bytes of media this node's cache holds",
+            stats.bytes_cached.clone(),
+        );
+    }
+
     pub fn error(&self, kind: ErrorKind) {
         self.connection_errors
             .get_or_create(&ErrorLabel { kind })

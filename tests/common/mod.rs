@@ -996,7 +996,8 @@ impl Node {
         Node::cluster_node(&etcd.client_url, name, &[], env)
     }
 
-    fn cluster_node(
+    /// A cluster node on the etcd at `etcd_url`, with more flags and environment.
+    pub fn cluster_node(
         etcd_url: &str,
         name: &str,
         extra: &[&str],

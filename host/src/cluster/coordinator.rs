@@ -97,6 +97,11 @@ pub trait Coordinator: Send + Sync {
     ) -> Result<(), CoordError>;
     /// Removes a mount; false when it did not exist.
     async fn delete_mount(&self, path: &str) -> Result<bool, CoordError>;
+    /// Keeps where the producer of `mount` is in its work (a playlist's track and time), so
+    /// the node that takes the mount over carries on near there.
+    async fn save_position(&self, mount: &str, position: &str) -> Result<(), CoordError>;
+    /// The position last saved for `mount`.
+    async fn position(&self, mount: &str) -> Option<String>;
     fn admin(&self) -> Option<AdminCredential>;
     /// Stores the admin credential; with `only_if_absent`, only when none is stored yet (else
     /// [`CoordError::Conflict`]), so nodes starting together agree on one generated password.
@@ -174,6 +179,8 @@ struct Persisted {
     plugins: BTreeMap<String, PluginRecord>,
     #[serde(default)]
     stations: BTreeMap<String, StationConfig>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    positions: BTreeMap<String, String>,
 }
 
 /// The single-node coordinator, persisted in the data directory.
@@ -350,6 +357,18 @@ impl Coordinator for Embedded {
 
     fn admin(&self) -> Option<AdminCredential> {
         self.state.locked().admin.clone()
+    }
+
+    async fn save_position(&self, mount: &str, position: &str) -> Result<(), CoordError> {
+        self.update(|s| {
+            s.positions.insert(mount.to_owned(), position.to_owned());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn position(&self, mount: &str) -> Option<String> {
+        self.state.with(|s| s.positions.get(mount).cloned())
     }
 
     async fn set_admin(

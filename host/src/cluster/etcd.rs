@@ -727,6 +727,24 @@ impl Coordinator for Etcd {
         self.cache.locked().admin.clone()
     }
 
+    async fn save_position(&self, mount: &str, position: &str) -> Result<(), CoordError> {
+        let key = format!("{}positions{mount}", self.prefix);
+        self.client
+            .clone()
+            .put(key, position, None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        Ok(())
+    }
+
+    async fn position(&self, mount: &str) -> Option<String> {
+        let key = format!("{}positions{mount}", self.prefix);
+        let resp = self.client.clone().get(key, None).await.ok()?;
+        let kv = resp.kvs().first()?;
+        // Only a small value is believed.
+        (kv.value().len() <= 4096).then(|| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
     async fn set_admin(
         &self,
         admin: AdminCredential,

@@ -25,7 +25,12 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Answers an admin or API request hyper parsed (`control/serve.rs` sends them here).
 pub async fn answer(state: &Node, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
+    let media_key = media_upload(req);
     let r = match admit(state, req, peer).await {
+        Ok(limit) if media_key.is_some() => match media_key.as_deref().and_then(crate::control::media::key_of) {
+            Some(key) => crate::control::media::upload(state, &key, body, limit).await,
+            None => Response::error(400, "a media key is 1 to 500 characters, with no leading '/' and no '.', '..' or empty segments"),
+        },
         Ok(limit) => match read_body(body, limit).await {
             Ok(body) => route(state, req, &body).await,
             Err(r) => r,
@@ -36,6 +41,14 @@ pub async fn answer(state: &Node, peer: SocketAddr, req: &RequestHead, body: Inc
         info!(%peer, method = %req.method, path = %req.path, status = r.status, "admin request refused");
     }
     r
+}
+
+/// The raw key of a media upload (`PUT /api/v1/media/KEY`), if `req` is one.
+fn media_upload(req: &RequestHead) -> Option<String> {
+    (req.method == "PUT")
+        .then(|| req.path.strip_prefix("/api/v1/media/"))
+        .flatten()
+        .map(str::to_owned)
 }
 
 /// Everything decided from the head alone, before a byte of the body is read: the request is
@@ -66,7 +79,10 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
         .strip_prefix("/api/v1/plugins/")
         .is_some_and(|name| !name.contains('/'))
         && matches!(req.method.as_str(), "POST" | "PUT");
-    let limit = if upload {
+    let media = media_upload(req).is_some();
+    let limit = if media {
+        crate::control::media::MAX_MEDIA_BYTES
+    } else if upload {
         crate::plugin::MAX_PLUGIN_BYTES
     } else {
         MAX_BODY
@@ -78,7 +94,9 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
         // a plugin's bytes) it cannot.
         let ct = req.header("content-type").unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim();
-        let accepted: &[&str] = if upload {
+        let accepted: &[&str] = if media {
+            &["application/octet-stream"]
+        } else if upload {
             &["application/wasm", "application/octet-stream"]
         } else {
             &["application/json"]
@@ -323,6 +341,18 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
             Response::json(200, &crate::control::status::cluster_json(state))
         }
         ("POST", "/api/v1/tls/reload") => tls_reload(state),
+        ("GET", "/api/v1/media") => crate::control::media::list(state, req).await,
+        (method, p) if p.starts_with("/api/v1/media/") => {
+            let Some(key) = crate::control::media::key_of(&p["/api/v1/media/".len()..]) else {
+                return Response::error(400, "not a media key");
+            };
+            match method {
+                "GET" => crate::control::media::download(&state.media, &key).await,
+                "DELETE" => crate::control::media::remove(state, &key).await,
+                _ => Response::error(405, "use GET, PUT or DELETE")
+                    .header("Allow", "GET, PUT, DELETE"),
+            }
+        }
         ("GET", "/api/v1/stations") => crate::control::stations::list(state),
         ("POST", "/api/v1/stations") => crate::control::stations::create(state, body).await,
         (method, p) if p.starts_with("/api/v1/stations/") => {
@@ -490,6 +520,7 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "title": hub.as_ref().map(|h| h.meta().title),
         "transcode": m.transcode,
         "relay": m.relay,
+        "playlist": m.playlist,
         "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "filter_status": state
             .plugins
@@ -625,6 +656,78 @@ fn apply_relay(
     }
 }
 
+/// Applies the playlist fields of `r` to `m` (making it a playlist mount when `create`), with
+/// the encoder fields (--codec, --bitrate, --sample-rate, --channels, --quality), collecting
+/// every problem. A playlist mount takes no source credentials, relay or transcoding.
+fn apply_playlist(
+    m: &mut MountConfig,
+    r: &mut MountSettings,
+    create: bool,
+    problems: &mut Vec<String>,
+) {
+    let input = r.playlist.take();
+    if m.playlist.is_none() {
+        match (&input, create) {
+            (None, _) => {
+                if r.order.is_some() {
+                    problems.push("--order is for playlist mounts (--playlist)".to_owned());
+                }
+                return;
+            }
+            (Some(_), true) => {
+                let codec_given = r.codec.is_some() && r.bitrate.is_some();
+                if !codec_given {
+                    problems.push("a playlist mount needs --codec and --bitrate".to_owned());
+                }
+                m.playlist = Some(crate::model::PlaylistConfig {
+                    input: String::new(),
+                    order: crate::model::PlaylistOrder::default(),
+                    codec: tidecast_codecs::Codec::Mp3,
+                    bitrate_kbps: 0,
+                    sample_rate: None,
+                    channels: None,
+                    quality: None,
+                });
+            }
+            (Some(_), false) => {
+                problems.push(format!(
+                    "{} is not a playlist mount; create a new one with --playlist",
+                    m.path
+                ));
+                return;
+            }
+        }
+    }
+    let Some(p) = &mut m.playlist else { return };
+    if let Some(input) = input {
+        p.input = input;
+    }
+    if let Some(order) = typed(r.order.take(), problems) {
+        p.order = order;
+    }
+    if let Some(codec) = typed(r.codec.take(), problems) {
+        p.codec = codec;
+    }
+    if let Some(b) = r.bitrate.take() {
+        p.bitrate_kbps = b;
+    }
+    p.sample_rate = r.sample_rate.take().or(p.sample_rate);
+    p.channels = r.channels.take().or(p.channels);
+    p.quality = r.quality.take().or(p.quality);
+    problems.extend(p.problems());
+    if let Err(e) = p.settings() {
+        problems.extend(e);
+    }
+    if m.relay.is_some() || m.transcode.is_some() || r.has_transcode_fields() {
+        problems.push(
+            "a playlist mount is not also relayed or transcoded (--from, --stereo-mode, --frame-ms, --vbr-quality and --abr are for transcoded mounts)".to_owned(),
+        );
+    }
+    if r.password.is_some() || r.source_user.is_some() {
+        problems.push("a playlist mount takes no source credentials".to_owned());
+    }
+}
+
 /// A mount request body checked as far as it can be without a node: parsed and applied to an
 /// empty mount, every problem named (the fuzz target `admin_json` drives this).
 pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
@@ -636,6 +739,7 @@ pub fn check_mount_json(body: &[u8]) -> Result<MountConfig, Vec<String>> {
         problems.push(e);
     }
     apply_relay(&mut m, &mut r, true, &mut problems);
+    apply_playlist(&mut m, &mut r, true, &mut problems);
     apply(&mut m, r, &mut problems);
     if problems.is_empty() {
         Ok(m)
@@ -820,6 +924,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     }
     let mut m = MountConfig::new(path.clone());
     apply_relay(&mut m, &mut r, true, &mut problems);
+    apply_playlist(&mut m, &mut r, true, &mut problems);
     apply_transcode(state, &mut m, &mut r, true, &mut problems);
     let given = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));
@@ -835,7 +940,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     }
     // A transcoded or relay mount has no source password: no hash at all, so nothing can
     // verify.
-    let password = (m.transcode.is_none() && m.relay.is_none())
+    let password = (m.transcode.is_none() && m.relay.is_none() && m.playlist.is_none())
         .then(|| given.unwrap_or_else(|| generate_password(16)));
     if let Some(p) = &password {
         m.source_password_hash = match hash_password(p) {
@@ -868,6 +973,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     }
     let before = m.clone();
     apply_relay(&mut m, &mut r, false, &mut problems);
+    apply_playlist(&mut m, &mut r, false, &mut problems);
     apply_transcode(state, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
     problems.extend(crate::control::stations::check_membership(state, &m));

@@ -4,6 +4,7 @@
 //! public pages ([`pages`]) and what each mount plays ([`nowplaying`]), and following the stored configuration ([`reconcile`]).
 
 pub mod admin;
+pub mod media;
 pub mod nowplaying;
 pub mod pages;
 pub mod plugins;

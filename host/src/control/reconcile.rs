@@ -1,5 +1,5 @@
 //! Reconciling what runs here with the configuration: a deleted mount loses its source (and so
-//! its listeners), transcoders and relay mounts' pullers are started, restarted and stopped to
+//! its listeners), transcoders, playlist mounts and relay mounts' pullers are started, restarted and stopped to
 //! match the configuration, and a node that lost its cluster lease gives up what it
 //! originates.
 
@@ -20,6 +20,7 @@ pub async fn run(state: Arc<Node>) {
     let mut events = state.coordinator.subscribe();
     sync_transcoders(&state);
     sync_pullers(&state);
+    sync_playlists(&state);
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
@@ -40,6 +41,7 @@ pub async fn run(state: Arc<Node>) {
         };
         sync_transcoders(&state);
         sync_pullers(&state);
+        sync_playlists(&state);
         // Running filter chains re-resolve their plugins at their next block.
         state.plugins.runtime.changed();
         for path in deleted {
@@ -62,10 +64,14 @@ fn give_up_origins(state: &Arc<Node>) {
     let pulled = state
         .pullers
         .with(|p| p.keys().cloned().collect::<Vec<_>>());
+    let played = state
+        .playlists
+        .with(|p| p.keys().cloned().collect::<Vec<_>>());
     for h in state.hubs.live_hubs() {
         if !relayed.contains(&h.mount)
             && !transcoded.contains(&h.mount)
             && !pulled.contains(&h.mount)
+            && !played.contains(&h.mount)
         {
             warn!(mount = %h.mount, "lease lost: disconnecting the source (another node may hold the mount now)");
             h.kill.notify_one();
@@ -92,8 +98,52 @@ fn give_up_origins(state: &Arc<Node>) {
         }
         p.clear();
     }
+    {
+        let mut p = state.playlists.locked();
+        if !p.is_empty() {
+            warn!(
+                count = p.len(),
+                "lease lost: playlist mounts stop and campaign again"
+            );
+        }
+        p.clear();
+    }
     sync_transcoders(state);
     sync_pullers(state);
+    sync_playlists(state);
+}
+
+/// Runs exactly the playlist mounts the configuration asks for, each with its current settings.
+fn sync_playlists(state: &Arc<Node>) {
+    let wanted = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter_map(|m| m.playlist.map(|p| (m.path, p)));
+    run_exactly(
+        &state.playlists,
+        wanted,
+        |h| &h.config,
+        |path, config| {
+            let settings = match config.settings() {
+                Ok(s) => s,
+                Err(problems) => {
+                    warn!(mount = %path, problems = %problems.join("; "), "playlist mount not started");
+                    return None;
+                }
+            };
+            let rt = tokio::runtime::Handle::current();
+            crate::playlist::spawn(
+                state.playlist.clone(),
+                path.to_owned(),
+                config,
+                settings,
+                rt,
+            )
+            .map_err(|e| warn!(mount = %path, error = %e, "cannot start a playlist thread"))
+            .ok()
+        },
+    );
 }
 
 /// Runs a puller for exactly the relay mounts of the configuration, each with its current URLs.

@@ -106,6 +106,12 @@ async fn cluster(state: &Node, req: &RequestHead) -> Response {
     if req.method != "GET" {
         return Response::text(405, "use GET").header("Allow", "GET");
     }
+    if let Some(rest) = req.path.strip_prefix("/_cluster/media/") {
+        return match crate::control::media::key_of(rest) {
+            Some(key) => crate::control::media::to_peer(&state.media, &key),
+            None => Response::text(400, "not a media key"),
+        };
+    }
     match req.path.strip_prefix("/_cluster/lease/") {
         Some(node) => match state.coordinator.node_alive(node).await {
             Some(true) => Response::text(200, "alive"),

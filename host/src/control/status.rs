@@ -205,7 +205,7 @@ pub fn cluster_json(state: &Node) -> Value {
             let listeners: u32 = nodes.iter().filter_map(|n| n.mounts.get(&m.path)).sum();
             json!({
                 "path": m.path,
-                "kind": if m.transcode.is_some() { "transcode" } else if m.relay.is_some() { "relay" } else { "source" },
+                "kind": m.kind(),
                 "from": m.transcode.as_ref().map(|t| t.from.clone()),
                 "origin": origin,
                 "listeners": listeners,

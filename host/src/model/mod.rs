@@ -10,7 +10,10 @@ mod settings;
 mod station;
 mod zone;
 
-pub use mount::{validate_mount_path, MountConfig, RelayConfig, TranscodeConfig, MAX_RELAY_URLS};
+pub use mount::{
+    validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, RelayConfig, TranscodeConfig,
+    MAX_RELAY_URLS,
+};
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};
 pub use settings::MountSettings;

@@ -59,6 +59,10 @@ pub struct MountConfig {
     /// Set for a relay mount: pulled from another server's stream, never pushed by a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<RelayConfig>,
+    /// Set for a playlist mount: files of the media library, played by the node that wins
+    /// the mount's election; never pushed by a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub playlist: Option<PlaylistConfig>,
     /// WebAssembly filters, in order: audio and metadata on transcoded mounts, metadata hooks
     /// only on others. Attached by name: the newest version of the plugin runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -97,10 +101,27 @@ impl MountConfig {
             intro: None,
             transcode: None,
             relay: None,
+            playlist: None,
             filters: Vec::new(),
             policy: None,
             routing: None,
             station: None,
+        }
+    }
+}
+
+impl MountConfig {
+    /// What produces the mount's stream: `source` (a source client), `transcode`, `relay` or
+    /// `playlist`.
+    pub fn kind(&self) -> &'static str {
+        if self.transcode.is_some() {
+            "transcode"
+        } else if self.relay.is_some() {
+            "relay"
+        } else if self.playlist.is_some() {
+            "playlist"
+        } else {
+            "source"
         }
     }
 }
@@ -143,6 +164,84 @@ impl RelayConfig {
             }
         }
         problems
+    }
+}
+
+/// The order a playlist mount plays its files in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlaylistOrder {
+    /// In the order of the playlist file, or by key for a library folder.
+    #[default]
+    Sequential,
+    /// A new random order for every pass, each file once per pass.
+    Shuffle,
+}
+
+impl TryFrom<String> for PlaylistOrder {
+    type Error = String;
+    fn try_from(s: String) -> Result<PlaylistOrder, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sequential" => Ok(PlaylistOrder::Sequential),
+            "shuffle" => Ok(PlaylistOrder::Shuffle),
+            _ => Err(format!("order must be sequential or shuffle, got {s:?}")),
+        }
+    }
+}
+
+/// A playlist mount (AutoDJ): files of the media library decoded and encoded in real time
+/// through the transcoders' pipeline (`playlist/mod.rs`), titles from their tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaylistConfig {
+    /// What is played: a folder of the library (`rock/`; `/` for all of it), or a playlist
+    /// file in it (`.m3u`, `.m3u8` or `.pls`).
+    pub input: String,
+    #[serde(default, skip_serializing_if = "is_sequential")]
+    pub order: PlaylistOrder,
+    pub codec: Codec,
+    pub bitrate_kbps: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u16>,
+    /// MP3: LAME quality 0–9; Opus: complexity 0–10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<u8>,
+}
+
+fn is_sequential(o: &PlaylistOrder) -> bool {
+    *o == PlaylistOrder::Sequential
+}
+
+impl PlaylistConfig {
+    /// The encoder settings, or every problem with them.
+    pub fn settings(&self) -> Result<tidecast_codecs::EncoderSettings, Vec<String>> {
+        TranscodeConfig {
+            sample_rate: self.sample_rate,
+            channels: self.channels,
+            quality: self.quality,
+            ..TranscodeConfig::new(String::new(), self.codec, self.bitrate_kbps)
+        }
+        .settings()
+    }
+
+    /// Whether the input names a playlist file rather than a folder.
+    pub fn is_file(&self) -> bool {
+        let lower = self.input.to_ascii_lowercase();
+        [".m3u", ".m3u8", ".pls"].iter().any(|e| lower.ends_with(e))
+    }
+
+    /// Every problem with the input (the encoder's are in [`PlaylistConfig::settings`]).
+    pub fn problems(&self) -> Vec<String> {
+        let folder = self.input.trim_matches('/');
+        if folder.is_empty() && !self.is_file() {
+            return Vec::new();
+        }
+        match crate::media::validate_key(folder) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![format!("playlist input: {e}")],
+        }
     }
 }
 

@@ -88,6 +88,16 @@ pub struct MountSettings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Relay")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_on_demand: Option<bool>,
+    /// Make a playlist mount (AutoDJ) that plays files of the media library: a folder
+    /// (`rock/`, or `/` for all of it) or a playlist file in it (.m3u, .m3u8, .pls). Needs
+    /// --codec and --bitrate; one node of the cluster plays it.
+    #[arg(long, value_name = "FOLDER/ | FILE.m3u", help_heading = "Playlist")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub playlist: Option<String>,
+    /// Order of a playlist mount: sequential or shuffle [default: sequential].
+    #[arg(long, help_heading = "Playlist")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -34,6 +34,12 @@ pub struct Node {
     pub pull: Arc<crate::ingest::pull::Shared>,
     /// Running pullers (campaigning, or pulling) by relay mount path.
     pub pullers: Mutex<HashMap<String, crate::ingest::pull::PullerHandle>>,
+    /// The media library and this node's cache of it.
+    pub media: Arc<crate::media::Cache>,
+    /// What playlist mounts need.
+    pub playlist: Arc<crate::playlist::Shared>,
+    /// Running playlist mounts (campaigning, or playing) by mount path.
+    pub playlists: Mutex<HashMap<String, crate::playlist::PlaylistHandle>>,
     pub plugins: Arc<crate::plugin::Host>,
     /// Listener routing (which node serves a listener).
     pub router: Arc<crate::cluster::routing::Router>,
@@ -56,7 +62,9 @@ pub struct Node {
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)] // reason: each is one stage's piece, built in start.rs
     pub fn new(
+        media: Arc<crate::media::Cache>,
         config: ServeConfig,
         coordinator: Arc<dyn Coordinator>,
         any_mount_hash: Option<String>,
@@ -77,6 +85,7 @@ impl Node {
         metrics.register_auth("auth", &gate.verifier.stats);
         let listener_verifier = crate::auth::Verifier::default();
         metrics.register_auth("listener_auth", &listener_verifier.stats);
+        metrics.register_media(&media.stats);
         let relays = Arc::new(crate::cluster::relay::Relays::new(
             hubs.clone(),
             coordinator.clone(),
@@ -148,6 +157,10 @@ impl Node {
             client: crate::http::client::Client::new(None).unwrap_or_default(),
             demand: demand.clone(),
         });
+        let playlist = Arc::new(crate::playlist::Shared {
+            transcode: transcode.clone(),
+            media: media.clone(),
+        });
         let hls_settings = config.hls();
         let hls = Arc::new(crate::hls::Hls {
             store: Arc::new(crate::hls::segment::Store::new(hls_settings)),
@@ -177,6 +190,9 @@ impl Node {
             transcoders: Mutex::default(),
             pull,
             pullers: Mutex::default(),
+            media,
+            playlist,
+            playlists: Mutex::default(),
             plugins,
             router,
             relays,

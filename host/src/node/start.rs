@@ -46,6 +46,10 @@ pub enum StartError {
     ShoutcastAddr(String),
     #[error("cannot listen for Shoutcast sources on {0}: {1}")]
     ShoutcastListen(std::net::SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Media(#[from] crate::media::LibraryError),
+    #[error("the media cache: {0}")]
+    MediaCache(std::io::Error),
     #[error("cannot listen for TLS on {0}: {1}")]
     TlsListen(std::net::SocketAddr, std::io::Error),
 }
@@ -187,7 +191,25 @@ pub async fn run(
             ..plugin::Limits::default()
         },
     )?;
+    let library = if config.media_library.is_empty() {
+        None
+    } else {
+        let l = crate::media::Library::open(&config.media_library, &config.media_credentials)?;
+        info!(library = %l.url, "media library");
+        Some(l)
+    };
+    let media = Arc::new(
+        crate::media::Cache::open(
+            config.data_dir.join("media-cache"),
+            config.media_cache_mb * 1024 * 1024,
+            library,
+            peers.clone(),
+            coordinator.clone(),
+        )
+        .map_err(StartError::MediaCache)?,
+    );
     let state = Arc::new(Node::new(
+        media,
         config,
         coordinator.clone(),
         any_mount_hash,

@@ -89,6 +89,35 @@ pub fn spawn(
     Ok(TranscoderHandle { config, stop })
 }
 
+/// Becomes the origin of `path` (retrying while an old producer lets go), or `None` once
+/// `stop` is set. While the cluster's view shows another node holding it, no election is tried:
+/// that costs nothing but a look at the watched cache.
+pub(crate) fn campaign(
+    shared: &Shared,
+    path: &str,
+    rt: &Handle,
+    stop: &AtomicBool,
+) -> Option<crate::cluster::coordinator::OriginClaim> {
+    let me = shared.coordinator.node_name();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        if shared
+            .coordinator
+            .origin_node(path)
+            .is_some_and(|n| n != me)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        match rt.block_on(shared.coordinator.claim_origin(path)) {
+            Ok(Some(c)) => return Some(c),
+            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 struct Transcoder {
     shared: Arc<Shared>,
     path: String,
@@ -100,14 +129,14 @@ struct Transcoder {
 
 /// The output side: the hub listeners join, and the encoder whose stream it carries. Dropping it
 /// (also when unwinding) ends the hub and unregisters it.
-struct Output {
+pub(crate) struct Output {
     shared: Arc<Shared>,
-    hub: Arc<Hub>,
+    pub(crate) hub: Arc<Hub>,
     /// `tidecast_source_bytes_total` of the output mount: what the transcoder produced.
     produced: prometheus_client::metrics::counter::Counter,
-    pipeline: Pipeline,
+    pub(crate) pipeline: Pipeline,
     splitter: Splitter,
-    encoded: Vec<u8>,
+    pub(crate) encoded: Vec<u8>,
     pieces: Vec<Piece>,
     /// The title last announced, so a reconnecting source does not restart an Ogg chain link.
     title: String,
@@ -126,7 +155,7 @@ impl Drop for Output {
 
 impl Output {
     /// Announces a title to listeners (ICY) and into the encoded stream (Ogg comments).
-    fn announce(&mut self, title: String) {
+    pub(crate) fn announce(&mut self, title: String) {
         // Titles from plugins are as untrusted as a source's: bounded, no control characters.
         let title = crate::hub::clean_title(&title);
         if title != self.title {
@@ -138,7 +167,7 @@ impl Output {
 
     /// Rebuilds the filter chain between two blocks when a plugin or the mount's filters changed:
     /// the next block goes through the new chain, so listeners hear no gap.
-    fn refresh_filters(&mut self, rt: &Handle) {
+    pub(crate) fn refresh_filters(&mut self, rt: &Handle) {
         let generation = self.shared.plugins.runtime.generation();
         if generation == self.generation {
             return;
@@ -169,7 +198,7 @@ impl Output {
         }
     }
 
-    fn publish(&mut self) {
+    pub(crate) fn publish(&mut self) {
         self.produced.inc_by(self.encoded.len() as u64);
         self.splitter.push(&self.encoded, &mut self.pieces);
         self.encoded.clear();
@@ -180,7 +209,7 @@ impl Output {
 impl Output {
     /// Encodes silence from `produced_until` up to now, so the output's audio clock is not behind
     /// the wall clock.
-    fn fill_gap(&mut self, produced_until: &mut Instant, rt: &Handle) {
+    pub(crate) fn fill_gap(&mut self, produced_until: &mut Instant, rt: &Handle) {
         let now = Instant::now();
         let missing = now.saturating_duration_since(*produced_until).as_secs_f64();
         self.refresh_filters(rt);
@@ -198,30 +227,8 @@ impl Transcoder {
     }
 
     fn run(&self) {
-        // Become the origin of the output mount (retrying while an old transcoder lets go). While
-        // the cluster's view shows another node holding it, no election is tried: that costs
-        // nothing but a look at the watched cache.
-        let me = self.shared.coordinator.node_name();
-        let claim = loop {
-            if self.stopped() {
-                return;
-            }
-            if self
-                .shared
-                .coordinator
-                .origin_node(&self.path)
-                .is_some_and(|n| n != me)
-            {
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-            match self
-                .rt
-                .block_on(self.shared.coordinator.claim_origin(&self.path))
-            {
-                Ok(Some(c)) => break c,
-                Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
+        let Some(claim) = campaign(&self.shared, &self.path, &self.rt, &self.stop) else {
+            return;
         };
         info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");
         let skipped = self
@@ -366,7 +373,28 @@ impl Transcoder {
     }
 
     fn new_output(&self, src: &Hub) -> Result<Output, tidecast_codecs::PipelineError> {
-        let s = &self.settings;
+        Output::open(
+            &self.shared,
+            &self.path,
+            &self.settings,
+            src.props.clone(),
+            format!("tidecast transcoder from {}", self.from),
+            &self.rt,
+        )
+    }
+}
+
+impl Output {
+    /// The encoder and the hub of mount `path` (`props` of the stream it is made from): the
+    /// hub goes live here, only once the encoder was built.
+    pub(crate) fn open(
+        shared: &Arc<Shared>,
+        path: &str,
+        s: &EncoderSettings,
+        props: StreamProps,
+        agent: String,
+        rt: &Handle,
+    ) -> Result<Output, tidecast_codecs::PipelineError> {
         let format = StreamFormat::from_content_type(s.content_type());
         let props = StreamProps {
             bitrate: Some(s.bitrate_kbps.to_string()),
@@ -374,54 +402,45 @@ impl Transcoder {
                 "channels={};samplerate={};bitrate={}",
                 s.channels, s.sample_rate, s.bitrate_kbps
             )),
-            ..src.props.clone()
+            ..props
         };
-        let refs = self
-            .shared
-            .coordinator
-            .mount(&self.path)
-            .map(|m| m.filters)
+        let mount = shared.coordinator.mount(path);
+        let refs = mount
+            .as_ref()
+            .map(|m| m.filters.clone())
             .unwrap_or_default();
-        let generation = self.shared.plugins.runtime.generation();
-        let chain_key = self.shared.plugins.chain_key(&refs);
-        let (chain, _) =
-            self.shared
-                .plugins
-                .build_chain(&self.path, &refs, s.output_format(), &self.rt);
-        // The pipeline first: the hub goes live only once there is something to fill it.
+        let generation = shared.plugins.runtime.generation();
+        let chain_key = shared.plugins.chain_key(&refs);
+        let (chain, _) = shared
+            .plugins
+            .build_chain(path, &refs, s.output_format(), rt);
         let pipeline = Pipeline::new(s, chain)?;
-        let hub = self.shared.hubs.open(HubParams {
-            mount: self.path.clone(),
+        let hub = shared.hubs.open(HubParams {
+            mount: path.to_owned(),
             format,
             content_type: s.content_type().to_owned(),
             props,
             source_ip: String::new(),
-            source_agent: format!("tidecast transcoder from {}", self.from),
-            charset: self
-                .shared
-                .coordinator
-                .mount(&self.path)
-                .and_then(|m| m.charset),
+            source_agent: agent,
+            charset: mount.and_then(|m| m.charset),
         });
-        let output = Output {
+        Ok(Output {
             generation,
             chain_key,
             source_title: String::new(),
-            produced: self
-                .shared
+            produced: shared
                 .metrics
                 .bytes_in
-                .get_or_create(&Metrics::mount(&self.path))
+                .get_or_create(&Metrics::mount(path))
                 .clone(),
-            shared: self.shared.clone(),
+            shared: shared.clone(),
             pipeline,
             splitter: Splitter::new(format),
             encoded: Vec::with_capacity(16 * 1024),
             pieces: Vec::new(),
             title: String::new(),
             hub,
-        };
-        Ok(output)
+        })
     }
 }
 

@@ -116,6 +116,157 @@ pub enum PluginCommand {
     },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum MediaCommand {
+    /// List the library's files (under FOLDER, if given).
+    Ls { folder: Option<String> },
+    /// Upload a file into the library, as KEY (default: its file name).
+    Upload {
+        file: std::path::PathBuf,
+        /// The key in the library, e.g. rock/song.mp3.
+        key: Option<String>,
+    },
+    /// Remove a file from the library.
+    Rm { key: String },
+    /// Download a file through the node's cache (from a peer node or the bucket if the node
+    /// does not hold it).
+    Get {
+        key: String,
+        /// Where to write it [default: its file name].
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+}
+
+/// An upload or download of `size` bytes may take this long at 1 MB/s, beyond the usual wait.
+fn transfer_wait(size: usize) -> Duration {
+    WAIT + Duration::from_secs((size / 1_000_000) as u64)
+}
+
+pub fn media(conn: &Connection, command: MediaCommand) -> anyhow::Result<()> {
+    let api = Api::new(conn)?;
+    let result = match command {
+        MediaCommand::Ls { folder } => {
+            let path = match &folder {
+                Some(f) => format!("/api/v1/media?prefix={}", escaped(f)),
+                None => "/api/v1/media".to_owned(),
+            };
+            let v = api.call("GET", &path, None)?;
+            if !conn.json {
+                let files = v["files"].as_array().cloned().unwrap_or_default();
+                for f in &files {
+                    println!(
+                        "{:>12}  {}  {}",
+                        f["size"],
+                        f["modified"].as_str().unwrap_or("").get(..19).unwrap_or(""),
+                        f["key"].as_str().unwrap_or("")
+                    );
+                }
+                let total: u64 = files.iter().filter_map(|f| f["size"].as_u64()).sum();
+                println!(
+                    "{} files, {total} bytes in {}{}",
+                    files.len(),
+                    v["library"].as_str().unwrap_or(""),
+                    if v["truncated"] == true {
+                        " (list cut short)"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(());
+            }
+            v
+        }
+        MediaCommand::Upload { file, key } => {
+            let key = match key {
+                Some(k) => k,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow!("{} has no file name; give a KEY", file.display()))?,
+            };
+            tidecast::media::validate_key(&key)?;
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?
+                .len();
+            let max = tidecast::control::media::MAX_MEDIA_BYTES;
+            if size > max as u64 {
+                bail!(
+                    "{} is {size} bytes, more than the {max}-byte limit of one media file",
+                    file.display()
+                );
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            if !conn.json {
+                eprintln!("uploading {} ({size} bytes) as {key} …", file.display());
+            }
+            let started = std::time::Instant::now();
+            let body = Some(("application/octet-stream", Bytes::from(bytes)));
+            let path = format!("/api/v1/media/{}", escaped(&key));
+            let v = api.runtime.block_on(api.send_waiting(
+                "PUT",
+                &path,
+                body,
+                transfer_wait(size as usize),
+            ))?;
+            if !conn.json {
+                println!(
+                    "Uploaded {key}: {} bytes in {:.1} s",
+                    v["size"],
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            v
+        }
+        MediaCommand::Rm { key } => {
+            let v = api.call("DELETE", &format!("/api/v1/media/{}", escaped(&key)), None)?;
+            if !conn.json {
+                println!("Removed {key}");
+                return Ok(());
+            }
+            v
+        }
+        MediaCommand::Get { key, output } => {
+            let out = output.unwrap_or_else(|| {
+                std::path::PathBuf::from(key.rsplit('/').next().unwrap_or(&key))
+            });
+            let url = format!("{}/api/v1/media/{}", api.base, escaped(&key));
+            let max = tidecast::control::media::MAX_MEDIA_BYTES;
+            let bytes = api.runtime.block_on(async {
+                let headers = [("authorization", api.auth.as_str())];
+                let answer = api
+                    .client
+                    .get(&url, &headers, transfer_wait(max / 64))
+                    .await
+                    .map_err(|e| anyhow!("cannot reach a tidecast node at {}: {e}", api.base))?;
+                let status = answer.status().as_u16();
+                let body = client::body(answer, max, transfer_wait(max)).await?;
+                if status != 200 {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    let msg = serde_json::from_str::<Value>(&text)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_owned))
+                        .unwrap_or(text);
+                    bail!("{msg} (HTTP {status})");
+                }
+                anyhow::Ok(body)
+            })?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            if !conn.json {
+                println!("Wrote {key} to {} ({} bytes)", out.display(), bytes.len());
+                return Ok(());
+            }
+            serde_json::json!({ "key": key, "file": out, "size": bytes.len() })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
 pub fn plugin(conn: &Connection, command: PluginCommand) -> anyhow::Result<()> {
     let api = Api::new(conn)?;
     let result = match command {
@@ -333,6 +484,18 @@ pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
                     t["codec"].as_str().unwrap_or(""),
                     t["bitrate_kbps"],
                     t["from"].as_str().unwrap_or("")
+                );
+                println!("  listen at: {}{path}", conn.server.trim_end_matches('/'));
+                return Ok(());
+            }
+            if !conn.json && !v["playlist"].is_null() {
+                let p = &v["playlist"];
+                println!(
+                    "Created playlist mount {path}: plays {} ({}) as {} {} kbit/s",
+                    p["input"].as_str().unwrap_or(""),
+                    p["order"].as_str().unwrap_or("sequential"),
+                    p["codec"].as_str().unwrap_or(""),
+                    p["bitrate_kbps"],
                 );
                 println!("  listen at: {}{path}", conn.server.trim_end_matches('/'));
                 return Ok(());
@@ -649,6 +812,17 @@ impl Api {
         path: &str,
         body: Option<(&str, Bytes)>,
     ) -> anyhow::Result<Value> {
+        self.send_waiting(method, path, body, WAIT).await
+    }
+
+    /// [`Api::send`], waiting up to `wait` for the answer (a large upload takes its time).
+    async fn send_waiting(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+        wait: Duration,
+    ) -> anyhow::Result<Value> {
         let method = http::Method::from_bytes(method.as_bytes())?;
         let url = format!("{}{path}", self.base);
         let mut headers = vec![("authorization", self.auth.as_str())];
@@ -661,7 +835,7 @@ impl Api {
         };
         let answer = self
             .client
-            .send(method, &url, &headers, bytes, WAIT)
+            .send(method, &url, &headers, bytes, wait)
             .await
             .map_err(|e| {
                 anyhow!(

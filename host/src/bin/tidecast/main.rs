@@ -48,6 +48,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::StationCommand,
     },
+    /// The media library playlist mounts play from: list, upload, remove and fetch files.
+    Media {
+        #[command(flatten)]
+        conn: cli::Connection,
+        #[command(subcommand)]
+        command: cli::MediaCommand,
+    },
     /// Show the cluster as a running node sees it: nodes and their load, mounts, where each is
     /// produced, and listeners everywhere.
     Status {
@@ -65,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Plugin { conn, command } => cli::plugin(&conn, command),
         Command::Status { conn } => cli::status(&conn),
         Command::Station { conn, command } => cli::station(&conn, command),
+        Command::Media { conn, command } => cli::media(&conn, command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,407 @@
+//! Playlist mounts (AutoDJ): files of the media library, decoded and encoded in real time
+//! through the transcoders' pipeline (`transcode::Output`: filters, encoder, hub), with titles
+//! from the files' tags and their ReplayGain track gain applied.
+//!
+//! One thread per playlist mount, on the node that wins the mount's election (as transcoders
+//! and relay pullers). It reads each file through the node's media cache (`media/cache.rs`),
+//! so a file starts playing while it still arrives, and a file another node holds comes from
+//! that node. Every few seconds it saves where it is (track and time) through the coordinator:
+//! when its node dies, the node that wins the election next carries on near there.
+//!
+//! A file that cannot be fetched or decoded is skipped (and logged); while nothing plays (a
+//! slow fetch, a pass where every file failed) listeners get silence, not a closed stream.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tidecast_codecs::{Decoder, EncoderSettings, StreamFormat};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use crate::hub::StreamProps;
+use crate::media::{is_audio, Cache, MediaError};
+use crate::model::{PlaylistConfig, PlaylistOrder};
+use crate::transcode::Output;
+
+/// How far ahead of real time the encoder runs: what a joining listener gets at once.
+const LEAD: Duration = Duration::from_secs(2);
+/// How often the position is saved for the node that may take over.
+const SAVE_EVERY: Duration = Duration::from_secs(3);
+/// Wait before trying again when the playlist is empty or none of its files played.
+const RETRY: Duration = Duration::from_secs(5);
+/// Largest playlist file read, and most entries taken from it.
+const MAX_PLAYLIST_BYTES: u64 = 1 << 20;
+const MAX_ENTRIES: usize = 10_000;
+
+/// What playlist mounts need: the transcoders' handles (hubs, coordinator, plugins, metrics)
+/// and the media cache.
+pub struct Shared {
+    pub transcode: Arc<crate::transcode::Shared>,
+    pub media: Arc<Cache>,
+}
+
+/// A running playlist mount; dropping it stops the thread (within about a block).
+pub struct PlaylistHandle {
+    pub config: PlaylistConfig,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for PlaylistHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Where a playlist is: saved through the coordinator as JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    /// The file playing, and its place in the pass's order.
+    pub key: String,
+    pub index: usize,
+    /// Seconds into the file.
+    pub secs: f64,
+    /// Seed of the pass's shuffle.
+    pub seed: u64,
+}
+
+pub fn spawn(
+    shared: Arc<Shared>,
+    path: String,
+    config: PlaylistConfig,
+    settings: EncoderSettings,
+    rt: Handle,
+) -> std::io::Result<PlaylistHandle> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let player = Player {
+        shared,
+        path: path.clone(),
+        config: config.clone(),
+        settings,
+        rt,
+        stop: stop.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("playlist {path}"))
+        .spawn(move || {
+            while !player.stopped() {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| player.run()));
+                if run.is_ok() {
+                    break;
+                }
+                tracing::error!(mount = %player.path, "playlist panicked; restarting in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?;
+    Ok(PlaylistHandle { config, stop })
+}
+
+struct Player {
+    shared: Arc<Shared>,
+    path: String,
+    config: PlaylistConfig,
+    settings: EncoderSettings,
+    rt: Handle,
+    stop: Arc<AtomicBool>,
+}
+
+/// The output and its audio clock, while the mount is on the air.
+struct OnAir {
+    out: Output,
+    /// Wall time up to which audio has been produced.
+    produced_until: Instant,
+    saved_at: Instant,
+}
+
+impl Player {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn run(&self) {
+        let t = &self.shared.transcode;
+        let Some(claim) = crate::transcode::campaign(t, &self.path, &self.rt, &self.stop) else {
+            return;
+        };
+        let saved = self.rt.block_on(t.coordinator.position(&self.path));
+        let mut at: Position = saved
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_else(|| Position {
+                seed: rand::random(),
+                ..Position::default()
+            });
+        info!(mount = %self.path, input = %self.config.input, key = %at.key, secs = at.secs, "playlist started");
+        let mut air: Option<OnAir> = None;
+        while !self.stopped() {
+            let keys = match self.rt.block_on(self.resolve()) {
+                Ok(k) if !k.is_empty() => k,
+                Ok(_) => {
+                    warn!(mount = %self.path, input = %self.config.input, "the playlist has no playable files; trying again in 5 s");
+                    self.idle(&mut air, RETRY);
+                    continue;
+                }
+                Err(e) => {
+                    warn!(mount = %self.path, input = %self.config.input, error = %e, "cannot read the playlist; trying again in 5 s");
+                    self.idle(&mut air, RETRY);
+                    continue;
+                }
+            };
+            let order = self.order(keys, at.seed);
+            // Carry on at the saved file if it is still there, else at its place.
+            let start = order
+                .iter()
+                .position(|k| *k == at.key)
+                .unwrap_or(at.index % order.len());
+            if order.get(start) != Some(&at.key) {
+                at.secs = 0.0;
+            }
+            let mut played_any = false;
+            for (index, key) in order.iter().enumerate().skip(start) {
+                if self.stopped() {
+                    break;
+                }
+                at.key.clone_from(key);
+                at.index = index;
+                played_any |= self.play(key, &mut at, &mut air);
+                at.secs = 0.0;
+            }
+            // The next pass: from the top, shuffled anew.
+            at.index = 0;
+            at.key.clear();
+            at.seed = at.seed.wrapping_add(1);
+            if !played_any && !self.stopped() {
+                self.idle(&mut air, RETRY);
+            }
+        }
+        drop(air);
+        drop(claim);
+        info!(mount = %self.path, "playlist stopped");
+    }
+
+    /// The files of the input, in the playlist file's order or by key.
+    async fn resolve(&self) -> Result<Vec<String>, MediaError> {
+        let media = &self.shared.media;
+        let library = media.library.as_ref().ok_or(MediaError::NoLibrary)?;
+        if self.config.is_file() {
+            let key = self.config.input.trim_start_matches('/');
+            let path = media.fetch(key).await?;
+            let size = tokio::fs::metadata(&path).await?.len();
+            if size > MAX_PLAYLIST_BYTES {
+                return Err(MediaError::Failed(
+                    key.to_owned(),
+                    format!("a playlist file of {size} bytes is larger than {MAX_PLAYLIST_BYTES}"),
+                ));
+            }
+            let text = tokio::fs::read(&path).await?;
+            let text = String::from_utf8_lossy(&text);
+            let folder = key.rsplit_once('/').map_or("", |(f, _)| f);
+            return Ok(parse_playlist(&text, folder));
+        }
+        let (entries, _) = library.list(&self.config.input).await?;
+        Ok(entries
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| is_audio(k))
+            .collect())
+    }
+
+    fn order(&self, mut keys: Vec<String>, seed: u64) -> Vec<String> {
+        if self.config.order == PlaylistOrder::Shuffle {
+            keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        }
+        keys
+    }
+
+    /// Keeps listeners fed with silence for `wait` (if on the air).
+    fn idle(&self, air: &mut Option<OnAir>, wait: Duration) {
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.stopped() {
+            if let Some(a) = air {
+                a.out.fill_gap(&mut a.produced_until, &self.rt);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Plays `key` from `at.secs` in real time; whether any of it played.
+    fn play(&self, key: &str, at: &mut Position, air: &mut Option<OnAir>) -> bool {
+        let opened = self.rt.block_on(self.shared.media.open_file(key));
+        let reader = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(mount = %self.path, %key, error = %e, "media file skipped");
+                return false;
+            }
+        };
+        // Probing reads the first bytes: silence meanwhile, if the file is slow to arrive.
+        let mut decoder = match Decoder::open(reader, StreamFormat::Passthrough) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(mount = %self.path, %key, error = %e, "media file skipped: cannot decode it");
+                return false;
+            }
+        };
+        let tags = decoder.tags();
+        let title = tags.display().unwrap_or_else(|| file_title(key));
+        let gain = tags.track_gain_db.map_or(1.0, |db| 10f32.powf(db / 20.0));
+        if air.is_none() {
+            match Output::open(
+                &self.shared.transcode,
+                &self.path,
+                &self.settings,
+                StreamProps::default(),
+                format!("tidecast playlist {}", self.config.input),
+                &self.rt,
+            ) {
+                Ok(out) => {
+                    *air = Some(OnAir {
+                        out,
+                        produced_until: Instant::now(),
+                        saved_at: Instant::now(),
+                    })
+                }
+                Err(e) => {
+                    warn!(mount = %self.path, error = %e, "cannot start the encoder");
+                    return false;
+                }
+            }
+        }
+        let Some(a) = air else { return false };
+        // Whatever waiting for the file left unproduced becomes silence first.
+        if Instant::now().saturating_duration_since(a.produced_until) > Duration::from_millis(100) {
+            a.out.fill_gap(&mut a.produced_until, &self.rt);
+        }
+        let t = a.out.pipeline.filter_title(&title);
+        a.out.announce(t);
+        info!(mount = %self.path, %key, %title, from_secs = at.secs, "playing");
+        let skip_until = at.secs;
+        let mut secs = 0.0f64;
+        let mut block = Vec::new();
+        let mut played = false;
+        loop {
+            if self.stopped() {
+                break;
+            }
+            let format = match decoder.next_block(&mut block) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(mount = %self.path, %key, error = %e, "media file ends early: it cannot be decoded further");
+                    break;
+                }
+            };
+            let frames = block.len() / usize::from(format.channels.max(1));
+            let length = frames as f64 / f64::from(format.sample_rate.max(1));
+            secs += length;
+            // Resuming: decode (fast) up to where the previous node was.
+            if secs <= skip_until {
+                continue;
+            }
+            if gain != 1.0 {
+                for s in &mut block {
+                    *s = (*s * gain).clamp(-1.0, 1.0);
+                }
+            }
+            a.out.refresh_filters(&self.rt);
+            if let Err(e) = a.out.pipeline.push(&block, format, &mut a.out.encoded) {
+                warn!(mount = %self.path, error = %e, "block dropped");
+            }
+            a.out.publish();
+            if let Some(t) = a.out.pipeline.take_filter_title() {
+                a.out.announce(t);
+            }
+            played = true;
+            a.produced_until = a
+                .produced_until
+                .max(Instant::now() - Duration::from_secs(5))
+                + Duration::from_secs_f64(length);
+            at.secs = secs;
+            if a.saved_at.elapsed() >= SAVE_EVERY {
+                a.saved_at = Instant::now();
+                self.save(at);
+            }
+            // Real time: no more than LEAD ahead of the wall clock.
+            let ahead = a.produced_until.saturating_duration_since(Instant::now());
+            if ahead > LEAD {
+                std::thread::sleep(ahead - LEAD);
+            }
+        }
+        played
+    }
+
+    /// Saves `at` without waiting (the store may be slow; the next save comes soon).
+    fn save(&self, at: &Position) {
+        let Ok(json) = serde_json::to_string(at) else {
+            return;
+        };
+        let coordinator = self.shared.transcode.coordinator.clone();
+        let path = self.path.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = coordinator.save_position(&path, &json).await {
+                warn!(mount = %path, error = %e, "cannot save the playlist's position");
+            }
+        });
+    }
+}
+
+/// A title for a file without tags: its name without folder and extension.
+fn file_title(key: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.rsplit_once('.')
+        .map_or(name, |(stem, _)| stem)
+        .to_owned()
+}
+
+/// The media keys an M3U or PLS playlist names, in order: entries relative to `folder` (the
+/// playlist's own folder in the library), or from the library's root with a leading `/`. URLs
+/// and entries that are not playable media keys are left out.
+pub fn parse_playlist(text: &str, folder: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    for line in text.lines() {
+        let line = line.trim().trim_start_matches('\u{feff}');
+        // PLS: File1=path; M3U: a path per line, comments with '#'.
+        let entry = match line.split_once('=') {
+            Some((k, v)) if k.to_ascii_lowercase().starts_with("file") => v.trim(),
+            Some(_) => continue,
+            None if line.is_empty() || line.starts_with('#') || line.starts_with('[') => continue,
+            None => line,
+        };
+        if entry.contains("://") {
+            continue;
+        }
+        let entry = entry.replace('\\', "/");
+        let key = match entry.strip_prefix('/') {
+            Some(rooted) => rooted.to_owned(),
+            None if folder.is_empty() => entry,
+            None => format!("{folder}/{entry}"),
+        };
+        if crate::media::validate_key(&key).is_ok() && is_audio(&key) {
+            keys.push(key);
+        }
+        if keys.len() == MAX_ENTRIES {
+            break;
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn m3u_and_pls() {
+        let m3u = "#EXTM3U\n#EXTINF:123,A - B\na.mp3\n/other/b.ogg\nhttp://x/y.mp3\n../c.mp3\nnotes.txt\n";
+        assert_eq!(parse_playlist(m3u, "rock"), ["rock/a.mp3", "other/b.ogg"]);
+        let pls = "[playlist]\nNumberOfEntries=2\nFile1=a.mp3\nTitle1=A\nFile2=sub\\b.flac\n";
+        assert_eq!(parse_playlist(pls, ""), ["a.mp3", "sub/b.flac"]);
+    }
+
+    #[test]
+    fn titles_from_names() {
+        assert_eq!(file_title("rock/My Song.mp3"), "My Song");
+        assert_eq!(file_title("x"), "x");
+    }
+}

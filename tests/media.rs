@@ -1,0 +1,402 @@
+//! The media library and playlist mounts, against a real S3 server on loopback: s3s-fs (the
+//! `s3s` project's S3 server over a directory), run by the test on its own thread and counting
+//! every request it answers. Files are uploaded with `tidecast media upload`, played by a
+//! playlist mount with the titles from their tags, and cached on each node: a node asks the
+//! other nodes before the bucket, and the bucket sees each file fetched once.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ACCESS_KEY: &str = "tidecast-test";
+const SECRET_KEY: &str = "tidecast-test-secret";
+const BUCKET: &str = "radio";
+
+/// An S3 server (s3s-fs) on a loopback port, with bucket [`BUCKET`]; stops when dropped.
+struct S3 {
+    url: String,
+    /// Requests answered, by "METHOD /path".
+    requests: Arc<Mutex<HashMap<String, u32>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _root: tempfile::TempDir,
+}
+
+impl S3 {
+    fn start() -> S3 {
+        use hyper::service::service_fn;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let counted = requests.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+                builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((socket, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let service = service.clone();
+                        let counted = counted.clone();
+                        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                            let what = format!("{} {}", req.method(), req.uri().path());
+                            *counted.lock().unwrap().entry(what).or_default() += 1;
+                            hyper::service::Service::call(&service, req)
+                        });
+                        tokio::spawn(async move {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    () = serve => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        S3 {
+            url,
+            requests,
+            stop: Some(stop),
+            thread: Some(thread),
+            _root: root,
+        }
+    }
+
+    /// GETs of `key` in the library folder `lib/` of the bucket.
+    fn gets(&self, key: &str) -> u32 {
+        let path = format!("GET /{BUCKET}/lib/{key}");
+        self.requests
+            .lock()
+            .unwrap()
+            .get(&path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What a node needs to reach the bucket: credentials only in its environment.
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_ENDPOINT", self.url.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const LIBRARY: &str = "s3://radio/lib";
+
+/// A tagged MP3 of `secs` seconds of a tone at `freq` Hz.
+fn tagged_mp3(dir: &Path, name: &str, artist: &str, title: &str, freq: u32, secs: u32) -> String {
+    require("ffmpeg");
+    let path = dir.join(name);
+    run_tool(
+        "ffmpeg",
+        &[
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency={freq}:duration={secs}"),
+            "-ac",
+            "2",
+            "-ar",
+            "44100",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-metadata",
+            &format!("artist={artist}"),
+            "-metadata",
+            &format!("title={title}"),
+            path.to_str().unwrap(),
+        ],
+        None,
+    );
+    path.display().to_string()
+}
+
+fn upload(node: &Node, file: &str, key: &str) {
+    let (ok, out, err) = node.cli(&["media", "upload", file, key]);
+    assert!(ok && out.contains(&format!("Uploaded {key}")), "{out}{err}");
+}
+
+fn create_playlist(node: &Node, path: &str, input: &str, extra: &[&str]) {
+    let mut args = vec![
+        "mount",
+        "create",
+        path,
+        "--playlist",
+        input,
+        "--codec",
+        "mp3",
+        "--bitrate",
+        "128",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = node.cli(&args);
+    assert!(
+        ok && out.contains(&format!("Created playlist mount {path}")),
+        "{out}{err}"
+    );
+}
+
+/// Titles announced on `mount` over `secs` seconds, in order, each once.
+fn titles_over(node: &Node, mount: &str, secs: u64) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    let mut titles: Vec<String> = Vec::new();
+    for part in text.split("StreamTitle='").skip(1) {
+        if let Some(end) = part.find("';") {
+            let t = part[..end].to_owned();
+            if titles.last() != Some(&t) {
+                titles.push(t);
+            }
+        }
+    }
+    titles
+}
+
+#[test]
+fn a_playlist_mount_plays_tagged_files_from_an_s3_bucket() {
+    let s3 = S3::start();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start_env(
+        tempfile::tempdir().unwrap(),
+        dir.path().join("data"),
+        &["--media-library", LIBRARY, "--media-cache-mb", "16"],
+        s3.env(),
+    );
+    let one = tagged_mp3(dir.path(), "one.mp3", "Band One", "First Song", 440, 6);
+    let two = tagged_mp3(dir.path(), "two.mp3", "Band Two", "Second Song", 660, 6);
+    upload(&node, &one, "rock/one.mp3");
+    upload(&node, &two, "rock/two.mp3");
+    let list = temp_file(dir.path(), "show.m3u", "#EXTM3U\ntwo.mp3\none.mp3\n");
+    upload(&node, list.to_str().unwrap(), "rock/show.m3u");
+    let (ok, out, err) = node.cli(&["media", "ls", "rock"]);
+    assert!(ok, "{err}");
+    for key in ["rock/one.mp3", "rock/two.mp3", "rock/show.m3u"] {
+        assert!(out.contains(key), "{out}");
+    }
+    assert!(out.contains("3 files"), "{out}");
+
+    // Bad requests are refused with what is wrong.
+    let (ok, _, err) = node.cli(&["media", "upload", &one, "../escape.mp3"]);
+    assert!(!ok && err.contains("'..'"), "{err}");
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/bad.mp3",
+        "--playlist",
+        "rock/",
+        "--codec",
+        "mp3",
+    ]);
+    assert!(!ok && err.contains("needs --codec and --bitrate"), "{err}");
+
+    // The playlist file's order, titles from the tags, audio that decodes.
+    create_playlist(&node, "/auto.mp3", "rock/show.m3u", &[]);
+    node.wait_live("/auto.mp3", Duration::from_secs(15));
+    let titles = titles_over(&node, "/auto.mp3", 14);
+    let i = titles
+        .iter()
+        .position(|t| t == "Band Two - Second Song")
+        .unwrap_or_else(|| panic!("the first file's title: {titles:?}"));
+    assert_eq!(
+        titles.get(i + 1).map(String::as_str),
+        Some("Band One - First Song"),
+        "{titles:?}"
+    );
+    let (decoded, errors) = ffmpeg_decode(&node.url("/auto.mp3"), 4);
+    assert!(decoded, "{errors}");
+    let status_title = node.source_status("/auto.mp3")["title"].clone();
+    assert!(
+        status_title == "Band One - First Song" || status_title == "Band Two - Second Song",
+        "{status_title}"
+    );
+    assert_eq!(
+        node.mount_json("/auto.mp3")["playlist"]["input"],
+        "rock/show.m3u"
+    );
+
+    // Each file came from the bucket once, and plays again from the cache.
+    wait_for(Duration::from_secs(15), "the first file again", || {
+        node.metric("tidecast_media_cache_hits_total") >= 1.0
+    });
+    assert_eq!(s3.gets("rock/one.mp3"), 1);
+    assert_eq!(s3.gets("rock/two.mp3"), 1);
+    assert!(node.metric("tidecast_media_cache_bytes_from_bucket_total") > 100_000.0);
+    assert_eq!(node.metric("tidecast_media_cache_corrupt_total"), 0.0);
+
+    // `media get` through the node's cache gives back the very bytes uploaded.
+    let out = dir.path().join("back.mp3");
+    let (ok, _, err) = node.cli(&["media", "get", "rock/one.mp3", "-o", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&one).unwrap());
+    assert_eq!(s3.gets("rock/one.mp3"), 1, "served from the cache");
+
+    // Removing a file: gone from the library; a missing one is named.
+    let (ok, out, err) = node.cli(&["media", "rm", "rock/one.mp3"]);
+    assert!(ok && out.contains("Removed rock/one.mp3"), "{out}{err}");
+    let (_, out, _) = node.cli(&["media", "ls"]);
+    assert!(!out.contains("rock/one.mp3"), "{out}");
+    let (ok, _, err) = node.cli(&["media", "rm", "rock/one.mp3"]);
+    assert!(!ok && err.contains("no such media file"), "{err}");
+}
+
+#[test]
+fn a_node_without_a_library_says_so() {
+    let node = Node::start(&[]);
+    let (ok, _, err) = node.cli(&["media", "ls"]);
+    assert!(!ok && err.contains("--media-library"), "{err}");
+}
+
+#[test]
+fn three_nodes_share_one_bucket_and_a_playlist_moves_when_its_node_dies() {
+    let s3 = S3::start();
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::cluster_node(&etcd.client_url, n, &["--media-library", LIBRARY], s3.env()))
+        .collect();
+    // Files long enough that a kill lands inside one: the next node carries on in it.
+    let files = [
+        ("rock/a.mp3", "Artist A", "Alpha", 440),
+        ("rock/b.mp3", "Artist B", "Beta", 550),
+        ("rock/c.mp3", "Artist C", "Gamma", 660),
+    ];
+    for (key, artist, title, freq) in files {
+        let name = key.rsplit('/').next().unwrap();
+        let f = tagged_mp3(dir.path(), name, artist, title, freq, 20);
+        upload(&nodes[0], &f, key);
+    }
+    create_playlist(&nodes[0], "/auto.mp3", "rock/", &[]);
+    let origin = wait_for_origin(&nodes[0], "/auto.mp3", "", Duration::from_secs(15));
+    let o = ["a", "b", "c"].iter().position(|n| *n == origin).unwrap();
+    let (p, l) = ((o + 1) % 3, (o + 2) % 3);
+
+    // A listener on a third node hears the playlist with its titles.
+    let listener = wait_for_listener(&nodes[l], "/_stream/auto.mp3");
+    wait_for(Duration::from_secs(15), "audio at the listener", || {
+        listener.bytes() > 3 * 16_000
+    });
+    assert_eq!(
+        capture_icy_title(&nodes[l], "/_stream/auto.mp3"),
+        "Artist A - Alpha"
+    );
+
+    // Another node serves the playing file from the origin's cache: the bucket is not asked.
+    assert_eq!(s3.gets("rock/a.mp3"), 1);
+    let out = dir.path().join("copy.mp3");
+    let (ok, _, err) = nodes[p].cli(&["media", "get", "rock/a.mp3", "-o", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(dir.path().join("a.mp3")).unwrap()
+    );
+    assert_eq!(
+        s3.gets("rock/a.mp3"),
+        1,
+        "the second node fetched from its peer"
+    );
+    assert!(nodes[p].metric("tidecast_media_cache_bytes_from_peers_total") > 100_000.0);
+    assert_eq!(
+        nodes[p].metric("tidecast_media_cache_bytes_from_bucket_total"),
+        0.0
+    );
+
+    // The playlist's node dies some seconds into the first file: another node carries on in
+    // that file (from the position saved every few seconds), and the listener on the third
+    // node stays connected.
+    std::thread::sleep(Duration::from_secs(4));
+    drop(nodes[o].proc.take());
+    let killed = Instant::now();
+    let next = wait_for_origin(&nodes[l], "/auto.mp3", &origin, Duration::from_secs(30));
+    eprintln!(
+        "playlist moved from {origin} to {next} in {:?}",
+        killed.elapsed()
+    );
+    let moved = listener.bytes();
+    wait_for(
+        Duration::from_secs(20),
+        "audio again at the listener",
+        || listener.bytes() > moved + 3 * 16_000,
+    );
+    let n = ["a", "b", "c"].iter().position(|x| *x == next).unwrap();
+    let log = nodes[n].log();
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("playlist started"))
+        .unwrap_or_else(|| panic!("no start in {next}'s log"));
+    assert!(resumed.contains("key=rock/a.mp3"), "{resumed}");
+    let secs: f64 = resumed
+        .split("secs=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    assert!(secs >= 2.0, "carried on near where it was: {resumed}");
+    assert_eq!(
+        capture_icy_title(&nodes[l], "/_stream/auto.mp3"),
+        "Artist A - Alpha"
+    );
+    assert!(listener.finish(), "the listener was disconnected");
+    // The next node had the file already, or got it from the one that did: still one GET.
+    assert_eq!(s3.gets("rock/a.mp3"), 1);
+}
