@@ -182,36 +182,6 @@ fn create_playlist(node: &Node, path: &str, input: &str, extra: &[&str]) {
     );
 }
 
-/// Titles announced on `mount` over `secs` seconds, in order, each once.
-fn titles_over(node: &Node, mount: &str, secs: u64) -> Vec<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("GET {mount} HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n").as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut data = Vec::new();
-    let mut buf = [0u8; 16384];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(_) => continue,
-        }
-    }
-    let text = String::from_utf8_lossy(&data);
-    let mut titles: Vec<String> = Vec::new();
-    for part in text.split("StreamTitle='").skip(1) {
-        if let Some(end) = part.find("';") {
-            let t = part[..end].to_owned();
-            if titles.last() != Some(&t) {
-                titles.push(t);
-            }
-        }
-    }
-    titles
-}
-
 #[test]
 fn a_playlist_mount_plays_tagged_files_from_an_s3_bucket() {
     let s3 = S3::start();
@@ -252,7 +222,7 @@ fn a_playlist_mount_plays_tagged_files_from_an_s3_bucket() {
     // The playlist file's order, titles from the tags, audio that decodes.
     create_playlist(&node, "/auto.mp3", "rock/show.m3u", &[]);
     node.wait_live("/auto.mp3", Duration::from_secs(15));
-    let titles = titles_over(&node, "/auto.mp3", 14);
+    let titles = titles_at(node.addr, "/auto.mp3", 14);
     let i = titles
         .iter()
         .position(|t| t == "Band Two - Second Song")
@@ -399,4 +369,99 @@ fn three_nodes_share_one_bucket_and_a_playlist_moves_when_its_node_dies() {
     assert!(listener.finish(), "the listener was disconnected");
     // The next node had the file already, or got it from the one that did: still one GET.
     assert_eq!(s3.gets("rock/a.mp3"), 1);
+}
+
+/// The fallback chain live source → playlist (one file, looped), from a media library in a
+/// local directory: a source that goes digitally silent for longer than `--silence-secs` sends
+/// its listeners (and its transcoded mount) to the playlist, and they come back when the sound
+/// does; dead air is counted. When the source leaves, they stay on the playlist.
+#[test]
+fn silence_and_a_lost_source_fall_back_to_a_looped_file_and_sound_brings_listeners_back() {
+    let library = tempfile::tempdir().unwrap();
+    tagged_mp3(library.path(), "loop.mp3", "Fallback", "Loop", 330, 8);
+    let node = Node::start(&["--media-library", library.path().to_str().unwrap()]);
+    create_playlist(&node, "/auto.mp3", "loop.mp3", &[]);
+    node.create_mount(
+        "/live.mp3",
+        "hackme",
+        &["--fallback", "/auto.mp3", "--silence-secs", "2"],
+    );
+    node.create_transcode("/live-64.mp3", "/live.mp3", "mp3", 64, &[]);
+    // Four seconds of tone, eight of digital silence, again and again.
+    let source = ffmpeg_source_from(
+        &node,
+        "hackme",
+        "/live.mp3",
+        "aevalsrc=if(lt(mod(t\\,12)\\,4)\\,0.5*sin(2*PI*440*t)\\,0):s=44100",
+        &MP3_128K,
+    );
+    node.wait_live("/live.mp3", Duration::from_secs(10));
+    let (code, _, _) = admin_get(
+        &node,
+        "/admin/metadata?mount=/live.mp3&mode=updinfo&song=Live+Show",
+    );
+    assert_eq!(code, 200);
+    node.wait_live("/live-64.mp3", Duration::from_secs(15));
+
+    // Over 16 s both listeners hear the show, the fallback in its silence, and the show again.
+    let live = std::thread::spawn({
+        let addr = node.addr;
+        move || titles_at(addr, "/live.mp3", 16)
+    });
+    let transcoded = titles_at(node.addr, "/live-64.mp3", 16);
+    let live = live.join().unwrap();
+    for (mount, titles) in [("/live.mp3", &live), ("/live-64.mp3", &transcoded)] {
+        let show = titles.iter().position(|t| t == "Live Show");
+        let back = show.and_then(|s| {
+            let f = s + titles[s..].iter().position(|t| t == "Fallback - Loop")?;
+            titles[f..].iter().position(|t| t == "Live Show")
+        });
+        assert!(
+            back.is_some(),
+            "{mount}: show, fallback, show again: {titles:?}"
+        );
+    }
+    let status = node.source_status("/live.mp3");
+    assert!(status["dead_air_secs"].as_f64().unwrap() >= 4.0, "{status}");
+    assert!(node.metric("tidecast_dead_air_seconds_total{mount=\"/live.mp3\"}") >= 4.0);
+    assert!(node.log().contains("silence: listeners take the fallback"));
+
+    // The source leaves: its listeners stay, on the looped file.
+    drop(source);
+    wait_for(Duration::from_secs(10), "the source gone", || {
+        node.source_status("/live.mp3").is_null()
+    });
+    let titles = titles_at(node.addr, "/live.mp3", 4);
+    assert_eq!(titles, ["Fallback - Loop"]);
+}
+
+/// Titles announced on `mount` of the node at `addr` over `secs` seconds, in order, each
+/// once; panics if the stream ends early.
+fn titles_at(addr: std::net::SocketAddr, mount: &str, secs: u64) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\nIcy-MetaData: 1\r\n\r\n").as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("{mount}: the stream ended"),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+    }
+    let text = String::from_utf8_lossy(&data);
+    let mut titles: Vec<String> = Vec::new();
+    for part in text.split("StreamTitle='").skip(1) {
+        if let Some(end) = part.find("';") {
+            let t = part[..end].to_owned();
+            if titles.last() != Some(&t) {
+                titles.push(t);
+            }
+        }
+    }
+    titles
 }

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub transcode_skipped_packets: Family<MountLabel, Counter>,
     pub transcode_refused_streams: Family<MountLabel, Counter>,
     pub connection_errors: Family<ErrorLabel, Counter>,
+    /// Seconds of digital silence per mount, where tidecast decodes it.
+    pub dead_air: Family<MountLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub plugin_failures: Family<PluginLabel, Counter>,
     pub plugin_quarantined: Family<PluginLabel, Gauge>,
 }
@@ -73,11 +75,17 @@ impl Metrics {
             transcode_skipped_packets: Family::default(),
             transcode_refused_streams: Family::default(),
             connection_errors: Family::default(),
+            dead_air: Family::default(),
             plugin_failures: Family::default(),
             plugin_quarantined: Family::default(),
             registry: Registry::default(),
         };
         registry.register("sources", "Connected source clients", m.sources.clone());
+        registry.register(
+            "dead_air_seconds",
+            "Seconds of digital silence in a mount's stream (measured where tidecast decodes it)",
+            m.dead_air.clone(),
+        );
         registry.register(
             "listeners",
             "Connected listeners per mount",

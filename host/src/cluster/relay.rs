@@ -120,7 +120,7 @@ impl Relays {
             content_type,
             props: crate::hub::StreamProps::from_headers(|n| up.head.header(n)),
             source_ip: up.authority.clone(),
-            source_agent: format!("relay from {url}"),
+            source_agent: format!("{}{url}", crate::hub::CLUSTER_RELAY_AGENT),
             charset: charset.clone(),
         });
         follow_position(&hub, &up);

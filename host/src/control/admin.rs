@@ -504,6 +504,7 @@ fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "source_user": m.source_user,
         "max_listeners": m.max_listeners,
         "fallback": m.fallback,
+        "silence_secs": m.silence_secs,
         "charset": m.charset.clone().unwrap_or_else(|| "ISO-8859-1".to_owned()),
         "icy_metaint": m.icy_metaint.map_or(crate::listen::ICY_METAINT, |n| n as usize),
         "signed_urls": m.token_key.is_some(),
@@ -848,6 +849,14 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
         Some(n) if n <= 10_000 => m.max_user_connections = Some(n),
         Some(n) => problems.push(format!(
             "max_user_connections must be at most 10000 (0 for no limit), got {n}"
+        )),
+    }
+    match r.silence_secs {
+        None => {}
+        Some(0) => m.silence_secs = None,
+        Some(n) if (1..=3600).contains(&n) => m.silence_secs = Some(n),
+        Some(n) => problems.push(format!(
+            "silence_secs must be between 1 and 3600 (0 to turn it off), got {n}"
         )),
     }
     match r.icy_metaint {

@@ -37,6 +37,8 @@ fn source_json(hub: &Hub, base: &str) -> Value {
         "bitrate": bitrate,
         "audio_info": p.audio_info,
         "stream_start_iso8601": iso(hub.started),
+        "dead_air_secs": (hub.dead_air.total().as_secs_f64() * 10.0).round() / 10.0,
+        "silenced": hub.is_silenced(),
     })
 }
 

@@ -14,7 +14,9 @@
 //! [`Registry`]: the one thing the data-path stages share.
 
 mod registry;
+pub mod silence;
 pub use registry::{ListenerCtrl, ListenerInfo, ListenerTicket, Registry};
+pub use silence::DeadAir;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -161,7 +163,38 @@ pub struct Hub {
     pub bytes_in: AtomicU64,
     /// `/admin/killsource` signals the ingest task through this.
     pub kill: Notify,
+    /// Silence in the stream, where it is measured (`hub/silence.rs`).
+    pub dead_air: DeadAir,
 }
+
+/// What a listener of `mount` hears: the first live hub along its fallback chain (at most four
+/// mounts) that is not silenced, else the first silenced one. `lookup` finds a mount's live hub,
+/// `fallback_of` its fallback.
+pub fn follow_fallbacks(
+    mount: &str,
+    mut lookup: impl FnMut(&str) -> Option<std::sync::Arc<Hub>>,
+    fallback_of: impl Fn(&str) -> Option<String>,
+) -> Option<std::sync::Arc<Hub>> {
+    let mut path = mount.to_owned();
+    let mut silenced = None;
+    for _ in 0..4 {
+        match lookup(&path) {
+            Some(h) if h.is_silenced() => {
+                silenced.get_or_insert(h);
+            }
+            Some(h) => return Some(h),
+            None => {}
+        }
+        match fallback_of(&path) {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    silenced
+}
+
+/// How the source agent of a hub relaying another node's mount begins.
+pub const CLUSTER_RELAY_AGENT: &str = "relay from ";
 
 pub struct HubParams {
     pub mount: String,
@@ -236,6 +269,7 @@ impl Hub {
             readers: AtomicUsize::new(0),
             bytes_in: AtomicU64::new(0),
             kill: Notify::new(),
+            dead_air: DeadAir::default(),
         }
     }
 
@@ -395,6 +429,17 @@ impl Hub {
 
     pub fn listener_left(&self) {
         self.listeners.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether this hub relays a mount another node of the cluster produces.
+    pub fn is_cluster_relay(&self) -> bool {
+        self.source_agent.starts_with(CLUSTER_RELAY_AGENT)
+    }
+
+    /// Whether listeners should take the mount's fallback instead: it is silenced
+    /// (`hub/silence.rs`).
+    pub fn is_silenced(&self) -> bool {
+        self.dead_air.is_silenced()
     }
 
     /// A transcoder starts decoding this hub.

@@ -105,6 +105,12 @@ impl Registry {
         hub.end();
     }
 
+    /// Tells listeners parked on a fallback that `mount` is worth coming back to (its silence
+    /// ended), as when its producer starts.
+    pub fn announce(&self, mount: &str) {
+        let _ = self.started.send(mount.to_owned());
+    }
+
     /// Mount paths as their producers start (see the overflow policy on the field).
     pub fn producer_started(&self) -> broadcast::Receiver<String> {
         self.started.subscribe()

@@ -38,16 +38,14 @@ pub mod files;
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
 
-/// The live hub serving `mount`: its own, or its fallback chain's while it has no source.
+/// The live hub serving `mount`: its own, or its fallback chain's while it has no source or
+/// its source is silenced.
 fn resolve(state: &Listen, mount: &str) -> Option<Arc<Hub>> {
-    let mut path = mount.to_owned();
-    for _ in 0..4 {
-        if let Some(h) = state.hubs.hub(&path) {
-            return Some(h);
-        }
-        path = state.coordinator.mount(&path)?.fallback?;
-    }
-    None
+    crate::hub::follow_fallbacks(
+        mount,
+        |m| state.hubs.hub(m),
+        |m| state.coordinator.mount(m).and_then(|c| c.fallback),
+    )
 }
 
 /// Whether a listener routed to another node is proxied there rather than redirected: the query
@@ -553,6 +551,10 @@ impl Conn {
         self.detach(hub);
         *hub = to;
         self.attach(hub);
+        // Title versions count per hub: the new hub's title goes out at the next slot.
+        if let Some(icy) = &mut self.icy {
+            icy.sent_version = u64::MAX;
+        }
         let (headers, cursor) = hub.join_live();
         if let Some(h) = headers {
             self.queue_audio(hub, h, queue);
@@ -658,6 +660,14 @@ impl Conn {
                     Err(WriteError::Timeout) => return "write timeout",
                 }
             }
+            if hub.is_silenced() {
+                // Silence: the fallback, if one has sound (back when the sound returns).
+                if let Some(h) = resolve(&self.state, &wanted).filter(|h| !Arc::ptr_eq(h, hub)) {
+                    cursor = self.switch(hub, h, &mut queue);
+                    rx = hub.watch();
+                    continue;
+                }
+            }
             if hub.is_ended() && hub.head() <= cursor {
                 // Everything the source sent is delivered: follow the fallback or leave.
                 match resolve(&self.state, &wanted) {
@@ -709,7 +719,7 @@ impl Conn {
                             Err(broadcast::error::RecvError::Closed) => false,
                         };
                         if relevant {
-                            if let Some(h) = self.state.hubs.hub(&wanted) {
+                            if let Some(h) = self.state.hubs.hub(&wanted).filter(|h| !h.is_silenced()) {
                                 cursor = self.switch(hub, h, &mut queue);
                                 rx = hub.watch();
                             }

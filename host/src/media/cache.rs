@@ -347,12 +347,22 @@ impl Cache {
             self.forget(key);
         }
         let download = self.download(key)?;
-        let file = std::fs::File::open(&download.part)?;
-        Ok(MediaReader {
-            file,
-            pos: 0,
-            download: Some(download),
-        })
+        match std::fs::File::open(&download.part) {
+            Ok(file) => Ok(MediaReader {
+                file,
+                pos: 0,
+                download: Some(download),
+            }),
+            // It completed (and was renamed into place) between the two steps.
+            Err(e) => match self.held(key) {
+                Some((path, _, _)) => Ok(MediaReader {
+                    file: std::fs::File::open(path)?,
+                    pos: 0,
+                    download: None,
+                }),
+                None => Err(e.into()),
+            },
+        }
     }
 
     /// Makes sure `key` is cached whole; its path.

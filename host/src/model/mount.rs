@@ -21,6 +21,10 @@ pub struct MountConfig {
     /// Mount whose stream listeners get while this one has no source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// After this many seconds of digital silence from its source, listeners take the
+    /// fallback, and come back when the sound does (`transcode/silence.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_secs: Option<u32>,
     /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
@@ -89,6 +93,7 @@ impl MountConfig {
             source_password_hash: String::new(),
             max_listeners: None,
             fallback: None,
+            silence_secs: None,
             charset: None,
             icy_metaint: None,
             token_key: None,
@@ -194,8 +199,8 @@ impl TryFrom<String> for PlaylistOrder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaylistConfig {
-    /// What is played: a folder of the library (`rock/`; `/` for all of it), or a playlist
-    /// file in it (`.m3u`, `.m3u8` or `.pls`).
+    /// What is played: a folder of the library (`rock/`; `/` for all of it), a playlist
+    /// file in it (`.m3u`, `.m3u8` or `.pls`), or one media file, looped.
     pub input: String,
     #[serde(default, skip_serializing_if = "is_sequential")]
     pub order: PlaylistOrder,

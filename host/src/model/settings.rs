@@ -27,6 +27,11 @@ pub struct MountSettings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Seconds of digital silence from the source after which listeners take the fallback
+    /// (they come back when the sound does); 0 turns it off.
+    #[arg(long, value_name = "SECONDS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silence_secs: Option<u32>,
     /// Charset of ICY metadata sent to players: ISO-8859-1 (default) or UTF-8 ("" for the
     /// default).
     #[arg(long)]
@@ -89,7 +94,8 @@ pub struct MountSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_on_demand: Option<bool>,
     /// Make a playlist mount (AutoDJ) that plays files of the media library: a folder
-    /// (`rock/`, or `/` for all of it) or a playlist file in it (.m3u, .m3u8, .pls). Needs
+    /// (`rock/`, or `/` for all of it), a playlist file in it (.m3u, .m3u8, .pls), or one
+    /// media file, looped (a fallback that never runs dry). Needs
     /// --codec and --bitrate; one node of the cluster plays it.
     #[arg(long, value_name = "FOLDER/ | FILE.m3u", help_heading = "Playlist")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -50,6 +50,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     let reconciler = tokio::spawn(crate::control::reconcile::run(state.clone()));
     let reporter = tokio::spawn(state.load.clone().run());
     let hls = tokio::spawn(crate::hls::run(state.hls.clone()));
+    let silence = tokio::spawn(crate::transcode::silence::run(state.transcode.clone()));
     let certs = ports
         .acceptor
         .as_ref()
@@ -131,6 +132,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     reconciler.abort();
     reporter.abort();
     hls.abort();
+    silence.abort();
     if let Some(c) = certs {
         c.abort();
     }

@@ -199,6 +199,11 @@ impl Player {
             let folder = key.rsplit_once('/').map_or("", |(f, _)| f);
             return Ok(parse_playlist(&text, folder));
         }
+        // One media file: played in a loop.
+        let input = self.config.input.trim_matches('/');
+        if is_audio(input) && !input.is_empty() {
+            return Ok(vec![input.to_owned()]);
+        }
         let (entries, _) = library.list(&self.config.input).await?;
         Ok(entries
             .into_iter()
@@ -304,6 +309,10 @@ impl Player {
                     *s = (*s * gain).clamp(-1.0, 1.0);
                 }
             }
+            a.out.note_dead_air(
+                crate::hub::silence::is_silent(&block),
+                Duration::from_secs_f64(length),
+            );
             a.out.refresh_filters(&self.rt);
             if let Err(e) = a.out.pipeline.push(&block, format, &mut a.out.encoded) {
                 warn!(mount = %self.path, error = %e, "block dropped");

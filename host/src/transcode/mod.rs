@@ -27,6 +27,8 @@ use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
 use crate::metrics::Metrics;
 use crate::model::TranscodeConfig;
 
+pub mod silence;
+
 /// Longest source gap filled with silence before the transcoded stream ends.
 pub const MAX_GAP: Duration = Duration::from_secs(30);
 /// A source silent this long counts as gone for the decoder (the gap then fills with silence).
@@ -134,6 +136,8 @@ pub(crate) struct Output {
     pub(crate) hub: Arc<Hub>,
     /// `tidecast_source_bytes_total` of the output mount: what the transcoder produced.
     produced: prometheus_client::metrics::counter::Counter,
+    /// `tidecast_dead_air_seconds_total` of the output mount.
+    dead_air: prometheus_client::metrics::counter::Counter<f64, AtomicU64>,
     pub(crate) pipeline: Pipeline,
     splitter: Splitter,
     pub(crate) encoded: Vec<u8>,
@@ -198,6 +202,14 @@ impl Output {
         }
     }
 
+    /// Notes `length` of the output's input audio, silent or not, as dead air.
+    pub(crate) fn note_dead_air(&mut self, silent: bool, length: Duration) {
+        self.hub.dead_air.note(silent, length);
+        if silent {
+            self.dead_air.inc_by(length.as_secs_f64());
+        }
+    }
+
     pub(crate) fn publish(&mut self) {
         self.produced.inc_by(self.encoded.len() as u64);
         self.splitter.push(&self.encoded, &mut self.pieces);
@@ -212,6 +224,7 @@ impl Output {
     pub(crate) fn fill_gap(&mut self, produced_until: &mut Instant, rt: &Handle) {
         let now = Instant::now();
         let missing = now.saturating_duration_since(*produced_until).as_secs_f64();
+        self.note_dead_air(true, Duration::from_secs_f64(missing));
         self.refresh_filters(rt);
         let rate = f64::from(self.pipeline.output_format().sample_rate);
         self.pipeline
@@ -255,14 +268,8 @@ impl Transcoder {
         let mut resume: Option<(Arc<Hub>, Arc<AtomicU64>)> = None;
         let mut block = Vec::new();
         while !self.stopped() {
-            // The source mount's hub: local, or relayed from its origin node in a cluster.
             let source = (Instant::now() >= retry_at)
-                .then(|| {
-                    self.shared.hubs.hub(&self.from).or_else(|| {
-                        self.rt
-                            .block_on(self.shared.relays.hub_from_origin(&self.from))
-                    })
-                })
+                .then(|| self.source())
                 .flatten();
             let Some(src) = source else {
                 // No source: keep listeners fed with silence, for a while.
@@ -324,6 +331,7 @@ impl Transcoder {
             }
             let mut meta_version = u64::MAX;
             let mut last_skipped = 0;
+            let mut checked_at = Instant::now();
             loop {
                 let format = match decoder.next_block(&mut block) {
                     Ok(Some(format)) => format,
@@ -349,6 +357,16 @@ impl Transcoder {
                 let frames = block.len() / usize::from(format.channels.max(1));
                 let played =
                     Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
+                out.note_dead_air(crate::hub::silence::is_silent(&block), played);
+                // Once a second: do the source mount's listeners hear another hub now (its
+                // fallback after silence, or its own stream back)? Then so does this.
+                if checked_at.elapsed() >= Duration::from_secs(1) {
+                    checked_at = Instant::now();
+                    if self.source().is_some_and(|h| !Arc::ptr_eq(&h, &src)) {
+                        info!(mount = %self.path, from = %self.from, "the source's listeners switched: so does the transcoder");
+                        break;
+                    }
+                }
                 // A source that was silent longer than its audio lasts leaves no debt behind.
                 produced_until =
                     produced_until.max(Instant::now() - Duration::from_secs(5)) + played;
@@ -370,6 +388,21 @@ impl Transcoder {
         drop(output);
         drop(claim);
         info!(mount = %self.path, "transcoder stopped");
+    }
+
+    /// The hub to decode: what the source mount's listeners hear (its own stream, or its
+    /// fallback's while it has none or is silenced), local or relayed from its origin node.
+    fn source(&self) -> Option<Arc<Hub>> {
+        crate::hub::follow_fallbacks(
+            &self.from,
+            |m| {
+                self.shared
+                    .hubs
+                    .hub(m)
+                    .or_else(|| self.rt.block_on(self.shared.relays.hub_from_origin(m)))
+            },
+            |m| self.shared.coordinator.mount(m).and_then(|c| c.fallback),
+        )
     }
 
     fn new_output(&self, src: &Hub) -> Result<Output, tidecast_codecs::PipelineError> {
@@ -433,6 +466,11 @@ impl Output {
                 .bytes_in
                 .get_or_create(&Metrics::mount(path))
                 .clone(),
+            dead_air: shared
+                .metrics
+                .dead_air
+                .get_or_create(&Metrics::mount(path))
+                .clone(),
             shared: shared.clone(),
             pipeline,
             splitter: Splitter::new(format),
@@ -457,11 +495,16 @@ pub struct HubReader {
     cursor: Arc<AtomicU64>,
     pending: VecDeque<Bytes>,
     stop: Arc<AtomicBool>,
+    /// Counted among the hub's users (a transcoder is; the silence watcher is not, so an
+    /// on-demand relay mount nobody listens to still stops).
+    counted: bool,
 }
 
 impl Drop for HubReader {
     fn drop(&mut self) {
-        self.hub.reader_left();
+        if self.counted {
+            self.hub.reader_left();
+        }
     }
 }
 
@@ -469,10 +512,29 @@ impl Drop for HubReader {
 const POLL: Duration = Duration::from_millis(60);
 
 impl HubReader {
-    fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> HubReader {
-        let pending = hub.join().0.into_iter().collect();
+    pub(crate) fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> HubReader {
         hub.reader_joined();
+        HubReader::open(hub, cursor, stop, true)
+    }
+
+    /// A reader that does not count as a user of the hub (see `counted`).
+    pub(crate) fn uncounted(
+        hub: Arc<Hub>,
+        cursor: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+    ) -> HubReader {
+        HubReader::open(hub, cursor, stop, false)
+    }
+
+    fn open(
+        hub: Arc<Hub>,
+        cursor: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        counted: bool,
+    ) -> HubReader {
+        let pending = hub.join().0.into_iter().collect();
         HubReader {
+            counted,
             hub,
             cursor,
             pending,
