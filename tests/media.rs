@@ -465,3 +465,43 @@ fn titles_at(addr: std::net::SocketAddr, mount: &str, secs: u64) -> Vec<String> 
     }
     titles
 }
+
+/// With `--crossfade 2`, each file fades out under the next one's start: for a good part of
+/// every transition both files sound at once, which a hard cut never gives.
+#[test]
+fn a_crossfade_mixes_each_file_into_the_next() {
+    let library = tempfile::tempdir().unwrap();
+    let folder = library.path().join("tones");
+    std::fs::create_dir(&folder).unwrap();
+    tagged_mp3(&folder, "1.mp3", "Tone", "Low", 440, 4);
+    tagged_mp3(&folder, "2.mp3", "Tone", "High", 660, 4);
+    let node = Node::start(&["--media-library", library.path().to_str().unwrap()]);
+    create_playlist(&node, "/faded.mp3", "tones/", &["--crossfade", "2"]);
+    create_playlist(&node, "/cut.mp3", "tones/", &[]);
+    assert_eq!(
+        node.mount_json("/faded.mp3")["playlist"]["crossfade_ms"],
+        2000
+    );
+    node.wait_live("/faded.mp3", Duration::from_secs(10));
+    node.wait_live("/cut.mp3", Duration::from_secs(10));
+    let both_tones = |mount: &str| {
+        let pcm = decode_pcm(&capture(node.addr, mount, 12.0));
+        // Windows of 0.1 s where each tone carries a fair share of the sound.
+        pcm.chunks_exact(800)
+            .filter(|w| tone_share(w, 440.0) > 0.15 && tone_share(w, 660.0) > 0.15)
+            .count()
+    };
+    let (faded, cut) = std::thread::scope(|s| {
+        let faded = s.spawn(|| both_tones("/faded.mp3"));
+        let cut = both_tones("/cut.mp3");
+        (faded.join().unwrap(), cut)
+    });
+    eprintln!("0.1-s windows with both tones in 12 s: crossfaded {faded}, cut {cut}");
+    assert!(faded >= 15, "crossfaded: {faded} windows with both tones");
+    assert!(cut <= 6, "hard cuts: {cut} windows with both tones");
+    let (ok, _, err) = node.cli(&["mount", "edit", "/cut.mp3", "--crossfade", "99"]);
+    assert!(
+        !ok && err.contains("crossfade must be at most 15 seconds"),
+        "{err}"
+    );
+}

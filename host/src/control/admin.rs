@@ -670,8 +670,10 @@ fn apply_playlist(
     if m.playlist.is_none() {
         match (&input, create) {
             (None, _) => {
-                if r.order.is_some() {
-                    problems.push("--order is for playlist mounts (--playlist)".to_owned());
+                if r.order.is_some() || r.crossfade.is_some() {
+                    problems.push(
+                        "--order and --crossfade are for playlist mounts (--playlist)".to_owned(),
+                    );
                 }
                 return;
             }
@@ -688,6 +690,7 @@ fn apply_playlist(
                     sample_rate: None,
                     channels: None,
                     quality: None,
+                    crossfade_ms: None,
                 });
             }
             (Some(_), false) => {
@@ -715,6 +718,13 @@ fn apply_playlist(
     p.sample_rate = r.sample_rate.take().or(p.sample_rate);
     p.channels = r.channels.take().or(p.channels);
     p.quality = r.quality.take().or(p.quality);
+    match r.crossfade.take() {
+        None => {}
+        Some(c) if c.is_finite() && c >= 0.0 && c * 1000.0 <= f64::from(u32::MAX) => {
+            p.crossfade_ms = Some((c * 1000.0).round() as u32).filter(|ms| *ms > 0);
+        }
+        Some(c) => problems.push(format!("crossfade must be a number of seconds, got {c}")),
+    }
     problems.extend(p.problems());
     if let Err(e) = p.settings() {
         problems.extend(e);

@@ -213,7 +213,13 @@ pub struct PlaylistConfig {
     /// MP3: LAME quality 0–9; Opus: complexity 0–10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality: Option<u8>,
+    /// Each file's last milliseconds fade out under the next file's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossfade_ms: Option<u32>,
 }
+
+/// Longest crossfade between two files of a playlist.
+pub const MAX_CROSSFADE_MS: u32 = 15_000;
 
 fn is_sequential(o: &PlaylistOrder) -> bool {
     *o == PlaylistOrder::Sequential
@@ -237,16 +243,23 @@ impl PlaylistConfig {
         [".m3u", ".m3u8", ".pls"].iter().any(|e| lower.ends_with(e))
     }
 
-    /// Every problem with the input (the encoder's are in [`PlaylistConfig::settings`]).
+    /// Every problem with the input and the crossfade (the encoder's are in
+    /// [`PlaylistConfig::settings`]).
     pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.crossfade_ms.is_some_and(|c| c > MAX_CROSSFADE_MS) {
+            problems.push(format!(
+                "crossfade must be at most {} seconds",
+                MAX_CROSSFADE_MS / 1000
+            ));
+        }
         let folder = self.input.trim_matches('/');
-        if folder.is_empty() && !self.is_file() {
-            return Vec::new();
+        if !folder.is_empty() || self.is_file() {
+            if let Err(e) = crate::media::validate_key(folder) {
+                problems.push(format!("playlist input: {e}"));
+            }
         }
-        match crate::media::validate_key(folder) {
-            Ok(()) => Vec::new(),
-            Err(e) => vec![format!("playlist input: {e}")],
-        }
+        problems
     }
 }
 

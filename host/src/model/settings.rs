@@ -104,6 +104,11 @@ pub struct MountSettings {
     #[arg(long, help_heading = "Playlist")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// Seconds each file of a playlist mount fades out under the next one's start (0 to 15;
+    /// 0: none).
+    #[arg(long, value_name = "SECONDS", help_heading = "Playlist")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crossfade: Option<f64>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

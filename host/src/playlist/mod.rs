@@ -2,6 +2,9 @@
 //! through the transcoders' pipeline (`transcode::Output`: filters, encoder, hub), with titles
 //! from the files' tags and their ReplayGain track gain applied.
 //!
+//! With `--crossfade`, each file's last seconds fade out under the next file's first
+//! (`crossfade.rs`).
+//!
 //! One thread per playlist mount, on the node that wins the mount's election (as transcoders
 //! and relay pullers). It reads each file through the node's media cache (`media/cache.rs`),
 //! so a file starts playing while it still arrives, and a file another node holds comes from
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tidecast_codecs::{Decoder, EncoderSettings, StreamFormat};
+use tidecast_codecs::{AudioFormat, Decoder, EncoderSettings, StreamFormat};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -25,6 +28,9 @@ use crate::hub::StreamProps;
 use crate::media::{is_audio, Cache, MediaError};
 use crate::model::{PlaylistConfig, PlaylistOrder};
 use crate::transcode::Output;
+
+mod crossfade;
+use crossfade::Crossfader;
 
 /// How far ahead of real time the encoder runs: what a joining listener gets at once.
 const LEAD: Duration = Duration::from_secs(2);
@@ -113,6 +119,9 @@ struct OnAir {
     /// Wall time up to which audio has been produced.
     produced_until: Instant,
     saved_at: Instant,
+    fader: Crossfader,
+    /// Samples the fader gave out, reused block after block.
+    due: Vec<f32>,
 }
 
 impl Player {
@@ -219,8 +228,15 @@ impl Player {
         keys
     }
 
-    /// Keeps listeners fed with silence for `wait` (if on the air).
+    /// Keeps listeners fed with silence for `wait` (if on the air), after what the crossfade
+    /// still held.
     fn idle(&self, air: &mut Option<OnAir>, wait: Duration) {
+        if let Some(a) = air {
+            let mut held = Vec::new();
+            if let Some(f) = a.fader.drain(&mut held) {
+                self.emit(a, &held, f);
+            }
+        }
         let until = Instant::now() + wait;
         while Instant::now() < until && !self.stopped() {
             if let Some(a) = air {
@@ -265,6 +281,10 @@ impl Player {
                         out,
                         produced_until: Instant::now(),
                         saved_at: Instant::now(),
+                        fader: Crossfader::new(
+                            f64::from(self.config.crossfade_ms.unwrap_or(0)) / 1000.0,
+                        ),
+                        due: Vec::new(),
                     })
                 }
                 Err(e) => {
@@ -309,35 +329,50 @@ impl Player {
                     *s = (*s * gain).clamp(-1.0, 1.0);
                 }
             }
-            a.out.note_dead_air(
-                crate::hub::silence::is_silent(&block),
-                Duration::from_secs_f64(length),
-            );
-            a.out.refresh_filters(&self.rt);
-            if let Err(e) = a.out.pipeline.push(&block, format, &mut a.out.encoded) {
-                warn!(mount = %self.path, error = %e, "block dropped");
+            if let Some((f, held)) = a.fader.push(&block, format, &mut a.due) {
+                self.emit(a, &held, f);
             }
-            a.out.publish();
-            if let Some(t) = a.out.pipeline.take_filter_title() {
-                a.out.announce(t);
-            }
+            let due = std::mem::take(&mut a.due);
+            self.emit(a, &due, format);
+            a.due = due;
+            a.due.clear();
             played = true;
-            a.produced_until = a
-                .produced_until
-                .max(Instant::now() - Duration::from_secs(5))
-                + Duration::from_secs_f64(length);
             at.secs = secs;
             if a.saved_at.elapsed() >= SAVE_EVERY {
                 a.saved_at = Instant::now();
                 self.save(at);
             }
-            // Real time: no more than LEAD ahead of the wall clock.
-            let ahead = a.produced_until.saturating_duration_since(Instant::now());
-            if ahead > LEAD {
-                std::thread::sleep(ahead - LEAD);
-            }
         }
+        a.fader.file_ended();
         played
+    }
+
+    /// Encodes `samples` (in `format`) into the mount's hub, then waits so the output runs at
+    /// most [`LEAD`] ahead of real time.
+    fn emit(&self, a: &mut OnAir, samples: &[f32], format: AudioFormat) {
+        if samples.is_empty() {
+            return;
+        }
+        let frames = samples.len() / usize::from(format.channels.max(1));
+        let length = Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
+        a.out
+            .note_dead_air(crate::hub::silence::is_silent(samples), length);
+        a.out.refresh_filters(&self.rt);
+        if let Err(e) = a.out.pipeline.push(samples, format, &mut a.out.encoded) {
+            warn!(mount = %self.path, error = %e, "block dropped");
+        }
+        a.out.publish();
+        if let Some(t) = a.out.pipeline.take_filter_title() {
+            a.out.announce(t);
+        }
+        a.produced_until = a
+            .produced_until
+            .max(Instant::now() - Duration::from_secs(5))
+            + length;
+        let ahead = a.produced_until.saturating_duration_since(Instant::now());
+        if ahead > LEAD {
+            std::thread::sleep(ahead - LEAD);
+        }
     }
 
     /// Saves `at` without waiting (the store may be slow; the next save comes soon).
