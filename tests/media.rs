@@ -369,6 +369,15 @@ fn three_nodes_share_one_bucket_and_a_playlist_moves_when_its_node_dies() {
     assert!(listener.finish(), "the listener was disconnected");
     // The next node had the file already, or got it from the one that did: still one GET.
     assert_eq!(s3.gets("rock/a.mp3"), 1);
+
+    // The index goes into etcd: indexed on one node, seen from another.
+    let (ok, out, err) = nodes[l].cli(&["media", "index", "rock"]);
+    assert!(ok && out.contains("Indexed 3 of 3 files"), "{out}{err}");
+    let (_, out, _) = nodes[n].cli(&["media", "ls", "rock"]);
+    assert!(
+        out.contains("0:20") && out.contains("LUFS  Artist B - Beta"),
+        "{out}"
+    );
 }
 
 /// The fallback chain live source → playlist (one file, looped), from a media library in a
@@ -504,4 +513,72 @@ fn a_crossfade_mixes_each_file_into_the_next() {
         !ok && err.contains("crossfade must be at most 15 seconds"),
         "{err}"
     );
+}
+
+/// `tidecast media index` measures each file's loudness (EBU R128) and reads its tags; a
+/// playlist mount with `--loudness-target` then plays a loud and a quiet file at one level.
+#[test]
+fn an_indexed_library_plays_at_one_loudness() {
+    let library = tempfile::tempdir().unwrap();
+    let folder = library.path().join("mix");
+    std::fs::create_dir(&folder).unwrap();
+    tagged_mp3(&folder, "a-loud.mp3", "Loud", "One", 440, 5);
+    let quiet = tagged_mp3(&folder, "b-quiet.mp3", "Quiet", "Two", 660, 5);
+    // The second file 20 dB quieter.
+    let louder = folder.join("tmp.mp3");
+    std::fs::rename(&quiet, &louder).unwrap();
+    run_tool(
+        "ffmpeg",
+        &[
+            "-loglevel",
+            "error",
+            "-i",
+            louder.to_str().unwrap(),
+            "-af",
+            "volume=-20dB",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            &quiet,
+        ],
+        None,
+    );
+    std::fs::remove_file(&louder).unwrap();
+    let node = Node::start(&["--media-library", library.path().to_str().unwrap()]);
+    let (ok, out, err) = node.cli(&["media", "index", "mix"]);
+    assert!(ok && out.contains("Indexed 2 of 2 files"), "{out}{err}");
+    let (_, json, _) = node.cli(&["media", "ls", "mix", "--json"]);
+    let listing: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let lufs = |i: usize| listing["files"][i]["info"]["lufs"].as_f64().unwrap();
+    assert_eq!(listing["files"][0]["info"]["title"], "One");
+    assert!(
+        (listing["files"][1]["info"]["duration_secs"]
+            .as_f64()
+            .unwrap()
+            - 5.0)
+            .abs()
+            < 0.2,
+        "{listing}"
+    );
+    assert!(lufs(0) - lufs(1) > 15.0, "measured: {listing}");
+
+    create_playlist(&node, "/level.mp3", "mix/", &["--loudness-target", "-23"]);
+    node.wait_live("/level.mp3", Duration::from_secs(10));
+    let pcm = decode_pcm(&capture(node.addr, "/level.mp3", 12.0));
+    let (mut loud, mut quiet) = (Vec::new(), Vec::new());
+    for w in pcm.chunks_exact(4000) {
+        if tone_share(w, 440.0) > 0.8 {
+            loud.extend_from_slice(w);
+        } else if tone_share(w, 660.0) > 0.8 {
+            quiet.extend_from_slice(w);
+        }
+    }
+    assert!(
+        loud.len() >= 8000 && quiet.len() >= 8000,
+        "both files heard"
+    );
+    let (l, q) = (mean_db(&loud), mean_db(&quiet));
+    eprintln!("played at {l:.1} dB and {q:.1} dB");
+    assert!((l - q).abs() < 2.0, "one level: {l} dB and {q} dB");
 }

@@ -4,6 +4,7 @@
 //! - [`decode`] → [`convert`] → [`pipeline`] filters → [`encode`]: the transcoding chain that a
 //!   transcoder thread (or `tidecast bench`) drives block by block.
 
+pub mod analyse;
 pub mod convert;
 pub mod decode;
 pub mod encode;
@@ -13,6 +14,7 @@ pub mod ogg_opus;
 pub mod ogg_pages;
 pub mod pipeline;
 
+pub use analyse::{analyse, Analysis};
 pub use convert::ConvertError;
 pub use decode::{AudioFormat, DecodeError, Decoder, Tags};
 pub use encode::{Codec, EncodeError, EncoderSettings, StereoMode};

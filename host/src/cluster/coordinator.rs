@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::model::{AdminCredential, MountConfig, PluginRecord, PluginVersion, StationConfig};
+use crate::model::{
+    AdminCredential, MediaInfo, MountConfig, PluginRecord, PluginVersion, StationConfig,
+    MAX_MEDIA_INFOS,
+};
 use crate::sync::Locked;
 
 /// A node's presence and load, as it reports them about every second (cluster only).
@@ -102,6 +105,12 @@ pub trait Coordinator: Send + Sync {
     async fn save_position(&self, mount: &str, position: &str) -> Result<(), CoordError>;
     /// The position last saved for `mount`.
     async fn position(&self, mount: &str) -> Option<String>;
+    /// Keeps what `tidecast media index` found in media files, by key.
+    async fn put_media_infos(&self, infos: Vec<(String, MediaInfo)>) -> Result<(), CoordError>;
+    /// The index entries of keys starting with `prefix`, at most [`MAX_MEDIA_INFOS`].
+    async fn media_infos(&self, prefix: &str) -> Vec<(String, MediaInfo)>;
+    /// Forgets a media file's index entry.
+    async fn delete_media_info(&self, key: &str) -> Result<(), CoordError>;
     fn admin(&self) -> Option<AdminCredential>;
     /// Stores the admin credential; with `only_if_absent`, only when none is stored yet (else
     /// [`CoordError::Conflict`]), so nodes starting together agree on one generated password.
@@ -181,6 +190,8 @@ struct Persisted {
     stations: BTreeMap<String, StationConfig>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     positions: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    media: BTreeMap<String, MediaInfo>,
 }
 
 /// The single-node coordinator, persisted in the data directory.
@@ -369,6 +380,33 @@ impl Coordinator for Embedded {
 
     async fn position(&self, mount: &str) -> Option<String> {
         self.state.with(|s| s.positions.get(mount).cloned())
+    }
+
+    async fn put_media_infos(&self, infos: Vec<(String, MediaInfo)>) -> Result<(), CoordError> {
+        self.update(|s| {
+            s.media.extend(infos);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn media_infos(&self, prefix: &str) -> Vec<(String, MediaInfo)> {
+        self.state.with(|s| {
+            s.media
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .take(MAX_MEDIA_INFOS)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    async fn delete_media_info(&self, key: &str) -> Result<(), CoordError> {
+        self.update(|s| {
+            s.media.remove(key);
+            Ok(())
+        })
+        .await
     }
 
     async fn set_admin(

@@ -30,7 +30,10 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::cluster::coordinator::{ConfigEvent, CoordError, Coordinator, NodeReport, OriginClaim};
-use crate::model::{AdminCredential, MountConfig, PluginRecord, PluginVersion, StationConfig};
+use crate::model::{
+    AdminCredential, MediaInfo, MountConfig, PluginRecord, PluginVersion, StationConfig,
+    MAX_MEDIA_INFOS,
+};
 use crate::sync::Locked;
 
 /// Keep-alives per lease TTL: a node survives a stall of most of a TTL without losing its lease.
@@ -732,6 +735,59 @@ impl Coordinator for Etcd {
         self.client
             .clone()
             .put(key, position, None)
+            .await
+            .map_err(|e| unavailable("write", e))?;
+        Ok(())
+    }
+
+    async fn put_media_infos(&self, infos: Vec<(String, MediaInfo)>) -> Result<(), CoordError> {
+        // etcd takes at most 128 operations per transaction by default.
+        for chunk in infos.chunks(64) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for (key, info) in chunk {
+                let bytes = serde_json::to_vec(info).map_err(|e| unavailable("encode", e))?;
+                ops.push(TxnOp::put(
+                    format!("{}media/{key}", self.prefix),
+                    bytes,
+                    None,
+                ));
+            }
+            self.client
+                .clone()
+                .txn(Txn::new().and_then(ops))
+                .await
+                .map_err(|e| unavailable("write", e))?;
+        }
+        Ok(())
+    }
+
+    async fn media_infos(&self, prefix: &str) -> Vec<(String, MediaInfo)> {
+        let base = format!("{}media/", self.prefix);
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_limit(MAX_MEDIA_INFOS as i64);
+        let Ok(resp) = self
+            .client
+            .clone()
+            .get(format!("{base}{prefix}"), Some(options))
+            .await
+        else {
+            return Vec::new();
+        };
+        resp.kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?.strip_prefix(&base)?;
+                let info = serde_json::from_slice(kv.value()).ok()?;
+                Some((key.to_owned(), info))
+            })
+            .collect()
+    }
+
+    async fn delete_media_info(&self, key: &str) -> Result<(), CoordError> {
+        self.client
+            .clone()
+            .delete(format!("{}media/{key}", self.prefix), None)
             .await
             .map_err(|e| unavailable("write", e))?;
         Ok(())

@@ -342,6 +342,7 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         }
         ("POST", "/api/v1/tls/reload") => tls_reload(state),
         ("GET", "/api/v1/media") => crate::control::media::list(state, req).await,
+        (method, "/api/v1/media-index") => crate::control::media::index(state, method, body),
         (method, p) if p.starts_with("/api/v1/media/") => {
             let Some(key) = crate::control::media::key_of(&p["/api/v1/media/".len()..]) else {
                 return Response::error(400, "not a media key");
@@ -670,9 +671,10 @@ fn apply_playlist(
     if m.playlist.is_none() {
         match (&input, create) {
             (None, _) => {
-                if r.order.is_some() || r.crossfade.is_some() {
+                if r.order.is_some() || r.crossfade.is_some() || r.loudness_target.is_some() {
                     problems.push(
-                        "--order and --crossfade are for playlist mounts (--playlist)".to_owned(),
+                        "--order, --crossfade and --loudness-target are for playlist mounts (--playlist)"
+                            .to_owned(),
                     );
                 }
                 return;
@@ -691,6 +693,7 @@ fn apply_playlist(
                     channels: None,
                     quality: None,
                     crossfade_ms: None,
+                    loudness_lufs: None,
                 });
             }
             (Some(_), false) => {
@@ -724,6 +727,14 @@ fn apply_playlist(
             p.crossfade_ms = Some((c * 1000.0).round() as u32).filter(|ms| *ms > 0);
         }
         Some(c) => problems.push(format!("crossfade must be a number of seconds, got {c}")),
+    }
+    match r.loudness_target.take() {
+        None => {}
+        Some(0) => p.loudness_lufs = None,
+        Some(l) if (-40..=-5).contains(&l) => p.loudness_lufs = i8::try_from(l).ok(),
+        Some(l) => problems.push(format!(
+            "loudness target must be between -40 and -5 LUFS (0 removes it), got {l}"
+        )),
     }
     problems.extend(p.problems());
     if let Err(e) = p.settings() {

@@ -7,7 +7,9 @@
 //! - `PUT /api/v1/media/KEY`: stores the body (`application/octet-stream`), streamed to the
 //!   store in parts, at most [`MAX_MEDIA_BYTES`];
 //! - `GET /api/v1/media/KEY`: the file, through this node's cache;
-//! - `DELETE /api/v1/media/KEY`: removes it from the library and from this node's cache.
+//! - `DELETE /api/v1/media/KEY`: removes it from the library and from this node's cache;
+//! - `POST /api/v1/media-index`, `GET /api/v1/media-index`: `media/index.rs`, started and
+//!   followed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,11 +67,71 @@ pub async fn list(state: &Node, req: &RequestHead) -> Response {
     };
     let prefix = req.query("prefix").unwrap_or_default();
     match lib.list(&prefix).await {
-        Ok((files, truncated)) => Response::json(
-            200,
-            &json!({ "library": lib.url, "files": files, "truncated": truncated }),
-        ),
+        Ok((files, truncated)) => {
+            // What `media index` found, beside each file it has seen.
+            let infos: std::collections::HashMap<String, crate::model::MediaInfo> = state
+                .coordinator
+                .media_infos(prefix.trim_start_matches('/'))
+                .await
+                .into_iter()
+                .collect();
+            let files: Vec<serde_json::Value> = files
+                .iter()
+                .map(|f| {
+                    let mut v = json!(f);
+                    if let Some(info) = infos.get(&f.key) {
+                        v["info"] = json!(info);
+                    }
+                    v
+                })
+                .collect();
+            Response::json(
+                200,
+                &json!({ "library": lib.url, "files": files, "truncated": truncated }),
+            )
+        }
         Err(e) => media_error(&e.into()),
+    }
+}
+
+/// `POST /api/v1/media-index` (`{"prefix": "rock/"}`): starts indexing in the background
+/// (202), or 409 while a run is under way. `GET`: its progress.
+pub fn index(state: &Node, method: &str, body: &[u8]) -> Response {
+    if method == "GET" {
+        return Response::json(200, &json!(state.indexer.progress()));
+    }
+    if method != "POST" {
+        return Response::error(405, "use GET or POST").header("Allow", "GET, POST");
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Ask {
+        prefix: String,
+    }
+    let ask: Ask = if body.is_empty() {
+        Ask::default()
+    } else {
+        match crate::control::json_body(body) {
+            Ok(a) => a,
+            Err(e) => return e,
+        }
+    };
+    if let Err(r) = library(state) {
+        return r;
+    }
+    let started = state.indexer.start(
+        state.media.clone(),
+        state.coordinator.clone(),
+        ask.prefix.trim_start_matches('/').to_owned(),
+    );
+    if started {
+        info!(prefix = %ask.prefix, "media index started");
+        Response::json(202, &json!(state.indexer.progress()))
+    } else {
+        Response::error(
+            409,
+            "a media index is running already; see GET /api/v1/media-index",
+        )
     }
 }
 
@@ -81,6 +143,9 @@ pub async fn remove(state: &Node, key: &str) -> Response {
     match lib.delete(key).await {
         Ok(()) => {
             state.media.forget(key);
+            if let Err(e) = state.coordinator.delete_media_info(key).await {
+                tracing::warn!(%key, error = %e, "the removed file's index entry stays");
+            }
             info!(%key, "media file removed");
             Response::json(200, &json!({ "deleted": key }))
         }

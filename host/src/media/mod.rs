@@ -5,6 +5,7 @@
 //! (`control/media.rs`) lists, uploads and removes them.
 
 pub mod cache;
+pub mod index;
 pub mod library;
 
 pub use cache::{Cache, MediaError, MediaReader, MediaStats};

@@ -3,6 +3,7 @@
 //! the CLI and the API send them, the coordinator stores them, the pipeline and routing read
 //! them. Everything here is parsed and checked when it is stored, never on the data path.
 
+mod media;
 mod mount;
 mod plugin;
 pub(crate) mod routing;
@@ -10,6 +11,7 @@ mod settings;
 mod station;
 mod zone;
 
+pub use media::{MediaInfo, MAX_MEDIA_INFOS};
 pub use mount::{
     validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, RelayConfig, TranscodeConfig,
     MAX_RELAY_URLS,

@@ -216,6 +216,10 @@ pub struct PlaylistConfig {
     /// Each file's last milliseconds fade out under the next file's first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossfade_ms: Option<u32>,
+    /// Every file brought to this integrated loudness (LUFS), from what `tidecast media index`
+    /// measured or else the ReplayGain tags; without it, ReplayGain track gains apply as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<i8>,
 }
 
 /// Longest crossfade between two files of a playlist.

@@ -109,6 +109,17 @@ pub struct MountSettings {
     #[arg(long, value_name = "SECONDS", help_heading = "Playlist")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crossfade: Option<f64>,
+    /// Loudness target of a playlist mount, in LUFS (-40 to -5, e.g. -16; 0 removes it): each
+    /// file is brought there from its loudness measured by `tidecast media index`, else from
+    /// its ReplayGain tags.
+    #[arg(
+        long,
+        value_name = "LUFS",
+        allow_hyphen_values = true,
+        help_heading = "Playlist"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loudness_target: Option<i32>,
     /// Make a transcoded mount from this source mount (no source client pushes it).
     #[arg(long, help_heading = "Transcoding")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,8 @@ pub struct Node {
     pub pullers: Mutex<HashMap<String, crate::ingest::pull::PullerHandle>>,
     /// The media library and this node's cache of it.
     pub media: Arc<crate::media::Cache>,
+    /// `tidecast media index` runs on this node.
+    pub indexer: Arc<crate::media::index::Indexer>,
     /// What playlist mounts need.
     pub playlist: Arc<crate::playlist::Shared>,
     /// Running playlist mounts (campaigning, or playing) by mount path.
@@ -191,6 +193,7 @@ impl Node {
             pull,
             pullers: Mutex::default(),
             media,
+            indexer: Arc::default(),
             playlist,
             playlists: Mutex::default(),
             plugins,

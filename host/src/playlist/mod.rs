@@ -1,6 +1,7 @@
 //! Playlist mounts (AutoDJ): files of the media library, decoded and encoded in real time
 //! through the transcoders' pipeline (`transcode::Output`: filters, encoder, hub), with titles
-//! from the files' tags and their ReplayGain track gain applied.
+//! from the files' tags, and each file brought to the mount's loudness target (from the
+//! loudness `tidecast media index` measured, else the ReplayGain tags).
 //!
 //! With `--crossfade`, each file's last seconds fade out under the next file's first
 //! (`crossfade.rs`).
@@ -266,7 +267,14 @@ impl Player {
         };
         let tags = decoder.tags();
         let title = tags.display().unwrap_or_else(|| file_title(key));
-        let gain = tags.track_gain_db.map_or(1.0, |db| 10f32.powf(db / 20.0));
+        let measured = self
+            .rt
+            .block_on(self.shared.transcode.coordinator.media_infos(key))
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, info)| info.lufs);
+        let gain_db = gain_db(self.config.loudness_lufs, measured, tags.track_gain_db);
+        let gain = 10f32.powf(gain_db as f32 / 20.0);
         if air.is_none() {
             match Output::open(
                 &self.shared.transcode,
@@ -390,6 +398,22 @@ impl Player {
     }
 }
 
+/// ReplayGain's reference loudness, LUFS (ReplayGain 2.0).
+const REPLAYGAIN_REFERENCE_LUFS: f64 = -18.0;
+
+/// The gain a file gets, in dB: to the mount's loudness target from the index's measured
+/// loudness, else from the file's ReplayGain track gain (relative to its reference); without a
+/// target, the ReplayGain gain as it is. At most ±24 dB.
+fn gain_db(target: Option<i8>, measured: Option<f64>, replaygain: Option<f32>) -> f64 {
+    let db = match (target.map(f64::from), measured, replaygain.map(f64::from)) {
+        (Some(t), Some(m), _) => t - m,
+        (Some(t), None, Some(rg)) => rg + (t - REPLAYGAIN_REFERENCE_LUFS),
+        (None, _, Some(rg)) => rg,
+        _ => 0.0,
+    };
+    db.clamp(-24.0, 24.0)
+}
+
 /// A title for a file without tags: its name without folder and extension.
 fn file_title(key: &str) -> String {
     let name = key.rsplit('/').next().unwrap_or(key);
@@ -441,6 +465,15 @@ mod tests {
         assert_eq!(parse_playlist(m3u, "rock"), ["rock/a.mp3", "other/b.ogg"]);
         let pls = "[playlist]\nNumberOfEntries=2\nFile1=a.mp3\nTitle1=A\nFile2=sub\\b.flac\n";
         assert_eq!(parse_playlist(pls, ""), ["a.mp3", "sub/b.flac"]);
+    }
+
+    #[test]
+    fn gains() {
+        assert_eq!(gain_db(Some(-16), Some(-10.0), Some(-3.0)), -6.0);
+        assert_eq!(gain_db(Some(-16), None, Some(-3.0)), -1.0);
+        assert_eq!(gain_db(None, Some(-30.0), Some(-3.0)), -3.0);
+        assert_eq!(gain_db(Some(-16), None, None), 0.0);
+        assert_eq!(gain_db(Some(-5), Some(-70.0), None), 24.0);
     }
 
     #[test]

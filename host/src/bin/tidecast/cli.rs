@@ -128,6 +128,10 @@ pub enum MediaCommand {
     },
     /// Remove a file from the library.
     Rm { key: String },
+    /// Read every audio file (under FOLDER) whole for its tags, duration and EBU R128
+    /// loudness, and keep them in the store (playlists' --loudness-target uses them). Runs on
+    /// the node; this follows its progress.
+    Index { folder: Option<String> },
     /// Download a file through the node's cache (from a peer node or the bucket if the node
     /// does not hold it).
     Get {
@@ -155,8 +159,23 @@ pub fn media(conn: &Connection, command: MediaCommand) -> anyhow::Result<()> {
             if !conn.json {
                 let files = v["files"].as_array().cloned().unwrap_or_default();
                 for f in &files {
+                    let info = &f["info"];
+                    let indexed = if info.is_null() {
+                        String::new()
+                    } else {
+                        let secs = info["duration_secs"].as_f64().unwrap_or(0.0) as u64;
+                        let lufs = info["lufs"]
+                            .as_f64()
+                            .map_or("?".to_owned(), |l| format!("{l:.1}"));
+                        let title = match (info["artist"].as_str(), info["title"].as_str()) {
+                            (Some(a), Some(t)) => format!("{a} - {t}"),
+                            (None, Some(t)) => t.to_owned(),
+                            _ => String::new(),
+                        };
+                        format!("  {}:{:02}  {lufs} LUFS  {title}", secs / 60, secs % 60)
+                    };
                     println!(
-                        "{:>12}  {}  {}",
+                        "{:>12}  {}  {}{indexed}",
                         f["size"],
                         f["modified"].as_str().unwrap_or("").get(..19).unwrap_or(""),
                         f["key"].as_str().unwrap_or("")
@@ -220,6 +239,54 @@ pub fn media(conn: &Connection, command: MediaCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             v
+        }
+        MediaCommand::Index { folder } => {
+            let prefix = folder.unwrap_or_default();
+            api.call(
+                "POST",
+                "/api/v1/media-index",
+                Some(json!({ "prefix": prefix })),
+            )?;
+            let bar = indicatif::ProgressBar::new(0);
+            if conn.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} files  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let done = loop {
+                let p = api.call("GET", "/api/v1/media-index", None)?;
+                bar.set_length(p["total"].as_u64().unwrap_or(0));
+                bar.set_position(p["done"].as_u64().unwrap_or(0));
+                bar.set_message(p["current"].as_str().unwrap_or("").to_owned());
+                if p["running"] != true {
+                    break p;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            bar.finish_and_clear();
+            if let Some(e) = done["error"].as_str() {
+                bail!("the index stopped: {e}");
+            }
+            if !conn.json {
+                let failed = done["failed"].as_array().cloned().unwrap_or_default();
+                println!(
+                    "Indexed {} of {} files{}",
+                    done["done"].as_u64().unwrap_or(0) - failed.len() as u64,
+                    done["total"],
+                    if failed.is_empty() {
+                        ""
+                    } else {
+                        "; these could not be read:"
+                    }
+                );
+                for f in failed {
+                    println!("  {}", f.as_str().unwrap_or(""));
+                }
+                return Ok(());
+            }
+            done
         }
         MediaCommand::Rm { key } => {
             let v = api.call("DELETE", &format!("/api/v1/media/{}", escaped(&key)), None)?;
