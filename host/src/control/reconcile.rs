@@ -125,23 +125,15 @@ fn sync_playlists(state: &Arc<Node>) {
         wanted,
         |h| &h.config,
         |path, config| {
-            let settings = match config.settings() {
-                Ok(s) => s,
-                Err(problems) => {
-                    warn!(mount = %path, problems = %problems.join("; "), "playlist mount not started");
-                    return None;
-                }
-            };
-            let rt = tokio::runtime::Handle::current();
-            crate::playlist::spawn(
-                state.playlist.clone(),
-                path.to_owned(),
-                config,
-                settings,
-                rt,
-            )
-            .map_err(|e| warn!(mount = %path, error = %e, "cannot start a playlist thread"))
-            .ok()
+            start_encoder(path, "playlist", config.settings(), |settings, rt| {
+                crate::playlist::spawn(
+                    state.playlist.clone(),
+                    path.to_owned(),
+                    config,
+                    settings,
+                    rt,
+                )
+            })
         },
     );
 }
@@ -179,25 +171,37 @@ fn sync_transcoders(state: &Arc<Node>) {
         wanted,
         |h| &h.config,
         |path, config| {
-            let settings = match config.settings() {
-                Ok(s) => s,
-                Err(problems) => {
-                    warn!(mount = %path, problems = %problems.join("; "), "transcoded mount not started");
-                    return None;
-                }
-            };
-            let rt = tokio::runtime::Handle::current();
-            crate::transcode::spawn(
-                state.transcode.clone(),
-                path.to_owned(),
-                config,
-                settings,
-                rt,
-            )
-            .map_err(|e| warn!(mount = %path, error = %e, "cannot start a transcoder thread"))
-            .ok()
+            start_encoder(path, "transcoded", config.settings(), |settings, rt| {
+                crate::transcode::spawn(
+                    state.transcode.clone(),
+                    path.to_owned(),
+                    config,
+                    settings,
+                    rt,
+                )
+            })
         },
     );
+}
+
+/// Starts the codec thread of a `kind` mount (transcoded, playlist) whose output `settings`
+/// are, with `spawn`; `None` once it said why it could not.
+fn start_encoder<H>(
+    path: &str,
+    kind: &str,
+    settings: Result<tidecast_codecs::EncoderSettings, Vec<String>>,
+    spawn: impl FnOnce(tidecast_codecs::EncoderSettings, tokio::runtime::Handle) -> std::io::Result<H>,
+) -> Option<H> {
+    let settings = match settings {
+        Ok(s) => s,
+        Err(problems) => {
+            warn!(mount = %path, problems = %problems.join("; "), "{kind} mount not started");
+            return None;
+        }
+    };
+    spawn(settings, tokio::runtime::Handle::current())
+        .map_err(|e| warn!(mount = %path, error = %e, "cannot start the {kind} mount's thread"))
+        .ok()
 }
 
 /// Makes `running` (handles by mount path, each stopping its work when dropped) exactly

@@ -90,18 +90,9 @@ pub fn spawn(
         rt,
         stop: stop.clone(),
     };
-    std::thread::Builder::new()
-        .name(format!("playlist {path}"))
-        .spawn(move || {
-            while !player.stopped() {
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| player.run()));
-                if run.is_ok() {
-                    break;
-                }
-                tracing::error!(mount = %player.path, "playlist panicked; restarting in 1 s");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })?;
+    crate::transcode::spawn_codec_thread(format!("playlist {path}"), stop.clone(), move || {
+        player.run()
+    })?;
     Ok(PlaylistHandle { config, stop })
 }
 

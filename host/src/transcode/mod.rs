@@ -75,20 +75,30 @@ pub fn spawn(
         rt,
         stop: stop.clone(),
     };
+    spawn_codec_thread(format!("transcode {path}"), stop.clone(), move || ctx.run())?;
+    Ok(TranscoderHandle { config, stop })
+}
+
+/// Runs `run` on a thread of its own named `name` until it returns or `stop` is set. A bug in
+/// a codec must not leave the mount dead: a panic is logged and `run` starts over after 1 s.
+pub(crate) fn spawn_codec_thread(
+    name: String,
+    stop: Arc<AtomicBool>,
+    run: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
-        .name(format!("transcode {path}"))
+        .name(name.clone())
         .spawn(move || {
-            // A bug in a codec must not leave the mount dead: log it and start over.
-            while !ctx.stopped() {
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.run()));
-                if run.is_ok() {
+            while !stop.load(Ordering::SeqCst) {
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&run));
+                if done.is_ok() {
                     break;
                 }
-                tracing::error!(mount = %ctx.path, "transcoder panicked; restarting in 1 s");
+                tracing::error!(thread = %name, "panicked; restarting in 1 s");
                 std::thread::sleep(Duration::from_secs(1));
             }
         })?;
-    Ok(TranscoderHandle { config, stop })
+    Ok(())
 }
 
 /// Becomes the origin of `path` (retrying while an old producer lets go), or `None` once
