@@ -513,6 +513,24 @@ fn a_crossfade_mixes_each_file_into_the_next() {
         !ok && err.contains("crossfade must be at most 15 seconds"),
         "{err}"
     );
+
+    // Weighted rotation over several sources (the shares are checked in the unit tests).
+    create_playlist(
+        &node,
+        "/rotation.mp3",
+        "tones/1.mp3=3,tones/2.mp3=1",
+        &["--order", "weighted"],
+    );
+    assert_eq!(
+        node.mount_json("/rotation.mp3")["playlist"]["order"],
+        "weighted"
+    );
+    node.wait_live("/rotation.mp3", Duration::from_secs(10));
+    let (ok, _, err) = node.cli(&["mount", "edit", "/rotation.mp3", "--playlist", "tones/=0"]);
+    assert!(
+        !ok && err.contains("a weight is a whole number from 1 to 1000"),
+        "{err}"
+    );
 }
 
 /// `tidecast media index` measures each file's loudness (EBU R128) and reads its tags; a

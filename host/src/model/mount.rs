@@ -181,6 +181,9 @@ pub enum PlaylistOrder {
     Sequential,
     /// A new random order for every pass, each file once per pass.
     Shuffle,
+    /// Each next file from a source chosen by the sources' weights (`hits/=3,gold/=1`), each
+    /// source's files in a shuffled cycle.
+    Weighted,
 }
 
 impl TryFrom<String> for PlaylistOrder {
@@ -189,7 +192,10 @@ impl TryFrom<String> for PlaylistOrder {
         match s.to_ascii_lowercase().as_str() {
             "sequential" => Ok(PlaylistOrder::Sequential),
             "shuffle" => Ok(PlaylistOrder::Shuffle),
-            _ => Err(format!("order must be sequential or shuffle, got {s:?}")),
+            "weighted" => Ok(PlaylistOrder::Weighted),
+            _ => Err(format!(
+                "order must be sequential, shuffle or weighted, got {s:?}"
+            )),
         }
     }
 }
@@ -200,7 +206,8 @@ impl TryFrom<String> for PlaylistOrder {
 #[serde(deny_unknown_fields)]
 pub struct PlaylistConfig {
     /// What is played: a folder of the library (`rock/`; `/` for all of it), a playlist
-    /// file in it (`.m3u`, `.m3u8` or `.pls`), or one media file, looped.
+    /// file in it (`.m3u`, `.m3u8` or `.pls`), or one media file, looped; or several of
+    /// these, comma-separated, each with an optional `=WEIGHT` for the weighted order.
     pub input: String,
     #[serde(default, skip_serializing_if = "is_sequential")]
     pub order: PlaylistOrder,
@@ -222,6 +229,9 @@ pub struct PlaylistConfig {
     pub loudness_lufs: Option<i8>,
 }
 
+/// Most sources (folders, playlist files, files) of one playlist mount.
+pub const MAX_PLAYLIST_SOURCES: usize = 16;
+
 /// Longest crossfade between two files of a playlist.
 pub const MAX_CROSSFADE_MS: u32 = 15_000;
 
@@ -241,10 +251,24 @@ impl PlaylistConfig {
         .settings()
     }
 
-    /// Whether the input names a playlist file rather than a folder.
-    pub fn is_file(&self) -> bool {
-        let lower = self.input.to_ascii_lowercase();
+    /// Whether `source` names a playlist file rather than a folder or a media file.
+    pub fn is_list(source: &str) -> bool {
+        let lower = source.to_ascii_lowercase();
         [".m3u", ".m3u8", ".pls"].iter().any(|e| lower.ends_with(e))
+    }
+
+    /// The sources of the input, each with its weight (1 unless given; a weight that does not
+    /// parse is 0, which [`PlaylistConfig::problems`] names).
+    pub fn sources(&self) -> Vec<(String, u32)> {
+        self.input
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.rsplit_once('=') {
+                Some((source, w)) => (source.to_owned(), w.trim().parse().unwrap_or(0)),
+                None => (s.to_owned(), 1),
+            })
+            .collect()
     }
 
     /// Every problem with the input and the crossfade (the encoder's are in
@@ -257,10 +281,24 @@ impl PlaylistConfig {
                 MAX_CROSSFADE_MS / 1000
             ));
         }
-        let folder = self.input.trim_matches('/');
-        if !folder.is_empty() || self.is_file() {
-            if let Err(e) = crate::media::validate_key(folder) {
-                problems.push(format!("playlist input: {e}"));
+        let sources = self.sources();
+        if sources.is_empty() || sources.len() > MAX_PLAYLIST_SOURCES {
+            problems.push(format!(
+                "a playlist has 1 to {MAX_PLAYLIST_SOURCES} sources (comma-separated), got {}",
+                sources.len()
+            ));
+        }
+        for (source, weight) in &sources {
+            let key = source.trim_matches('/');
+            if !key.is_empty() {
+                if let Err(e) = crate::media::validate_key(key) {
+                    problems.push(format!("playlist input: {e}"));
+                }
+            }
+            if !(1..=1000).contains(weight) {
+                problems.push(format!(
+                    "playlist source {source:?}: a weight is a whole number from 1 to 1000"
+                ));
             }
         }
         problems

@@ -100,7 +100,8 @@ pub struct MountSettings {
     #[arg(long, value_name = "FOLDER/ | FILE.m3u", help_heading = "Playlist")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub playlist: Option<String>,
-    /// Order of a playlist mount: sequential or shuffle [default: sequential].
+    /// Order of a playlist mount: sequential, shuffle, or weighted (sources picked by their
+    /// `=WEIGHT`, e.g. --playlist "hits/=3,gold/=1") [default: sequential].
     #[arg(long, help_heading = "Playlist")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,

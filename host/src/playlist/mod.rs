@@ -181,12 +181,21 @@ impl Player {
         info!(mount = %self.path, "playlist stopped");
     }
 
-    /// The files of the input, in the playlist file's order or by key.
-    async fn resolve(&self) -> Result<Vec<String>, MediaError> {
+    /// The files of each source of the input (in the playlist file's order, or by key),
+    /// with the source's weight.
+    async fn resolve(&self) -> Result<Vec<(Vec<String>, u32)>, MediaError> {
+        let mut all = Vec::new();
+        for (source, weight) in self.config.sources() {
+            all.push((self.resolve_source(&source).await?, weight));
+        }
+        Ok(all)
+    }
+
+    async fn resolve_source(&self, source: &str) -> Result<Vec<String>, MediaError> {
         let media = &self.shared.media;
         let library = media.library.as_ref().ok_or(MediaError::NoLibrary)?;
-        if self.config.is_file() {
-            let key = self.config.input.trim_start_matches('/');
+        let key = source.trim_matches('/');
+        if crate::model::PlaylistConfig::is_list(key) {
             let path = media.fetch(key).await?;
             let size = tokio::fs::metadata(&path).await?.len();
             if size > MAX_PLAYLIST_BYTES {
@@ -201,11 +210,10 @@ impl Player {
             return Ok(parse_playlist(&text, folder));
         }
         // One media file: played in a loop.
-        let input = self.config.input.trim_matches('/');
-        if is_audio(input) && !input.is_empty() {
-            return Ok(vec![input.to_owned()]);
+        if is_audio(key) {
+            return Ok(vec![key.to_owned()]);
         }
-        let (entries, _) = library.list(&self.config.input).await?;
+        let (entries, _) = library.list(key).await?;
         Ok(entries
             .into_iter()
             .map(|e| e.key)
@@ -213,11 +221,8 @@ impl Player {
             .collect())
     }
 
-    fn order(&self, mut keys: Vec<String>, seed: u64) -> Vec<String> {
-        if self.config.order == PlaylistOrder::Shuffle {
-            keys.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        }
-        keys
+    fn order(&self, sources: Vec<(Vec<String>, u32)>, seed: u64) -> Vec<String> {
+        pass_order(self.config.order, sources, seed)
     }
 
     /// Keeps listeners fed with silence for `wait` (if on the air), after what the crossfade
@@ -389,6 +394,46 @@ impl Player {
     }
 }
 
+/// One pass of a playlist, the same for the same `seed` (so the node that takes over finds the
+/// saved file at its place): sequential, the sources one after the other; shuffle, all their
+/// files in a random order; weighted, as many picks as there are files, each from a source
+/// chosen by weight, taking that source's files in a shuffled cycle.
+fn pass_order(order: PlaylistOrder, sources: Vec<(Vec<String>, u32)>, seed: u64) -> Vec<String> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let sources: Vec<(Vec<String>, u32)> =
+        sources.into_iter().filter(|(k, _)| !k.is_empty()).collect();
+    match order {
+        PlaylistOrder::Sequential => sources.into_iter().flat_map(|(k, _)| k).collect(),
+        PlaylistOrder::Shuffle => {
+            let mut all: Vec<String> = sources.into_iter().flat_map(|(k, _)| k).collect();
+            all.shuffle(&mut rng);
+            all
+        }
+        PlaylistOrder::Weighted => {
+            let total: usize = sources.iter().map(|(k, _)| k.len()).sum();
+            let Ok(pick) = rand::distributions::WeightedIndex::new(sources.iter().map(|(_, w)| *w))
+            else {
+                return Vec::new();
+            };
+            let mut cycles: Vec<(Vec<String>, usize)> = sources
+                .into_iter()
+                .map(|(mut k, _)| {
+                    k.shuffle(&mut rng);
+                    (k, 0)
+                })
+                .collect();
+            let mut out = Vec::with_capacity(total);
+            for _ in 0..total {
+                let (keys, next) =
+                    &mut cycles[rand::distributions::Distribution::sample(&pick, &mut rng)];
+                out.push(keys[*next % keys.len()].clone());
+                *next += 1;
+            }
+            out
+        }
+    }
+}
+
 /// ReplayGain's reference loudness, LUFS (ReplayGain 2.0).
 const REPLAYGAIN_REFERENCE_LUFS: f64 = -18.0;
 
@@ -456,6 +501,40 @@ mod tests {
         assert_eq!(parse_playlist(m3u, "rock"), ["rock/a.mp3", "other/b.ogg"]);
         let pls = "[playlist]\nNumberOfEntries=2\nFile1=a.mp3\nTitle1=A\nFile2=sub\\b.flac\n";
         assert_eq!(parse_playlist(pls, ""), ["a.mp3", "sub/b.flac"]);
+    }
+
+    #[test]
+    fn orders() {
+        let sources = || {
+            vec![
+                (
+                    (0..10).map(|i| format!("hits/{i}.mp3")).collect::<Vec<_>>(),
+                    3,
+                ),
+                (
+                    (0..10).map(|i| format!("gold/{i}.mp3")).collect::<Vec<_>>(),
+                    1,
+                ),
+            ]
+        };
+        let seq = pass_order(PlaylistOrder::Sequential, sources(), 1);
+        assert_eq!(seq[0], "hits/0.mp3");
+        assert_eq!(seq[10], "gold/0.mp3");
+        let shuffled = pass_order(PlaylistOrder::Shuffle, sources(), 1);
+        assert_eq!(shuffled.len(), 20);
+        assert_eq!(shuffled, pass_order(PlaylistOrder::Shuffle, sources(), 1));
+        assert_ne!(shuffled, seq);
+        // Weighted 3:1 over many passes: about three hits per oldie.
+        let mut hits = 0;
+        for seed in 0..50 {
+            let pass = pass_order(PlaylistOrder::Weighted, sources(), seed);
+            assert_eq!(pass.len(), 20);
+            assert_eq!(pass, pass_order(PlaylistOrder::Weighted, sources(), seed));
+            hits += pass.iter().filter(|k| k.starts_with("hits/")).count();
+        }
+        let share = hits as f64 / 1000.0;
+        assert!((0.70..0.80).contains(&share), "share of hits: {share}");
+        assert!(pass_order(PlaylistOrder::Weighted, vec![(vec![], 1)], 1).is_empty());
     }
 
     #[test]
