@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Playlist mounts (AutoDJ) against liquidsoap, the way AzuraCast runs a station: K stations each
 # playing the same folder of MP3 files in real time and encoding MP3 128 kbit/s.
-#  - tidecast: one node with the folder as its media library and K playlist mounts;
+#  - tidecast: one node with the folder as its media library and K playlist mounts, twice: the
+#    files passed through as they are (they match the mounts), then decoded and encoded;
 #  - liquidsoap 2.1: K processes, each `playlist(folder)` → `output.file(%ffmpeg mp3 128k)` to
 #    /dev/null on its real-time clock.
 # Each side runs alone, settles for 20 s, then its CPU (user+sys from /proc) is read over 30 s
@@ -34,24 +35,33 @@ cpu_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/pro
 rss_of() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
-echo "== tidecast: $k playlist mounts" >&2
-port=$(free_port)
-TIDECAST_LOG=warn "$tc" serve --listen "127.0.0.1:$port" --data-dir data --admin-password bench \
-  --media-library "$work/library" >/dev/null 2>node.log &
-node=$!; pids+=($node)
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-sleep 1
-rss_idle=$(rss_of $node)
-for i in $(seq "$k"); do
-  TIDECAST_ADMIN_PASSWORD=bench "$tc" mount create "/station$i.mp3" --playlist music/ --codec mp3 --bitrate 128 \
-    --server "http://127.0.0.1:$port" >/dev/null
-done
-sleep "$settle"
-c0=$(cpu_of $node); sleep "$window"; c1=$(cpu_of $node)
-rss=$(rss_of $node)
-live=$(curl -s "http://127.0.0.1:$port/status-json.xsl" | python3 -c 'import json,sys; s=json.load(sys.stdin)["icestats"].get("source",[]); s=s if isinstance(s,list) else [s]; print(len(s))')
-kill -9 $node
-echo "tidecast $c0 $c1 $rss $rss_idle $live" > tidecast.txt
+# label, extra mount flags: one node with K playlist mounts, measured; writes tidecast-LABEL.txt
+tidecast_run() {
+  local label=$1; shift
+  echo "== tidecast ($label): $k playlist mounts" >&2
+  local port node rss_idle c0 c1 rss live
+  port=$(free_port)
+  TIDECAST_LOG=warn "$tc" serve --listen "127.0.0.1:$port" --data-dir "data-$label" --admin-password bench \
+    --media-library "$work/library" >/dev/null 2>"node-$label.log" &
+  node=$!; pids+=($node)
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  sleep 1
+  rss_idle=$(rss_of $node)
+  for i in $(seq "$k"); do
+    TIDECAST_ADMIN_PASSWORD=bench "$tc" mount create "/station$i.mp3" --playlist music/ --codec mp3 --bitrate 128 \
+      "$@" --server "http://127.0.0.1:$port" >/dev/null
+  done
+  sleep "$settle"
+  c0=$(cpu_of $node); sleep "$window"; c1=$(cpu_of $node)
+  rss=$(rss_of $node)
+  live=$(curl -s "http://127.0.0.1:$port/status-json.xsl" | python3 -c 'import json,sys; s=json.load(sys.stdin)["icestats"].get("source",[]); s=s if isinstance(s,list) else [s]; print(len(s))')
+  kill -9 $node
+  echo "tidecast $c0 $c1 $rss $rss_idle $live" > "tidecast-$label.txt"
+}
+# The files are MP3 128k at 44.1 kHz stereo, as the mounts: passed through as they are. A
+# 0.1-s crossfade makes every file go through decode and encode, as liquidsoap's do.
+tidecast_run passthrough
+tidecast_run encoded --crossfade 0.1
 
 echo "== liquidsoap: $k processes" >&2
 cat > station.liq <<LIQ
@@ -72,16 +82,21 @@ echo "liquidsoap $l0 $l1 $lrss $alive" > liquidsoap.txt
 python3 - "$k" "$window" <<'PY'
 import sys
 k, w = int(sys.argv[1]), int(sys.argv[2])
-t = open("tidecast.txt").read().split()
 l = open("liquidsoap.txt").read().split()
-tc_ms = (int(t[2]) - int(t[1])) * 10 / (k * w)
-tc_rss, tc_idle, live = int(t[3]) / 1024, int(t[4]) / 1024, int(t[5])
 lq_ms = (int(l[2]) - int(l[1])) * 10 / (k * w)
 lq_rss, alive = int(l[3]) / 1024, int(l[4])
-print(f"stations: {k}; tidecast mounts on the air: {live}; liquidsoap processes alive: {alive}")
-print("| tool | CPU ms per stream-second | RSS MiB, all stations | MiB per station |")
-print("|---|---:|---:|---:|")
-print(f"| tidecast | {tc_ms:.1f} | {tc_rss:.0f} | {(tc_rss - tc_idle) / k:.1f} (node idle: {tc_idle:.0f}) |")
-print(f"| liquidsoap | {lq_ms:.1f} | {lq_rss:.0f} | {lq_rss / k:.1f} |")
-print(f"tidecast ÷ liquidsoap: CPU {tc_ms / lq_ms:.2f}, memory per station {(tc_rss - tc_idle) / lq_rss:.3f}")
+rows = []
+for label in ("passthrough", "encoded"):
+    t = open(f"tidecast-{label}.txt").read().split()
+    ms = (int(t[2]) - int(t[1])) * 10 / (k * w)
+    rss, idle, live = int(t[3]) / 1024, int(t[4]) / 1024, int(t[5])
+    rows.append((label, ms, rss, idle, live))
+print(f"stations: {k}; liquidsoap processes alive: {alive}")
+print("| tool | CPU ms per stream-second | RSS MiB, all stations | MiB per station | mounts on the air |")
+print("|---|---:|---:|---:|---:|")
+for label, ms, rss, idle, live in rows:
+    print(f"| tidecast, {label} | {ms:.1f} | {rss:.0f} | {(rss - idle) / k:.1f} (node idle: {idle:.0f}) | {live} |")
+print(f"| liquidsoap | {lq_ms:.1f} | {lq_rss:.0f} | {lq_rss / k:.1f} | {alive} |")
+for label, ms, rss, idle, live in rows:
+    print(f"tidecast {label} ÷ liquidsoap: CPU {ms / lq_ms:.3f}, memory per station {(rss - idle) / lq_rss:.3f}")
 PY

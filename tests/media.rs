@@ -234,6 +234,8 @@ fn a_playlist_mount_plays_tagged_files_from_an_s3_bucket() {
     );
     let (decoded, errors) = ffmpeg_decode(&node.url("/auto.mp3"), 4);
     assert!(decoded, "{errors}");
+    // The files are MP3 128 kbit/s at the mount's rate and channels: passed through.
+    assert!(node.log().contains("playing (passed through)"));
     let status_title = node.source_status("/auto.mp3")["title"].clone();
     assert!(
         status_title == "Band One - First Song" || status_title == "Band Two - Second Song",

@@ -3,6 +3,9 @@
 //! from the files' tags, and each file brought to the mount's loudness target (from the
 //! loudness `tidecast media index` measured, else the ReplayGain tags).
 //!
+//! A file already in the mount's format (MP3 at its rate and channels, with no gain, filter or
+//! crossfade to apply) is passed through: its frames go to the hub as they are, not decoded.
+//!
 //! With `--crossfade`, each file's last seconds fade out under the next file's first
 //! (`crossfade.rs`).
 //!
@@ -21,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tidecast_codecs::{AudioFormat, Decoder, EncoderSettings, StreamFormat};
+use tidecast_codecs::framing::MpegFrames;
+use tidecast_codecs::{AudioFormat, Codec, Decoder, EncoderSettings, StreamFormat};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::hub::StreamProps;
-use crate::media::{is_audio, Cache, MediaError};
+use crate::media::{is_audio, Cache, MediaError, MediaReader};
 use crate::model::{PlaylistConfig, PlaylistOrder};
 use crate::transcode::Output;
 
@@ -35,6 +39,8 @@ use crossfade::Crossfader;
 
 /// How far ahead of real time the encoder runs: what a joining listener gets at once.
 const LEAD: Duration = Duration::from_secs(2);
+/// How much audio the thread makes per wake-up once it is [`LEAD`] ahead.
+const STEP: Duration = Duration::from_millis(250);
 /// How often the position is saved for the node that may take over.
 const SAVE_EVERY: Duration = Duration::from_secs(3);
 /// Wait before trying again when the playlist is empty or none of its files played.
@@ -304,8 +310,14 @@ impl Player {
         }
         let t = a.out.pipeline.filter_title(&title);
         a.out.announce(t);
-        info!(mount = %self.path, %key, %title, from_secs = at.secs, "playing");
         let skip_until = at.secs;
+        if gain_db == 0.0 {
+            if let Some(frames) = self.matching_frames(key) {
+                info!(mount = %self.path, %key, %title, from_secs = at.secs, "playing (passed through)");
+                return self.pass_through(frames, a, at, skip_until);
+            }
+        }
+        info!(mount = %self.path, %key, %title, from_secs = at.secs, "playing");
         let mut secs = 0.0f64;
         let mut block = Vec::new();
         let mut played = false;
@@ -369,14 +381,77 @@ impl Player {
         if let Some(t) = a.out.pipeline.take_filter_title() {
             a.out.announce(t);
         }
-        a.produced_until = a
-            .produced_until
-            .max(Instant::now() - Duration::from_secs(5))
-            + length;
-        let ahead = a.produced_until.saturating_duration_since(Instant::now());
-        if ahead > LEAD {
-            std::thread::sleep(ahead - LEAD);
+        pace(a, length);
+    }
+
+    /// The file's MP3 frames, when they can go to listeners as they are: an MP3 mount with
+    /// no audio filters and no crossfade, and a file of MP3 (layer III) frames at the mount's
+    /// sample rate and channels whose first frame is at most the mount's bit rate (a 64 kbit/s
+    /// mount never passes 320 kbit/s on). (Its gain, checked by the caller, is none.)
+    fn matching_frames(&self, key: &str) -> Option<MpegFrames<MediaReader>> {
+        let s = &self.settings;
+        let plain = s.codec == Codec::Mp3
+            && self.config.crossfade_ms.unwrap_or(0) == 0
+            && self
+                .shared
+                .transcode
+                .coordinator
+                .mount(&self.path)
+                .is_some_and(|m| m.filters.is_empty());
+        if !plain || !key.to_ascii_lowercase().ends_with(".mp3") {
+            return None;
         }
+        let reader = self.rt.block_on(self.shared.media.open_file(key)).ok()?;
+        let mut frames = MpegFrames::new(reader, false);
+        let first = frames.next_frame()?;
+        let matches = is_layer3(first.data)
+            && first.sample_rate == s.sample_rate
+            && u16::from(first.channels) == s.channels
+            && layer3_kbps(first.data).is_some_and(|k| k <= s.bitrate_kbps);
+        if !matches {
+            return None;
+        }
+        frames.unread();
+        Some(frames)
+    }
+
+    /// Sends a file's MP3 frames to the mount's hub as they are, in real time, from
+    /// `skip_until` seconds in; whether any went out. Frames of another kind (a file that
+    /// changes its format) end it.
+    fn pass_through(
+        &self,
+        mut frames: MpegFrames<MediaReader>,
+        a: &mut OnAir,
+        at: &mut Position,
+        skip_until: f64,
+    ) -> bool {
+        let (rate, channels) = (self.settings.sample_rate, self.settings.channels);
+        let mut secs = 0.0f64;
+        let mut played = false;
+        while !self.stopped() {
+            let Some(f) = frames.next_frame() else { break };
+            if !is_layer3(f.data) || f.sample_rate != rate || u16::from(f.channels) != channels {
+                warn!(mount = %self.path, key = %at.key, "media file ends early: its frames change format");
+                break;
+            }
+            // MPEG-1 layer III frames hold 1152 samples, MPEG-2 and 2.5 ones 576.
+            let samples = if f.data[1] & 0x08 != 0 { 1152.0 } else { 576.0 };
+            let length = samples / f64::from(rate.max(1));
+            secs += length;
+            if secs <= skip_until {
+                continue;
+            }
+            a.out.encoded.extend_from_slice(f.data);
+            a.out.publish();
+            played = true;
+            at.secs = secs;
+            if a.saved_at.elapsed() >= SAVE_EVERY {
+                a.saved_at = Instant::now();
+                self.save(at);
+            }
+            pace(a, Duration::from_secs_f64(length));
+        }
+        played
     }
 
     /// Saves `at` without waiting (the store may be slow; the next save comes soon).
@@ -392,6 +467,37 @@ impl Player {
             }
         });
     }
+}
+
+/// Advances the output's audio clock by `length`; once it runs more than [`LEAD`] ahead of
+/// real time, sleeps until it is [`STEP`] less ahead: the thread wakes a few times a second,
+/// not once per block or frame.
+fn pace(a: &mut OnAir, length: Duration) {
+    a.produced_until = a
+        .produced_until
+        .max(Instant::now() - Duration::from_secs(5))
+        + length;
+    let ahead = a.produced_until.saturating_duration_since(Instant::now());
+    if ahead > LEAD {
+        std::thread::sleep(ahead - LEAD + STEP);
+    }
+}
+
+/// The bit rate of a layer III frame's header, kbit/s (`None` for the free format).
+fn layer3_kbps(frame: &[u8]) -> Option<u32> {
+    const MPEG1: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    const MPEG2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+    let version1 = frame.get(1)? & 0x08 != 0;
+    let index = usize::from(frame.get(2)? >> 4);
+    let table = if version1 { &MPEG1 } else { &MPEG2 };
+    table.get(index).copied().filter(|k| *k > 0)
+}
+
+/// Whether an MPEG audio frame (from `MpegFrames`) is layer III.
+fn is_layer3(frame: &[u8]) -> bool {
+    frame.get(1).is_some_and(|b| (b >> 1) & 3 == 1)
 }
 
 /// One pass of a playlist, the same for the same `seed` (so the node that takes over finds the
@@ -535,6 +641,18 @@ mod tests {
         let share = hits as f64 / 1000.0;
         assert!((0.70..0.80).contains(&share), "share of hits: {share}");
         assert!(pass_order(PlaylistOrder::Weighted, vec![(vec![], 1)], 1).is_empty());
+    }
+
+    #[test]
+    fn frame_headers() {
+        // MPEG-1 layer III, 128 kbit/s, 44.1 kHz.
+        let f = [0xFF, 0xFB, 0x90, 0x64];
+        assert!(is_layer3(&f));
+        assert_eq!(layer3_kbps(&f), Some(128));
+        // MPEG-2 layer III, 64 kbit/s.
+        assert_eq!(layer3_kbps(&[0xFF, 0xF3, 0x80, 0x64]), Some(64));
+        assert_eq!(layer3_kbps(&[0xFF, 0xFB, 0x00, 0x64]), None, "free format");
+        assert!(!is_layer3(&[0xFF, 0xFD, 0x90, 0x64]), "layer II");
     }
 
     #[test]
