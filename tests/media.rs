@@ -186,11 +186,20 @@ fn create_playlist(node: &Node, path: &str, input: &str, extra: &[&str]) {
 fn a_playlist_mount_plays_tagged_files_from_an_s3_bucket() {
     let s3 = S3::start();
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start_env(
+    // The credentials in a file this time (the cluster test gives them in the environment).
+    let credentials: String = s3.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let credentials = temp_file(dir.path(), "s3.env", &credentials);
+    let node = Node::start_in(
         tempfile::tempdir().unwrap(),
         dir.path().join("data"),
-        &["--media-library", LIBRARY, "--media-cache-mb", "16"],
-        s3.env(),
+        &[
+            "--media-library",
+            LIBRARY,
+            "--media-credentials",
+            credentials.to_str().unwrap(),
+            "--media-cache-mb",
+            "16",
+        ],
     );
     let one = tagged_mp3(dir.path(), "one.mp3", "Band One", "First Song", 440, 6);
     let two = tagged_mp3(dir.path(), "two.mp3", "Band Two", "Second Song", 660, 6);
@@ -533,6 +542,12 @@ fn a_crossfade_mixes_each_file_into_the_next() {
         !ok && err.contains("a weight is a whole number from 1 to 1000"),
         "{err}"
     );
+    // A playlist with nothing to play says so, and keeps trying (no panic).
+    create_playlist(&node, "/empty.mp3", "nothing/", &[]);
+    wait_for(Duration::from_secs(10), "the empty playlist named", || {
+        node.log().contains("the playlist has no playable files")
+    });
+    assert!(!node.log().contains("panicked"));
 }
 
 /// `tidecast media index` measures each file's loudness (EBU R128) and reads its tags; a

@@ -681,6 +681,83 @@ impl Writer {
 mod tests {
     use super::*;
 
+    /// A cache of `limit` bytes over a local library holding `files` (name, size).
+    fn cache_with(files: &[(&str, usize)], limit: u64) -> (Arc<Cache>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("lib");
+        std::fs::create_dir(&lib).unwrap();
+        for (name, size) in files {
+            std::fs::write(lib.join(name), vec![7u8; *size]).unwrap();
+        }
+        let library = Library::open(lib.to_str().unwrap(), Path::new("")).unwrap();
+        let coordinator = Arc::new(
+            crate::cluster::coordinator::Embedded::open(&dir.path().join("data")).unwrap(),
+        );
+        let cache = Cache::open(
+            dir.path().join("cache"),
+            limit,
+            Some(library),
+            Peers::new(String::new(), crate::http::client::Client::default()),
+            coordinator,
+        )
+        .unwrap();
+        (Arc::new(cache), dir)
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_files_make_room_and_a_too_large_one_is_refused() {
+        let (cache, dir) = cache_with(&[("a", 400), ("b", 400), ("c", 400), ("big", 2000)], 1000);
+        cache.fetch("a").await.unwrap();
+        cache.fetch("b").await.unwrap();
+        // "a" used again: "b" is now the least recently used.
+        cache.fetch("a").await.unwrap();
+        cache.fetch("c").await.unwrap();
+        assert!(cache.held("a").is_some());
+        assert!(cache.held("b").is_none(), "evicted");
+        assert!(cache.held("c").is_some());
+        assert_eq!(cache.stats.evictions.get(), 1);
+        assert_eq!(cache.stats.hits.get(), 1);
+        assert_eq!(cache.stats.misses.get(), 3);
+        assert!(matches!(
+            cache.fetch("big").await,
+            Err(MediaError::Failed(_, why)) if why.contains("more than the whole media cache")
+        ));
+        // What is kept survives a restart; nothing half-written does.
+        std::fs::write(dir.path().join("cache/stray.part"), b"x").unwrap();
+        drop(cache);
+        let again = Cache::open(
+            dir.path().join("cache"),
+            1000,
+            None,
+            Peers::new(String::new(), crate::http::client::Client::default()),
+            Arc::new(
+                crate::cluster::coordinator::Embedded::open(&dir.path().join("data2")).unwrap(),
+            ),
+        )
+        .unwrap();
+        assert!(again.held("a").is_some() && again.held("c").is_some());
+        assert!(!dir.path().join("cache/stray.part").exists());
+    }
+
+    #[tokio::test]
+    async fn readers_of_one_file_share_its_download_and_read_it_whole() {
+        let (cache, _dir) = cache_with(&[("song", 300_000)], 1 << 20);
+        let (r1, r2) = tokio::join!(cache.open_file("song"), cache.open_file("song"));
+        let (mut r1, mut r2) = (r1.unwrap(), r2.unwrap());
+        assert_eq!(cache.stats.misses.get(), 1, "one download");
+        assert_eq!(cache.stats.joined.get(), 1, "the second reader joined it");
+        let read_all = |r: &mut MediaReader| {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            v
+        };
+        let (a, b) = tokio::task::spawn_blocking(move || (read_all(&mut r1), read_all(&mut r2)))
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 300_000);
+        assert_eq!(a, b);
+    }
+
     #[test]
     fn etags() {
         assert_eq!(

@@ -142,20 +142,19 @@ impl Player {
         info!(mount = %self.path, input = %self.config.input, key = %at.key, secs = at.secs, "playlist started");
         let mut air: Option<OnAir> = None;
         while !self.stopped() {
-            let keys = match self.rt.block_on(self.resolve()) {
-                Ok(k) if !k.is_empty() => k,
-                Ok(_) => {
-                    warn!(mount = %self.path, input = %self.config.input, "the playlist has no playable files; trying again in 5 s");
-                    self.idle(&mut air, RETRY);
-                    continue;
-                }
+            let order = match self.rt.block_on(self.resolve()) {
+                Ok(sources) => self.order(sources, at.seed),
                 Err(e) => {
                     warn!(mount = %self.path, input = %self.config.input, error = %e, "cannot read the playlist; trying again in 5 s");
                     self.idle(&mut air, RETRY);
                     continue;
                 }
             };
-            let order = self.order(keys, at.seed);
+            if order.is_empty() {
+                warn!(mount = %self.path, input = %self.config.input, "the playlist has no playable files; trying again in 5 s");
+                self.idle(&mut air, RETRY);
+                continue;
+            }
             // Carry on at the saved file if it is still there, else at its place.
             let start = order
                 .iter()
