@@ -617,3 +617,57 @@ fn an_indexed_library_plays_at_one_loudness() {
     eprintln!("played at {l:.1} dB and {q:.1} dB");
     assert!((l - q).abs() < 2.0, "one level: {l} dB and {q} dB");
 }
+
+/// In a cluster on a real etcd: a live mount's listener on node b, its source on node a, and
+/// its fallback a playlist mount produced on node c. When the source leaves, the listener hears
+/// the playlist (relayed from c); when the source returns to a, it comes back, on one
+/// connection.
+#[test]
+fn in_a_cluster_listeners_fall_back_across_nodes_and_come_back() {
+    let library = tempfile::tempdir().unwrap();
+    tagged_mp3(library.path(), "loop.mp3", "Fallback", "Loop", 330, 8);
+    let etcd = Etcd::start();
+    let lib = library.path().to_str().unwrap();
+    let start =
+        |n: &str| Node::cluster_node(&etcd.client_url, n, &["--media-library", lib], Vec::new());
+    // c first, so the playlist is produced there.
+    let c = start("c");
+    create_playlist(&c, "/auto.mp3", "loop.mp3", &[]);
+    assert_eq!(
+        wait_for_origin(&c, "/auto.mp3", "", Duration::from_secs(15)),
+        "c"
+    );
+    let (a, b) = (start("a"), start("b"));
+    a.create_mount("/live.mp3", "hackme", &["--fallback", "/auto.mp3"]);
+    let start_source = || {
+        let source = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+        wait_for(Duration::from_secs(10), "the source on a", || {
+            !a.source_status("/live.mp3").is_null()
+        });
+        let (code, _, _) = admin_get(
+            &a,
+            "/admin/metadata?mount=/live.mp3&mode=updinfo&song=Live+Show",
+        );
+        assert_eq!(code, 200);
+        source
+    };
+    let source = start_source();
+    let titles = std::thread::spawn({
+        let addr = b.addr;
+        move || titles_at(addr, "/_stream/live.mp3", 26)
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    drop(source);
+    std::thread::sleep(Duration::from_secs(8));
+    let _source = start_source();
+    let titles = titles.join().unwrap();
+    let show = titles.iter().position(|t| t == "Live Show");
+    let back = show.and_then(|s| {
+        let f = s + titles[s..].iter().position(|t| t == "Fallback - Loop")?;
+        titles[f..].iter().position(|t| t == "Live Show")
+    });
+    assert!(
+        back.is_some(),
+        "show, fallback, show again on b: {titles:?}"
+    );
+}

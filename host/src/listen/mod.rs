@@ -48,6 +48,36 @@ fn resolve(state: &Listen, mount: &str) -> Option<Arc<Hub>> {
     )
 }
 
+/// [`resolve`] across a cluster (the async twin of `hub::follow_fallbacks`): each mount of
+/// the chain is taken from this node, or relayed from the node that produces it (waiting a few
+/// seconds at most), before its fallback is tried.
+async fn resolve_anywhere(state: &Listen, mount: &str) -> Option<Arc<Hub>> {
+    let mut path = mount.to_owned();
+    let mut silenced = None;
+    for _ in 0..4 {
+        let hub = match state.hubs.hub(&path) {
+            Some(h) => Some(h),
+            None => state.relays.hub_from_origin(&path).await,
+        };
+        match hub {
+            Some(h) if h.is_silenced() => {
+                silenced.get_or_insert(h);
+            }
+            Some(h) => return Some(h),
+            None => {}
+        }
+        match state.coordinator.mount(&path).and_then(|m| m.fallback) {
+            Some(next) => path = next,
+            None => break,
+        }
+    }
+    silenced
+}
+
+/// How often a listener parked on a fallback asks whether its mount is back on another node of
+/// the cluster (on this node, the producer-started event tells it at once).
+const OVERRIDE_CHECK: Duration = Duration::from_secs(2);
+
 /// Whether a listener routed to another node is proxied there rather than redirected: the query
 /// flag `proxy` (`?proxy=1`), or a user agent containing one of `agents` (comma-separated,
 /// case-insensitive), for players that do not follow redirects. Returns the query to pass on
@@ -259,10 +289,7 @@ async fn listen(
         state.demand.wake(&state.hubs, &wanted).await;
     }
     // In a cluster, a mount another node originates is relayed from there on demand.
-    let local = match resolve(state, &wanted) {
-        Some(h) => Some(h),
-        None => state.relays.hub_from_origin(&wanted).await,
-    };
+    let local = resolve_anywhere(state, &wanted).await;
     let Some(mut hub) = local else {
         state.metrics.error(ErrorKind::NotFound);
         let msg = if config.is_some() {
@@ -633,6 +660,7 @@ impl Conn {
         }
         let mut rx = hub.watch();
         let mut started_rx = self.state.hubs.producer_started();
+        let mut override_check = tokio::time::Instant::now() + OVERRIDE_CHECK;
         loop {
             if self.time_limit.is_some_and(|t| Instant::now() >= t) {
                 return "listening time limit reached";
@@ -670,7 +698,7 @@ impl Conn {
             }
             if hub.is_ended() && hub.head() <= cursor {
                 // Everything the source sent is delivered: follow the fallback or leave.
-                match resolve(&self.state, &wanted) {
+                match resolve_anywhere(&self.state, &wanted).await {
                     Some(h) => {
                         cursor = self.switch(hub, h, &mut queue);
                         rx = hub.watch();
@@ -726,6 +754,19 @@ impl Conn {
                         }
                         if hub.mount == wanted {
                             break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(override_check), if hub.mount != wanted => {
+                        // Override across the cluster: the wanted mount is produced elsewhere
+                        // again.
+                        override_check = tokio::time::Instant::now() + OVERRIDE_CHECK;
+                        if self.state.coordinator.origin_url(&wanted).is_some() {
+                            let back = self.state.relays.hub_from_origin(&wanted).await;
+                            if let Some(h) = back.filter(|h| !h.is_silenced()) {
+                                cursor = self.switch(hub, h, &mut queue);
+                                rx = hub.watch();
+                                break;
+                            }
                         }
                     }
                     () = tokio::time::sleep_until(next_write), if !paced => paced = true,
