@@ -431,13 +431,8 @@ fn silence_and_a_lost_source_fall_back_to_a_looped_file_and_sound_brings_listene
     let transcoded = titles_at(node.addr, "/live-64.mp3", 16);
     let live = live.join().unwrap();
     for (mount, titles) in [("/live.mp3", &live), ("/live-64.mp3", &transcoded)] {
-        let show = titles.iter().position(|t| t == "Live Show");
-        let back = show.and_then(|s| {
-            let f = s + titles[s..].iter().position(|t| t == "Fallback - Loop")?;
-            titles[f..].iter().position(|t| t == "Live Show")
-        });
         assert!(
-            back.is_some(),
+            show_fallback_show(titles),
             "{mount}: show, fallback, show again: {titles:?}"
         );
     }
@@ -453,6 +448,16 @@ fn silence_and_a_lost_source_fall_back_to_a_looped_file_and_sound_brings_listene
     });
     let titles = titles_at(node.addr, "/live.mp3", 4);
     assert_eq!(titles, ["Fallback - Loop"]);
+}
+
+/// Whether `titles` has "Live Show", later "Fallback - Loop", and later "Live Show" again.
+fn show_fallback_show(titles: &[String]) -> bool {
+    let show = titles.iter().position(|t| t == "Live Show");
+    let back = show.and_then(|s| {
+        let f = s + titles[s..].iter().position(|t| t == "Fallback - Loop")?;
+        titles[f..].iter().position(|t| t == "Live Show")
+    });
+    back.is_some()
 }
 
 /// Titles announced on `mount` of the node at `addr` over `secs` seconds, in order, each
@@ -661,13 +666,8 @@ fn in_a_cluster_listeners_fall_back_across_nodes_and_come_back() {
     std::thread::sleep(Duration::from_secs(8));
     let _source = start_source();
     let titles = titles.join().unwrap();
-    let show = titles.iter().position(|t| t == "Live Show");
-    let back = show.and_then(|s| {
-        let f = s + titles[s..].iter().position(|t| t == "Fallback - Loop")?;
-        titles[f..].iter().position(|t| t == "Live Show")
-    });
     assert!(
-        back.is_some(),
+        show_fallback_show(&titles),
         "show, fallback, show again on b: {titles:?}"
     );
 }
