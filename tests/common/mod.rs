@@ -1236,6 +1236,30 @@ pub fn wait_for_listener(node: &Node, mount: &str) -> CountingReader {
     }
 }
 
+/// After the node producing `mount` (named `origin`) was killed: waits until `node` names
+/// another origin (printing how long the move took) and until `listener`, a listener elsewhere,
+/// hears three more seconds of audio; returns the new origin.
+pub fn origin_moved_and_heard(
+    node: &Node,
+    mount: &str,
+    origin: &str,
+    listener: &CountingReader,
+) -> String {
+    let killed = Instant::now();
+    let next = wait_for_origin(node, mount, origin, Duration::from_secs(30));
+    eprintln!(
+        "{mount} moved from {origin} to {next} in {:?}",
+        killed.elapsed()
+    );
+    let moved = listener.bytes();
+    wait_for(
+        Duration::from_secs(20),
+        "audio again at the listener",
+        || listener.bytes() > moved + 3 * 16_000,
+    );
+    next
+}
+
 /// Waits up to `timeout` until `node` names an origin of `mount` other than `not` (`""`: any),
 /// and returns it: the node elected to produce it.
 pub fn wait_for_origin(node: &Node, mount: &str, not: &str, timeout: Duration) -> String {
