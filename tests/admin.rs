@@ -1,5 +1,5 @@
-//! Operator workflows with the real binary: the `tidecast mount` commands, credentials, and
-//! configuration that survives `kill -9`.
+//! Operator workflows with the real binary: the `tidecast mount` commands, credentials,
+//! configuration that survives `kill -9`, and stopping (the drain on SIGTERM, the probes).
 
 #![allow(clippy::unwrap_used)]
 
@@ -247,18 +247,234 @@ fn sigterm_stops_the_node_cleanly() {
     node.create_mount("/t.mp3", "term-pw", &[]);
     let _src = ffmpeg_mp3_source(&node, "term-pw", "/t.mp3", &[]);
     node.wait_live("/t.mp3", Duration::from_secs(15));
-    let proc = node.proc.as_mut().unwrap();
-    let pid = proc.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
+    signal(&node, "-TERM");
+    let status = node
+        .proc
+        .as_mut()
         .unwrap()
-        .success());
-    let status = proc
         .wait_timeout(Duration::from_secs(5))
         .expect("node still running 5 s after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
     assert!(node.log().contains("node stopped"), "{}", node.log());
+}
+
+#[test]
+fn configuration_as_code_applies_once_round_trips_and_names_every_problem() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    // Secrets from a file (relative to the TOML file) and from the environment.
+    std::fs::write(dir.path().join("live.pw"), "from-a-file\n").unwrap();
+    let env = [
+        ("OTHER_PW", "from-the-env"),
+        ("OTHER_KEY", "a-token-key-of-20-chars"),
+    ];
+    std::fs::write(
+        conf.join("10-stations.toml"),
+        "[[stations]]\nname = \"radio1\"\nrouting = \"listeners_score,best\"\n",
+    )
+    .unwrap();
+    let mounts = r#"
+[[mounts]]
+path = "/live.mp3"
+source_password_file = "../live.pw"
+station = "radio1"
+max_listeners = 40
+
+[[mounts]]
+path = "/live-64.opus"
+from = "/live.mp3"
+codec = "opus"
+bitrate = 64
+
+[[mounts]]
+path = "/other.mp3"
+source_password_env = "OTHER_PW"
+token_key_env = "OTHER_KEY"
+"#;
+    std::fs::write(conf.join("20-mounts.toml"), mounts).unwrap();
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "-f", conf.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        node.cli_env(&args, &env)
+    };
+
+    // A dry run prints the plan and changes nothing.
+    let (ok, out, err) = apply(&["--dry-run"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("+ mount /live-64.opus") && out.contains("+ station radio1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Plan: 4 to create, 0 to change, 0 to remove"),
+        "{out}"
+    );
+    assert!(!node.cli(&["export"]).1.contains("/live.mp3"));
+    // Applied, all at once; applied again, nothing changes.
+    let (ok, out, err) = apply(&[]);
+    assert!(
+        ok && out.contains("Applied in one transaction: 4 created"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = apply(&[]);
+    assert!(ok && out.contains("No changes"), "{out}{err}");
+    // The password came from the file: a real source client gets in with it.
+    let _src = ffmpeg_mp3_source(&node, "from-a-file", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(15));
+
+    // export → apply → export gives the same bytes, with no secret in them.
+    let first = dir.path().join("first.toml");
+    let (ok, _, err) = node.cli(&["export", "-o", first.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let exported = std::fs::read_to_string(&first).unwrap();
+    for secret in ["from-a-file", "from-the-env", "a-token-key-of-20-chars"] {
+        assert!(!exported.contains(secret), "{secret} in {exported}");
+    }
+    assert!(
+        exported.contains("source_password_hash = \"$argon2id$"),
+        "{exported}"
+    );
+    assert!(exported.contains("token_key_sha256 = "), "{exported}");
+    let (ok, out, err) = node.cli(&["apply", "-f", first.to_str().unwrap()]);
+    assert!(ok && out.contains("No changes"), "{out}{err}");
+    let (ok, second, err) = node.cli(&["export"]);
+    assert!(ok, "{err}");
+    assert_eq!(exported, second, "export, apply, export changed the text");
+
+    // A mount no longer declared stays, unless --prune.
+    std::fs::write(
+        conf.join("20-mounts.toml"),
+        mounts
+            .split("[[mounts]]\npath = \"/other.mp3\"")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let (ok, out, err) = apply(&[]);
+    assert!(
+        ok && out.contains("mount /other.mp3 is not declared and stays"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = apply(&["--prune"]);
+    assert!(ok && out.contains("- mount /other.mp3"), "{out}{err}");
+    assert!(!node.cli(&["export"]).1.contains("/other.mp3"));
+
+    // Every problem is named at once, and nothing changes.
+    std::fs::write(
+        conf.join("30-bad.toml"),
+        "[[mounts]]\npath = \"/bad.opus\"\nfrom = \"/nope.mp3\"\ncodec = \"flac\"\nbitrate = 64\n\n[[mounts]]\npath = \"/nopw.mp3\"\nmax_listeners = 3\n",
+    )
+    .unwrap();
+    let before = node.cli(&["export"]).1;
+    let (ok, out, err) = apply(&[]);
+    assert!(!ok, "{out}");
+    for problem in [
+        "codec must be mp3 or opus",
+        "source mount /nope.mp3 does not exist",
+        "a source mount needs source_password_hash",
+        "nothing was changed; 3 problem(s)",
+    ] {
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
+    assert_eq!(before, node.cli(&["export"]).1);
+}
+
+fn signal(node: &Node, sig: &str) {
+    let pid = node.proc.as_ref().unwrap().child.id().to_string();
+    assert!(Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn probe(node: &Node, path: &str) -> (u16, String) {
+    let (code, _, body) = http_get(node.addr, path, &[]);
+    (code, String::from_utf8_lossy(&body).trim().to_owned())
+}
+
+#[test]
+fn sigterm_drains_the_connected_listeners_then_stops() {
+    let mut node = Node::start(&["--drain-secs", "4", "--write-interval-ms", "100"]);
+    node.create_mount("/t.mp3", "term-pw", &[]);
+    node.create_mount("/u.mp3", "term-pw", &[]);
+    let _src = ffmpeg_mp3_source(&node, "term-pw", "/t.mp3", &[]);
+    node.wait_live("/t.mp3", Duration::from_secs(15));
+    assert_eq!(probe(&node, "/readyz"), (200, "ready".to_owned()));
+    let listener = wait_for_listener(&node, "/t.mp3");
+    wait_for(Duration::from_secs(10), "audio at the listener", || {
+        listener.bytes() > 16_000
+    });
+
+    signal(&node, "-TERM");
+    let asked = std::time::Instant::now();
+    wait_for(Duration::from_secs(2), "readyz to say draining", || {
+        probe(&node, "/readyz") == (503, "not ready: draining".to_owned())
+    });
+    // Alive all along: only readiness changes.
+    assert_eq!(probe(&node, "/healthz"), (200, "ok".to_owned()));
+    // Nobody new: a listener and a source each get 503.
+    let (code, head) = response_head(&node, "/t.mp3", &[]);
+    assert_eq!(code, 503, "{head}");
+    assert!(head.contains("Retry-After"), "{head}");
+    let mut late = ffmpeg_mp3_source(&node, "term-pw", "/u.mp3", &[]);
+    assert!(!late
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .success());
+    assert!(
+        node.log().contains("source refused: this node is draining"),
+        "{}",
+        node.log()
+    );
+    // The connected listener keeps its stream until --drain-secs, then the node stops.
+    let before = listener.bytes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        listener.bytes() > before + 16_000,
+        "the listener stopped getting audio while draining"
+    );
+    let status = node
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_timeout(Duration::from_secs(8))
+        .expect("node still running 8 s after SIGTERM with --drain-secs 4");
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "stopped after {took:?}, before its drain time"
+    );
+    assert!(node.log().contains("drained; stopping"), "{}", node.log());
+    assert!(
+        !listener.finish(),
+        "the listener was still connected after the node stopped"
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_without_finishing_the_drain() {
+    let mut node = Node::start(&["--drain-secs", "300"]);
+    node.create_mount("/t.mp3", "term-pw", &[]);
+    let _src = ffmpeg_mp3_source(&node, "term-pw", "/t.mp3", &[]);
+    node.wait_live("/t.mp3", Duration::from_secs(15));
+    let _listener = wait_for_listener(&node, "/t.mp3");
+    signal(&node, "-TERM");
+    wait_for(Duration::from_secs(2), "the drain", || {
+        probe(&node, "/readyz").0 == 503
+    });
+    signal(&node, "-TERM");
+    let status = node
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_timeout(Duration::from_secs(3))
+        .expect("node still running 3 s after a second SIGTERM");
+    assert!(!status.success(), "exit status {status:?}");
+    assert!(node.log().contains("second signal"), "{}", node.log());
 }
 
 /// A small tmpfs, unmounted on drop.

@@ -257,6 +257,190 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
 }
 
 #[test]
+fn draining_a_node_hands_its_transcoder_over_with_a_gap_under_a_second() {
+    let etcd = Etcd::start();
+    // Listeners are written to every 100 ms, so a pause in what a listener receives is the
+    // hand-over's own, not the write cadence's.
+    let flags = ["--write-interval-ms", "100", "--drain-secs", "20"];
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Node::start_clustered_with(&etcd, n, &flags))
+        .collect();
+    nodes[0].create_mount("/live.mp3", "hackme", &[]);
+    nodes[0].create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
+    let transcoder = wait_for_origin(&nodes[0], "/live-64.opus", "", Duration::from_secs(10));
+    let t = ["a", "b", "c"]
+        .iter()
+        .position(|n| *n == transcoder)
+        .unwrap();
+    let (s, l) = match t {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    // The source on S, a listener on L: L relays the transcoded mount from T.
+    let _src = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
+    nodes[s].wait_live("/live.mp3", Duration::from_secs(10));
+    let listener = wait_for_listener(&nodes[l], "/_stream/live-64.opus");
+    wait_for(Duration::from_secs(15), "audio at the listener", || {
+        listener.bytes() > 3 * 8000
+    });
+    let (code, _, body) = http_get(nodes[t].addr, "/readyz", &[]);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    // An operator drains T through another node (the request is passed on to T).
+    let asked = Instant::now();
+    let (ok, out, err) = nodes[l].cli(&["drain", &transcoder, "--no-wait"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("is draining"), "{out}");
+    let (code, _, body) = http_get(nodes[t].addr, "/readyz", &[]);
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).trim().to_owned()),
+        (503, "not ready: draining".to_owned())
+    );
+    let moved = wait_for_origin(
+        &nodes[l],
+        "/live-64.opus",
+        &transcoder,
+        Duration::from_secs(10),
+    );
+    wait_for(Duration::from_secs(20), "T to say it handed over", || {
+        nodes[t].log().contains("handed over")
+    });
+    let handed = nodes[t]
+        .log()
+        .lines()
+        .find(|l| l.contains("handed over"))
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        handed.contains("/live-64.opus") && !handed.contains("did not answer"),
+        "{handed}"
+    );
+    // Routing sends T nobody new: from S, listeners go to S or L only.
+    wait_for(Duration::from_secs(5), "T's draining report", || {
+        nodes[s].cli(&["status"]).1.contains("(draining)")
+    });
+    for _ in 0..8 {
+        let (code, head) = response_head(&nodes[s], "/live-64.opus", &[]);
+        if code == 302 {
+            assert!(
+                !location(&head).contains(&nodes[t].addr.to_string()),
+                "{head}"
+            );
+        } else {
+            assert_eq!(code, 200, "{head}");
+        }
+    }
+    // The listener on L stays connected, and what it receives never pauses a second.
+    std::thread::sleep(Duration::from_secs(4));
+    let pause = listener.longest_pause(asked, Instant::now());
+    eprintln!(
+        "drain of {transcoder}: /live-64.opus moved to {moved}; longest pause at the listener {pause:?} ({handed})"
+    );
+    assert!(
+        pause < Duration::from_secs(1),
+        "the listener heard nothing for {pause:?}"
+    );
+    let before = listener.bytes();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        listener.bytes() > before + 8000,
+        "audio did not keep flowing"
+    );
+    // T had no listener of its own left: it stops by itself, cleanly, well before its 20 s.
+    let status = nodes[t]
+        .proc
+        .as_mut()
+        .unwrap()
+        .wait_timeout(Duration::from_secs(15))
+        .expect("T still running 15 s after its drain began");
+    assert!(status.success(), "{status:?}: {}", nodes[t].log());
+    assert!(listener.finish(), "the listener was disconnected");
+}
+
+#[test]
+fn a_configuration_applied_through_one_node_is_what_every_node_exports() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("radio.toml");
+    let mut doc = String::from("[[stations]]\nname = \"radio1\"\n");
+    for i in 0..20 {
+        doc.push_str(&format!(
+            "\n[[mounts]]\npath = \"/m{i}.mp3\"\nsource_password_env = \"PW\"\nstation = \"radio1\"\n"
+        ));
+    }
+    std::fs::write(&file, doc).unwrap();
+    let (ok, out, err) = a.cli_env(
+        &["apply", "-f", file.to_str().unwrap()],
+        &[("PW", "radio-pw")],
+    );
+    assert!(ok && out.contains("21 created"), "{out}{err}");
+    // Through etcd, in one transaction: B has all of it, and exports the same bytes.
+    let (_, from_a, _) = a.cli(&["export"]);
+    wait_for(Duration::from_secs(10), "B to export what A does", || {
+        b.cli(&["export"]).1 == from_a
+    });
+    // Applied again through B: nothing to change.
+    let (ok, out, err) = b.cli_env(
+        &["apply", "-f", file.to_str().unwrap()],
+        &[("PW", "radio-pw")],
+    );
+    assert!(ok && out.contains("No changes"), "{out}{err}");
+    let _src = ffmpeg_mp3_source(&b, "radio-pw", "/m7.mp3", &[]);
+    b.wait_live("/m7.mp3", Duration::from_secs(15));
+}
+
+#[test]
+fn a_node_started_into_a_running_cluster_takes_routed_listeners_within_seconds() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered(&etcd, "b");
+    a.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    // A and B carry listeners, so a new node is the emptiest and routing prefers it.
+    let _held: Vec<CountingReader> = [&a, &b]
+        .iter()
+        .flat_map(|n| (0..3).map(|_| wait_for_listener(n, "/_stream/live.mp3")))
+        .collect();
+    // (A also counts B's relay of the mount among its listeners.)
+    wait_for(
+        Duration::from_secs(15),
+        "both nodes' reports of their listeners",
+        || {
+            let (_, out, _) = a.cli(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            v["nodes"].as_array().is_some_and(|n| {
+                n.len() == 2 && n.iter().all(|n| n["listeners"].as_u64() >= Some(3))
+            })
+        },
+    );
+
+    // A spike: node C is started (process start to listening, joining etcd included).
+    let started = Instant::now();
+    let c = Node::start_clustered(&etcd, "c");
+    let listening = started.elapsed();
+    let mut taken = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        let (code, head) = response_head(&a, "/live.mp3", &[]);
+        if code == 302 && location(&head) == c.url("/_stream/live.mp3") {
+            // ...and C serves the listener it was sent.
+            let (code, head) = response_head(&c, "/_stream/live.mp3", &[]);
+            assert_eq!(code, 200, "{head}");
+            taken = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let taken = taken.expect("routing on A never sent a listener to C");
+    eprintln!("join: C listening {listening:?} after its start, took a routed listener {taken:?} after its start");
+    assert!(taken < Duration::from_secs(15), "{taken:?}");
+}
+
+#[test]
 fn listeners_are_redirected_as_the_policy_says_and_a_full_node_gets_none() {
     let etcd = Etcd::start();
     let a = Node::start_clustered(&etcd, "a");

@@ -128,6 +128,10 @@ serve_settings! {
     max_clients_per_address: usize = 500; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
+    /// On SIGTERM or `tidecast drain`, how long the node keeps its connected listeners and
+    /// sources (after handing its transcoders, playlists and relay mounts to other nodes)
+    /// before it stops; 0 stops at once.
+    drain_secs: u64 = 30; [value_name = "SECONDS"]
     /// A client must send its whole request head within this time.
     header_timeout_secs: u64 = 10; [value_name = "SECONDS"]
     /// HLS segment length (1 to 30 s; 6 is the spec's suggestion, 2 a low-latency profile).
@@ -167,6 +171,11 @@ serve_settings! {
     /// Native listener routing chain of mounts that set none: filters, scorers, then one of
     /// best, weighted, random (see `tidecast mount edit --routing`).
     routing: String = crate::model::NativePolicy::default().to_string(); [value_name = "STEP,..."]
+    /// Serve every listener on the node it reached, instead of redirecting it to the node routing
+    /// picks: for nodes behind a load balancer that spreads listeners itself (a Kubernetes
+    /// Service) and whose advertised URLs listeners cannot reach. Mounts are still relayed from
+    /// their origins, and a draining node still turns new listeners away.
+    local_listeners: bool = false; [value_name = "BOOL", num_args = 0..=1, default_missing_value = "true"]
     /// Most outgoing bandwidth of this node in kbit/s (0: no limit); routing sends no listeners
     /// to a node at its limit.
     max_bandwidth_kbps: u32 = 0; [value_name = "KBPS"]
@@ -234,6 +243,12 @@ impl ServeConfig {
         }
         if !(1..=3600).contains(&self.source_timeout_secs) {
             problems.push("source_timeout_secs must be between 1 and 3600".to_owned());
+        }
+        if self.drain_secs > 3600 {
+            problems.push(format!(
+                "drain_secs must be at most 3600, got {}",
+                self.drain_secs
+            ));
         }
         if !(1..=600).contains(&self.header_timeout_secs) {
             problems.push("header_timeout_secs must be between 1 and 600".to_owned());

@@ -26,7 +26,7 @@
 //! - [`tls`]: certificates (SNI, reload), the handshake, and the plain-or-TLS [`tls::Stream`]
 //!   every stage reads and writes;
 //! - [`clients`]: real client addresses behind proxies (PROXY protocol, `Forwarded`);
-//! - [`access`], [`auth`], [`limits`], [`metrics`], [`config`], [`sync`]: support.
+//! - [`access`], [`auth`], [`limits`], [`lifecycle`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
 //! imports [`node`] or [`control`].
@@ -41,6 +41,7 @@ pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod lifecycle;
 pub mod limits;
 pub mod listen;
 pub mod media;

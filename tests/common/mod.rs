@@ -166,11 +166,17 @@ impl Node {
 
     /// Runs `tidecast ARGS --server URL --admin-password …`; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_env(args, &[])
+    }
+
+    /// [`Node::cli`] with more environment for the command.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         let out = Command::new(bin())
             .args(args)
             .arg("--server")
             .arg(self.url(""))
             .env("TIDECAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         (
@@ -467,6 +473,8 @@ pub fn ffmpeg_mp3_source(node: &Node, password: &str, mount: &str, extra: &[&str
 /// ends when told to, when the connection ends, or after two minutes.
 pub struct CountingReader {
     count: Arc<AtomicUsize>,
+    /// When each read brought data.
+    arrivals: Arc<std::sync::Mutex<Vec<Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<bool>>,
 }
@@ -476,7 +484,8 @@ impl CountingReader {
     pub fn spawn(mut s: TcpStream, already: usize) -> CountingReader {
         let count = Arc::new(AtomicUsize::new(already));
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, st) = (count.clone(), stop.clone());
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, st, at) = (count.clone(), stop.clone(), arrivals.clone());
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let thread = std::thread::spawn(move || {
@@ -487,6 +496,7 @@ impl CountingReader {
                     Ok(0) => return false,
                     Ok(n) => {
                         c.fetch_add(n, Ordering::Relaxed);
+                        at.lock().unwrap().push(Instant::now());
                     }
                     Err(e)
                         if matches!(
@@ -500,6 +510,7 @@ impl CountingReader {
         });
         CountingReader {
             count,
+            arrivals,
             stop,
             thread: Some(thread),
         }
@@ -507,6 +518,18 @@ impl CountingReader {
 
     pub fn bytes(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// The longest time between `from` and `to` in which nothing arrived.
+    pub fn longest_pause(&self, from: Instant, to: Instant) -> Duration {
+        let arrivals = self.arrivals.lock().unwrap();
+        let mut last = from;
+        let mut longest = Duration::ZERO;
+        for &t in arrivals.iter().filter(|&&t| t > from && t <= to) {
+            longest = longest.max(t - last);
+            last = t;
+        }
+        longest.max(to - last)
     }
 
     /// Stops reading; true when the server had kept the connection open until then.

@@ -43,6 +43,9 @@ pub struct NodeReport {
     /// Listeners per mount.
     #[serde(default)]
     pub mounts: BTreeMap<String, u32>,
+    /// The node is draining: routing sends it no listeners.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
     /// Increases with every report, so routing can tell a fresh report from an old one.
     pub seq: u64,
 }
@@ -85,6 +88,75 @@ impl OriginClaim {
         OriginClaim { _release: release }
     }
 }
+
+/// Where a producer (transcoder, playlist, relay mount's puller) keeps its [`OriginClaim`], so
+/// a draining node can give the mount up while its producer still runs: the next node is
+/// elected and starts before this one stops (a hand-over, `node/drain.rs`).
+#[derive(Default)]
+pub struct ClaimSlot(Mutex<Option<OriginClaim>>);
+
+impl ClaimSlot {
+    /// Keeps `claim` until [`ClaimSlot::release`] or the returned guard is dropped (the
+    /// producer ended).
+    pub fn hold(&self, claim: OriginClaim) -> Holding<'_> {
+        self.0.with(|c| *c = Some(claim));
+        Holding(self)
+    }
+
+    /// Gives the mount up now; false when nothing was held (the producer was still
+    /// campaigning, or ended).
+    pub fn release(&self) -> bool {
+        let claim = self.0.with(Option::take);
+        claim.is_some()
+    }
+
+    /// Whether the claim is still held.
+    pub fn held(&self) -> bool {
+        self.0.with(|c| c.is_some())
+    }
+}
+
+/// A producer's hold on its [`ClaimSlot`]: the claim goes when this does.
+pub struct Holding<'a>(&'a ClaimSlot);
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// One entry of a configuration transaction ([`Coordinator::transact`]): what it held when the
+/// change was planned (`base`, `None`: nothing) and what it holds after (`new`, `None`: removed).
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "at most MAX_CHANGES of them, built once per apply"
+)]
+pub enum Change {
+    Mount {
+        path: String,
+        base: Option<MountConfig>,
+        new: Option<MountConfig>,
+    },
+    Station {
+        name: String,
+        base: Option<StationConfig>,
+        new: Option<StationConfig>,
+    },
+}
+
+impl Change {
+    /// The entry, as a conflict names it.
+    pub fn what(&self) -> String {
+        match self {
+            Change::Mount { path, .. } => format!("mount {path}"),
+            Change::Station { name, .. } => format!("station {name}"),
+        }
+    }
+}
+
+/// Most changes in one transaction (etcd takes 128 operations in one by default).
+pub const MAX_CHANGES: usize = 128;
 
 #[async_trait]
 pub trait Coordinator: Send + Sync {
@@ -132,6 +204,9 @@ pub trait Coordinator: Send + Sync {
     ) -> Result<(), CoordError>;
     /// Removes a station; false when it did not exist.
     async fn delete_station(&self, name: &str) -> Result<bool, CoordError>;
+    /// Makes every change at once, or none: each entry must still hold its change's `base`,
+    /// else [`CoordError::Conflict`] names the first that does not (at most [`MAX_CHANGES`]).
+    async fn transact(&self, changes: Vec<Change>) -> Result<(), CoordError>;
     fn plugins(&self) -> Vec<PluginRecord>;
     fn plugin(&self, name: &str) -> Option<PluginRecord>;
     /// Stores `wasm` under its hash, then adds `version` to plugin `name` (creating it).
@@ -468,6 +543,43 @@ impl Coordinator for Embedded {
         })
         .await?;
         Ok(existed)
+    }
+
+    async fn transact(&self, changes: Vec<Change>) -> Result<(), CoordError> {
+        self.update(|s| {
+            for c in &changes {
+                let unchanged = match c {
+                    Change::Mount { path, base, .. } => s.mounts.get(path) == base.as_ref(),
+                    Change::Station { name, base, .. } => s.stations.get(name) == base.as_ref(),
+                };
+                if !unchanged {
+                    return Err(CoordError::Conflict(c.what()));
+                }
+            }
+            for c in &changes {
+                match c.clone() {
+                    Change::Mount { path, new, .. } => match new {
+                        Some(m) => drop(s.mounts.insert(path, m)),
+                        None => drop(s.mounts.remove(&path)),
+                    },
+                    Change::Station { name, new, .. } => match new {
+                        Some(st) => drop(s.stations.insert(name, st)),
+                        None => drop(s.stations.remove(&name)),
+                    },
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        for c in changes {
+            if let Change::Mount { path, new, .. } = c {
+                let _ = self.events.send(match new {
+                    Some(_) => ConfigEvent::MountChanged(path),
+                    None => ConfigEvent::MountDeleted(path),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn plugins(&self) -> Vec<PluginRecord> {

@@ -29,7 +29,9 @@ use etcd_client::{
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::{ConfigEvent, CoordError, Coordinator, NodeReport, OriginClaim};
+use crate::cluster::coordinator::{
+    Change, ConfigEvent, CoordError, Coordinator, NodeReport, OriginClaim,
+};
 use crate::model::{
     AdminCredential, MediaInfo, MountConfig, PluginRecord, PluginVersion, StationConfig,
     MAX_MEDIA_INFOS,
@@ -931,6 +933,64 @@ impl Coordinator for Etcd {
             !c.stations.contains_key(name)
         })
         .await
+    }
+
+    async fn transact(&self, changes: Vec<Change>) -> Result<(), CoordError> {
+        // One etcd transaction: each key compared with the revision the cache holds for the
+        // change's base (or absent), then every put and delete.
+        let mut compares = Vec::with_capacity(changes.len());
+        let mut ops = Vec::with_capacity(changes.len());
+        {
+            let c = self.cache.locked();
+            for change in &changes {
+                let (rel, unchanged, value) = match change {
+                    Change::Mount { path, base, new } => (
+                        format!("mounts{path}"),
+                        c.mounts.get(path) == base.as_ref(),
+                        new.as_ref().map(serde_json::to_vec),
+                    ),
+                    Change::Station { name, base, new } => (
+                        format!("stations/{name}"),
+                        c.stations.get(name) == base.as_ref(),
+                        new.as_ref().map(serde_json::to_vec),
+                    ),
+                };
+                if !unchanged {
+                    return Err(CoordError::Conflict(change.what()));
+                }
+                let key = format!("{}{rel}", self.prefix);
+                compares.push(match c.revisions.get(&rel) {
+                    Some(&rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                    None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                });
+                ops.push(match value {
+                    Some(bytes) => {
+                        TxnOp::put(key, bytes.map_err(|e| unavailable("encode", e))?, None)
+                    }
+                    None => TxnOp::delete(key, None),
+                });
+            }
+        }
+        let done = self
+            .client
+            .clone()
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await
+            .map_err(|e| unavailable("write", e))?
+            .succeeded();
+        if !done {
+            return Err(CoordError::Conflict(
+                "the configuration (another change landed meanwhile)".to_owned(),
+            ));
+        }
+        self.settle(|c| {
+            changes.iter().all(|change| match change {
+                Change::Mount { path, new, .. } => c.mounts.get(path) == new.as_ref(),
+                Change::Station { name, new, .. } => c.stations.get(name) == new.as_ref(),
+            })
+        })
+        .await;
+        Ok(())
     }
 
     fn plugins(&self) -> Vec<PluginRecord> {

@@ -17,6 +17,9 @@ pub struct Load {
     /// Where this node is reached, for a single node's own report.
     url: String,
     latest: Mutex<NodeReport>,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Wakes the reporter before its second is up (a drain is published at once).
+    now: tokio::sync::Notify,
 }
 
 impl Load {
@@ -24,8 +27,11 @@ impl Load {
         coordinator: Arc<dyn Coordinator>,
         hubs: Arc<Registry>,
         config: &ServeConfig,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
     ) -> Load {
         Load {
+            lifecycle,
+            now: tokio::sync::Notify::new(),
             coordinator,
             hubs,
             max_listeners: config.max_listeners,
@@ -80,6 +86,7 @@ impl Load {
                 cpu_percent: cpu.round() as u32,
                 mounts,
                 seq,
+                draining: self.lifecycle.draining(),
                 ..Default::default()
             };
             {
@@ -89,8 +96,16 @@ impl Load {
             if !self.coordinator.node_name().is_empty() {
                 self.coordinator.report(report).await;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                () = self.now.notified() => {}
+            }
         }
+    }
+
+    /// Measures and publishes the next report now, not at the end of the current second.
+    pub fn report_now(&self) {
+        self.now.notify_one();
     }
 }
 

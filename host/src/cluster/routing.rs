@@ -35,6 +35,10 @@ pub struct Router {
     /// The chain of mounts and stations that set none (`--routing`).
     pub default_chain: NativePolicy,
     sent: Mutex<HashMap<String, (u64, u32)>>,
+    /// Once this node drains, it routes every listener elsewhere.
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Every listener is served here (`--local-listeners`: a load balancer spread them).
+    local: bool,
     /// One slot per mount, so mounts never wait for each other's policy. A slot is locked
     /// asynchronously (requests for one mount queue without holding a thread; the queue is
     /// bounded by the node's connection limits) and its policy runs on the blocking pool.
@@ -50,12 +54,16 @@ impl Router {
         hubs: Arc<Registry>,
         plugins: Arc<crate::plugin::Host>,
         default_chain: NativePolicy,
+        lifecycle: Arc<crate::lifecycle::Lifecycle>,
+        local: bool,
     ) -> Router {
         Router {
+            local,
             coordinator,
             hubs,
             plugins,
             default_chain,
+            lifecycle,
             sent: Mutex::default(),
             policies: Mutex::default(),
         }
@@ -108,8 +116,16 @@ impl Router {
         client: &str,
         user_agent: &str,
     ) -> Option<String> {
-        let reports = self.coordinator.nodes();
-        if reports.len() < 2 {
+        if self.local {
+            return None;
+        }
+        // Draining nodes take no new listeners: this one as soon as it starts (its report
+        // follows at once), others from their reports.
+        let me = self.coordinator.node_name();
+        let me_draining = self.lifecycle.draining();
+        let mut reports = self.coordinator.nodes();
+        reports.retain(|n| !(n.draining || (me_draining && n.name == me)));
+        if reports.is_empty() || (reports.len() == 1 && reports[0].name == me) {
             return None;
         }
         let origin = self.coordinator.origin_node(mount);
@@ -154,7 +170,7 @@ impl Router {
         let ranked = ranked.unwrap_or_else(|| chain.rank(&nodes, &mut rand::thread_rng()));
         let chosen = &reports[*ranked.first()?];
         self.sent_to(chosen);
-        if chosen.name == self.coordinator.node_name() {
+        if chosen.name == me {
             return None;
         }
         Some(chosen.url.trim_end_matches('/').to_owned())

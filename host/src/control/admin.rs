@@ -82,6 +82,8 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
     let media = media_upload(req).is_some();
     let limit = if media {
         crate::control::media::MAX_MEDIA_BYTES
+    } else if path == "/api/v1/apply" {
+        crate::control::apply::MAX_DOCUMENT_BYTES
     } else if upload {
         crate::plugin::MAX_PLUGIN_BYTES
     } else {
@@ -341,6 +343,13 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
             Response::json(200, &crate::control::status::cluster_json(state))
         }
         ("POST", "/api/v1/tls/reload") => tls_reload(state),
+        ("POST", "/api/v1/drain") => crate::control::drain::here(state),
+        ("GET", "/api/v1/config") => crate::control::apply::export(state),
+        ("POST", "/api/v1/apply") => crate::control::apply::apply(state, req, body).await,
+        ("POST", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/drain") => {
+            let node = &p["/api/v1/nodes/".len()..p.len() - "/drain".len()];
+            crate::control::drain::node(state, node).await
+        }
         ("GET", "/api/v1/media") => crate::control::media::list(state, req).await,
         (method, "/api/v1/media-index") => crate::control::media::index(state, method, body),
         (method, p) if p.starts_with("/api/v1/media/") => {
@@ -546,7 +555,7 @@ fn typed<T: TryFrom<String, Error = String>>(
 /// Applies the transcode fields of `r` to `m` (creating its transcode section when `create`),
 /// collecting every problem, including the source mount's.
 fn apply_transcode(
-    state: &Node,
+    known: &Known<'_>,
     m: &mut MountConfig,
     r: &mut MountSettings,
     create: bool,
@@ -600,16 +609,16 @@ fn apply_transcode(
     if t.from == m.path {
         problems.push("a mount cannot be transcoded from itself".to_owned());
     } else if !t.from.is_empty() {
-        match state.coordinator.mount(&t.from) {
+        match (known.transcoded)(&t.from) {
             None => problems.push(format!(
                 "source mount {} does not exist; create it first",
                 t.from
             )),
-            Some(src) if src.transcode.is_some() => problems.push(format!(
+            Some(true) => problems.push(format!(
                 "{} is itself transcoded; transcode from its source instead",
                 t.from
             )),
-            Some(_) => {}
+            Some(false) => {}
         }
     }
     if r.password.is_some() || r.source_user.is_some() {
@@ -936,42 +945,88 @@ async fn check_files(m: &MountConfig) -> Vec<String> {
     problems
 }
 
-async fn create_mount(state: &Node, body: &[u8]) -> Response {
-    let mut r: MountSettings = match crate::control::json_body(body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+/// What a new mount's references are checked against: the stored configuration (`mount
+/// create`), or the configuration a `tidecast apply` declares.
+pub struct Known<'a> {
+    /// Whether a mount is there, and if so whether it is transcoded.
+    pub transcoded: &'a (dyn Fn(&str) -> Option<bool> + Sync),
+    pub station: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// The mount request `r` creates, checked as `mount create` checks it (references against
+/// `known`), with the password it gave; or every problem.
+pub(crate) async fn build_mount(
+    state: &Node,
+    mut r: MountSettings,
+    known: &Known<'_>,
+) -> Result<(MountConfig, Option<String>), Vec<String>> {
     let mut problems = Vec::new();
     let path = r.path.take().unwrap_or_default();
     if let Err(e) = validate_mount_path(&path) {
         problems.push(e);
     }
+    let mut m = MountConfig::new(path);
+    apply_relay(&mut m, &mut r, true, &mut problems);
+    apply_playlist(&mut m, &mut r, true, &mut problems);
+    apply_transcode(known, &mut m, &mut r, true, &mut problems);
+    let given = apply(&mut m, r, &mut problems);
+    problems.extend(crate::control::stations::check_membership(
+        known.station,
+        &m,
+    ));
+    problems.extend(check_files(&m).await);
+    if problems.is_empty() {
+        problems.extend(state.plugins.check_attachments(&m, None));
+    }
+    if problems.is_empty() {
+        Ok((m, given))
+    } else {
+        Err(problems)
+    }
+}
+
+/// The stored configuration, as [`Known`] references.
+type Lookups<'a> = (
+    Box<dyn Fn(&str) -> Option<bool> + Send + Sync + 'a>,
+    Box<dyn Fn(&str) -> bool + Send + Sync + 'a>,
+);
+
+fn stored(state: &Node) -> Lookups<'_> {
+    (
+        Box::new(|p: &str| state.coordinator.mount(p).map(|m| m.transcode.is_some())),
+        Box::new(|s: &str| state.coordinator.station(s).is_some()),
+    )
+}
+
+async fn create_mount(state: &Node, body: &[u8]) -> Response {
+    let r: MountSettings = match crate::control::json_body(body) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let path = r.path.clone().unwrap_or_default();
     if state.coordinator.mount(&path).is_some() {
         return Response::error(
             409,
             format!("mount {path} already exists; use `tidecast mount edit`"),
         );
     }
-    let mut m = MountConfig::new(path.clone());
-    apply_relay(&mut m, &mut r, true, &mut problems);
-    apply_playlist(&mut m, &mut r, true, &mut problems);
-    apply_transcode(state, &mut m, &mut r, true, &mut problems);
-    let given = apply(&mut m, r, &mut problems);
-    problems.extend(crate::control::stations::check_membership(state, &m));
-    problems.extend(check_files(&m).await);
-    if problems.is_empty() {
-        problems.extend(state.plugins.check_attachments(&m, None));
-    }
-    if !problems.is_empty() {
-        return Response::json(
-            400,
-            &json!({ "error": problems.join("; "), "problems": problems }),
-        );
-    }
+    let (transcoded, station) = stored(state);
+    let known = Known {
+        transcoded: &*transcoded,
+        station: &*station,
+    };
+    let (mut m, given) = match build_mount(state, r, &known).await {
+        Ok(built) => built,
+        Err(problems) => {
+            return Response::json(
+                400,
+                &json!({ "error": problems.join("; "), "problems": problems }),
+            )
+        }
+    };
     // A transcoded or relay mount has no source password: no hash at all, so nothing can
     // verify.
-    let password = (m.transcode.is_none() && m.relay.is_none() && m.playlist.is_none())
-        .then(|| given.unwrap_or_else(|| generate_password(16)));
+    let password = (m.kind() == "source").then(|| given.unwrap_or_else(|| generate_password(16)));
     if let Some(p) = &password {
         m.source_password_hash = match hash_password(p) {
             Ok(h) => h,
@@ -1004,9 +1059,17 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     let before = m.clone();
     apply_relay(&mut m, &mut r, false, &mut problems);
     apply_playlist(&mut m, &mut r, false, &mut problems);
-    apply_transcode(state, &mut m, &mut r, false, &mut problems);
+    let (transcoded, station) = stored(state);
+    let known = Known {
+        transcoded: &*transcoded,
+        station: &*station,
+    };
+    apply_transcode(&known, &mut m, &mut r, false, &mut problems);
     let new_password = apply(&mut m, r, &mut problems);
-    problems.extend(crate::control::stations::check_membership(state, &m));
+    problems.extend(crate::control::stations::check_membership(
+        known.station,
+        &m,
+    ));
     problems.extend(check_files(&m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, Some(&before)));
@@ -1055,5 +1118,45 @@ mod tests {
             "Motörhead"
         );
         assert_eq!(decode_text(b"Mot\xC3\xB6rhead", Some("UTF-8")), "Motörhead");
+    }
+
+    /// A mount written as its create request (`tidecast export`) and built from it again is the
+    /// same mount: every field of a relay and of a playlist mount survives.
+    #[test]
+    fn a_mount_survives_its_own_create_request() {
+        use super::check_mount_json;
+        use crate::model::{MountConfig, PlaylistConfig, PlaylistOrder, RelayConfig};
+        let mut relay = MountConfig::new("/jazz.mp3".to_owned());
+        relay.relay = Some(RelayConfig {
+            urls: vec![
+                "http://a.example/x".to_owned(),
+                "https://b.example/y".to_owned(),
+            ],
+            on_demand: true,
+        });
+        relay.fallback = Some("/auto.mp3".to_owned());
+        relay.allow_agents = vec!["VLC".to_owned(), "mpv".to_owned()];
+        relay.charset = Some("UTF-8".to_owned());
+        relay.icy_metaint = Some(8192);
+        relay.max_listener_secs = Some(3600);
+        relay.routing = Some("listeners_score,best".parse().expect("a routing chain"));
+        let mut list = MountConfig::new("/auto.mp3".to_owned());
+        list.playlist = Some(PlaylistConfig {
+            input: "music/=3,jingles/=1".to_owned(),
+            order: PlaylistOrder::Weighted,
+            codec: tidecast_codecs::Codec::Opus,
+            bitrate_kbps: 96,
+            sample_rate: Some(48_000),
+            channels: Some(2),
+            quality: Some(5),
+            crossfade_ms: Some(2500),
+            loudness_lufs: Some(-16),
+        });
+        list.silence_secs = Some(20);
+        list.max_listeners = Some(300);
+        for m in [relay, list] {
+            let request = serde_json::to_vec(&crate::model::MountSettings::of(&m)).expect("JSON");
+            assert_eq!(check_mount_json(&request), Ok(m));
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! The control plane, on top of the data path, served by hyper ([`serve`] takes every request
 //! that is not a source or a stream): the Icecast admin endpoints and the JSON API ([`admin`]),
 //! stations ([`stations`]), plugin uploads ([`plugins`]), status documents ([`status`]), the
-//! public pages ([`pages`]) and what each mount plays ([`nowplaying`]), and following the stored configuration ([`reconcile`]).
+//! public pages ([`pages`]) and what each mount plays ([`nowplaying`]), configuration as code
+//! ([`apply`]), asking a node to drain ([`drain`]), and following the stored configuration
+//! ([`reconcile`]).
 
 pub mod admin;
+pub mod apply;
+pub mod drain;
 pub mod media;
 pub mod nowplaying;
 pub mod pages;

@@ -1,5 +1,6 @@
-//! The public pages every node answers: the index, `status-json.xsl`, `/metrics`, playlists
-//! (`.m3u`, `.pls`, `.xspf`) of mounts, and the assets embedded in the binary (hls.js).
+//! The public pages every node answers: the index, `status-json.xsl`, `/metrics`, the probes
+//! (`/healthz`, `/readyz`), playlists (`.m3u`, `.pls`, `.xspf`) of mounts, and the assets
+//! embedded in the binary (hls.js).
 
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::node::Node;
@@ -8,7 +9,14 @@ use crate::node::Node;
 pub fn answers(path: &str) -> bool {
     matches!(
         path,
-        "/status-json.xsl" | "/status-json" | "/metrics" | "/" | "/nowplaying.json" | EVENTS
+        "/status-json.xsl"
+            | "/status-json"
+            | "/metrics"
+            | "/"
+            | "/nowplaying.json"
+            | EVENTS
+            | "/healthz"
+            | "/readyz"
     ) || playlist_of(path).is_some()
         || asset(path).is_some()
 }
@@ -50,6 +58,10 @@ pub fn page(state: &Node, req: &RequestHead) -> Response {
             state.metrics.render(),
         ),
         "/" => index(state, req),
+        // Liveness: the node answers (an etcd outage does not make it unready either: it
+        // keeps serving its listeners through one).
+        "/healthz" => Response::text(200, "ok\n"),
+        "/readyz" => readiness(state),
         "/nowplaying.json" => crate::control::nowplaying::json(state, req),
         path => match (playlist_of(path), asset(path)) {
             (Some((mount, kind)), _) => playlist(state, req, mount, kind),
@@ -60,6 +72,23 @@ pub fn page(state: &Node, req: &RequestHead) -> Response {
             (None, None) => Response::text(404, "no such page"),
         },
     }
+}
+
+/// `/readyz`: 200 once the configuration is loaded and the node has joined its cluster, 503
+/// with the reason before that and while it drains (load balancers and Kubernetes then send
+/// it nobody new).
+fn readiness(state: &Node) -> Response {
+    let me = state.coordinator.node_name();
+    let why = if state.lifecycle.draining() {
+        "draining"
+    } else if !state.lifecycle.configured() {
+        "configuration not loaded yet"
+    } else if !me.is_empty() && !state.coordinator.nodes().iter().any(|n| n.name == me) {
+        "not in the cluster yet"
+    } else {
+        return Response::text(200, "ready\n");
+    };
+    Response::text(503, format!("not ready: {why}\n"))
 }
 
 /// The mount and kind of a playlist path (`/live.mp3.m3u`).

@@ -18,9 +18,8 @@ use crate::sync::Locked;
 /// Other settings are read afresh by each new connection.
 pub async fn run(state: Arc<Node>) {
     let mut events = state.coordinator.subscribe();
-    sync_transcoders(&state);
-    sync_pullers(&state);
-    sync_playlists(&state);
+    sync_producers(&state);
+    state.lifecycle.set_configured();
     loop {
         let deleted: Vec<String> = match events.recv().await {
             Ok(ConfigEvent::MountDeleted(path)) => vec![path],
@@ -39,9 +38,7 @@ pub async fn run(state: Arc<Node>) {
                 .collect(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        sync_transcoders(&state);
-        sync_pullers(&state);
-        sync_playlists(&state);
+        sync_producers(&state);
         // Running filter chains re-resolve their plugins at their next block.
         state.plugins.runtime.changed();
         for path in deleted {
@@ -107,6 +104,16 @@ fn give_up_origins(state: &Arc<Node>) {
             );
         }
         p.clear();
+    }
+    sync_producers(state);
+}
+
+/// Runs exactly the transcoders, relay mounts' pullers and playlist mounts the configuration
+/// asks for. A draining node starts none and leaves the running ones to the drain, which hands
+/// each over to another node before it stops it.
+fn sync_producers(state: &Arc<Node>) {
+    if state.lifecycle.draining() {
+        return;
     }
     sync_transcoders(state);
     sync_pullers(state);

@@ -106,6 +106,9 @@ async fn cluster(state: &Node, req: &RequestHead) -> Response {
     if req.method != "GET" {
         return Response::text(405, "use GET").header("Allow", "GET");
     }
+    if req.path == "/_cluster/drain" {
+        return crate::control::drain::here(state);
+    }
     if let Some(rest) = req.path.strip_prefix("/_cluster/media/") {
         return match crate::control::media::key_of(rest) {
             Some(key) => crate::control::media::to_peer(&state.media, &key),

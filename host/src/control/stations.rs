@@ -14,7 +14,7 @@ use crate::node::Node;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct StationRequest {
+pub struct StationRequest {
     name: Option<String>,
     /// Policy plugin `NAME[:key=value,...]`; empty detaches it.
     policy: Option<String>,
@@ -22,10 +22,10 @@ struct StationRequest {
     routing: Option<String>,
 }
 
-/// Problems with `m`'s station: it must exist.
-pub fn check_membership(state: &Node, m: &MountConfig) -> Option<String> {
+/// Problems with `m`'s station: it must exist (`exists`).
+pub fn check_membership(exists: &dyn Fn(&str) -> bool, m: &MountConfig) -> Option<String> {
     let name = m.station.as_deref()?;
-    state.coordinator.station(name).is_none().then(|| {
+    (!exists(name)).then(|| {
         format!("station: no station named {name}; create it with `tidecast station create {name}`")
     })
 }
@@ -86,6 +86,44 @@ fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut 
     }
 }
 
+/// The station request `r` creates, or every problem with it.
+pub fn build(state: &Node, mut r: StationRequest) -> Result<StationConfig, Vec<String>> {
+    let name = r.name.take().unwrap_or_default();
+    let mut problems = Vec::new();
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !valid {
+        problems.push(format!(
+            "a station name is 1 to 64 letters, digits, '-', '_' or '.', got {name:?}"
+        ));
+    }
+    let mut s = StationConfig {
+        name,
+        policy: None,
+        routing: None,
+    };
+    apply(state, &mut s, r, &mut problems);
+    if problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The request that creates `s` as it is (`tidecast export`).
+pub fn request_of(s: &StationConfig) -> serde_json::Value {
+    let mut v = json!({ "name": s.name });
+    if let Some(p) = &s.policy {
+        v["policy"] = json!(p.to_string());
+    }
+    if let Some(r) = &s.routing {
+        v["routing"] = json!(r.to_string());
+    }
+    v
+}
+
 fn parse(body: &[u8]) -> Result<StationRequest, Response> {
     crate::control::json_body(body)
 }
@@ -98,33 +136,18 @@ fn refused(problems: &[String]) -> Response {
 }
 
 pub async fn create(state: &Node, body: &[u8]) -> Response {
-    let mut r = match parse(body) {
+    let r = match parse(body) {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let name = r.name.take().unwrap_or_default();
-    let mut problems = Vec::new();
-    let valid = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !valid {
-        problems.push(format!(
-            "a station name is 1 to 64 letters, digits, '-', '_' or '.', got {name:?}"
-        ));
-    }
+    let name = r.name.clone().unwrap_or_default();
     if state.coordinator.station(&name).is_some() {
         return Response::error(409, format!("station {name} already exists"));
     }
-    let mut s = StationConfig {
-        name: name.clone(),
-        policy: None,
-        routing: None,
+    let s = match build(state, r) {
+        Ok(s) => s,
+        Err(problems) => return refused(&problems),
     };
-    apply(state, &mut s, r, &mut problems);
-    if !problems.is_empty() {
-        return refused(&problems);
-    }
     if let Err(e) = state.coordinator.put_station(s.clone(), None).await {
         return storage_error(e);
     }

@@ -226,6 +226,7 @@ pub fn cluster_json(state: &Node) -> Value {
             "max_bandwidth_kbps": n.max_bandwidth_kbps,
             "cpu_percent": n.cpu_percent,
             "mounts": n.mounts,
+            "draining": n.draining,
         })).collect::<Vec<_>>(),
         "mounts": mounts,
     })

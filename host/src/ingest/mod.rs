@@ -43,6 +43,8 @@ pub struct Ingest {
     pub source_timeout: Duration,
     /// Where a source's line goes when it leaves (or is refused).
     pub access: Option<Arc<crate::access::AccessLog>>,
+    /// A draining node takes no new sources.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 pub async fn serve(
@@ -134,6 +136,16 @@ async fn admit_and_pump(
             return answer(&mut stream, refuse(400, why), version).await;
         }
     };
+    if state.lifecycle.draining() {
+        state.metrics.error(ErrorKind::Full);
+        info!(%peer, %mount, "source refused: this node is draining");
+        let r = refuse(
+            503,
+            "this node is shutting down; connect through another node",
+        )
+        .header("Retry-After", "5");
+        return answer(&mut stream, r, version).await;
+    }
     let claim = match state.coordinator.claim_origin(&mount).await {
         Ok(Some(c)) => c,
         Ok(None) => {

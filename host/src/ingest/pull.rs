@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::Coordinator;
+use crate::cluster::coordinator::{ClaimSlot, Coordinator};
 use crate::cluster::peer::{open_stream, Upstream, CONNECT_TIMEOUT};
 use crate::cluster::relay::{pump, Stop};
 use crate::http::client::Client;
@@ -105,6 +105,8 @@ impl Drop for Registered {
 pub struct PullerHandle {
     pub config: RelayConfig,
     task: JoinHandle<()>,
+    /// Its hold on the mount's election (a drain lets go of it first).
+    pub claim: Arc<ClaimSlot>,
 }
 
 impl Drop for PullerHandle {
@@ -115,8 +117,13 @@ impl Drop for PullerHandle {
 
 /// Starts pulling the relay mount `path`: campaigns for it, and pulls it while elected.
 pub fn spawn(shared: Arc<Shared>, path: String, config: RelayConfig) -> PullerHandle {
-    let task = tokio::spawn(run(shared, path, config.clone()));
-    PullerHandle { config, task }
+    let claim = Arc::new(ClaimSlot::default());
+    let task = tokio::spawn(run(shared, path, config.clone(), claim.clone()));
+    PullerHandle {
+        config,
+        task,
+        claim,
+    }
 }
 
 /// The hub a puller feeds; ended when dropped (the puller stopped, or its upstream stayed away
@@ -132,7 +139,7 @@ impl Drop for Held {
     }
 }
 
-async fn run(shared: Arc<Shared>, path: String, config: RelayConfig) {
+async fn run(shared: Arc<Shared>, path: String, config: RelayConfig, slot: Arc<ClaimSlot>) {
     // Become the mount's origin. While the cluster's view shows another node holding it, no
     // election is tried: that costs nothing but a look at the watched cache.
     let me = shared.coordinator.node_name();
@@ -143,7 +150,7 @@ async fn run(shared: Arc<Shared>, path: String, config: RelayConfig) {
             .is_some_and(|n| n != me);
         if !elsewhere {
             if let Ok(Some(c)) = shared.coordinator.claim_origin(&path).await {
-                break c;
+                break slot.hold(c);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -136,6 +136,8 @@ pub struct Listen {
     pub verifier: crate::auth::Verifier,
     /// Where each stream request's line goes: a listener's when it leaves, a refusal at once.
     pub access: Option<Arc<crate::access::AccessLog>>,
+    /// A draining node takes no new listeners.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     pub settings: Settings,
 }
 
@@ -260,6 +262,12 @@ async fn listen(
     // Another node relaying the mount is not a listener the limits are for: refusing it would
     // cut off every listener over there.
     let relay = state.peers.matches(req);
+    if !relay && state.lifecycle.draining() {
+        state.metrics.error(ErrorKind::Full);
+        let r = Response::text(503, "this node is shutting down; try again\n")
+            .header("Retry-After", "5");
+        return answer(&mut stream, r, &cors, version).await;
+    }
     let node_max = state.settings.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
@@ -442,6 +450,7 @@ async fn listen(
         state: state.clone(),
         hub_gauge: None,
         time_limit,
+        relay,
     };
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
@@ -544,6 +553,8 @@ struct Icy {
 }
 
 struct Conn {
+    /// Another node relaying the mount, not a player.
+    relay: bool,
     /// When the mount's `max_listener_secs` ends this listener.
     time_limit: Option<Instant>,
     stream: Stream,
@@ -697,6 +708,11 @@ impl Conn {
                 }
             }
             if hub.is_ended() && hub.head() <= cursor {
+                // A draining node lets another node's relay go, rather than relay the mount's
+                // next origin to it: that node follows the mount there itself.
+                if self.relay && self.state.lifecycle.draining() {
+                    return "source ended";
+                }
                 // Everything the source sent is delivered: follow the fallback or leave.
                 match resolve_anywhere(&self.state, &wanted).await {
                     Some(h) => {

@@ -391,6 +391,8 @@ const RESERVED: &[&str] = &[
     "/status-json",
     "/status-json.xsl",
     "/status.xsl",
+    "/healthz",
+    "/readyz",
 ];
 
 /// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no

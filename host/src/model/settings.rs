@@ -215,3 +215,66 @@ impl MountSettings {
         serde_json::to_value(&self).unwrap_or_default()
     }
 }
+
+impl MountSettings {
+    /// The request that creates `m` as it is (`tidecast export`, `tidecast apply`): every
+    /// setting it has, in the names the CLI's flags and the API use. Secrets are left out: the
+    /// source password (only its hash is kept) and the token key.
+    pub fn of(m: &super::MountConfig) -> MountSettings {
+        let joined = |list: &[String]| (!list.is_empty()).then(|| list.join(","));
+        let mut r = MountSettings {
+            path: Some(m.path.clone()),
+            source_user: (m.kind() == "source" && m.source_user != "source")
+                .then(|| m.source_user.clone()),
+            max_listeners: m.max_listeners,
+            fallback: m.fallback.clone(),
+            silence_secs: m.silence_secs,
+            charset: m.charset.clone(),
+            icy_metaint: m.icy_metaint,
+            max_listener_secs: m.max_listener_secs,
+            allow_agents: joined(&m.allow_agents),
+            deny_agents: joined(&m.deny_agents),
+            auth_url: m.auth_url.clone(),
+            htpasswd: m.htpasswd.clone(),
+            max_user_connections: m.max_user_connections,
+            intro: m.intro.clone(),
+            filters: (!m.filters.is_empty())
+                .then(|| m.filters.iter().map(ToString::to_string).collect()),
+            policy: m.policy.as_ref().map(ToString::to_string),
+            routing: m.routing.as_ref().map(ToString::to_string),
+            station: m.station.clone(),
+            ..MountSettings::default()
+        };
+        if let Some(relay) = &m.relay {
+            r.relay_urls = Some(relay.urls.clone());
+            r.relay_on_demand = relay.on_demand.then_some(true);
+        }
+        if let Some(p) = &m.playlist {
+            r.playlist = Some(p.input.clone());
+            r.order = (p.order != super::PlaylistOrder::Sequential)
+                .then(|| serde_json::to_value(p.order).ok())
+                .flatten()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            r.codec = Some(<&str>::from(p.codec).to_owned());
+            r.bitrate = Some(p.bitrate_kbps);
+            r.sample_rate = p.sample_rate;
+            r.channels = p.channels;
+            r.quality = p.quality;
+            r.crossfade = p.crossfade_ms.map(|ms| f64::from(ms) / 1000.0);
+            r.loudness_target = p.loudness_lufs.map(i32::from);
+        }
+        if let Some(t) = &m.transcode {
+            r.from = Some(t.from.clone());
+            r.codec = Some(<&str>::from(t.codec).to_owned());
+            r.bitrate = Some(t.bitrate_kbps);
+            r.sample_rate = t.sample_rate;
+            r.channels = t.channels;
+            r.quality = t.quality;
+            r.stereo_mode = t.stereo_mode.map(|s| <&str>::from(s).to_owned());
+            r.frame_ms = t.frame_ms;
+            r.vbr_quality = t.vbr_quality;
+            r.abr = t.abr.then_some(true);
+        }
+        r
+    }
+}

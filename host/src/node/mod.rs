@@ -4,6 +4,7 @@
 //! [`accept::run`] is the server itself.
 
 pub mod accept;
+mod drain;
 mod start;
 pub use start::{run, StartError};
 
@@ -61,6 +62,8 @@ pub struct Node {
     pub trusted_proxies: crate::clients::Networks,
     /// The access log, if any.
     pub access: Option<Arc<crate::access::AccessLog>>,
+    /// Configured, serving, draining: what `/readyz` says and routing respects.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 impl Node {
@@ -79,6 +82,7 @@ impl Node {
         let trusted_proxies =
             crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default();
         let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
+        let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
         let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
             queue: config.queue_size,
             burst: config.burst_size,
@@ -105,11 +109,14 @@ impl Node {
             plugins.clone(),
             // Checked when the configuration was loaded.
             config.routing.parse().unwrap_or_default(),
+            lifecycle.clone(),
+            config.local_listeners,
         ));
         let load = Arc::new(crate::cluster::load::Load::new(
             coordinator.clone(),
             hubs.clone(),
             &config,
+            lifecycle.clone(),
         ));
         let ingest = Arc::new(crate::ingest::Ingest {
             hubs: hubs.clone(),
@@ -118,6 +125,7 @@ impl Node {
             metrics: metrics.clone(),
             source_timeout: config.source_timeout(),
             access: access.clone(),
+            lifecycle: lifecycle.clone(),
         });
         let demand = Arc::new(crate::ingest::pull::Demand::default());
         let listen = Arc::new(crate::listen::Listen {
@@ -138,6 +146,7 @@ impl Node {
             intros: crate::listen::files::Watched::new(crate::listen::files::INTROS),
             verifier: listener_verifier,
             access: access.clone(),
+            lifecycle: lifecycle.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
                 proxy_user_agents: config.proxy_user_agents.clone(),
@@ -203,6 +212,7 @@ impl Node {
             certs,
             trusted_proxies,
             access,
+            lifecycle,
         }
     }
 }

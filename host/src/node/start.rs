@@ -1,6 +1,6 @@
 //! From a configuration to a running node: the coordinator (the embedded store, or etcd with
 //! this node's advertised address checked first), the admin account, the DNS server, plugins,
-//! then the accept loop until `shutdown`.
+//! then the accept loop until `shutdown` (and the drain it starts, `drain.rs`).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -54,8 +54,8 @@ pub enum StartError {
     TlsListen(std::net::SocketAddr, std::io::Error),
 }
 
-/// Runs a node on `listener` with `config` until `shutdown` resolves (what `tidecast serve`
-/// does once it has bound the listen address).
+/// Runs a node on `listener` with `config` until `shutdown` resolves and the node has drained
+/// (`--drain-secs`). What `tidecast serve` does once it has bound the listen address.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: ServeConfig,
@@ -234,7 +234,8 @@ pub async fn run(
         acceptor,
         detect: state.config.listen_detects_tls,
     };
-    accept::run(ports, state, shutdown).await;
+    let drained = super::drain::until_drained(state.clone(), shutdown);
+    accept::run(ports, state, drained).await;
     if let Some(d) = dns {
         d.abort();
     }

@@ -29,6 +29,7 @@ use tidecast_codecs::{AudioFormat, Codec, Decoder, EncoderSettings, StreamFormat
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::cluster::coordinator::ClaimSlot;
 use crate::hub::StreamProps;
 use crate::media::{is_audio, Cache, MediaError, MediaReader};
 use crate::model::{PlaylistConfig, PlaylistOrder};
@@ -60,6 +61,8 @@ pub struct Shared {
 pub struct PlaylistHandle {
     pub config: PlaylistConfig,
     stop: Arc<AtomicBool>,
+    /// Its hold on the mount's election (a drain lets go of it first).
+    pub claim: Arc<ClaimSlot>,
 }
 
 impl Drop for PlaylistHandle {
@@ -88,6 +91,7 @@ pub fn spawn(
     rt: Handle,
 ) -> std::io::Result<PlaylistHandle> {
     let stop = Arc::new(AtomicBool::new(false));
+    let claim = Arc::new(ClaimSlot::default());
     let player = Player {
         shared,
         path: path.clone(),
@@ -95,11 +99,16 @@ pub fn spawn(
         settings,
         rt,
         stop: stop.clone(),
+        claim: claim.clone(),
     };
     crate::transcode::spawn_codec_thread(format!("playlist {path}"), stop.clone(), move || {
         player.run()
     })?;
-    Ok(PlaylistHandle { config, stop })
+    Ok(PlaylistHandle {
+        config,
+        stop,
+        claim,
+    })
 }
 
 struct Player {
@@ -109,6 +118,7 @@ struct Player {
     settings: EncoderSettings,
     rt: Handle,
     stop: Arc<AtomicBool>,
+    claim: Arc<ClaimSlot>,
 }
 
 /// The output and its audio clock, while the mount is on the air.
@@ -117,6 +127,8 @@ struct OnAir {
     /// Wall time up to which audio has been produced.
     produced_until: Instant,
     saved_at: Instant,
+    /// The position was saved after the claim was given up (a hand-over).
+    handed_over: bool,
     fader: Crossfader,
     /// Samples the fader gave out, reused block after block.
     due: Vec<f32>,
@@ -129,7 +141,9 @@ impl Player {
 
     fn run(&self) {
         let t = &self.shared.transcode;
-        let Some(claim) = crate::transcode::campaign(t, &self.path, &self.rt, &self.stop) else {
+        let Some(claim) =
+            crate::transcode::campaign(t, &self.path, &self.rt, &self.stop, &self.claim)
+        else {
             return;
         };
         let saved = self.rt.block_on(t.coordinator.position(&self.path));
@@ -290,6 +304,7 @@ impl Player {
                         out,
                         produced_until: Instant::now(),
                         saved_at: Instant::now(),
+                        handed_over: false,
                         fader: Crossfader::new(
                             f64::from(self.config.crossfade_ms.unwrap_or(0)) / 1000.0,
                         ),
@@ -353,8 +368,7 @@ impl Player {
             a.due.clear();
             played = true;
             at.secs = secs;
-            if a.saved_at.elapsed() >= SAVE_EVERY {
-                a.saved_at = Instant::now();
+            if self.save_due(a) {
                 self.save(at);
             }
         }
@@ -444,13 +458,24 @@ impl Player {
             a.out.publish();
             played = true;
             at.secs = secs;
-            if a.saved_at.elapsed() >= SAVE_EVERY {
-                a.saved_at = Instant::now();
+            if self.save_due(a) {
                 self.save(at);
             }
             pace(a, Duration::from_secs_f64(length));
         }
         played
+    }
+
+    /// Whether to save the position now: every [`SAVE_EVERY`], and at once when a drain gave
+    /// the mount up, so the node taking over starts where this one is.
+    fn save_due(&self, a: &mut OnAir) -> bool {
+        let handed_over = !a.handed_over && !self.claim.held();
+        a.handed_over |= handed_over;
+        if handed_over || a.saved_at.elapsed() >= SAVE_EVERY {
+            a.saved_at = Instant::now();
+            return true;
+        }
+        false
     }
 
     /// Saves `at` without waiting (the store may be slow; the next save comes soon).

@@ -20,7 +20,7 @@ use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, Strea
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::Coordinator;
+use crate::cluster::coordinator::{ClaimSlot, Coordinator, Holding};
 use crate::cluster::relay::Relays;
 use crate::hub::Registry;
 use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
@@ -40,6 +40,8 @@ const GAP_STEP: Duration = Duration::from_millis(100);
 pub struct TranscoderHandle {
     pub config: TranscodeConfig,
     stop: Arc<AtomicBool>,
+    /// Its hold on the mount's election (a drain lets go of it first).
+    pub claim: Arc<ClaimSlot>,
 }
 
 impl Drop for TranscoderHandle {
@@ -67,6 +69,7 @@ pub fn spawn(
     rt: Handle,
 ) -> std::io::Result<TranscoderHandle> {
     let stop = Arc::new(AtomicBool::new(false));
+    let claim = Arc::new(ClaimSlot::default());
     let ctx = Transcoder {
         shared,
         path: path.clone(),
@@ -74,9 +77,14 @@ pub fn spawn(
         settings,
         rt,
         stop: stop.clone(),
+        claim: claim.clone(),
     };
     spawn_codec_thread(format!("transcode {path}"), stop.clone(), move || ctx.run())?;
-    Ok(TranscoderHandle { config, stop })
+    Ok(TranscoderHandle {
+        config,
+        stop,
+        claim,
+    })
 }
 
 /// Runs `run` on a thread of its own named `name` until it returns or `stop` is set. A bug in
@@ -104,12 +112,13 @@ pub(crate) fn spawn_codec_thread(
 /// Becomes the origin of `path` (retrying while an old producer lets go), or `None` once
 /// `stop` is set. While the cluster's view shows another node holding it, no election is tried:
 /// that costs nothing but a look at the watched cache.
-pub(crate) fn campaign(
+pub(crate) fn campaign<'a>(
     shared: &Shared,
     path: &str,
     rt: &Handle,
     stop: &AtomicBool,
-) -> Option<crate::cluster::coordinator::OriginClaim> {
+    slot: &'a ClaimSlot,
+) -> Option<Holding<'a>> {
     let me = shared.coordinator.node_name();
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -124,7 +133,7 @@ pub(crate) fn campaign(
             continue;
         }
         match rt.block_on(shared.coordinator.claim_origin(path)) {
-            Ok(Some(c)) => return Some(c),
+            Ok(Some(c)) => return Some(slot.hold(c)),
             Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
@@ -137,6 +146,7 @@ struct Transcoder {
     settings: EncoderSettings,
     rt: Handle,
     stop: Arc<AtomicBool>,
+    claim: Arc<ClaimSlot>,
 }
 
 /// The output side: the hub listeners join, and the encoder whose stream it carries. Dropping it
@@ -250,7 +260,8 @@ impl Transcoder {
     }
 
     fn run(&self) {
-        let Some(claim) = campaign(&self.shared, &self.path, &self.rt, &self.stop) else {
+        let Some(claim) = campaign(&self.shared, &self.path, &self.rt, &self.stop, &self.claim)
+        else {
             return;
         };
         info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");

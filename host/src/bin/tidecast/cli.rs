@@ -43,7 +43,7 @@ pub struct Connection {
     ca_cert: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -505,9 +505,13 @@ pub fn status(conn: &Connection) -> anyhow::Result<()> {
         "NODE", "URL", "LISTENERS", "KBIT/S", "CPU%"
     );
     for n in rows("nodes") {
+        let mut name = n["name"].as_str().unwrap_or("").to_owned();
+        if n["draining"].as_bool() == Some(true) {
+            name.push_str(" (draining)");
+        }
         println!(
             "{:<16} {:<28} {:>11} {:>15} {:>5}",
-            n["name"].as_str().unwrap_or(""),
+            name,
             n["url"].as_str().unwrap_or(""),
             limit(&n, "listeners", "max_listeners"),
             limit(&n, "bandwidth_kbps", "max_bandwidth_kbps"),
@@ -532,6 +536,59 @@ pub fn status(conn: &Connection) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `tidecast drain [NODE]`: asks the node (`--server`'s, or NODE of its cluster) to drain,
+/// then, unless `no_wait`, follows it until it has stopped.
+pub fn drain(conn: &Connection, node: Option<String>, no_wait: bool) -> anyhow::Result<()> {
+    let api = Api::new(conn)?;
+    let path = match &node {
+        Some(n) => format!("/api/v1/nodes/{}/drain", escaped(n)),
+        None => "/api/v1/drain".to_owned(),
+    };
+    let v = api.call("POST", &path, None)?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    let name = v["node"].as_str().unwrap_or("").to_owned();
+    let shown = if name.is_empty() { "the node" } else { &name };
+    let secs = v["drain_secs"].as_u64().unwrap_or(0);
+    if !conn.json {
+        println!(
+            "{shown} is draining: no new listeners or sources; its transcoders, playlists and relay mounts move to other nodes; it stops when its {} listeners have left, or after {secs} s",
+            v["listeners"]
+        );
+    }
+    if no_wait {
+        return Ok(());
+    }
+    // Follow it: through the cluster's view, or (this very node) until it stops answering.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs + 30);
+    let mut last = String::new();
+    while std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let Ok(cluster) = api.call("GET", "/api/v1/cluster", None) else {
+            println!("{shown} has stopped");
+            return Ok(());
+        };
+        let nodes = cluster["nodes"].as_array().cloned().unwrap_or_default();
+        let Some(n) = nodes
+            .iter()
+            .find(|n| name.is_empty() || n["name"].as_str() == Some(name.as_str()))
+        else {
+            println!("{shown} has stopped and left the cluster");
+            return Ok(());
+        };
+        let now = format!("{shown}: {} listeners left", n["listeners"]);
+        if now != last {
+            println!("{now}");
+            last = now;
+        }
+    }
+    anyhow::bail!(
+        "{shown} was still running {} s after it began to drain",
+        secs + 30
+    )
 }
 
 pub fn mount(conn: &Connection, command: MountCommand) -> anyhow::Result<()> {
@@ -816,7 +873,7 @@ fn print_fields(v: &Value) {
 /// A name or mount path as it goes into an API URL: escaped where a URL needs it, `/` kept
 /// (mount paths nest). Names the node refuses (`Bad Name`) still reach it, to be refused there
 /// with the reason.
-fn escaped(name: &str) -> String {
+pub(crate) fn escaped(name: &str) -> String {
     const KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'/')
         .remove(b'.')
@@ -826,7 +883,7 @@ fn escaped(name: &str) -> String {
     percent_encoding::utf8_percent_encode(name, KEEP).to_string()
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     auth: String,
     client: client::Client,
@@ -839,7 +896,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 impl Api {
-    fn new(conn: &Connection) -> anyhow::Result<Api> {
+    pub(crate) fn new(conn: &Connection) -> anyhow::Result<Api> {
         use base64::Engine as _;
         let Some(password) = &conn.admin_password else {
             bail!("admin password needed: pass --admin-password or set TIDECAST_ADMIN_PASSWORD (the node printed it on its first start)");
@@ -863,12 +920,22 @@ impl Api {
         })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
         self.runtime.block_on(self.send(method, path, body))
     }
 
-    fn send_bytes(&self, method: &str, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+    pub(crate) fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
         let body = Some(("application/wasm", Bytes::from(body)));
         self.runtime.block_on(self.send(method, path, body))
     }

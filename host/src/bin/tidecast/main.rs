@@ -9,6 +9,7 @@ use tidecast::config::{ServeArgs, ServeConfig};
 
 mod bench;
 mod cli;
+mod config_files;
 
 #[derive(Parser)]
 #[command(name = "tidecast", version, about = "Icecast-compatible streaming server", long_about = None)]
@@ -61,6 +62,42 @@ enum Command {
         #[command(flatten)]
         conn: cli::Connection,
     },
+    /// Write the running configuration (mounts, stations, plugins) as TOML, to apply elsewhere
+    /// or keep in Git. Secrets are written as hashes, never in clear.
+    Export {
+        #[command(flatten)]
+        conn: cli::Connection,
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Make the configuration what TOML files declare, in one transaction: a file, or a
+    /// directory of .toml files. Applying again changes nothing.
+    Apply {
+        #[command(flatten)]
+        conn: cli::Connection,
+        /// The file, or directory of .toml files.
+        #[arg(short = 'f', long = "file")]
+        path: std::path::PathBuf,
+        /// Print what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also remove the mounts and stations the files do not declare.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Drain a node before maintenance: it takes no new listeners or sources, hands its
+    /// transcoders, playlists and relay mounts to other nodes, and stops once its listeners have
+    /// left or its --drain-secs have passed (what SIGTERM does too).
+    Drain {
+        #[command(flatten)]
+        conn: cli::Connection,
+        /// The node of the cluster to drain [default: the node --server points at].
+        node: Option<String>,
+        /// Return once the drain has begun, instead of following it until the node stops.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +110,18 @@ fn main() -> std::process::ExitCode {
         Command::Status { conn } => cli::status(&conn),
         Command::Station { conn, command } => cli::station(&conn, command),
         Command::Media { conn, command } => cli::media(&conn, command),
+        Command::Export { conn, output } => config_files::export(&conn, output),
+        Command::Apply {
+            conn,
+            path,
+            dry_run,
+            prune,
+        } => config_files::apply(&conn, &path, dry_run, prune),
+        Command::Drain {
+            conn,
+            node,
+            no_wait,
+        } => cli::drain(&conn, node, no_wait),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -147,5 +196,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    info!("shutdown requested");
+    info!("shutdown requested: draining (a second signal stops at once)");
+    // The node drains now (`--drain-secs`); a second signal means: stop now.
+    tokio::spawn(async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::warn!("second signal: stopping without finishing the drain");
+        std::process::exit(1);
+    });
 }
