@@ -394,6 +394,65 @@ fn a_configuration_applied_through_one_node_is_what_every_node_exports() {
 }
 
 #[test]
+fn a_backup_restores_into_an_embedded_store_and_into_etcd() {
+    let a = Node::start(&[]);
+    a.create_mount("/live.mp3", "backed-up-pw", &["--max-listeners", "9"]);
+    let (ok, out) = a.push_plugin("gain", &plugin_file("gain"));
+    assert!(ok, "{out}");
+    a.create_transcode(
+        "/live-64.opus",
+        "/live.mp3",
+        "opus",
+        64,
+        &["--filter", "gain:db=-3"],
+    );
+    let (ok, _, err) = a.cli(&[
+        "station",
+        "create",
+        "radio1",
+        "--routing",
+        "listeners_score,best",
+    ]);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store.json");
+    let (ok, _, err) = a.cli(&["backup", "-o", file.to_str().unwrap()]);
+    assert!(
+        ok && err.contains("Backed up 2 mounts, 1 stations, 1 plugins"),
+        "{err}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the backup holds password hashes");
+    let exported = a.cli(&["export"]).1;
+
+    // Into a fresh single node, and into a fresh etcd cluster.
+    let b = Node::start(&[]);
+    b.create_mount("/gone.mp3", "x-pw", &[]);
+    let etcd = Etcd::start();
+    let c = Node::start_clustered(&etcd, "c");
+    for n in [&b, &c] {
+        let (ok, out, err) = n.cli(&["restore", file.to_str().unwrap()]);
+        assert!(
+            ok && out.contains("Restored 2 mounts, 1 stations and 1 plugins"),
+            "{out}{err}"
+        );
+        assert_eq!(n.cli(&["export"]).1, exported, "the restored store differs");
+        // The source password's hash came along: the same password gets in.
+        let _src = ffmpeg_mp3_source(n, "backed-up-pw", "/live.mp3", &[]);
+        n.wait_live("/live.mp3", Duration::from_secs(15));
+        // The plugin's bytes came along: the transcoded mount with its filter plays.
+        let (ok, err) = ffmpeg_decode(&n.url("/live-64.opus"), 2);
+        assert!(ok && err.trim().is_empty(), "{err}");
+    }
+    // A file that is not a backup changes nothing.
+    std::fs::write(&file, "{\"format\": 1, \"mounts\": []}").unwrap();
+    let (ok, _, err) = b.cli(&["restore", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("missing field"), "{err}");
+    assert_eq!(b.cli(&["export"]).1, exported);
+}
+
+#[test]
 fn a_node_started_into_a_running_cluster_takes_routed_listeners_within_seconds() {
     let etcd = Etcd::start();
     let a = Node::start_clustered(&etcd, "a");

@@ -84,6 +84,8 @@ async fn admit(state: &Node, req: &RequestHead, peer: SocketAddr) -> Result<usiz
         crate::control::media::MAX_MEDIA_BYTES
     } else if path == "/api/v1/apply" {
         crate::control::apply::MAX_DOCUMENT_BYTES
+    } else if path == "/api/v1/restore" {
+        crate::control::backup::MAX_BACKUP_BYTES
     } else if upload {
         crate::plugin::MAX_PLUGIN_BYTES
     } else {
@@ -346,6 +348,8 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         ("POST", "/api/v1/drain") => crate::control::drain::here(state),
         ("GET", "/api/v1/config") => crate::control::apply::export(state),
         ("POST", "/api/v1/apply") => crate::control::apply::apply(state, req, body).await,
+        ("GET", "/api/v1/backup") => crate::control::backup::backup(state).await,
+        ("POST", "/api/v1/restore") => crate::control::backup::restore(state, body).await,
         ("POST", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/drain") => {
             let node = &p["/api/v1/nodes/".len()..p.len() - "/drain".len()];
             crate::control::drain::node(state, node).await

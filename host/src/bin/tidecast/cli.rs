@@ -892,8 +892,8 @@ pub(crate) struct Api {
 
 /// Longest wait for a connection, and again for an answer's head and for its body.
 const WAIT: Duration = Duration::from_secs(30);
-/// Largest answer read (a plugin list with many versions is the largest there is).
-const MAX_ANSWER: usize = 16 * 1024 * 1024;
+/// Largest answer read (a backup, with every plugin's bytes, is the largest there is).
+const MAX_ANSWER: usize = 300 * 1024 * 1024;
 
 impl Api {
     pub(crate) fn new(conn: &Connection) -> anyhow::Result<Api> {
@@ -938,6 +938,14 @@ impl Api {
     ) -> anyhow::Result<Value> {
         let body = Some(("application/wasm", Bytes::from(body)));
         self.runtime.block_on(self.send(method, path, body))
+    }
+
+    /// Sends a JSON document as it is (a backup), waiting as long as a large upload takes.
+    pub(crate) fn send_json_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
+        let wait = WAIT + Duration::from_secs((body.len() / (1 << 20)) as u64);
+        let body = Some(("application/json", Bytes::from(body)));
+        self.runtime
+            .block_on(self.send_waiting("POST", path, body, wait))
     }
 
     async fn send(

@@ -1,6 +1,7 @@
 //! `tidecast export` and `tidecast apply -f`: the configuration as TOML files, kept in Git. The
 //! node speaks JSON (`control/apply.rs`); here the files are read, their secrets resolved from
-//! the environment or from files, plugin files pushed, and the node's plan printed.
+//! the environment or from files, plugin files pushed, and the node's plan printed. Also
+//! `tidecast backup` and `restore` (`control/backup.rs`): the whole store in one file.
 
 use std::path::{Path, PathBuf};
 
@@ -256,5 +257,54 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
             counts[0], counts[1], counts[2]
         );
     }
+    Ok(())
+}
+
+/// `tidecast backup [-o FILE]`: the whole store, as JSON, in a file only its owner reads.
+pub fn backup(conn: &Connection, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let v = Api::new(conn)?.call("GET", "/api/v1/backup", None)?;
+    let text = serde_json::to_string_pretty(&v)?;
+    let Some(path) = output else {
+        println!("{text}");
+        return Ok(());
+    };
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let count = |k: &str| v[k].as_array().map_or(0, Vec::len);
+    eprintln!(
+        "Backed up {} mounts, {} stations, {} plugins ({} versions with their bytes), {} playlist positions and {} media index entries to {} (it holds password hashes and token keys: keep it private)",
+        count("mounts"),
+        count("stations"),
+        count("plugins"),
+        v["blobs"].as_object().map_or(0, Map::len),
+        v["positions"].as_object().map_or(0, Map::len),
+        count("media"),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `tidecast restore FILE`: makes the store what the backup holds.
+pub fn restore(conn: &Connection, file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let v = Api::new(conn)?.send_json_bytes("/api/v1/restore", bytes)?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "Restored {} mounts, {} stations and {} plugins ({} plugin versions added, {} mounts and stations changed), {} playlist positions, {} media index entries",
+        v["mounts"], v["stations"], v["plugins"], v["plugin_versions_added"], v["changes"], v["positions"], v["media"]
+    );
     Ok(())
 }

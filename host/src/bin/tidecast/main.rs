@@ -86,6 +86,22 @@ enum Command {
         #[arg(long)]
         prune: bool,
     },
+    /// Save the whole store (configuration, credentials' hashes, plugins with their bytes,
+    /// playlist positions, the media index) to a file.
+    Backup {
+        #[command(flatten)]
+        conn: cli::Connection,
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Make the store what a backup holds (the embedded store or etcd alike).
+    Restore {
+        #[command(flatten)]
+        conn: cli::Connection,
+        /// The file `tidecast backup` wrote.
+        file: std::path::PathBuf,
+    },
     /// Drain a node before maintenance: it takes no new listeners or sources, hands its
     /// transcoders, playlists and relay mounts to other nodes, and stops once its listeners have
     /// left or its --drain-secs have passed (what SIGTERM does too).
@@ -117,6 +133,8 @@ fn main() -> std::process::ExitCode {
             dry_run,
             prune,
         } => config_files::apply(&conn, &path, dry_run, prune),
+        Command::Backup { conn, output } => config_files::backup(&conn, output),
+        Command::Restore { conn, file } => config_files::restore(&conn, &file),
         Command::Drain {
             conn,
             node,

@@ -1,0 +1,258 @@
+//! `tidecast backup` and `tidecast restore`: the whole store in one JSON document, for the
+//! embedded store and for etcd alike (`GET /api/v1/backup`, `POST /api/v1/restore`): the admin
+//! credential's hash, mounts (with their source password hashes and token keys: a backup is
+//! as secret as the store), stations, plugins with their bytes, playlist positions and the
+//! media index. Restoring makes the store what the backup holds: plugin versions are added
+//! first (each checked against its hash), then mounts and stations in one transaction, then the
+//! rest.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::info;
+
+use crate::cluster::coordinator::{Change, MAX_CHANGES};
+use crate::http::Response;
+use crate::model::{AdminCredential, MediaInfo, MountConfig, PluginRecord, StationConfig};
+use crate::node::Node;
+
+/// Largest backup `POST /api/v1/restore` reads (plugins' bytes are in it, in base64).
+pub const MAX_BACKUP_BYTES: usize = 256 * 1024 * 1024;
+/// The format this node writes and reads.
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Backup {
+    format: u32,
+    admin: Option<AdminCredential>,
+    mounts: Vec<MountConfig>,
+    stations: Vec<StationConfig>,
+    plugins: Vec<PluginRecord>,
+    /// Plugin bytes by their SHA-256, in base64.
+    blobs: BTreeMap<String, String>,
+    /// Playlist positions by mount.
+    positions: BTreeMap<String, String>,
+    /// The media index by key.
+    media: Vec<(String, MediaInfo)>,
+}
+
+/// `GET /api/v1/backup`.
+pub async fn backup(state: &Node) -> Response {
+    let c = &state.coordinator;
+    let mut mounts = c.mounts();
+    mounts.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut stations = c.stations();
+    stations.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut plugins = c.plugins();
+    plugins.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut blobs = BTreeMap::new();
+    for v in plugins.iter().flat_map(|p| &p.versions) {
+        match c.plugin_blob(&v.hash).await {
+            Ok(Some(bytes)) => {
+                blobs.insert(
+                    v.hash.clone(),
+                    base64::engine::general_purpose::STANDARD.encode(bytes),
+                );
+            }
+            Ok(None) => {
+                return Response::error(
+                    500,
+                    format!(
+                        "the bytes of plugin version {} are missing from the store",
+                        v.hash
+                    ),
+                )
+            }
+            Err(e) => return crate::control::storage_error(e),
+        }
+    }
+    let mut positions = BTreeMap::new();
+    for m in &mounts {
+        if let Some(p) = c.position(&m.path).await {
+            positions.insert(m.path.clone(), p);
+        }
+    }
+    let backup = Backup {
+        format: FORMAT,
+        admin: c.admin(),
+        media: c.media_infos("").await,
+        mounts,
+        stations,
+        plugins,
+        blobs,
+        positions,
+    };
+    match serde_json::to_value(&backup) {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::error(500, e),
+    }
+}
+
+/// `POST /api/v1/restore`.
+pub async fn restore(state: &Node, body: &[u8]) -> Response {
+    let b: Backup = match crate::control::json_body(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.format != FORMAT {
+        return Response::error(
+            400,
+            format!(
+                "backup format {} is not one this node reads ({FORMAT})",
+                b.format
+            ),
+        );
+    }
+    // Everything is checked before anything is written.
+    let mut problems = Vec::new();
+    let mut bytes = BTreeMap::new();
+    for (hash, text) in &b.blobs {
+        match base64::engine::general_purpose::STANDARD.decode(text) {
+            Ok(wasm) if crate::plugin::Plugins::hash(&wasm) == *hash => {
+                bytes.insert(hash.clone(), wasm);
+            }
+            Ok(_) => problems.push(format!("plugin bytes {hash}: they do not hash to it")),
+            Err(e) => problems.push(format!("plugin bytes {hash}: {e}")),
+        }
+    }
+    for p in &b.plugins {
+        if let Err(e) = crate::model::validate_name(&p.name) {
+            problems.push(format!("plugin {:?}: {e}", p.name));
+        }
+        for v in &p.versions {
+            if !bytes.contains_key(&v.hash) {
+                problems.push(format!(
+                    "plugin {} version {}: its bytes are not in the backup",
+                    p.name, v.hash
+                ));
+            }
+        }
+    }
+    for m in &b.mounts {
+        if let Err(e) = crate::model::validate_mount_path(&m.path) {
+            problems.push(e);
+        }
+    }
+    let changes = changes(state, &b.mounts, &b.stations);
+    if changes.len() > MAX_CHANGES {
+        problems.push(format!(
+            "{} mounts and stations change; one restore changes at most {MAX_CHANGES}",
+            changes.len()
+        ));
+    }
+    if !problems.is_empty() {
+        return Response::json(
+            400,
+            &json!({ "error": format!("nothing was restored:\n  - {}", problems.join("\n  - ")), "problems": problems }),
+        );
+    }
+    let c = &state.coordinator;
+    let mut versions = 0;
+    for p in &b.plugins {
+        let stored = c.plugin(&p.name);
+        for v in &p.versions {
+            if stored.as_ref().is_some_and(|s| s.versions.contains(v)) {
+                continue;
+            }
+            let wasm = bytes.get(&v.hash).map(Vec::as_slice).unwrap_or_default();
+            if let Err(e) = c.add_plugin_version(&p.name, v.clone(), wasm).await {
+                return crate::control::storage_error(e);
+            }
+            versions += 1;
+        }
+    }
+    let n = changes.len();
+    if n > 0 {
+        if let Err(e) = c.transact(changes).await {
+            return crate::control::storage_error(e);
+        }
+    }
+    // Plugins the backup does not have go once no mount names them.
+    for p in c.plugins() {
+        if !b.plugins.iter().any(|q| q.name == p.name) {
+            if let Err(e) = c.delete_plugin(&p.name).await {
+                return crate::control::storage_error(e);
+            }
+        }
+    }
+    if let Some(admin) = b.admin.filter(|a| c.admin().as_ref() != Some(a)) {
+        if let Err(e) = c.set_admin(admin, false).await {
+            return crate::control::storage_error(e);
+        }
+    }
+    for (mount, position) in &b.positions {
+        if let Err(e) = c.save_position(mount, position).await {
+            return crate::control::storage_error(e);
+        }
+    }
+    let media = b.media.len();
+    if let Err(e) = c.put_media_infos(b.media).await {
+        return crate::control::storage_error(e);
+    }
+    info!(
+        changes = n,
+        plugin_versions = versions,
+        "store restored from a backup"
+    );
+    state.plugins.runtime.changed();
+    Response::json(
+        200,
+        &json!({
+            "mounts": b.mounts.len(),
+            "stations": b.stations.len(),
+            "plugins": b.plugins.len(),
+            "plugin_versions_added": versions,
+            "changes": n,
+            "positions": b.positions.len(),
+            "media": media,
+        }),
+    )
+}
+
+/// The changes that make the stored mounts and stations exactly `mounts` and `stations`.
+fn changes(state: &Node, mounts: &[MountConfig], stations: &[StationConfig]) -> Vec<Change> {
+    let c = &state.coordinator;
+    let mut out = Vec::new();
+    for s in stations {
+        let base = c.station(&s.name);
+        if base.as_ref() != Some(s) {
+            out.push(Change::Station {
+                name: s.name.clone(),
+                base,
+                new: Some(s.clone()),
+            });
+        }
+    }
+    for m in mounts {
+        let base = c.mount(&m.path);
+        if base.as_ref() != Some(m) {
+            out.push(Change::Mount {
+                path: m.path.clone(),
+                base,
+                new: Some(m.clone()),
+            });
+        }
+    }
+    for m in c.mounts() {
+        if !mounts.iter().any(|k| k.path == m.path) {
+            out.push(Change::Mount {
+                path: m.path.clone(),
+                base: Some(m),
+                new: None,
+            });
+        }
+    }
+    for s in c.stations() {
+        if !stations.iter().any(|k| k.name == s.name) {
+            out.push(Change::Station {
+                name: s.name.clone(),
+                base: Some(s),
+                new: None,
+            });
+        }
+    }
+    out
+}
