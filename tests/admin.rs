@@ -381,6 +381,180 @@ token_key_env = "OTHER_KEY"
     assert_eq!(before, node.cli(&["export"]).1);
 }
 
+/// The (serial, sequence number) of each Ogg page in `data`, which must be whole pages.
+fn ogg_pages(mut data: &[u8]) -> Vec<(u32, u32)> {
+    let mut pages = Vec::new();
+    while data.len() >= 27 {
+        assert_eq!(
+            &data[..4],
+            b"OggS",
+            "not on a page boundary after {} pages",
+            pages.len()
+        );
+        let word = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+        let segments = usize::from(data[26]);
+        if data.len() < 27 + segments {
+            break;
+        }
+        let body: usize = data[27..27 + segments]
+            .iter()
+            .map(|&b| usize::from(b))
+            .sum();
+        if data.len() < 27 + segments + body {
+            break;
+        }
+        pages.push((word(14), word(18)));
+        data = &data[27 + segments + body..];
+    }
+    pages
+}
+
+/// Everything a listener of `mount` receives, as it arrives.
+fn recording_listener(node: &Node, mount: &str) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::io::{Read, Write};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = std::net::TcpStream::connect(node.addr).unwrap();
+    s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 16384];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) if head.ends_with(b"\r\n\r\n") => {
+                    keep.lock().unwrap().extend_from_slice(&buf[..n])
+                }
+                Ok(n) => {
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        keep.lock().unwrap().extend_from_slice(&head[at + 4..]);
+                        head.truncate(at + 4);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    got
+}
+
+#[test]
+fn restarting_a_station_leaves_another_station_untouched() {
+    let node = Node::start(&["--write-interval-ms", "200"]);
+    for station in ["one", "two"] {
+        let (ok, _, err) = node.cli(&["station", "create", station]);
+        assert!(ok, "{err}");
+        let src = format!("/{station}.mp3");
+        node.create_mount(&src, "station-pw", &["--station", station]);
+        node.create_transcode(
+            &format!("/{station}-64.opus"),
+            &src,
+            "opus",
+            64,
+            &["--station", station],
+        );
+    }
+    let _sources: Vec<Proc> = ["one", "two"]
+        .iter()
+        .map(|s| ffmpeg_mp3_source(&node, "station-pw", &format!("/{s}.mp3"), &[]))
+        .collect();
+    node.wait_live("/one.mp3", Duration::from_secs(15));
+    node.wait_live("/two.mp3", Duration::from_secs(15));
+    wait_for(Duration::from_secs(15), "both transcoders", || {
+        node.live_mounts().len() == 4
+    });
+    let two = recording_listener(&node, "/two-64.opus");
+    wait_for(Duration::from_secs(10), "audio of station two", || {
+        two.lock().unwrap().len() > 8000
+    });
+    let started = |mount: &str| {
+        node.log()
+            .lines()
+            .filter(|l| l.contains("transcoder started") && l.contains(&format!("mount={mount} ")))
+            .count()
+    };
+    assert_eq!((started("/one-64.opus"), started("/two-64.opus")), (1, 1));
+
+    let (ok, out, err) = node.cli(&["station", "restart", "one"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("/one-64.opus (transcoder)") && !out.contains("/two"),
+        "{out}"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "station one's transcoder to start again",
+        || started("/one-64.opus") == 2,
+    );
+    node.wait_live("/one-64.opus", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        started("/two-64.opus"),
+        1,
+        "station two's transcoder was restarted"
+    );
+    // Station two's listener got one unbroken Ogg stream: one serial, and after the header
+    // pages the burst joined at, every page in sequence.
+    let pages = ogg_pages(&two.lock().unwrap());
+    assert!(pages.len() > 20, "{} pages", pages.len());
+    assert!(
+        pages.iter().all(|p| p.0 == pages[0].0),
+        "station two's stream changed serial"
+    );
+    for w in pages[2..].windows(2) {
+        assert_eq!(
+            w[1].1,
+            w[0].1 + 1,
+            "a page of station two is missing or repeated"
+        );
+    }
+    // Station one's new stream is a new one.
+    let (ok, err) = ffmpeg_decode(&node.url("/one-64.opus"), 2);
+    assert!(ok && err.trim().is_empty(), "{err}");
+
+    // A station's limit on encoders holds for new mounts, and cannot be set below what it has.
+    let (ok, _, err) = node.cli(&["station", "edit", "two", "--max-transcodes", "1"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/two-32.opus",
+        "--from",
+        "/two.mp3",
+        "--codec",
+        "opus",
+        "--bitrate",
+        "32",
+        "--station",
+        "two",
+    ]);
+    assert!(
+        !ok && err.contains("station two may have 1 transcoded and playlist mounts"),
+        "{err}"
+    );
+    let (ok, _, err) = node.cli(&[
+        "mount",
+        "create",
+        "/one-32.opus",
+        "--from",
+        "/one.mp3",
+        "--codec",
+        "opus",
+        "--bitrate",
+        "32",
+        "--station",
+        "one",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = node.cli(&["station", "edit", "one", "--max-transcodes", "1"]);
+    assert!(!ok && err.contains("this would make 2"), "{err}");
+}
+
 fn signal(node: &Node, sig: &str) {
     let pid = node.proc.as_ref().unwrap().child.id().to_string();
     assert!(Command::new("kill")

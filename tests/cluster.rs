@@ -372,12 +372,13 @@ fn a_configuration_applied_through_one_node_is_what_every_node_exports() {
             "\n[[mounts]]\npath = \"/m{i}.mp3\"\nsource_password_env = \"PW\"\nstation = \"radio1\"\n"
         ));
     }
+    doc.push_str("\n[[mounts]]\npath = \"/m0-64.opus\"\nfrom = \"/m0.mp3\"\ncodec = \"opus\"\nbitrate = 64\nstation = \"radio1\"\n");
     std::fs::write(&file, doc).unwrap();
     let (ok, out, err) = a.cli_env(
         &["apply", "-f", file.to_str().unwrap()],
         &[("PW", "radio-pw")],
     );
-    assert!(ok && out.contains("21 created"), "{out}{err}");
+    assert!(ok && out.contains("22 created"), "{out}{err}");
     // Through etcd, in one transaction: B has all of it, and exports the same bytes.
     let (_, from_a, _) = a.cli(&["export"]);
     wait_for(Duration::from_secs(10), "B to export what A does", || {
@@ -391,6 +392,16 @@ fn a_configuration_applied_through_one_node_is_what_every_node_exports() {
     assert!(ok && out.contains("No changes"), "{out}{err}");
     let _src = ffmpeg_mp3_source(&b, "radio-pw", "/m7.mp3", &[]);
     b.wait_live("/m7.mp3", Duration::from_secs(15));
+    // A station restart asked of A reaches B: each restarts its transcoder of the station
+    // (one produces, the other campaigns).
+    let (ok, out, err) = a.cli(&["station", "restart", "radio1"]);
+    assert!(ok, "{err}");
+    for node in ["a", "b"] {
+        assert!(
+            out.contains(&format!("{node}: /m0-64.opus (transcoder)")),
+            "{out}"
+        );
+    }
 }
 
 #[test]

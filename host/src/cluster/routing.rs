@@ -79,6 +79,11 @@ impl Router {
             .unwrap_or(0)
     }
 
+    /// Drops the policy instances of `mounts`: the next listener builds them anew.
+    pub fn forget_policies(&self, mounts: &[String]) {
+        self.policies.with(|p| p.retain(|m, _| !mounts.contains(m)));
+    }
+
     /// The policy slot of `mount` (created empty on first use).
     fn slot(&self, mount: &str) -> PolicySlot {
         let mut slots = self.policies.locked();

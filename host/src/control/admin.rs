@@ -369,6 +369,10 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         }
         ("GET", "/api/v1/stations") => crate::control::stations::list(state),
         ("POST", "/api/v1/stations") => crate::control::stations::create(state, body).await,
+        ("POST", p) if p.starts_with("/api/v1/stations/") && p.ends_with("/restart") => {
+            let name = &p["/api/v1/stations/".len()..p.len() - "/restart".len()];
+            crate::control::stations::restart(state, name).await
+        }
         (method, p) if p.starts_with("/api/v1/stations/") => {
             let name = &p["/api/v1/stations/".len()..];
             match method {
@@ -1019,7 +1023,13 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
         transcoded: &*transcoded,
         station: &*station,
     };
-    let (mut m, given) = match build_mount(state, r, &known).await {
+    let built = build_mount(state, r, &known).await.and_then(|(m, given)| {
+        match crate::control::stations::check_capacity(state, &m) {
+            Some(p) => Err(vec![p]),
+            None => Ok((m, given)),
+        }
+    });
+    let (mut m, given) = match built {
         Ok(built) => built,
         Err(problems) => {
             return Response::json(
@@ -1075,6 +1085,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
         &m,
     ));
     problems.extend(check_files(&m).await);
+    problems.extend(crate::control::stations::check_capacity(state, &m));
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, Some(&before)));
     }

@@ -301,6 +301,9 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         };
         mounts.insert(path, m);
     }
+    for s in stations.values() {
+        problems.extend(s.over_limit(mounts.values()));
+    }
     if !problems.is_empty() {
         let error = format!(
             "nothing was changed; {} problem(s):\n  - {}",

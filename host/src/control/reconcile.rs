@@ -108,10 +108,31 @@ fn give_up_origins(state: &Arc<Node>) {
     sync_producers(state);
 }
 
+/// Restarts what this node produces of `mounts` (transcoders, playlists, relay mounts' pullers:
+/// their codec threads and plugin instances are built anew) and their listener policies;
+/// returns what it restarted, as `(mount, kind)`.
+pub fn restart(state: &Node, mounts: &[String]) -> Vec<(String, &'static str)> {
+    let mut restarted = Vec::new();
+    for path in mounts {
+        if state.transcoders.with(|m| m.remove(path)).is_some() {
+            restarted.push((path.clone(), "transcoder"));
+        }
+        if state.playlists.with(|m| m.remove(path)).is_some() {
+            restarted.push((path.clone(), "playlist"));
+        }
+        if state.pullers.with(|m| m.remove(path)).is_some() {
+            restarted.push((path.clone(), "relay puller"));
+        }
+    }
+    state.router.forget_policies(mounts);
+    sync_producers(state);
+    restarted
+}
+
 /// Runs exactly the transcoders, relay mounts' pullers and playlist mounts the configuration
 /// asks for. A draining node starts none and leaves the running ones to the drain, which hands
 /// each over to another node before it stops it.
-fn sync_producers(state: &Arc<Node>) {
+fn sync_producers(state: &Node) {
     if state.lifecycle.draining() {
         return;
     }
@@ -121,7 +142,7 @@ fn sync_producers(state: &Arc<Node>) {
 }
 
 /// Runs exactly the playlist mounts the configuration asks for, each with its current settings.
-fn sync_playlists(state: &Arc<Node>) {
+fn sync_playlists(state: &Node) {
     let wanted = state
         .coordinator
         .mounts()
@@ -146,7 +167,7 @@ fn sync_playlists(state: &Arc<Node>) {
 }
 
 /// Runs a puller for exactly the relay mounts of the configuration, each with its current URLs.
-fn sync_pullers(state: &Arc<Node>) {
+fn sync_pullers(state: &Node) {
     let wanted = state
         .coordinator
         .mounts()
@@ -167,7 +188,7 @@ fn sync_pullers(state: &Arc<Node>) {
 }
 
 /// Runs exactly the transcoders the configuration asks for, each with its current settings.
-fn sync_transcoders(state: &Arc<Node>) {
+fn sync_transcoders(state: &Node) {
     let wanted = state
         .coordinator
         .mounts()

@@ -109,6 +109,10 @@ async fn cluster(state: &Node, req: &RequestHead) -> Response {
     if req.path == "/_cluster/drain" {
         return crate::control::drain::here(state);
     }
+    if req.path == "/_cluster/restart-station" {
+        let name = req.query("name").unwrap_or_default();
+        return Response::json(200, &crate::control::stations::restart_here(state, &name));
+    }
     if let Some(rest) = req.path.strip_prefix("/_cluster/media/") {
         return match crate::control::media::key_of(rest) {
             Some(key) => crate::control::media::to_peer(&state.media, &key),

@@ -20,6 +20,8 @@ pub struct StationRequest {
     policy: Option<String>,
     /// Native routing chain; empty returns to the node's default.
     routing: Option<String>,
+    /// Most transcoded and playlist mounts; 0 for no limit.
+    max_transcodes: Option<u32>,
 }
 
 /// Problems with `m`'s station: it must exist (`exists`).
@@ -42,6 +44,7 @@ fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
         "name": s.name,
         "policy": s.policy.as_ref().map(ToString::to_string),
         "routing": s.routing.as_ref().unwrap_or(&state.router.default_chain).to_string(),
+        "max_transcodes": s.max_transcodes,
         "mounts": mounts,
     })
 }
@@ -84,6 +87,27 @@ fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut 
             Err(e) => problems.push(format!("routing: {e}")),
         },
     }
+    match r.max_transcodes {
+        None => {}
+        Some(0) => s.max_transcodes = None,
+        Some(n) if n <= 10_000 => s.max_transcodes = Some(n),
+        Some(n) => problems.push(format!(
+            "max_transcodes must be at most 10000 (0 for no limit), got {n}"
+        )),
+    }
+    problems.extend(s.over_limit(state.coordinator.mounts().iter()));
+}
+
+/// The problem, if storing `m` would take its station over its limit of encoders.
+pub fn check_capacity(state: &Node, m: &MountConfig) -> Option<String> {
+    let station = state.coordinator.station(m.station.as_deref()?)?;
+    let others = state.coordinator.mounts();
+    station.over_limit(
+        others
+            .iter()
+            .filter(|o| o.path != m.path)
+            .chain(std::iter::once(m)),
+    )
 }
 
 /// The station request `r` creates, or every problem with it.
@@ -103,6 +127,7 @@ pub fn build(state: &Node, mut r: StationRequest) -> Result<StationConfig, Vec<S
         name,
         policy: None,
         routing: None,
+        max_transcodes: None,
     };
     apply(state, &mut s, r, &mut problems);
     if problems.is_empty() {
@@ -120,6 +145,9 @@ pub fn request_of(s: &StationConfig) -> serde_json::Value {
     }
     if let Some(r) = &s.routing {
         v["routing"] = json!(r.to_string());
+    }
+    if let Some(n) = s.max_transcodes {
+        v["max_transcodes"] = json!(n);
     }
     v
 }
@@ -208,4 +236,66 @@ pub async fn delete(state: &Node, name: &str) -> Response {
         Ok(false) => Response::error(404, format!("no station named {name}")),
         Err(e) => storage_error(e),
     }
+}
+
+/// `POST /api/v1/stations/NAME/restart`: restarts the station's transcoders, playlists, relay
+/// mounts' pullers and plugin instances on every node (each other node through
+/// `/_cluster/restart-station`), and nothing else.
+pub async fn restart(state: &Node, name: &str) -> Response {
+    if state.coordinator.station(name).is_none() {
+        return Response::error(404, format!("no station named {name}"));
+    }
+    let me = state.coordinator.node_name();
+    let mut nodes = vec![json!({ "node": me, "restarted": restart_here(state, name) })];
+    for n in state.coordinator.nodes() {
+        if n.name == me {
+            continue;
+        }
+        let path = format!(
+            "/_cluster/restart-station?{}",
+            crate::http::encode_form(&[("name".to_owned(), name.as_bytes().to_vec())])
+        );
+        let asked = async {
+            let up = crate::cluster::peer::request(
+                &state.peers,
+                &n.url,
+                &path,
+                &[state.peers.secret.header()],
+            )
+            .await
+            .ok()?;
+            let body =
+                http_body_util::BodyExt::collect(http_body_util::Limited::new(up.body, 64 * 1024))
+                    .await
+                    .ok()?
+                    .to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&body).ok()
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), asked)
+            .await
+            .ok()
+            .flatten();
+        nodes.push(match answer {
+            Some(restarted) => json!({ "node": n.name, "restarted": restarted }),
+            None => json!({ "node": n.name, "error": "did not answer" }),
+        });
+    }
+    info!(station = %name, "station restarted");
+    Response::json(200, &json!({ "station": name, "nodes": nodes }))
+}
+
+/// Restarts what this node runs for station `name`; what it restarted, as JSON.
+pub fn restart_here(state: &Node, name: &str) -> serde_json::Value {
+    let mounts: Vec<String> = state
+        .coordinator
+        .mounts()
+        .into_iter()
+        .filter(|m| m.station.as_deref() == Some(name))
+        .map(|m| m.path)
+        .collect();
+    let restarted = crate::control::reconcile::restart(state, &mounts);
+    json!(restarted
+        .iter()
+        .map(|(mount, kind)| json!({ "mount": mount, "kind": kind }))
+        .collect::<Vec<_>>())
 }

@@ -756,6 +756,9 @@ pub struct StationSettings {
     /// The native routing chain of the station's mounts ("" returns to the node's --routing).
     #[arg(long, value_name = "STEP,...")]
     routing: Option<String>,
+    /// Most transcoded and playlist mounts the station may have (0: no limit).
+    #[arg(long, value_name = "N")]
+    max_transcodes: Option<u32>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -778,6 +781,9 @@ pub enum StationCommand {
     },
     /// Remove a station that has no mounts left.
     Rm { name: String },
+    /// Restart the station's transcoders, playlists, relay mounts and plugin instances on every
+    /// node, and nothing of any other station.
+    Restart { name: String },
 }
 
 pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()> {
@@ -792,6 +798,9 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
         }
         if let Some(r) = s.routing {
             b["routing"] = json!(r);
+        }
+        if let Some(n) = s.max_transcodes {
+            b["max_transcodes"] = json!(n);
         }
         b
     };
@@ -847,6 +856,34 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
         StationCommand::Rm { name } => {
             let v = api.call("DELETE", &item(&name), None)?;
             (v, format!("Removed station {name}"))
+        }
+        StationCommand::Restart { name } => {
+            let v = api.call("POST", &format!("{}/restart", item(&name)), None)?;
+            let mut done = format!("Restarted station {name}");
+            for n in v["nodes"].as_array().into_iter().flatten() {
+                let node = n["node"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("this node");
+                let what: Vec<String> = n["restarted"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "{} ({})",
+                            r["mount"].as_str().unwrap_or(""),
+                            r["kind"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                done.push_str(&match n["error"].as_str() {
+                    Some(e) => format!("\n  {node}: {e}"),
+                    None if what.is_empty() => format!("\n  {node}: nothing of it runs here"),
+                    None => format!("\n  {node}: {}", what.join(", ")),
+                });
+            }
+            (v, done)
         }
     };
     if conn.json || done.is_empty() {
