@@ -593,17 +593,17 @@ fn signed_urls_agent_rules_and_a_listening_time_limit() {
 /// A radio's authentication endpoint, as Icecast 2.5's URL authentication calls it: admits
 /// `alice`/`wonderland` (header `icecast-auth-user: 1`), refuses anyone else, and records every
 /// form it gets. Serves until the test ends.
-fn auth_webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+/// A real HTTP server on loopback for a node to call: each request's head and body go to
+/// `answer`, which gives the status line and extra header lines of the reply. Returns its port.
+fn http_endpoint(answer: impl Fn(&str, &str) -> String + Send + 'static) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut data = Vec::new();
             let mut buf = [0u8; 4096];
-            let form = loop {
+            let request = loop {
                 let Ok(n) = s.read(&mut buf) else { break None };
                 if n == 0 {
                     break None;
@@ -623,24 +623,173 @@ fn auth_webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 if body.len() >= len {
-                    break Some(body.to_owned());
+                    break Some((head.to_owned(), body.to_owned()));
                 }
             };
-            let Some(form) = form else { continue };
-            let admit = form.contains("user=alice") && form.contains("pass=wonderland");
-            log.lock().unwrap().push(form);
-            let extra = if admit {
-                "icecast-auth-user: 1\r\n"
-            } else {
-                ""
+            let Some((head, body)) = request else {
+                continue;
             };
+            let reply = answer(&head, &body);
             let _ = s.write_all(
-                format!("HTTP/1.1 200 OK\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!("{reply}Content-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
             );
         }
     });
+    port
+}
+
+fn auth_webhook() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let port = http_endpoint(move |_, form| {
+        let admit = form.contains("user=alice") && form.contains("pass=wonderland");
+        log.lock().unwrap().push(form.to_owned());
+        let extra = if admit {
+            "icecast-auth-user: 1\r\n"
+        } else {
+            ""
+        };
+        format!("HTTP/1.1 200 OK\r\n{extra}")
+    });
     (port, seen)
+}
+
+#[test]
+fn event_hooks_are_signed_retried_and_cover_sources_listeners_and_changes() {
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    // Two hooks: one that refuses its first two deliveries (so the first event is retried), and
+    // one that asks only for listener events.
+    let endpoint = |refuse_first: usize| -> (u16, Seen) {
+        let seen: Seen = std::sync::Arc::default();
+        let log = seen.clone();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let port = http_endpoint(move |head, body| {
+            if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse_first {
+                return "HTTP/1.1 500 Not Now\r\n".to_owned();
+            }
+            log.lock().unwrap().push((head.to_owned(), body.to_owned()));
+            "HTTP/1.1 204 No Content\r\n".to_owned()
+        });
+        (port, seen)
+    };
+    let (all_port, all) = endpoint(2);
+    let (some_port, some) = endpoint(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.secret"), "a-secret-of-the-radio\n").unwrap();
+    let file = temp_file(
+        dir.path(),
+        "hooks.toml",
+        &format!(
+            "[[hook]]\nurl = \"http://127.0.0.1:{all_port}/events\"\nsecret_file = \"hook.secret\"\n\n[[hook]]\nurl = \"http://127.0.0.1:{some_port}/\"\nsecret_file = \"hook.secret\"\nevents = [\"listener_add\", \"listener_remove\"]\n"
+        ),
+    );
+    let node = Node::start(&["--event-hooks", file.to_str().unwrap()]);
+    node.create_mount("/hooked.mp3", "hook-pw", &[]);
+    let (ok, out) = node.push_plugin("gain", &plugin_file("gain"));
+    assert!(ok, "{out}");
+    let mut src = ffmpeg_mp3_source(&node, "hook-pw", "/hooked.mp3", &[]);
+    node.wait_live("/hooked.mp3", Duration::from_secs(15));
+    let listener = wait_for_listener(&node, "/hooked.mp3");
+    wait_for(Duration::from_secs(5), "audio", || listener.bytes() > 1000);
+    assert!(listener.finish());
+    wait_for(
+        Duration::from_secs(5),
+        "the node to see the listener leave",
+        || node.metric("tidecast_listeners{mount=\"/hooked.mp3\"}") == 0.0,
+    );
+    let _ = src.child.kill();
+    let kinds = |seen: &Seen| -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_str::<serde_json::Value>(b).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let expected = [
+        "mount_change",
+        "plugin_change",
+        "source_connect",
+        "listener_add",
+        "listener_remove",
+        "source_disconnect",
+    ];
+    // The first event waits out two refusals (1 s, then 2 s of backoff); the rest follow in order.
+    wait_for(
+        Duration::from_secs(20),
+        "every event at the first hook",
+        || kinds(&all).len() == expected.len(),
+    );
+    assert_eq!(kinds(&all), expected);
+    assert_eq!(kinds(&some), ["listener_add", "listener_remove"]);
+    for (head, body) in all.lock().unwrap().iter() {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let kind = v["event"].as_str().unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("post /events "), "{head}");
+        assert!(
+            head.contains(&format!("x-tidecast-event: {kind}")),
+            "{head}"
+        );
+        // The signature: HMAC-SHA256 of the body under the hook's secret.
+        use hmac::Mac as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"a-secret-of-the-radio").unwrap();
+        mac.update(body.as_bytes());
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            head.contains(&format!("x-tidecast-signature: sha256={hex}")),
+            "{kind}: {head}"
+        );
+        match kind {
+            "mount_change" => assert_eq!(
+                (v["mount"].as_str(), v["change"].as_str()),
+                (Some("/hooked.mp3"), Some("created"))
+            ),
+            "plugin_change" => assert_eq!(v["plugin"], "gain"),
+            "listener_remove" => assert!(
+                v["bytes"].as_u64() > Some(1000) && v["ip"] == "127.0.0.1",
+                "{v}"
+            ),
+            _ => assert_eq!(v["mount"], "/hooked.mp3", "{v}"),
+        }
+    }
+    assert_eq!(node.metric("tidecast_event_hooks_delivered_total"), 8.0);
+    assert_eq!(node.metric("tidecast_event_hooks_failed_total"), 0.0);
+    // A hooks file with problems stops the node at start, naming each.
+    let bad = temp_file(
+        dir.path(),
+        "bad.toml",
+        "[[hook]]\nurl = \"ftp://x\"\nsecret_env = \"NOPE_NOT_SET\"\nevents = [\"everything\"]\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--event-hooks",
+            bad.to_str().unwrap(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("bad-data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for problem in [
+        "not an http:// or https:// URL",
+        "NOPE_NOT_SET, which is not set",
+    ] {
+        assert!(err.contains(problem), "{problem}: {err}");
+    }
 }
 
 /// A two-byte probe of `mount` (`Range: bytes=0-1`), with Basic credentials if given: status,

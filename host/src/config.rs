@@ -128,6 +128,9 @@ serve_settings! {
     max_clients_per_address: usize = 500; [value_name = "N"]
     /// A source that sends nothing for this long is disconnected.
     source_timeout_secs: u64 = 10; [value_name = "SECONDS"]
+    /// A TOML file of event hooks (`[[hook]]` with url, secret_env or secret_file, events),
+    /// the same on every node: webhooks on sources, listeners and configuration changes.
+    event_hooks: PathBuf = PathBuf::new(); [value_name = "FILE"]
     /// On SIGTERM or `tidecast drain`, how long the node keeps its connected listeners and
     /// sources (after handing its transcoders, playlists and relay mounts to other nodes)
     /// before it stops; 0 stops at once.

@@ -26,6 +26,7 @@
 //! - [`tls`]: certificates (SNI, reload), the handshake, and the plain-or-TLS [`tls::Stream`]
 //!   every stage reads and writes;
 //! - [`clients`]: real client addresses behind proxies (PROXY protocol, `Forwarded`);
+//! - [`hooks`]: event webhooks (sources, listeners, configuration changes);
 //! - [`access`], [`auth`], [`limits`], [`lifecycle`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
@@ -38,6 +39,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod hls;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod ingest;

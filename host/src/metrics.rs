@@ -181,6 +181,30 @@ impl Metrics {
     }
 
     /// Registers the media cache's counters as `tidecast_media_cache_*`.
+    /// The event hooks' deliveries (`tidecast_event_hooks_*_total`).
+    pub fn register_hooks(&mut self, stats: &crate::hooks::HookStats) {
+        for (name, help, counter) in [
+            (
+                "delivered",
+                "Events a hook answered with 2xx",
+                &stats.delivered,
+            ),
+            (
+                "failed",
+                "Events given up after every attempt",
+                &stats.failed,
+            ),
+            (
+                "dropped",
+                "Events dropped because a hook's queue was full",
+                &stats.dropped,
+            ),
+        ] {
+            self.registry
+                .register(format!("event_hooks_{name}"), help, counter.clone());
+        }
+    }
+
     pub fn register_media(&mut self, stats: &crate::media::MediaStats) {
         for (name, help, counter) in [
             (

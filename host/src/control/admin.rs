@@ -1051,6 +1051,10 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
         return super::storage_error(e);
     }
     info!(mount = %path, "mount created");
+    state.hooks.emit(
+        "mount_change",
+        json!({ "mount": path, "change": "created" }),
+    );
     let mut view = mount_view(state, &m);
     if let Some(p) = password {
         view["password"] = json!(p);
@@ -1105,6 +1109,10 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
         return super::storage_error(e);
     }
     info!(%mount, "mount edited");
+    state.hooks.emit(
+        "mount_change",
+        json!({ "mount": mount, "change": "edited" }),
+    );
     Response::json(200, &mount_view(state, &m))
 }
 
@@ -1113,6 +1121,10 @@ async fn delete_mount(state: &Node, mount: &str) -> Response {
         Ok(true) => {
             // The server's reconcile task disconnects a live source of the deleted mount.
             info!(%mount, "mount deleted");
+            state.hooks.emit(
+                "mount_change",
+                json!({ "mount": mount, "change": "deleted" }),
+            );
             Response::json(200, &json!({ "deleted": mount }))
         }
         Ok(false) => Response::error(404, format!("no such mount: {mount}")),

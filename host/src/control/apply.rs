@@ -348,10 +348,11 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
     if applied {
         let changes: Vec<Change> = plan.into_iter().map(|(c, _)| c).collect();
         let n = changes.len();
-        if let Err(e) = state.coordinator.transact(changes).await {
+        if let Err(e) = state.coordinator.transact(changes.clone()).await {
             return crate::control::storage_error(e);
         }
         info!(changes = n, "configuration applied");
+        announce(state, &changes);
     }
     Response::json(
         200,
@@ -465,6 +466,22 @@ fn differences(old: Option<Value>, new: &Value) -> Vec<String> {
             (None, None) => String::new(),
         })
         .collect()
+}
+
+/// Tells the event hooks about the mounts `changes` made (`apply`, `restore`).
+pub fn announce(state: &Node, changes: &[Change]) {
+    for c in changes {
+        if let Change::Mount { path, base, new } = c {
+            let change = match (base.is_some(), new.is_some()) {
+                (false, _) => "created",
+                (true, true) => "edited",
+                (true, false) => "deleted",
+            };
+            state
+                .hooks
+                .emit("mount_change", json!({ "mount": path, "change": change }));
+        }
+    }
 }
 
 /// One planned change as the answer (and `tidecast apply`) shows it.

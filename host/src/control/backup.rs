@@ -166,9 +166,10 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
     }
     let n = changes.len();
     if n > 0 {
-        if let Err(e) = c.transact(changes).await {
+        if let Err(e) = c.transact(changes.clone()).await {
             return crate::control::storage_error(e);
         }
+        crate::control::apply::announce(state, &changes);
     }
     // Plugins the backup does not have go once no mount names them.
     for p in c.plugins() {

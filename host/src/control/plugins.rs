@@ -146,6 +146,10 @@ pub async fn push(state: &Node, name: &str, body: &[u8]) -> Response {
         return storage_error(e);
     }
     tracing::info!(plugin = name, version = %version.hash, kind = loaded.kind.as_str(), "plugin pushed");
+    state.hooks.emit(
+        "plugin_change",
+        json!({ "plugin": name, "change": "pushed", "sha256": version.hash }),
+    );
     let mut v = version_json(&version);
     v["name"] = json!(name);
     v["compile_ms"] = json!(timing.elapsed.as_secs_f64() * 1000.0);
@@ -169,6 +173,10 @@ pub async fn remove(state: &Node, name: &str) -> Response {
     match state.coordinator.delete_plugin(name).await {
         Ok(true) => {
             tracing::info!(plugin = name, "plugin removed");
+            state.hooks.emit(
+                "plugin_change",
+                json!({ "plugin": name, "change": "removed" }),
+            );
             Response::json(200, &json!({ "deleted": name }))
         }
         Ok(false) => Response::error(404, format!("no plugin named {name}")),

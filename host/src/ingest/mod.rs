@@ -45,6 +45,8 @@ pub struct Ingest {
     pub access: Option<Arc<crate::access::AccessLog>>,
     /// A draining node takes no new sources.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Sources connecting and leaving are events.
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 pub async fn serve(
@@ -202,6 +204,13 @@ async fn admit_and_pump(
     });
     state.metrics.sources.inc();
     info!(%peer, %mount, content_type, method = %req.method, agent = %hub.source_agent, "source connected");
+    let source = serde_json::json!({
+        "mount": mount,
+        "ip": peer.ip().to_string(),
+        "user_agent": hub.source_agent,
+        "content_type": content_type,
+    });
+    state.hooks.emit("source_connect", source.clone());
 
     let started = std::time::Instant::now();
     let reason = pump(&mut stream, leftover, body, &hub, &state).await;
@@ -215,6 +224,11 @@ async fn admit_and_pump(
         seconds = started.elapsed().as_secs(),
         "source disconnected"
     );
+    let mut left = source;
+    left["bytes"] = bytes.into();
+    left["seconds"] = started.elapsed().as_secs().into();
+    left["reason"] = reason.into();
+    state.hooks.emit("source_disconnect", left);
     Outcome {
         status: 200,
         bytes,

@@ -138,6 +138,8 @@ pub struct Listen {
     pub access: Option<Arc<crate::access::AccessLog>>,
     /// A draining node takes no new listeners.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Listeners arriving and leaving are events (other nodes' relays are not listeners).
+    pub hooks: Arc<crate::hooks::Hooks>,
     pub settings: Settings,
 }
 
@@ -421,6 +423,16 @@ async fn listen(
         .get_or_create(&Metrics::mount(&wanted))
         .inc();
     info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
+    let listener = serde_json::json!({
+        "mount": wanted,
+        "id": id,
+        "ip": peer.ip().to_string(),
+        "user_agent": agent,
+        "user": user,
+    });
+    if !relay {
+        state.hooks.emit("listener_add", listener.clone());
+    }
     let started = Instant::now();
 
     // The mount's intro, if it has one in the format of the stream it serves.
@@ -484,6 +496,13 @@ async fn listen(
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent, seconds, "listener disconnected"
     );
+    if !relay {
+        let mut left = listener;
+        left["bytes"] = conn.sent.into();
+        left["seconds"] = seconds.into();
+        left["reason"] = reason.into();
+        state.hooks.emit("listener_remove", left);
+    }
     Outcome {
         status: 200,
         bytes: conn.sent,

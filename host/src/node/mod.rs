@@ -64,11 +64,14 @@ pub struct Node {
     pub access: Option<Arc<crate::access::AccessLog>>,
     /// Configured, serving, draining: what `/readyz` says and routing respects.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// Event webhooks.
+    pub hooks: Arc<crate::hooks::Hooks>,
 }
 
 impl Node {
     #[allow(clippy::too_many_arguments)] // reason: each is one stage's piece, built in start.rs
     pub fn new(
+        hooks: Arc<crate::hooks::Hooks>,
         media: Arc<crate::media::Cache>,
         config: ServeConfig,
         coordinator: Arc<dyn Coordinator>,
@@ -92,6 +95,7 @@ impl Node {
         let listener_verifier = crate::auth::Verifier::default();
         metrics.register_auth("listener_auth", &listener_verifier.stats);
         metrics.register_media(&media.stats);
+        metrics.register_hooks(&hooks.stats);
         let relays = Arc::new(crate::cluster::relay::Relays::new(
             hubs.clone(),
             coordinator.clone(),
@@ -126,6 +130,7 @@ impl Node {
             source_timeout: config.source_timeout(),
             access: access.clone(),
             lifecycle: lifecycle.clone(),
+            hooks: hooks.clone(),
         });
         let demand = Arc::new(crate::ingest::pull::Demand::default());
         let listen = Arc::new(crate::listen::Listen {
@@ -147,6 +152,7 @@ impl Node {
             verifier: listener_verifier,
             access: access.clone(),
             lifecycle: lifecycle.clone(),
+            hooks: hooks.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
                 proxy_user_agents: config.proxy_user_agents.clone(),
@@ -213,6 +219,7 @@ impl Node {
             trusted_proxies,
             access,
             lifecycle,
+            hooks,
         }
     }
 }

@@ -52,6 +52,8 @@ pub enum StartError {
     MediaCache(std::io::Error),
     #[error("cannot listen for TLS on {0}: {1}")]
     TlsListen(std::net::SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Hooks(#[from] crate::hooks::HooksError),
 }
 
 /// Runs a node on `listener` with `config` until `shutdown` resolves and the node has drained
@@ -160,6 +162,12 @@ pub async fn run(
         )
     };
     ensure_admin(&config, coordinator.as_ref()).await?;
+    // Radios' web servers: the system's CAs. Checked before the node says it listens.
+    let hooks = Arc::new(crate::hooks::Hooks::start(
+        &config.event_hooks,
+        coordinator.node_name(),
+        crate::http::client::Client::new(None).unwrap_or_default(),
+    )?);
     let dns = match config.dns_listen.parse() {
         Ok(addr) => Some((
             dns::bind(addr).await?,
@@ -209,6 +217,7 @@ pub async fn run(
         .map_err(StartError::MediaCache)?,
     );
     let state = Arc::new(Node::new(
+        hooks,
         media,
         config,
         coordinator.clone(),
