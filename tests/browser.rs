@@ -2,7 +2,8 @@
 //! W3C WebDriver protocol (plain HTTP from this test, no client library). An HTTPS page on
 //! another origin plays every kind of mount (MP3, AAC, Ogg Opus and Ogg Vorbis sources,
 //! transcoded MP3 and Opus) through title changes; the public page shows live titles and is
-//! kept as a screenshot. hls.js, embedded in the node, plays an HLS master playlist.
+//! kept as a screenshot. hls.js, embedded in the node, plays an HLS master playlist. The
+//! operators' dashboard logs in, follows a source and its listeners live, and creates a mount.
 
 #![allow(clippy::unwrap_used)]
 
@@ -520,4 +521,116 @@ hls.attachMedia(a);
 
 fn node_port(addr: &str) -> &str {
     addr.rsplit_once(':').map_or("", |(_, p)| p)
+}
+
+#[test]
+fn the_dashboard_follows_sources_and_listeners_live_and_creates_a_transcoded_mount() {
+    let node = Node::start(&["--write-interval-ms", "200"]);
+    node.create_mount("/live.mp3", "dash-pw", &[]);
+    let browser = Browser::start();
+    browser.session(
+        "POST",
+        "/window/rect",
+        Some(json!({ "width": 1280, "height": 1100 })),
+    );
+    browser.open(&node.url("/admin/"));
+    let text = |selector: &str| {
+        browser
+            .run(&format!(
+                "const e = document.querySelector({selector:?}); return e ? e.textContent : null;"
+            ))
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let log_in = |password: &str| {
+        browser.run(&format!(
+            "document.getElementById('password').value = {password:?}; document.getElementById('login-button').click();"
+        ));
+    };
+    // A wrong password is refused and said so; the right one opens the dashboard.
+    log_in("not-the-password");
+    wait_for(Duration::from_secs(10), "the refusal on the page", || {
+        text("#login-error").contains("wrong user or password")
+    });
+    log_in(ADMIN_PASSWORD);
+    wait_for(
+        Duration::from_secs(10),
+        "the dashboard's first state",
+        || text("tr[data-mount='/live.mp3'] .pill") == "off air",
+    );
+    // A marker a reload would wipe: every update below arrives without one.
+    browser.run("window.stillTheSamePage = true;");
+
+    // A source comes live, and listeners arrive: the page follows by itself.
+    let _src = ffmpeg_mp3_source(&node, "dash-pw", "/live.mp3", &[]);
+    wait_for(
+        Duration::from_secs(15),
+        "the page to show the source live",
+        || text("tr[data-mount='/live.mp3'] .pill") == "live",
+    );
+    let mut listeners = Vec::new();
+    for n in 1..=3 {
+        listeners.push(wait_for_listener(&node, "/live.mp3"));
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{n} listener(s) on the page"),
+            || text("tr[data-mount='/live.mp3'] .listeners") == n.to_string(),
+        );
+    }
+    assert_eq!(
+        browser.run("return window.stillTheSamePage === true;"),
+        json!(true)
+    );
+
+    // A transcoded mount from the page: a bad bitrate is named next to its field, nothing is
+    // created; then it is.
+    let fill = |bitrate: &str| {
+        browser.run(&format!(
+            "const f = document.getElementById('mount-form');
+             f.path.value = '/live-64.opus'; f.from.value = '/live.mp3'; f.codec.value = 'opus';
+             f.bitrate.value = {bitrate:?};
+             document.getElementById('create-mount').click();"
+        ));
+    };
+    fill("999");
+    wait_for(
+        Duration::from_secs(10),
+        "the bitrate's problem next to it",
+        || {
+            text("#mount-form .err[data-for='bitrate']")
+                .contains("Opus bitrate must be 6 to 510 kbit/s")
+        },
+    );
+    assert!(!node.cli(&["mount", "list"]).1.contains("/live-64.opus"));
+    fill("64");
+    wait_for(Duration::from_secs(10), "the mount created", || {
+        text("#mount-done") == "Saved."
+    });
+    wait_for(
+        Duration::from_secs(15),
+        "the new mount live on the page",
+        || text("tr[data-mount='/live-64.opus'] .pill") == "live",
+    );
+    let (ok, err) = ffmpeg_decode(&node.url("/live-64.opus"), 2);
+    assert!(ok && err.trim().is_empty(), "{err}");
+    assert!(
+        text("#producers").contains("/live-64.opus"),
+        "{}",
+        text("#producers")
+    );
+    assert!(
+        text("#charts").contains("mount /live.mp3"),
+        "{}",
+        text("#charts")
+    );
+    assert!(
+        text("#nodes").contains("(single node)"),
+        "{}",
+        text("#nodes")
+    );
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    browser.screenshot(&shot);
+    eprintln!("dashboard screenshot: {}", shot.display());
+    drop(listeners);
 }

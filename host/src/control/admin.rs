@@ -6,6 +6,7 @@
 //! so a client that hangs up without reading (butt) still gets its update applied.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::body::Incoming;
 use serde_json::json;
@@ -24,9 +25,14 @@ use crate::node::Node;
 const MAX_BODY: usize = 64 * 1024;
 
 /// Answers an admin or API request hyper parsed (`control/serve.rs` sends them here).
-pub async fn answer(state: &Node, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
+pub async fn answer(
+    state: &Arc<Node>,
+    peer: SocketAddr,
+    req: &RequestHead,
+    body: Incoming,
+) -> Response {
     let media_key = media_upload(req);
-    let r = match admit(state, req, peer).await {
+    let mut r = match admit(state, req, peer).await {
         Ok(limit) if media_key.is_some() => match media_key.as_deref().and_then(crate::control::media::key_of) {
             Some(key) => crate::control::media::upload(state, &key, body, limit).await,
             None => Response::error(400, "a media key is 1 to 500 characters, with no leading '/' and no '.', '..' or empty segments"),
@@ -39,6 +45,12 @@ pub async fn answer(state: &Node, peer: SocketAddr, req: &RequestHead, body: Inc
     };
     if r.status >= 400 {
         info!(%peer, method = %req.method, path = %req.path, status = r.status, "admin request refused");
+    }
+    // A script (the dashboard) says so with `X-Requested-With`: it shows its own login, so the
+    // browser must not put up its password dialog over it.
+    if req.header("x-requested-with").is_some() {
+        r.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("www-authenticate"));
     }
     r
 }
@@ -265,7 +277,7 @@ fn ice_response(status: u16, message: &str) -> Response {
 }
 
 /// Answers an admitted request (see [`admit`]: credentials were checked already).
-async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
+async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
     let path = req.path.as_str();
     if is_metadata(path) {
         return metadata(state, req).await;
@@ -346,6 +358,10 @@ async fn route(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         }
         ("POST", "/api/v1/tls/reload") => tls_reload(state),
         ("POST", "/api/v1/drain") => crate::control::drain::here(state),
+        ("GET", "/api/v1/dashboard") => {
+            Response::json(200, &crate::control::dashboard::state_json(state))
+        }
+        ("GET", "/api/v1/dashboard/events") => crate::control::dashboard::events(state.clone()),
         ("GET", "/api/v1/config") => crate::control::apply::export(state),
         ("POST", "/api/v1/apply") => crate::control::apply::apply(state, req, body).await,
         ("GET", "/api/v1/backup") => crate::control::backup::backup(state).await,
@@ -513,7 +529,7 @@ pub fn set_title_here(state: &Node, mount: &str, title: &str) -> Response {
     ice_response(200, "Metadata update successful")
 }
 
-fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
+pub(crate) fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
     let hub = state.hubs.hub(&m.path);
     // What routes this mount's listeners: its own, its station's, or the node's.
     let (policy, routing) = state.router.for_mount(m);

@@ -2,12 +2,14 @@
 //! that is not a source or a stream): the Icecast admin endpoints and the JSON API ([`admin`]),
 //! stations ([`stations`]), plugin uploads ([`plugins`]), status documents ([`status`]), the
 //! public pages ([`pages`]) and what each mount plays ([`nowplaying`]), configuration as code
-//! ([`apply`]), backups of the whole store ([`backup`]), asking a node to drain ([`drain`]), and following the stored configuration
+//! ([`apply`]), backups of the whole store ([`backup`]), the operators' dashboard
+//! ([`dashboard`]), asking a node to drain ([`drain`]), and following the stored configuration
 //! ([`reconcile`]).
 
 pub mod admin;
 pub mod apply;
 pub mod backup;
+pub mod dashboard;
 pub mod drain;
 pub mod media;
 pub mod nowplaying;

@@ -19,9 +19,10 @@ pub fn takes(req: &RequestHead) -> bool {
     let path = req.path.as_str();
     // Mounts never live under /admin, /api or /_cluster (reserved paths): a PUT there is an API
     // call (a plugin upload), not a source.
-    if ["/admin/", "/api/", "/_cluster/"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    if path == "/admin"
+        || ["/admin/", "/api/", "/_cluster/"]
+            .iter()
+            .any(|p| path.starts_with(p))
     {
         return true;
     }
@@ -56,6 +57,9 @@ pub async fn answer(
 
 async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
     let path = req.path.as_str();
+    if matches!(path, "/admin/" | "/admin") && matches!(req.method.as_str(), "GET" | "HEAD") {
+        return crate::control::dashboard::page();
+    }
     if path.starts_with("/admin/") || path.starts_with("/api/") {
         return crate::control::admin::answer(&state, peer, req, body).await;
     }

@@ -32,7 +32,7 @@ pub fn check_membership(exists: &dyn Fn(&str) -> bool, m: &MountConfig) -> Optio
     })
 }
 
-fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
+pub fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
     let mounts: Vec<String> = state
         .coordinator
         .mounts()

@@ -51,6 +51,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     let reporter = tokio::spawn(state.load.clone().run());
     let hls = tokio::spawn(crate::hls::run(state.hls.clone()));
     let silence = tokio::spawn(crate::transcode::silence::run(state.transcode.clone()));
+    let history = tokio::spawn(crate::control::dashboard::sample(state.clone()));
     let certs = ports
         .acceptor
         .as_ref()
@@ -133,6 +134,7 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     reporter.abort();
     hls.abort();
     silence.abort();
+    history.abort();
     if let Some(c) = certs {
         c.abort();
     }

@@ -66,6 +66,8 @@ pub struct Node {
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Event webhooks.
     pub hooks: Arc<crate::hooks::Hooks>,
+    /// The last hour of listener counts, for the dashboard.
+    pub history: crate::control::dashboard::History,
 }
 
 impl Node {
@@ -220,6 +222,7 @@ impl Node {
             access,
             lifecycle,
             hooks,
+            history: Default::default(),
         }
     }
 }
