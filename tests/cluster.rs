@@ -186,12 +186,24 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     assert!(on_b.finish(), "the listener on B was disconnected");
 }
 
-#[test]
-fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected() {
-    let etcd = Etcd::start();
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
+/// Three nodes (with `flags`) producing `/live-64.opus` from `/live.mp3`: the transcoder on node
+/// T (whichever wins its election), the source on S, a listener of the transcoded mount on L,
+/// which relays it from T (and T relays the source from S).
+struct TranscoderCluster {
+    nodes: Vec<Node>,
+    /// T's name, and the indices of T, S and L in `nodes`.
+    transcoder: String,
+    t: usize,
+    s: usize,
+    l: usize,
+    listener: CountingReader,
+    _source: Proc,
+}
+
+fn transcoder_cluster(etcd: &Etcd, flags: &[&str]) -> TranscoderCluster {
+    let nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|n| Node::start_clustered(&etcd, n))
+        .map(|n| Node::start_clustered_with(etcd, n, flags))
         .collect();
     nodes[0].create_mount("/live.mp3", "hackme", &[]);
     nodes[0].create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
@@ -206,13 +218,35 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
         1 => (0, 2),
         _ => (0, 1),
     };
-    // The source on S, a listener on L: L relays from T, which relays the source from S.
-    let _src = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
+    let source = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
     nodes[s].wait_live("/live.mp3", Duration::from_secs(10));
     let listener = wait_for_listener(&nodes[l], "/_stream/live-64.opus");
     wait_for(Duration::from_secs(15), "audio at the listener", || {
         listener.bytes() > 3 * 8000
     });
+    TranscoderCluster {
+        nodes,
+        transcoder,
+        t,
+        s,
+        l,
+        listener,
+        _source: source,
+    }
+}
+
+#[test]
+fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected() {
+    let etcd = Etcd::start();
+    let TranscoderCluster {
+        mut nodes,
+        transcoder,
+        t,
+        s: _,
+        l,
+        listener,
+        _source,
+    } = transcoder_cluster(&etcd, &[]);
 
     // T dies. Another node takes the transcoder over; L's listener keeps its connection.
     drop(nodes[t].proc.take());
@@ -262,29 +296,15 @@ fn draining_a_node_hands_its_transcoder_over_with_a_gap_under_a_second() {
     // Listeners are written to every 100 ms, so a pause in what a listener receives is the
     // hand-over's own, not the write cadence's.
     let flags = ["--write-interval-ms", "100", "--drain-secs", "20"];
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Node::start_clustered_with(&etcd, n, &flags))
-        .collect();
-    nodes[0].create_mount("/live.mp3", "hackme", &[]);
-    nodes[0].create_transcode("/live-64.opus", "/live.mp3", "opus", 64, &[]);
-    let transcoder = wait_for_origin(&nodes[0], "/live-64.opus", "", Duration::from_secs(10));
-    let t = ["a", "b", "c"]
-        .iter()
-        .position(|n| *n == transcoder)
-        .unwrap();
-    let (s, l) = match t {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
-    // The source on S, a listener on L: L relays the transcoded mount from T.
-    let _src = ffmpeg_mp3_source(&nodes[s], "hackme", "/live.mp3", &[]);
-    nodes[s].wait_live("/live.mp3", Duration::from_secs(10));
-    let listener = wait_for_listener(&nodes[l], "/_stream/live-64.opus");
-    wait_for(Duration::from_secs(15), "audio at the listener", || {
-        listener.bytes() > 3 * 8000
-    });
+    let TranscoderCluster {
+        mut nodes,
+        transcoder,
+        t,
+        s,
+        l,
+        listener,
+        _source,
+    } = transcoder_cluster(&etcd, &flags);
     let (code, _, body) = http_get(nodes[t].addr, "/readyz", &[]);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
 

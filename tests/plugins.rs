@@ -446,3 +446,42 @@ fn policy_plugins_rank_nodes_and_a_hanging_one_falls_back_to_the_native_policy()
     // The node is unaffected by the hung plugin.
     assert_eq!(node.status()["icestats"]["source"], serde_json::Value::Null);
 }
+
+#[test]
+fn a_stations_plugin_budget_binds_its_mounts_only() {
+    let node = Node::start(&[]);
+    assert!(node.push_plugin("gain", &plugin_file("gain")).0);
+    for (station, memory) in [("tight", "1"), ("roomy", "16")] {
+        let (ok, _, err) = node.cli(&[
+            "station",
+            "create",
+            station,
+            "--plugin-memory-mb",
+            memory,
+            "--plugin-call-ms",
+            "3",
+        ]);
+        assert!(ok, "{err}");
+        node.create_mount(
+            &format!("/{station}.mp3"),
+            "budget-pw",
+            &["--station", station],
+        );
+    }
+    // A Rust plugin's memory starts above 1 MiB: the tight station cannot run it, the other can.
+    let (ok, _, err) = node.cli(&["mount", "edit", "/tight.mp3", "--filter", "gain:db=-3"]);
+    assert!(!ok && err.contains("memory cap exceeded"), "{err}");
+    let (ok, _, err) = node.cli(&["mount", "edit", "/roomy.mp3", "--filter", "gain:db=-3"]);
+    assert!(ok, "{err}");
+    // A station cannot give its plugins more than the node allows.
+    let (ok, _, err) = node.cli(&["station", "edit", "roomy", "--plugin-memory-mb", "5000"]);
+    assert!(
+        !ok && err.contains("plugin_memory_mb must be at most 4096"),
+        "{err}"
+    );
+    let (_, out, _) = node.cli(&["station", "show", "tight"]);
+    assert!(
+        out.contains("plugin_memory_mb") && out.contains("plugin_call_ms"),
+        "{out}"
+    );
+}

@@ -198,6 +198,7 @@ impl Router {
             let loaded = self.plugins.resolve(&p, Kind::Policy, &rt).ok()?;
             let policy = WasmPolicy::new(
                 self.plugins.runtime.clone(),
+                self.plugins.limits_of(mount),
                 loaded,
                 format!("{} on {mount}", p.name),
                 p.params.clone(),

@@ -229,6 +229,7 @@ pub fn rank(state: &Node, name: &str, body: &[u8]) -> Response {
             .resolve(&pref, crate::model::Kind::Policy, &rt)?;
         let mut policy = WasmPolicy::new(
             state.plugins.runtime.clone(),
+            state.plugins.runtime.limits,
             loaded,
             format!("{name} (dry run)"),
             pref.params.clone(),

@@ -22,6 +22,10 @@ pub struct StationRequest {
     routing: Option<String>,
     /// Most transcoded and playlist mounts; 0 for no limit.
     max_transcodes: Option<u32>,
+    /// Memory of each of the station's plugin instances, MiB; 0: the node's.
+    plugin_memory_mb: Option<u32>,
+    /// Longest call of the station's policies and title hooks, ms; 0: the node's.
+    plugin_call_ms: Option<u32>,
 }
 
 /// Problems with `m`'s station: it must exist (`exists`).
@@ -45,6 +49,8 @@ pub fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
         "policy": s.policy.as_ref().map(ToString::to_string),
         "routing": s.routing.as_ref().unwrap_or(&state.router.default_chain).to_string(),
         "max_transcodes": s.max_transcodes,
+        "plugin_memory_mb": s.plugin_memory_mb,
+        "plugin_call_ms": s.plugin_call_ms,
         "mounts": mounts,
     })
 }
@@ -95,6 +101,29 @@ fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut 
             "max_transcodes must be at most 10000 (0 for no limit), got {n}"
         )),
     }
+    for (name, given, field, max) in [
+        (
+            "plugin_memory_mb",
+            r.plugin_memory_mb,
+            &mut s.plugin_memory_mb,
+            4096,
+        ),
+        (
+            "plugin_call_ms",
+            r.plugin_call_ms,
+            &mut s.plugin_call_ms,
+            1000,
+        ),
+    ] {
+        match given {
+            None => {}
+            Some(0) => *field = None,
+            Some(n) if n <= max => *field = Some(n),
+            Some(n) => problems.push(format!(
+                "{name} must be at most {max} (0 for the node's), got {n}"
+            )),
+        }
+    }
     problems.extend(s.over_limit(state.coordinator.mounts().iter()));
 }
 
@@ -128,6 +157,8 @@ pub fn build(state: &Node, mut r: StationRequest) -> Result<StationConfig, Vec<S
         policy: None,
         routing: None,
         max_transcodes: None,
+        plugin_memory_mb: None,
+        plugin_call_ms: None,
     };
     apply(state, &mut s, r, &mut problems);
     if problems.is_empty() {
@@ -146,8 +177,14 @@ pub fn request_of(s: &StationConfig) -> serde_json::Value {
     if let Some(r) = &s.routing {
         v["routing"] = json!(r.to_string());
     }
-    if let Some(n) = s.max_transcodes {
-        v["max_transcodes"] = json!(n);
+    for (key, value) in [
+        ("max_transcodes", s.max_transcodes),
+        ("plugin_memory_mb", s.plugin_memory_mb),
+        ("plugin_call_ms", s.plugin_call_ms),
+    ] {
+        if let Some(n) = value {
+            v[key] = json!(n);
+        }
     }
     v
 }
@@ -211,14 +248,19 @@ pub async fn edit(state: &Node, name: &str, body: &[u8]) -> Response {
     Response::json(200, &view(state, &s))
 }
 
-pub async fn delete(state: &Node, name: &str) -> Response {
-    let members: Vec<String> = state
+/// The mounts of station `name`.
+fn members(state: &Node, name: &str) -> Vec<String> {
+    state
         .coordinator
         .mounts()
         .into_iter()
         .filter(|m| m.station.as_deref() == Some(name))
         .map(|m| m.path)
-        .collect();
+        .collect()
+}
+
+pub async fn delete(state: &Node, name: &str) -> Response {
+    let members = members(state, name);
     if !members.is_empty() {
         return Response::error(
             409,
@@ -286,14 +328,7 @@ pub async fn restart(state: &Node, name: &str) -> Response {
 
 /// Restarts what this node runs for station `name`; what it restarted, as JSON.
 pub fn restart_here(state: &Node, name: &str) -> serde_json::Value {
-    let mounts: Vec<String> = state
-        .coordinator
-        .mounts()
-        .into_iter()
-        .filter(|m| m.station.as_deref() == Some(name))
-        .map(|m| m.path)
-        .collect();
-    let restarted = crate::control::reconcile::restart(state, &mounts);
+    let restarted = crate::control::reconcile::restart(state, &members(state, name));
     json!(restarted
         .iter()
         .map(|(mount, kind)| json!({ "mount": mount, "kind": kind }))

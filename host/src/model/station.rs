@@ -20,6 +20,14 @@ pub struct StationConfig {
     /// the station may have, so one radio cannot take every node's CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_transcodes: Option<u32>,
+    /// Memory of each plugin instance on the station's mounts, in MiB (at most the node's
+    /// `--plugin-memory-mb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_memory_mb: Option<u32>,
+    /// Longest policy call or title hook of the station's plugins, in ms (at most the node's
+    /// `--plugin-call-ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_call_ms: Option<u32>,
 }
 
 impl StationConfig {

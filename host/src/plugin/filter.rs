@@ -28,6 +28,8 @@ struct Live {
 
 pub struct WasmFilter {
     plugins: Arc<Plugins>,
+    /// This instance's limits: the node's, or its station's lower ones.
+    limits: super::Limits,
     loaded: Arc<Loaded>,
     label: String,
     log: LogBudget,
@@ -43,8 +45,10 @@ pub struct WasmFilter {
 impl WasmFilter {
     /// An instance of `loaded` for a stream of `format` (channels 0: metadata only). Fails with
     /// the plugin's own message when it rejects the parameters.
+    #[allow(clippy::too_many_arguments)] // reason: each is one part of the instance
     pub fn new(
         plugins: Arc<Plugins>,
+        limits: super::Limits,
         loaded: Arc<Loaded>,
         label: String,
         params: Vec<(String, String)>,
@@ -54,6 +58,7 @@ impl WasmFilter {
     ) -> Result<WasmFilter, AttachError> {
         let mut f = WasmFilter {
             plugins,
+            limits,
             loaded,
             log: LogBudget::new(&label),
             label,
@@ -72,6 +77,7 @@ impl WasmFilter {
     fn instantiate(&self) -> Result<Live, AttachError> {
         instantiate(
             &self.plugins,
+            &self.limits,
             &self.loaded,
             &self.log,
             self.format,
@@ -108,7 +114,7 @@ impl WasmFilter {
     }
 
     fn call_metadata(&mut self, title: &str) -> Option<String> {
-        let deadline = ticks(self.plugins.limits.policy_deadline);
+        let deadline = ticks(self.limits.policy_deadline);
         let live = self.live()?;
         live.store.set_epoch_deadline(deadline);
         let meta = vec![("title".to_owned(), title.to_owned())];
@@ -137,6 +143,7 @@ fn title_of(m: &[(String, String)]) -> Option<String> {
 
 fn instantiate(
     plugins: &Plugins,
+    limits: &super::Limits,
     loaded: &Loaded,
     log: &LogBudget,
     format: AudioFormat,
@@ -154,6 +161,7 @@ fn instantiate(
     };
     let (store, bindings, instance) = super::start(
         plugins,
+        limits,
         log,
         |store| pre.instantiate(store),
         |b: &FilterPlugin, store| {
@@ -173,8 +181,7 @@ impl tidecast_codecs::Filter for WasmFilter {
     fn process(&mut self, block: &mut [f32], format: AudioFormat) {
         let frames = block.len() / usize::from(format.channels.max(1));
         let budget = Duration::from_secs_f64(
-            frames as f64 / f64::from(format.sample_rate.max(1))
-                * self.plugins.limits.filter_fraction,
+            frames as f64 / f64::from(format.sample_rate.max(1)) * self.limits.filter_fraction,
         );
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let Some(live) = self.live() else { return };
@@ -221,7 +228,14 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
         sample_rate: 48_000,
         channels: 2,
     };
-    let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), format, &[]) {
+    let mut live = match instantiate(
+        plugins,
+        &plugins.limits,
+        loaded,
+        &LogBudget::new("smoke test"),
+        format,
+        &[],
+    ) {
         Ok(l) => l,
         Err(e @ AttachError::Rejected(_)) => {
             return Ok(format!(

@@ -120,6 +120,22 @@ impl Host {
             .collect()
     }
 
+    /// The limits of plugin instances of a mount of `station`: the node's, lowered to the
+    /// station's budget.
+    pub fn station_limits(&self, station: Option<&str>) -> super::Limits {
+        let s = station.and_then(|s| self.coordinator.station(s));
+        self.runtime.limits.within(
+            s.as_ref().and_then(|s| s.plugin_memory_mb),
+            s.as_ref().and_then(|s| s.plugin_call_ms),
+        )
+    }
+
+    /// The limits of plugin instances on `mount` ([`Host::station_limits`] of its station).
+    pub fn limits_of(&self, mount: &str) -> super::Limits {
+        let station = self.coordinator.mount(mount).and_then(|m| m.station);
+        self.station_limits(station.as_deref())
+    }
+
     /// Builds `mount`'s filter chain for audio in `format` (channels 0: metadata hooks only). A
     /// filter that cannot start is left out, logged and shown in status; the others run. Blocking.
     pub fn build_chain(
@@ -149,6 +165,7 @@ impl Host {
                 quarantined.set(0);
                 let f = filter::WasmFilter::new(
                     self.runtime.clone(),
+                    self.limits_of(mount),
                     loaded,
                     label.clone(),
                     r.params.clone(),
@@ -213,6 +230,7 @@ impl Host {
                     let checked = self.resolve(r, Kind::Filter, &rt).and_then(|loaded| {
                         filter::WasmFilter::new(
                             self.runtime.clone(),
+                            self.station_limits(m.station.as_deref()),
                             loaded,
                             format!("{} (attach check)", r.name),
                             r.params.clone(),
@@ -246,6 +264,7 @@ impl Host {
             .and_then(|loaded| {
                 policy::WasmPolicy::new(
                     self.runtime.clone(),
+                    self.runtime.limits,
                     loaded,
                     format!("{} (attach check)", r.name),
                     r.params.clone(),

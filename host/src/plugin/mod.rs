@@ -70,7 +70,8 @@ pub(crate) mod bindings {
 
 use bindings::filter::tidecast::plugin as wit;
 
-/// Limits applied to every instance.
+/// Limits applied to every instance: the node's (`--plugin-memory-mb`, `--plugin-call-ms`), or a
+/// station's lower ones for its mounts' instances ([`Limits::within`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Linear memory (and tables) of one instance.
@@ -79,6 +80,23 @@ pub struct Limits {
     pub filter_fraction: f64,
     /// Deadline of a policy call.
     pub policy_deadline: Duration,
+}
+
+impl Limits {
+    /// These limits, lowered to a station's budget where it sets one: memory in MiB and the
+    /// call deadline in milliseconds. A station never gets more than the node allows.
+    pub fn within(self, memory_mb: Option<u32>, call_ms: Option<u32>) -> Limits {
+        Limits {
+            memory_bytes: memory_mb.map_or(self.memory_bytes, |mb| {
+                self.memory_bytes.min(mb as usize * 1024 * 1024)
+            }),
+            policy_deadline: call_ms.map_or(self.policy_deadline, |ms| {
+                self.policy_deadline
+                    .min(Duration::from_millis(u64::from(ms)))
+            }),
+            filter_fraction: self.filter_fraction,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -363,8 +381,8 @@ impl Plugins {
         });
     }
 
-    /// A fresh store for one instance, logging through `log`.
-    fn store(&self, log: &LogBudget) -> Store<Ctx> {
+    /// A fresh store for one instance with `memory_bytes` of memory, logging through `log`.
+    fn store(&self, log: &LogBudget, memory_bytes: usize) -> Store<Ctx> {
         self.start_ticker();
         // WASI handles (pollables, streams) live in this host table: bounded too.
         let mut table = ResourceTable::new();
@@ -373,7 +391,7 @@ impl Plugins {
             wasi: WasiCtxBuilder::new().build(),
             table,
             limits: InstanceLimits {
-                budget: self.limits.memory_bytes,
+                budget: memory_bytes,
                 used: 0,
             },
             log: log.clone(),
@@ -758,11 +776,12 @@ impl wit::now_playing::Host for Ctx {
 /// plugin's own `create` (with its parameters). Every error names its step.
 fn start<B, R>(
     plugins: &Plugins,
+    limits: &Limits,
     log: &LogBudget,
     instantiate: impl FnOnce(&mut Store<Ctx>) -> wasmtime::Result<B>,
     create: impl FnOnce(&B, &mut Store<Ctx>) -> wasmtime::Result<Result<R, String>>,
 ) -> Result<(Store<Ctx>, B, R), AttachError> {
-    let mut store = plugins.store(log);
+    let mut store = plugins.store(log, limits.memory_bytes);
     store.set_epoch_deadline(ticks(CREATE_DEADLINE));
     let bindings = instantiate(&mut store).map_err(|e| AttachError::Instantiate(describe(&e)))?;
     let made = create(&bindings, &mut store)
@@ -904,6 +923,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_station_budget_only_lowers_the_nodes_limits() {
+        let node = Limits::default();
+        let low = node.within(Some(4), Some(2));
+        assert_eq!(low.memory_bytes, 4 * 1024 * 1024);
+        assert_eq!(low.policy_deadline, Duration::from_millis(2));
+        let high = node.within(Some(4096), Some(1000));
+        assert_eq!(high.memory_bytes, node.memory_bytes);
+        assert_eq!(high.policy_deadline, node.policy_deadline);
+        assert_eq!(node.within(None, None).memory_bytes, node.memory_bytes);
+    }
+
+    #[test]
     fn headers() {
         assert!(check_header(b"hello world").is_err());
         let core = check_header(b"\0asm\x01\0\0\0").unwrap_err().to_string();
@@ -957,7 +988,7 @@ mod tests {
     fn instantiate_wat(wat: &str) -> Result<(), String> {
         let plugins = Plugins::new(None, Limits::default()).unwrap();
         let component = Component::new(&plugins.engine, wat::parse_str(wat).unwrap()).unwrap();
-        let mut store = plugins.store(&LogBudget::new("test"));
+        let mut store = plugins.store(&LogBudget::new("test"), plugins.limits.memory_bytes);
         Linker::new(&plugins.engine)
             .instantiate(&mut store, &component)
             .map(|_| ())
@@ -1009,7 +1040,7 @@ mod tests {
     #[test]
     fn the_host_resource_table_is_bounded() {
         let plugins = Plugins::new(None, Limits::default()).unwrap();
-        let mut store = plugins.store(&LogBudget::new("test"));
+        let mut store = plugins.store(&LogBudget::new("test"), plugins.limits.memory_bytes);
         let table = &mut store.data_mut().table;
         for _ in 0..MAX_HOST_RESOURCES {
             table.push(0u8).unwrap();

@@ -23,6 +23,8 @@ struct Live {
 
 pub struct WasmPolicy {
     plugins: Arc<Plugins>,
+    /// This instance's limits: the node's, or its station's lower ones.
+    limits: super::Limits,
     loaded: Arc<Loaded>,
     label: String,
     log: LogBudget,
@@ -34,6 +36,7 @@ pub struct WasmPolicy {
 
 fn instantiate(
     plugins: &Plugins,
+    limits: &super::Limits,
     loaded: &Loaded,
     log: &LogBudget,
     params: &[(String, String)],
@@ -46,6 +49,7 @@ fn instantiate(
     };
     let (store, bindings, selector) = super::start(
         plugins,
+        limits,
         log,
         |store| pre.instantiate(store),
         |b: &PolicyPlugin, store| {
@@ -77,14 +81,16 @@ pub fn ranking(order: &[u32], nodes: usize) -> Option<Vec<usize>> {
 impl WasmPolicy {
     pub fn new(
         plugins: Arc<Plugins>,
+        limits: super::Limits,
         loaded: Arc<Loaded>,
         label: String,
         params: Vec<(String, String)>,
     ) -> Result<WasmPolicy, AttachError> {
         let log = LogBudget::new(&label);
-        let live = instantiate(&plugins, &loaded, &log, &params)?;
+        let live = instantiate(&plugins, &limits, &loaded, &log, &params)?;
         Ok(WasmPolicy {
             plugins,
+            limits,
             loaded,
             label,
             log,
@@ -103,7 +109,13 @@ impl WasmPolicy {
         }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         if self.live.is_none() {
-            match instantiate(&self.plugins, &self.loaded, &self.log, &self.params) {
+            match instantiate(
+                &self.plugins,
+                &self.limits,
+                &self.loaded,
+                &self.log,
+                &self.params,
+            ) {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
                     self.fail(e.to_string());
@@ -113,7 +125,7 @@ impl WasmPolicy {
         }
         let live = self.live.as_mut()?;
         live.store
-            .set_epoch_deadline(ticks(self.plugins.limits.policy_deadline));
+            .set_epoch_deadline(ticks(self.limits.policy_deadline));
         let result = live.bindings.tidecast_plugin_policy().selector().call_rank(
             &mut live.store,
             live.selector,
@@ -191,7 +203,13 @@ pub fn sample_request() -> ListenerRequest {
 
 /// The upload check: `create` without parameters and, if accepted, `rank` over three nodes.
 pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
-    let mut live = match instantiate(plugins, loaded, &LogBudget::new("smoke test"), &[]) {
+    let mut live = match instantiate(
+        plugins,
+        &plugins.limits,
+        loaded,
+        &LogBudget::new("smoke test"),
+        &[],
+    ) {
         Ok(l) => l,
         Err(e @ AttachError::Rejected(_)) => {
             return Ok(format!(

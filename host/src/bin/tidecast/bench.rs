@@ -251,8 +251,14 @@ fn policy_latency(
     quiet: bool,
 ) -> anyhow::Result<()> {
     use tidecast::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
-    let mut policy = WasmPolicy::new(plugins.clone(), loaded.clone(), "bench".into(), Vec::new())
-        .map_err(anyhow::Error::msg)?;
+    let mut policy = WasmPolicy::new(
+        plugins.clone(),
+        plugins.limits,
+        loaded.clone(),
+        "bench".into(),
+        Vec::new(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let (req, list) = (sample_request(), sample_nodes(nodes));
     let calls = 20_000;
     let mut times = Vec::with_capacity(calls);
@@ -457,6 +463,7 @@ fn run_with(
                 }
                 let mut f = tidecast::plugin::filter::WasmFilter::new(
                     plugins.clone(),
+                    plugins.limits,
                     loaded.clone(),
                     name.clone(),
                     params.clone(),
@@ -492,6 +499,7 @@ fn run_with(
                 Some((loaded, params, plugins)) => vec![Box::new(
                     tidecast::plugin::filter::WasmFilter::new(
                         plugins.clone(),
+                        plugins.limits,
                         (*loaded).clone(),
                         name.clone(),
                         params.clone(),

@@ -759,6 +759,12 @@ pub struct StationSettings {
     /// Most transcoded and playlist mounts the station may have (0: no limit).
     #[arg(long, value_name = "N")]
     max_transcodes: Option<u32>,
+    /// Memory of each of the station's plugin instances, in MiB (at most the node's; 0: the node's).
+    #[arg(long, value_name = "MIB")]
+    plugin_memory_mb: Option<u32>,
+    /// Longest call of the station's policies and title hooks, in ms (at most the node's; 0: the node's).
+    #[arg(long, value_name = "MS")]
+    plugin_call_ms: Option<u32>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -799,8 +805,14 @@ pub fn station(conn: &Connection, command: StationCommand) -> anyhow::Result<()>
         if let Some(r) = s.routing {
             b["routing"] = json!(r);
         }
-        if let Some(n) = s.max_transcodes {
-            b["max_transcodes"] = json!(n);
+        for (key, value) in [
+            ("max_transcodes", s.max_transcodes),
+            ("plugin_memory_mb", s.plugin_memory_mb),
+            ("plugin_call_ms", s.plugin_call_ms),
+        ] {
+            if let Some(n) = value {
+                b[key] = json!(n);
+            }
         }
         b
     };
