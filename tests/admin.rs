@@ -379,6 +379,18 @@ token_key_env = "OTHER_KEY"
         assert!(err.contains(problem), "{problem}: {err}");
     }
     assert_eq!(before, node.cli(&["export"]).1);
+    // A password written in a file is refused before anything is sent.
+    std::fs::write(
+        conf.join("30-bad.toml"),
+        "[[mounts]]\npath = \"/clear.mp3\"\nsource_password = \"in-clear\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = apply(&[]);
+    assert!(
+        !ok && err.contains("source_password is never written in a file"),
+        "{err}"
+    );
+    assert_eq!(before, node.cli(&["export"]).1);
 }
 
 /// The (serial, sequence number) of each Ogg page in `data`, which must be whole pages.

@@ -1,7 +1,8 @@
 //! The deployment files in `host/deploy/`, checked by the tools that judge them: the Kubernetes
 //! manifests against the API's schemas (`kubernetes-validate` from PyPI, strict), the systemd
 //! unit by `systemd-analyze verify` and its hardening by `systemd-analyze security`, and the
-//! container image's runtime base against the shared libraries the binary really links.
+//! container image's runtime base against the shared libraries the binary really links, then the
+//! binary serving from a root as bare as that image.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,6 +10,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -187,4 +189,62 @@ fn the_binary_needs_only_what_the_container_base_has() {
         seen += 1;
     }
     assert!(seen >= 2, "{libs}");
+}
+
+/// The runtime image, as far as it can be checked without a registry (none is reachable from
+/// these machines, so the Containerfile itself is not built here): a root holding only what
+/// `gcr.io/distroless/cc-debian12:nonroot` holds that the binary uses (its libraries, the CA
+/// bundle), the binary where the Containerfile puts it, run by `chroot` as the image's user
+/// 65532 with the image's data directory. A real source and a real player use it.
+#[test]
+fn the_binary_serves_from_a_root_as_bare_as_the_container_image() {
+    require("ldd");
+    require("chroot");
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "chroot needs root (CI runs the tests as root)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let put = |from: &Path, to: &Path| {
+        let at = root.join(to.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::copy(from, &at).unwrap();
+    };
+    put(Path::new(bin()), Path::new("/usr/local/bin/tidecast"));
+    put(
+        Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        Path::new("/etc/ssl/certs/ca-certificates.crt"),
+    );
+    let libs = String::from_utf8(Command::new("ldd").arg(bin()).output().unwrap().stdout).unwrap();
+    for line in libs.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(Path::new);
+        if let Some(p) = path {
+            put(&std::fs::canonicalize(p).unwrap(), p);
+        }
+    }
+    let data = root.join("var/lib/tidecast");
+    std::fs::create_dir_all(&data).unwrap();
+    assert!(Command::new("chown")
+        .args(["-R", "65532:65532"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    let node = Node::start_in_chroot(&root);
+    node.create_mount("/boxed.mp3", "boxed-pw", &[]);
+    let _src = ffmpeg_mp3_source(&node, "boxed-pw", "/boxed.mp3", &[]);
+    node.wait_live("/boxed.mp3", Duration::from_secs(15));
+    let (ok, err) = ffmpeg_decode(&node.url("/boxed.mp3"), 2);
+    assert!(ok && err.trim().is_empty(), "{err}");
+    // Its state is where the image keeps it, owned by the image's user.
+    use std::os::unix::fs::MetadataExt as _;
+    let state = std::fs::metadata(data.join("state.json")).unwrap();
+    assert_eq!(state.uid(), 65532);
 }

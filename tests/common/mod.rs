@@ -284,6 +284,40 @@ fn spawn_node(
     extra: &[String],
     env: &[(String, String)],
 ) -> (Proc, SocketAddr) {
+    spawn_node_by(Command::new(bin()), dir, data_dir, extra, env)
+}
+
+impl Node {
+    /// A node run as `chroot --userspec=65532:65532 ROOT /usr/local/bin/tidecast`, which the
+    /// test has filled like a container image; its data directory is `/var/lib/tidecast` there.
+    pub fn start_in_chroot(root: &Path) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = PathBuf::from("/var/lib/tidecast");
+        let mut chroot = Command::new("chroot");
+        chroot
+            .arg("--userspec=65532:65532")
+            .arg(root)
+            .arg("/usr/local/bin/tidecast");
+        let (proc, addr) = spawn_node_by(chroot, dir.path(), &data_dir, &[], &[]);
+        Node {
+            addr,
+            dir,
+            data_dir,
+            proc: Some(proc),
+            extra: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// [`spawn_node`] with the node's program given (`serve` and the flags follow).
+fn spawn_node_by(
+    mut program: Command,
+    dir: &Path,
+    data_dir: &Path,
+    extra: &[String],
+    env: &[(String, String)],
+) -> (Proc, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -291,7 +325,7 @@ fn spawn_node(
         .unwrap();
     let mut proc = Proc::spawn(
         "tidecast",
-        Command::new(bin())
+        program
             .arg("serve")
             .args(
                 (!extra.iter().any(|a| a == "--listen"))

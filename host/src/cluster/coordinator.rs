@@ -673,6 +673,65 @@ mod tests {
         }
     }
 
+    /// A transaction lands whole or not at all: one stale base stops every change in it, and
+    /// what is stored (in memory and on disk) stays as it was.
+    #[tokio::test]
+    async fn a_transaction_with_one_stale_entry_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Embedded::open(dir.path()).unwrap();
+        c.put_mount(mount("/a"), None).await.unwrap();
+        let mut edited = mount("/a");
+        edited.max_listeners = Some(9);
+        let station = StationConfig {
+            name: "r".into(),
+            policy: None,
+            routing: None,
+            max_transcodes: None,
+            plugin_memory_mb: None,
+            plugin_call_ms: None,
+        };
+        let stale = vec![
+            Change::Station {
+                name: "r".into(),
+                base: None,
+                new: Some(station.clone()),
+            },
+            Change::Mount {
+                path: "/new".into(),
+                base: None,
+                new: Some(mount("/new")),
+            },
+            // Based on an /a that is not what is stored.
+            Change::Mount {
+                path: "/a".into(),
+                base: Some(edited.clone()),
+                new: None,
+            },
+        ];
+        assert!(matches!(c.transact(stale).await, Err(CoordError::Conflict(w)) if w == "mount /a"));
+        assert_eq!(c.mounts().len(), 1);
+        assert!(c.station("r").is_none());
+        assert_eq!(
+            Embedded::open(dir.path()).unwrap().mounts(),
+            vec![mount("/a")]
+        );
+        let fresh = vec![
+            Change::Station {
+                name: "r".into(),
+                base: None,
+                new: Some(station),
+            },
+            Change::Mount {
+                path: "/a".into(),
+                base: Some(mount("/a")),
+                new: Some(edited.clone()),
+            },
+        ];
+        c.transact(fresh).await.unwrap();
+        assert_eq!(c.mount("/a"), Some(edited));
+        assert!(c.station("r").is_some());
+    }
+
     #[tokio::test]
     async fn persists_and_reloads() {
         let dir = tempfile::tempdir().unwrap();

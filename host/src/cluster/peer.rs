@@ -22,6 +22,8 @@ pub enum PeerError {
     Client(#[from] ClientError),
     #[error("the node answered {0}")]
     Status(u16),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The cluster secret every node shares, for internal requests.
@@ -163,6 +165,29 @@ pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str) -> Option<boo
         Ok(Ok(up)) if up.head.status == 410 => Some(false),
         _ => None,
     }
+}
+
+/// Asks the node at `url` for `path`, an internal endpoint (with the cluster secret), and reads
+/// its small answer (at most 64 KiB), all within `wait`: its status and body.
+pub async fn ask(
+    peers: &Peers,
+    url: &str,
+    path: &str,
+    wait: Duration,
+) -> Result<(u16, Bytes), PeerError> {
+    let asked = async {
+        let up = request(peers, url, path, &[peers.secret.header()]).await?;
+        let status = up.head.status;
+        let body = http_body_util::Limited::new(up.body, 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(wait, asked)
+        .await
+        .unwrap_or(Err(PeerError::Timeout(wait)))
 }
 
 /// Hands `title` for `mount` to the node at `url`, its origin (`/_cluster/metadata`). Returns

@@ -216,8 +216,17 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         .iter()
         .map(|(path, _, r)| (path.clone(), r.from.is_some()))
         .collect();
-    let transcoded = |p: &str| declared.get(p).copied();
-    let station = |s: &str| stations.contains_key(s);
+    // References resolve in the declared set, and without `prune` also in what is stored and
+    // stays.
+    let transcoded = |p: &str| {
+        declared.get(p).copied().or_else(|| {
+            (!prune)
+                .then(|| state.coordinator.mount(p).map(|m| m.transcode.is_some()))
+                .flatten()
+        })
+    };
+    let station =
+        |s: &str| stations.contains_key(s) || (!prune && state.coordinator.station(s).is_some());
     let known = Known {
         transcoded: &transcoded,
         station: &station,

@@ -2,7 +2,6 @@
 //! drains the node asked; `POST /api/v1/nodes/NAME/drain`, asked of any node of a cluster, is
 //! passed to node NAME as `/_cluster/drain` with the cluster secret.
 
-use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use crate::http::Response;
@@ -49,21 +48,9 @@ pub async fn node(state: &Node, name: &str) -> Response {
             format!("no live node named {name:?} in this cluster (`tidecast status` lists them)"),
         );
     };
-    let headers = [state.peers.secret.header()];
-    let answer = async {
-        let up =
-            crate::cluster::peer::request(&state.peers, &url, "/_cluster/drain", &headers).await?;
-        let status = up.head.status;
-        let body = http_body_util::Limited::new(up.body, 64 * 1024)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, crate::cluster::peer::PeerError>((status, body))
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(10), answer).await {
-        Ok(Ok((status, body))) => Response::new(status, "application/json", body),
-        Ok(Err(e)) => Response::error(502, format!("node {name} at {url} did not answer: {e}")),
-        Err(_) => Response::error(504, format!("node {name} at {url} did not answer in 10 s")),
+    let wait = std::time::Duration::from_secs(10);
+    match crate::cluster::peer::ask(&state.peers, &url, "/_cluster/drain", wait).await {
+        Ok((status, body)) => Response::new(status, "application/json", body),
+        Err(e) => Response::error(502, format!("node {name} at {url} did not answer: {e}")),
     }
 }

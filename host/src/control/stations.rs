@@ -297,26 +297,12 @@ pub async fn restart(state: &Node, name: &str) -> Response {
             "/_cluster/restart-station?{}",
             crate::http::encode_form(&[("name".to_owned(), name.as_bytes().to_vec())])
         );
-        let asked = async {
-            let up = crate::cluster::peer::request(
-                &state.peers,
-                &n.url,
-                &path,
-                &[state.peers.secret.header()],
-            )
-            .await
-            .ok()?;
-            let body =
-                http_body_util::BodyExt::collect(http_body_util::Limited::new(up.body, 64 * 1024))
-                    .await
-                    .ok()?
-                    .to_bytes();
-            serde_json::from_slice::<serde_json::Value>(&body).ok()
-        };
-        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), asked)
+        let wait = std::time::Duration::from_secs(10);
+        let answer = crate::cluster::peer::ask(&state.peers, &n.url, &path, wait)
             .await
             .ok()
-            .flatten();
+            .filter(|(status, _)| *status == 200)
+            .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok());
         nodes.push(match answer {
             Some(restarted) => json!({ "node": n.name, "restarted": restarted }),
             None => json!({ "node": n.name, "error": "did not answer" }),

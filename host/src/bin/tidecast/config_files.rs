@@ -55,6 +55,12 @@ fn resolve_secret(
     problems: &mut Vec<String>,
     at: &str,
 ) {
+    if entry.contains_key(name) {
+        problems.push(format!(
+            "{at}: {name} is never written in a file: give {name}_env or {name}_file"
+        ));
+        return;
+    }
     let env = entry.remove(&format!("{name}_env"));
     let file = entry.remove(&format!("{name}_file"));
     let value = match (env, file) {
@@ -91,9 +97,6 @@ fn resolve_secret(
             return;
         }
     };
-    if entry.contains_key(name) {
-        problems.push(format!("{at}: {name} is given twice"));
-    }
     entry.insert(name.to_owned(), Value::String(value));
 }
 
