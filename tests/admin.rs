@@ -261,6 +261,7 @@ fn sigterm_stops_the_node_cleanly() {
 #[test]
 fn configuration_as_code_applies_once_round_trips_and_names_every_problem() {
     let node = Node::start(&[]);
+    assert!(node.push_plugin("gain", &plugin_file("gain")).0);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("conf");
     std::fs::create_dir(&conf).unwrap();
@@ -357,9 +358,20 @@ token_key_env = "OTHER_KEY"
         ok && out.contains("mount /other.mp3 is not declared and stays"),
         "{out}{err}"
     );
+    assert!(
+        out.contains("plugin gain is not declared and stays"),
+        "{out}"
+    );
     let (ok, out, err) = apply(&["--prune"]);
-    assert!(ok && out.contains("- mount /other.mp3"), "{out}{err}");
-    assert!(!node.cli(&["export"]).1.contains("/other.mp3"));
+    assert!(
+        ok && out.contains("- mount /other.mp3") && out.contains("- plugin gain"),
+        "{out}{err}"
+    );
+    let exported = node.cli(&["export"]).1;
+    assert!(
+        !exported.contains("/other.mp3") && !exported.contains("gain"),
+        "{exported}"
+    );
 
     // Every problem is named at once, and nothing changes.
     std::fs::write(
@@ -379,6 +391,20 @@ token_key_env = "OTHER_KEY"
         assert!(err.contains(problem), "{problem}: {err}");
     }
     assert_eq!(before, node.cli(&["export"]).1);
+    // --prune never removes a plugin that a declared mount uses: it says so instead.
+    assert!(node.push_plugin("gain", &plugin_file("gain")).0);
+    let uses = dir.path().join("uses.toml");
+    std::fs::write(
+        &uses,
+        "[[mounts]]\npath = \"/hooked.mp3\"\nsource_password_env = \"OTHER_PW\"\nfilters = [\"gain:db=-3\"]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = node.cli_env(&["apply", "-f", uses.to_str().unwrap(), "--prune"], &env);
+    assert!(
+        !ok && err.contains("plugin gain is used by mount /hooked.mp3 but not declared"),
+        "{err}"
+    );
+    assert!(node.cli(&["plugin", "rm", "gain"]).0);
     // A password written in a file is refused before anything is sent.
     std::fs::write(
         conf.join("30-bad.toml"),

@@ -11,7 +11,9 @@
 //! entry as `mount create` and `station create` do, against the declared set, and names every
 //! problem before anything changes; an unchanged entry is no change, so applying twice changes
 //! nothing the second time. With `prune`, stored mounts and stations the document does not
-//! declare are removed; with `dry_run`, nothing is written and the plan is the answer.
+//! declare are removed in the same transaction, and then plugins it does not declare (refused
+//! while a declared mount or station uses one); with `dry_run`, nothing is written and the plan
+//! is the answer.
 
 use std::collections::BTreeMap;
 
@@ -150,6 +152,10 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
 
     // Plugins are pushed (`tidecast plugin push`, or by `tidecast apply` from a file) before
     // the configuration that uses them: here each must be stored with the declared version.
+    let plugin_names: Vec<&str> = declared_plugins
+        .iter()
+        .filter_map(|p| p.get("name").and_then(Value::as_str))
+        .collect();
     for p in &declared_plugins {
         let name = p.get("name").and_then(Value::as_str).unwrap_or("");
         let hash = p.get("sha256").and_then(Value::as_str).unwrap_or("");
@@ -313,6 +319,33 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
     for s in stations.values() {
         problems.extend(s.over_limit(mounts.values()));
     }
+    // With `prune`, stored plugins the files do not declare go, unless something uses them.
+    let mut orphans = Vec::new();
+    for p in state.coordinator.plugins() {
+        if plugin_names.contains(&p.name.as_str()) {
+            continue;
+        }
+        let users: Vec<String> = mounts
+            .values()
+            .filter(|m| m.filters.iter().chain(&m.policy).any(|r| r.name == p.name))
+            .map(|m| format!("mount {}", m.path))
+            .chain(
+                stations
+                    .values()
+                    .filter(|s| s.policy.as_ref().is_some_and(|r| r.name == p.name))
+                    .map(|s| format!("station {}", s.name)),
+            )
+            .collect();
+        match (prune, users.is_empty()) {
+            (true, true) => orphans.push(p.name),
+            (true, false) => problems.push(format!(
+                "plugin {} is used by {} but not declared: declare it under [[plugins]], or detach it",
+                p.name,
+                users.join(", ")
+            )),
+            (false, _) => {}
+        }
+    }
     if !problems.is_empty() {
         let error = format!(
             "nothing was changed; {} problem(s):\n  - {}",
@@ -323,7 +356,12 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
     }
 
     let plan = plan(state, &mounts, &stations, prune);
-    let report: Vec<Value> = plan.iter().map(|(c, fields)| describe(c, fields)).collect();
+    let mut report: Vec<Value> = plan.iter().map(|(c, fields)| describe(c, fields)).collect();
+    report.extend(
+        orphans
+            .iter()
+            .map(|p| json!({ "op": "delete", "kind": "plugin", "name": p, "fields": [] })),
+    );
     let unmanaged: Vec<String> = if prune {
         Vec::new()
     } else {
@@ -342,6 +380,14 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
                 .filter(|s| !stations.contains_key(&s.name))
                 .map(|s| format!("station {}", s.name)),
         );
+        left.extend(
+            state
+                .coordinator
+                .plugins()
+                .into_iter()
+                .filter(|p| !plugin_names.contains(&p.name.as_str()))
+                .map(|p| format!("plugin {}", p.name)),
+        );
         left
     };
     if plan.len() > MAX_CHANGES {
@@ -353,8 +399,8 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
             ),
         );
     }
-    let applied = !dry_run && !plan.is_empty();
-    if applied {
+    let applied = !dry_run && !report.is_empty();
+    if applied && !plan.is_empty() {
         let changes: Vec<Change> = plan.into_iter().map(|(c, _)| c).collect();
         let n = changes.len();
         if let Err(e) = state.coordinator.transact(changes.clone()).await {
@@ -362,6 +408,16 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
         }
         info!(changes = n, "configuration applied");
         announce(state, &changes);
+    }
+    // Plugins go after the transaction, once nothing stored names them.
+    for name in orphans.iter().filter(|_| applied) {
+        if let Err(e) = state.coordinator.delete_plugin(name).await {
+            return crate::control::storage_error(e);
+        }
+        state.hooks.emit(
+            "plugin_change",
+            json!({ "plugin": name, "change": "removed" }),
+        );
     }
     Response::json(
         200,
