@@ -609,7 +609,16 @@ fn probe(node: &Node, path: &str) -> (u16, String) {
 
 #[test]
 fn sigterm_drains_the_connected_listeners_then_stops() {
-    let mut node = Node::start(&["--drain-secs", "4", "--write-interval-ms", "100"]);
+    let mut node = Node::start(&[
+        "--drain-secs",
+        "4",
+        "--write-interval-ms",
+        "100",
+        "--hls-segment-secs",
+        "1",
+        "--hls-window-secs",
+        "3",
+    ]);
     node.create_mount("/t.mp3", "term-pw", &[]);
     node.create_mount("/u.mp3", "term-pw", &[]);
     let _src = ffmpeg_mp3_source(&node, "term-pw", "/t.mp3", &[]);
@@ -618,6 +627,14 @@ fn sigterm_drains_the_connected_listeners_then_stops() {
     let listener = wait_for_listener(&node, "/t.mp3");
     wait_for(Duration::from_secs(10), "audio at the listener", || {
         listener.bytes() > 16_000
+    });
+    wait_for(Duration::from_secs(10), "an HLS session", || {
+        http_get(
+            node.addr,
+            "/hls/t.mp3/index.m3u8",
+            &[("User-Agent", "old-player")],
+        )
+        .0 == 200
     });
 
     signal(&node, "-TERM");
@@ -631,6 +648,18 @@ fn sigterm_drains_the_connected_listeners_then_stops() {
     let (code, head) = response_head(&node, "/t.mp3", &[]);
     assert_eq!(code, 503, "{head}");
     assert!(head.contains("Retry-After"), "{head}");
+    let hls =
+        |agent: &str| http_get(node.addr, "/hls/t.mp3/index.m3u8", &[("User-Agent", agent)]).0;
+    assert_eq!(
+        hls("new-player"),
+        503,
+        "a new HLS session on a draining node"
+    );
+    assert_eq!(
+        hls("old-player"),
+        200,
+        "an HLS session from before the drain"
+    );
     let mut late = ffmpeg_mp3_source(&node, "term-pw", "/u.mp3", &[]);
     assert!(!late
         .wait_timeout(Duration::from_secs(10))

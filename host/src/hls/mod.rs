@@ -201,6 +201,11 @@ impl Hls {
             None => sessions::derived_id(peer.ip(), agent, mount),
         };
         if !self.sessions.touch(&id, mount) {
+            // A draining node keeps its sessions and starts none.
+            if self.listen.lifecycle.draining() {
+                return Response::error(503, "this node is shutting down; try again")
+                    .header("Retry-After", "5");
+            }
             let node_max = self.listen.settings.max_listeners;
             if node_max > 0 && self.hubs.listener_count() >= node_max {
                 return Response::error(503, format!("this node is full ({node_max} listeners)"));
