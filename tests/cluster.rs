@@ -424,6 +424,75 @@ fn a_configuration_applied_through_one_node_is_what_every_node_exports() {
     }
 }
 
+/// One apply is one etcd transaction: when another node changed one of its entries meanwhile,
+/// none of its changes lands. Two coordinators of the library on one real etcd.
+#[test]
+fn a_transaction_based_on_a_stale_view_changes_nothing_in_etcd() {
+    use tidecast::cluster::coordinator::{Change, CoordError, Coordinator};
+    use tidecast::model::MountConfig;
+    let etcd = Etcd::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let open = |name: &'static str| {
+            let peers = tidecast::cluster::peer::Peers::new(
+                CLUSTER_SECRET.to_owned(),
+                tidecast::http::client::Client::new(None).unwrap(),
+            );
+            tidecast::cluster::etcd::Etcd::open(
+                std::slice::from_ref(&etcd.client_url),
+                tidecast::cluster::etcd::Access {
+                    tls: None,
+                    user: None,
+                },
+                "/tidecast-txn/",
+                name,
+                "http://127.0.0.1:9",
+                2,
+                peers,
+            )
+        };
+        let (a, b) = (open("a").await.unwrap(), open("b").await.unwrap());
+        let mount = |path: &str, max: u32| MountConfig {
+            max_listeners: Some(max),
+            ..MountConfig::new(path.to_owned())
+        };
+        a.put_mount(mount("/x.mp3", 1), None).await.unwrap();
+        for _ in 0..100 {
+            if b.mount("/x.mp3").is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // B plans on /x at 1; A changes it to 2 first.
+        let seen = b.mount("/x.mp3").expect("B sees /x");
+        a.put_mount(mount("/x.mp3", 2), Some(&seen)).await.unwrap();
+        let stale = vec![
+            Change::Mount {
+                path: "/y.mp3".into(),
+                base: None,
+                new: Some(mount("/y.mp3", 5)),
+            },
+            Change::Mount {
+                path: "/x.mp3".into(),
+                base: Some(seen),
+                new: Some(mount("/x.mp3", 3)),
+            },
+        ];
+        assert!(matches!(
+            b.transact(stale).await,
+            Err(CoordError::Conflict(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for c in [&a, &b] {
+            assert!(
+                c.mount("/y.mp3").is_none(),
+                "part of a failed transaction landed"
+            );
+            assert_eq!(c.mount("/x.mp3").and_then(|m| m.max_listeners), Some(2));
+        }
+    });
+}
+
 #[test]
 fn a_backup_restores_into_an_embedded_store_and_into_etcd() {
     let a = Node::start(&[]);
