@@ -28,21 +28,6 @@ for i in $(seq "$runs"); do
 done
 rm -f "$out.run"
 echo "runs whose tests failed (a listener disconnected, or no failover): $failed of $runs"
-python3 - "$out" <<'PY'
-import math, re, statistics, sys
-text = open(sys.argv[1]).read()
-def secs(pattern):
-    out = []
-    for m in re.finditer(pattern, text):
-        v, unit = float(m.group(1)), m.group(2)
-        out.append(v / 1000 if unit == "ms" else v)
-    return out
-for name, pat in [("origin loss (source accepted elsewhere)", r"origin moved to C ([\d.]+)(ms|s) after"),
-                  ("transcoder loss (new audio at a listener)", r"new audio at the listener ([\d.]+)(ms|s) after")]:
-    v = secs(pat)
-    if v:
-        p95 = sorted(v)[math.ceil(0.95 * len(v)) - 1]
-        print(f"{name}: runs {len(v)}, median {statistics.median(v):.2f} s, p95 {p95:.2f} s, worst {max(v):.2f} s, best {min(v):.2f} s")
-    else:
-        print(f"{name}: no measurement")
-PY
+benches/times.py "$out" \
+  'origin loss (source accepted elsewhere)=origin moved to C ([\d.]+)(ms|s) after' \
+  'transcoder loss (new audio at a listener)=new audio at the listener ([\d.]+)(ms|s) after'
