@@ -698,6 +698,22 @@ pub fn refusal(verdict: Verdict, denied: crate::http::Response) -> crate::http::
     crate::http::Response::error(status, message).header("Retry-After", secs.to_string())
 }
 
+/// The lower-case hex HMAC-SHA256 of `message` under `key` (signed URLs and passes, event
+/// hook bodies).
+pub fn hmac_hex(key: &str, message: &[u8]) -> String {
+    use hmac::Mac as _;
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
+        // HMAC takes a key of any length.
+        return String::new();
+    };
+    mac.update(message);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

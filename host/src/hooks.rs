@@ -15,11 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -209,17 +207,7 @@ impl Hooks {
 
 /// The signature header's value for `body` under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::auth::hmac_hex(secret, body))
 }
 
 /// Delivers one hook's events in order, each retried with backoff.

@@ -11,9 +11,6 @@
 
 use std::net::IpAddr;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::files::{Users, Watched};
 use crate::auth::{Verdict, Verifier};
 use crate::http::{RequestHead, Response};
@@ -115,15 +112,8 @@ pub async fn check_user(
     }
 }
 
-/// The lower-case hex HMAC-SHA256 of `message` under `key`.
 fn mac(key: &str, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
-    mac.update(message.as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::hmac_hex(key, message.as_bytes())
 }
 
 /// The token of a signed URL for `mount`, valid until `expires`, bound to `ip` if given.
