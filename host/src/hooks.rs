@@ -177,10 +177,18 @@ impl Hooks {
         Ok(Hooks { hooks, node, stats })
     }
 
+    /// Whether any hook wants events of `kind` (so a caller on a busy path builds none
+    /// otherwise).
+    pub fn wants(&self, kind: &str) -> bool {
+        self.hooks
+            .iter()
+            .any(|h| h.events.iter().any(|e| e == kind))
+    }
+
     /// Sends event `kind` with `fields` (a JSON object) to every hook that wants it, without
     /// waiting (see the overflow policy above).
     pub fn emit(&self, kind: &'static str, fields: Value) {
-        if self.hooks.is_empty() {
+        if !self.wants(kind) {
             return;
         }
         let mut body = json!({

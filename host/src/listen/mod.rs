@@ -423,15 +423,20 @@ async fn listen(
         .get_or_create(&Metrics::mount(&wanted))
         .inc();
     info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
-    let listener = serde_json::json!({
-        "mount": wanted,
-        "id": id,
-        "ip": peer.ip().to_string(),
-        "user_agent": agent,
-        "user": user,
+    // The listener's events, built only when a hook wants them.
+    let hooked =
+        !relay && (state.hooks.wants("listener_add") || state.hooks.wants("listener_remove"));
+    let listener = hooked.then(|| {
+        serde_json::json!({
+            "mount": wanted,
+            "id": id,
+            "ip": peer.ip().to_string(),
+            "user_agent": agent,
+            "user": user,
+        })
     });
-    if !relay {
-        state.hooks.emit("listener_add", listener.clone());
+    if let Some(l) = &listener {
+        state.hooks.emit("listener_add", l.clone());
     }
     let started = Instant::now();
 
@@ -496,8 +501,7 @@ async fn listen(
     info!(
         %peer, id, mount = %wanted, reason, bytes = conn.sent, seconds, "listener disconnected"
     );
-    if !relay {
-        let mut left = listener;
+    if let Some(mut left) = listener {
         left["bytes"] = conn.sent.into();
         left["seconds"] = seconds.into();
         left["reason"] = reason.into();
