@@ -112,18 +112,10 @@ fn give_up_origins(state: &Arc<Node>) {
 /// their codec threads and plugin instances are built anew) and their listener policies;
 /// returns what it restarted, as `(mount, kind)`.
 pub fn restart(state: &Node, mounts: &[String]) -> Vec<(String, &'static str)> {
-    let mut restarted = Vec::new();
-    for path in mounts {
-        if state.transcoders.with(|m| m.remove(path)).is_some() {
-            restarted.push((path.clone(), "transcoder"));
-        }
-        if state.playlists.with(|m| m.remove(path)).is_some() {
-            restarted.push((path.clone(), "playlist"));
-        }
-        if state.pullers.with(|m| m.remove(path)).is_some() {
-            restarted.push((path.clone(), "relay puller"));
-        }
-    }
+    let restarted = mounts
+        .iter()
+        .filter_map(|path| Some((path.clone(), state.stop_producer(path)?)))
+        .collect();
     state.router.forget_policies(mounts);
     sync_producers(state);
     restarted

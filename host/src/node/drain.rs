@@ -115,17 +115,6 @@ fn producers(state: &Node) -> Vec<(Producer, String, Arc<ClaimSlot>)> {
     all
 }
 
-impl Producer {
-    /// Stops the producer of `path` here (dropping its handle ends it).
-    fn stop(self, state: &Node, path: &str) {
-        match self {
-            Producer::Transcoder => drop(state.transcoders.with(|m| m.remove(path))),
-            Producer::Playlist => drop(state.playlists.with(|m| m.remove(path))),
-            Producer::Puller => drop(state.pullers.with(|m| m.remove(path))),
-        }
-    }
-}
-
 /// Hands the producer of `path` to another node: gives its election up, waits for another
 /// node to win it and to stream the mount, then stops it here. One only campaigning stops at
 /// once. A single node has nobody to hand to: its producers run until it stops.
@@ -135,7 +124,7 @@ async fn hand_over(state: &Node, kind: Producer, path: String, claim: Arc<ClaimS
         return;
     }
     if !claim.release() {
-        kind.stop(state, &path);
+        state.stop_producer(&path);
         return;
     }
     let started = Instant::now();
@@ -155,7 +144,7 @@ async fn hand_over(state: &Node, kind: Producer, path: String, claim: Arc<ClaimS
         Some(url) => streams(state, url, &path, started + HAND_OVER).await,
         None => false,
     };
-    kind.stop(state, &path);
+    state.stop_producer(&path);
     if streaming {
         info!(mount = %path, kind = ?kind, to = %next, ms = started.elapsed().as_millis() as u64, "handed over");
     } else {

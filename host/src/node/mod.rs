@@ -71,6 +71,21 @@ pub struct Node {
 }
 
 impl Node {
+    /// Stops what this node produces of `path` (dropping a handle ends it): the kind it was, if
+    /// any. What reconcile would start again is up to it.
+    pub fn stop_producer(&self, path: &str) -> Option<&'static str> {
+        use crate::sync::Locked;
+        if self.transcoders.with(|m| m.remove(path)).is_some() {
+            return Some("transcoder");
+        }
+        if self.playlists.with(|m| m.remove(path)).is_some() {
+            return Some("playlist");
+        }
+        self.pullers
+            .with(|m| m.remove(path))
+            .map(|_| "relay puller")
+    }
+
     #[allow(clippy::too_many_arguments)] // reason: each is one stage's piece, built in start.rs
     pub fn new(
         hooks: Arc<crate::hooks::Hooks>,
