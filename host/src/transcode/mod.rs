@@ -519,6 +519,8 @@ pub struct HubReader {
     /// Counted among the hub's users (a transcoder is; the silence watcher is not, so an
     /// on-demand relay mount nobody listens to still stops).
     counted: bool,
+    /// How long it sleeps when the hub has nothing new.
+    poll: Duration,
 }
 
 impl Drop for HubReader {
@@ -532,19 +534,24 @@ impl Drop for HubReader {
 /// How long a transcoder's reader sleeps when its source hub has nothing new.
 const POLL: Duration = Duration::from_millis(60);
 
+/// The same for the silence watcher, which counts seconds: it decodes half a second at a
+/// time, a tenth of the wake-ups of a transcoder's reader.
+const WATCH_POLL: Duration = Duration::from_millis(500);
+
 impl HubReader {
     pub(crate) fn new(hub: Arc<Hub>, cursor: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> HubReader {
         hub.reader_joined();
-        HubReader::open(hub, cursor, stop, true)
+        HubReader::open(hub, cursor, stop, true, POLL)
     }
 
-    /// A reader that does not count as a user of the hub (see `counted`).
+    /// A reader that does not count as a user of the hub (see `counted`) and wakes every
+    /// [`WATCH_POLL`]: the silence watcher's.
     pub(crate) fn uncounted(
         hub: Arc<Hub>,
         cursor: Arc<AtomicU64>,
         stop: Arc<AtomicBool>,
     ) -> HubReader {
-        HubReader::open(hub, cursor, stop, false)
+        HubReader::open(hub, cursor, stop, false, WATCH_POLL)
     }
 
     fn open(
@@ -552,10 +559,12 @@ impl HubReader {
         cursor: Arc<AtomicU64>,
         stop: Arc<AtomicBool>,
         counted: bool,
+        poll: Duration,
     ) -> HubReader {
         let pending = hub.join().0.into_iter().collect();
         HubReader {
             counted,
+            poll,
             hub,
             cursor,
             pending,
@@ -596,7 +605,7 @@ impl Read for HubReader {
                     if since.elapsed() >= STALL {
                         return Ok(0);
                     }
-                    std::thread::sleep(POLL);
+                    std::thread::sleep(self.poll);
                 }
             }
         }
