@@ -10,15 +10,20 @@
 #   4. the floor: a minimal tokio server (static-floor) serving the same files from memory.
 # Reports CPU µs per listener-second of each server over the window, and its memory; and what
 # tidecast spends with the source alone and no players over a window (ingest, cutting, timers:
-# work nginx serving files does not do), per N players. Everything runs on loopback and is
-# killed on exit.
+# work nginx serving files does not do), per N players. The two rows the comparison rests on,
+# tidecast's HLS and nginx with keep-alive, are measured ROUNDS times in alternation (this VM's
+# speed drifts by a third over minutes) and the table shows their medians, with every round
+# below it. Everything runs on loopback and is killed on exit.
 #
 #   benches/hls.sh [PLAYERS]                    (default 1000)
 #   SECONDS_PER_RUN=30 benches/hls.sh 1000      (window per row; default 60 s)
+#   ROUNDS=5 benches/hls.sh 1000                (alternated rounds; default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
 window=${SECONDS_PER_RUN:-60}
+rounds=${ROUNDS:-3}
+[[ $rounds =~ ^[1-9][0-9]?$ ]] || { echo "ROUNDS must be 1 to 99" >&2; exit 1; }
 ulimit -n 20000
 
 for t in ffmpeg nginx curl python3; do
@@ -62,13 +67,6 @@ idle_cpu_s=$(python3 -c "print(($(cpu_ticks "$tidecast") - $idle_start) / 100)")
 echo "tidecast idle: $idle_cpu_s s of CPU in $window s" >&2
 
 master=/hls/live.mp3/master.m3u8
-tidecast_hls=$("$bin/hls-load" --addr "127.0.0.1:$port" --master "$master" --players "$n" \
-  --interval 6 --seconds "$window" --server-pid "$tidecast")
-echo "tidecast HLS: $tidecast_hls" >&2
-sleep 20 # the sessions expire (three segment lengths)
-tidecast_progressive=$("$bin/fanout-load" --addr "127.0.0.1:$port" --mount /live.mp3 --listeners "$n" \
-  --seconds "$window" --server-pid "$tidecast")
-echo "tidecast progressive: $tidecast_progressive" >&2
 
 # The same playlist and segments as static files for nginx.
 www="$work/www"
@@ -80,10 +78,10 @@ grep -v '^#' "$www/hls/live.mp3/index.m3u8" | while read -r uri; do
   curl -sf "http://127.0.0.1:$port/hls/live.mp3/$uri" -o "$www/hls/live.mp3/${uri%%\?*}"
 done
 chmod -R a+rX "$www"
-# nginx twice: as deployed (keep-alive), and with one request per connection, as tidecast's
-# control plane answers today (hyper with keep-alive off).
-run_nginx() {
-  local keepalive=$1 nport master_pid worker_pid
+# nginx as deployed (keep-alive), and with one request per connection (as a player that does
+# not keep connections alive costs it).
+start_nginx() {
+  local keepalive=$1
   nport=$(free_port)
   cat > "$work/nginx.conf" <<CONF
 worker_processes 1;
@@ -102,16 +100,37 @@ http {
 }
 CONF
   nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" >/dev/null 2>&1 &
-  master_pid=$!; pids+=($master_pid)
+  nginx_master=$!; pids+=($nginx_master)
   wait_port "$nport"
-  worker_pid=$(pgrep -P "$master_pid" | head -n 1)
-  "$bin/hls-load" --addr "127.0.0.1:$nport" --master "$master" --players "$n" \
-    --interval 6 --seconds "$window" --server-pid "$master_pid,$worker_pid"
-  kill -9 "$master_pid" "$worker_pid" 2>/dev/null || true
+  nginx_worker=$(pgrep -P "$nginx_master" | head -n 1)
 }
-nginx_keepalive=$(run_nginx 65)
-echo "nginx HLS, keep-alive: $nginx_keepalive" >&2
-nginx_close=$(run_nginx 0)
+load_nginx() {
+  "$bin/hls-load" --addr "127.0.0.1:$nport" --master "$master" --players "$n" \
+    --interval 6 --seconds "$window" --server-pid "$nginx_master,$nginx_worker"
+}
+stop_nginx() { kill -9 "$nginx_master" "$nginx_worker" 2>/dev/null || true; }
+
+# tidecast's HLS and nginx with keep-alive, alternating.
+start_nginx 65
+tidecast_rounds=()
+nginx_rounds=()
+for r in $(seq "$rounds"); do
+  one=$("$bin/hls-load" --addr "127.0.0.1:$port" --master "$master" --players "$n" \
+    --interval 6 --seconds "$window" --server-pid "$tidecast")
+  echo "round $r, tidecast HLS: $one" >&2
+  tidecast_rounds+=("$one")
+  sleep 20 # the sessions expire (three segment lengths)
+  one=$(load_nginx)
+  echo "round $r, nginx HLS, keep-alive: $one" >&2
+  nginx_rounds+=("$one")
+done
+stop_nginx
+tidecast_progressive=$("$bin/fanout-load" --addr "127.0.0.1:$port" --mount /live.mp3 --listeners "$n" \
+  --seconds "$window" --server-pid "$tidecast")
+echo "tidecast progressive: $tidecast_progressive" >&2
+start_nginx 0
+nginx_close=$(load_nginx)
+stop_nginx
 echo "nginx HLS, a connection per request: $nginx_close" >&2
 
 # The floor: a minimal tokio server (benches/src/static_floor.rs) serving the same files from
@@ -125,27 +144,40 @@ floor=$("$bin/hls-load" --addr "127.0.0.1:$fport" --master "$master" --players "
 kill -9 "$floor_pid" 2>/dev/null || true
 echo "minimal tokio server: $floor" >&2
 
-python3 - "$n" "$tidecast_hls" "$tidecast_progressive" "$nginx_keepalive" "$nginx_close" "$idle_cpu_s" "$window" "$floor" <<'PY'
+python3 - "$n" "$tidecast_progressive" "$nginx_close" "$idle_cpu_s" "$window" "$floor" \
+  "$(printf '%s\n' "${tidecast_rounds[@]}")" "$(printf '%s\n' "${nginx_rounds[@]}")" <<'PY'
 import json, sys
 n = sys.argv[1]
-hls, prog, ngx, ngx_close = (json.loads(a) for a in sys.argv[2:6])
-idle = float(sys.argv[6]) * 1e6 / (int(n) * float(sys.argv[7]))
-floor = json.loads(sys.argv[8])
+prog, ngx_close = (json.loads(a) for a in sys.argv[2:4])
+idle = float(sys.argv[4]) * 1e6 / (int(n) * float(sys.argv[5]))
+floor = json.loads(sys.argv[6])
+hls_rounds = [json.loads(l) for l in sys.argv[7].splitlines()]
+ngx_rounds = [json.loads(l) for l in sys.argv[8].splitlines()]
+def median(rounds):
+    """The round with the median CPU (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r["cpu_us_per_listener_s"])
+    return ordered[(len(ordered) - 1) // 2]
+hls, ngx = median(hls_rounds), median(ngx_rounds)
 def row(name, cpu, kbps, errors, rss_kib, rss_kind):
     ratio = hls["cpu_us_per_listener_s"] / cpu if cpu else 0
     print(f"| {n} | {name} | {cpu:.1f} | {rss_kib / 1024:.0f} ({rss_kind}) | {kbps:.1f} | {errors} | {ratio:.2f} |")
 print("| players | server | CPU µs / listener-s | RSS MiB | kbit/s per player | errors | tidecast HLS / this |")
 print("|---|---|---|---|---|---|---|")
-row("tidecast HLS", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"],
+row(f"tidecast HLS (median of {len(hls_rounds)})", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"],
     hls["server_rss_kib"], "at the end")
 print(f"| {n} | tidecast with no players (source, cutter), per {n} players | {idle:.1f} | | | | |")
 print(f"| {n} | tidecast HLS less that | {hls['cpu_us_per_listener_s'] - idle:.1f} | | | | |")
 row("tidecast progressive", prog["cpu_us_per_listener_second"], prog["mean_kbps_received"],
     prog["failed_connects"], prog["server_peak_rss_kib"], "peak")
-row("nginx HLS, keep-alive (static files)", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"],
+row(f"nginx HLS, keep-alive (static files; median of {len(ngx_rounds)})", ngx["cpu_us_per_listener_s"], ngx["kbit_s_per_player"],
     ngx["errors"], ngx["server_rss_kib"], "at the end")
 row("nginx HLS, a connection per request", ngx_close["cpu_us_per_listener_s"],
     ngx_close["kbit_s_per_player"], ngx_close["errors"], ngx_close["server_rss_kib"], "at the end")
 row("minimal tokio server (static-floor)", floor["cpu_us_per_listener_s"],
     floor["kbit_s_per_player"], floor["errors"], floor["server_rss_kib"], "at the end")
+print()
+print("Rounds, alternating (CPU µs / listener-s): tidecast HLS / nginx keep-alive = ratio")
+for i, (h, g) in enumerate(zip(hls_rounds, ngx_rounds), 1):
+    a, b = h["cpu_us_per_listener_s"], g["cpu_us_per_listener_s"]
+    print(f"- round {i}: {a:.1f} / {b:.1f} = {a / b:.2f} (less the idle row: {(a - idle) / b:.2f})")
 PY
