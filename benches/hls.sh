@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HLS benchmark: in one run, one 128 kbit/s MP3 mount (ffmpeg, -c copy, real time) served to N
-# players three ways, one after the other:
+# players several ways (tidecast's HLS and nginx with keep-alive alternate, see ROUNDS below):
 #   1. tidecast's HLS (6 s segments, each player its own session, from benches' hls-load);
 #   2. tidecast's progressive stream of the same mount (fanout-load, as benches/fanout.sh);
 #   3. nginx (Debian, one worker, sendfile) serving a snapshot of the same playlist and segments
