@@ -1203,12 +1203,15 @@ fn signed_urls_and_passwords_survive_a_cluster_redirect() {
     assert_eq!(response_head(&b, "/paid.mp3", &[]).0, 401);
     assert_eq!(response_head(&a, "/_stream/paid.mp3", &[]).0, 401);
 
-    // A mount with an htpasswd file (the same path on every node).
+    // A mount with an htpasswd file (the same name in every node's files directory).
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     let f = users.to_str().unwrap();
     run_tool("htpasswd", &["-cbB", f, "alice", "wonderland"], None);
-    a.create_mount("/members.mp3", "hackme", &["--htpasswd", f]);
+    for node in [&a, &b] {
+        std::fs::copy(&users, node.data_dir.join("files/users")).unwrap();
+    }
+    a.create_mount("/members.mp3", "hackme", &["--htpasswd", "users"]);
     let _src2 = ffmpeg_mp3_source(&a, "hackme", "/members.mp3", &[]);
     a.wait_live("/members.mp3", Duration::from_secs(10));
     let alice = basic("alice", "wonderland");

@@ -99,7 +99,7 @@ impl Gate {
         let found = candidates.iter().find(|(u, _)| *u == user);
         let hash = found.map_or("", |(_, h)| *h);
         self.verifier
-            .verify(peer, found.is_some(), &pass, hash)
+            .verify(peer, &user, found.is_some(), &pass, hash)
             .await
     }
 }
@@ -381,9 +381,9 @@ fn verify_argon2(password: &str, hash: &str, memory: &mut Vec<Block>) -> bool {
 pub enum Verdict {
     Granted,
     Denied,
-    /// This address failed recently and could not have its turn within [`MAX_WAIT`] (or too
-    /// many of its attempts are queued): answer 429 with this Retry-After. No password was
-    /// hashed.
+    /// This address and name failed recently and its wait is longer than [`PROMPT`] (or too
+    /// many of its attempts are queued): answer as to a wrong password (401), with this
+    /// Retry-After. No password was hashed.
     Throttled(Duration),
     /// No verification slot came free within [`MAX_WAIT`]: answer 503 with this Retry-After.
     Busy(Duration),
@@ -406,13 +406,21 @@ pub const MAX_WAIT: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts of one address; a failure record this old is forgotten.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Attempts of one address queued at once; more get 429 at once.
+/// The longest backoff waited out before a check; past it the attempt is refused at once.
+const PROMPT: Duration = Duration::from_secs(1);
+/// Attempts of one address and name queued at once; more are refused at once.
 const QUEUED_PER_ADDRESS: u32 = 16;
 /// Addresses remembered (a few dozen bytes each); past this, forgotten ones are pruned first.
 const CLIENTS_MAX: usize = 16_384;
 const CACHE_MAX: usize = 4096;
 
-/// Per-address state: failures cost the one who fails, not the node.
+/// Whom failures are counted against: a client address (`client_key`) and the user name it
+/// tried (empty for every name that matched no account, so inventing names buys nothing).
+type Who = (IpAddr, String);
+
+/// Per address and user name: failures cost the one who fails, not the node, and not the other
+/// accounts used from the same address (a misconfigured DJ behind a station's NAT locks out
+/// only that DJ's name).
 #[derive(Default)]
 struct Client {
     failures: u32,
@@ -443,7 +451,7 @@ impl Client {
 ///   recent failures.
 pub struct Verifier {
     ok: Mutex<HashSet<[u8; 32]>>,
-    clients: Mutex<HashMap<IpAddr, Client>>,
+    clients: Mutex<HashMap<Who, Client>>,
     slots: tokio::sync::Semaphore,
     suspect_slots: tokio::sync::Semaphore,
     /// argon2's working memory, one buffer per slot, reused from check to check.
@@ -500,7 +508,14 @@ impl Verifier {
     /// name matched: when it did not, a decoy is verified at the same cost and the answer is
     /// [`Verdict::Denied`]. The decoy is `hash` when one is given (another entry of the same
     /// user file, so an unknown name costs what a known one does), else the node's own.
-    pub async fn verify(&self, from: IpAddr, name_ok: bool, password: &str, hash: &str) -> Verdict {
+    pub async fn verify(
+        &self,
+        from: IpAddr,
+        user: &str,
+        name_ok: bool,
+        password: &str,
+        hash: &str,
+    ) -> Verdict {
         let hash = if name_ok || !hash.is_empty() {
             hash
         } else {
@@ -512,9 +527,16 @@ impl Verifier {
             self.stats.cached.inc();
             return Verdict::Granted;
         }
-        let from = client_key(from);
+        let from: Who = (
+            client_key(from),
+            if name_ok {
+                user.to_owned()
+            } else {
+                String::new()
+            },
+        );
         let deadline = Instant::now() + MAX_WAIT;
-        let turn = match self.enqueue(from) {
+        let turn = match self.enqueue(&from) {
             Ok(turn) => turn,
             Err(wait) => {
                 self.stats.throttled.inc();
@@ -523,7 +545,7 @@ impl Verifier {
         };
         // From here on the attempt is counted in `queued`: `finish` must run on every path.
         let verdict = match self
-            .take_turn(from, turn, deadline, cached, password, hash)
+            .take_turn(&from, turn, deadline, cached, password, hash)
             .await
         {
             Verdict::Granted if !name_ok => Verdict::Denied,
@@ -534,7 +556,7 @@ impl Verifier {
             Verdict::Denied => Some(false),
             Verdict::Throttled(_) | Verdict::Busy(_) => None,
         };
-        self.finish(from, good);
+        self.finish(&from, good);
         match verdict {
             Verdict::Granted => {
                 let mut ok = self.ok.locked();
@@ -557,7 +579,7 @@ impl Verifier {
     /// Waits for the address's turn and its backoff, then for a slot, and hashes.
     async fn take_turn(
         &self,
-        from: IpAddr,
+        from: &Who,
         turn: Arc<tokio::sync::Mutex<()>>,
         deadline: Instant,
         cached: impl Fn() -> bool,
@@ -574,15 +596,18 @@ impl Verifier {
         }
         let (blocked_until, suspect) = {
             let clients = self.clients.locked();
-            let c = clients.get(&from);
+            let c = clients.get(from);
             (
                 c.and_then(|c| c.blocked_until),
                 c.is_some_and(|c| c.failures > 0),
             )
         };
         if let Some(until) = blocked_until {
-            if until > deadline {
-                let wait = until.saturating_duration_since(Instant::now());
+            // A short wait is waited out (a source that got its password wrong, then right);
+            // a longer one is answered at once, with no hash.
+            let now = Instant::now();
+            if until > now + PROMPT.min(deadline.saturating_duration_since(now)) {
+                let wait = until.saturating_duration_since(now);
                 return Verdict::Throttled(wait.max(Duration::from_secs(1)));
             }
             tokio::time::sleep_until(until).await;
@@ -620,17 +645,17 @@ impl Verifier {
 
     /// Counts an attempt of `from` as queued and returns its address's turn lock, or how long
     /// to wait when too many of its attempts are queued (or too many addresses are remembered).
-    fn enqueue(&self, from: IpAddr) -> Result<Arc<tokio::sync::Mutex<()>>, Duration> {
+    fn enqueue(&self, from: &Who) -> Result<Arc<tokio::sync::Mutex<()>>, Duration> {
         let now = Instant::now();
         let mut clients = self.clients.locked();
-        if clients.len() >= CLIENTS_MAX && !clients.contains_key(&from) {
+        if clients.len() >= CLIENTS_MAX && !clients.contains_key(from) {
             clients.retain(|_, c| !c.idle(now));
             if clients.len() >= CLIENTS_MAX {
                 // Sixteen thousand addresses failing at once: everyone new waits.
                 return Err(Duration::from_secs(5));
             }
         }
-        let c = clients.entry(from).or_default();
+        let c = clients.entry(from.clone()).or_default();
         if c.queued >= QUEUED_PER_ADDRESS {
             let wait = c
                 .blocked_until
@@ -643,10 +668,10 @@ impl Verifier {
 
     /// Ends an attempt of `from`: a success clears the address's record, a failure makes its
     /// next attempt wait (doubling), no check (throttled, busy) changes nothing.
-    fn finish(&self, from: IpAddr, good: Option<bool>) {
+    fn finish(&self, from: &Who, good: Option<bool>) {
         let now = Instant::now();
         let mut clients = self.clients.locked();
-        let Some(c) = clients.get_mut(&from) else {
+        let Some(c) = clients.get_mut(from) else {
             return;
         };
         c.queued = c.queued.saturating_sub(1);
@@ -669,7 +694,7 @@ impl Verifier {
             None => {}
         }
         if c.idle(now) && c.failures == 0 {
-            clients.remove(&from);
+            clients.remove(from);
         }
     }
 }
@@ -682,20 +707,20 @@ fn cache_key(password: &str, hash: &str) -> [u8; 32] {
     d.finalize().into()
 }
 
-/// The answer to credentials that were not granted: `denied` for wrong ones, 429 or 503 with a
-/// Retry-After when the check was throttled or the node too busy to make it.
+/// The answer to credentials that were not granted: `denied` for wrong ones and for throttled
+/// ones (with a Retry-After), 503 with a Retry-After when the node was too busy to check.
 pub fn refusal(verdict: Verdict, denied: crate::http::Response) -> crate::http::Response {
-    let (status, message, wait) = match verdict {
-        Verdict::Throttled(wait) => (
-            429,
-            "too many failed logins from your address: retry later",
-            wait,
-        ),
-        Verdict::Busy(wait) => (503, "busy checking other logins: retry later", wait),
-        Verdict::Granted | Verdict::Denied => return denied,
-    };
-    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-    crate::http::Response::error(status, message).header("Retry-After", secs.to_string())
+    let secs = |wait: Duration| (wait.as_secs_f64().ceil().max(1.0) as u64).to_string();
+    match verdict {
+        // A throttled attempt is a wrong one as far as the client can tell: a prompt 401 that
+        // cost no hash, with the wait before the next check is made.
+        Verdict::Throttled(wait) => denied.header("Retry-After", secs(wait)),
+        Verdict::Busy(wait) => {
+            crate::http::Response::error(503, "busy checking other logins: retry later")
+                .header("Retry-After", secs(wait))
+        }
+        Verdict::Granted | Verdict::Denied => denied,
+    }
 }
 
 /// The lower-case hex HMAC-SHA256 of `message` under `key` (signed URLs and passes, event
@@ -730,8 +755,8 @@ mod tests {
         let h = hash_password("hackme").unwrap();
         let v = Verifier::default();
         let (a, b) = tokio::join!(
-            v.verify(A, true, "hackme", &h),
-            v.verify(A, true, "hackme", &h)
+            v.verify(A, "u", true, "hackme", &h),
+            v.verify(A, "u", true, "hackme", &h)
         );
         assert_eq!((a, b), (Verdict::Granted, Verdict::Granted));
         assert_eq!(v.stats.hashed.get(), 1, "one hash for both");
@@ -744,12 +769,12 @@ mod tests {
         assert!(!h.contains("hackme"));
         assert!(h.starts_with("$argon2id$v=19$m=7168,t=5,p=1$"), "{h}");
         let v = Verifier::default();
-        assert_eq!(v.verify(A, true, "hackme", &h).await, Verdict::Granted);
-        assert_eq!(v.verify(A, true, "hackme", &h).await, Verdict::Granted);
+        assert_eq!(v.verify(A, "u", true, "hackme", &h).await, Verdict::Granted);
+        assert_eq!(v.verify(A, "u", true, "hackme", &h).await, Verdict::Granted);
         assert_eq!(v.stats.cached.get(), 1, "the second was cached");
-        assert_eq!(v.verify(A, true, "hackm", &h).await, Verdict::Denied);
+        assert_eq!(v.verify(A, "u", true, "hackm", &h).await, Verdict::Denied);
         assert_eq!(
-            v.verify(B, true, "hackme", "not a hash").await,
+            v.verify(B, "u", true, "hackme", "not a hash").await,
             Verdict::Denied
         );
         // Hashes made with other parameters (e.g. argon2's defaults) still verify.
@@ -809,9 +834,15 @@ mod tests {
     async fn an_unknown_name_is_denied_with_the_password_of_another() {
         let v = Verifier::default();
         let h = "{SHA}W8r/fyL/UzygmbNAjq2HbA67qac=";
-        assert_eq!(v.verify(A, false, "open sesame", h).await, Verdict::Denied);
+        assert_eq!(
+            v.verify(A, "u", false, "open sesame", h).await,
+            Verdict::Denied
+        );
         assert_eq!(v.stats.hashed.get(), 1);
-        assert_eq!(v.verify(B, true, "open sesame", h).await, Verdict::Granted);
+        assert_eq!(
+            v.verify(B, "u", true, "open sesame", h).await,
+            Verdict::Granted
+        );
     }
 
     /// A failing address waits, doubling, and a flood from it costs one hash per wait; a right
@@ -821,14 +852,14 @@ mod tests {
     async fn failures_cost_the_address_that_fails() {
         let h = hash_password("right").unwrap();
         let v = Arc::new(Verifier::default());
-        assert_eq!(v.verify(A, true, "wrong", &h).await, Verdict::Denied);
+        assert_eq!(v.verify(A, "u", true, "wrong", &h).await, Verdict::Denied);
         let t = Instant::now();
-        assert_eq!(v.verify(A, true, "right", &h).await, Verdict::Granted);
+        assert_eq!(v.verify(A, "u", true, "right", &h).await, Verdict::Granted);
         assert!(t.elapsed() >= FIRST_BACKOFF, "{:?}", t.elapsed());
         // Known now: granted at once, even right after a failure of the same address.
-        assert_eq!(v.verify(A, true, "wrong", &h).await, Verdict::Denied);
+        assert_eq!(v.verify(A, "u", true, "wrong", &h).await, Verdict::Denied);
         let t = Instant::now();
-        assert_eq!(v.verify(A, true, "right", &h).await, Verdict::Granted);
+        assert_eq!(v.verify(A, "u", true, "right", &h).await, Verdict::Granted);
         assert_eq!(t.elapsed(), Duration::ZERO);
 
         // 30 wrong passwords at once from one address: checked one per backoff (0.5, 1, 2,
@@ -837,13 +868,16 @@ mod tests {
         let mut flood = tokio::task::JoinSet::new();
         for _ in 0..30 {
             let (v, h) = (v.clone(), h.clone());
-            flood.spawn(async move { v.verify(B, true, "wrong", &h).await });
+            flood.spawn(async move { v.verify(B, "u", true, "wrong", &h).await });
         }
         // Meanwhile a client at another address with a clean record is not kept waiting.
         tokio::task::yield_now().await;
         let t = Instant::now();
         let other = hash_password("other").unwrap();
-        assert_eq!(v.verify(C, true, "other", &other).await, Verdict::Granted);
+        assert_eq!(
+            v.verify(C, "u", true, "other", &other).await,
+            Verdict::Granted
+        );
         let waited = t.elapsed();
         let verdicts = flood.join_all().await;
         let denied = verdicts.iter().filter(|v| **v == Verdict::Denied).count();
@@ -866,7 +900,7 @@ mod tests {
     async fn unknown_names_cost_the_same_and_fail() {
         let h = hash_password("right").unwrap();
         let v = Verifier::default();
-        assert_eq!(v.verify(A, false, "right", &h).await, Verdict::Denied);
+        assert_eq!(v.verify(A, "u", false, "right", &h).await, Verdict::Denied);
         assert_eq!(v.stats.hashed.get(), 1);
     }
 

@@ -3,7 +3,8 @@
 //! - the PROXY protocol (`--proxy-protocol`, HAProxy's v1 text or v2 binary header, before
 //!   anything else on the connection, TLS included; read only from a trusted proxy's
 //!   connection, and only if it starts with one): [`read_proxy_header`];
-//! - `Forwarded: for=…` or `X-Forwarded-For` on a request: [`forwarded_for`].
+//! - `X-Forwarded-For` (or, with `--trusted-proxies-header forwarded`, `Forwarded: for=…`) on
+//!   a request: [`forwarded_for`].
 //!
 //! The address found is what logs, listclients, routing, login throttling and the access log
 //! see. Connection limits per address, counted when a connection is accepted, still see the
@@ -88,16 +89,63 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
     }
 }
 
-/// The client's address of a request that came through trusted proxies: from the right of
-/// `Forwarded` (its `for=` parameters) or else `X-Forwarded-For`, the first address that is not
-/// a trusted proxy. `peer` itself when it is not trusted or the request names no one.
-pub fn forwarded_for(req: &RequestHead, peer: IpAddr, trusted: &Networks) -> IpAddr {
-    if trusted.is_empty() || !trusted.contains(peer) {
+/// Which header carries the client's address from the trusted proxies
+/// (`--trusted-proxies-header`). Only that one is read: nginx appends to `X-Forwarded-For` but
+/// passes a client's own `Forwarded` through, so reading both lets a client choose its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, HAProxy's `option forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=…` (RFC 7239).
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardHeader {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ForwardHeader, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "x-forwarded-for" => Ok(ForwardHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardHeader::Forwarded),
+            other => Err(format!(
+                "{other:?} is not a header kind: forwarded or x-forwarded-for"
+            )),
+        }
+    }
+}
+
+/// The proxies the operator trusts and the header they name clients in.
+#[derive(Debug, Clone, Default)]
+pub struct Proxies {
+    pub networks: Networks,
+    pub header: ForwardHeader,
+}
+
+impl Proxies {
+    /// Whether connections from `ip` come through a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.networks.contains(ip)
+    }
+}
+
+/// The client's address of a request that came through trusted proxies: over every line of the
+/// operator's header kind (in order: a proxy may add its own line after a client's), the
+/// rightmost address that is not a trusted proxy. `peer` itself when it is not trusted or the
+/// request names no one.
+pub fn forwarded_for(req: &RequestHead, peer: IpAddr, trusted: &Proxies) -> IpAddr {
+    if trusted.networks.is_empty() || !trusted.contains(peer) {
         return peer;
     }
-    let chain: Vec<IpAddr> = match req.header("forwarded") {
-        Some(f) => f
-            .split(',')
+    let lines = req
+        .headers
+        .iter()
+        .filter(|(n, _)| match trusted.header {
+            ForwardHeader::Forwarded => n.eq_ignore_ascii_case("forwarded"),
+            ForwardHeader::XForwardedFor => n.eq_ignore_ascii_case("x-forwarded-for"),
+        })
+        .flat_map(|(_, v)| v.split(','));
+    let chain: Vec<IpAddr> = match trusted.header {
+        ForwardHeader::Forwarded => lines
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
@@ -108,12 +156,7 @@ pub fn forwarded_for(req: &RequestHead, peer: IpAddr, trusted: &Networks) -> IpA
                 })
             })
             .collect(),
-        None => req
-            .header("x-forwarded-for")
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|v| parse_node(v.trim()))
-            .collect(),
+        ForwardHeader::XForwardedFor => lines.filter_map(|v| parse_node(v.trim())).collect(),
     };
     chain
         .iter()
@@ -315,30 +358,46 @@ mod tests {
 
     #[test]
     fn forwarded_addresses_are_taken_only_from_trusted_proxies() {
-        let trusted = Networks::parse("127.0.0.1,10.0.0.0/8").unwrap();
-        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let networks = Networks::parse("127.0.0.1,10.0.0.0/8").unwrap();
+        let xff_kind = Proxies {
+            networks: networks.clone(),
+            header: ForwardHeader::XForwardedFor,
+        };
+        let fwd_kind = Proxies {
+            networks,
+            header: ForwardHeader::Forwarded,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("127.0.0.1");
         let xff = head(&[("X-Forwarded-For", "203.0.113.9, 10.1.1.1")]);
-        assert_eq!(
-            forwarded_for(&xff, proxy, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(forwarded_for(&xff, proxy, &xff_kind), ip("203.0.113.9"));
         // A client cannot pose as another by sending its own header: the rightmost untrusted
         // address is the one the trusted proxy saw.
         let spoof = head(&[("X-Forwarded-For", "1.2.3.4, 203.0.113.9")]);
-        assert_eq!(
-            forwarded_for(&spoof, proxy, &trusted),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(forwarded_for(&spoof, proxy, &xff_kind), ip("203.0.113.9"));
+        // HAProxy adds its own line after the client's: every line counts, the last one last.
+        let lines = head(&[
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ]);
+        assert_eq!(forwarded_for(&lines, proxy, &xff_kind), ip("203.0.113.9"));
+        // nginx passes a client's Forwarded through: with X-Forwarded-For named, it is ignored.
+        let both = head(&[
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ]);
+        assert_eq!(forwarded_for(&both, proxy, &xff_kind), ip("203.0.113.9"));
+        assert_eq!(forwarded_for(&both, proxy, &fwd_kind), ip("1.2.3.4"));
         let fwd = head(&[(
             "Forwarded",
             "for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2",
         )]);
-        assert_eq!(
-            forwarded_for(&fwd, proxy, &trusted),
-            "2001:db8::7".parse::<IpAddr>().unwrap()
-        );
-        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
-        assert_eq!(forwarded_for(&xff, stranger, &trusted), stranger);
+        assert_eq!(forwarded_for(&fwd, proxy, &fwd_kind), ip("2001:db8::7"));
+        assert_eq!(forwarded_for(&fwd, proxy, &xff_kind), proxy);
+        let stranger = ip("198.51.100.1");
+        assert_eq!(forwarded_for(&xff, stranger, &xff_kind), stranger);
+        assert_eq!("Forwarded".parse(), Ok(ForwardHeader::Forwarded));
+        assert!("x-real-ip".parse::<ForwardHeader>().is_err());
     }
 
     #[test]

@@ -92,6 +92,11 @@ serve_settings! {
     /// addresses, comma-separated): their `Forwarded`/`X-Forwarded-For`, and their PROXY
     /// protocol header with --proxy-protocol.
     trusted_proxies: String = String::new(); [value_name = "CIDR,..."]
+    /// The header the trusted proxies name the client in: `x-forwarded-for` (nginx, HAProxy's
+    /// `option forwardfor`) or `forwarded` (RFC 7239). Only that one is read, over all its
+    /// lines, rightmost untrusted address first: a client's own header of the other kind is
+    /// ignored.
+    trusted_proxies_header: String = "x-forwarded-for".to_owned(); [value_name = "forwarded|x-forwarded-for"]
     /// Connections from --trusted-proxies may start with a PROXY protocol header (v1 or v2, as
     /// HAProxy's `send-proxy`/`send-proxy-v2` sends it), whose client address is then used.
     /// Connections from anywhere else are served as they come.
@@ -106,6 +111,9 @@ serve_settings! {
     shoutcast_listen: String = String::new(); [value_name = "ADDR"]
     /// Directory for persistent state (mounts, hashed credentials).
     data_dir: PathBuf = PathBuf::from("./tidecast-data"); [value_name = "DIR"]
+    /// The only directory a mount's listener user files (--htpasswd) and intros (--intro) are
+    /// read from, given relative to it [default: DATA_DIR/files].
+    files_dir: PathBuf = PathBuf::new(); [value_name = "DIR"]
     /// Admin user name [default: admin].
     admin_user: String = String::new(); [env = "TIDECAST_ADMIN_USER"]
     /// Admin password; stored hashed. Generated and printed once when never set.
@@ -359,6 +367,12 @@ impl ServeConfig {
         if let Err(e) = crate::clients::Networks::parse(&self.trusted_proxies) {
             problems.extend(e.into_iter().map(|p| format!("trusted_proxies: {p}")));
         }
+        if let Err(e) = self
+            .trusted_proxies_header
+            .parse::<crate::clients::ForwardHeader>()
+        {
+            problems.push(format!("trusted_proxies_header: {e}"));
+        }
         if self.proxy_protocol && self.trusted_proxies.trim().is_empty() {
             problems.push(
                 "--proxy-protocol needs --trusted-proxies (the proxies allowed to send it)"
@@ -500,6 +514,15 @@ impl ServeConfig {
 
     pub fn source_timeout(&self) -> Duration {
         Duration::from_secs(self.source_timeout_secs)
+    }
+
+    /// The directory of mounts' htpasswd and intro files (`--files-dir`, else `DATA_DIR/files`).
+    pub fn files_dir(&self) -> PathBuf {
+        if self.files_dir.as_os_str().is_empty() {
+            self.data_dir.join("files")
+        } else {
+            self.files_dir.clone()
+        }
     }
 
     pub fn header_timeout(&self) -> Duration {

@@ -109,10 +109,8 @@ impl Relays {
         let content_type = up
             .head
             .header("content-type")
-            .map(str::trim)
-            .filter(|ct| crate::http::is_media_type(ct))
-            .unwrap_or("application/octet-stream")
-            .to_owned();
+            .and_then(crate::http::audio_content_type)
+            .unwrap_or_else(|| "application/octet-stream".to_owned());
         let charset = self.coordinator.mount(mount).and_then(|m| m.charset);
         let hub = self.hubs.open(HubParams {
             mount: mount.to_owned(),

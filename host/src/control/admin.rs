@@ -38,7 +38,7 @@ pub async fn answer(
             None => Response::error(400, "a media key is 1 to 500 characters, with no leading '/' and no '.', '..' or empty segments"),
         },
         Ok(limit) => match read_body(body, limit).await {
-            Ok(body) => route(state, req, &body).await,
+            Ok(body) => route(state, peer, req, &body).await,
             Err(r) => r,
         },
         Err(r) => r,
@@ -277,7 +277,7 @@ fn ice_response(status: u16, message: &str) -> Response {
 }
 
 /// Answers an admitted request (see [`admit`]: credentials were checked already).
-async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
+async fn route(state: &Arc<Node>, peer: SocketAddr, req: &RequestHead, body: &[u8]) -> Response {
     let path = req.path.as_str();
     if is_metadata(path) {
         return metadata(state, req).await;
@@ -361,19 +361,20 @@ async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
         ("GET", "/api/v1/dashboard") => {
             Response::json(200, &crate::control::dashboard::state_json(state))
         }
-        ("GET", "/api/v1/dashboard/events") => crate::control::dashboard::events(state.clone()),
+        ("GET", "/api/v1/dashboard/events") => crate::control::dashboard::events(state, peer.ip()),
         ("GET", "/api/v1/config") => crate::control::apply::export(state),
         ("POST", "/api/v1/apply") => crate::control::apply::apply(state, req, body).await,
         ("GET", "/api/v1/backup") => crate::control::backup::backup(state).await,
         ("POST", "/api/v1/restore") => crate::control::backup::restore(state, body).await,
-        ("POST", p) if p.starts_with("/api/v1/nodes/") && p.ends_with("/drain") => {
-            let node = &p["/api/v1/nodes/".len()..p.len() - "/drain".len()];
+        ("POST", p) if between(p, "/api/v1/nodes/", "/drain").is_some() => {
+            let node = between(p, "/api/v1/nodes/", "/drain").unwrap_or_default();
             crate::control::drain::node(state, node).await
         }
         ("GET", "/api/v1/media") => crate::control::media::list(state, req).await,
         (method, "/api/v1/media-index") => crate::control::media::index(state, method, body),
         (method, p) if p.starts_with("/api/v1/media/") => {
-            let Some(key) = crate::control::media::key_of(&p["/api/v1/media/".len()..]) else {
+            let rest = p.strip_prefix("/api/v1/media/").unwrap_or_default();
+            let Some(key) = crate::control::media::key_of(rest) else {
                 return Response::error(400, "not a media key");
             };
             match method {
@@ -385,12 +386,12 @@ async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
         }
         ("GET", "/api/v1/stations") => crate::control::stations::list(state),
         ("POST", "/api/v1/stations") => crate::control::stations::create(state, body).await,
-        ("POST", p) if p.starts_with("/api/v1/stations/") && p.ends_with("/restart") => {
-            let name = &p["/api/v1/stations/".len()..p.len() - "/restart".len()];
+        ("POST", p) if between(p, "/api/v1/stations/", "/restart").is_some() => {
+            let name = between(p, "/api/v1/stations/", "/restart").unwrap_or_default();
             crate::control::stations::restart(state, name).await
         }
         (method, p) if p.starts_with("/api/v1/stations/") => {
-            let name = &p["/api/v1/stations/".len()..];
+            let name = p.strip_prefix("/api/v1/stations/").unwrap_or_default();
             match method {
                 "GET" => crate::control::stations::show(state, name),
                 "PATCH" => crate::control::stations::edit(state, name, body).await,
@@ -400,7 +401,7 @@ async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
         }
         ("GET", "/api/v1/plugins") => crate::control::plugins::list(state),
         (method, p) if p.starts_with("/api/v1/plugins/") => {
-            let name = &p["/api/v1/plugins/".len()..];
+            let name = p.strip_prefix("/api/v1/plugins/").unwrap_or_default();
             if let Some(name) = name.strip_suffix("/rank") {
                 return match method {
                     "POST" => crate::control::plugins::rank(state, name, body),
@@ -414,19 +415,19 @@ async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
                 _ => Response::error(405, "use GET, POST (upload) or DELETE"),
             }
         }
-        ("POST", p) if p.starts_with("/api/v1/mounts/") && p.ends_with("/token") => {
-            let mount = format!("/{}", &p["/api/v1/mounts/".len()..p.len() - "/token".len()]);
-            signed_url(state, req, &mount, body)
-        }
-        ("GET", p) if p.starts_with("/api/v1/mounts/") && p.ends_with("/listeners") => {
+        ("POST", p) if between(p, "/api/v1/mounts/", "/token").is_some() => {
             let mount = format!(
                 "/{}",
-                &p["/api/v1/mounts/".len()..p.len() - "/listeners".len()]
+                between(p, "/api/v1/mounts/", "/token").unwrap_or_default()
             );
-            listeners(state, &mount)
+            signed_url(state, req, &mount, body)
+        }
+        ("GET", p) if between(p, "/api/v1/mounts/", "/listeners").is_some() => {
+            let mount = between(p, "/api/v1/mounts/", "/listeners").unwrap_or_default();
+            listeners(state, &format!("/{mount}"))
         }
         (method, p) if p.starts_with("/api/v1/mounts/") => {
-            let mount = format!("/{}", &p["/api/v1/mounts/".len()..]);
+            let mount = format!("/{}", p.strip_prefix("/api/v1/mounts/").unwrap_or_default());
             match method {
                 "GET" => match state.coordinator.mount(&mount) {
                     Some(m) => Response::json(200, &mount_view(state, &m)),
@@ -439,6 +440,12 @@ async fn route(state: &Arc<Node>, req: &RequestHead, body: &[u8]) -> Response {
         }
         _ => Response::error(404, format!("no such admin endpoint: {path}")),
     }
+}
+
+/// What stands between `prefix` and `suffix` in `path`, when it has both and they do not
+/// overlap (`/api/v1/mounts/listeners` has no mount between them).
+fn between<'p>(path: &'p str, prefix: &str, suffix: &str) -> Option<&'p str> {
+    path.strip_prefix(prefix)?.strip_suffix(suffix)
 }
 
 /// This node's listeners of `mount`: id, address (the client's, behind trusted proxies), the
@@ -883,18 +890,16 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
         }
         Some(u) => problems.push(format!("auth_url {u:?} is not an http:// or https:// URL")),
     }
-    // Files each node reads from its own disk: an absolute path, or "" to remove.
-    for (name, given, field) in [
-        ("htpasswd", r.htpasswd.take(), &mut m.htpasswd),
-        ("intro", r.intro.take(), &mut m.intro),
+    // Files each node reads from its own files directory (checked by `check_files`), or "" to
+    // remove.
+    for (given, field) in [
+        (r.htpasswd.take(), &mut m.htpasswd),
+        (r.intro.take(), &mut m.intro),
     ] {
         match given {
             None => {}
             Some(p) if p.is_empty() => *field = None,
-            Some(p) if std::path::Path::new(&p).is_absolute() => *field = Some(p),
-            Some(p) => problems.push(format!(
-                "{name} {p:?} must be an absolute path (each node reads it from its own disk)"
-            )),
+            Some(p) => *field = Some(p),
         }
     }
     match r.max_user_connections {
@@ -916,7 +921,7 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
     match r.icy_metaint {
         None => {}
         Some(0) => m.icy_metaint = None,
-        Some(n) if (256..=65_536).contains(&n) => m.icy_metaint = Some(n),
+        Some(n) if crate::listen::ICY_METAINT_RANGE.contains(&n) => m.icy_metaint = Some(n),
         Some(n) => problems.push(format!(
             "icy_metaint must be between 256 and 65536 bytes (0 for the default), got {n}"
         )),
@@ -952,17 +957,15 @@ fn apply(m: &mut MountConfig, mut r: MountSettings, problems: &mut Vec<String>) 
 
 /// A mount's htpasswd and intro files, read on this node when the mount is created or changed,
 /// so a missing or bad file is named at once rather than found by the first listener.
-async fn check_files(m: &MountConfig) -> Vec<String> {
-    use crate::listen::files::{read, INTROS, USERS};
-    use std::path::Path;
+async fn check_files(state: &Node, m: &MountConfig) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(p) = &m.htpasswd {
-        if let Err(e) = read(&USERS, Path::new(p)).await {
+        if let Err(e) = state.listen.users.check(p).await {
             problems.push(format!("htpasswd: {e}"));
         }
     }
     if let Some(p) = &m.intro {
-        if let Err(e) = read(&INTROS, Path::new(p)).await {
+        if let Err(e) = state.listen.intros.check(p).await {
             problems.push(format!("intro: {e}"));
         }
     }
@@ -998,7 +1001,7 @@ pub(crate) async fn build_mount(
         known.station,
         &m,
     ));
-    problems.extend(check_files(&m).await);
+    problems.extend(check_files(state, &m).await);
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, None));
     }
@@ -1020,6 +1023,17 @@ fn stored(state: &Node) -> Lookups<'_> {
         Box::new(|p: &str| state.coordinator.mount(p).map(|m| m.transcode.is_some())),
         Box::new(|s: &str| state.coordinator.station(s).is_some()),
     )
+}
+
+/// Hashes a new source password on a blocking thread: argon2 takes a core for tens of
+/// milliseconds and 7 MiB, never an IO worker's.
+async fn hash_off_io(password: &str) -> Result<String, Response> {
+    let p = password.to_owned();
+    match tokio::task::spawn_blocking(move || hash_password(&p)).await {
+        Ok(Ok(h)) => Ok(h),
+        Ok(Err(e)) => Err(Response::error(500, e)),
+        Err(e) => Err(Response::error(500, e)),
+    }
 }
 
 async fn create_mount(state: &Node, body: &[u8]) -> Response {
@@ -1058,9 +1072,9 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     // verify.
     let password = (m.kind() == "source").then(|| given.unwrap_or_else(|| generate_password(16)));
     if let Some(p) = &password {
-        m.source_password_hash = match hash_password(p) {
+        m.source_password_hash = match hash_off_io(p).await {
             Ok(h) => h,
-            Err(e) => return Response::error(500, e),
+            Err(r) => return r,
         };
     }
     if let Err(e) = state.coordinator.put_mount(m.clone(), None).await {
@@ -1104,7 +1118,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
         known.station,
         &m,
     ));
-    problems.extend(check_files(&m).await);
+    problems.extend(check_files(state, &m).await);
     problems.extend(crate::control::stations::check_capacity(state, &m));
     if problems.is_empty() {
         problems.extend(state.plugins.check_attachments(&m, Some(&before)));
@@ -1116,9 +1130,9 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
         );
     }
     if let Some(p) = &new_password {
-        m.source_password_hash = match hash_password(p) {
+        m.source_password_hash = match hash_off_io(p).await {
             Ok(h) => h,
-            Err(e) => return Response::error(500, e),
+            Err(r) => return r,
         };
     }
     if let Err(e) = state.coordinator.put_mount(m.clone(), Some(&before)).await {

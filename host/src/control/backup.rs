@@ -106,7 +106,6 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
             ),
         );
     }
-    // Everything is checked before anything is written.
     let mut problems = Vec::new();
     let mut bytes = BTreeMap::new();
     for (hash, text) in &b.blobs {
@@ -131,24 +130,11 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
             }
         }
     }
-    for m in &b.mounts {
-        if let Err(e) = crate::model::validate_mount_path(&m.path) {
-            problems.push(e);
-        }
-    }
-    let changes = changes(state, &b.mounts, &b.stations);
-    if changes.len() > MAX_CHANGES {
-        problems.push(format!(
-            "{} mounts and stations change; one restore changes at most {MAX_CHANGES}",
-            changes.len()
-        ));
-    }
     if !problems.is_empty() {
-        return Response::json(
-            400,
-            &json!({ "error": format!("nothing was restored:\n  - {}", problems.join("\n  - ")), "problems": problems }),
-        );
+        return refused(&problems);
     }
+    // Plugin versions first (content-addressed, each checked against its hash above): mounts
+    // and stations are checked against them. Nothing else is written unless all of it passes.
     let c = &state.coordinator;
     let mut versions = 0;
     for p in &b.plugins {
@@ -163,6 +149,77 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
             }
             versions += 1;
         }
+    }
+    // Each mount is rebuilt from its create request by the code `mount create` and `apply`
+    // use (references against the backup's own mounts and stations), so a value that could not
+    // be created cannot be restored either; only its secrets are taken as they were saved.
+    let transcoded = |p: &str| {
+        b.mounts
+            .iter()
+            .find(|m| m.path == p)
+            .map(|m| m.transcode.is_some())
+    };
+    if let Some(a) = &b.admin {
+        if let Err(e) = crate::auth::check_hash(&a.password_hash) {
+            problems.push(format!("admin password_hash: {e}"));
+        }
+    }
+    // Stations too, from their create requests.
+    let mut stations = Vec::with_capacity(b.stations.len());
+    for saved in &b.stations {
+        let at = format!("station {:?}", saved.name);
+        let built = serde_json::from_value(crate::control::stations::request_of(saved))
+            .map_err(|e| vec![e.to_string()])
+            .and_then(|r| crate::control::stations::build(state, r));
+        match built {
+            Ok(st) => stations.push(st),
+            Err(e) => problems.extend(e.into_iter().map(|p| format!("{at}: {p}"))),
+        }
+    }
+    let station = |s: &str| stations.iter().any(|st| st.name == s);
+    let known = crate::control::admin::Known {
+        transcoded: &transcoded,
+        station: &station,
+    };
+    let mut mounts = Vec::with_capacity(b.mounts.len());
+    for saved in &b.mounts {
+        let at = format!("mount {:?}", saved.path);
+        let mut request = crate::model::MountSettings::of(saved);
+        request.token_key.clone_from(&saved.token_key);
+        match crate::control::admin::build_mount(state, request, &known).await {
+            Ok((mut m, _)) => {
+                let hash = &saved.source_password_hash;
+                let problem = match (m.kind() == "source", hash.is_empty()) {
+                    (false, true) => None,
+                    (false, false) => Some("only a source mount has a source password hash".into()),
+                    (true, true) => Some("a source mount needs its source_password_hash".into()),
+                    (true, false) if !hash.starts_with("$argon2") => Some(
+                        "source_password_hash must be an argon2 hash as `tidecast backup` writes it"
+                            .into(),
+                    ),
+                    (true, false) => crate::auth::check_hash(hash)
+                        .err()
+                        .map(|e| format!("source_password_hash: {e}")),
+                };
+                if let Some(p) = problem {
+                    problems.push(format!("{at}: {p}"));
+                }
+                m.source_password_hash
+                    .clone_from(&saved.source_password_hash);
+                mounts.push(m);
+            }
+            Err(e) => problems.extend(e.into_iter().map(|p| format!("{at}: {p}"))),
+        }
+    }
+    let changes = changes(state, &mounts, &stations);
+    if changes.len() > MAX_CHANGES {
+        problems.push(format!(
+            "{} mounts and stations change; one restore changes at most {MAX_CHANGES}",
+            changes.len()
+        ));
+    }
+    if !problems.is_empty() {
+        return refused(&problems);
     }
     let n = changes.len();
     if n > 0 {
@@ -202,14 +259,22 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
     Response::json(
         200,
         &json!({
-            "mounts": b.mounts.len(),
-            "stations": b.stations.len(),
+            "mounts": mounts.len(),
+            "stations": stations.len(),
             "plugins": b.plugins.len(),
             "plugin_versions_added": versions,
             "changes": n,
             "positions": b.positions.len(),
             "media": media,
         }),
+    )
+}
+
+/// The answer to a backup that is not restored, with every problem.
+fn refused(problems: &[String]) -> Response {
+    Response::json(
+        400,
+        &json!({ "error": format!("nothing was restored:\n  - {}", problems.join("\n  - ")), "problems": problems }),
     )
 }
 

@@ -174,16 +174,38 @@ pub fn state_json(state: &Node) -> Value {
     })
 }
 
-/// `GET /api/v1/dashboard/events`: the state every [`EVERY`] as Server-Sent Events. Overflow
-/// policy: at most 2 states wait for a slow client, then the sender waits with them (nothing
-/// piles up); a client that takes nothing for the write bound is disconnected, which ends it.
-pub fn events(state: Arc<Node>) -> Response {
+/// Builds the dashboard's state every [`EVERY`] while anyone follows it, once for all of them.
+pub async fn publish(state: Arc<Node>) {
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        if state.dashboard_feed.followed() {
+            state.dashboard_feed.publish(state_json(&state).to_string());
+        }
+    }
+}
+
+/// `GET /api/v1/dashboard/events`: the state every [`EVERY`] as Server-Sent Events, from the
+/// node's one publisher ([`publish`]); one address follows at most `feed::PER_ADDRESS`. A
+/// client that takes nothing for the write bound is disconnected, which ends it.
+pub fn events(state: &Node, client: std::net::IpAddr) -> Response {
+    let Some(mut feed) = state.dashboard_feed.subscribe(client) else {
+        return Response::error(429, "too many event streams from your address")
+            .header("Retry-After", "30");
+    };
+    // Overflow policy: two states at most wait for the client; with the queue full the
+    // subscriber waits (it sends the newest state it has when there is room again).
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
         loop {
-            tick.tick().await;
-            let event = format!("event: state\ndata: {}\n\n", state_json(&state));
+            let state = tokio::select! {
+                s = feed.next() => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+                () = tx.closed() => return,
+            };
+            let event = format!("event: state\ndata: {state}\n\n");
             if tx.send(Bytes::from(event)).await.is_err() {
                 return;
             }

@@ -32,13 +32,11 @@ const ONE_PART: usize = 8 << 20;
 /// An upload that sends nothing for this long is cut off.
 const UPLOAD_STALL: Duration = Duration::from_secs(30);
 
-/// The key in a `/api/v1/media/KEY` or `/_cluster/media/KEY` path, percent-decoded.
+/// The key in a `/api/v1/media/KEY` or `/_cluster/media/KEY` path (already percent-decoded).
 pub fn key_of(rest: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(rest)
-        .decode_utf8()
-        .ok()
-        .map(|k| k.into_owned())
-        .filter(|k| crate::media::validate_key(k).is_ok())
+    // The request head's path is decoded once already (`http::read_head`): decoding it again
+    // would make `a%2541` (the key `a%41`) the key `aA`.
+    Some(rest.to_owned()).filter(|k| crate::media::validate_key(k).is_ok())
 }
 
 fn media_error(e: &MediaError) -> Response {

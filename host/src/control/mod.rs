@@ -11,6 +11,7 @@ pub mod apply;
 pub mod backup;
 pub mod dashboard;
 pub mod drain;
+pub mod feed;
 pub mod media;
 pub mod nowplaying;
 pub mod pages;

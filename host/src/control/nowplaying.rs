@@ -3,14 +3,15 @@
 //!   `?mount=/live.mp3` that one mount, with `?station=NAME` that station's mounts.
 //! - `GET /nowplaying/events`: the same as Server-Sent Events (`event: nowplaying`, one JSON
 //!   object per mount), the current state on connect and then every change: a title, a mount
-//!   going live or off air. Checked every [`EVERY`]; a comment line every [`KEEPALIVE`] keeps
-//!   proxies from closing a quiet stream.
+//!   going live or off air. One publisher per node checks every [`EVERY`] while anyone follows;
+//!   a comment line every [`KEEPALIVE`] keeps proxies from closing a quiet stream. One address
+//!   follows at most `feed::PER_ADDRESS` streams.
 //!
 //! Public, like status-json: any origin may read it (CORS), no credentials.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -103,42 +104,84 @@ pub fn json(state: &Node, req: &RequestHead) -> Response {
     }
 }
 
+/// Builds what `/nowplaying/events` subscribers follow, every [`EVERY`] while anyone does: every
+/// mount as [`snapshot`] has it, without the listener counts (they change all the time; an event
+/// is for what a player shows) and the URL (each subscriber's own, from its Host).
+pub async fn publish(state: Arc<Node>) {
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        if !state.nowplaying.followed() {
+            continue;
+        }
+        let mut now = snapshot(&state, &Filter::All, "");
+        for v in now.values_mut() {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("listeners");
+                o.remove("url");
+            }
+        }
+        state.nowplaying.publish(now);
+    }
+}
+
 /// `/nowplaying/events`: a stream that lives until the client goes (its connection's write
-/// bound ends a client that stops reading).
-pub fn events(state: Arc<Node>, req: &RequestHead) -> Response {
+/// bound ends a client that stops reading). It follows the node's one publisher ([`publish`]):
+/// it wakes when something changed, and sends what changed among the mounts it asks about.
+pub fn events(state: Arc<Node>, req: &RequestHead, client: std::net::IpAddr) -> Response {
     let filter = Filter::of(req);
     let base = state.config.base_url(Some(req));
-    // Overflow policy: 16 events at most wait for the client; with the queue full the checker
-    // waits too (nothing piles up), and a client that takes nothing for the write bound is
-    // disconnected, which ends the checker.
+    let Some(mut feed) = state.nowplaying.subscribe(client) else {
+        return Response::error(429, "too many event streams from your address")
+            .header("Retry-After", "30");
+    };
+    let declared = state.coordinator.mounts();
+    let wanted = move |path: &str, v: &Value| match &filter {
+        Filter::All => true,
+        Filter::Mount(m) => m == path,
+        Filter::Station(s) => {
+            v.get("station").and_then(Value::as_str) == Some(s.as_str())
+                || declared
+                    .iter()
+                    .any(|m| m.path == path && m.station.as_deref() == Some(s.as_str()))
+        }
+    };
+    // Overflow policy: 16 events at most wait for the client; with the queue full the
+    // subscriber waits too (nothing piles up), and a client that takes nothing for the write
+    // bound is disconnected, which ends the subscriber.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut sent: BTreeMap<String, Value> = BTreeMap::new();
-        let mut last_sent = Instant::now();
-        let mut tick = tokio::time::interval(EVERY);
         loop {
-            tick.tick().await;
-            if tx.is_closed() {
-                return;
-            }
-            let mut now = snapshot(&state, &filter, &base);
-            // Listener counts change all the time: an event is for what a player shows.
-            for v in now.values_mut() {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("listeners");
+            let now = tokio::select! {
+                now = feed.next() => match now {
+                    Some(now) => now,
+                    None => return,
+                },
+                () = tokio::time::sleep(KEEPALIVE) => {
+                    if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                () = tx.closed() => return,
+            };
+            let mut out = Vec::new();
+            for (mount, v) in now.iter().filter(|(m, v)| wanted(m, v)) {
+                if sent.get(mount) != Some(v) {
+                    let mut event = v.clone();
+                    if let Some(o) = event.as_object_mut() {
+                        o.insert("url".into(), Value::from(format!("{base}{mount}")));
+                    }
+                    out.push(event);
+                    sent.insert(mount.clone(), v.clone());
                 }
             }
             let gone: Vec<String> = sent
                 .keys()
-                .filter(|m| !now.contains_key(*m))
+                .filter(|m| !now.get(*m).is_some_and(|v| wanted(m, v)))
                 .cloned()
                 .collect();
-            let mut out = Vec::new();
-            for (mount, v) in &now {
-                if sent.get(mount) != Some(v) {
-                    out.push(v.clone());
-                }
-            }
             for mount in gone {
                 out.push(json!({ "mount": mount, "live": false, "title": "", "deleted": true }));
                 sent.remove(&mount);
@@ -148,19 +191,7 @@ pub fn events(state: Arc<Node>, req: &RequestHead) -> Response {
                 if tx.send(Bytes::from(chunk)).await.is_err() {
                     return;
                 }
-                last_sent = Instant::now();
             }
-            if last_sent.elapsed() >= KEEPALIVE {
-                if tx
-                    .send(Bytes::from_static(b": keepalive\n\n"))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                last_sent = Instant::now();
-            }
-            sent.extend(now);
         }
     });
     let mut r = Response::new(200, "text/event-stream; charset=utf-8", "retry: 3000\n\n")

@@ -77,7 +77,7 @@ async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Inco
     match req.method.as_str() {
         "OPTIONS" => cors.apply(Response::new(204, "text/plain", ""), true),
         "GET" | "HEAD" if req.path == crate::control::pages::EVENTS => cors.apply(
-            crate::control::nowplaying::events(state.clone(), req),
+            crate::control::nowplaying::events(state.clone(), req, peer.ip()),
             false,
         ),
         "GET" | "HEAD" => cors.apply(crate::control::pages::page(&state, req), false),

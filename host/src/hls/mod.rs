@@ -28,7 +28,7 @@ use crate::http::{RequestHead, Response};
 use crate::hub::Registry;
 use crate::listen::Listen;
 use segment::{Segment, Store};
-use sessions::{NewSession, Sessions};
+use sessions::{NewSession, Sessions, Touch};
 
 /// What HLS needs of the node: the segments, the sessions, the hubs (to cut them and count
 /// listeners), the mounts' configuration (families, who may listen) and the listener path's
@@ -60,7 +60,8 @@ impl Hls {
             return match req.query("station") {
                 Some(name) if self.coordinator.station(&name).is_some() => {
                     let family = self.station_family(&name);
-                    self.master(&family, &format!("station {name}")).await
+                    self.master(peer, req, &family, &format!("station {name}"))
+                        .await
                 }
                 _ => Response::error(404, "no such station (?station=NAME)"),
             };
@@ -81,10 +82,10 @@ impl Hls {
         match file {
             "master.m3u8" => {
                 let family = self.family(mount);
-                self.master(&family, mount).await
+                self.master(peer, req, &family, mount).await
             }
             "index.m3u8" => self.media(peer, req, mount).await,
-            _ => self.segment(req, mount, file),
+            _ => self.segment(peer, req, mount, file),
         }
     }
 
@@ -149,8 +150,27 @@ impl Hls {
 
     /// The master playlist of `family` (what it is of, for errors): each mount that has
     /// segments as a rendition.
-    async fn master(&self, family: &[String], of: &str) -> Response {
-        self.relay_if_elsewhere(family).await;
+    async fn master(
+        &self,
+        peer: SocketAddr,
+        req: &RequestHead,
+        family: &[String],
+        of: &str,
+    ) -> Response {
+        // Only mounts this client may hear without credentials are relayed here for a master
+        // playlist: one that needs them is woken by its media playlist, after its admission.
+        let open: Vec<&String> = family
+            .iter()
+            .filter(|m| {
+                self.coordinator.mount(m).is_none_or(|c| {
+                    c.htpasswd.is_none()
+                        && c.auth_url.is_none()
+                        && crate::listen::access::check(&c, req, peer.ip(), crate::listen::now())
+                            .is_ok()
+                })
+            })
+            .collect();
+        self.relay_if_elsewhere(&open).await;
         let id = sessions::new_id();
         let mut renditions: Vec<(u64, String)> = Vec::new();
         for m in family {
@@ -185,8 +205,24 @@ impl Hls {
     }
 
     /// The media playlist of `mount`, for the session the request names (or one derived from
-    /// the client), which is started here after the same checks as a stream request.
+    /// the client). A session not admitted to `mount` yet is admitted first, after the same
+    /// checks and limits as a stream request; only then is a relay woken for it.
     async fn media(&self, peer: SocketAddr, req: &RequestHead, mount: &str) -> Response {
+        let agent = req.header("user-agent").unwrap_or("");
+        let id = match req.query("session") {
+            Some(id) if sessions::valid_id(&id) => id,
+            Some(_) => return Response::error(400, "not a session id"),
+            None => self.sessions.derived_id(peer.ip(), agent, mount),
+        };
+        match self.sessions.touch(&id, mount, peer.ip()) {
+            Touch::Live => {}
+            Touch::Ended(why) => return Response::error(403, why),
+            Touch::Unknown | Touch::NotAdmitted => {
+                if let Err(r) = self.admit(peer, req, mount, &id).await {
+                    return r;
+                }
+            }
+        }
         self.relay_if_elsewhere(&[mount]).await;
         let Some((kind, segments, discontinuity_seq)) = self.store.timeline(mount) else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
@@ -194,49 +230,6 @@ impl Hls {
         let Some(first) = segments.first() else {
             return Response::error(404, format!("{mount} has no HLS stream right now"));
         };
-        let agent = req.header("user-agent").unwrap_or("");
-        let id = match req.query("session") {
-            Some(id) if sessions::valid_id(&id) => id,
-            Some(_) => return Response::error(400, "not a session id"),
-            None => sessions::derived_id(peer.ip(), agent, mount),
-        };
-        if !self.sessions.touch(&id, mount) {
-            // A draining node keeps its sessions and starts none.
-            if self.listen.lifecycle.draining() {
-                return Response::error(503, "this node is shutting down; try again")
-                    .header("Retry-After", "5");
-            }
-            let node_max = self.listen.settings.max_listeners;
-            if node_max > 0 && self.hubs.listener_count() >= node_max {
-                return Response::error(503, format!("this node is full ({node_max} listeners)"));
-            }
-            let config = self.coordinator.mount(mount);
-            let mut user = None;
-            if let Some(m) = &config {
-                match crate::listen::admit(&self.listen, m, req, peer.ip(), None).await {
-                    Ok(name) => user = name,
-                    Err(why) => return why.response(mount),
-                }
-            }
-            let started = self.sessions.start(
-                &id,
-                NewSession {
-                    mount,
-                    client: peer.ip(),
-                    agent,
-                    user,
-                    per_user: config.and_then(|m| m.max_user_connections),
-                    hub: self.hubs.hub(mount),
-                },
-            );
-            if let Err(why) = started {
-                let status = match why {
-                    sessions::SessionRefused::UserConnections => 403,
-                    _ => 503,
-                };
-                return Response::error(status, why.to_string());
-            }
-        }
         let target = self.store.settings.target.as_secs().max(1);
         // EXT-X-MAP (fragmented MP4) needs version 6.
         let version = if kind == segment::Kind::Opus { 6 } else { 3 };
@@ -258,6 +251,63 @@ impl Hls {
             out.push('\n');
         }
         Response::new(200, PLAYLIST, out).header("Cache-Control", "no-cache")
+    }
+
+    /// Admits session `id` of the client at `peer` to `mount` as a stream listener is
+    /// admitted (draining, the node's and the mount's listener limits, who may listen, the
+    /// user's connections), starting it or adding the mount to it.
+    async fn admit(
+        &self,
+        peer: SocketAddr,
+        req: &RequestHead,
+        mount: &str,
+        id: &str,
+    ) -> Result<(), Response> {
+        // A draining node keeps its sessions and starts none.
+        if self.listen.lifecycle.draining() {
+            return Err(
+                Response::error(503, "this node is shutting down; try again")
+                    .header("Retry-After", "5"),
+            );
+        }
+        let node_max = self.listen.settings.max_listeners;
+        if node_max > 0 && self.hubs.listener_count() >= node_max {
+            return Err(Response::error(
+                503,
+                format!("this node is full ({node_max} listeners)"),
+            ));
+        }
+        let config = self.coordinator.mount(mount);
+        let mut user = None;
+        if let Some(m) = &config {
+            if let Some(max) = m.max_listeners {
+                if self.hubs.listeners_of(mount).len() >= max as usize {
+                    return Err(Response::error(
+                        503,
+                        format!("mount {mount} is full ({max} listeners)"),
+                    ));
+                }
+            }
+            match crate::listen::admit(&self.listen, m, req, peer.ip(), None).await {
+                Ok(name) => user = name,
+                Err(why) => return Err(why.response(mount)),
+            }
+        }
+        let agent = req.header("user-agent").unwrap_or("");
+        self.sessions
+            .start(
+                id,
+                NewSession {
+                    mount,
+                    client: peer.ip(),
+                    agent,
+                    user,
+                    per_user: config.as_ref().and_then(|m| m.max_user_connections),
+                    max_secs: config.as_ref().and_then(|m| m.max_listener_secs),
+                    hub: self.hubs.hub(mount),
+                },
+            )
+            .map_err(|why| Response::error(why.status(), why.to_string()))
     }
 
     /// In a cluster, a mount another node produces is relayed here (its cutter numbers the
@@ -292,7 +342,7 @@ impl Hls {
 
     /// Segment `file` (`<seq>.<ext>`, or an init segment `init-<hash>.mp4`) of `mount`, for a
     /// live session.
-    fn segment(&self, req: &RequestHead, mount: &str, file: &str) -> Response {
+    fn segment(&self, peer: SocketAddr, req: &RequestHead, mount: &str, file: &str) -> Response {
         let init = file.starts_with("init-") && file.ends_with(".mp4");
         let seq = file
             .split_once('.')
@@ -301,8 +351,12 @@ impl Hls {
             return Response::error(404, "no such HLS resource");
         }
         let session = req.query("session").unwrap_or_default();
-        if !self.sessions.touch(&session, mount) {
-            return Response::error(403, "no such session: load the playlist first");
+        match self.sessions.touch(&session, mount, peer.ip()) {
+            Touch::Live => {}
+            Touch::Ended(why) => return Response::error(403, why),
+            Touch::Unknown | Touch::NotAdmitted => {
+                return Response::error(403, "no such session: load the playlist first")
+            }
         }
         let found = match seq {
             Some(seq) => self
@@ -318,7 +372,11 @@ impl Hls {
         };
         match found {
             Ok((content_type, data)) => {
-                Response::new(200, content_type, data).header("Cache-Control", "max-age=600")
+                let mut r =
+                    Response::new(200, content_type, data).header("Cache-Control", "max-age=600");
+                r.headers
+                    .extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
+                r
             }
             Err(why) => Response::error(404, why),
         }

@@ -196,6 +196,38 @@ pub fn is_media_type(value: &str) -> bool {
         })
 }
 
+/// The Content-Type a stream is served with, from what a source or an upstream declared: an
+/// `audio/*` media type as it is, `application/ogg` and `video/ogg` as `audio/ogg` (their
+/// parameters kept); `None` for anything else. A source's type is copied to every listener on
+/// the node's own origin, so `text/html` or `image/svg+xml` from a source must never get there.
+pub fn audio_content_type(value: &str) -> Option<String> {
+    let value = value.trim();
+    if !is_media_type(value) {
+        return None;
+    }
+    let (ty, params) = match value.split_once(';') {
+        Some((t, p)) => (t.trim(), Some(p)),
+        None => (value, None),
+    };
+    let ty = ty.to_ascii_lowercase();
+    let ty = match ty.as_str() {
+        "application/ogg" | "video/ogg" => "audio/ogg".to_owned(),
+        t if t.starts_with("audio/") => ty.clone(),
+        _ => return None,
+    };
+    Some(match params {
+        Some(p) => format!("{ty};{p}"),
+        None => ty,
+    })
+}
+
+/// Headers on every stream answer: the body is audio from a source, never a document the
+/// browser may sniff or run on the node's (and the dashboard's) origin.
+pub const STREAM_HEADERS: [(&str, &str); 2] = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", "sandbox"),
+];
+
 /// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
 pub async fn read_head<R: AsyncRead + Unpin>(
     io: &mut R,

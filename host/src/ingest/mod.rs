@@ -123,10 +123,8 @@ async fn admit_and_pump(
         req.header("content-type").map(str::trim),
         req.method.as_str(),
     ) {
-        (Some(ct), _) if !ct.is_empty() && crate::http::is_media_type(ct) => Ok(ct.to_owned()),
-        (Some(ct), _) if !ct.is_empty() => {
-            Err("Content-Type is not a media type (such as audio/mpeg)")
-        }
+        (Some(ct), _) if !ct.is_empty() => crate::http::audio_content_type(ct)
+            .ok_or("Content-Type is not an audio type (such as audio/mpeg or audio/ogg)"),
         (_, "SOURCE") => Ok("audio/mpeg".to_owned()),
         _ => Err("Content-Type is required"),
     };

@@ -235,12 +235,12 @@ fn feed<'h>(
     up: &Upstream,
     held: &'h mut Option<Held>,
 ) -> &'h Arc<Hub> {
+    // `connect` accepted only audio types.
     let content_type = up
         .head
         .header("content-type")
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_owned();
+        .and_then(crate::http::audio_content_type)
+        .unwrap_or_default();
     if held
         .as_ref()
         .is_some_and(|h| h.hub.content_type != content_type)
@@ -263,7 +263,7 @@ fn feed<'h>(
 }
 
 /// Opens `url`'s stream with ICY metadata, following redirects; refuses anything but a 200
-/// with an audio or video type.
+/// with an audio type (`http::audio_content_type`).
 async fn connect(client: &Client, url: &str) -> Result<Upstream, String> {
     let headers = [
         ("icy-metadata", "1"),
@@ -280,7 +280,7 @@ async fn connect(client: &Client, url: &str) -> Result<Upstream, String> {
         match up.head.status {
             200 => {
                 let content_type = up.head.header("content-type").unwrap_or("").trim();
-                if !crate::http::is_media_type(content_type) {
+                if crate::http::audio_content_type(content_type).is_none() {
                     return Err(format!(
                         "{url} answered {content_type:?}, not an audio stream"
                     ));

@@ -50,11 +50,12 @@ pub enum Refused {
 impl Refused {
     pub fn status(&self) -> u16 {
         match self {
+            // A throttled login is answered as a wrong one, at once (it cost no hash).
             Refused::Unsigned
             | Refused::Webhook
             | Refused::NoCredentials
-            | Refused::BadCredentials => 401,
-            Refused::Throttled(_) => 429,
+            | Refused::BadCredentials
+            | Refused::Throttled(_) => 401,
             Refused::WebhookDown
             | Refused::WebhookBusy
             | Refused::UsersUnavailable
@@ -71,7 +72,10 @@ impl Refused {
         let mut r = Response::text(self.status(), format!("{self}: {mount}"));
         if matches!(
             self,
-            Refused::Webhook | Refused::NoCredentials | Refused::BadCredentials
+            Refused::Webhook
+                | Refused::NoCredentials
+                | Refused::BadCredentials
+                | Refused::Throttled(_)
         ) {
             r = r.header("WWW-Authenticate", "Basic realm=\"tidecast listener\"");
         }
@@ -96,7 +100,7 @@ pub async fn check_user(
         return Err(Refused::NoCredentials);
     };
     let users = files
-        .get(std::path::Path::new(file))
+        .get(file)
         .await
         .map_err(|_| Refused::UsersUnavailable)?;
     let found = users.get(&user);
@@ -104,7 +108,10 @@ pub async fn check_user(
     let hash = found
         .or_else(|| users.values().next())
         .map_or("", |h| h.as_str());
-    match verifier.verify(client, found.is_some(), &pass, hash).await {
+    match verifier
+        .verify(client, &user, found.is_some(), &pass, hash)
+        .await
+    {
         Verdict::Granted => Ok(user),
         Verdict::Denied => Err(Refused::BadCredentials),
         Verdict::Throttled(wait) => Err(Refused::Throttled(wait)),
@@ -206,6 +213,134 @@ pub const WEBHOOK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// so unauthenticated clients cannot pile up outgoing requests.
 pub const WEBHOOK_CALLS: usize = 64;
 
+/// Authentication calls in flight for one client address (an IPv6 /64): its share of
+/// [`WEBHOOK_CALLS`].
+pub const WEBHOOK_PER_ADDRESS: u32 = 4;
+/// The wait after an address's first refused admission; it doubles with each further one.
+const WEBHOOK_FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest such wait; a record this old is forgotten.
+const WEBHOOK_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at once; past it, idle ones are pruned, and then new ones wait.
+const WEBHOOK_CLIENTS_MAX: usize = 16_384;
+
+/// User names remembered per address; past this, refusals of new names share one wait.
+const WEBHOOK_NAMES_MAX: usize = 64;
+
+/// Each client address's share of the authentication URL: a few calls in flight at most, and
+/// after the radio refused a user name from it, a doubling wait before the radio is asked about
+/// that name from that address again (refused meanwhile with a prompt 401, with no call). One
+/// address cannot starve everyone else's logins, and one listener getting its password wrong
+/// does not lock out another behind the same NAT.
+#[derive(Default)]
+pub struct WebhookShares {
+    clients: std::sync::Mutex<std::collections::HashMap<IpAddr, Share>>,
+}
+
+#[derive(Default)]
+struct Share {
+    in_flight: u32,
+    /// Refusals by user name ("" for none, and for names past [`WEBHOOK_NAMES_MAX`]).
+    refused: std::collections::HashMap<String, Backoff>,
+}
+
+struct Backoff {
+    refusals: u32,
+    until: std::time::Instant,
+}
+
+impl Share {
+    /// Forgets refusals older than the longest wait; whether nothing is left to remember.
+    fn prune(&mut self, now: std::time::Instant) -> bool {
+        self.refused
+            .retain(|_, b| b.until + WEBHOOK_MAX_BACKOFF > now);
+        self.in_flight == 0 && self.refused.is_empty()
+    }
+}
+
+/// A call's place in its address's share, given back when dropped.
+pub struct ShareTicket<'a> {
+    shares: &'a WebhookShares,
+    key: IpAddr,
+    user: String,
+}
+
+impl WebhookShares {
+    /// A place for a call about `user` (the name the listener gave, "" for none) at `client`,
+    /// or why not now.
+    pub fn take(&self, client: IpAddr, user: &str) -> Result<ShareTicket<'_>, Refused> {
+        use crate::sync::Locked as _;
+        let key = crate::auth::client_key(client);
+        let now = std::time::Instant::now();
+        let mut clients = self.clients.locked();
+        if clients.len() >= WEBHOOK_CLIENTS_MAX && !clients.contains_key(&key) {
+            clients.retain(|_, s| !s.prune(now));
+            if clients.len() >= WEBHOOK_CLIENTS_MAX {
+                return Err(Refused::WebhookBusy);
+            }
+        }
+        let share = clients.entry(key).or_default();
+        let user = if share.refused.contains_key(user) || share.refused.len() < WEBHOOK_NAMES_MAX {
+            user.to_owned()
+        } else {
+            String::new()
+        };
+        if let Some(b) = share.refused.get(&user).filter(|b| b.until > now) {
+            return Err(Refused::Throttled(b.until - now));
+        }
+        if share.in_flight >= WEBHOOK_PER_ADDRESS {
+            return Err(Refused::WebhookBusy);
+        }
+        share.in_flight += 1;
+        Ok(ShareTicket {
+            shares: self,
+            key,
+            user,
+        })
+    }
+}
+
+impl ShareTicket<'_> {
+    /// The radio refused the listener: its name waits at its address before the next call.
+    pub fn refused(self) {
+        use crate::sync::Locked as _;
+        let now = std::time::Instant::now();
+        if let Some(s) = self.shares.clients.locked().get_mut(&self.key) {
+            s.prune(now);
+            let b = s.refused.entry(self.user.clone()).or_insert(Backoff {
+                refusals: 0,
+                until: now,
+            });
+            b.refusals = b.refusals.saturating_add(1);
+            let backoff = WEBHOOK_FIRST_BACKOFF
+                .saturating_mul(1 << b.refusals.saturating_sub(1).min(16))
+                .min(WEBHOOK_MAX_BACKOFF);
+            b.until = now + backoff;
+        }
+    }
+
+    /// The radio admitted the listener: its name's record is cleared.
+    pub fn admitted(self) {
+        use crate::sync::Locked as _;
+        if let Some(s) = self.shares.clients.locked().get_mut(&self.key) {
+            s.refused.remove(&self.user);
+        }
+    }
+}
+
+impl Drop for ShareTicket<'_> {
+    fn drop(&mut self) {
+        use crate::sync::Locked as _;
+        let now = std::time::Instant::now();
+        let mut clients = self.shares.clients.locked();
+        if let Some(s) = clients.get_mut(&self.key) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.prune(now) {
+                clients.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Asks the mount's authentication URL about a listener, as Icecast 2.5's URL authentication
 /// does: a form POST with `action=listener_add` (or `listener_remove` when it leaves), the
 /// mount, the client's address, user agent and Basic credentials (`user`, when given, is the
@@ -296,6 +431,48 @@ mod tests {
             check_pass("k", "/paid.mp3", &req(&anonymous, "VLC"), 1000),
             Some(None)
         );
+    }
+
+    /// One address gets a few calls at once; a refused name waits after a refusal, other names
+    /// and other addresses do not.
+    #[test]
+    fn each_address_has_its_share_of_the_authentication_url() {
+        let shares = WebhookShares::default();
+        let a: IpAddr = "203.0.113.9".parse().unwrap();
+        let b: IpAddr = "198.51.100.1".parse().unwrap();
+        let held: Vec<_> = (0..WEBHOOK_PER_ADDRESS)
+            .map(|_| shares.take(a, "alice").ok().unwrap())
+            .collect();
+        assert_eq!(shares.take(a, "bob").err(), Some(Refused::WebhookBusy));
+        assert!(
+            shares.take(b, "alice").is_ok(),
+            "another address is not held up"
+        );
+        drop(held);
+        shares.take(a, "mallory").ok().unwrap().refused();
+        assert!(matches!(
+            shares.take(a, "mallory"),
+            Err(Refused::Throttled(_))
+        ));
+        assert!(
+            shares.take(a, "alice").is_ok(),
+            "another name behind the same NAT"
+        );
+        assert!(shares.take(b, "mallory").is_ok());
+        // A /64 is one address.
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::2".parse().unwrap();
+        shares.take(v6a, "").ok().unwrap().refused();
+        assert!(matches!(shares.take(v6b, ""), Err(Refused::Throttled(_))));
+        // Inventing names buys nothing past the names remembered: they share one wait.
+        for i in 0..WEBHOOK_NAMES_MAX {
+            shares.take(b, &format!("n{i}")).ok().unwrap().refused();
+        }
+        shares.take(b, "fresh-1").ok().unwrap().refused();
+        assert!(matches!(
+            shares.take(b, "fresh-2"),
+            Err(Refused::Throttled(_))
+        ));
     }
 
     #[test]

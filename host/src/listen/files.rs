@@ -1,6 +1,9 @@
 //! Files a mount names that each node reads from its own disk: listener user files
 //! (`htpasswd`, [`parse_users`]) and intro files (`intro`, [`parse_intro`]). Deploy them to every
-//! node, like the TLS certificates.
+//! node, like the TLS certificates, into the directory the operator names (`--files-dir`,
+//! default `DATA_DIR/files`): a mount names a file in it, relative or absolute, and nothing
+//! outside it is ever opened (the admin API must not read `/proc/self/environ`). A problem in a
+//! file is named by its line, never by what the line holds.
 //!
 //! A file is looked at again at most once a second, when a listener needs it, and re-read when
 //! its modification time or size changed. A file that does not parse is refused whole, with every
@@ -25,6 +28,8 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// Why a file gives nothing to use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FileError {
+    #[error("{0:?} is not a file in the files directory {1} (--files-dir)")]
+    Outside(String, PathBuf),
     #[error("cannot read {0}: {1}")]
     Read(PathBuf, String),
     #[error("{0} is larger than {1} bytes")]
@@ -57,19 +62,59 @@ struct Loaded<T> {
 /// The files of one kind this node's mounts name, each read when it changes.
 pub struct Watched<T> {
     kind: Kind<T>,
+    /// The only directory files are read from.
+    dir: PathBuf,
     files: Mutex<HashMap<PathBuf, Loaded<T>>>,
 }
 
+/// The file `name` (relative to `dir`, or absolute) stands for, if it is inside `dir`: no `..`,
+/// and no link inside that leads out of it.
+pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf, FileError> {
+    use std::path::Component;
+    let outside = || FileError::Outside(name.to_owned(), dir.to_owned());
+    let given = Path::new(name);
+    let relative = if given.is_absolute() {
+        given.strip_prefix(dir).map_err(|_| outside())?
+    } else {
+        given
+    };
+    if name.is_empty()
+        || relative.as_os_str().is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(outside());
+    }
+    let path = dir.join(relative);
+    // A link inside the directory that leads out of it is outside too.
+    if let (Ok(real), Ok(real_dir)) = (path.canonicalize(), dir.canonicalize()) {
+        if !real.starts_with(&real_dir) {
+            return Err(outside());
+        }
+    }
+    Ok(path)
+}
+
 impl<T> Watched<T> {
-    pub fn new(kind: Kind<T>) -> Watched<T> {
+    /// Files of `kind`, read from `dir` only.
+    pub fn new(kind: Kind<T>, dir: PathBuf) -> Watched<T> {
         Watched {
             kind,
+            dir,
             files: Mutex::default(),
         }
     }
 
-    /// The contents of the file at `path`: the last good ones, re-read first if it changed.
-    pub async fn get(&self, path: &Path) -> Result<Arc<T>, FileError> {
+    /// Reads and parses file `name` now, as a mount being created or changed is checked.
+    pub async fn check(&self, name: &str) -> Result<T, FileError> {
+        read(&self.kind, &resolve(&self.dir, name)?).await
+    }
+
+    /// The contents of file `name`: the last good ones, re-read first if it changed.
+    pub async fn get(&self, name: &str) -> Result<Arc<T>, FileError> {
+        let path = resolve(&self.dir, name)?;
+        let path = path.as_path();
         let now = Instant::now();
         let previous = self.files.with(|f| {
             f.get(path).map(|l| {
@@ -119,7 +164,7 @@ impl<T> Watched<T> {
 }
 
 /// Reads and parses the file of `kind` at `path` (at most the kind's size bound), now.
-pub async fn read<T>(kind: &Kind<T>, path: &Path) -> Result<T, FileError> {
+async fn read<T>(kind: &Kind<T>, path: &Path) -> Result<T, FileError> {
     let failed = |e: std::io::Error| FileError::Read(path.to_owned(), e.to_string());
     let file = tokio::fs::File::open(path).await.map_err(failed)?;
     let max = kind.max_bytes;
@@ -164,6 +209,7 @@ pub fn parse_users(data: Vec<u8>) -> Result<Users, Vec<String>> {
             continue;
         }
         let n = n + 1;
+        // No problem quotes the line: the file may not be what the operator thinks it is.
         let Some((user, hash)) = line.split_once(':') else {
             problems.push(format!("line {n}: not user:hash"));
             continue;
@@ -173,12 +219,14 @@ pub fn parse_users(data: Vec<u8>) -> Result<Users, Vec<String>> {
             problems.push(format!("line {n}: no user name"));
             continue;
         }
-        if let Err(e) = crate::auth::check_hash(hash) {
-            problems.push(format!("line {n} ({user}): {e}"));
+        if crate::auth::check_hash(hash).is_err() {
+            problems.push(format!(
+                "line {n}: not a supported hash (bcrypt, argon2, SHA-crypt, MD5-crypt/apr1 or {{SHA}}) within the cost bounds"
+            ));
             continue;
         }
         if users.insert(user.to_owned(), hash.to_owned()).is_some() {
-            problems.push(format!("line {n}: {user} is listed twice"));
+            problems.push(format!("line {n}: a user listed before"));
         }
     }
     if problems.is_empty() {
@@ -239,13 +287,40 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems[0].starts_with("line 2:"), "{problems:?}");
         assert!(
-            problems[2].contains("line 4 (carol): not a supported hash"),
+            problems[2].starts_with("line 4: not a supported hash"),
             "{problems:?}"
         );
         assert!(
-            problems[3].contains("alice is listed twice"),
+            problems[3].starts_with("line 5: a user listed before"),
             "{problems:?}"
         );
+        // Nothing of a line is echoed: /proc/self/environ gave back a password this way.
+        let secret = b"HOME=/root\0TIDECAST_ADMIN_PASSWORD=s3cret:x\0".to_vec();
+        let problems = parse_users(secret).unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .all(|p| !p.contains("s3cret") && !p.contains("HOME")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_files_in_the_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("users"), "").unwrap();
+        assert_eq!(resolve(d, "users").unwrap(), d.join("users"));
+        let abs = d.join("users");
+        assert_eq!(resolve(d, abs.to_str().unwrap()).unwrap(), abs);
+        for bad in ["/proc/self/environ", "../users", "a/../../x", "", "/"] {
+            assert!(
+                matches!(resolve(d, bad), Err(FileError::Outside(..))),
+                "{bad}"
+            );
+        }
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        assert!(matches!(resolve(d, "link"), Err(FileError::Outside(..))));
     }
 
     #[test]
@@ -264,13 +339,13 @@ mod tests {
     async fn a_bad_new_file_keeps_the_old_contents() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users");
-        let files = Watched::new(USERS);
-        assert!(matches!(files.get(&path).await, Err(FileError::Read(..))));
+        let files = Watched::new(USERS, dir.path().to_owned());
+        assert!(matches!(files.get("users").await, Err(FileError::Read(..))));
         std::fs::write(&path, format!("alice:{BCRYPT}\n")).unwrap();
         // Within a second of the last look the file is not looked at again.
-        assert!(files.get(&path).await.is_err());
+        assert!(files.get("users").await.is_err());
         files.files.locked().clear();
-        assert_eq!(files.get(&path).await.unwrap().len(), 1);
+        assert_eq!(files.get("users").await.unwrap().len(), 1);
         std::fs::write(&path, format!("alice:{BCRYPT}\nbob:clear-text\n")).unwrap();
         {
             let mut l = files.files.locked();
@@ -278,7 +353,7 @@ mod tests {
             entry.checked = entry.checked.checked_sub(RECHECK).unwrap();
         }
         assert_eq!(
-            files.get(&path).await.unwrap().len(),
+            files.get("users").await.unwrap().len(),
             1,
             "the old entries stay"
         );

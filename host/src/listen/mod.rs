@@ -37,6 +37,8 @@ pub mod files;
 
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
+/// The ICY metadata intervals a mount may set (bytes).
+pub const ICY_METAINT_RANGE: std::ops::RangeInclusive<u32> = 256..=65_536;
 
 /// The live hub serving `mount`: its own, or its fallback chain's while it has no source or
 /// its source is silenced.
@@ -125,6 +127,8 @@ pub struct Listen {
     pub peers: Peers,
     /// Authentication calls in flight ([`access::WEBHOOK_CALLS`] at most).
     pub webhook_calls: Arc<tokio::sync::Semaphore>,
+    /// Each client address's share of those calls, and its wait after a refusal.
+    pub webhook_shares: access::WebhookShares,
     /// The client for radios' authentication URLs: the system's CAs (a radio's site has a
     /// public certificate), not the cluster's own CA.
     pub webhook_http: crate::http::client::Client,
@@ -325,9 +329,12 @@ async fn listen(
     let icy = hub.format.supports_icy_metadata()
         && req.header("icy-metadata").is_some_and(|v| v.trim() == "1");
     // The mount asked for (not a fallback serving it) decides, once for the connection.
+    // Only a value `mount create` takes: one that got into the store some other way must not
+    // make a listener spin (0) or buffer without bound.
     let metaint = config
         .as_ref()
         .and_then(|m| m.icy_metaint)
+        .filter(|n| ICY_METAINT_RANGE.contains(n))
         .map_or(ICY_METAINT, |n| n as usize);
     let mut head = format!("{version} 200 OK\r\n");
     let mut headers: Vec<(&str, std::borrow::Cow<str>)> = vec![
@@ -341,6 +348,7 @@ async fn listen(
         ),
         ("Connection", "close".into()),
     ];
+    headers.extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
     let p = &hub.props;
     for (name, value) in [
         ("icy-name", &p.name),
@@ -397,6 +405,8 @@ async fn listen(
             format!("bytes 0-{}/*", body.len().saturating_sub(1)),
         );
         r.headers.extend(cors.headers(false));
+        r.headers
+            .extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
         send(&mut stream, &r, version, false).await;
         return Outcome {
             user,
@@ -447,7 +457,7 @@ async fn listen(
         .and_then(|m| m.intro.as_ref())
         .filter(|_| !relay)
     {
-        match state.intros.get(std::path::Path::new(path)).await {
+        match state.intros.get(path).await {
             Ok(i) if i.format == hub.format => intro = Some(i.data.clone()),
             Ok(i) => {
                 info!(mount = %wanted, intro = %path, "intro skipped: it is {:?} audio, the stream {:?}", i.format, hub.format)
@@ -515,7 +525,7 @@ async fn listen(
 }
 
 /// Seconds since the Unix epoch.
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -541,11 +551,21 @@ pub(crate) async fn admit(
         user = Some(access::check_user(&state.users, &state.verifier, file, req, client).await?);
     }
     if let Some(url) = &m.auth_url {
+        // The address's share first: one address cannot hold every call of the node.
+        let name = req.basic_auth().map(|(n, _)| n).unwrap_or_default();
+        let share = state.webhook_shares.take(client, &name)?;
         let Ok(_permit) = state.webhook_calls.clone().try_acquire_owned() else {
             return Err(access::Refused::WebhookBusy);
         };
         let http = &state.webhook_http;
-        access::ask_webhook(http, url, "listener_add", &m.path, req, None, client).await?;
+        match access::ask_webhook(http, url, "listener_add", &m.path, req, None, client).await {
+            Ok(()) => share.admitted(),
+            Err(access::Refused::Webhook) => {
+                share.refused();
+                return Err(access::Refused::Webhook);
+            }
+            Err(why) => return Err(why),
+        }
         user = user.or_else(|| req.basic_auth().map(|(n, _)| n).filter(|n| !n.is_empty()));
     }
     Ok(user)

@@ -459,16 +459,17 @@ impl Cache {
         // A peer without the file (or down) is skipped; one that fails while sending ends
         // this download (readers may hold its first bytes), and the next reader starts anew.
         for url in peers {
-            if let Some(meta) = self.fetch_from_peer(&url, key, d).await? {
-                return self.keep(meta, d);
+            if let Some((meta, reserved)) = self.fetch_from_peer(&url, key, d).await? {
+                return self.keep(meta, d, reserved);
             }
         }
-        let meta = self.fetch_from_bucket(key, d).await?;
-        self.keep(meta, d)
+        let (meta, reserved) = self.fetch_from_bucket(key, d).await?;
+        self.keep(meta, d, reserved)
     }
 
-    /// Reserves `size` bytes for `key`, evicting what must go.
-    fn reserve(&self, key: &str, size: u64) -> Result<(), MediaError> {
+    /// Reserves `size` bytes for `key`, evicting what must go; given back when the reservation
+    /// is dropped, unless the download was kept.
+    fn reserve(&self, key: &str, size: u64) -> Result<Reservation<'_>, MediaError> {
         if size > self.limit {
             return Err(MediaError::TooLarge(key.to_owned(), size, self.limit));
         }
@@ -479,12 +480,7 @@ impl Cache {
             ));
         }
         self.index.with(|ix| ix.total += size);
-        Ok(())
-    }
-
-    fn unreserve(&self, size: u64) {
-        self.index
-            .with(|ix| ix.total = ix.total.saturating_sub(size));
+        Ok(Reservation { cache: self, size })
     }
 
     /// Asks the node at `url` for its cached copy of `key`: `Ok(None)` when it has none.
@@ -493,7 +489,7 @@ impl Cache {
         url: &str,
         key: &str,
         d: &Download,
-    ) -> Result<Option<Meta>, MediaError> {
+    ) -> Result<Option<(Meta, Reservation<'_>)>, MediaError> {
         let fail = |why: String| MediaError::Failed(key.to_owned(), why);
         let path = format!(
             "{}/_cluster/media/{}",
@@ -528,7 +524,7 @@ impl Cache {
             .ok_or_else(|| fail("the peer sent no SHA-256".to_owned()))?;
         let etag = header("etag");
         let mut writer = Writer::new(&d.part).await?;
-        self.reserve(key, size)?;
+        let reserved = self.reserve(key, size)?;
         let mut body = answer.into_body();
         let result: Result<(), MediaError> = async {
             while let Some(frame) = body.frame().await {
@@ -555,25 +551,29 @@ impl Cache {
                 Ok(())
             }
         });
-        if let Err(e) = checked {
-            self.unreserve(size);
-            return Err(e);
-        }
+        checked?;
         info!(%key, peer = %url, bytes = size, "media cache: fetched from a peer");
-        Ok(Some(Meta {
-            key: key.to_owned(),
-            size,
-            etag,
-            sha256,
-        }))
+        Ok(Some((
+            Meta {
+                key: key.to_owned(),
+                size,
+                etag,
+                sha256,
+            },
+            reserved,
+        )))
     }
 
-    async fn fetch_from_bucket(&self, key: &str, d: &Download) -> Result<Meta, MediaError> {
+    async fn fetch_from_bucket(
+        &self,
+        key: &str,
+        d: &Download,
+    ) -> Result<(Meta, Reservation<'_>), MediaError> {
         let fail = |why: String| MediaError::Failed(key.to_owned(), why);
         let library = self.library.as_ref().ok_or(MediaError::NoLibrary)?;
         let (entry, mut body) = library.get(key).await?;
         let mut writer = Writer::new(&d.part).await?;
-        self.reserve(key, entry.size)?;
+        let reserved = self.reserve(key, entry.size)?;
         let result: Result<(), MediaError> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk?;
@@ -606,24 +606,29 @@ impl Cache {
                 _ => Ok(()),
             }
         });
-        if let Err(e) = checked {
-            self.unreserve(entry.size);
-            return Err(e);
-        }
-        Ok(Meta {
-            key: key.to_owned(),
-            size: entry.size,
-            etag: entry.etag,
-            sha256,
-        })
+        checked?;
+        Ok((
+            Meta {
+                key: key.to_owned(),
+                size: entry.size,
+                etag: entry.etag,
+                sha256,
+            },
+            reserved,
+        ))
     }
 
     /// Makes a complete, checked download part of the cache.
-    fn keep(&self, meta: Meta, d: &Download) -> Result<(), MediaError> {
+    fn keep(&self, meta: Meta, d: &Download, reserved: Reservation<'_>) -> Result<(), MediaError> {
         let data = self.data_path(&meta.key);
         std::fs::rename(&d.part, &data)?;
         let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-        std::fs::write(data.with_extension("meta"), json)?;
+        if let Err(e) = std::fs::write(data.with_extension("meta"), json) {
+            // Not kept: the data goes too (the reservation is given back on return).
+            let _ = std::fs::remove_file(&data);
+            return Err(e.into());
+        }
+        reserved.kept();
         self.index.with(|ix| {
             ix.clock += 1;
             let used = ix.clock;
@@ -633,6 +638,29 @@ impl Cache {
             }
         });
         Ok(())
+    }
+}
+
+/// Bytes of a download counted in the cache's total before they arrive (so eviction makes room
+/// for them); given back when dropped, on every path where the download is not kept.
+struct Reservation<'c> {
+    cache: &'c Cache,
+    size: u64,
+}
+
+impl Reservation<'_> {
+    /// The download is part of the cache now: its bytes stay counted.
+    fn kept(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let size = self.size;
+        self.cache
+            .index
+            .with(|ix| ix.total = ix.total.saturating_sub(size));
     }
 }
 

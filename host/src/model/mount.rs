@@ -393,6 +393,8 @@ const RESERVED: &[&str] = &[
     "/status.xsl",
     "/healthz",
     "/readyz",
+    "/nowplaying",
+    "/nowplaying.json",
 ];
 
 /// Checks that `path` can be a mount: `/` then letters, digits, `-_.~/`, at most 200 bytes, no

@@ -52,6 +52,8 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     let hls = tokio::spawn(crate::hls::run(state.hls.clone()));
     let silence = tokio::spawn(crate::transcode::silence::run(state.transcode.clone()));
     let history = tokio::spawn(crate::control::dashboard::sample(state.clone()));
+    let nowplaying = tokio::spawn(crate::control::nowplaying::publish(state.clone()));
+    let dashboard = tokio::spawn(crate::control::dashboard::publish(state.clone()));
     let certs = ports
         .acceptor
         .as_ref()
@@ -135,6 +137,8 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
     hls.abort();
     silence.abort();
     history.abort();
+    nowplaying.abort();
+    dashboard.abort();
     if let Some(c) = certs {
         c.abort();
     }
@@ -270,7 +274,14 @@ async fn answer_hls(
     let started = std::time::Instant::now();
     let cors = Cors::from(req);
     let r = cors.apply(state.hls.answer(peer, req).await, false);
+    // A request that declares a body is the last on its connection: the body is never read,
+    // so nothing after the head may be taken for the next request (request smuggling).
+    let body = req.header("transfer-encoding").is_some()
+        || req
+            .header("content-length")
+            .is_some_and(|n| n.trim() != "0");
     let keep = req.version == crate::http::Version::Http11
+        && !body
         && !req
             .header("connection")
             .is_some_and(|c| c.to_ascii_lowercase().contains("close"));

@@ -59,7 +59,7 @@ pub struct Node {
     /// The TLS certificates, when the node takes TLS.
     pub certs: Option<Arc<crate::tls::Certs>>,
     /// Proxies whose word on a client's address is taken.
-    pub trusted_proxies: crate::clients::Networks,
+    pub trusted_proxies: crate::clients::Proxies,
     /// The access log, if any.
     pub access: Option<Arc<crate::access::AccessLog>>,
     /// Configured, serving, draining: what `/readyz` says and routing respects.
@@ -68,6 +68,11 @@ pub struct Node {
     pub hooks: Arc<crate::hooks::Hooks>,
     /// The last hour of listener counts, for the dashboard.
     pub history: crate::control::dashboard::History,
+    /// What `/nowplaying/events` subscribers follow, built once per node.
+    pub nowplaying:
+        crate::control::feed::Feed<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// The dashboard's state, built once per node for every open dashboard.
+    pub dashboard_feed: crate::control::feed::Feed<String>,
 }
 
 impl Node {
@@ -99,9 +104,16 @@ impl Node {
         access: Option<Arc<crate::access::AccessLog>>,
     ) -> Node {
         // Checked when the configuration was loaded.
-        let trusted_proxies =
-            crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default();
+        let trusted_proxies = crate::clients::Proxies {
+            networks: crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default(),
+            header: config.trusted_proxies_header.parse().unwrap_or_default(),
+        };
         let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
+        // Where the operator puts mounts' files; made if missing, so it is plain where they go.
+        let files_dir = config.files_dir();
+        if let Err(e) = std::fs::create_dir_all(&files_dir) {
+            tracing::warn!(dir = %files_dir.display(), error = %e, "cannot make the files directory");
+        }
         let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
         let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
             queue: config.queue_size,
@@ -161,11 +173,15 @@ impl Node {
             webhook_calls: Arc::new(tokio::sync::Semaphore::new(
                 crate::listen::access::WEBHOOK_CALLS,
             )),
+            webhook_shares: crate::listen::access::WebhookShares::default(),
             // Without a readable system CA bundle, an https:// authentication URL is refused
             // with a message that says so (fail closed).
             webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
-            users: crate::listen::files::Watched::new(crate::listen::files::USERS),
-            intros: crate::listen::files::Watched::new(crate::listen::files::INTROS),
+            users: crate::listen::files::Watched::new(
+                crate::listen::files::USERS,
+                files_dir.clone(),
+            ),
+            intros: crate::listen::files::Watched::new(crate::listen::files::INTROS, files_dir),
             verifier: listener_verifier,
             access: access.clone(),
             lifecycle: lifecycle.clone(),
@@ -238,6 +254,8 @@ impl Node {
             lifecycle,
             hooks,
             history: Default::default(),
+            nowplaying: Default::default(),
+            dashboard_feed: Default::default(),
         }
     }
 }
