@@ -840,33 +840,35 @@ fn wait_for_hls(node: &Node, mount: &str) {
     });
 }
 
-/// Defects 1 to 4 of the review: an HLS session belongs to the client and the mounts it was
-/// admitted to, its id cannot be computed, the mount's listener limits apply to it, and a body
-/// on a kept-alive HLS request is never run as a request.
-#[test]
-fn hls_sessions_are_admitted_per_mount_unguessable_limited_and_not_smuggled() {
-    const HERE: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// A node with HLS in one-second segments and `mounts` (password hackme, each with its extra
+/// flags) live from real ffmpeg sources, with segments.
+fn hls_node(mounts: &[(&str, &[&str])]) -> (Node, Vec<Proc>) {
     let node = Node::start(&["--hls-segment-secs", "1", "--hls-window-secs", "30"]);
-    node.create_mount("/open.mp3", "hackme", &[]);
-    node.create_mount(
-        "/paid.mp3",
-        "hackme",
-        &["--token-key", "a-key-of-sixteen-bytes"],
-    );
-    node.create_mount(
-        "/timed.mp3",
-        "hackme",
-        &["--max-listeners", "1", "--max-listener-secs", "3"],
-    );
-    let _sources: Vec<Proc> = ["/open.mp3", "/paid.mp3", "/timed.mp3"]
+    for (m, extra) in mounts {
+        node.create_mount(m, "hackme", extra);
+    }
+    let sources = mounts
         .iter()
-        .map(|m| ffmpeg_mp3_source(&node, "hackme", m, &[]))
+        .map(|(m, _)| ffmpeg_mp3_source(&node, "hackme", m, &[]))
         .collect();
-    for m in ["/open.mp3", "/paid.mp3", "/timed.mp3"] {
+    for (m, _) in mounts {
         wait_for_hls(&node, m);
     }
-    let agent = [("User-Agent", "review/1.0")];
+    (node, sources)
+}
 
+const HERE: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const AGENT: [(&str, &str); 1] = [("User-Agent", "review/1.0")];
+
+/// Defects 1 and 2: an HLS session belongs to the client and the mounts it was admitted to, and
+/// its id cannot be computed.
+#[test]
+fn hls_sessions_are_admitted_per_mount_and_unguessable() {
+    let (node, _sources) = hls_node(&[
+        ("/open.mp3", &[]),
+        ("/paid.mp3", &["--token-key", "a-key-of-sixteen-bytes"]),
+    ]);
+    let agent = AGENT;
     // 1. A session of the open mount is no pass to the signed one.
     let (code, _, master) = get_from(HERE, &node, "/hls/open.mp3/master.m3u8", &agent);
     assert_eq!(code, 200);
@@ -911,7 +913,17 @@ fn hls_sessions_are_admitted_per_mount_unguessable_limited_and_not_smuggled() {
         let index = format!("/hls/open.mp3/index.m3u8?session={id}");
         assert_eq!(get_from(elsewhere, &node, &index, &agent).0, 403);
     }
+}
 
+/// Defect 3: an HLS session is a listener: the mount's `max_listeners` and
+/// `max_listener_secs` apply to it.
+#[test]
+fn hls_sessions_keep_the_mounts_listener_limits() {
+    let (node, _sources) = hls_node(&[(
+        "/timed.mp3",
+        &["--max-listeners", "1", "--max-listener-secs", "3"],
+    )]);
+    let agent = AGENT;
     // 3. The mount's listener limits: one listener at most, for three seconds.
     let (code, _, timed) = get_from(HERE, &node, "/hls/timed.mp3/index.m3u8", &agent);
     assert_eq!(code, 200);
@@ -935,7 +947,12 @@ fn hls_sessions_are_admitted_per_mount_unguessable_limited_and_not_smuggled() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+}
 
+/// Defect 4: a body on a kept-alive HLS request is never run as a request.
+#[test]
+fn a_body_on_a_kept_alive_hls_request_is_not_a_request() {
+    let (node, _sources) = hls_node(&[("/open.mp3", &[])]);
     // 4. A kept-alive GET with a body: the body is never a second request.
     let inner = "GET /hls/open.mp3/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n";
     let outer = format!(
