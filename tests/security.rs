@@ -919,11 +919,37 @@ fn hls_sessions_are_admitted_per_mount_and_unguessable() {
 /// `max_listener_secs` apply to it.
 #[test]
 fn hls_sessions_keep_the_mounts_listener_limits() {
-    let (node, _sources) = hls_node(&[(
-        "/timed.mp3",
-        &["--max-listeners", "1", "--max-listener-secs", "3"],
-    )]);
+    let (node, _sources) = hls_node(&[
+        (
+            "/timed.mp3",
+            &["--max-listeners", "1", "--max-listener-secs", "3"],
+        ),
+        ("/full.mp3", &["--max-listeners", "1"]),
+        ("/other.mp3", &[]),
+    ]);
     let agent = AGENT;
+    // A session that switches renditions is admitted again where it comes back, limits and all.
+    let index = |mount: &str, id: &str| {
+        let path = format!("/hls{mount}/index.m3u8?session={id}");
+        get_from(HERE, &node, &path, &agent).0
+    };
+    let (x, y) = ("a".repeat(32), "b".repeat(32));
+    assert_eq!(index("/full.mp3", &x), 200);
+    assert_eq!(index("/full.mp3", &y), 503, "full");
+    assert_eq!(index("/other.mp3", &x), 200);
+    assert_eq!(index("/full.mp3", &y), 200, "x left it");
+    assert_eq!(index("/full.mp3", &x), 503, "x back on a full mount");
+    // Names nobody streams start no session.
+    for ghost in ["/ghost.mp3", "/no/such/mount.mp3"] {
+        assert_eq!(index(ghost, &"c".repeat(32)), 404);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, _, cluster) = admin_get(&node, "/api/v1/cluster");
+    let cluster = String::from_utf8_lossy(&cluster);
+    assert!(
+        !cluster.contains("ghost") && !cluster.contains("no/such"),
+        "{cluster}"
+    );
     // 3. The mount's listener limits: one listener at most, for three seconds.
     let (code, _, timed) = get_from(HERE, &node, "/hls/timed.mp3/index.m3u8", &agent);
     assert_eq!(code, 200);
@@ -939,8 +965,17 @@ fn hls_sessions_keep_the_mounts_listener_limits() {
         first_segment(&timed),
         session_of(&timed)
     );
-    std::thread::sleep(Duration::from_millis(3500));
-    let (code, _, body) = get_from(HERE, &node, &timed_segment, &agent);
+    // The player keeps asking, as players do (a session with no request for three target
+    // durations ends anyway), until the limit ends it.
+    let started = Instant::now();
+    let (code, body) = loop {
+        let (code, _, body) = get_from(HERE, &node, &timed_segment, &agent);
+        if code != 200 || started.elapsed() > Duration::from_secs(8) {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(started.elapsed() >= Duration::from_secs(2), "ended early");
     assert_eq!(code, 403, "listened past --max-listener-secs");
     assert!(
         String::from_utf8_lossy(&body).contains("time limit"),
@@ -976,6 +1011,17 @@ fn a_body_on_a_kept_alive_hls_request_is_not_a_request() {
     assert!(
         closed,
         "the connection is closed after a request with a body"
+    );
+    // Two lengths that differ: refused, and nothing after them is a request.
+    let twice = format!(
+        "GET /hls/open.mp3/master.m3u8 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{inner}",
+        inner.len()
+    );
+    let (code, head, body) = http_request(node.addr, &twice);
+    assert_eq!(code, 400, "{head}");
+    assert!(
+        !String::from_utf8_lossy(&body).contains("HTTP/1."),
+        "{head}"
     );
     assert!(!node.log().contains("panicked"), "{}", node.log());
 }
@@ -1047,7 +1093,12 @@ fn sources_serve_audio_only_and_streams_are_never_documents() {
     let node = Node::start(&[]);
     node.create_mount("/page.mp3", "hackme", &[]);
     node.create_mount("/ogg.ogg", "hackme", &[]);
-    for ct in ["text/html", "image/svg+xml", "application/xhtml+xml"] {
+    for ct in [
+        "text/html",
+        "image/svg+xml",
+        "application/xhtml+xml",
+        "audio/svg+xml",
+    ] {
         let req = format!(
             "PUT /page.mp3 HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: {ct}\r\n\r\n<script>alert(1)</script>",
             basic("source", "hackme")

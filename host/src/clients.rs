@@ -144,9 +144,10 @@ pub fn forwarded_for(req: &RequestHead, peer: IpAddr, trusted: &Proxies) -> IpAd
             ForwardHeader::XForwardedFor => n.eq_ignore_ascii_case("x-forwarded-for"),
         })
         .flat_map(|(_, v)| v.split(','));
-    let chain: Vec<IpAddr> = match trusted.header {
+    // Every entry, readable or not (`for=unknown`, an obfuscated `for=_hidden`).
+    let chain: Vec<Option<IpAddr>> = match trusted.header {
         ForwardHeader::Forwarded => lines
-            .filter_map(|element| {
+            .map(|element| {
                 element.split(';').find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
                     k.trim()
@@ -156,15 +157,18 @@ pub fn forwarded_for(req: &RequestHead, peer: IpAddr, trusted: &Proxies) -> IpAd
                 })
             })
             .collect(),
-        ForwardHeader::XForwardedFor => lines.filter_map(|v| parse_node(v.trim())).collect(),
+        ForwardHeader::XForwardedFor => lines.map(|v| parse_node(v.trim())).collect(),
     };
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !trusted.contains(**ip))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer)
+    // From the right, past the trusted proxies; an entry that names no address stops the walk
+    // there (what stands left of it the client may have written): the proxy's own address.
+    for ip in chain.iter().rev() {
+        match ip {
+            Some(ip) if trusted.contains(*ip) => continue,
+            Some(ip) => return *ip,
+            None => return peer,
+        }
+    }
+    chain.first().copied().flatten().unwrap_or(peer)
 }
 
 /// An address as proxies write it: `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]`,
@@ -394,6 +398,11 @@ mod tests {
         )]);
         assert_eq!(forwarded_for(&fwd, proxy, &fwd_kind), ip("2001:db8::7"));
         assert_eq!(forwarded_for(&fwd, proxy, &xff_kind), proxy);
+        // An entry the proxy could not name stops the walk: not the client's own entry left of it.
+        let hidden = head(&[("Forwarded", "for=1.2.3.4, for=_hidden, for=10.2.2.2")]);
+        assert_eq!(forwarded_for(&hidden, proxy, &fwd_kind), proxy);
+        let unknown = head(&[("X-Forwarded-For", "1.2.3.4, unknown")]);
+        assert_eq!(forwarded_for(&unknown, proxy, &xff_kind), proxy);
         let stranger = ip("198.51.100.1");
         assert_eq!(forwarded_for(&xff, stranger, &xff_kind), stranger);
         assert_eq!("Forwarded".parse(), Ok(ForwardHeader::Forwarded));

@@ -214,7 +214,7 @@ impl Hls {
             Some(_) => return Response::error(400, "not a session id"),
             None => self.sessions.derived_id(peer.ip(), agent, mount),
         };
-        match self.sessions.touch(&id, mount, peer.ip()) {
+        match self.sessions.touch(&id, mount, peer.ip(), true) {
             Touch::Live => {}
             Touch::Ended(why) => return Response::error(403, why),
             Touch::Unknown | Touch::NotAdmitted => {
@@ -278,6 +278,14 @@ impl Hls {
             ));
         }
         let config = self.coordinator.mount(mount);
+        // Only a mount that is there starts a session (an undeclared one in open mode is there
+        // while it has a source): names nobody streams fill no listener table.
+        let exists = config.is_some()
+            || self.hubs.hub(mount).is_some()
+            || self.coordinator.origin_url(mount).is_some();
+        if !exists {
+            return Err(Response::error(404, format!("no such mount: {mount}")));
+        }
         let mut user = None;
         if let Some(m) = &config {
             if let Some(max) = m.max_listeners {
@@ -351,7 +359,7 @@ impl Hls {
             return Response::error(404, "no such HLS resource");
         }
         let session = req.query("session").unwrap_or_default();
-        match self.sessions.touch(&session, mount, peer.ip()) {
+        match self.sessions.touch(&session, mount, peer.ip(), false) {
             Touch::Live => {}
             Touch::Ended(why) => return Response::error(403, why),
             Touch::Unknown | Touch::NotAdmitted => {

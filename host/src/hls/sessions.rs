@@ -154,10 +154,12 @@ impl Sessions {
         }
     }
 
-    /// What request of `client` for `mount` finds of session `id`: a live session admitted to
-    /// `mount` is marked alive (and counted on the mount's live hub); one whose time limit
+    /// What a request of `client` for `mount` finds of session `id`. A segment request is
+    /// served for any mount the session was admitted to; a playlist request only for the mount
+    /// it is counted on now (another is a switch: admitted again, with the mount's limits). A
+    /// live session is marked alive (and counted on the mount's live hub); one whose time limit
     /// passed, or that an admin killed, ends here.
-    pub fn touch(&self, id: &str, mount: &str, client: IpAddr) -> Touch {
+    pub fn touch(&self, id: &str, mount: &str, client: IpAddr, playlist: bool) -> Touch {
         let ended;
         {
             let mut table = self.table.locked();
@@ -172,16 +174,15 @@ impl Sessions {
                 "killed by admin"
             } else if s.until.is_some_and(|t| Instant::now() >= t) {
                 "listening time limit reached"
-            } else if !s.admitted.iter().any(|m| m == mount) {
+            } else if !s.admitted.iter().any(|m| m == mount) || (playlist && s.mount != mount) {
                 return Touch::NotAdmitted;
             } else {
                 s.last = Instant::now();
                 if s.mount != mount {
-                    s.mount = mount.to_owned();
-                    s.ticket.moved_to(mount);
+                    // A segment of a rendition it was admitted to, fetched after a switch.
+                    return Touch::Live;
                 }
-                // Counted on the mount's live hub: a new source (or another rendition) is a
-                // new hub.
+                // Counted on the mount's live hub: a new source is a new hub.
                 let live = self.hubs.hub(mount);
                 let same = match (&s.counted, &live) {
                     (Some((counted, _)), Some(live)) => Arc::ptr_eq(counted, live),
@@ -216,7 +217,8 @@ impl Sessions {
     }
 
     /// Starts session `id` as a listener of `new.mount`, admitted there by the caller; an
-    /// existing session of the same client is admitted to `new.mount` too and moves to it.
+    /// existing session of the same client is admitted to `new.mount` too and moves to it, as a
+    /// listener signed in anew (its user, that user's connection limit).
     pub fn start(&self, id: &str, new: NewSession<'_>) -> Result<(), SessionRefused> {
         let until = new
             .max_secs
@@ -227,10 +229,20 @@ impl Sessions {
             if s.client != key {
                 return Err(SessionRefused::Foreign);
             }
+            if !s.admitted.iter().any(|m| m == new.mount) && s.admitted.len() >= MAX_ADMITTED {
+                return Err(SessionRefused::TooManyMounts);
+            }
+            let ticket = self
+                .hubs
+                .sign_in(
+                    new.mount,
+                    new.client.to_string(),
+                    new.agent.to_owned(),
+                    new.user,
+                    new.per_user,
+                )
+                .ok_or(SessionRefused::UserConnections)?;
             if !s.admitted.iter().any(|m| m == new.mount) {
-                if s.admitted.len() >= MAX_ADMITTED {
-                    return Err(SessionRefused::TooManyMounts);
-                }
                 s.admitted.push(new.mount.to_owned());
             }
             s.until = match (s.until, until) {
@@ -239,10 +251,12 @@ impl Sessions {
             };
             s.last = Instant::now();
             s.mount = new.mount.to_owned();
-            s.ticket.moved_to(new.mount);
+            let old_ticket = std::mem::replace(&mut s.ticket, ticket);
             let old = s.counted.take();
             s.counted = self.count_on(new.hub);
             drop(table);
+            // Signed out of the mount it leaves, outside the table's lock.
+            drop(old_ticket);
             uncount(old);
             return Ok(());
         }

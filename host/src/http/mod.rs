@@ -212,7 +212,8 @@ pub fn audio_content_type(value: &str) -> Option<String> {
     let ty = ty.to_ascii_lowercase();
     let ty = match ty.as_str() {
         "application/ogg" | "video/ogg" => "audio/ogg".to_owned(),
-        t if t.starts_with("audio/") => ty.clone(),
+        // Not `audio/svg+xml` and the like: a browser reads a `+xml` type as a document.
+        t if t.starts_with("audio/") && !t.contains('+') => ty.clone(),
         _ => return None,
     };
     Some(match params {
@@ -369,6 +370,16 @@ fn parse_head(raw: &[u8]) -> Result<RequestHead, HeadError> {
             return Err(HeadError::Malformed("bad header name"));
         }
         headers.push((name.to_owned(), value.trim().to_owned()));
+    }
+    // Two lengths that differ: which one a proxy in front took is unknown (RFC 9112, 6.3).
+    let mut lengths = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str());
+    if let Some(first) = lengths.next() {
+        if lengths.any(|v| v != first) {
+            return Err(HeadError::Malformed("differing Content-Length headers"));
+        }
     }
     Ok(RequestHead {
         method: method.to_owned(),

@@ -276,10 +276,10 @@ async fn answer_hls(
     let r = cors.apply(state.hls.answer(peer, req).await, false);
     // A request that declares a body is the last on its connection: the body is never read,
     // so nothing after the head may be taken for the next request (request smuggling).
-    let body = req.header("transfer-encoding").is_some()
-        || req
-            .header("content-length")
-            .is_some_and(|n| n.trim() != "0");
+    let body = req.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding")
+            || (n.eq_ignore_ascii_case("content-length") && v.trim() != "0")
+    });
     let keep = req.version == crate::http::Version::Http11
         && !body
         && !req
