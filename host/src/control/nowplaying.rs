@@ -135,23 +135,25 @@ pub fn events(state: Arc<Node>, req: &RequestHead, client: std::net::IpAddr) -> 
         return Response::error(429, "too many event streams from your address")
             .header("Retry-After", "30");
     };
-    let declared = state.coordinator.mounts();
+    // The snapshot names each mount's station.
     let wanted = move |path: &str, v: &Value| match &filter {
         Filter::All => true,
         Filter::Mount(m) => m == path,
-        Filter::Station(s) => {
-            v.get("station").and_then(Value::as_str) == Some(s.as_str())
-                || declared
-                    .iter()
-                    .any(|m| m.path == path && m.station.as_deref() == Some(s.as_str()))
-        }
+        Filter::Station(s) => v.get("station").and_then(Value::as_str) == Some(s.as_str()),
     };
     // Overflow policy: 16 events at most wait for the client; with the queue full the
     // subscriber waits too (nothing piles up), and a client that takes nothing for the write
     // bound is disconnected, which ends the subscriber.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
-        let mut sent: BTreeMap<String, Value> = BTreeMap::new();
+        // What was sent of each mount, as a digest: an idle subscriber holds little.
+        let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+        let digest = |v: &Value| {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.to_string().hash(&mut h);
+            h.finish()
+        };
         loop {
             let now = tokio::select! {
                 now = feed.next() => match now {
@@ -168,13 +170,14 @@ pub fn events(state: Arc<Node>, req: &RequestHead, client: std::net::IpAddr) -> 
             };
             let mut out = Vec::new();
             for (mount, v) in now.iter().filter(|(m, v)| wanted(m, v)) {
-                if sent.get(mount) != Some(v) {
+                let d = digest(v);
+                if sent.get(mount) != Some(&d) {
                     let mut event = v.clone();
                     if let Some(o) = event.as_object_mut() {
                         o.insert("url".into(), Value::from(format!("{base}{mount}")));
                     }
                     out.push(event);
-                    sent.insert(mount.clone(), v.clone());
+                    sent.insert(mount.clone(), d);
                 }
             }
             let gone: Vec<String> = sent
