@@ -258,15 +258,10 @@ fn the_binary_serves_from_a_root_as_bare_as_the_container_image() {
 
 /// `podman ARGS`, at most `secs` seconds: (success, stdout, stderr).
 fn podman(args: &[&str], secs: u32) -> (bool, String, String) {
-    let out = Command::new("timeout")
-        .args(["--kill-after=5", &secs.to_string(), "podman"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_of(
+        Command::new("timeout")
+            .args(["--kill-after=5", &secs.to_string(), "podman"])
+            .args(args),
     )
 }
 

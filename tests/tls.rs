@@ -36,15 +36,10 @@ fn certificate_for(dir: &Path, name: &str, cn: &str, sans: &str) -> (PathBuf, Pa
 
 fn curl(args: &[&str]) -> (bool, String, String) {
     require("curl");
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_of(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args),
     )
 }
 

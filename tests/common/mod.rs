@@ -70,6 +70,16 @@ pub fn require(tool: &str) {
     );
 }
 
+/// Runs `cmd` to its end: whether it succeeded, its stdout and its stderr.
+pub fn output_of(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `tool ARGS` and returns its stdout; fails the test loudly if it fails.
 pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&str>) -> String {
     require(tool);

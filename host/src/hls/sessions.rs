@@ -224,6 +224,18 @@ impl Sessions {
             .max_secs
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
         let key = crate::auth::client_key(new.client);
+        // Signed in as a listener of the mount, with the user and that user's connection limit.
+        let sign_in = |new: &NewSession<'_>| {
+            self.hubs
+                .sign_in(
+                    new.mount,
+                    new.client.to_string(),
+                    new.agent.to_owned(),
+                    new.user.clone(),
+                    new.per_user,
+                )
+                .ok_or(SessionRefused::UserConnections)
+        };
         let mut table = self.table.locked();
         if let Some(s) = table.get_mut(id) {
             if s.client != key {
@@ -232,16 +244,7 @@ impl Sessions {
             if !s.admitted.iter().any(|m| m == new.mount) && s.admitted.len() >= MAX_ADMITTED {
                 return Err(SessionRefused::TooManyMounts);
             }
-            let ticket = self
-                .hubs
-                .sign_in(
-                    new.mount,
-                    new.client.to_string(),
-                    new.agent.to_owned(),
-                    new.user,
-                    new.per_user,
-                )
-                .ok_or(SessionRefused::UserConnections)?;
+            let ticket = sign_in(&new)?;
             if !s.admitted.iter().any(|m| m == new.mount) {
                 s.admitted.push(new.mount.to_owned());
             }
@@ -274,16 +277,7 @@ impl Sessions {
                 return Err(SessionRefused::AddressFull);
             }
         }
-        let ticket = self
-            .hubs
-            .sign_in(
-                new.mount,
-                new.client.to_string(),
-                new.agent.to_owned(),
-                new.user,
-                new.per_user,
-            )
-            .ok_or(SessionRefused::UserConnections)?;
+        let ticket = sign_in(&new)?;
         let counted = self.count_on(new.hub);
         table.insert(
             id.to_owned(),
