@@ -939,17 +939,24 @@ fn hls_sessions_keep_the_mounts_listener_limits() {
     assert_eq!(index("/other.mp3", &x), 200);
     assert_eq!(index("/full.mp3", &y), 200, "x left it");
     assert_eq!(index("/full.mp3", &x), 503, "x back on a full mount");
-    // Names nobody streams start no session.
-    for ghost in ["/ghost.mp3", "/no/such/mount.mp3"] {
+    // Names nobody streams, and a mount with no source, start no session.
+    node.create_mount("/silent.mp3", "hackme", &[]);
+    for ghost in ["/ghost.mp3", "/no/such/mount.mp3", "/silent.mp3"] {
         assert_eq!(index(ghost, &"c".repeat(32)), 404);
     }
     std::thread::sleep(Duration::from_millis(1500));
     let (_, _, cluster) = admin_get(&node, "/api/v1/cluster");
-    let cluster = String::from_utf8_lossy(&cluster);
-    assert!(
-        !cluster.contains("ghost") && !cluster.contains("no/such"),
-        "{cluster}"
-    );
+    let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
+    let text = v.to_string();
+    for ghost in ["/ghost.mp3", "/no/such/mount.mp3"] {
+        assert!(!text.contains(ghost), "{ghost}: {v}");
+    }
+    let silent = v["mounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["path"] == "/silent.mp3"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(silent["listeners"], 0, "{v}");
     // 3. The mount's listener limits: one listener at most, for three seconds.
     let (code, _, timed) = get_from(HERE, &node, "/hls/timed.mp3/index.m3u8", &agent);
     assert_eq!(code, 200);

@@ -278,13 +278,20 @@ impl Hls {
             ));
         }
         let config = self.coordinator.mount(mount);
-        // Only a mount that is there starts a session (an undeclared one in open mode is there
-        // while it has a source): names nobody streams fill no listener table.
-        let exists = config.is_some()
-            || self.hubs.hub(mount).is_some()
-            || self.coordinator.origin_url(mount).is_some();
-        if !exists {
-            return Err(Response::error(404, format!("no such mount: {mount}")));
+        // Only a mount produced now (here, on another node, or an on-demand relay this node
+        // wakes) starts a session: names nobody streams fill no listener table.
+        let produced = self.hubs.hub(mount).is_some()
+            || self.coordinator.origin_url(mount).is_some()
+            || config
+                .as_ref()
+                .is_some_and(|m| m.relay.as_ref().is_some_and(|r| r.on_demand));
+        if !produced {
+            let why = if config.is_some() {
+                format!("{mount} has no HLS stream right now")
+            } else {
+                format!("no such mount: {mount}")
+            };
+            return Err(Response::error(404, why));
         }
         let mut user = None;
         if let Some(m) = &config {
