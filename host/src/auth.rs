@@ -686,10 +686,7 @@ impl Verifier {
                     c.failures = 0;
                 }
                 c.failures = c.failures.saturating_add(1);
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << c.failures.saturating_sub(1).min(16))
-                    .min(MAX_BACKOFF);
-                c.blocked_until = Some(now + backoff);
+                c.blocked_until = Some(now + doubling(FIRST_BACKOFF, c.failures, MAX_BACKOFF));
             }
             None => {}
         }
@@ -697,6 +694,14 @@ impl Verifier {
             clients.remove(from);
         }
     }
+}
+
+/// The wait after the `n`th failure in a row: `first`, doubling with each further one, at most
+/// `max` (logins here, refusals of the authentication URL in `listen::access`).
+pub fn doubling(first: Duration, n: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(max)
 }
 
 fn cache_key(password: &str, hash: &str) -> [u8; 32] {

@@ -389,8 +389,7 @@ impl Hls {
             Ok((content_type, data)) => {
                 let mut r =
                     Response::new(200, content_type, data).header("Cache-Control", "max-age=600");
-                r.headers
-                    .extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
+                r.headers.extend(crate::http::stream_headers());
                 r
             }
             Err(why) => Response::error(404, why),

@@ -224,10 +224,12 @@ pub fn audio_content_type(value: &str) -> Option<String> {
 
 /// Headers on every stream answer: the body is audio from a source, never a document the
 /// browser may sniff or run on the node's (and the dashboard's) origin.
-pub const STREAM_HEADERS: [(&str, &str); 2] = [
-    ("X-Content-Type-Options", "nosniff"),
-    ("Content-Security-Policy", "sandbox"),
-];
+pub fn stream_headers() -> [(&'static str, Cow<'static, str>); 2] {
+    [
+        ("X-Content-Type-Options", Cow::Borrowed("nosniff")),
+        ("Content-Security-Policy", Cow::Borrowed("sandbox")),
+    ]
+}
 
 /// Reads one request head from `io` into `buf` (which keeps any bytes read past the head).
 pub async fn read_head<R: AsyncRead + Unpin>(

@@ -311,10 +311,8 @@ impl ShareTicket<'_> {
                 until: now,
             });
             b.refusals = b.refusals.saturating_add(1);
-            let backoff = WEBHOOK_FIRST_BACKOFF
-                .saturating_mul(1 << b.refusals.saturating_sub(1).min(16))
-                .min(WEBHOOK_MAX_BACKOFF);
-            b.until = now + backoff;
+            b.until =
+                now + crate::auth::doubling(WEBHOOK_FIRST_BACKOFF, b.refusals, WEBHOOK_MAX_BACKOFF);
         }
     }
 

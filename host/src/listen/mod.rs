@@ -348,7 +348,7 @@ async fn listen(
         ),
         ("Connection", "close".into()),
     ];
-    headers.extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
+    headers.extend(crate::http::stream_headers());
     let p = &hub.props;
     for (name, value) in [
         ("icy-name", &p.name),
@@ -405,8 +405,7 @@ async fn listen(
             format!("bytes 0-{}/*", body.len().saturating_sub(1)),
         );
         r.headers.extend(cors.headers(false));
-        r.headers
-            .extend(crate::http::STREAM_HEADERS.map(|(n, v)| (n, v.into())));
+        r.headers.extend(crate::http::stream_headers());
         send(&mut stream, &r, version, false).await;
         return Outcome {
             user,
