@@ -225,6 +225,20 @@ pub trait Coordinator: Send + Sync {
         None
     }
     /// The name of the node that is `mount`'s origin, in a cluster.
+    /// The URL of the node that is `mount`'s origin, when that is another node, and the
+    /// revision of the election it won: a relay from there asks for that revision
+    /// (`x-tidecast-origin-revision`) and leaves the stream once the cache names a newer one.
+    fn origin_elsewhere(&self, _mount: &str) -> Option<(String, i64)> {
+        None
+    }
+
+    /// The revision of the election for `mount` that this node holds now, if any. A relay
+    /// request for another revision is refused: this node is a stale origin, or not yet known
+    /// as the new one.
+    fn held_revision(&self, _mount: &str) -> Option<i64> {
+        None
+    }
+
     fn origin_node(&self, _mount: &str) -> Option<String> {
         None
     }

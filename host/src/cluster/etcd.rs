@@ -17,7 +17,7 @@
 //! node keeps serving from its last known configuration.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,16 @@ use crate::sync::Locked;
 const KEEPALIVES_PER_TTL: u32 = 4;
 /// Plugin bytes per etcd value.
 const BLOB_CHUNK: usize = 1024 * 1024;
+/// How long a peer has to answer whether this node's lease lives, while etcd is out of reach.
+const PEER_WAIT: Duration = Duration::from_millis(500);
+
+/// What the keep-alive and the cut-off watchdog share: when etcd last answered, and whether the
+/// current lease was written off (its mounts given up) while etcd was out of reach.
+struct Fence {
+    last_ok: Mutex<Instant>,
+    written_off: AtomicBool,
+}
+
 /// Longest wait for one etcd request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -54,11 +64,15 @@ struct Cache {
     /// writes.
     revisions: BTreeMap<String, i64>,
     plugins: BTreeMap<String, PluginRecord>,
-    /// Mount → the node that is its origin.
-    origins: BTreeMap<String, String>,
+    /// Mount → the node that is its origin, and the revision at which it won the election
+    /// (its key's `create_revision`): the fence a relay checks its origin against.
+    origins: BTreeMap<String, (String, i64)>,
     /// Node name → its last report.
     nodes: BTreeMap<String, NodeReport>,
 }
+
+/// Mount → the revision of the election this node won for it.
+type Held = Arc<Mutex<std::collections::HashMap<String, i64>>>;
 
 #[derive(Clone)]
 pub struct Etcd {
@@ -73,6 +87,9 @@ pub struct Etcd {
     /// The cluster secret, to ask peers about this node's lease while etcd is out of reach.
     peers: crate::cluster::peer::Peers,
     cache: Arc<Mutex<Cache>>,
+    /// The origin claims this node holds (mount → the election's revision); emptied as soon as
+    /// the lease is known lost, so a stale origin refuses relays before its producers stop.
+    held: Held,
     events: broadcast::Sender<ConfigEvent>,
 }
 
@@ -249,6 +266,7 @@ impl Etcd {
             lease: Arc::new(AtomicI64::new(lease)),
             peers,
             cache: Arc::default(),
+            held: Held::default(),
             events: broadcast::channel(256).0,
         };
         let revision = etcd.load().await?;
@@ -271,21 +289,22 @@ impl Etcd {
     ///
     /// When the lease is lost the node's origin claims are void, so it sends
     /// [`ConfigEvent::LeaseLost`] (its sources and transcoders stop) and takes a new lease. It
-    /// learns of the loss from etcd (a keep-alive answered with TTL 0), or, while it cannot reach
-    /// etcd for longer than the TTL, from a peer that can and finds the node's key gone: a node cut
-    /// off from etcd by a partition stops acting as origin, while in an outage of etcd itself
-    /// (every peer cut off too) every node keeps serving.
+    /// learns of the loss from etcd (a keep-alive answered with TTL 0), or from the watchdog
+    /// ([`Etcd::watch_cut_off`]) while etcd is out of reach. A lease written off that way but
+    /// still alive in etcd when it answers again is revoked (so no claim of this node's
+    /// outlives the write-off) before a new one is taken.
     fn keep_alive(&self) {
         let me = self.clone();
         let every = Duration::from_secs(self.ttl.unsigned_abs()) / KEEPALIVES_PER_TTL;
         let ttl = Duration::from_secs(self.ttl.unsigned_abs());
+        let fence = Arc::new(Fence {
+            last_ok: Mutex::new(Instant::now()),
+            written_off: AtomicBool::new(false),
+        });
+        self.watch_cut_off(fence.clone());
         tokio::spawn(async move {
-            let mut last_ok = Instant::now();
-            // LeaseLost was sent for the current lease already (on a peer's word).
-            let mut written_off = false;
-            // While etcd is away: logged once, and peers asked at most once per TTL.
+            // While etcd is away: logged once.
             let mut failing = false;
-            let mut asked = Instant::now();
             let mut client = me.client.clone();
             loop {
                 let lease = me.lease.load(Ordering::SeqCst);
@@ -301,10 +320,17 @@ impl Etcd {
                         let Ok(answer) = answer else { break };
                         match answer {
                             Ok(Some(r)) if r.ttl() > 0 => {
-                                last_ok = Instant::now();
                                 if std::mem::take(&mut failing) {
                                     info!("etcd keep-alive works again");
                                 }
+                                if fence.written_off.load(Ordering::SeqCst) {
+                                    // Given up while cut off, yet alive: revoke it, so the
+                                    // claims on it go too, and start again on a new one.
+                                    let _ = client.lease_revoke(lease).await;
+                                    expired = true;
+                                    break;
+                                }
+                                *fence.last_ok.locked() = Instant::now();
                             }
                             Ok(Some(_)) => {
                                 expired = true;
@@ -330,24 +356,48 @@ impl Etcd {
                         lease,
                         "etcd lease expired: this node no longer holds its mounts"
                     );
+                    me.held.locked().clear();
                     if me.renew().await {
-                        if !written_off {
+                        if !fence.written_off.swap(false, Ordering::SeqCst) {
                             let _ = me.events.send(ConfigEvent::LeaseLost);
                         }
-                        written_off = false;
-                        last_ok = Instant::now();
+                        *fence.last_ok.locked() = Instant::now();
                         continue;
                     }
                 }
-                if !written_off && last_ok.elapsed() > ttl && asked.elapsed() >= ttl && {
-                    asked = Instant::now();
-                    me.peers_say_lease_gone().await
-                } {
-                    warn!(lease, "cut off from etcd, and a peer finds this node's lease gone: giving up its mounts");
-                    written_off = true;
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// The watchdog of a node that cannot reach etcd: from half a TTL after the last answered
+    /// keep-alive, every half TTL, it asks the peers ([`Etcd::cut_off_or_lease_gone`]), all at
+    /// once and briefly, so a node on the minority side of a partition gives its mounts up
+    /// before its lease ends and the majority elects new origins.
+    fn watch_cut_off(&self, fence: Arc<Fence>) {
+        let me = self.clone();
+        let half = Duration::from_secs(self.ttl.unsigned_abs()) / 2;
+        tokio::spawn(async move {
+            let mut asked: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(half / 4).await;
+                let quiet = fence.last_ok.locked().elapsed();
+                if fence.written_off.load(Ordering::SeqCst)
+                    || quiet <= half
+                    || asked.is_some_and(|a| a.elapsed() < half)
+                {
+                    continue;
+                }
+                asked = Some(Instant::now());
+                if me.cut_off_or_lease_gone().await {
+                    warn!(
+                        quiet_ms = quiet.as_millis() as u64,
+                        "cut off from etcd, and a peer finds this node's lease gone (or no peer answers): giving up its mounts"
+                    );
+                    fence.written_off.store(true, Ordering::SeqCst);
+                    me.held.locked().clear();
                     let _ = me.events.send(ConfigEvent::LeaseLost);
                 }
-                tokio::time::sleep(every).await;
             }
         });
     }
@@ -378,9 +428,13 @@ impl Etcd {
         true
     }
 
-    /// Whether any peer (from the last known node list) reaches etcd and finds this node's key
-    /// gone.
-    async fn peers_say_lease_gone(&self) -> bool {
+    /// Whether this node must give its mounts up while it cannot reach etcd: a peer (from the
+    /// last known node list) reaches etcd and finds this node's key gone, or there are peers and
+    /// none of them answers at all, so this node is the one cut off (a partition's minority
+    /// side, where the majority elects new origins). When peers answer but cannot reach etcd
+    /// either, etcd itself is down and every node keeps serving.
+    async fn cut_off_or_lease_gone(&self) -> bool {
+        use crate::cluster::peer::LeaseVerdict;
         let peers: Vec<String> = self.cache.with(|c| {
             c.nodes
                 .values()
@@ -388,14 +442,15 @@ impl Etcd {
                 .map(|n| n.url.clone())
                 .collect()
         });
-        for url in peers {
-            if crate::cluster::peer::lease_alive_per(&self.peers, &url, &self.node).await
-                == Some(false)
-            {
-                return true;
-            }
+        let asked = peers.iter().map(|url| {
+            crate::cluster::peer::lease_alive_per(&self.peers, url, &self.node, PEER_WAIT)
+        });
+        let verdicts = futures_util::future::join_all(asked).await;
+        if verdicts.contains(&LeaseVerdict::Gone) {
+            return true;
         }
-        false
+        let answered = verdicts.iter().any(|v| *v != LeaseVerdict::Unreachable);
+        !peers.is_empty() && !answered
     }
 
     /// Follows the configuration from `revision` on, into the cache and the change feed.
@@ -424,7 +479,7 @@ impl Etcd {
                             let event = cache.with(|c| {
                                 let rev = value.is_some().then(|| kv.mod_revision());
                                 note_revision(c, &prefix, kv.key(), rev);
-                                apply(c, &prefix, kv.key(), value)
+                                apply(c, &prefix, kv.key(), value, kv.create_revision())
                             });
                             if let Some(e) = event {
                                 let _ = events.send(e);
@@ -564,7 +619,7 @@ async fn snapshot(client: &mut Client, prefix: &str) -> Result<(Cache, i64), etc
     let mut cache = Cache::default();
     for kv in resp.kvs() {
         note_revision(&mut cache, prefix, kv.key(), Some(kv.mod_revision()));
-        apply(&mut cache, prefix, kv.key(), Some(kv.value()));
+        apply(&mut cache, prefix, kv.key(), Some(kv.value()), kv.create_revision());
     }
     Ok((cache, resp.header().map_or(0, |h| h.revision())))
 }
@@ -608,8 +663,15 @@ fn note_revision(cache: &mut Cache, prefix: &str, key: &[u8], revision: Option<i
     };
 }
 
-/// Applies one key's new value (`None`: deleted) to the cache; the event to publish, if any.
-fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> Option<ConfigEvent> {
+/// Applies one key's new value (`None`: deleted), created at revision `created`, to the cache;
+/// the event to publish, if any.
+fn apply(
+    cache: &mut Cache,
+    prefix: &str,
+    key: &[u8],
+    value: Option<&[u8]>,
+    created: i64,
+) -> Option<ConfigEvent> {
     let key = std::str::from_utf8(key).ok()?.strip_prefix(prefix)?;
     if key == "admin" {
         cache.admin = value.and_then(|v| serde_json::from_slice(v).ok());
@@ -633,7 +695,7 @@ fn apply(cache: &mut Cache, prefix: &str, key: &[u8], value: Option<&[u8]>) -> O
     }
     if let Some(mount) = key.strip_prefix("origins") {
         match value.map(|v| String::from_utf8_lossy(v).into_owned()) {
-            Some(v) => cache.origins.insert(mount.to_owned(), v),
+            Some(v) => cache.origins.insert(mount.to_owned(), (v, created)),
             None => cache.origins.remove(mount),
         };
         return None;
@@ -686,10 +748,19 @@ struct EtcdClaim {
     client: Client,
     key: String,
     node: String,
+    /// This node's claims (mount → revision), which this one leaves when dropped.
+    held: Held,
+    mount: String,
+    revision: i64,
 }
 
 impl Drop for EtcdClaim {
     fn drop(&mut self) {
+        self.held.with(|h| {
+            if h.get(&self.mount) == Some(&self.revision) {
+                h.remove(&self.mount);
+            }
+        });
         // Give the mount up: delete the key if it is still ours.
         let (mut client, key, node) = (self.client.clone(), self.key.clone(), self.node.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -828,18 +899,24 @@ impl Coordinator for Etcd {
                 self.node.as_str(),
                 Some(PutOptions::new().with_lease(self.lease.load(Ordering::SeqCst))),
             )]);
-        let won = client
+        let answer = client
             .txn(txn)
             .await
-            .map_err(|e| unavailable("origin election", e))?
-            .succeeded();
-        if !won {
+            .map_err(|e| unavailable("origin election", e))?;
+        if !answer.succeeded() {
             return Ok(None);
         }
+        // The transaction created the key: its revision is the key's create_revision, which
+        // every node's cache holds as this election's fence.
+        let revision = answer.header().map_or(0, |h| h.revision());
+        self.held.locked().insert(path.to_owned(), revision);
         Ok(Some(OriginClaim::new(Box::new(EtcdClaim {
             client,
             key,
             node: self.node.clone(),
+            held: self.held.clone(),
+            mount: path.to_owned(),
+            revision,
         }))))
     }
 
@@ -848,16 +925,24 @@ impl Coordinator for Etcd {
     }
 
     fn origin_node(&self, mount: &str) -> Option<String> {
-        self.cache.locked().origins.get(mount).cloned()
+        self.cache.locked().origins.get(mount).map(|(n, _)| n.clone())
     }
 
     fn origin_url(&self, mount: &str) -> Option<String> {
+        self.origin_elsewhere(mount).map(|(url, _)| url)
+    }
+
+    fn origin_elsewhere(&self, mount: &str) -> Option<(String, i64)> {
         let c = self.cache.locked();
-        let node = c.origins.get(mount)?;
+        let (node, revision) = c.origins.get(mount)?;
         if *node == self.node {
             return None;
         }
-        c.nodes.get(node).map(|n| n.url.clone())
+        c.nodes.get(node).map(|n| (n.url.clone(), *revision))
+    }
+
+    fn held_revision(&self, mount: &str) -> Option<i64> {
+        self.held.locked().get(mount).copied()
     }
 
     fn node_name(&self) -> String {
@@ -1109,17 +1194,18 @@ mod tests {
                 &mut c,
                 p,
                 b"/t/mounts/a.mp3",
-                Some(&mount_json("/a.mp3", 1))
+                Some(&mount_json("/a.mp3", 1)),
+                7
             ),
             Some(ConfigEvent::MountChanged("/a.mp3".into()))
         );
         assert_eq!(c.mounts["/a.mp3"].max_listeners, Some(1));
-        assert_eq!(apply(&mut c, p, b"/t/mounts/bad", Some(b"{oops")), None);
-        assert_eq!(apply(&mut c, p, b"/other/mounts/x", Some(b"{}")), None);
-        assert_eq!(apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node")), None);
-        assert_eq!(c.origins["/a.mp3"], "node");
+        assert_eq!(apply(&mut c, p, b"/t/mounts/bad", Some(b"{oops"), 8), None);
+        assert_eq!(apply(&mut c, p, b"/other/mounts/x", Some(b"{}"), 9), None);
+        assert_eq!(apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node"), 10), None);
+        assert_eq!(c.origins["/a.mp3"], ("node".to_owned(), 10));
         assert_eq!(
-            apply(&mut c, p, b"/t/mounts/a.mp3", None),
+            apply(&mut c, p, b"/t/mounts/a.mp3", None, 0),
             Some(ConfigEvent::MountDeleted("/a.mp3".into()))
         );
         assert!(c.mounts.is_empty());

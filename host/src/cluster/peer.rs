@@ -154,16 +154,35 @@ pub(crate) async fn open_stream(
     })
 }
 
-/// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`):
-/// `Some(false)` only when that node reached etcd and found the lease gone.
-pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str) -> Option<bool> {
+/// What a peer said about a node's etcd lease ([`lease_alive_per`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseVerdict {
+    /// The peer reached etcd and found the lease.
+    Alive,
+    /// The peer reached etcd and found the lease gone.
+    Gone,
+    /// The peer answered, but cannot reach etcd either.
+    Unknown,
+    /// The peer did not answer in time.
+    Unreachable,
+}
+
+/// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`).
+/// `wait` bounds the whole question.
+pub async fn lease_alive_per(
+    peers: &Peers,
+    url: &str,
+    name: &str,
+    wait: Duration,
+) -> LeaseVerdict {
     let path = format!("/_cluster/lease/{name}");
     let headers = [peers.secret.header()];
     let ask = request(peers, url, &path, &headers);
-    match tokio::time::timeout(Duration::from_secs(1), ask).await {
-        Ok(Ok(up)) if up.head.status == 200 => Some(true),
-        Ok(Ok(up)) if up.head.status == 410 => Some(false),
-        _ => None,
+    match tokio::time::timeout(wait, ask).await {
+        Ok(Ok(up)) if up.head.status == 200 => LeaseVerdict::Alive,
+        Ok(Ok(up)) if up.head.status == 410 => LeaseVerdict::Gone,
+        Ok(Ok(_)) => LeaseVerdict::Unknown,
+        _ => LeaseVerdict::Unreachable,
     }
 }
 

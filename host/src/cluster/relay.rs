@@ -56,12 +56,13 @@ impl Relays {
     /// Waits (a few seconds at most) for a relay to come up; `None` if there is no origin
     /// elsewhere or it cannot be reached.
     pub async fn hub_from_origin(self: &Arc<Self>, mount: &str) -> Option<Arc<Hub>> {
-        let url = self.coordinator.origin_url(mount)?;
+        let origin = self.coordinator.origin_elsewhere(mount)?;
         let starting = self.running.with(|r| r.insert(mount.to_owned()));
         if starting {
             let (relays, mount2) = (self.clone(), mount.to_owned());
             tokio::spawn(async move {
-                if let Err(e) = relays.run(&mount2, &url).await {
+                let url = origin.0.clone();
+                if let Err(e) = relays.run(&mount2, origin).await {
                     warn!(mount = %mount2, origin = %url, error = %e, "relay ended");
                 }
                 relays.running.with(|r| r.remove(&mount2));
@@ -85,11 +86,14 @@ impl Relays {
         self.running.with(|r| r.clone())
     }
 
-    /// Connects to `/_relay/<mount>` on the node at `url`.
-    async fn connect(&self, mount: &str, url: &str) -> Result<Upstream, PeerError> {
+    /// Connects to `/_relay/<mount>` on the node at `url`, which must hold the mount's election
+    /// at `revision` (it answers 409 otherwise).
+    async fn connect(&self, mount: &str, url: &str, revision: i64) -> Result<Upstream, PeerError> {
+        let revision = revision.to_string();
         let headers = [
             ("icy-metadata", "1"),
             ("user-agent", "tidecast-relay"),
+            (ORIGIN_REVISION, revision.as_str()),
             self.peers.secret.header(),
         ];
         let up = request(&self.peers, url, &format!("/_relay{mount}"), &headers).await?;
@@ -104,8 +108,14 @@ impl Relays {
     /// origin (a source reconnecting elsewhere, a transcoder taken over by another node), so
     /// listeners here stay connected through the move. Ends when nobody has listened for
     /// [`LINGER`], or no new origin comes.
-    async fn run(&self, mount: &str, url: &str) -> Result<(), PeerError> {
-        let mut up = self.connect(mount, url).await?;
+    ///
+    /// Fencing: the relay holds the election revision its origin won. When the cache names a
+    /// newer election (the origin's lease ended, say while it was frozen, and another node
+    /// won), the relay moves to the new origin as soon as that one answers, and whatever the
+    /// old one still sends is dropped with its connection.
+    async fn run(&self, mount: &str, (url, revision): (String, i64)) -> Result<(), PeerError> {
+        let mut up = self.connect(mount, &url, revision).await?;
+        let mut revision = revision;
         let content_type = up
             .head
             .header("content-type")
@@ -123,28 +133,33 @@ impl Relays {
         });
         follow_position(&hub, &up);
         info!(%mount, origin = %url, "relay started");
-        let mut origin = url.to_owned();
+        let mut origin = url;
         let why = loop {
             let metaint: Option<usize> = up.head.header("icy-metaint").and_then(|v| v.parse().ok());
-            match pump(
+            let pumped = pump(
                 &mut up.body,
                 metaint,
                 &hub,
                 charset.as_deref(),
                 Some(LINGER),
-            )
-            .await
-            {
-                Stop::NoListeners => break "no listeners",
-                Stop::Origin(why) => {
-                    info!(%mount, origin = %origin, reason = why, "relay lost its origin; waiting for the next one");
+            );
+            let next = tokio::select! {
+                stop = pumped => match stop {
+                    Stop::NoListeners => break "no listeners",
+                    Stop::Origin(why) => {
+                        info!(%mount, origin = %origin, reason = why, "relay lost its origin; waiting for the next one");
+                        self.next_origin(mount, &origin, &hub).await
+                    }
+                },
+                newer = self.newer_origin(mount, revision) => {
+                    warn!(%mount, origin = %origin, "a newer origin was elected: the old one is fenced off");
+                    Some(newer)
                 }
-            }
-            match self.next_origin(mount, &origin, &hub).await {
-                Some((url, next)) => {
-                    info!(%mount, origin = %url, "relay follows the mount to its new origin");
-                    origin = url;
-                    up = next;
+            };
+            match next {
+                Some((url, rev, next)) => {
+                    info!(%mount, origin = %url, revision = rev, "relay follows the mount to its new origin");
+                    (origin, revision, up) = (url, rev, next);
                     follow_position(&hub, &up);
                 }
                 None => break "no new origin",
@@ -163,7 +178,7 @@ impl Relays {
         mount: &str,
         old: &str,
         relay_hub: &Arc<Hub>,
-    ) -> Option<(String, Upstream)> {
+    ) -> Option<(String, i64, Upstream)> {
         let deadline = Instant::now() + REORIGIN;
         while Instant::now() < deadline {
             if self
@@ -173,9 +188,9 @@ impl Relays {
             {
                 return None;
             }
-            if let Some(url) = self.coordinator.origin_url(mount) {
-                if let Ok(up) = self.connect(mount, &url).await {
-                    return Some((url, up));
+            if let Some((url, revision)) = self.coordinator.origin_elsewhere(mount) {
+                if let Ok(up) = self.connect(mount, &url, revision).await {
+                    return Some((url, revision, up));
                 }
                 if url != old {
                     warn!(%mount, origin = %url, "new origin not reachable yet");
@@ -185,7 +200,32 @@ impl Relays {
         }
         None
     }
+
+    /// Resolves once the cache names an origin of `mount` elected after `revision` and that
+    /// origin answers with the stream; until then the relay goes on with its current one. (A
+    /// mount this node now produces itself is not waited for here: its own hub takes the
+    /// listeners when the relay ends.)
+    async fn newer_origin(&self, mount: &str, revision: i64) -> (String, i64, Upstream) {
+        loop {
+            tokio::time::sleep(FENCE_CHECK).await;
+            let Some((url, newer)) = self.coordinator.origin_elsewhere(mount) else {
+                continue;
+            };
+            if newer == revision {
+                continue;
+            }
+            if let Ok(up) = self.connect(mount, &url, newer).await {
+                return (url, newer, up);
+            }
+        }
+    }
 }
+
+/// The request header that names the election revision a relay expects its origin to hold.
+pub const ORIGIN_REVISION: &str = "x-tidecast-origin-revision";
+
+/// How often a relay compares its origin's election with the cache's.
+const FENCE_CHECK: Duration = Duration::from_millis(250);
 
 /// Places what the relay pushes next where the origin says its stream is (`x-tidecast-position`),
 /// so HLS segments cut here match the origin's.

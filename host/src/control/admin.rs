@@ -557,6 +557,9 @@ pub(crate) fn mount_view(state: &Node, m: &MountConfig) -> serde_json::Value {
         "max_user_connections": m.max_user_connections,
         "intro": m.intro,
         "live": hub.is_some(),
+        // Whether this node produces the mount (its source, transcoder, playlist or puller is
+        // here), not relays it from another node.
+        "produced_here": hub.as_ref().is_some_and(|h| !h.is_cluster_relay()),
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
         "title": hub.as_ref().map(|h| h.meta().title),

@@ -328,6 +328,21 @@ async fn dispatch(
                 send(&mut stream, &r, req.response_version(), false).await;
                 return;
             }
+            // Fencing: a relay names the election it expects this node to have won; a node
+            // that no longer holds it (its lease ended while it was frozen or cut off) is a
+            // stale origin and feeds nobody.
+            let mount = &req.path["/_relay".len()..];
+            if let Some(wanted) = req.header(crate::cluster::relay::ORIGIN_REVISION) {
+                let held = state.coordinator.held_revision(mount);
+                if held.map(|r| r.to_string()).as_deref() != Some(wanted.trim()) {
+                    let r = Response::text(
+                        409,
+                        format!("this node does not hold the election of {mount} at revision {}; ask the current origin\n", wanted.escape_debug()),
+                    );
+                    send(&mut stream, &r, req.response_version(), false).await;
+                    return;
+                }
+            }
             // Served here, never routed elsewhere: the `/_stream/` form of the mount.
             let mut req = req;
             req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
