@@ -320,6 +320,28 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Starts a node run by `program` (e.g. `ip netns exec NS tidecast`; `serve` and the flags
+    /// follow), in `dir` with its data in `data_dir`.
+    pub fn start_via(
+        program: Command,
+        dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        extra: &[String],
+        env: Vec<(String, String)>,
+    ) -> Node {
+        let (proc, addr) = spawn_node_by(program, dir.path(), &data_dir, extra, &env);
+        Node {
+            addr,
+            dir,
+            data_dir,
+            proc: Some(proc),
+            extra: extra.to_vec(),
+            env,
+        }
+    }
+}
+
 /// [`spawn_node`] with the node's program given (`serve` and the flags follow).
 fn spawn_node_by(
     mut program: Command,
@@ -1045,22 +1067,7 @@ impl Node {
     /// A cluster node whose wall clock is off by `offset` (libfaketime, e.g. "+3d" or "-7h");
     /// its monotonic clock is left alone.
     pub fn start_clustered_skewed(etcd: &Etcd, name: &str, offset: &str) -> Node {
-        require("faketime");
-        let lib = [
-            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-        ]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("libfaketime is missing: apt-get install faketime");
-        let env = [
-            ("LD_PRELOAD", lib),
-            ("FAKETIME", offset),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-        ]
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .to_vec();
-        Node::cluster_node(&etcd.client_url, name, &[], env)
+        Node::cluster_node(&etcd.client_url, name, &[], faketime_env(offset))
     }
 
     /// A cluster node on the etcd at `etcd_url`, with more flags and environment.
@@ -1091,6 +1098,26 @@ impl Node {
         let data_dir = dir.path().join("data");
         Node::start_env(dir, data_dir, &args, env)
     }
+}
+
+/// The environment that runs a process with its wall clock off by `offset` (libfaketime, e.g.
+/// "+30s" or "-7h"), its monotonic clock left alone.
+pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
+    require("faketime");
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime is missing: apt-get install faketime");
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .to_vec()
 }
 
 /// An ffmpeg MP3 source to `node` that retries until the node takes it (or `timeout`); returns

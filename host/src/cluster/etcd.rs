@@ -43,7 +43,7 @@ const KEEPALIVES_PER_TTL: u32 = 4;
 /// Plugin bytes per etcd value.
 const BLOB_CHUNK: usize = 1024 * 1024;
 /// How long a peer has to answer whether this node's lease lives, while etcd is out of reach.
-const PEER_WAIT: Duration = Duration::from_millis(500);
+const PEER_WAIT: Duration = Duration::from_millis(800);
 
 /// What the keep-alive and the cut-off watchdog share: when etcd last answered, and whether the
 /// current lease was written off (its mounts given up) while etcd was out of reach.
@@ -182,9 +182,16 @@ impl Etcd {
         ttl: i64,
         peers: crate::cluster::peer::Peers,
     ) -> Result<Etcd, JoinError> {
+        // A member cut off from the others must not hold this node's requests: HTTP/2 pings
+        // find a silent connection within a second (the client's balancer then sends requests
+        // to the members that answer), and a member without a leader refuses at once instead
+        // of keeping a watch or a lease's keep-alives waiting.
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(REQUEST_TIMEOUT);
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_millis(500), Duration::from_millis(500))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
         let Access { tls, user } = access;
         // What to check when etcd refuses us, by how we tried.
         let secured = tls.is_some() || user.is_some();
@@ -217,37 +224,50 @@ impl Etcd {
                 reason: e.to_string(),
                 hint: if secured { hint } else { "" },
             })?;
-        let lease = client.lease_grant(ttl, None).await.map_err(refused)?.id();
         let node_key = format!("{prefix}nodes/{node}");
         // A node restarted right after a crash finds its old key until the old lease ends:
-        // wait that out rather than fail.
+        // wait that out rather than fail, on a fresh lease each try (one granted before the
+        // wait would end during it). A member that is down fails the requests the client's
+        // balancer sends it: those are tried again, on the members that answer.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(ttl.unsigned_abs() + 2);
-        loop {
-            let claimed = client
-                .txn(
-                    Txn::new()
-                        .when([Compare::create_revision(
-                            node_key.clone(),
-                            CompareOp::Equal,
-                            0,
-                        )])
-                        .and_then([TxnOp::put(
-                            node_key.clone(),
-                            serde_json::to_vec(&NodeReport {
-                                name: node.to_owned(),
-                                url: advertise.to_owned(),
-                                ..NodeReport::default()
-                            })
-                            .unwrap_or_default(),
-                            Some(PutOptions::new().with_lease(lease)),
-                        )]),
-                )
-                .await
-                .map_err(refused)?
-                .succeeded();
-            if claimed {
-                break;
+        let lease = loop {
+            let retry = |e: etcd_client::Error| {
+                if transient(&e) && tokio::time::Instant::now() < deadline {
+                    Ok(())
+                } else {
+                    Err(refused(e))
+                }
+            };
+            let lease = match client.lease_grant(ttl, None).await {
+                Ok(l) => l.id(),
+                Err(e) => {
+                    retry(e)?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let announce = Txn::new()
+                .when([Compare::create_revision(
+                    node_key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    node_key.clone(),
+                    serde_json::to_vec(&NodeReport {
+                        name: node.to_owned(),
+                        url: advertise.to_owned(),
+                        ..NodeReport::default()
+                    })
+                    .unwrap_or_default(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            match client.txn(announce).await {
+                Ok(r) if r.succeeded() => break lease,
+                Ok(_) => {}
+                Err(e) => retry(e)?,
             }
+            let _ = client.lease_revoke(lease).await;
             if tokio::time::Instant::now() >= deadline {
                 return Err(JoinError::NameTaken(node.to_owned()));
             }
@@ -256,7 +276,7 @@ impl Etcd {
                 "the name is held by a previous instance's lease; waiting for it to end"
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        };
         let etcd = Etcd {
             client,
             url: advertise.to_owned(),
@@ -608,6 +628,17 @@ impl Etcd {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// Whether a request failed on the way (a member down or unreachable) rather than being
+/// refused: worth another try, which the client's balancer may send to another member.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        // 14: UNAVAILABLE.
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 14,
+        _ => false,
     }
 }
 
@@ -1215,11 +1246,11 @@ mod tests {
     fn a_fresh_snapshot_publishes_what_changed_while_the_watch_was_down() {
         let p = "/t/";
         let mut old = Cache::default();
-        apply(&mut old, p, b"/t/mounts/a", Some(&mount_json("/a", 1)));
-        apply(&mut old, p, b"/t/mounts/b", Some(&mount_json("/b", 1)));
+        apply(&mut old, p, b"/t/mounts/a", Some(&mount_json("/a", 1)), 1);
+        apply(&mut old, p, b"/t/mounts/b", Some(&mount_json("/b", 1)), 1);
         let mut fresh = Cache::default();
-        apply(&mut fresh, p, b"/t/mounts/b", Some(&mount_json("/b", 2)));
-        apply(&mut fresh, p, b"/t/mounts/c", Some(&mount_json("/c", 1)));
+        apply(&mut fresh, p, b"/t/mounts/b", Some(&mount_json("/b", 2)), 1);
+        apply(&mut fresh, p, b"/t/mounts/c", Some(&mount_json("/c", 1)), 1);
         let events = replace(&mut old, fresh);
         assert_eq!(
             events,

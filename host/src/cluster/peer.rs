@@ -182,7 +182,18 @@ pub async fn lease_alive_per(
         Ok(Ok(up)) if up.head.status == 200 => LeaseVerdict::Alive,
         Ok(Ok(up)) if up.head.status == 410 => LeaseVerdict::Gone,
         Ok(Ok(_)) => LeaseVerdict::Unknown,
-        _ => LeaseVerdict::Unreachable,
+        // No answer in time: a peer still waiting on etcd itself (which is slow or away) takes
+        // the connection; one on the other side of a partition does not.
+        _ => {
+            let Some(authority) = crate::cluster::etcd::node_authority(url) else {
+                return LeaseVerdict::Unreachable;
+            };
+            let connect = tokio::net::TcpStream::connect(authority.to_owned());
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                Ok(Ok(_)) => LeaseVerdict::Unknown,
+                _ => LeaseVerdict::Unreachable,
+            }
+        }
     }
 }
 

@@ -281,10 +281,19 @@ async fn check_advertise(
             "the advertised address {authority} is a wildcard that other nodes cannot use"
         ));
     }
+    // Players and sources reconnecting to a restarted node may arrive first: those are
+    // closed (they try again once the node serves) while the probe's own connection is
+    // looked for among the next few.
     let probe = async {
         let out = tokio::net::TcpStream::connect(authority).await?;
-        let (_, from) = listener.accept().await?;
-        std::io::Result::Ok(from == out.local_addr()?)
+        let me = out.local_addr()?;
+        for _ in 0..256 {
+            let (_, from) = listener.accept().await?;
+            if from == me {
+                return std::io::Result::Ok(true);
+            }
+        }
+        Ok(false)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
         Ok(Ok(true)) => Ok(()),
