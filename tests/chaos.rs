@@ -261,8 +261,9 @@ fn remove_stale() {
     }
     for line in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
         let point = line.split_whitespace().nth(1).unwrap_or("");
-        if let Some(pid) = point.strip_prefix("/tmp/tidecast-chaos-") {
-            if !alive(pid) {
+        if let Some(rest) = point.strip_prefix("/tmp/tidecast-chaos-") {
+            let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !alive(&pid) {
                 run(&["umount", "-l", point]);
                 let _ = std::fs::remove_dir_all(point);
             }
@@ -422,6 +423,8 @@ struct Cluster {
     etcd: EtcdCluster,
     /// Node 3's data directory is a small tmpfs, to fill on purpose.
     tmpfs: PathBuf,
+    /// The data directories of nodes 1 and 2, and every node's log of its earlier runs.
+    base: tempfile::TempDir,
     library: tempfile::TempDir,
     _upstream: (Node, Proc),
     upstream_url: String,
@@ -466,6 +469,7 @@ impl Cluster {
             etcd,
             nodes: (0..NODES).map(|_| None).collect(),
             tmpfs,
+            base: tempfile::tempdir().unwrap(),
             library,
             _upstream: (upstream, feeder),
             upstream_url,
@@ -481,25 +485,17 @@ impl Cluster {
         format!("n{k}")
     }
 
-    /// Starts node `k` in its namespace (again, on its data directory, after a kill).
+    /// Starts node `k` in its namespace (again, on its data directory, after a kill). A node
+    /// that cannot start yet (etcd electing a leader) is started again, as its service manager
+    /// would, for up to 30 s.
     fn start_node(&mut self, k: usize, env: &[(String, String)]) {
-        let (dir, data_dir) = match self.nodes[k - 1].take() {
-            Some(old) => {
-                let Node {
-                    dir, data_dir, proc, ..
-                } = old;
-                drop(proc);
-                (dir, data_dir)
-            }
-            None => {
-                let dir = tempfile::tempdir().unwrap();
-                let data = if k == 3 {
-                    self.tmpfs.join("data")
-                } else {
-                    dir.path().join("data")
-                };
-                (dir, data)
-            }
+        if let Some(old) = self.nodes[k - 1].take() {
+            self.keep_log(k, &old);
+        }
+        let data = if k == 3 {
+            self.tmpfs.join("data")
+        } else {
+            self.base.path().join(format!("n{k}"))
         };
         let ttl = TTL.as_secs().to_string();
         let args: Vec<String> = [
@@ -520,12 +516,38 @@ impl Cluster {
         ]
         .map(String::from)
         .to_vec();
-        // The environment (faketime's) is set inside the namespace, for the node only.
-        let mut program = self.net.cmd(k, "env");
-        program.args(env.iter().map(|(k, v)| format!("{k}={v}")));
-        program.arg(common::bin());
-        let node = Node::start_via(program, dir, data_dir, &args, Vec::new());
-        self.nodes[k - 1] = Some(node);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The environment (faketime's) is set inside the namespace, for the node only.
+            let mut program = self.net.cmd(k, "env");
+            program.args(env.iter().map(|(k, v)| format!("{k}={v}")));
+            program.arg(common::bin());
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let dir = tempfile::tempdir().unwrap();
+                Node::start_via(program, dir, data.clone(), &args, Vec::new())
+            }));
+            match started {
+                Ok(node) => {
+                    self.nodes[k - 1] = Some(node);
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    eprintln!("chaos: n{k} did not start; starting it again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    }
+
+    /// Appends a node's log to the one kept for all its runs.
+    fn keep_log(&self, k: usize, node: &Node) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.path().join(format!("n{k}.log")))
+            .unwrap();
+        let _ = f.write_all(node.log().as_bytes());
     }
 
     fn kill(&mut self, k: usize) {
@@ -1080,7 +1102,11 @@ fn round(
         }
     }
     std::thread::sleep(longest.saturating_sub(start.elapsed()));
-    for a in applied.iter().rev() {
+    // etcd first: a node restarted while etcd has no quorum could not join.
+    let etcd_first = |a: &&Applied| !matches!(a.fault, Fault::EtcdLeaderKill | Fault::EtcdQuorumLoss);
+    let mut order: Vec<&Applied> = applied.iter().collect();
+    order.sort_by_key(etcd_first);
+    for a in order {
         undo(c, a);
     }
     let ended = Instant::now();
@@ -1365,10 +1391,14 @@ fn faults_one_at_a_time_and_mixed_break_no_invariant() {
     // TIDECAST_CHAOS_LOGS=DIR keeps every node's log there (benches/chaos.sh sets it).
     if let Ok(dir) = std::env::var("TIDECAST_CHAOS_LOGS") {
         let _ = std::fs::create_dir_all(&dir);
-        for (k, n) in c.nodes.iter().enumerate() {
-            if let Some(n) = n {
-                let _ = std::fs::write(Path::new(&dir).join(format!("n{}.log", k + 1)), n.log());
+        for k in 0..NODES {
+            let mut log =
+                std::fs::read_to_string(c.base.path().join(format!("n{}.log", k + 1)))
+                    .unwrap_or_default();
+            if let Some(n) = &c.nodes[k] {
+                log.push_str(&n.log());
             }
+            let _ = std::fs::write(Path::new(&dir).join(format!("n{}.log", k + 1)), log);
             let etcd_log = c.etcd.dir.path().join(format!("e{}.log", k + 1));
             let _ = std::fs::copy(etcd_log, Path::new(&dir).join(format!("e{}.log", k + 1)));
         }
@@ -1384,4 +1414,78 @@ fn faults_one_at_a_time_and_mixed_break_no_invariant() {
         .chain(lost)
         .collect();
     assert!(all.is_empty(), "invariants broken:\n{}", all.join("\n"));
+}
+
+/// A small tmpfs, unmounted and removed on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(name: &str, size: &str) -> SmallDisk {
+        remove_stale();
+        let dir = PathBuf::from(format!("/tmp/tidecast-chaos-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        must(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()]);
+        SmallDisk(dir)
+    }
+
+    /// Fills the disk to its last byte with one file, which it returns.
+    fn fill(&self) -> PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..512]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        run(&["umount", "-l", self.0.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A single node (the embedded store) whose data directory fills up: its listeners and source go
+/// on, every write is refused with a clear error (507, the path and the reason), the store on
+/// disk stays whole (atomic writes), and once there is room again writes work and survive a
+/// `kill -9`.
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_keeps_the_store_and_the_stream() {
+    let disk = SmallDisk::new("disk", "4m");
+    let data = disk.0.join("data");
+    let mut node = Node::start_in(tempfile::tempdir().unwrap(), data.clone(), &[]);
+    node.create_mount("/live.mp3", "hackme", &[]);
+    let _src = ffmpeg_mp3_source(&node, "hackme", "/live.mp3", &[]);
+    node.wait_live("/live.mp3", Duration::from_secs(10));
+    let listener = wait_for_listener(&node, "/live.mp3");
+
+    let filler = disk.fill();
+    let heard = listener.bytes();
+    let (ok, out, err) = node.cli(&["mount", "create", "/more.mp3", "--password", "hackme"]);
+    assert!(!ok, "a write to a full disk was acknowledged: {out}");
+    assert!(
+        err.contains("507") && err.contains("could not persist") && err.contains("No space left"),
+        "{err}"
+    );
+    let (ok, _, err) = node.cli(&["mount", "edit", "/live.mp3", "--max-listeners", "7"]);
+    assert!(!ok && err.contains("507"), "{err}");
+    // The store on disk is whole and holds what was acknowledged, nothing else.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("state.json")).unwrap()).unwrap();
+    let text = stored.to_string();
+    assert!(text.contains("/live.mp3") && !text.contains("/more.mp3"), "{text}");
+    assert!(!text.contains("\"max_listeners\":7"), "{text}");
+    // The stream went on meanwhile.
+    wait_for(Duration::from_secs(10), "audio at the listener", || {
+        listener.bytes() > heard + 3 * 16_000
+    });
+    assert_eq!(node.mount_json("/live.mp3")["live"], true);
+
+    std::fs::remove_file(filler).unwrap();
+    node.create_mount("/more.mp3", "hackme", &[]);
+    assert!(listener.finish(), "the listener was disconnected by the full disk");
+    node.kill9_and_restart();
+    let (ok, out, err) = node.cli(&["mount", "list"]);
+    assert!(ok && out.contains("/live.mp3") && out.contains("/more.mp3"), "{out}{err}");
 }
