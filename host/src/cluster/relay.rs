@@ -151,9 +151,11 @@ impl Relays {
                         self.next_origin(mount, &origin, &hub).await
                     }
                 },
-                newer = self.newer_origin(mount, revision) => {
-                    warn!(%mount, origin = %origin, "a newer origin was elected: the old one is fenced off");
-                    Some(newer)
+                newer = self.newer_origin(mount, revision, &hub) => {
+                    if newer.is_some() {
+                        warn!(%mount, origin = %origin, "a newer origin was elected: the old one is fenced off");
+                    }
+                    newer
                 }
             };
             match next {
@@ -181,16 +183,14 @@ impl Relays {
     ) -> Option<(String, i64, Upstream)> {
         let deadline = Instant::now() + REORIGIN;
         while Instant::now() < deadline {
-            if self
-                .hubs
-                .hub(mount)
-                .is_some_and(|h| !Arc::ptr_eq(&h, relay_hub))
-            {
+            if self.produced_here(mount, relay_hub) {
                 return None;
             }
             if let Some((url, revision)) = self.coordinator.origin_elsewhere(mount) {
-                if let Ok(up) = self.connect(mount, &url, revision).await {
-                    return Some((url, revision, up));
+                match self.connect_unless_here(mount, &url, revision, relay_hub).await {
+                    Some(Ok(up)) => return Some((url, revision, up)),
+                    Some(Err(_)) => {}
+                    None => return None,
                 }
                 if url != old {
                     warn!(%mount, origin = %url, "new origin not reachable yet");
@@ -202,20 +202,60 @@ impl Relays {
     }
 
     /// Resolves once the cache names an origin of `mount` elected after `revision` and that
-    /// origin answers with the stream; until then the relay goes on with its current one. (A
-    /// mount this node now produces itself is not waited for here: its own hub takes the
-    /// listeners when the relay ends.)
-    async fn newer_origin(&self, mount: &str, revision: i64) -> (String, i64, Upstream) {
+    /// origin answers with the stream, or (`None`) once this node produces the mount itself
+    /// (its own hub takes the relay's listeners when the relay ends); until then the relay goes
+    /// on with its current origin.
+    async fn newer_origin(
+        &self,
+        mount: &str,
+        revision: i64,
+        relay_hub: &Arc<Hub>,
+    ) -> Option<(String, i64, Upstream)> {
         loop {
             tokio::time::sleep(FENCE_CHECK).await;
+            if self.produced_here(mount, relay_hub) {
+                return None;
+            }
             let Some((url, newer)) = self.coordinator.origin_elsewhere(mount) else {
                 continue;
             };
             if newer == revision {
                 continue;
             }
-            if let Ok(up) = self.connect(mount, &url, newer).await {
-                return (url, newer, up);
+            match self.connect_unless_here(mount, &url, newer, relay_hub).await {
+                Some(Ok(up)) => return Some((url, newer, up)),
+                Some(Err(_)) => {}
+                None => return None,
+            }
+        }
+    }
+
+    /// Whether this node has its own hub of `mount` now, other than the relay's.
+    fn produced_here(&self, mount: &str, relay_hub: &Arc<Hub>) -> bool {
+        self.hubs
+            .hub(mount)
+            .is_some_and(|h| !Arc::ptr_eq(&h, relay_hub))
+    }
+
+    /// [`Relays::connect`], given up (`None`) as soon as this node produces the mount itself: a
+    /// connection to an origin cut off by a partition would wait out its whole timeout.
+    async fn connect_unless_here(
+        &self,
+        mount: &str,
+        url: &str,
+        revision: i64,
+        relay_hub: &Arc<Hub>,
+    ) -> Option<Result<Upstream, PeerError>> {
+        let connect = self.connect(mount, url, revision);
+        tokio::pin!(connect);
+        loop {
+            tokio::select! {
+                up = &mut connect => return Some(up),
+                _ = tokio::time::sleep(FENCE_CHECK) => {
+                    if self.produced_here(mount, relay_hub) {
+                        return None;
+                    }
+                }
             }
         }
     }

@@ -684,7 +684,13 @@ impl Conn {
         intro: Option<Bytes>,
         start: Option<(Option<Bytes>, u64)>,
     ) -> &'static str {
-        let interval = self.state.settings.write_interval;
+        // Another node's relay writes on to its own listeners' grid: batching here too would
+        // put two intervals of delay (and of silence in a failover) in series.
+        let interval = if self.relay {
+            RELAY_WRITE_INTERVAL
+        } else {
+            self.state.settings.write_interval
+        };
         let counter = self
             .state
             .metrics
@@ -834,6 +840,10 @@ impl Conn {
         }
     }
 }
+
+/// How often a relay to another node is written to: a few connections per mount, so they are
+/// not batched like listeners.
+const RELAY_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The first multiple of `interval` (counted from process start) at least one interval after
 /// `last`. Listeners write on a shared grid, so one timer wake-up of a worker thread serves many
