@@ -289,9 +289,28 @@ impl Etcd {
             held: Held::default(),
             events: broadcast::channel(256).0,
         };
-        let revision = etcd.load().await?;
         etcd.keep_alive();
-        etcd.follow(revision + 1).await?;
+        // Reading the configuration and starting the watch may meet a cluster electing a
+        // leader (a member that has none refuses): tried again for a few seconds. A node that
+        // still cannot join gives its lease back, so its name is free for its next start.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let joined = match etcd.load().await {
+                Ok(revision) => etcd.follow(revision + 1).await,
+                Err(e) => Err(e),
+            };
+            match joined {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "etcd cannot be read yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    let _ = etcd.client.clone().lease_revoke(lease).await;
+                    return Err(e);
+                }
+            }
+        }
         info!(node, lease, prefix, "joined the etcd cluster");
         Ok(etcd)
     }
