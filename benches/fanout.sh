@@ -6,7 +6,7 @@
 #
 #   benches/fanout.sh [COUNTS...]        (default: 1000 5000 10000)
 #   SECONDS_PER_RUN=20 benches/fanout.sh 1000   (window per row; default 60 s, long against the
-#                                             1 s write batches, so batching cannot fake a loss)
+#                                             2 s write batches, so batching cannot fake a loss)
 #   TLS=1 benches/fanout.sh 1000 5000     (also both servers over TLS: icecast2's OpenSSL, and
 #                                             tidecast's rustls; same certificate, same listeners)
 set -euo pipefail

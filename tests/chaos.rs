@@ -19,6 +19,8 @@
 //! `benches/chaos.sh` runs the same harness for `TIDECAST_CHAOS_MINUTES` of mixed rounds and
 //! writes the table of BENCHMARKS.md from `TIDECAST_CHAOS_REPORT`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -95,7 +97,14 @@ impl Net {
         let bridge = net.bridge();
         must(&["ip", "link", "add", &bridge, "type", "bridge"]);
         let mut net = net;
-        must(&["ip", "addr", "add", &format!("{}/24", net.harness()), "dev", &bridge]);
+        must(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", net.harness()),
+            "dev",
+            &bridge,
+        ]);
         must(&["ip", "link", "set", &bridge, "up"]);
         // Frames between the namespaces cross the bridge, which the host's FORWARD chain may
         // see (br_netfilter): let them through, and only them.
@@ -109,9 +118,20 @@ impl Net {
         for k in 1..=NODES {
             let (ns, veth) = (net.ns(k), format!("{}v{k}", net.tag));
             must(&["ip", "netns", "add", &ns]);
-            must(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+            must(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
             must(&["ip", "link", "set", &veth, "master", &bridge, "up"]);
-            must(&["ip", "-n", &ns, "addr", "add", &format!("{}/24", net.ip(k)), "dev", "eth0"]);
+            must(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip(k)),
+                "dev",
+                "eth0",
+            ]);
             must(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
             must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             // No default route: nothing leaves the bridge's subnet.
@@ -191,7 +211,18 @@ impl Net {
         self.keep_local_and_harness(k);
         self.iptables(
             k,
-            &["-A", "CHAOS", "-m", "statistic", "--mode", "random", "--probability", "0.05", "-j", "DROP"],
+            &[
+                "-A",
+                "CHAOS",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                "0.05",
+                "-j",
+                "DROP",
+            ],
         );
         must(&[
             "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
@@ -205,7 +236,9 @@ impl Net {
     fn heal(&self, k: usize) {
         self.iptables(k, &["-F", "CHAOS"]);
         let ns = self.ns(k);
-        run(&["ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root"]);
+        run(&[
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+        ]);
     }
 
     /// Removes the namespaces (their veths and rules go with them), the bridge and the rule.
@@ -259,7 +292,10 @@ fn remove_stale() {
             run(&["ip", "link", "del", name]);
         }
     }
-    for line in std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines() {
+    for line in std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+    {
         let point = line.split_whitespace().nth(1).unwrap_or("");
         if let Some(rest) = point.strip_prefix("/tmp/tidecast-chaos-") {
             let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -335,8 +371,18 @@ impl EtcdCluster {
                 .args(["--name", &format!("e{k}")])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--listen-client-urls",
+                    &client,
+                    "--advertise-client-urls",
+                    &client,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
                 .args(["--initial-cluster", &cluster.join(",")])
                 .args(["--initial-cluster-token", &net.tag])
                 .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
@@ -354,8 +400,14 @@ impl EtcdCluster {
 
     fn healthy(&self, net: &Net, k: usize) -> bool {
         self.members[k - 1].is_some()
-            && get(net.ip(k).as_str(), 2379, "/health", &[], Duration::from_secs(1))
-                .is_some_and(|(_, b)| String::from_utf8_lossy(&b).contains("true"))
+            && get(
+                net.ip(k).as_str(),
+                2379,
+                "/health",
+                &[],
+                Duration::from_secs(1),
+            )
+            .is_some_and(|(_, b)| String::from_utf8_lossy(&b).contains("true"))
     }
 
     /// The member that leads now, from each member's own status.
@@ -363,8 +415,7 @@ impl EtcdCluster {
         (1..=NODES).find(|&k| {
             self.members[k - 1].is_some()
                 && post(&net.ip(k), 2379, "/v3/maintenance/status", "{}").is_some_and(|v| {
-                    v["leader"].as_str().is_some()
-                        && v["leader"] == v["header"]["member_id"]
+                    v["leader"].as_str().is_some() && v["leader"] == v["header"]["member_id"]
                 })
         })
     }
@@ -444,9 +495,23 @@ impl Cluster {
         run_tool(
             "ffmpeg",
             &[
-                "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                "sine=frequency=330:duration=20", "-ac", "2", "-ar", "44100", "-c:a",
-                "libmp3lame", "-b:a", "128k", "-metadata", "title=Tone",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=330:duration=20",
+                "-ac",
+                "2",
+                "-ar",
+                "44100",
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                "128k",
+                "-metadata",
+                "title=Tone",
                 tone.to_str().unwrap(),
             ],
             None,
@@ -466,7 +531,15 @@ impl Cluster {
         let upstream_url = upstream.url("/ext.mp3");
         let tmpfs = PathBuf::from(format!("/tmp/tidecast-chaos-{}", std::process::id()));
         std::fs::create_dir_all(&tmpfs).unwrap();
-        must(&["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", tmpfs.to_str().unwrap()]);
+        must(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=24m",
+            "tmpfs",
+            tmpfs.to_str().unwrap(),
+        ]);
         let mut c = Cluster {
             net,
             etcd,
@@ -579,7 +652,8 @@ impl Cluster {
                 &[("Authorization", &basic("admin", ADMIN_PASSWORD))],
                 Duration::from_secs(2),
             )?;
-            let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| code == 200)?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).ok().filter(|_| code == 200)?;
             let name = v["origin"].as_str()?;
             name.strip_prefix('n')?.parse().ok()
         })
@@ -607,9 +681,35 @@ impl Cluster {
         };
         ok(&["mount", "create", "/live.mp3", "--password", "hackme"]);
         ok(&["mount", "create", "/notes.mp3", "--password", "hackme"]);
-        ok(&["mount", "create", "/live-64.mp3", "--from", "/live.mp3", "--codec", "mp3", "--bitrate", "64"]);
-        ok(&["mount", "create", "/pl.mp3", "--playlist", "tone.mp3", "--codec", "mp3", "--bitrate", "128"]);
-        ok(&["mount", "create", "/relay.mp3", "--relay-url", &self.upstream_url]);
+        ok(&[
+            "mount",
+            "create",
+            "/live-64.mp3",
+            "--from",
+            "/live.mp3",
+            "--codec",
+            "mp3",
+            "--bitrate",
+            "64",
+        ]);
+        ok(&[
+            "mount",
+            "create",
+            "/pl.mp3",
+            "--playlist",
+            "tone.mp3",
+            "--codec",
+            "mp3",
+            "--bitrate",
+            "128",
+        ]);
+        ok(&[
+            "mount",
+            "create",
+            "/relay.mp3",
+            "--relay-url",
+            &self.upstream_url,
+        ]);
     }
 
     /// Every node up serves every mount: `/readyz` and a fresh listener's first 8 KB of audio.
@@ -617,7 +717,9 @@ impl Cluster {
         (1..=NODES).all(|k| {
             let ip = self.net.ip(k);
             get(&ip, PORT, "/readyz", &[], Duration::from_secs(1)).is_some_and(|(c, _)| c == 200)
-                && MOUNTS.iter().all(|m| first_audio(self.net.addr(k), m, 8000))
+                && MOUNTS
+                    .iter()
+                    .all(|m| first_audio(self.net.addr(k), m, 8000))
         }) && (1..=NODES).all(|k| self.etcd.healthy(&self.net, k))
     }
 }
@@ -643,7 +745,15 @@ fn looped_source(file: &Path, url: &str) -> Proc {
             .args(["--pdeathsig", "KILL", "--", "ffmpeg"])
             .args(["-nostdin", "-v", "error", "-re", "-stream_loop", "-1", "-i"])
             .arg(file)
-            .args(["-c", "copy", "-content_type", "audio/mpeg", "-f", "mp3", url])
+            .args([
+                "-c",
+                "copy",
+                "-content_type",
+                "audio/mpeg",
+                "-f",
+                "mp3",
+                url,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
@@ -838,7 +948,11 @@ fn sample_producers(net: &Net, w: &mut Watch) -> Arc<Mutex<Vec<Sample>>> {
                         .filter(|m| m["produced_here"] == true)
                         .filter_map(|m| m["path"].as_str().map(str::to_owned))
                         .collect();
-                    samples.lock().unwrap().push(Sample { at, node: k, produced });
+                    samples.lock().unwrap().push(Sample {
+                        at,
+                        node: k,
+                        produced,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(250).saturating_sub(at.elapsed()));
             }
@@ -890,13 +1004,21 @@ fn change_config(c: &Cluster, w: &mut Watch) -> Arc<Mutex<Changes>> {
             let mut p = Proc::spawn(
                 "tidecast mount edit",
                 Command::new(common::bin())
-                    .args(["mount", "edit", "/notes.mp3", "--max-listeners", &n.to_string()])
+                    .args([
+                        "mount",
+                        "edit",
+                        "/notes.mp3",
+                        "--max-listeners",
+                        &n.to_string(),
+                    ])
                     .args(["--server", &format!("http://{addr}")])
                     .env("TIDECAST_ADMIN_PASSWORD", ADMIN_PASSWORD)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null()),
             );
-            if p.wait_timeout(Duration::from_secs(8)).is_some_and(|s| s.success()) {
+            if p.wait_timeout(Duration::from_secs(8))
+                .is_some_and(|s| s.success())
+            {
                 out.lock().unwrap().acked.push((Instant::now(), n));
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -978,7 +1100,9 @@ struct Applied {
 
 fn apply(c: &mut Cluster, fault: Fault, seed: &mut u64) -> Applied {
     let node = match fault.role() {
-        Some(m) => c.producer(m).or_else(|| Some(1 + (next(seed) as usize % NODES))),
+        Some(m) => c
+            .producer(m)
+            .or_else(|| Some(1 + (next(seed) as usize % NODES))),
         None if fault == Fault::DiskFull => Some(3),
         None => None,
     };
@@ -1010,7 +1134,11 @@ fn apply(c: &mut Cluster, fault: Fault, seed: &mut u64) -> Applied {
         Fault::Freeze => c.signal(node.unwrap(), "-STOP"),
         Fault::ClockSkew => {
             let k = node.unwrap();
-            let offset = if next(seed) % 2 == 0 { "+30s" } else { "-30s" };
+            let offset = if next(seed).is_multiple_of(2) {
+                "+30s"
+            } else {
+                "-30s"
+            };
             c.start_node(k, &faketime_env(offset));
         }
         Fault::DiskFull => {
@@ -1111,7 +1239,8 @@ fn round(
     }
     std::thread::sleep(longest.saturating_sub(start.elapsed()));
     // etcd first: a node restarted while etcd has no quorum could not join.
-    let etcd_first = |a: &&Applied| !matches!(a.fault, Fault::EtcdLeaderKill | Fault::EtcdQuorumLoss);
+    let etcd_first =
+        |a: &&Applied| !matches!(a.fault, Fault::EtcdLeaderKill | Fault::EtcdQuorumLoss);
     let mut order: Vec<&Applied> = applied.iter().collect();
     order.sort_by_key(etcd_first);
     for a in order {
@@ -1130,7 +1259,11 @@ fn round(
                 "not every node served every mount within {RECOVERY:?} of the fault's end"
             ));
             // Give it more time, so the next round starts from a working cluster.
-            wait_for(Duration::from_secs(60), "the cluster to serve again", || c.serving());
+            wait_for(
+                Duration::from_secs(60),
+                "the cluster to serve again",
+                || c.serving(),
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -1219,7 +1352,11 @@ fn two_origins(samples: &[Sample], from: Instant, to: Instant) -> Vec<String> {
                 .map(|(n, _, _)| *n)
                 .collect();
             nodes.dedup();
-            run = if nodes.len() > 1 { run + step } else { Duration::ZERO };
+            run = if nodes.len() > 1 {
+                run + step
+            } else {
+                Duration::ZERO
+            };
             worst = worst.max(run);
             t += step;
         }
@@ -1243,18 +1380,22 @@ fn lost_changes(c: &Cluster, changes: &Mutex<Changes>) -> Vec<String> {
     let mut out = Vec::new();
     for k in 1..=NODES {
         let mut held = None;
-        wait_for(Duration::from_secs(10), "the node's view of /notes.mp3", || {
-            held = get(
-                &c.net.ip(k),
-                PORT,
-                "/api/v1/mounts/notes.mp3",
-                &[("Authorization", &basic("admin", ADMIN_PASSWORD))],
-                Duration::from_secs(2),
-            )
-            .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["max_listeners"].as_u64());
-            held.is_some()
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "the node's view of /notes.mp3",
+            || {
+                held = get(
+                    &c.net.ip(k),
+                    PORT,
+                    "/api/v1/mounts/notes.mp3",
+                    &[("Authorization", &basic("admin", ADMIN_PASSWORD))],
+                    Duration::from_secs(2),
+                )
+                .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["max_listeners"].as_u64());
+                held.is_some()
+            },
+        );
         let held = held.unwrap() as u32;
         if held < last || !ch.tried.contains(&held) {
             out.push(format!(
@@ -1290,9 +1431,11 @@ fn faults_one_at_a_time_and_mixed_break_no_invariant() {
         threads: Vec::new(),
     };
     source_client(&c.net, &c.tone.clone(), &mut w);
-    wait_for(Duration::from_secs(60), "every node serving every mount", || {
-        c.serving()
-    });
+    wait_for(
+        Duration::from_secs(60),
+        "every node serving every mount",
+        || c.serving(),
+    );
     let mut listeners = Vec::new();
     for k in 1..=NODES {
         for m in MOUNTS {
@@ -1402,9 +1545,8 @@ fn faults_one_at_a_time_and_mixed_break_no_invariant() {
     if let Ok(dir) = std::env::var("TIDECAST_CHAOS_LOGS") {
         let _ = std::fs::create_dir_all(&dir);
         for k in 0..NODES {
-            let mut log =
-                std::fs::read_to_string(c.base.path().join(format!("n{}.log", k + 1)))
-                    .unwrap_or_default();
+            let mut log = std::fs::read_to_string(c.base.path().join(format!("n{}.log", k + 1)))
+                .unwrap_or_default();
             if let Some(n) = &c.nodes[k] {
                 log.push_str(&n.log());
             }
@@ -1434,7 +1576,15 @@ impl SmallDisk {
         remove_stale();
         let dir = PathBuf::from(format!("/tmp/tidecast-chaos-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        must(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.to_str().unwrap()]);
+        must(&[
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]);
         SmallDisk(dir)
     }
 
@@ -1484,7 +1634,10 @@ fn a_full_disk_refuses_writes_clearly_and_keeps_the_store_and_the_stream() {
     let stored: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("state.json")).unwrap()).unwrap();
     let text = stored.to_string();
-    assert!(text.contains("/live.mp3") && !text.contains("/more.mp3"), "{text}");
+    assert!(
+        text.contains("/live.mp3") && !text.contains("/more.mp3"),
+        "{text}"
+    );
     assert!(!text.contains("\"max_listeners\":7"), "{text}");
     // The stream went on meanwhile.
     wait_for(Duration::from_secs(10), "audio at the listener", || {
@@ -1494,8 +1647,14 @@ fn a_full_disk_refuses_writes_clearly_and_keeps_the_store_and_the_stream() {
 
     std::fs::remove_file(filler).unwrap();
     node.create_mount("/more.mp3", "hackme", &[]);
-    assert!(listener.finish(), "the listener was disconnected by the full disk");
+    assert!(
+        listener.finish(),
+        "the listener was disconnected by the full disk"
+    );
     node.kill9_and_restart();
     let (ok, out, err) = node.cli(&["mount", "list"]);
-    assert!(ok && out.contains("/live.mp3") && out.contains("/more.mp3"), "{out}{err}");
+    assert!(
+        ok && out.contains("/live.mp3") && out.contains("/more.mp3"),
+        "{out}{err}"
+    );
 }

@@ -149,8 +149,10 @@ serve_settings! {
     hls_segment_secs: u64 = 6; [value_name = "SECONDS"]
     /// How much of each mount an HLS playlist offers (at least three segments, at most 600 s).
     hls_window_secs: u64 = 60; [value_name = "SECONDS"]
-    /// Listeners are written to at most this often (larger batches cost less CPU).
-    write_interval_ms: u64 = 1000; [value_name = "MS"]
+    /// Listeners are written to this often, what came in meanwhile in one write (larger batches
+    /// cost less CPU; players buffer several seconds, and a joining player gets the burst at
+    /// once).
+    write_interval_ms: u64 = 2000; [value_name = "MS"]
     /// Kernel send buffer per listener socket, so a stalled player cannot park minutes of audio.
     listener_send_buffer: usize = 64 * 1024; [value_name = "BYTES"]
     /// etcd endpoints of a cluster, comma-separated (e.g. http://10.0.0.5:2379); empty: a single

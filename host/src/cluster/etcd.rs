@@ -669,7 +669,13 @@ async fn snapshot(client: &mut Client, prefix: &str) -> Result<(Cache, i64), etc
     let mut cache = Cache::default();
     for kv in resp.kvs() {
         note_revision(&mut cache, prefix, kv.key(), Some(kv.mod_revision()));
-        apply(&mut cache, prefix, kv.key(), Some(kv.value()), kv.create_revision());
+        apply(
+            &mut cache,
+            prefix,
+            kv.key(),
+            Some(kv.value()),
+            kv.create_revision(),
+        );
     }
     Ok((cache, resp.header().map_or(0, |h| h.revision())))
 }
@@ -975,7 +981,11 @@ impl Coordinator for Etcd {
     }
 
     fn origin_node(&self, mount: &str) -> Option<String> {
-        self.cache.locked().origins.get(mount).map(|(n, _)| n.clone())
+        self.cache
+            .locked()
+            .origins
+            .get(mount)
+            .map(|(n, _)| n.clone())
     }
 
     fn origin_url(&self, mount: &str) -> Option<String> {
@@ -1252,7 +1262,10 @@ mod tests {
         assert_eq!(c.mounts["/a.mp3"].max_listeners, Some(1));
         assert_eq!(apply(&mut c, p, b"/t/mounts/bad", Some(b"{oops"), 8), None);
         assert_eq!(apply(&mut c, p, b"/other/mounts/x", Some(b"{}"), 9), None);
-        assert_eq!(apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node"), 10), None);
+        assert_eq!(
+            apply(&mut c, p, b"/t/origins/a.mp3", Some(b"node"), 10),
+            None
+        );
         assert_eq!(c.origins["/a.mp3"], ("node".to_owned(), 10));
         assert_eq!(
             apply(&mut c, p, b"/t/mounts/a.mp3", None, 0),

@@ -169,12 +169,7 @@ pub enum LeaseVerdict {
 
 /// Asks the node at `url` whether node `name` still holds its etcd lease (`/_cluster/lease/`).
 /// `wait` bounds the whole question.
-pub async fn lease_alive_per(
-    peers: &Peers,
-    url: &str,
-    name: &str,
-    wait: Duration,
-) -> LeaseVerdict {
+pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str, wait: Duration) -> LeaseVerdict {
     let path = format!("/_cluster/lease/{name}");
     let headers = [peers.secret.header()];
     let ask = request(peers, url, &path, &headers);

@@ -187,7 +187,10 @@ impl Relays {
                 return None;
             }
             if let Some((url, revision)) = self.coordinator.origin_elsewhere(mount) {
-                match self.connect_unless_here(mount, &url, revision, relay_hub).await {
+                match self
+                    .connect_unless_here(mount, &url, revision, relay_hub)
+                    .await
+                {
                     Some(Ok(up)) => return Some((url, revision, up)),
                     Some(Err(_)) => {}
                     None => return None,
@@ -222,7 +225,10 @@ impl Relays {
             if newer == revision {
                 continue;
             }
-            match self.connect_unless_here(mount, &url, newer, relay_hub).await {
+            match self
+                .connect_unless_here(mount, &url, newer, relay_hub)
+                .await
+            {
                 Some(Ok(up)) => return Some((url, newer, up)),
                 Some(Err(_)) => {}
                 None => return None,

@@ -845,19 +845,22 @@ impl Conn {
 /// not batched like listeners.
 const RELAY_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The first multiple of `interval` (counted from process start) at least one interval after
-/// `last`. Listeners write on a shared grid, so one timer wake-up of a worker thread serves many
-/// listeners instead of each listener waking a thread at its own phase.
+/// The first multiple of `interval` (counted from process start) after `last`. Listeners write
+/// on a shared grid, so one timer wake-up of a worker thread serves many listeners instead of
+/// each listener waking a thread at its own phase. A listener woken by a tick writes at once
+/// and is due again at the next one: one interval apart. (Counting a whole interval from the
+/// moment of the write, which always falls a little after its tick, skipped every other tick.)
 fn next_tick(last: Instant, interval: Duration) -> tokio::time::Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
+    tokio::time::Instant::from_std(tick_after(epoch, last, interval))
+}
+
+fn tick_after(epoch: Instant, last: Instant, interval: Duration) -> Instant {
     let step = interval.as_nanos().max(1);
-    let since = (last + interval)
-        .saturating_duration_since(epoch)
-        .as_nanos();
-    let ticks = since.div_ceil(step);
-    let at = epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX));
-    tokio::time::Instant::from_std(at)
+    let since = last.saturating_duration_since(epoch).as_nanos();
+    let ticks = since / step + 1;
+    epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
 }
 
 enum WriteError {
@@ -933,6 +936,24 @@ async fn overtaken(hub: &Hub, cursor: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listener_woken_by_a_tick_is_due_again_one_interval_later() {
+        let epoch = Instant::now();
+        let second = Duration::from_secs(1);
+        // Woken 3 ms after the tick at 5 s, having written: due at 6 s, not 7 s.
+        let woke = epoch + Duration::from_millis(5003);
+        assert_eq!(
+            tick_after(epoch, woke, second),
+            epoch + Duration::from_secs(6)
+        );
+        // A first write off the grid waits for the next tick.
+        let joined = epoch + Duration::from_millis(5700);
+        assert_eq!(
+            tick_after(epoch, joined, second),
+            epoch + Duration::from_secs(6)
+        );
+    }
 
     fn req(query: &str, agent: Option<&str>) -> RequestHead {
         RequestHead {
