@@ -476,7 +476,7 @@ struct Cluster {
     nodes: Vec<Option<Node>>,
     etcd: EtcdCluster,
     /// Node 3's data directory is a small tmpfs, to fill on purpose.
-    tmpfs: PathBuf,
+    disk: SmallDisk,
     /// The data directories of nodes 1 and 2, and every node's log of its earlier runs.
     base: tempfile::TempDir,
     library: tempfile::TempDir,
@@ -491,31 +491,14 @@ impl Cluster {
         let net = Net::new();
         let etcd = EtcdCluster::start(&net);
         let library = tempfile::tempdir().unwrap();
-        let tone = library.path().join("tone.mp3");
-        run_tool(
-            "ffmpeg",
-            &[
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "sine=frequency=330:duration=20",
-                "-ac",
-                "2",
-                "-ar",
-                "44100",
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                "128k",
-                "-metadata",
-                "title=Tone",
-                tone.to_str().unwrap(),
-            ],
-            None,
-        );
+        let tone = PathBuf::from(tagged_mp3(
+            library.path(),
+            "tone.mp3",
+            "Chaos",
+            "Tone",
+            330,
+            20,
+        ));
         // The relay mount's upstream, an "external" server outside the cluster: a node on the
         // bridge's address in the test's own namespace, with its own store.
         let harness = net.harness();
@@ -529,22 +512,12 @@ impl Cluster {
         let feeder = looped_source(&tone, &upstream.source_url("hackme", "/ext.mp3"));
         upstream.wait_live("/ext.mp3", Duration::from_secs(10));
         let upstream_url = upstream.url("/ext.mp3");
-        let tmpfs = PathBuf::from(format!("/tmp/tidecast-chaos-{}", std::process::id()));
-        std::fs::create_dir_all(&tmpfs).unwrap();
-        must(&[
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=24m",
-            "tmpfs",
-            tmpfs.to_str().unwrap(),
-        ]);
+        let disk = SmallDisk::new("n3", "24m");
         let mut c = Cluster {
             net,
             etcd,
             nodes: (0..NODES).map(|_| None).collect(),
-            tmpfs,
+            disk,
             base: tempfile::tempdir().unwrap(),
             library,
             _upstream: (upstream, feeder),
@@ -569,7 +542,7 @@ impl Cluster {
             self.keep_log(k, &old);
         }
         let data = if k == 3 {
-            self.tmpfs.join("data")
+            self.disk.0.join("data")
         } else {
             self.base.path().join(format!("n{k}"))
         };
@@ -607,8 +580,13 @@ impl Cluster {
                     self.nodes[k - 1] = Some(node);
                     return;
                 }
-                Err(_) if Instant::now() < deadline => {
-                    eprintln!("chaos: n{k} did not start; starting it again");
+                Err(e) if Instant::now() < deadline => {
+                    let why = e
+                        .downcast_ref::<String>()
+                        .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+                        .unwrap_or("")
+                        .to_owned();
+                    eprintln!("chaos: n{k} did not start ({why}); starting it again");
                     std::thread::sleep(Duration::from_millis(500));
                 }
                 Err(e) => std::panic::resume_unwind(e),
@@ -730,9 +708,21 @@ impl Drop for Cluster {
             self.signal(k, "-CONT");
             self.kill(k);
         }
+        // TIDECAST_CHAOS_LOGS=DIR keeps every node's log and etcd's there, also when the run
+        // failed on its way (benches/chaos.sh sets it).
+        if let Ok(dir) = std::env::var("TIDECAST_CHAOS_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            for k in 1..=NODES {
+                if let Some(n) = self.nodes[k - 1].take() {
+                    self.keep_log(k, &n);
+                }
+                let name = format!("n{k}.log");
+                let _ = std::fs::copy(self.base.path().join(&name), Path::new(&dir).join(name));
+                let etcd_log = self.etcd.dir.path().join(format!("e{k}.log"));
+                let _ = std::fs::copy(etcd_log, Path::new(&dir).join(format!("e{k}.log")));
+            }
+        }
         self.nodes.clear();
-        run(&["umount", "-l", self.tmpfs.to_str().unwrap()]);
-        let _ = std::fs::remove_dir_all(&self.tmpfs);
     }
 }
 
@@ -1141,15 +1131,7 @@ fn apply(c: &mut Cluster, fault: Fault, seed: &mut u64) -> Applied {
             };
             c.start_node(k, &faketime_env(offset));
         }
-        Fault::DiskFull => {
-            let filler = c.tmpfs.join("filler");
-            // Fill the tmpfs to the last byte.
-            let mut f = std::fs::File::create(&filler).unwrap();
-            let block = vec![0u8; 1 << 20];
-            while f.write_all(&block).is_ok() {}
-            let _ = f.write_all(&block[..4096]);
-            a.filler = Some(filler);
-        }
+        Fault::DiskFull => a.filler = Some(c.disk.fill()),
     }
     a
 }
@@ -1540,20 +1522,6 @@ fn faults_one_at_a_time_and_mixed_break_no_invariant() {
     eprintln!("{report}");
     if let Ok(path) = std::env::var("TIDECAST_CHAOS_REPORT") {
         std::fs::write(path, &report).unwrap();
-    }
-    // TIDECAST_CHAOS_LOGS=DIR keeps every node's log there (benches/chaos.sh sets it).
-    if let Ok(dir) = std::env::var("TIDECAST_CHAOS_LOGS") {
-        let _ = std::fs::create_dir_all(&dir);
-        for k in 0..NODES {
-            let mut log = std::fs::read_to_string(c.base.path().join(format!("n{}.log", k + 1)))
-                .unwrap_or_default();
-            if let Some(n) = &c.nodes[k] {
-                log.push_str(&n.log());
-            }
-            let _ = std::fs::write(Path::new(&dir).join(format!("n{}.log", k + 1)), log);
-            let etcd_log = c.etcd.dir.path().join(format!("e{}.log", k + 1));
-            let _ = std::fs::copy(etcd_log, Path::new(&dir).join(format!("e{}.log", k + 1)));
-        }
     }
     let all: Vec<String> = outcomes
         .iter()

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,39 +122,6 @@ impl Drop for S3 {
 }
 
 const LIBRARY: &str = "s3://radio/lib";
-
-/// A tagged MP3 of `secs` seconds of a tone at `freq` Hz.
-fn tagged_mp3(dir: &Path, name: &str, artist: &str, title: &str, freq: u32, secs: u32) -> String {
-    require("ffmpeg");
-    let path = dir.join(name);
-    run_tool(
-        "ffmpeg",
-        &[
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency={freq}:duration={secs}"),
-            "-ac",
-            "2",
-            "-ar",
-            "44100",
-            "-c:a",
-            "libmp3lame",
-            "-b:a",
-            "128k",
-            "-metadata",
-            &format!("artist={artist}"),
-            "-metadata",
-            &format!("title={title}"),
-            path.to_str().unwrap(),
-        ],
-        None,
-    );
-    path.display().to_string()
-}
 
 fn upload(node: &Node, file: &str, key: &str) {
     let (ok, out, err) = node.cli(&["media", "upload", file, key]);

@@ -1371,3 +1371,43 @@ pub fn wait_for_origin(node: &Node, mount: &str, not: &str, timeout: Duration) -
     );
     origin
 }
+
+/// A tagged MP3 of `secs` seconds of a tone at `freq` Hz.
+pub fn tagged_mp3(
+    dir: &Path,
+    name: &str,
+    artist: &str,
+    title: &str,
+    freq: u32,
+    secs: u32,
+) -> String {
+    require("ffmpeg");
+    let path = dir.join(name);
+    run_tool(
+        "ffmpeg",
+        &[
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("sine=frequency={freq}:duration={secs}"),
+            "-ac",
+            "2",
+            "-ar",
+            "44100",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-metadata",
+            &format!("artist={artist}"),
+            "-metadata",
+            &format!("title={title}"),
+            path.to_str().unwrap(),
+        ],
+        None,
+    );
+    path.display().to_string()
+}
