@@ -1252,6 +1252,13 @@ fn round(
     }
     let judged_to = Instant::now();
     // Listeners on nodes the faults did not touch: never cut off, never silent for long.
+    // Without etcd's quorum nothing can be elected: a producer lost meanwhile is replaced only
+    // once the quorum is back, so that round's bound is the quorum's absence longer.
+    let bound = if faults.len() > 1 && faults.contains(&Fault::EtcdQuorumLoss) {
+        GAP_BOUND + duration(Fault::EtcdQuorumLoss)
+    } else {
+        GAP_BOUND
+    };
     let mut gaps = Vec::new();
     let mut worst = (Duration::ZERO, String::new());
     for l in listeners.iter().filter(|l| !touched.contains(&l.node)) {
@@ -1280,7 +1287,7 @@ fn round(
         if longest_gap > worst.0 {
             worst = (longest_gap, format!("{} on n{}", l.mount, l.node));
         }
-        if longest_gap > GAP_BOUND {
+        if longest_gap > bound {
             violations.push(format!(
                 "a listener of {} on n{} heard nothing for {:.1} s",
                 l.mount,

@@ -184,7 +184,7 @@ pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str, wait: Duratio
                 return LeaseVerdict::Unreachable;
             };
             let connect = tokio::net::TcpStream::connect(authority.to_owned());
-            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+            match tokio::time::timeout(Duration::from_millis(250), connect).await {
                 Ok(Ok(_)) => LeaseVerdict::Unknown,
                 _ => LeaseVerdict::Unreachable,
             }
