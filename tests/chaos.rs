@@ -1220,11 +1220,15 @@ fn round(
         }
     }
     std::thread::sleep(longest.saturating_sub(start.elapsed()));
-    // etcd first: a node restarted while etcd has no quorum could not join.
-    let etcd_first =
-        |a: &&Applied| !matches!(a.fault, Fault::EtcdLeaderKill | Fault::EtcdQuorumLoss);
+    // etcd first, then the network, the frozen node and the disk, and the restarts last: a node
+    // restarted while etcd has no quorum, or inside a partition, could not join.
+    let stage = |a: &&Applied| match a.fault {
+        Fault::EtcdLeaderKill | Fault::EtcdQuorumLoss => 0,
+        Fault::Partition | Fault::LossyLink | Fault::Freeze | Fault::DiskFull => 1,
+        _ => 2,
+    };
     let mut order: Vec<&Applied> = applied.iter().collect();
-    order.sort_by_key(etcd_first);
+    order.sort_by_key(stage);
     for a in order {
         undo(c, a);
     }
