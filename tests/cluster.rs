@@ -52,6 +52,18 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
         &[("Authorization", &basic("source", "hackme"))],
     );
     assert_eq!(code, 200);
+    // Fencing: a relay names the election it expects its origin to hold. A node that does not
+    // hold it (another revision; or B, which only relays the mount) refuses, so neither a stale
+    // origin nor a relay of a relay feeds anyone.
+    let secret = ("x-tidecast-secret", CLUSTER_SECRET);
+    for (node, revision) in [(&a, "1"), (&b, "1")] {
+        let (code, head) = response_head(
+            node,
+            "/_relay/live.mp3",
+            &[secret, ("x-tidecast-origin-revision", revision)],
+        );
+        assert_eq!(code, 409, "{head}");
+    }
     // `/_stream/…` is served by the node asked (routing may send `/live.mp3` elsewhere).
     let listener_on_c = capture_icy_title(&c, "/_stream/live.mp3");
     assert_eq!(listener_on_c, "Relayed title");

@@ -91,6 +91,9 @@ pub struct Etcd {
     /// the lease is known lost, so a stale origin refuses relays before its producers stop.
     held: Held,
     events: broadcast::Sender<ConfigEvent>,
+    /// etcd's members, `host:port`: whether this node still reaches most of them tells an
+    /// election in progress from a partition.
+    members: Arc<Vec<String>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
@@ -288,6 +291,15 @@ impl Etcd {
             cache: Arc::default(),
             held: Held::default(),
             events: broadcast::channel(256).0,
+            members: Arc::new(
+                endpoints
+                    .iter()
+                    .filter_map(|e| {
+                        let rest = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+                        rest.split('/').next().map(str::to_owned)
+                    })
+                    .collect(),
+            ),
         };
         etcd.keep_alive();
         // Reading the configuration and starting the watch may meet a cluster electing a
@@ -470,10 +482,11 @@ impl Etcd {
     }
 
     /// Whether this node must give its mounts up while it cannot reach etcd: a peer (from the
-    /// last known node list) reaches etcd and finds this node's key gone, or there are peers and
-    /// none of them answers at all, so this node is the one cut off (a partition's minority
-    /// side, where the majority elects new origins). When peers answer but cannot reach etcd
-    /// either, etcd itself is down and every node keeps serving.
+    /// last known node list) reaches etcd and finds this node's key gone, or there are peers,
+    /// none of them answers at all and this node does not reach most of etcd's members either,
+    /// so it is the one cut off (a partition's minority side, where the majority elects new
+    /// origins). When peers answer but cannot reach etcd either, etcd itself is down and every
+    /// node keeps serving.
     async fn cut_off_or_lease_gone(&self) -> bool {
         use crate::cluster::peer::LeaseVerdict;
         let peers: Vec<String> = self.cache.with(|c| {
@@ -486,12 +499,35 @@ impl Etcd {
         let asked = peers.iter().map(|url| {
             crate::cluster::peer::lease_alive_per(&self.peers, url, &self.node, PEER_WAIT)
         });
-        let verdicts = futures_util::future::join_all(asked).await;
+        // Both at once: the answer must come before this node's lease could end.
+        let (verdicts, most) = tokio::join!(
+            futures_util::future::join_all(asked),
+            self.reaches_most_members()
+        );
         if verdicts.contains(&LeaseVerdict::Gone) {
             return true;
         }
         let answered = verdicts.iter().any(|v| *v != LeaseVerdict::Unreachable);
-        !peers.is_empty() && !answered
+        // No peer answers. If this node still reaches most of etcd's members, etcd is only
+        // electing a leader (the old one went with the peers, say): it is not the one cut off.
+        !peers.is_empty() && !answered && !most
+    }
+
+    /// Whether a TCP connection to more than half of etcd's members opens within 250 ms.
+    async fn reaches_most_members(&self) -> bool {
+        let tries = self.members.iter().map(|m| async move {
+            let connect = tokio::net::TcpStream::connect(m.as_str());
+            matches!(
+                tokio::time::timeout(Duration::from_millis(250), connect).await,
+                Ok(Ok(_))
+            )
+        });
+        let reached = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter(|&r| r)
+            .count();
+        reached > self.members.len() / 2
     }
 
     /// Follows the configuration from `revision` on, into the cache and the change feed.
@@ -657,8 +693,12 @@ impl Etcd {
 fn transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        // 14: UNAVAILABLE.
-        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 14,
+        // 14: UNAVAILABLE, 4: DEADLINE_EXCEEDED, 1: CANCELLED; 2: UNKNOWN, which is how a
+        // connection broken under a request comes back.
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(s.code() as i32, 1 | 4 | 14)
+                || (s.code() as i32 == 2 && s.message().contains("transport"))
+        }
         _ => false,
     }
 }
