@@ -239,6 +239,13 @@ pub trait Coordinator: Send + Sync {
         None
     }
 
+    /// Whether the cluster can elect origins now, as far as this node can tell (for etcd: its
+    /// lease was kept alive within the last TTL). While it cannot, a mount whose producer went
+    /// cannot move, so waiting for its next origin is not given up.
+    fn can_elect(&self) -> bool {
+        true
+    }
+
     fn origin_node(&self, _mount: &str) -> Option<String> {
         None
     }

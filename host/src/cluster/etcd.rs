@@ -94,6 +94,8 @@ pub struct Etcd {
     /// etcd's members, `host:port`: whether this node still reaches most of them tells an
     /// election in progress from a partition.
     members: Arc<Vec<String>>,
+    /// When etcd last answered a keep-alive, and whether the lease was written off.
+    fence: Arc<Fence>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
@@ -290,6 +292,10 @@ impl Etcd {
             peers,
             cache: Arc::default(),
             held: Held::default(),
+            fence: Arc::new(Fence {
+                last_ok: Mutex::new(Instant::now()),
+                written_off: AtomicBool::new(false),
+            }),
             events: broadcast::channel(256).0,
             members: Arc::new(
                 endpoints
@@ -348,10 +354,7 @@ impl Etcd {
         let me = self.clone();
         let every = Duration::from_secs(self.ttl.unsigned_abs()) / KEEPALIVES_PER_TTL;
         let ttl = Duration::from_secs(self.ttl.unsigned_abs());
-        let fence = Arc::new(Fence {
-            last_ok: Mutex::new(Instant::now()),
-            written_off: AtomicBool::new(false),
-        });
+        let fence = self.fence.clone();
         self.watch_cut_off(fence.clone());
         tokio::spawn(async move {
             // While etcd is away: logged once.
@@ -1045,6 +1048,10 @@ impl Coordinator for Etcd {
 
     fn held_revision(&self, mount: &str) -> Option<i64> {
         self.held.locked().get(mount).copied()
+    }
+
+    fn can_elect(&self) -> bool {
+        self.fence.last_ok.locked().elapsed() < Duration::from_secs(self.ttl.unsigned_abs())
     }
 
     fn node_name(&self) -> String {

@@ -181,8 +181,13 @@ impl Relays {
         old: &str,
         relay_hub: &Arc<Hub>,
     ) -> Option<(String, i64, Upstream)> {
-        let deadline = Instant::now() + REORIGIN;
+        // REORIGIN of time in which the cluster could elect one: an etcd without quorum elects
+        // nobody, and the mount comes back only once it is back.
+        let mut deadline = Instant::now() + REORIGIN;
         while Instant::now() < deadline {
+            if !self.coordinator.can_elect() {
+                deadline = Instant::now() + REORIGIN;
+            }
             if self.produced_here(mount, relay_hub) {
                 return None;
             }
