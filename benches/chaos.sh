@@ -24,7 +24,7 @@ status=0
 TIDECAST_CHAOS_MINUTES=$minutes TIDECAST_CHAOS_SEED=$seed TIDECAST_CHAOS_REPORT=$report \
   TIDECAST_CHAOS_LOGS=$logs \
   cargo test --locked -p tidecast --test chaos faults_one_at_a_time -- --nocapture 2>&1 |
-  grep -E "^chaos:|panicked|invariants broken|^(partition|kill|etcd|SIGSTOP|lossy|a node|node 3|mixed)" ||
+  grep -E "^chaos:|panicked|timed out|invariants broken|^(partition|kill|etcd|SIGSTOP|lossy|a node|node 3|mixed)" ||
   status=$?
 echo
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); debug build of the test profile"

@@ -1180,11 +1180,23 @@ impl Link {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
+                    // A link with latency, not a queue: each chunk leaves `delay` after it
+                    // arrived, however many are on the way.
+                    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
                         while let Ok(n) = from.read(&mut buf) {
-                            std::thread::sleep(delay);
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    std::thread::spawn(move || {
+                        for (read_at, chunk) in rx {
+                            std::thread::sleep(
+                                (read_at + delay).saturating_duration_since(Instant::now()),
+                            );
+                            if to.write_all(&chunk).is_err() {
                                 break;
                             }
                         }

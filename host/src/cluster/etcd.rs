@@ -188,13 +188,14 @@ impl Etcd {
         peers: crate::cluster::peer::Peers,
     ) -> Result<Etcd, JoinError> {
         // A member cut off from the others must not hold this node's requests: HTTP/2 pings
-        // find a silent connection within a second (the client's balancer then sends requests
-        // to the members that answer), and a member without a leader refuses at once instead
-        // of keeping a watch or a lease's keep-alives waiting.
+        // every 500 ms find a silent connection within 1.5 s, inside a 2 s lease (the client's
+        // balancer then sends requests to the members that answer), while a slow link (300 ms
+        // of round trip, tests/cluster.rs) keeps its connection; and a member without a leader
+        // refuses at once instead of keeping a watch or a lease's keep-alives waiting.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_millis(500), Duration::from_millis(500))
+            .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         let Access { tls, user } = access;
@@ -366,7 +367,7 @@ impl Etcd {
                 match client.lease_keep_alive(lease).await {
                     Ok((mut keeper, mut stream)) => loop {
                         if let Err(e) = keeper.keep_alive().await {
-                            expired = e.to_string().contains("lease not found");
+                            expired = lease_gone(&mut client, lease, &e, ttl).await;
                             break;
                         }
                         // A silent network drops answers without an error: wait a TTL at most.
@@ -392,13 +393,13 @@ impl Etcd {
                             }
                             Ok(None) => break,
                             Err(e) => {
-                                expired = e.to_string().contains("lease not found");
+                                expired = lease_gone(&mut client, lease, &e, ttl).await;
                                 break;
                             }
                         }
                         tokio::time::sleep(every).await;
                     },
-                    Err(e) if e.to_string().contains("lease not found") => expired = true,
+                    Err(e) if lease_gone(&mut client, lease, &e, ttl).await => expired = true,
                     Err(e) if !failing => {
                         warn!(error = %e, "etcd keep-alive failed; retrying quietly until it works");
                         failing = true;
@@ -691,6 +692,25 @@ impl Etcd {
     }
 }
 
+/// Whether a keep-alive's error `e` means etcd holds `lease` no more: gRPC NOT_FOUND, or, for
+/// the keep-alive errors etcd-client gives as text only (a lease that ended is one of them), what
+/// etcd answers when asked for the lease's time to live within `wait` (-1: gone).
+async fn lease_gone(
+    client: &mut Client,
+    lease: i64,
+    e: &etcd_client::Error,
+    wait: Duration,
+) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == 5,
+        etcd_client::Error::LeaseKeepAliveError(_) => {
+            let asked = tokio::time::timeout(wait, client.lease_time_to_live(lease, None)).await;
+            matches!(asked, Ok(Ok(r)) if r.ttl() <= 0)
+        }
+        _ => false,
+    }
+}
+
 /// Whether a request failed on the way (a member down or unreachable) rather than being
 /// refused: worth another try, which the client's balancer may send to another member.
 fn transient(e: &etcd_client::Error) -> bool {
@@ -848,12 +868,21 @@ fn apply(
 struct EtcdClaim {
     client: Client,
     key: String,
-    node: String,
     /// This node's claims (mount → revision), which this one leaves when dropped.
     held: Held,
     mount: String,
+    /// The key's create_revision: this election, and no later one of the same mount.
     revision: i64,
+    /// The lease the key was put on, and the node's current lease: once they differ, the key
+    /// went with the old lease.
+    lease: i64,
+    current_lease: Arc<AtomicI64>,
 }
+
+/// The first wait before a failed release of a claim is tried again; it doubles to
+/// [`RELEASE_RETRY_MAX`].
+const RELEASE_RETRY: Duration = Duration::from_millis(200);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Drop for EtcdClaim {
     fn drop(&mut self) {
@@ -862,14 +891,31 @@ impl Drop for EtcdClaim {
                 h.remove(&self.mount);
             }
         });
-        // Give the mount up: delete the key if it is still ours.
-        let (mut client, key, node) = (self.client.clone(), self.key.clone(), self.node.clone());
+        // Give the mount up: delete the key if it is still this election's. A release that
+        // fails (etcd away, a member down) is tried again until it is done or the lease it was
+        // made on has ended: a key left behind would keep the mount this node's, unproduced,
+        // for as long as the node lives.
+        let mut client = self.client.clone();
+        let (key, revision) = (self.key.clone(), self.revision);
+        let (lease, current) = (self.lease, self.current_lease.clone());
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let txn = Txn::new()
-                    .when([Compare::value(key.clone(), CompareOp::Equal, node)])
-                    .and_then([TxnOp::delete(key, None)]);
-                let _ = client.txn(txn).await;
+                let mut wait = RELEASE_RETRY;
+                while current.load(Ordering::SeqCst) == lease {
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::delete(key.clone(), None)]);
+                    let answer = tokio::time::timeout(RELEASE_RETRY_MAX, client.txn(txn)).await;
+                    if let Ok(Ok(_)) = answer {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RELEASE_RETRY_MAX);
+                }
             });
         }
     }
@@ -993,12 +1039,13 @@ impl Coordinator for Etcd {
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
         let key = format!("{}origins{path}", self.prefix);
         let mut client = self.client.clone();
+        let lease = self.lease.load(Ordering::SeqCst);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key.clone(),
                 self.node.as_str(),
-                Some(PutOptions::new().with_lease(self.lease.load(Ordering::SeqCst))),
+                Some(PutOptions::new().with_lease(lease)),
             )]);
         let answer = client
             .txn(txn)
@@ -1014,10 +1061,11 @@ impl Coordinator for Etcd {
         Ok(Some(OriginClaim::new(Box::new(EtcdClaim {
             client,
             key,
-            node: self.node.clone(),
             held: self.held.clone(),
             mount: path.to_owned(),
             revision,
+            lease,
+            current_lease: self.lease.clone(),
         }))))
     }
 
