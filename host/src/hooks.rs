@@ -21,15 +21,51 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-/// Events a hook may ask for; by default it gets all of them.
-pub const EVENTS: &[&str] = &[
-    "source_connect",
-    "source_disconnect",
-    "listener_add",
-    "listener_remove",
-    "mount_change",
-    "plugin_change",
-];
+/// What happened: a hook's `events` list names these, and each body's `event` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookEvent {
+    SourceConnect,
+    SourceDisconnect,
+    ListenerAdd,
+    ListenerRemove,
+    MountChange,
+    PluginChange,
+}
+
+impl HookEvent {
+    /// Every event; a hook that names none gets all of them.
+    pub const ALL: [HookEvent; 6] = [
+        HookEvent::SourceConnect,
+        HookEvent::SourceDisconnect,
+        HookEvent::ListenerAdd,
+        HookEvent::ListenerRemove,
+        HookEvent::MountChange,
+        HookEvent::PluginChange,
+    ];
+
+    /// The event's name in hooks files and bodies.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookEvent::SourceConnect => "source_connect",
+            HookEvent::SourceDisconnect => "source_disconnect",
+            HookEvent::ListenerAdd => "listener_add",
+            HookEvent::ListenerRemove => "listener_remove",
+            HookEvent::MountChange => "mount_change",
+            HookEvent::PluginChange => "plugin_change",
+        }
+    }
+
+    /// The event named `name`.
+    pub fn named(name: &str) -> Option<HookEvent> {
+        HookEvent::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// The event's bit in a hook's set.
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
 /// Events one hook's queue holds before new ones are dropped.
 pub const QUEUE: usize = 1024;
 /// Delivery attempts of one event.
@@ -68,7 +104,8 @@ pub struct HookStats {
 }
 
 struct Hook {
-    events: Vec<String>,
+    /// The events it gets, one [`HookEvent::bit`] each.
+    events: u8,
     queue: mpsc::Sender<Value>,
 }
 
@@ -150,16 +187,18 @@ impl Hooks {
                     continue;
                 }
             };
-            let events = h
-                .events
-                .unwrap_or_else(|| EVENTS.iter().map(|e| (*e).to_owned()).collect());
-            for e in &events {
-                if !EVENTS.contains(&e.as_str()) {
-                    problems.push(format!(
-                        "{at}: unknown event {e:?} (events: {})",
-                        EVENTS.join(", ")
-                    ));
+            let mut events = 0;
+            for name in h.events.as_deref().unwrap_or_default() {
+                match HookEvent::named(name) {
+                    Some(e) => events |= e.bit(),
+                    None => problems.push(format!(
+                        "{at}: unknown event {name:?} (events: {})",
+                        HookEvent::ALL.map(HookEvent::name).join(", ")
+                    )),
                 }
+            }
+            if h.events.is_none() {
+                events = HookEvent::ALL.into_iter().fold(0, |set, e| set | e.bit());
             }
             ready.push((h.url, secret, events));
         }
@@ -179,20 +218,18 @@ impl Hooks {
 
     /// Whether any hook wants events of `kind` (so a caller on a busy path builds none
     /// otherwise).
-    pub fn wants(&self, kind: &str) -> bool {
-        self.hooks
-            .iter()
-            .any(|h| h.events.iter().any(|e| e == kind))
+    pub fn wants(&self, kind: HookEvent) -> bool {
+        self.hooks.iter().any(|h| h.events & kind.bit() != 0)
     }
 
     /// Sends event `kind` with `fields` (a JSON object) to every hook that wants it, without
     /// waiting (see the overflow policy above).
-    pub fn emit(&self, kind: &'static str, fields: Value) {
+    pub fn emit(&self, kind: HookEvent, fields: Value) {
         if !self.wants(kind) {
             return;
         }
         let mut body = json!({
-            "event": kind,
+            "event": kind.name(),
             "node": self.node,
             "time": time::OffsetDateTime::now_utc()
                 .format(&time::format_description::well_known::Rfc3339)
@@ -201,11 +238,7 @@ impl Hooks {
         if let (Some(b), Value::Object(f)) = (body.as_object_mut(), fields) {
             b.extend(f);
         }
-        for h in self
-            .hooks
-            .iter()
-            .filter(|h| h.events.iter().any(|e| e == kind))
-        {
+        for h in self.hooks.iter().filter(|h| h.events & kind.bit() != 0) {
             if h.queue.try_send(body.clone()).is_err() {
                 self.stats.dropped.inc();
             }
@@ -272,18 +305,29 @@ mod tests {
         let (tx, _rx) = mpsc::channel(2);
         let hooks = Hooks {
             hooks: vec![Hook {
-                events: vec!["listener_add".to_owned()],
+                events: HookEvent::ListenerAdd.bit(),
                 queue: tx,
             }],
             node: "a".to_owned(),
             stats: Arc::default(),
         };
         for _ in 0..5 {
-            hooks.emit("listener_add", json!({ "mount": "/m" }));
+            hooks.emit(HookEvent::ListenerAdd, json!({ "mount": "/m" }));
         }
         // Not asked for: not queued, not dropped.
-        hooks.emit("plugin_change", json!({}));
+        hooks.emit(HookEvent::PluginChange, json!({}));
         assert_eq!(hooks.stats.dropped.get(), 3);
+    }
+
+    #[test]
+    fn each_event_is_found_by_its_name_and_has_a_bit_of_its_own() {
+        let mut seen = 0u8;
+        for e in HookEvent::ALL {
+            assert_eq!(HookEvent::named(e.name()), Some(e));
+            assert_eq!(seen & e.bit(), 0, "{e:?}");
+            seen |= e.bit();
+        }
+        assert_eq!(HookEvent::named("listener-add"), None);
     }
 
     #[test]

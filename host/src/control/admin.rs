@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::auth::refusal;
 use crate::auth::{generate_password, hash_password};
+use crate::hooks::HookEvent;
 use crate::http::server::read_body;
 use crate::http::{xml_escape, RequestHead, Response};
 use crate::hub::ListenerCtrl;
@@ -1085,7 +1086,7 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     }
     info!(mount = %path, "mount created");
     state.hooks.emit(
-        "mount_change",
+        HookEvent::MountChange,
         json!({ "mount": path, "change": "created" }),
     );
     let mut view = mount_view(state, &m);
@@ -1143,7 +1144,7 @@ async fn edit_mount(state: &Node, mount: &str, body: &[u8]) -> Response {
     }
     info!(%mount, "mount edited");
     state.hooks.emit(
-        "mount_change",
+        HookEvent::MountChange,
         json!({ "mount": mount, "change": "edited" }),
     );
     Response::json(200, &mount_view(state, &m))
@@ -1155,7 +1156,7 @@ async fn delete_mount(state: &Node, mount: &str) -> Response {
             // The server's reconcile task disconnects a live source of the deleted mount.
             info!(%mount, "mount deleted");
             state.hooks.emit(
-                "mount_change",
+                HookEvent::MountChange,
                 json!({ "mount": mount, "change": "deleted" }),
             );
             Response::json(200, &json!({ "deleted": mount }))

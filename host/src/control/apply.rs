@@ -22,6 +22,7 @@ use tracing::info;
 
 use crate::cluster::coordinator::{Change, MAX_CHANGES};
 use crate::control::admin::{build_mount, Known};
+use crate::hooks::HookEvent;
 use crate::http::{RequestHead, Response};
 use crate::model::{MountConfig, MountSettings, StationConfig};
 use crate::node::Node;
@@ -415,7 +416,7 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
             return crate::control::storage_error(e);
         }
         state.hooks.emit(
-            "plugin_change",
+            HookEvent::PluginChange,
             json!({ "plugin": name, "change": "removed" }),
         );
     }
@@ -542,9 +543,10 @@ pub fn announce(state: &Node, changes: &[Change]) {
                 (true, true) => "edited",
                 (true, false) => "deleted",
             };
-            state
-                .hooks
-                .emit("mount_change", json!({ "mount": path, "change": change }));
+            state.hooks.emit(
+                HookEvent::MountChange,
+                json!({ "mount": path, "change": change }),
+            );
         }
     }
 }

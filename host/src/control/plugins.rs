@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::control::storage_error;
+use crate::hooks::HookEvent;
 use crate::http::Response;
 use crate::model::validate_name;
 use crate::model::{PluginRecord, PluginVersion};
@@ -147,7 +148,7 @@ pub async fn push(state: &Node, name: &str, body: &[u8]) -> Response {
     }
     tracing::info!(plugin = name, version = %version.hash, kind = loaded.kind.as_str(), "plugin pushed");
     state.hooks.emit(
-        "plugin_change",
+        HookEvent::PluginChange,
         json!({ "plugin": name, "change": "pushed", "sha256": version.hash }),
     );
     let mut v = version_json(&version);
@@ -174,7 +175,7 @@ pub async fn remove(state: &Node, name: &str) -> Response {
         Ok(true) => {
             tracing::info!(plugin = name, "plugin removed");
             state.hooks.emit(
-                "plugin_change",
+                HookEvent::PluginChange,
                 json!({ "plugin": name, "change": "removed" }),
             );
             Response::json(200, &json!({ "deleted": name }))

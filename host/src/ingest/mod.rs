@@ -21,6 +21,7 @@ use crate::access::Outcome;
 use crate::auth::refusal;
 use crate::auth::Gate;
 use crate::cluster::coordinator::Coordinator;
+use crate::hooks::HookEvent;
 use crate::http::send;
 use crate::http::{RequestHead, Response};
 use crate::hub::Registry;
@@ -208,7 +209,7 @@ async fn admit_and_pump(
         "user_agent": hub.source_agent,
         "content_type": content_type,
     });
-    state.hooks.emit("source_connect", source.clone());
+    state.hooks.emit(HookEvent::SourceConnect, source.clone());
 
     let started = std::time::Instant::now();
     let reason = pump(&mut stream, leftover, body, &hub, &state).await;
@@ -226,7 +227,7 @@ async fn admit_and_pump(
     left["bytes"] = bytes.into();
     left["seconds"] = started.elapsed().as_secs().into();
     left["reason"] = reason.into();
-    state.hooks.emit("source_disconnect", left);
+    state.hooks.emit(HookEvent::SourceDisconnect, left);
     Outcome {
         status: 200,
         bytes,

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::hooks::HookEvent;
 use crate::tls::Stream;
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
@@ -433,8 +434,9 @@ async fn listen(
         .inc();
     info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
     // The listener's events, built only when a hook wants them.
-    let hooked =
-        !relay && (state.hooks.wants("listener_add") || state.hooks.wants("listener_remove"));
+    let hooked = !relay
+        && (state.hooks.wants(HookEvent::ListenerAdd)
+            || state.hooks.wants(HookEvent::ListenerRemove));
     let listener = hooked.then(|| {
         serde_json::json!({
             "mount": wanted,
@@ -445,7 +447,7 @@ async fn listen(
         })
     });
     if let Some(l) = &listener {
-        state.hooks.emit("listener_add", l.clone());
+        state.hooks.emit(HookEvent::ListenerAdd, l.clone());
     }
     let started = Instant::now();
 
@@ -514,7 +516,7 @@ async fn listen(
         left["bytes"] = conn.sent.into();
         left["seconds"] = seconds.into();
         left["reason"] = reason.into();
-        state.hooks.emit("listener_remove", left);
+        state.hooks.emit(HookEvent::ListenerRemove, left);
     }
     Outcome {
         status: 200,
