@@ -9,6 +9,35 @@ use crate::config::ServeConfig;
 use crate::hub::Registry;
 use crate::sync::Locked;
 
+/// One node's load as routing sees it for one listener request: what the native policy ranks,
+/// and what a policy plugin gets (converted to the WIT's `node-load` at the plugin boundary).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeLoad {
+    /// [`node_id`] of the node's name.
+    pub id: u64,
+    /// Listeners connected now, all mounts (with those routing sent since the report).
+    pub listeners: u32,
+    /// The node's listener limit (0: none).
+    pub max_listeners: u32,
+    /// Outgoing audio, kbit/s.
+    pub bandwidth_kbps: u32,
+    /// The node's bandwidth limit in kbit/s (0: none).
+    pub max_bandwidth_kbps: u32,
+    /// CPU use, 0 to 100 per core.
+    pub cpu_percent: f32,
+    /// Listeners of the asked-for mount on the node.
+    pub mount_listeners: u32,
+    /// Whether the node produces the mount.
+    pub is_origin: bool,
+}
+
+/// A node's stable identity: FNV-1a (64 bit) of its name, the same across restarts.
+pub fn node_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 pub struct Load {
     coordinator: Arc<dyn Coordinator>,
     hubs: Arc<Registry>,

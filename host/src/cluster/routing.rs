@@ -17,10 +17,11 @@ pub use crate::model::NativePolicy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::load::{node_id, NodeLoad};
 use crate::cluster::coordinator::{Coordinator, NodeReport};
 use crate::hub::Registry;
 use crate::model::{Kind, MountConfig, PluginRef};
-use crate::plugin::policy::{node_id, ListenerRequest, NodeLoad, WasmPolicy};
+use crate::plugin::policy::{ListenerRequest, WasmPolicy};
 use crate::sync::Locked;
 
 /// Listener routing on this node: what it reads (the nodes' reports through the coordinator,

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use wasmtime::component::ResourceAny;
 use wasmtime::Store;
 
-pub use super::bindings::policy::exports::tidecast::plugin::policy::{ListenerRequest, NodeLoad};
+pub use super::bindings::policy::exports::tidecast::plugin::policy::ListenerRequest;
+use super::bindings::policy::exports::tidecast::plugin::policy::NodeLoad as WitNodeLoad;
 use super::bindings::policy::PolicyPlugin;
+use crate::cluster::load::{node_id, NodeLoad};
+
 use super::{
     describe, ticks, AttachError, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre,
 };
@@ -123,6 +126,7 @@ impl WasmPolicy {
                 }
             }
         }
+        let wit: Vec<WitNodeLoad> = nodes.iter().copied().map(wit_load).collect();
         let live = self.live.as_mut()?;
         live.store
             .set_epoch_deadline(ticks(self.limits.policy_deadline));
@@ -130,7 +134,7 @@ impl WasmPolicy {
             &mut live.store,
             live.selector,
             request,
-            nodes,
+            &wit,
         );
         match result {
             Ok(order) => {
@@ -156,11 +160,18 @@ impl WasmPolicy {
     }
 }
 
-/// The `id` of a node in the WIT's `node-load`: FNV-1a (64 bit) of its name.
-pub fn node_id(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+/// The WIT's `node-load` for `n`: the same fields, field by field.
+fn wit_load(n: NodeLoad) -> WitNodeLoad {
+    WitNodeLoad {
+        id: n.id,
+        listeners: n.listeners,
+        max_listeners: n.max_listeners,
+        bandwidth_kbps: n.bandwidth_kbps,
+        max_bandwidth_kbps: n.max_bandwidth_kbps,
+        cpu_percent: n.cpu_percent,
+        mount_listeners: n.mount_listeners,
+        is_origin: n.is_origin,
+    }
 }
 
 /// Names of the sample nodes.
@@ -227,7 +238,10 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
             &mut live.store,
             live.selector,
             &sample_request(),
-            &sample_nodes(3),
+            &sample_nodes(3)
+                .into_iter()
+                .map(wit_load)
+                .collect::<Vec<_>>(),
         )
         .map_err(|e| format!("rank over 3 nodes: {}", describe(&e)))?;
     Ok("create and rank passed".to_owned())

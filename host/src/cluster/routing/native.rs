@@ -15,9 +15,9 @@
 
 use rand::Rng;
 
+use crate::cluster::load::NodeLoad;
 use crate::model::routing::{Filter, Pick, Scorer};
 use crate::model::NativePolicy;
-use crate::plugin::policy::NodeLoad;
 
 /// 1 − the share of `max` in use (0 when full); with no limit, `1 / (1 + used / 1000)`.
 fn headroom(used: u32, max: u32) -> f64 {
