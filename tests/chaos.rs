@@ -4,8 +4,8 @@
 //! and every node's own status are watched by an invariant checker.
 //!
 //! Faults, one at a time and then mixed at random with a fixed seed: a partition of one node
-//! (iptables), a lossy and slow link (tc netem where the kernel has it; else iptables' random
-//! drop and a tbf queue), the etcd leader killed, etcd's quorum lost for 30 s, a node frozen
+//! (iptables), a lossy and slow link (tc netem where the kernel has it; else the same in user
+//! space through NFQUEUE), the etcd leader killed, etcd's quorum lost for 30 s, a node frozen
 //! (SIGSTOP) past its lease, a node's clock 30 s off (faketime), its data directory full (a
 //! small tmpfs), and `kill -9` of the node holding each role (a source's origin, a transcoder,
 //! a playlist, a relay mount's puller). The checker fails the run on:
@@ -71,6 +71,122 @@ fn must(args: &[&str]) {
     );
 }
 
+/// A lossy, slow egress in user space, for kernels without netem: a thread in the namespace
+/// takes each packet the namespace's NFQUEUE rule queues, drops 5 % of them, and lets each of
+/// the others go 200 ms ± 50 ms after it was queued (so one may overtake another, as with
+/// netem's jitter). Stopped on drop: what it holds is let go, then the queue is unbound (the
+/// rule's `--queue-bypass` lets packets through while nothing is bound).
+struct Delayer {
+    ns: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Delayer {
+    fn start(ns: &str) -> Delayer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, bound) = std::sync::mpsc::channel();
+        let (path, stopped) = (format!("/run/netns/{ns}"), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let queue = Delayer::bind(&path);
+            let failed = queue.as_ref().err().cloned();
+            let _ = ready.send(failed);
+            match queue {
+                Ok(queue) => Delayer::run(queue, &stopped),
+                Err(_) => (0, 0),
+            }
+        });
+        let failed = bound
+            .recv()
+            .unwrap_or_else(|_| Some("the delayer died".to_owned()));
+        assert!(failed.is_none(), "NFQUEUE in {ns}: {failed:?}");
+        Delayer {
+            ns: ns.to_owned(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Moves this thread into the namespace at `path` and binds its queue 0 there.
+    fn bind(path: &str) -> Result<nfq::Queue, String> {
+        use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+        use std::os::fd::AsFd;
+        let netns = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+        move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))
+            .map_err(|e| format!("setns: {e}"))?;
+        let setup = || -> std::io::Result<nfq::Queue> {
+            let mut q = nfq::Queue::open()?;
+            q.bind(0)?;
+            // Metadata only: a verdict needs the packet's id, not its bytes.
+            q.set_copy_range(0, 0)?;
+            q.set_fail_open(0, true)?;
+            q.set_queue_max_len(0, 20_000)?;
+            q.set_nonblocking(true);
+            Ok(q)
+        };
+        setup().map_err(|e| format!("nfqueue: {e}"))
+    }
+
+    /// Delays and drops until `stop`; returns how many packets it delayed and dropped.
+    fn run(mut queue: nfq::Queue, stop: &AtomicBool) -> (u64, u64) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(26);
+        let mut held: BTreeMap<(Instant, u64), nfq::Message> = BTreeMap::new();
+        let (mut n, mut dropped) = (0u64, 0u64);
+        let release = |queue: &mut nfq::Queue, mut m: nfq::Message| {
+            m.set_verdict(nfq::Verdict::Accept);
+            let _ = queue.verdict(m);
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            while let Some(due) = held.first_entry() {
+                if due.key().0 > now {
+                    break;
+                }
+                release(&mut queue, due.remove());
+            }
+            match queue.recv() {
+                Ok(mut m) if rng.gen_bool(0.05) => {
+                    dropped += 1;
+                    m.set_verdict(nfq::Verdict::Drop);
+                    let _ = queue.verdict(m);
+                }
+                Ok(m) => {
+                    n += 1;
+                    let delay = Duration::from_millis(rng.gen_range(150..=250));
+                    held.insert((now + delay, n), m);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => break,
+            }
+        }
+        for (_, m) in std::mem::take(&mut held) {
+            release(&mut queue, m);
+        }
+        let _ = queue.unbind(0);
+        (n, dropped)
+    }
+}
+
+impl Drop for Delayer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some((delayed, dropped)) = self.thread.take().and_then(|t| t.join().ok()) else {
+            return;
+        };
+        eprintln!(
+            "chaos: the lossy link of {} delayed {delayed} packets and dropped {dropped}",
+            self.ns
+        );
+        // A fault that touched no packet would have tested nothing.
+        if !std::thread::panicking() {
+            assert!(delayed > 0, "the lossy link of {} saw no packet", self.ns);
+        }
+    }
+}
+
 /// Namespaces `<tag>n1..` with a veth each on the bridge `<tag>b`, addresses 10.S.0.K/24, the
 /// test's own side 10.S.0.254 on the bridge. Removed (with every rule in them) on drop.
 struct Net {
@@ -79,6 +195,8 @@ struct Net {
     forward_rule: Vec<String>,
     /// How the lossy link was made on this kernel.
     lossy_kind: Mutex<&'static str>,
+    /// The packet delayers of lossy links without netem, by namespace.
+    delayers: Mutex<Vec<(usize, Delayer)>>,
 }
 
 impl Net {
@@ -91,6 +209,7 @@ impl Net {
             subnet: 100 + (pid % 100) as u8,
             forward_rule: Vec::new(),
             lossy_kind: Mutex::new("none"),
+            delayers: Mutex::default(),
         };
         remove_stale();
         net.remove();
@@ -138,6 +257,9 @@ impl Net {
             net.iptables(k, &["-N", "CHAOS"]);
             net.iptables(k, &["-I", "INPUT", "-j", "CHAOS"]);
             net.iptables(k, &["-I", "OUTPUT", "-j", "CHAOS"]);
+            // What leaves the namespace only: a lossy link's egress.
+            net.iptables(k, &["-N", "CHAOSOUT"]);
+            net.iptables(k, &["-A", "OUTPUT", "-j", "CHAOSOUT"]);
         }
         net
     }
@@ -195,9 +317,10 @@ impl Net {
         self.iptables(k, &["-A", "CHAOS", "-j", "DROP"]);
     }
 
-    /// 5 % loss, 200 ms delay with jitter, between namespace `k` and the other nodes: netem
-    /// where the kernel has it; else 5 % random drops (iptables statistic) and a token bucket
-    /// whose queue delays bursts (tbf), as netem is not in every kernel (not in this machine's).
+    /// 5 % loss, 200 ms delay with 50 ms of jitter, on what namespace `k` sends to the other
+    /// nodes: netem where the kernel has it; else the same in user space, every packet leaving
+    /// the namespace queued to a [`Delayer`] (iptables NFQUEUE), as netem is not in every kernel
+    /// (not in this machine's).
     fn lossy(&self, k: usize) {
         let ns = self.ns(k);
         let netem = [
@@ -208,36 +331,35 @@ impl Net {
             *self.lossy_kind.lock().unwrap() = "netem loss 5% delay 200ms 50ms";
             return;
         }
-        self.keep_local_and_harness(k);
+        let delayer = Delayer::start(&ns);
+        self.delayers.lock().unwrap().push((k, delayer));
+        let h = self.harness();
+        self.iptables(k, &["-A", "CHAOSOUT", "-o", "lo", "-j", "RETURN"]);
+        self.iptables(k, &["-A", "CHAOSOUT", "-d", &h, "-j", "RETURN"]);
         self.iptables(
             k,
             &[
                 "-A",
-                "CHAOS",
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                "0.05",
+                "CHAOSOUT",
                 "-j",
-                "DROP",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+                "--queue-bypass",
             ],
         );
-        must(&[
-            "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
-            "4mbit", "burst", "16kb", "latency", "200ms",
-        ]);
         *self.lossy_kind.lock().unwrap() =
-            "iptables statistic 5% drop + tbf 4mbit latency 200ms (no netem in this kernel)";
+            "NFQUEUE in user space: 5% loss, 200 ms ± 50 ms delay on egress (no netem in this kernel)";
     }
 
     /// Undoes [`Net::partition`] and [`Net::lossy`].
     fn heal(&self, k: usize) {
         self.iptables(k, &["-F", "CHAOS"]);
+        self.iptables(k, &["-F", "CHAOSOUT"]);
+        self.delayers.lock().unwrap().retain(|(n, _)| *n != k);
         let ns = self.ns(k);
         run(&[
-            "ip", "netns", "exec", &ns, "tc", "qdisc", "del", "dev", "eth0", "root",
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "delete", "dev", "eth0", "root",
         ]);
     }
 
@@ -1172,6 +1294,31 @@ fn undo(c: &mut Cluster, a: &Applied) {
     }
 }
 
+/// How long etcd had no quorum in a round of several faults: the quorum loss itself, or the
+/// leader killed while another member's namespace is partitioned (two of three gone).
+fn without_quorum(applied: &[Applied]) -> Duration {
+    let faults: Vec<Fault> = applied.iter().map(|a| a.fault).collect();
+    if faults.len() > 1 && faults.contains(&Fault::EtcdQuorumLoss) {
+        return duration(Fault::EtcdQuorumLoss);
+    }
+    let killed = applied
+        .iter()
+        .filter(|a| a.fault == Fault::EtcdLeaderKill)
+        .flat_map(|a| a.members.iter().copied());
+    let partitioned: Vec<usize> = applied
+        .iter()
+        .filter(|a| a.fault == Fault::Partition)
+        .filter_map(|a| a.node)
+        .collect();
+    if killed
+        .into_iter()
+        .any(|m| partitioned.iter().any(|&k| k != m))
+    {
+        return duration(Fault::EtcdLeaderKill).min(duration(Fault::Partition));
+    }
+    Duration::ZERO
+}
+
 /// xorshift64: the fixed-seed choices of the mixed rounds.
 fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -1202,7 +1349,11 @@ fn round(
     samples: &Mutex<Vec<Sample>>,
 ) -> Outcome {
     let start = Instant::now();
-    let applied: Vec<Applied> = faults.iter().map(|&f| apply(c, f, seed)).collect();
+    // A skewed clock is a restart: made first, while etcd can still be joined (a node cannot
+    // start while etcd has no quorum, which a later fault of the round may take away).
+    let mut order = faults.to_vec();
+    order.sort_by_key(|&f| f != Fault::ClockSkew);
+    let applied: Vec<Applied> = order.iter().map(|&f| apply(c, f, seed)).collect();
     let touched: Vec<usize> = applied.iter().filter_map(|a| a.node).collect();
     let mut violations = Vec::new();
     // No fault at all: the baseline, over a whole loop of the test's 20 s audio file.
@@ -1267,11 +1418,7 @@ fn round(
     // Listeners on nodes the faults did not touch: never cut off, never silent for long.
     // Without etcd's quorum nothing can be elected: a producer lost meanwhile is replaced only
     // once the quorum is back, so that round's bound is the quorum's absence longer.
-    let bound = if faults.len() > 1 && faults.contains(&Fault::EtcdQuorumLoss) {
-        GAP_BOUND + duration(Fault::EtcdQuorumLoss)
-    } else {
-        GAP_BOUND
-    };
+    let bound = GAP_BOUND + without_quorum(&applied);
     let mut gaps = Vec::new();
     let mut worst = (Duration::ZERO, String::new());
     for l in listeners.iter().filter(|l| !touched.contains(&l.node)) {
