@@ -973,11 +973,7 @@ fn listen(addr: SocketAddr, node: usize, mount: &'static str, w: &mut Watch) -> 
                             }
                         }
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if read_timed_out(&e) => {}
                     Err(_) => break,
                 }
             }

@@ -39,11 +39,7 @@ impl Recorder {
                 match s.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => d.lock().unwrap().extend_from_slice(&buf[..n]),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if read_timed_out(&e) => {}
                     Err(_) => break,
                 }
             }

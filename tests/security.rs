@@ -262,14 +262,7 @@ fn no_body_is_read_before_credentials_and_each_address_has_a_connection_limit() 
             .unwrap();
         let mut b = [0u8; 64];
         match s.read(&mut b) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                idle.push(s)
-            }
+            Err(e) if read_timed_out(&e) => idle.push(s),
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }

@@ -564,11 +564,7 @@ impl CountingReader {
                         c.fetch_add(n, Ordering::Relaxed);
                         at.lock().unwrap().push(Instant::now());
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if read_timed_out(&e) => {}
                     Err(_) => return false,
                 }
             }
@@ -678,6 +674,14 @@ pub fn temp_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
 }
 
 /// Reads a listener stream for `seconds` (after its response head) and returns the body bytes.
+/// Whether a read failed only because its timeout passed (try again), not the connection.
+pub fn read_timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 pub fn capture(addr: SocketAddr, mount: &str, seconds: f64) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -690,11 +694,7 @@ pub fn capture(addr: SocketAddr, mount: &str, seconds: f64) -> Vec<u8> {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if read_timed_out(&e) => {}
             Err(e) => panic!("reading {mount}: {e}"),
         }
     }
