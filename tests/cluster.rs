@@ -303,6 +303,38 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
 }
 
 #[test]
+fn a_transcoded_mount_edited_in_a_cluster_is_produced_again_with_its_new_settings() {
+    let etcd = Etcd::start();
+    let TranscoderCluster {
+        nodes,
+        transcoder,
+        t,
+        l,
+        ..
+    } = transcoder_cluster(&etcd, &[]);
+    // The edit restarts the transcoder: the old one lets the mount go (its codec thread ends
+    // outside the async runtime), and the election is won again, by T or another node.
+    let (ok, _, err) = nodes[l].cli(&["mount", "edit", "/live-64.opus", "--bitrate", "96"]);
+    assert!(ok, "{err}");
+    wait_for(
+        Duration::from_secs(15),
+        "the transcoder to start again after the edit",
+        || {
+            nodes
+                .iter()
+                .map(|n| n.log().matches("transcoder started").count())
+                .sum::<usize>()
+                >= 2
+        },
+    );
+    let (ok, err) = ffmpeg_decode(&nodes[l].url("/_stream/live-64.opus"), 3);
+    assert!(
+        ok && err.trim().is_empty(),
+        "the edited mount (produced by {transcoder} before, n{t}): {err}"
+    );
+}
+
+#[test]
 fn draining_a_node_hands_its_transcoder_over_with_a_gap_under_a_second() {
     let etcd = Etcd::start();
     // Listeners are written to every 100 ms, so a pause in what a listener receives is the

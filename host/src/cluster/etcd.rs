@@ -90,6 +90,8 @@ pub struct Etcd {
     /// The origin claims this node holds (mount → the election's revision); emptied as soon as
     /// the lease is known lost, so a stale origin refuses relays before its producers stop.
     held: Held,
+    /// Elections under way here, per mount: how many (see [`Claiming`]).
+    claiming: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     events: broadcast::Sender<ConfigEvent>,
     /// etcd's members, `host:port`: whether this node still reaches most of them tells an
     /// election in progress from a partition.
@@ -293,6 +295,7 @@ impl Etcd {
             peers,
             cache: Arc::default(),
             held: Held::default(),
+            claiming: Arc::default(),
             fence: Arc::new(Fence {
                 last_ok: Mutex::new(Instant::now()),
                 written_off: AtomicBool::new(false),
@@ -411,11 +414,17 @@ impl Etcd {
                         lease,
                         "etcd lease expired: this node no longer holds its mounts"
                     );
-                    me.held.locked().clear();
+                    // Its claims are void now: the producers stop at once, before a new lease
+                    // is even asked for (over a slow link that takes seconds), so none runs on
+                    // beside the next origin. Once written off, the news went out already;
+                    // claims held on it anyway (the elections refuse to claim on a written-off
+                    // lease) are void too.
+                    let claims_left = !std::mem::take(&mut *me.held.locked()).is_empty();
+                    if !fence.written_off.swap(true, Ordering::SeqCst) || claims_left {
+                        let _ = me.events.send(ConfigEvent::LeaseLost);
+                    }
                     if me.renew().await {
-                        if !fence.written_off.swap(false, Ordering::SeqCst) {
-                            let _ = me.events.send(ConfigEvent::LeaseLost);
-                        }
+                        fence.written_off.store(false, Ordering::SeqCst);
                         *fence.last_ok.locked() = Instant::now();
                         continue;
                     }
@@ -434,10 +443,27 @@ impl Etcd {
         let me = self.clone();
         // Keep-alives go out every quarter TTL: 40 % of a TTL without an answer is two missed.
         let quiet_after = Duration::from_secs(self.ttl.unsigned_abs()) * 2 / 5;
+        let ttl = Duration::from_secs(self.ttl.unsigned_abs());
         tokio::spawn(async move {
             let mut asked: Option<Instant> = None;
             loop {
+                let slept = Instant::now();
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                // This node did not run for a lease or longer (SIGSTOP, a VM paused, a starved
+                // runtime): its keep-alives did not go out either, so its lease has ended
+                // unless etcd was away as well, and another node may produce its mounts by
+                // now. It gives them up at once, before asking anyone (which takes a while
+                // over a slow link): a mount produced twice is worse than an election again.
+                let stalled = slept.elapsed();
+                if stalled >= ttl && !fence.written_off.swap(true, Ordering::SeqCst) {
+                    warn!(
+                        stalled_ms = stalled.as_millis() as u64,
+                        "this node did not run for longer than its etcd lease: giving up its mounts"
+                    );
+                    me.held.locked().clear();
+                    let _ = me.events.send(ConfigEvent::LeaseLost);
+                    continue;
+                }
                 let quiet = fence.last_ok.locked().elapsed();
                 if fence.written_off.load(Ordering::SeqCst)
                     || quiet <= quiet_after
@@ -877,6 +903,46 @@ struct EtcdClaim {
     /// went with the old lease.
     lease: i64,
     current_lease: Arc<AtomicI64>,
+    /// Where the release runs: a claim is often dropped on a codec thread, outside the runtime.
+    rt: tokio::runtime::Handle,
+    /// The release is counted there while it runs (see [`Claiming`]).
+    claiming: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// An election or a release of a mount under way on this node, counted while it lasts (also
+/// when its future is dropped half-way): a key of this node's that no claim holds is an orphan
+/// only when nothing else is under way here for the same mount (another election whose answer
+/// is on its way, or the release of a claim just dropped).
+struct Claiming {
+    map: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    path: String,
+}
+
+impl Claiming {
+    fn new(map: &Arc<Mutex<std::collections::HashMap<String, usize>>>, path: &str) -> Claiming {
+        *map.locked().entry(path.to_owned()).or_default() += 1;
+        Claiming {
+            map: map.clone(),
+            path: path.to_owned(),
+        }
+    }
+
+    /// Whether this is the only election of its mount under way here.
+    fn alone(&self) -> bool {
+        self.map.locked().get(&self.path) == Some(&1)
+    }
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        let mut map = self.map.locked();
+        if let Some(n) = map.get_mut(&self.path) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.path);
+            }
+        }
+    }
 }
 
 /// The first wait before a failed release of a claim is tried again; it doubles to
@@ -898,26 +964,26 @@ impl Drop for EtcdClaim {
         let mut client = self.client.clone();
         let (key, revision) = (self.key.clone(), self.revision);
         let (lease, current) = (self.lease, self.current_lease.clone());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut wait = RELEASE_RETRY;
-                while current.load(Ordering::SeqCst) == lease {
-                    let txn = Txn::new()
-                        .when([Compare::create_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::delete(key.clone(), None)]);
-                    let answer = tokio::time::timeout(RELEASE_RETRY_MAX, client.txn(txn)).await;
-                    if let Ok(Ok(_)) = answer {
-                        return;
-                    }
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(RELEASE_RETRY_MAX);
+        let releasing = Claiming::new(&self.claiming, &self.mount);
+        self.rt.spawn(async move {
+            let _releasing = releasing;
+            let mut wait = RELEASE_RETRY;
+            while current.load(Ordering::SeqCst) == lease {
+                let txn = Txn::new()
+                    .when([Compare::create_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        revision,
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                let answer = tokio::time::timeout(RELEASE_RETRY_MAX, client.txn(txn)).await;
+                if let Ok(Ok(_)) = answer {
+                    return;
                 }
-            });
-        }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RELEASE_RETRY_MAX);
+            }
+        });
     }
 }
 
@@ -1037,28 +1103,64 @@ impl Coordinator for Etcd {
     }
 
     async fn claim_origin(&self, path: &str) -> Result<Option<OriginClaim>, CoordError> {
+        // A lease written off while etcd was out of reach can still be alive in etcd (a new
+        // etcd leader extends every lease), and is revoked once etcd answers: a claim made on it
+        // would vanish with it, unannounced, while this node went on producing the mount. No
+        // claim until keep-alive has replaced it.
+        if self.fence.written_off.load(Ordering::SeqCst) {
+            return Err(unavailable(
+                "origin election",
+                "this node's lease was given up; waiting for a new one",
+            ));
+        }
         let key = format!("{}origins{path}", self.prefix);
         let mut client = self.client.clone();
         let lease = self.lease.load(Ordering::SeqCst);
+        let claiming = Claiming::new(&self.claiming, path);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key.clone(),
                 self.node.as_str(),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
         let answer = client
             .txn(txn)
             .await
             .map_err(|e| unavailable("origin election", e))?;
         if !answer.succeeded() {
+            // Held by this node, on its lease, yet no claim here holds it and no other election
+            // of it is under way here: an election won whose answer never came back (it timed
+            // out after etcd had applied it). Nothing would ever release that key while this
+            // node lives: it is given back, and the next try can win.
+            let orphan = answer.op_responses().into_iter().find_map(|r| match r {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| {
+                    (kv.value() == self.node.as_bytes() && kv.lease() == lease)
+                        .then(|| kv.create_revision())
+                }),
+                _ => None,
+            });
+            if let Some(revision) = orphan {
+                if claiming.alone() && !self.held.locked().contains_key(path) {
+                    warn!(mount = %path, revision, "an election this node won went unanswered: giving the mount back");
+                    let delete = Txn::new()
+                        .when([Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            revision,
+                        )])
+                        .and_then([TxnOp::delete(key, None)]);
+                    let _ = client.txn(delete).await;
+                }
+            }
             return Ok(None);
         }
         // The transaction created the key: its revision is the key's create_revision, which
         // every node's cache holds as this election's fence.
         let revision = answer.header().map_or(0, |h| h.revision());
         self.held.locked().insert(path.to_owned(), revision);
-        Ok(Some(OriginClaim::new(Box::new(EtcdClaim {
+        let claim = EtcdClaim {
             client,
             key,
             held: self.held.clone(),
@@ -1066,7 +1168,22 @@ impl Coordinator for Etcd {
             revision,
             lease,
             current_lease: self.lease.clone(),
-        }))))
+            rt: tokio::runtime::Handle::current(),
+            claiming: self.claiming.clone(),
+        };
+        drop(claiming);
+        // Written off (or replaced) while the transaction was under way: the claim is void, and
+        // the news of the write-off went out before it existed. Dropping it gives the key back.
+        if self.fence.written_off.load(Ordering::SeqCst)
+            || self.lease.load(Ordering::SeqCst) != lease
+        {
+            drop(claim);
+            return Err(unavailable(
+                "origin election",
+                "this node's lease was given up meanwhile",
+            ));
+        }
+        Ok(Some(OriginClaim::new(Box::new(claim))))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<ConfigEvent> {
