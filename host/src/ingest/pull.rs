@@ -104,6 +104,7 @@ impl Drop for Registered {
 /// A running puller; dropping it stops it, gives the mount's election up and ends its hub.
 pub struct PullerHandle {
     pub config: RelayConfig,
+    path: String,
     task: JoinHandle<()>,
     /// Its hold on the mount's election (a drain lets go of it first).
     pub claim: Arc<ClaimSlot>,
@@ -112,15 +113,17 @@ pub struct PullerHandle {
 impl Drop for PullerHandle {
     fn drop(&mut self) {
         self.task.abort();
+        info!(mount = %self.path, "relay mount: this node's puller stops");
     }
 }
 
 /// Starts pulling the relay mount `path`: campaigns for it, and pulls it while elected.
 pub fn spawn(shared: Arc<Shared>, path: String, config: RelayConfig) -> PullerHandle {
     let claim = Arc::new(ClaimSlot::default());
-    let task = tokio::spawn(run(shared, path, config.clone(), claim.clone()));
+    let task = tokio::spawn(run(shared, path.clone(), config.clone(), claim.clone()));
     PullerHandle {
         config,
+        path,
         task,
         claim,
     }
