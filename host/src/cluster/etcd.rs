@@ -90,7 +90,7 @@ pub struct Etcd {
     /// The origin claims this node holds (mount → the election's revision); emptied as soon as
     /// the lease is known lost, so a stale origin refuses relays before its producers stop.
     held: Held,
-    /// Elections under way here, per mount: how many (see [`Claiming`]).
+    /// Elections and releases under way here, per mount: how many (see [`Claiming`]).
     claiming: Arc<Mutex<std::collections::HashMap<String, usize>>>,
     events: broadcast::Sender<ConfigEvent>,
     /// etcd's members, `host:port`: whether this node still reaches most of them tells an
@@ -927,7 +927,7 @@ impl Claiming {
         }
     }
 
-    /// Whether this is the only election of its mount under way here.
+    /// Whether nothing else is under way here for its mount (no other election, no release).
     fn alone(&self) -> bool {
         self.map.locked().get(&self.path) == Some(&1)
     }
