@@ -27,12 +27,12 @@
 //!   every stage reads and writes;
 //! - [`clients`]: real client addresses behind proxies (PROXY protocol, `Forwarded`);
 //! - [`hooks`]: event webhooks (sources, listeners, configuration changes);
-//! - [`access`], [`auth`], [`limits`], [`lifecycle`], [`metrics`], [`config`], [`sync`]: support.
+//! - [`access_log`], [`auth`], [`limits`], [`lifecycle`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
 //! imports [`node`] or [`control`].
 
-pub mod access;
+pub mod access_log;
 pub mod auth;
 pub mod clients;
 pub mod cluster;

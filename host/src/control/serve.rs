@@ -46,9 +46,9 @@ pub async fn answer(
     let started = std::time::Instant::now();
     let r = route(state.clone(), peer, &req, body).await;
     if let Some(log) = &state.access {
-        let outcome = crate::access::Outcome {
+        let outcome = crate::access_log::Outcome {
             user: req.basic_auth().map(|(u, _)| u),
-            ..crate::access::Outcome::of(&r)
+            ..crate::access_log::Outcome::of(&r)
         };
         log.request(peer.ip(), &req, &outcome, started);
     }

@@ -612,8 +612,8 @@ where
 /// Writes `r` and keeps the connection open for the client's next request: the head, then the
 /// body as it is held (a shared segment is not copied). False if the client is gone or stalls
 /// for 10 s.
-pub async fn send_keep_alive(
-    stream: &mut crate::tls::Stream,
+pub async fn send_keep_alive<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
     r: &Response,
     version: &str,
     head_only: bool,
@@ -631,7 +631,12 @@ pub async fn send_keep_alive(
     .is_ok_and(|r| r.is_ok())
 }
 
-pub async fn send(stream: &mut crate::tls::Stream, r: &Response, version: &str, head_only: bool) {
+pub async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    r: &Response,
+    version: &str,
+    head_only: bool,
+) {
     use tokio::io::AsyncWriteExt as _;
     let bytes = r.to_bytes(version, head_only);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {

@@ -17,7 +17,7 @@ use tidecast_codecs::{Splitter, StreamFormat};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::access::Outcome;
+use crate::access_log::Outcome;
 use crate::auth::refusal;
 use crate::auth::Gate;
 use crate::cluster::coordinator::Coordinator;
@@ -32,6 +32,7 @@ use crate::tls::Stream;
 
 pub mod pull;
 pub mod shoutcast;
+pub mod upstream;
 
 /// What ingest needs of the node: the hub registry, the coordinator (mounts, origin claims),
 /// the credentials gate, metrics and the source timeout.
@@ -43,7 +44,7 @@ pub struct Ingest {
     /// A source that sends nothing for this long, or too little over it, is dropped.
     pub source_timeout: Duration,
     /// Where a source's line goes when it leaves (or is refused).
-    pub access: Option<Arc<crate::access::AccessLog>>,
+    pub access: Option<Arc<crate::access_log::AccessLog>>,
     /// A draining node takes no new sources.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Sources connecting and leaving are events.

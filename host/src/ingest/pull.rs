@@ -23,9 +23,9 @@ use tracing::{info, warn};
 
 use crate::cluster::coordinator::{ClaimSlot, Coordinator};
 use crate::cluster::peer::{open_stream, Upstream, CONNECT_TIMEOUT};
-use crate::cluster::relay::{pump, Stop};
 use crate::http::client::Client;
 use crate::hub::{Hub, HubParams, Registry, StreamProps};
+use crate::ingest::upstream::{pump, Stop};
 use crate::model::RelayConfig;
 use crate::sync::Locked;
 

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::access::Outcome;
+use crate::access_log::Outcome;
 use crate::cluster::coordinator::Coordinator;
 use crate::cluster::peer::Peers;
 use crate::cluster::relay::Relays;
@@ -140,7 +140,7 @@ pub struct Listen {
     /// of listeners logging in never delays an operator or a source.
     pub verifier: crate::auth::Verifier,
     /// Where each stream request's line goes: a listener's when it leaves, a refusal at once.
-    pub access: Option<Arc<crate::access::AccessLog>>,
+    pub access: Option<Arc<crate::access_log::AccessLog>>,
     /// A draining node takes no new listeners.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Listeners arriving and leaving are events (other nodes' relays are not listeners).

@@ -59,23 +59,12 @@ pub struct Library {
     pub url: String,
 }
 
-/// Checks that `key` can name a media file: 1 to 500 bytes of printable text, no leading
-/// `/`, no empty, `.` or `..` segment, no backslash.
+/// Checks that `key` can name a media file ([`crate::model::media_key_problem`] says what may).
 pub fn validate_key(key: &str) -> Result<(), LibraryError> {
-    let bad = |why: &str| Err(LibraryError::BadKey(format!("media key {key:?}: {why}")));
-    if key.is_empty() || key.len() > 500 {
-        return bad("use 1 to 500 characters");
+    match crate::model::media_key_problem(key) {
+        Some(why) => Err(LibraryError::BadKey(format!("media key {key:?}: {why}"))),
+        None => Ok(()),
     }
-    if key.chars().any(|c| c.is_control() || c == '\\') {
-        return bad("no control characters or backslashes");
-    }
-    if key
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return bad("no leading or trailing '/', no '//', '.' or '..' segments");
-    }
-    Ok(())
 }
 
 impl Library {

@@ -1,5 +1,5 @@
 //! What the media library's index keeps of a file (`tidecast media index`): its tags, duration
-//! and measured loudness, stored by key through the coordinator.
+//! and measured loudness, stored by key through the coordinator; and what may be a media key.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,3 +26,22 @@ pub struct MediaInfo {
 
 /// Most index entries read at once.
 pub const MAX_MEDIA_INFOS: usize = 10_000;
+
+/// What is wrong with `key` as a media key, if anything: 1 to 500 bytes of printable text, no
+/// leading `/`, no empty, `.` or `..` segment, no backslash. (`media::validate_key` answers
+/// with it; a playlist's inputs are checked with it when the mount is declared.)
+pub fn media_key_problem(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.len() > 500 {
+        return Some("use 1 to 500 characters");
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return Some("no control characters or backslashes");
+    }
+    if key
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Some("no leading or trailing '/', no '//', '.' or '..' segments");
+    }
+    None
+}

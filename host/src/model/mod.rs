@@ -11,7 +11,7 @@ mod settings;
 mod station;
 mod zone;
 
-pub use media::{MediaInfo, MAX_MEDIA_INFOS};
+pub use media::{media_key_problem, MediaInfo, MAX_MEDIA_INFOS};
 pub use mount::{
     validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, RelayConfig, TranscodeConfig,
     MAX_RELAY_URLS,

@@ -291,8 +291,8 @@ impl PlaylistConfig {
         for (source, weight) in &sources {
             let key = source.trim_matches('/');
             if !key.is_empty() {
-                if let Err(e) = crate::media::validate_key(key) {
-                    problems.push(format!("playlist input: {e}"));
+                if let Some(why) = super::media_key_problem(key) {
+                    problems.push(format!("playlist input: media key {key:?}: {why}"));
                 }
             }
             if !(1..=1000).contains(weight) {

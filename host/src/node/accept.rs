@@ -294,7 +294,7 @@ async fn answer_hls(
         false
     };
     if let Some(log) = &state.access {
-        log.request(peer.ip(), req, &crate::access::Outcome::of(&r), started);
+        log.request(peer.ip(), req, &crate::access_log::Outcome::of(&r), started);
     }
     kept
 }

@@ -61,7 +61,7 @@ pub struct Node {
     /// Proxies whose word on a client's address is taken.
     pub trusted_proxies: crate::clients::Proxies,
     /// The access log, if any.
-    pub access: Option<Arc<crate::access::AccessLog>>,
+    pub access: Option<Arc<crate::access_log::AccessLog>>,
     /// Configured, serving, draining: what `/readyz` says and routing respects.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// Event webhooks.
@@ -101,7 +101,7 @@ impl Node {
         plugins: Arc<crate::plugin::Plugins>,
         peers: crate::cluster::peer::Peers,
         certs: Option<Arc<crate::tls::Certs>>,
-        access: Option<Arc<crate::access::AccessLog>>,
+        access: Option<Arc<crate::access_log::AccessLog>>,
     ) -> Node {
         // Checked when the configuration was loaded.
         let trusted_proxies = crate::clients::Proxies {

@@ -68,7 +68,7 @@ pub async fn run(
         None
     } else {
         Some(Arc::new(
-            crate::access::AccessLog::open(&config.access_log)
+            crate::access_log::AccessLog::open(&config.access_log)
                 .map_err(|e| StartError::AccessLog(config.access_log.clone(), e))?,
         ))
     };
@@ -227,7 +227,7 @@ pub async fn run(
         acceptor.as_ref().map(|a| a.certs.clone()),
         access.clone(),
     ));
-    let reopen = access.map(|log| tokio::spawn(crate::access::reopen_on_hangup(log)));
+    let reopen = access.map(|log| tokio::spawn(crate::access_log::reopen_on_hangup(log)));
     let dns = dns.map(|(sockets, zone)| {
         let load = state.load.clone();
         tokio::spawn(async move {

@@ -2,7 +2,7 @@
 //! any metaint and any read size.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tidecast::cluster::relay::IcyDemux;
+use tidecast::ingest::upstream::IcyDemux;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 3 {
