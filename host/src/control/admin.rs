@@ -1074,7 +1074,8 @@ async fn create_mount(state: &Node, body: &[u8]) -> Response {
     };
     // A transcoded or relay mount has no source password: no hash at all, so nothing can
     // verify.
-    let password = (m.kind() == "source").then(|| given.unwrap_or_else(|| generate_password(16)));
+    let password = (m.kind() == crate::model::ProducerKind::Source)
+        .then(|| given.unwrap_or_else(|| generate_password(16)));
     if let Some(p) = &password {
         m.source_password_hash = match hash_off_io(p).await {
             Ok(h) => h,

@@ -41,7 +41,7 @@ fn sha256_hex(text: &str) -> String {
 /// but never given in clear.
 fn mount_entry(m: &MountConfig) -> Value {
     let mut v = serde_json::to_value(MountSettings::of(m)).unwrap_or_default();
-    if m.kind() == "source" {
+    if m.kind() == crate::model::ProducerKind::Source {
         v["source_password_hash"] = json!(m.source_password_hash);
     }
     if let Some(k) = &m.token_key {
@@ -270,7 +270,7 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
                 continue;
             }
         };
-        let is_source = m.kind() == "source";
+        let is_source = m.kind() == crate::model::ProducerKind::Source;
         m.source_password_hash = match (is_source, &secrets.password, &secrets.password_hash) {
             (false, None, None) => String::new(),
             (false, _, _) => {

@@ -189,7 +189,7 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
         match crate::control::admin::build_mount(state, request, &known).await {
             Ok((mut m, _)) => {
                 let hash = &saved.source_password_hash;
-                let problem = match (m.kind() == "source", hash.is_empty()) {
+                let problem = match (m.kind() == crate::model::ProducerKind::Source, hash.is_empty()) {
                     (false, true) => None,
                     (false, false) => Some("only a source mount has a source password hash".into()),
                     (true, true) => Some("a source mount needs its source_password_hash".into()),

@@ -121,7 +121,7 @@ pub fn state_json(state: &Node) -> Value {
             let mut v = crate::control::admin::mount_view(state, m);
             let hub = state.hubs.hub(&m.path);
             let cluster_view = produced.get(&m.path);
-            v["kind"] = json!(m.kind());
+            v["kind"] = json!(m.kind().name());
             v["listeners_cluster"] = cluster_view.map_or(json!(0), |c| c["listeners"].clone());
             v["origin"] = cluster_view.map_or(Value::Null, |c| c["origin"].clone());
             v["bitrate_kbps"] = json!(hub.as_ref().and_then(|h| h.bitrate_kbps));

@@ -207,7 +207,7 @@ pub fn cluster_json(state: &Node) -> Value {
             let listeners: u32 = nodes.iter().filter_map(|n| n.mounts.get(&m.path)).sum();
             json!({
                 "path": m.path,
-                "kind": m.kind(),
+                "kind": m.kind().name(),
                 "from": m.transcode.as_ref().map(|t| t.from.clone()),
                 "origin": origin,
                 "listeners": listeners,

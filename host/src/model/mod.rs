@@ -13,8 +13,8 @@ mod zone;
 
 pub use media::{media_key_problem, MediaInfo, MAX_MEDIA_INFOS};
 pub use mount::{
-    validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, RelayConfig, TranscodeConfig,
-    MAX_RELAY_URLS,
+    validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, ProducerKind, RelayConfig,
+    TranscodeConfig, MAX_RELAY_URLS,
 };
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};

@@ -115,18 +115,40 @@ impl MountConfig {
     }
 }
 
-impl MountConfig {
-    /// What produces the mount's stream: `source` (a source client), `transcode`, `relay` or
+/// What produces a mount's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProducerKind {
+    /// A source client (Icecast or Shoutcast).
+    Source,
+    Transcode,
+    Relay,
+    Playlist,
+}
+
+impl ProducerKind {
+    /// Its word in the API, the dashboard and status: `source`, `transcode`, `relay`,
     /// `playlist`.
-    pub fn kind(&self) -> &'static str {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProducerKind::Source => "source",
+            ProducerKind::Transcode => "transcode",
+            ProducerKind::Relay => "relay",
+            ProducerKind::Playlist => "playlist",
+        }
+    }
+}
+
+impl MountConfig {
+    /// What produces the mount's stream.
+    pub fn kind(&self) -> ProducerKind {
         if self.transcode.is_some() {
-            "transcode"
+            ProducerKind::Transcode
         } else if self.relay.is_some() {
-            "relay"
+            ProducerKind::Relay
         } else if self.playlist.is_some() {
-            "playlist"
+            ProducerKind::Playlist
         } else {
-            "source"
+            ProducerKind::Source
         }
     }
 }

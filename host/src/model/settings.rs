@@ -224,7 +224,8 @@ impl MountSettings {
         let joined = |list: &[String]| (!list.is_empty()).then(|| list.join(","));
         let mut r = MountSettings {
             path: Some(m.path.clone()),
-            source_user: (m.kind() == "source" && m.source_user != "source")
+            source_user: (m.kind() == crate::model::ProducerKind::Source
+                && m.source_user != "source")
                 .then(|| m.source_user.clone()),
             max_listeners: m.max_listeners,
             fallback: m.fallback.clone(),

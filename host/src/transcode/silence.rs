@@ -54,7 +54,11 @@ fn watch(shared: &Arc<Shared>, hub: &Arc<Hub>) {
     let Some(m) = shared.coordinator.mount(&hub.mount) else {
         return;
     };
-    if !matches!(m.kind(), "source" | "relay") || !hub.dead_air.start_watching() {
+    if !matches!(
+        m.kind(),
+        crate::model::ProducerKind::Source | crate::model::ProducerKind::Relay
+    ) || !hub.dead_air.start_watching()
+    {
         return;
     }
     let shared = shared.clone();
