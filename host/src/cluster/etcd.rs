@@ -73,6 +73,8 @@ struct Cache {
 
 /// Mount → the revision of the election this node won for it.
 type Held = Arc<Mutex<std::collections::HashMap<String, i64>>>;
+/// Elections and releases under way, per mount (see [`Claiming`]).
+type InFlight = Arc<Mutex<std::collections::HashMap<String, usize>>>;
 
 #[derive(Clone)]
 pub struct Etcd {
@@ -90,8 +92,7 @@ pub struct Etcd {
     /// The origin claims this node holds (mount → the election's revision); emptied as soon as
     /// the lease is known lost, so a stale origin refuses relays before its producers stop.
     held: Held,
-    /// Elections and releases under way here, per mount: how many (see [`Claiming`]).
-    claiming: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    claiming: InFlight,
     events: broadcast::Sender<ConfigEvent>,
     /// etcd's members, `host:port`: whether this node still reaches most of them tells an
     /// election in progress from a partition.
@@ -905,8 +906,8 @@ struct EtcdClaim {
     current_lease: Arc<AtomicI64>,
     /// Where the release runs: a claim is often dropped on a codec thread, outside the runtime.
     rt: tokio::runtime::Handle,
-    /// The release is counted there while it runs (see [`Claiming`]).
-    claiming: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// The release is counted there while it runs.
+    claiming: InFlight,
 }
 
 /// An election or a release of a mount under way on this node, counted while it lasts (also
@@ -914,12 +915,12 @@ struct EtcdClaim {
 /// only when nothing else is under way here for the same mount (another election whose answer
 /// is on its way, or the release of a claim just dropped).
 struct Claiming {
-    map: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    map: InFlight,
     path: String,
 }
 
 impl Claiming {
-    fn new(map: &Arc<Mutex<std::collections::HashMap<String, usize>>>, path: &str) -> Claiming {
+    fn new(map: &InFlight, path: &str) -> Claiming {
         *map.locked().entry(path.to_owned()).or_default() += 1;
         Claiming {
             map: map.clone(),
@@ -943,6 +944,13 @@ impl Drop for Claiming {
             }
         }
     }
+}
+
+/// Deletes an election's key if it is still that election's (its create_revision).
+fn release(key: &str, revision: i64) -> Txn {
+    Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, revision)])
+        .and_then([TxnOp::delete(key, None)])
 }
 
 /// The first wait before a failed release of a claim is tried again; it doubles to
@@ -969,13 +977,7 @@ impl Drop for EtcdClaim {
             let _releasing = releasing;
             let mut wait = RELEASE_RETRY;
             while current.load(Ordering::SeqCst) == lease {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        revision,
-                    )])
-                    .and_then([TxnOp::delete(key.clone(), None)]);
+                let txn = release(&key, revision);
                 let answer = tokio::time::timeout(RELEASE_RETRY_MAX, client.txn(txn)).await;
                 if let Ok(Ok(_)) = answer {
                     return;
@@ -1144,14 +1146,7 @@ impl Coordinator for Etcd {
             if let Some(revision) = orphan {
                 if claiming.alone() && !self.held.locked().contains_key(path) {
                     warn!(mount = %path, revision, "an election this node won went unanswered: giving the mount back");
-                    let delete = Txn::new()
-                        .when([Compare::create_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            revision,
-                        )])
-                        .and_then([TxnOp::delete(key, None)]);
-                    let _ = client.txn(delete).await;
+                    let _ = client.txn(release(&key, revision)).await;
                 }
             }
             return Ok(None);
