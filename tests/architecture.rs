@@ -1,6 +1,8 @@
 //! ARCHITECTURE.md's import claims, checked against the source: the leaf modules (`http`, `tls`,
-//! `model`, `hub`) import no stage, and no stage of the data path imports the node or the
-//! control plane, which sit on top. A file that breaks a claim is named with the import.
+//! `model`, `hub`) import no stage, no stage of the data path imports the node or the control
+//! plane, the node knows the control plane only as a service (it imports neither `control` nor
+//! `start`, which wires both), and no source file reaches itself through the files it imports
+//! (no circle). A file that breaks a claim is named with the import.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +18,8 @@ const LEAVES: [(&str, &[&str]); 4] = [
 ];
 
 /// The stages of the data path, which never import `node` or `control`.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 10] = [
+    "producer",
     "ingest",
     "listen",
     "transcode",
@@ -137,6 +140,203 @@ fn no_stage_imports_the_node_or_the_control_plane() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn the_node_imports_neither_the_control_plane_nor_its_wiring() {
+    let broken: Vec<String> = imports_of("node")
+        .into_iter()
+        .filter(|(_, m)| m == "control" || m == "start")
+        .map(|(file, m)| format!("{} imports crate::{m}", file.display()))
+        .collect();
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// A source file's module path: `src/a/b.rs` and `src/a/b/mod.rs` are `["a", "b"]`.
+fn module_path(file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src()).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+        parts.pop();
+    }
+    parts
+}
+
+/// Every path a file names through `crate::`, `super::` or `self::` (in `use` lists too),
+/// outside comments and its `mod tests`, each as module path parts from the crate root.
+fn named_paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
+    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut paths = Vec::new();
+    for part in code.split("use ").skip(1) {
+        let statement: String = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        expand(&statement, &mut paths);
+    }
+    for (at, _) in code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"))
+    {
+        let path: String = code[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect();
+        paths.push(path);
+    }
+    paths
+        .iter()
+        .filter_map(|p| {
+            let p = p.split(" as ").next().unwrap_or(p);
+            let mut parts: Vec<&str> = p.split("::").filter(|s| !s.is_empty()).collect();
+            let mut base: Vec<String> = match parts.first() {
+                Some(&"crate") => vec![],
+                Some(&"super") => here[..here.len().saturating_sub(1)].to_vec(),
+                Some(&"self") => here.to_vec(),
+                _ => return None,
+            };
+            parts.remove(0);
+            while parts.first() == Some(&"super") {
+                base.pop();
+                parts.remove(0);
+            }
+            base.extend(parts.iter().map(|s| (*s).to_owned()));
+            Some(base)
+        })
+        .collect()
+}
+
+/// `a::{b, c::{d}}` as `a::b` and `a::c::d`.
+fn expand(path: &str, out: &mut Vec<String>) {
+    let Some(open) = path.find('{') else {
+        out.push(path.to_owned());
+        return;
+    };
+    let prefix = &path[..open];
+    for item in top_level_items(&path[open + 1..]) {
+        if !item.is_empty() {
+            expand(&format!("{prefix}{item}"), out);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_imports_itself_through_others() {
+    let files = files_of_crate();
+    let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_path(f)).collect();
+    // Each file, and the files it imports: the longest module path of a file that a named
+    // path starts with.
+    let mut edges = Edges::new();
+    for file in &files {
+        let here = module_path(file);
+        let text = std::fs::read_to_string(file).unwrap();
+        let targets = edges.entry(here.clone()).or_default();
+        for path in named_paths(&text, &here) {
+            let target = (1..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|p| modules.contains(p));
+            if let Some(t) = target.filter(|t| *t != here) {
+                targets.insert(t);
+            }
+        }
+    }
+    let circles = circles(&edges);
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
+}
+
+type Edges = std::collections::BTreeMap<Vec<String>, BTreeSet<Vec<String>>>;
+
+/// Each file that reaches itself through `edges`, with one route, as `a -> b -> a`.
+fn circles(edges: &Edges) -> Vec<String> {
+    let mut circles = Vec::new();
+    for start in edges.keys() {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<Vec<Vec<String>>> = vec![vec![start.clone()]];
+        while let Some(route) = stack.pop() {
+            let last = route.last().unwrap();
+            for next in edges.get(last).into_iter().flatten() {
+                if next == start {
+                    let names: Vec<String> = route.iter().map(|m| m.join("/")).collect();
+                    circles.push(format!("{} -> {}", names.join(" -> "), start.join("/")));
+                } else if seen.insert(next.clone()) {
+                    let mut longer = route.clone();
+                    longer.push(next.clone());
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+    circles.sort();
+    circles.dedup();
+    circles
+}
+
+#[test]
+fn the_circle_finder_finds_a_circle_and_only_that() {
+    let m = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
+    let mut edges = Edges::new();
+    edges.entry(m("a")).or_default().insert(m("b/c"));
+    edges.entry(m("b/c")).or_default().insert(m("d"));
+    edges.entry(m("d")).or_default().insert(m("a"));
+    edges.entry(m("e")).or_default().insert(m("a"));
+    assert_eq!(
+        circles(&edges),
+        [
+            "a -> b/c -> d -> a",
+            "b/c -> d -> a -> b/c",
+            "d -> a -> b/c -> d"
+        ]
+    );
+    edges.entry(m("d")).or_default().clear();
+    assert!(circles(&edges).is_empty());
+}
+
+#[test]
+fn the_circle_finder_resolves_paths_as_rust_does() {
+    let here = vec!["control".to_owned(), "mounts".to_owned()];
+    let text = "use super::Control;\nuse crate::model::{edit::Known, MountConfig};\nlet x = super::super::http::send(1);";
+    let mut got = named_paths(text, &here);
+    got.sort();
+    let want: Vec<Vec<String>> = vec![
+        vec!["control".into(), "Control".into()],
+        vec!["http".into(), "send".into()],
+        vec!["model".into(), "MountConfig".into()],
+        vec!["model".into(), "edit".into(), "Known".into()],
+    ];
+    assert!(want.iter().all(|w| got.contains(w)), "{got:?}");
+}
+
+/// Every `.rs` file of the library (not the binary).
+fn files_of_crate() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![src()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with("bin") {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out
 }
 
 #[test]

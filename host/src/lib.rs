@@ -6,13 +6,17 @@
 //! node:
 //! - [`http`]: the request-head reader every connection starts with, responses, CORS, and
 //!   hyper's server (the control plane's side of the port) and client;
-//! - [`node`]: builds every stage's handles ([`node::Node`]), the accept loop and dispatch;
+//! - [`start`]: from a configuration to a running node; wires every stage's handles once, the
+//!   data path's into a [`node::Node`] and the control plane's into a [`control::Control`];
+//! - [`node`]: the data path's handles, the accept loop and dispatch, the drain;
 //! - [`ingest`]: source clients (SOURCE/PUT) into a mount's hub;
 //! - [`hub`]: the per-mount ring of frame-aligned chunks, and the [`hub::Registry`] of live hubs
 //!   and listeners, the one thing the data-path stages share;
 //! - [`listen`]: fan-out to players, ICY metadata;
 //! - [`transcode`]: transcoded mounts, one codec thread each, from one hub into another;
 //! - [`playlist`]: playlist mounts (AutoDJ): library files decoded and encoded in real time;
+//! - [`producer`]: the table of what this node produces under mounts' elections (one
+//!   transcoder, playlist or relay puller per mount);
 //! - [`media`]: the media library in object storage and each node's disk cache of it;
 //! - [`hls`]: MP3 and AAC mounts cut into HLS segments in memory, playlists, and HLS sessions
 //!   counted as listeners;
@@ -30,7 +34,8 @@
 //! - [`access_log`], [`auth`], [`limits`], [`lifecycle`], [`metrics`], [`config`], [`sync`]: support.
 //!
 //! Imports run down the data path: ingest → hub ← listen; transcode and relay use hub; no stage
-//! imports [`node`] or [`control`].
+//! imports [`node`] or [`control`], and [`node`] knows [`control`] only as an
+//! [`http::server::Service`].
 
 pub mod access_log;
 pub mod auth;
@@ -52,8 +57,10 @@ pub mod model;
 pub mod node;
 pub mod playlist;
 pub mod plugin;
+pub mod producer;
+pub mod start;
 pub mod sync;
 pub mod tls;
 pub mod transcode;
 
-pub use node::{run, StartError};
+pub use start::{run, StartError};

@@ -152,24 +152,6 @@ pub fn tls_options(
     Ok(tls)
 }
 
-/// The `HOST:PORT` of a node URL, if the URL is exactly `http://HOST:PORT` or
-/// `https://HOST:PORT` (an optional final `/`): a name, an IPv4 address or a bracketed IPv6
-/// address, and a port.
-pub fn node_authority(url: &str) -> Option<&str> {
-    let authority = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))?
-        .trim_end_matches('/');
-    let (host, port) = authority.rsplit_once(':')?;
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
-    (host_ok && port_ok).then_some(authority)
-}
-
 /// How a node proves itself to etcd: TLS (with a client certificate or not), etcd's own users,
 /// both, or neither.
 pub struct Access {
@@ -852,7 +834,7 @@ fn apply(
         match value.map(serde_json::from_slice::<NodeReport>) {
             // A node's URL goes into redirects' Location and relay requests: only a plain
             // http(s)://HOST:PORT is believed, whoever wrote it into etcd.
-            Some(Ok(r)) if node_authority(&r.url).is_none() => {
+            Some(Ok(r)) if crate::cluster::peer::node_authority(&r.url).is_none() => {
                 warn!(key, url = %r.url.escape_debug(), "node report with an invalid URL in etcd; ignored");
             }
             Some(Ok(r)) => {

@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 
 use super::coordinator::{Coordinator, NodeReport};
-use crate::config::ServeConfig;
 use crate::hub::Registry;
 use crate::sync::Locked;
 
@@ -51,11 +50,19 @@ pub struct Load {
     now: tokio::sync::Notify,
 }
 
+/// What a node declares of itself in its reports: its limits (`--max-listeners`,
+/// `--max-bandwidth-kbps`) and its URL.
+pub struct Limits {
+    pub max_listeners: usize,
+    pub max_bandwidth_kbps: u32,
+    pub url: String,
+}
+
 impl Load {
     pub fn new(
         coordinator: Arc<dyn Coordinator>,
         hubs: Arc<Registry>,
-        config: &ServeConfig,
+        limits: Limits,
         lifecycle: Arc<crate::lifecycle::Lifecycle>,
     ) -> Load {
         Load {
@@ -63,9 +70,9 @@ impl Load {
             now: tokio::sync::Notify::new(),
             coordinator,
             hubs,
-            max_listeners: config.max_listeners,
-            max_bandwidth_kbps: config.max_bandwidth_kbps,
-            url: config.base_url(None),
+            max_listeners: limits.max_listeners,
+            max_bandwidth_kbps: limits.max_bandwidth_kbps,
+            url: limits.url,
             latest: Mutex::default(),
         }
     }

@@ -180,7 +180,7 @@ pub async fn lease_alive_per(peers: &Peers, url: &str, name: &str, wait: Duratio
         // No answer in time: a peer still waiting on etcd itself (which is slow or away) takes
         // the connection; one on the other side of a partition does not.
         _ => {
-            let Some(authority) = crate::cluster::etcd::node_authority(url) else {
+            let Some(authority) = node_authority(url) else {
                 return LeaseVerdict::Unreachable;
             };
             let connect = tokio::net::TcpStream::connect(authority.to_owned());
@@ -354,3 +354,21 @@ async fn copy_through(
 
 /// A proxied stream ends when either side is stuck this long.
 const PROXY_STALL: Duration = Duration::from_secs(10);
+
+/// The `HOST:PORT` of a node URL, if the URL is exactly `http://HOST:PORT` or
+/// `https://HOST:PORT` (an optional final `/`): a name, an IPv4 address or a bracketed IPv6
+/// address, and a port.
+pub fn node_authority(url: &str) -> Option<&str> {
+    let authority = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?
+        .trim_end_matches('/');
+    let (host, port) = authority.rsplit_once(':')?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    (host_ok && port_ok).then_some(authority)
+}

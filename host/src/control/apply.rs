@@ -20,12 +20,13 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 use tracing::info;
 
+use super::Control;
 use crate::cluster::coordinator::{Change, MAX_CHANGES};
-use crate::control::admin::{build_mount, Known};
+use crate::control::mounts::build_mount;
 use crate::hooks::HookEvent;
 use crate::http::{RequestHead, Response};
+use crate::model::edit::Known;
 use crate::model::{MountConfig, MountSettings, StationConfig};
-use crate::node::Node;
 
 /// Largest document `POST /api/v1/apply` reads.
 pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
@@ -51,7 +52,7 @@ fn mount_entry(m: &MountConfig) -> Value {
 }
 
 /// `GET /api/v1/config`: the whole configuration, in the order `tidecast export` writes it.
-pub fn export(state: &Node) -> Response {
+pub fn export(state: &Control) -> Response {
     let mut mounts = state.coordinator.mounts();
     mounts.sort_by(|a, b| a.path.cmp(&b.path));
     let mut stations = state.coordinator.stations();
@@ -122,7 +123,7 @@ fn entries(
 }
 
 /// `POST /api/v1/apply[?dry_run=1][&prune=1]`.
-pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
+pub async fn apply(state: &Control, req: &RequestHead, body: &[u8]) -> Response {
     let flag = |name: &str| {
         req.query(name)
             .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"))
@@ -429,7 +430,7 @@ pub async fn apply(state: &Node, req: &RequestHead, body: &[u8]) -> Response {
 /// The changes that make the stored configuration `mounts` and `stations` (and, with
 /// `prune`, nothing else), each with the fields it changes.
 fn plan(
-    state: &Node,
+    state: &Control,
     mounts: &BTreeMap<String, MountConfig>,
     stations: &BTreeMap<String, StationConfig>,
     prune: bool,
@@ -535,7 +536,7 @@ fn differences(old: Option<Value>, new: &Value) -> Vec<String> {
 }
 
 /// Tells the event hooks about the mounts `changes` made (`apply`, `restore`).
-pub fn announce(state: &Node, changes: &[Change]) {
+pub fn announce(state: &Control, changes: &[Change]) {
     for c in changes {
         if let Change::Mount { path, base, new } = c {
             let change = match (base.is_some(), new.is_some()) {

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::info;
 
+use super::Control;
 use crate::cluster::coordinator::{Change, MAX_CHANGES};
 use crate::http::Response;
 use crate::model::{AdminCredential, MediaInfo, MountConfig, PluginRecord, StationConfig};
-use crate::node::Node;
 
 /// Largest backup `POST /api/v1/restore` reads (plugins' bytes are in it, in base64).
 pub const MAX_BACKUP_BYTES: usize = 256 * 1024 * 1024;
@@ -40,7 +40,7 @@ struct Backup {
 }
 
 /// `GET /api/v1/backup`.
-pub async fn backup(state: &Node) -> Response {
+pub async fn backup(state: &Control) -> Response {
     let c = &state.coordinator;
     let mut mounts = c.mounts();
     mounts.sort_by(|a, b| a.path.cmp(&b.path));
@@ -92,7 +92,7 @@ pub async fn backup(state: &Node) -> Response {
 }
 
 /// `POST /api/v1/restore`.
-pub async fn restore(state: &Node, body: &[u8]) -> Response {
+pub async fn restore(state: &Control, body: &[u8]) -> Response {
     let b: Backup = match crate::control::json_body(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -177,7 +177,7 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
         }
     }
     let station = |s: &str| stations.iter().any(|st| st.name == s);
-    let known = crate::control::admin::Known {
+    let known = crate::model::edit::Known {
         transcoded: &transcoded,
         station: &station,
     };
@@ -186,7 +186,7 @@ pub async fn restore(state: &Node, body: &[u8]) -> Response {
         let at = format!("mount {:?}", saved.path);
         let mut request = crate::model::MountSettings::of(saved);
         request.token_key.clone_from(&saved.token_key);
-        match crate::control::admin::build_mount(state, request, &known).await {
+        match crate::control::mounts::build_mount(state, request, &known).await {
             Ok((mut m, _)) => {
                 let hash = &saved.source_password_hash;
                 let problem = match (m.kind() == crate::model::ProducerKind::Source, hash.is_empty()) {
@@ -279,7 +279,7 @@ fn refused(problems: &[String]) -> Response {
 }
 
 /// The changes that make the stored mounts and stations exactly `mounts` and `stations`.
-fn changes(state: &Node, mounts: &[MountConfig], stations: &[StationConfig]) -> Vec<Change> {
+fn changes(state: &Control, mounts: &[MountConfig], stations: &[StationConfig]) -> Vec<Change> {
     let c = &state.coordinator;
     let mut out = Vec::new();
     for s in stations {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::Control;
 use crate::http::Response;
-use crate::node::Node;
 use crate::sync::Locked;
 
 const PAGE: &str = include_str!("dashboard.html");
@@ -68,7 +68,7 @@ impl History {
 }
 
 /// Samples the listener counts every [`SAMPLE_EVERY`] into the node's history.
-pub async fn sample(state: Arc<Node>) {
+pub async fn sample(state: Arc<Control>) {
     loop {
         let reports = state.load.nodes();
         let mut nodes = BTreeMap::new();
@@ -105,7 +105,7 @@ pub fn page() -> Response {
 }
 
 /// The whole state as the dashboard shows it.
-pub fn state_json(state: &Node) -> Value {
+pub fn state_json(state: &Control) -> Value {
     let cluster = crate::control::status::cluster_json(state);
     let produced: BTreeMap<String, Value> = cluster["mounts"]
         .as_array()
@@ -118,7 +118,7 @@ pub fn state_json(state: &Node) -> Value {
     let mounts: Vec<Value> = mounts
         .iter()
         .map(|m| {
-            let mut v = crate::control::admin::mount_view(state, m);
+            let mut v = crate::control::mounts::mount_view(state, m);
             let hub = state.hubs.hub(&m.path);
             let cluster_view = produced.get(&m.path);
             v["kind"] = json!(m.kind().name());
@@ -175,7 +175,7 @@ pub fn state_json(state: &Node) -> Value {
 }
 
 /// Builds the dashboard's state every [`EVERY`] while anyone follows it, once for all of them.
-pub async fn publish(state: Arc<Node>) {
+pub async fn publish(state: Arc<Control>) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -188,7 +188,7 @@ pub async fn publish(state: Arc<Node>) {
 /// `GET /api/v1/dashboard/events`: the state every [`EVERY`] as Server-Sent Events, from the
 /// node's one publisher ([`publish`]); one address follows at most `feed::PER_ADDRESS`. A
 /// client that takes nothing for the write bound is disconnected, which ends it.
-pub fn events(state: &Node, client: std::net::IpAddr) -> Response {
+pub fn events(state: &Control, client: std::net::IpAddr) -> Response {
     let Some(mut feed) = state.dashboard_feed.subscribe(client) else {
         return Response::error(429, "too many event streams from your address")
             .header("Retry-After", "30");

@@ -4,11 +4,11 @@
 
 use serde_json::json;
 
+use super::Control;
 use crate::http::Response;
-use crate::node::Node;
 
 /// Starts draining this node (again: nothing more happens) and says how it stands.
-pub fn here(state: &Node) -> Response {
+pub fn here(state: &Control) -> Response {
     let already = state.lifecycle.draining();
     state.lifecycle.ask_to_drain();
     Response::json(
@@ -25,7 +25,7 @@ pub fn here(state: &Node) -> Response {
 
 /// Drains node `name` of this node's cluster: this one, or another one through its
 /// `/_cluster/drain`.
-pub async fn node(state: &Node, name: &str) -> Response {
+pub async fn node(state: &Control, name: &str) -> Response {
     let me = state.coordinator.node_name();
     if me.is_empty() {
         return Response::error(

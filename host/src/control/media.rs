@@ -21,9 +21,9 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tracing::info;
 
+use super::Control;
 use crate::http::{RequestHead, Response};
 use crate::media::{Cache, LibraryError, MediaError};
-use crate::node::Node;
 
 /// Largest media file an upload may store.
 pub const MAX_MEDIA_BYTES: usize = 2 << 30;
@@ -50,7 +50,7 @@ fn media_error(e: &MediaError) -> Response {
     Response::error(status, e)
 }
 
-fn library(state: &Node) -> Result<&crate::media::Library, Response> {
+fn library(state: &Control) -> Result<&crate::media::Library, Response> {
     state
         .media
         .library
@@ -58,7 +58,7 @@ fn library(state: &Node) -> Result<&crate::media::Library, Response> {
         .ok_or_else(|| media_error(&MediaError::NoLibrary))
 }
 
-pub async fn list(state: &Node, req: &RequestHead) -> Response {
+pub async fn list(state: &Control, req: &RequestHead) -> Response {
     let lib = match library(state) {
         Ok(l) => l,
         Err(r) => return r,
@@ -94,7 +94,7 @@ pub async fn list(state: &Node, req: &RequestHead) -> Response {
 
 /// `POST /api/v1/media-index` (`{"prefix": "rock/"}`): starts indexing in the background
 /// (202), or 409 while a run is under way. `GET`: its progress.
-pub fn index(state: &Node, method: &str, body: &[u8]) -> Response {
+pub fn index(state: &Control, method: &str, body: &[u8]) -> Response {
     if method == "GET" {
         return Response::json(200, &json!(state.indexer.progress()));
     }
@@ -133,7 +133,7 @@ pub fn index(state: &Node, method: &str, body: &[u8]) -> Response {
     }
 }
 
-pub async fn remove(state: &Node, key: &str) -> Response {
+pub async fn remove(state: &Control, key: &str) -> Response {
     let lib = match library(state) {
         Ok(l) => l,
         Err(r) => return r,
@@ -155,7 +155,7 @@ pub async fn remove(state: &Node, key: &str) -> Response {
 /// or [`MAX_MEDIA_BYTES`] for a chunked body). A file up to [`ONE_PART`] is stored in one
 /// request (its S3 ETag is then its MD5, which caches check); a larger one in parts, so it is
 /// never held whole in memory.
-pub async fn upload(state: &Node, key: &str, mut body: Incoming, limit: usize) -> Response {
+pub async fn upload(state: &Control, key: &str, mut body: Incoming, limit: usize) -> Response {
     let lib = match library(state) {
         Ok(l) => l,
         Err(r) => return r,

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::Control;
 use crate::http::{RequestHead, Response};
-use crate::node::Node;
 
 /// How often the events stream looks for changes.
 pub const EVERY: Duration = Duration::from_millis(500);
@@ -44,7 +44,7 @@ impl Filter {
 }
 
 /// What the filter selects now, by mount path.
-fn snapshot(state: &Node, filter: &Filter, base: &str) -> BTreeMap<String, Value> {
+fn snapshot(state: &Control, filter: &Filter, base: &str) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let declared = state.coordinator.mounts();
     let station_of = |path: &str| {
@@ -92,7 +92,7 @@ fn snapshot(state: &Node, filter: &Filter, base: &str) -> BTreeMap<String, Value
 }
 
 /// `/nowplaying.json`.
-pub fn json(state: &Node, req: &RequestHead) -> Response {
+pub fn json(state: &Control, req: &RequestHead) -> Response {
     let filter = Filter::of(req);
     let now = snapshot(state, &filter, &state.config.base_url(Some(req)));
     match filter {
@@ -107,7 +107,7 @@ pub fn json(state: &Node, req: &RequestHead) -> Response {
 /// Builds what `/nowplaying/events` subscribers follow, every [`EVERY`] while anyone does: every
 /// mount as [`snapshot`] has it, without the listener counts (they change all the time; an event
 /// is for what a player shows) and the URL (each subscriber's own, from its Host).
-pub async fn publish(state: Arc<Node>) {
+pub async fn publish(state: Arc<Control>) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -128,7 +128,7 @@ pub async fn publish(state: Arc<Node>) {
 /// `/nowplaying/events`: a stream that lives until the client goes (its connection's write
 /// bound ends a client that stops reading). It follows the node's one publisher ([`publish`]):
 /// it wakes when something changed, and sends what changed among the mounts it asks about.
-pub fn events(state: Arc<Node>, req: &RequestHead, client: std::net::IpAddr) -> Response {
+pub fn events(state: Arc<Control>, req: &RequestHead, client: std::net::IpAddr) -> Response {
     let filter = Filter::of(req);
     let base = state.config.base_url(Some(req));
     let Some(mut feed) = state.nowplaying.subscribe(client) else {

@@ -2,8 +2,8 @@
 //! (`/healthz`, `/readyz`), playlists (`.m3u`, `.pls`, `.xspf`) of mounts, and the assets
 //! embedded in the binary (hls.js).
 
+use super::Control;
 use crate::http::{xml_escape, RequestHead, Response};
-use crate::node::Node;
 
 /// Whether `path` is one of these pages (otherwise a GET of it is a stream).
 pub fn answers(path: &str) -> bool {
@@ -47,7 +47,7 @@ pub fn for_browsers(path: &str) -> bool {
 }
 
 /// The page `req` asks for (one that [`answers`] its path).
-pub fn page(state: &Node, req: &RequestHead) -> Response {
+pub fn page(state: &Control, req: &RequestHead) -> Response {
     match req.path.as_str() {
         "/status-json.xsl" | "/status-json" => {
             Response::json(200, &crate::control::status::json(state, req))
@@ -77,7 +77,7 @@ pub fn page(state: &Node, req: &RequestHead) -> Response {
 /// `/readyz`: 200 once the configuration is loaded and the node has joined its cluster, 503
 /// with the reason before that and while it drains (load balancers and Kubernetes then send
 /// it nobody new).
-fn readiness(state: &Node) -> Response {
+fn readiness(state: &Control) -> Response {
     let me = state.coordinator.node_name();
     let why = if state.lifecycle.draining() {
         "draining"
@@ -100,7 +100,7 @@ fn playlist_of(path: &str) -> Option<(&str, &'static str)> {
 
 /// The public page: for a browser, HTML with a player and the live title of every mount; for
 /// a tool (no `text/html` in `Accept`), the same list as text.
-fn index(state: &Node, req: &RequestHead) -> Response {
+fn index(state: &Control, req: &RequestHead) -> Response {
     if req
         .header("accept")
         .is_some_and(|a| a.contains("text/html"))
@@ -122,7 +122,7 @@ fn index(state: &Node, req: &RequestHead) -> Response {
 
 /// The HTML public page (`control/public.html`, in the binary): one card per mount, declared or
 /// live, with an `<audio>` player; its script follows `/nowplaying/events` for titles.
-fn public_page(state: &Node) -> Response {
+fn public_page(state: &Control) -> Response {
     let mut mounts: Vec<(String, bool, String, String, Option<String>)> = state
         .coordinator
         .mounts()
@@ -192,7 +192,7 @@ fn public_page(state: &Node) -> Response {
         .header("X-Content-Type-Options", "nosniff")
 }
 
-fn playlist(state: &Node, req: &RequestHead, mount: &str, kind: &str) -> Response {
+fn playlist(state: &Control, req: &RequestHead, mount: &str, kind: &str) -> Response {
     let hub = state.hubs.hub(mount);
     if hub.is_none() && state.coordinator.mount(mount).is_none() {
         return Response::text(404, format!("no such mount: {mount}"));

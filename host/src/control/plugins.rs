@@ -10,17 +10,17 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::Control;
 use crate::control::storage_error;
 use crate::hooks::HookEvent;
 use crate::http::Response;
 use crate::model::validate_name;
 use crate::model::{PluginRecord, PluginVersion};
-use crate::node::Node;
 use crate::plugin::Plugins;
 use crate::sync::Locked;
 
 /// Mounts that attach plugin `name` (as a filter or as their policy).
-fn attached_to(state: &Node, name: &str) -> Vec<String> {
+fn attached_to(state: &Control, name: &str) -> Vec<String> {
     let mounts = state
         .coordinator
         .mounts()
@@ -49,7 +49,7 @@ fn version_json(v: &PluginVersion) -> serde_json::Value {
     })
 }
 
-fn record_json(state: &Node, rec: &PluginRecord) -> serde_json::Value {
+fn record_json(state: &Control, rec: &PluginRecord) -> serde_json::Value {
     let current = rec.current();
     json!({
         "name": rec.name,
@@ -62,7 +62,7 @@ fn record_json(state: &Node, rec: &PluginRecord) -> serde_json::Value {
     })
 }
 
-pub fn list(state: &Node) -> Response {
+pub fn list(state: &Control) -> Response {
     let all: Vec<_> = state
         .coordinator
         .plugins()
@@ -72,7 +72,7 @@ pub fn list(state: &Node) -> Response {
     Response::json(200, &json!(all))
 }
 
-pub fn show(state: &Node, name: &str) -> Response {
+pub fn show(state: &Control, name: &str) -> Response {
     let Some(rec) = state.coordinator.plugin(name) else {
         return Response::error(404, format!("no plugin named {name}"));
     };
@@ -97,7 +97,7 @@ pub fn show(state: &Node, name: &str) -> Response {
     Response::json(200, &v)
 }
 
-pub async fn push(state: &Node, name: &str, body: &[u8]) -> Response {
+pub async fn push(state: &Control, name: &str, body: &[u8]) -> Response {
     if let Err(e) = validate_name(name) {
         return Response::error(400, e);
     }
@@ -160,7 +160,7 @@ pub async fn push(state: &Node, name: &str, body: &[u8]) -> Response {
     Response::json(201, &v)
 }
 
-pub async fn remove(state: &Node, name: &str) -> Response {
+pub async fn remove(state: &Control, name: &str) -> Response {
     let users = attached_to(state, name);
     if !users.is_empty() {
         return Response::error(
@@ -200,7 +200,7 @@ struct RankRequest {
 
 /// Runs policy `name` once on sample nodes, as listener routing would: the plugin's ranking, or
 /// the native one when the plugin fails (with the failure).
-pub fn rank(state: &Node, name: &str, body: &[u8]) -> Response {
+pub fn rank(state: &Control, name: &str, body: &[u8]) -> Response {
     use crate::plugin::policy::{sample_nodes, sample_request, WasmPolicy};
     let r: RankRequest = match crate::control::optional_json_body(body) {
         Ok(r) => r,

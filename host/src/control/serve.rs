@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 
+use super::Control;
 use crate::http::{Cors, RequestHead, Response};
 use crate::metrics::ErrorKind;
-use crate::node::Node;
 
 /// Whether a request is the control plane's: anything but a source (SOURCE, PUT) and a stream
 /// (GET or HEAD of a mount, `GET /_relay/…`), which stay on the hand-written side.
@@ -36,7 +36,7 @@ pub fn takes(req: &RequestHead) -> bool {
 
 /// Answers one control request, and writes its access-log line.
 pub async fn answer(
-    state: Arc<Node>,
+    state: Arc<Control>,
     peer: SocketAddr,
     req: RequestHead,
     body: Incoming,
@@ -55,13 +55,18 @@ pub async fn answer(
     r
 }
 
-async fn route(state: Arc<Node>, peer: SocketAddr, req: &RequestHead, body: Incoming) -> Response {
+async fn route(
+    state: Arc<Control>,
+    peer: SocketAddr,
+    req: &RequestHead,
+    body: Incoming,
+) -> Response {
     let path = req.path.as_str();
     if matches!(path, "/admin/" | "/admin") && matches!(req.method.as_str(), "GET" | "HEAD") {
         return crate::control::dashboard::page();
     }
     if path.starts_with("/admin/") || path.starts_with("/api/") {
-        return crate::control::admin::answer(&state, peer, req, body).await;
+        return crate::control::admission::answer(&state, peer, req, body).await;
     }
     if path.starts_with("/_cluster/") {
         return cluster(&state, req).await;
@@ -102,7 +107,7 @@ fn to_https(config: &crate::config::ServeConfig, req: &RequestHead) -> Response 
 
 /// Another node's internal request: whether a lease is alive, or a title for a mount produced
 /// here. Only with the cluster secret.
-async fn cluster(state: &Node, req: &RequestHead) -> Response {
+async fn cluster(state: &Control, req: &RequestHead) -> Response {
     if !state.peers.matches(req) {
         state.metrics.error(ErrorKind::Unauthorized);
         return Response::text(403, "cluster secret required");
@@ -133,7 +138,7 @@ async fn cluster(state: &Node, req: &RequestHead) -> Response {
         None if req.path == "/_cluster/metadata" => {
             let mount = req.query("mount").unwrap_or_default();
             let title = req.query("song").unwrap_or_default();
-            crate::control::admin::set_title_here(state, &mount, &title)
+            crate::control::icecast::set_title_here(state, &mount, &title)
         }
         None => Response::text(404, "no such cluster endpoint"),
     }

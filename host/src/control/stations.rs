@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::info;
 
+use super::Control;
 use crate::control::storage_error;
 use crate::http::Response;
 use crate::model::{MountConfig, StationConfig};
-use crate::node::Node;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -28,15 +28,7 @@ pub struct StationRequest {
     plugin_call_ms: Option<u32>,
 }
 
-/// Problems with `m`'s station: it must exist (`exists`).
-pub fn check_membership(exists: &dyn Fn(&str) -> bool, m: &MountConfig) -> Option<String> {
-    let name = m.station.as_deref()?;
-    (!exists(name)).then(|| {
-        format!("station: no station named {name}; create it with `tidecast station create {name}`")
-    })
-}
-
-pub fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
+pub fn view(state: &Control, s: &StationConfig) -> serde_json::Value {
     let mounts: Vec<String> = state
         .coordinator
         .mounts()
@@ -55,7 +47,7 @@ pub fn view(state: &Node, s: &StationConfig) -> serde_json::Value {
     })
 }
 
-pub fn list(state: &Node) -> Response {
+pub fn list(state: &Control) -> Response {
     let all: Vec<_> = state
         .coordinator
         .stations()
@@ -65,7 +57,7 @@ pub fn list(state: &Node) -> Response {
     Response::json(200, &json!(all))
 }
 
-pub fn show(state: &Node, name: &str) -> Response {
+pub fn show(state: &Control, name: &str) -> Response {
     match state.coordinator.station(name) {
         Some(s) => Response::json(200, &view(state, &s)),
         None => Response::error(404, format!("no station named {name}")),
@@ -73,7 +65,7 @@ pub fn show(state: &Node, name: &str) -> Response {
 }
 
 /// Applies a request to `s`, collecting every problem.
-fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut Vec<String>) {
+fn apply(state: &Control, s: &mut StationConfig, r: StationRequest, problems: &mut Vec<String>) {
     match r.policy.as_deref() {
         None => {}
         Some("") => s.policy = None,
@@ -128,7 +120,7 @@ fn apply(state: &Node, s: &mut StationConfig, r: StationRequest, problems: &mut 
 }
 
 /// The problem, if storing `m` would take its station over its limit of encoders.
-pub fn check_capacity(state: &Node, m: &MountConfig) -> Option<String> {
+pub fn check_capacity(state: &Control, m: &MountConfig) -> Option<String> {
     let station = state.coordinator.station(m.station.as_deref()?)?;
     let others = state.coordinator.mounts();
     station.over_limit(
@@ -140,7 +132,7 @@ pub fn check_capacity(state: &Node, m: &MountConfig) -> Option<String> {
 }
 
 /// The station request `r` creates, or every problem with it.
-pub fn build(state: &Node, mut r: StationRequest) -> Result<StationConfig, Vec<String>> {
+pub fn build(state: &Control, mut r: StationRequest) -> Result<StationConfig, Vec<String>> {
     let name = r.name.take().unwrap_or_default();
     let mut problems = Vec::new();
     let valid = (1..=64).contains(&name.len())
@@ -200,7 +192,7 @@ fn refused(problems: &[String]) -> Response {
     )
 }
 
-pub async fn create(state: &Node, body: &[u8]) -> Response {
+pub async fn create(state: &Control, body: &[u8]) -> Response {
     let r = match parse(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -220,7 +212,7 @@ pub async fn create(state: &Node, body: &[u8]) -> Response {
     Response::json(201, &view(state, &s))
 }
 
-pub async fn edit(state: &Node, name: &str, body: &[u8]) -> Response {
+pub async fn edit(state: &Control, name: &str, body: &[u8]) -> Response {
     let r = match parse(body) {
         Ok(r) => r,
         Err(e) => return e,
@@ -249,7 +241,7 @@ pub async fn edit(state: &Node, name: &str, body: &[u8]) -> Response {
 }
 
 /// The mounts of station `name`.
-fn members(state: &Node, name: &str) -> Vec<String> {
+fn members(state: &Control, name: &str) -> Vec<String> {
     state
         .coordinator
         .mounts()
@@ -259,7 +251,7 @@ fn members(state: &Node, name: &str) -> Vec<String> {
         .collect()
 }
 
-pub async fn delete(state: &Node, name: &str) -> Response {
+pub async fn delete(state: &Control, name: &str) -> Response {
     let members = members(state, name);
     if !members.is_empty() {
         return Response::error(
@@ -283,7 +275,7 @@ pub async fn delete(state: &Node, name: &str) -> Response {
 /// `POST /api/v1/stations/NAME/restart`: restarts the station's transcoders, playlists, relay
 /// mounts' pullers and plugin instances on every node (each other node through
 /// `/_cluster/restart-station`), and nothing else.
-pub async fn restart(state: &Node, name: &str) -> Response {
+pub async fn restart(state: &Control, name: &str) -> Response {
     if state.coordinator.station(name).is_none() {
         return Response::error(404, format!("no station named {name}"));
     }
@@ -313,7 +305,7 @@ pub async fn restart(state: &Node, name: &str) -> Response {
 }
 
 /// Restarts what this node runs for station `name`; what it restarted, as JSON.
-pub fn restart_here(state: &Node, name: &str) -> serde_json::Value {
+pub fn restart_here(state: &Control, name: &str) -> serde_json::Value {
     let restarted = crate::control::reconcile::restart(state, &members(state, name));
     json!(restarted
         .iter()

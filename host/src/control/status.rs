@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 
+use super::Control;
 use crate::http::{xml_escape, RequestHead};
 use crate::hub::Hub;
-use crate::node::Node;
 
 fn iso(t: time::OffsetDateTime) -> String {
     t.replace_nanosecond(0)
@@ -43,7 +43,7 @@ fn source_json(hub: &Hub, base: &str) -> Value {
 }
 
 /// `/status-json.xsl`: `source` is an object for one mount, an array for several, absent for none.
-pub fn json(state: &Node, req: &RequestHead) -> Value {
+pub fn json(state: &Control, req: &RequestHead) -> Value {
     let base = state.config.base_url(Some(req));
     let (host, _) = state.config.base_host(Some(req));
     let mut icestats = json!({
@@ -102,7 +102,7 @@ fn xml_source_fields(hub: &Hub, out: &mut String) {
 }
 
 /// `/admin/stats` and `/admin/listmounts`.
-pub fn stats_xml(state: &Node, with_details: bool) -> String {
+pub fn stats_xml(state: &Control, with_details: bool) -> String {
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     let hubs = state.hubs.live_hubs();
     out.push_str(&format!("<sources>{}</sources>\n", hubs.len()));
@@ -133,7 +133,7 @@ pub fn stats_xml(state: &Node, with_details: bool) -> String {
 /// `/admin/moveclients?mount=M` without a destination (Icecast 2.5): the mounts its listeners
 /// could move to, every live one but M, each with its fallback, listeners, seconds connected and
 /// content type.
-pub fn move_destinations_xml(state: &Node, mount: &str) -> String {
+pub fn move_destinations_xml(state: &Control, mount: &str) -> String {
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     let now = time::OffsetDateTime::now_utc();
     for h in state
@@ -161,7 +161,7 @@ pub fn move_destinations_xml(state: &Node, mount: &str) -> String {
 }
 
 /// `/admin/listclients?mount=` in the Icecast-KH shape dashboards parse.
-pub fn listclients_xml(state: &Node, mount: &str) -> String {
+pub fn listclients_xml(state: &Control, mount: &str) -> String {
     let entries = state.hubs.listeners_of(mount);
     let mut out = String::from("<?xml version=\"1.0\"?>\n<icestats>\n");
     out.push_str(&format!("<source mount=\"{}\">\n", xml_escape(mount)));
@@ -190,7 +190,7 @@ pub fn listclients_xml(state: &Node, mount: &str) -> String {
 /// The cluster as this node sees it, for `tidecast status` (`/api/v1/cluster`): every live
 /// node's last load report, and every mount with its kind, the node producing it (origin or
 /// transcoder) and its listeners across the cluster. A single node shows itself.
-pub fn cluster_json(state: &Node) -> Value {
+pub fn cluster_json(state: &Control) -> Value {
     let mut nodes = state.load.nodes();
     let clustered = !state.coordinator.node_name().is_empty();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));

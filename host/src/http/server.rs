@@ -38,6 +38,24 @@ pub const WRITE_STALL: Duration = Duration::from_secs(10);
 /// The slowest a request body may arrive: the time allowed is 10 s plus its length at this rate.
 const MIN_BODY_RATE: usize = 64 * 1024;
 
+/// An answer on its way: what [`Service::answer`] gives back.
+pub type Answer = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The side of the port hyper serves, as the accept loop sees it: which requests are its, and
+/// the answer to one. The control plane implements it, so the accept loop (below it) knows it
+/// only by this trait.
+pub trait Service: Send + Sync + 'static {
+    /// Whether `req` is this side's (anything but a source and a stream).
+    fn takes(&self, req: &RequestHead) -> bool;
+    /// The answer to `req` from `peer`, whose body is `body`.
+    fn answer(
+        self: std::sync::Arc<Self>,
+        peer: std::net::SocketAddr,
+        req: RequestHead,
+        body: Incoming,
+    ) -> Answer;
+}
+
 /// Serves one request on `io` with hyper: `head` is its request head, already read by hand, and
 /// `rest` the bytes read past it (the start of the body); `handler` answers.
 pub async fn serve<IO, F, Fut>(

@@ -38,8 +38,7 @@ pub mod files;
 
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
-/// The ICY metadata intervals a mount may set (bytes).
-pub const ICY_METAINT_RANGE: std::ops::RangeInclusive<u32> = 256..=65_536;
+pub use crate::model::ICY_METAINT_RANGE;
 
 /// The live hub serving `mount`: its own, or its fallback chain's while it has no source or
 /// its source is silenced.

@@ -3,6 +3,7 @@
 //! the CLI and the API send them, the coordinator stores them, the pipeline and routing read
 //! them. Everything here is parsed and checked when it is stored, never on the data path.
 
+pub mod edit;
 mod media;
 mod mount;
 mod plugin;
@@ -11,10 +12,11 @@ mod settings;
 mod station;
 mod zone;
 
+pub use edit::check_mount_json;
 pub use media::{media_key_problem, MediaInfo, MAX_MEDIA_INFOS};
 pub use mount::{
     validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, ProducerKind, RelayConfig,
-    TranscodeConfig, MAX_RELAY_URLS,
+    TranscodeConfig, ICY_METAINT_RANGE, MAX_RELAY_URLS,
 };
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};

@@ -164,6 +164,9 @@ pub struct RelayConfig {
     pub on_demand: bool,
 }
 
+/// The audio bytes between ICY metadata blocks a mount may set (`icy_metaint`).
+pub const ICY_METAINT_RANGE: std::ops::RangeInclusive<u32> = 256..=65_536;
+
 /// Most upstream URLs of one relay mount.
 pub const MAX_RELAY_URLS: usize = 8;
 

@@ -3,7 +3,8 @@
 //! it goes to one of two sides. Sources (SOURCE, PUT) go to ingest and streams (GET or HEAD of a
 //! mount, another node's `GET /_relay/…`) to the listener path, both hand-written; everything
 //! else (the admin API, status documents, metrics, pages, `/_cluster/…`) is the control plane's,
-//! served by hyper with the head bytes replayed (`control/serve.rs`, `http/server.rs`).
+//! served by hyper with the head bytes replayed (`http/server.rs`): the loop knows the control
+//! plane only as an [`http::server::Service`](Service) (`control/serve.rs` implements it).
 //! A connection on the TLS port (or one that opens with a TLS handshake on a port that takes
 //! both) is a [`Stream`] after its handshake; from the request head on, both are served alike.
 
@@ -16,9 +17,19 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::Node;
+use crate::http::server::Service;
 use crate::http::{read_head, send, Cors, HeadError, RequestHead, Response};
 use crate::metrics::ErrorKind;
 use crate::tls::{Acceptor, Stream};
+
+/// Who a connection's client is (behind a trusted proxy, the one it names) and where its
+/// requests are logged.
+pub struct Front {
+    /// Proxies whose word on a client's address is taken.
+    pub proxies: crate::clients::Proxies,
+    /// The access log, if any.
+    pub access: Option<Arc<crate::access_log::AccessLog>>,
+}
 
 /// Where a node takes connections: the plain port, and optionally a TLS port and the
 /// certificates (which `--listen-detects-tls` also uses on the plain port).
@@ -43,17 +54,21 @@ enum Opening {
     Shoutcast,
 }
 
-/// Serves connections from `ports` until `shutdown` resolves.
-pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+/// Serves connections from `ports` until `shutdown` resolves; what is not a source, a stream or
+/// HLS goes to `control`.
+pub async fn run(
+    ports: Ports,
+    state: Arc<Node>,
+    control: Arc<dyn Service>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let permits = Arc::new(Semaphore::new(state.config.max_clients));
     let per_address = crate::limits::PerAddress::new(state.config.max_clients_per_address);
-    let reconciler = tokio::spawn(crate::control::reconcile::run(state.clone()));
     let reporter = tokio::spawn(state.load.clone().run());
     let hls = tokio::spawn(crate::hls::run(state.hls.clone()));
-    let silence = tokio::spawn(crate::transcode::silence::run(state.transcode.clone()));
-    let history = tokio::spawn(crate::control::dashboard::sample(state.clone()));
-    let nowplaying = tokio::spawn(crate::control::nowplaying::publish(state.clone()));
-    let dashboard = tokio::spawn(crate::control::dashboard::publish(state.clone()));
+    let silence = tokio::spawn(crate::transcode::silence::run(
+        state.producers.transcode().clone(),
+    ));
     let certs = ports
         .acceptor
         .as_ref()
@@ -86,9 +101,10 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let control = control.clone();
         // A trusted proxy carries many clients: each of them is counted once its address is
         // known (from the PROXY header or the forwarded-for headers), not the proxy.
-        let proxied = state.trusted_proxies.contains(peer.ip());
+        let proxied = state.front.proxies.contains(peer.ip());
         let (Ok(permit), Some(slot)) = (
             permits.clone().try_acquire_owned(),
             if proxied {
@@ -127,18 +143,14 @@ pub async fn run(ports: Ports, state: Arc<Node>, shutdown: impl std::future::Fut
             } else if let Some((stream, client)) =
                 open(stream, peer, opening, acceptor, &state).await
             {
-                handle(stream, client, state, count_client).await;
+                handle(stream, client, state, control, count_client).await;
             }
             drop((permit, slot));
         });
     }
-    reconciler.abort();
     reporter.abort();
     hls.abort();
     silence.abort();
-    history.abort();
-    nowplaying.abort();
-    dashboard.abort();
     if let Some(c) = certs {
         c.abort();
     }
@@ -167,7 +179,7 @@ async fn open(
     let mut client = peer;
     // Only a trusted proxy's PROXY header is read; anyone else (another node, a client that
     // bypasses the proxy) is served as it comes, with its own address.
-    if state.config.proxy_protocol && state.trusted_proxies.contains(peer.ip()) {
+    if state.config.proxy_protocol && state.front.proxies.contains(peer.ip()) {
         match crate::clients::read_proxy_header(&mut tcp, within).await {
             Ok(Some(named)) => client = named,
             Ok(None) | Err(crate::clients::ProxyHeaderError::Missing) => {}
@@ -202,6 +214,7 @@ async fn handle(
     mut stream: Stream,
     peer: SocketAddr,
     state: Arc<Node>,
+    control: Arc<dyn Service>,
     count_client: Option<Arc<crate::limits::PerAddress>>,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
@@ -238,7 +251,7 @@ async fn handle(
         req.secure = stream.is_tls();
         // Behind a trusted proxy, the client it names.
         let peer = SocketAddr::new(
-            crate::clients::forwarded_for(&req, tcp_peer.ip(), &state.trusted_proxies),
+            crate::clients::forwarded_for(&req, tcp_peer.ip(), &state.front.proxies),
             tcp_peer.port(),
         );
         if served == 0 {
@@ -259,7 +272,7 @@ async fn handle(
             }
             continue;
         }
-        return dispatch(stream, peer, req, buf, state).await;
+        return dispatch(stream, peer, req, buf, state, control).await;
     }
 }
 
@@ -293,7 +306,7 @@ async fn answer_hls(
         send(stream, &r, version, head_only).await;
         false
     };
-    if let Some(log) = &state.access {
+    if let Some(log) = &state.front.access {
         log.request(peer.ip(), req, &crate::access_log::Outcome::of(&r), started);
     }
     kept
@@ -307,11 +320,11 @@ async fn dispatch(
     req: RequestHead,
     buf: BytesMut,
     state: Arc<Node>,
+    control: Arc<dyn Service>,
 ) {
     let header_timeout = state.config.header_timeout();
-    if crate::control::serve::takes(&req) {
-        let handler =
-            move |req, body| crate::control::serve::answer(state.clone(), peer, req, body);
+    if control.takes(&req) {
+        let handler = move |req, body| control.clone().answer(peer, req, body);
         crate::http::server::serve(stream, req, buf, header_timeout, handler).await;
         return;
     }

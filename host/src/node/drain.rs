@@ -17,7 +17,6 @@ use tracing::{info, warn};
 
 use super::Node;
 use crate::cluster::coordinator::ClaimSlot;
-use crate::sync::Locked;
 
 /// Longest wait for another node to take a producer over, and then for its stream.
 const HAND_OVER: Duration = Duration::from_secs(10);
@@ -54,9 +53,11 @@ async fn drain(state: &Arc<Node>) {
     if secs == 0 {
         return;
     }
-    let handovers: Vec<_> = producers(state)
+    let handovers: Vec<_> = state
+        .producers
+        .claims()
         .into_iter()
-        .map(|(kind, path, claim)| {
+        .map(|(path, kind, claim)| {
             let state = state.clone();
             tokio::spawn(async move { hand_over(&state, kind, path, claim).await })
         })
@@ -83,48 +84,16 @@ async fn drain(state: &Arc<Node>) {
     }
 }
 
-/// What a node produces under a mount's election.
-#[derive(Clone, Copy, Debug)]
-enum Producer {
-    Transcoder,
-    Playlist,
-    Puller,
-}
-
-/// Every producer running (or campaigning) here, with its hold on its election.
-fn producers(state: &Node) -> Vec<(Producer, String, Arc<ClaimSlot>)> {
-    let mut all = Vec::new();
-    state.transcoders.with(|m| {
-        all.extend(
-            m.iter()
-                .map(|(p, h)| (Producer::Transcoder, p.clone(), h.claim.clone())),
-        );
-    });
-    state.playlists.with(|m| {
-        all.extend(
-            m.iter()
-                .map(|(p, h)| (Producer::Playlist, p.clone(), h.claim.clone())),
-        );
-    });
-    state.pullers.with(|m| {
-        all.extend(
-            m.iter()
-                .map(|(p, h)| (Producer::Puller, p.clone(), h.claim.clone())),
-        );
-    });
-    all
-}
-
 /// Hands the producer of `path` to another node: gives its election up, waits for another
 /// node to win it and to stream the mount, then stops it here. One only campaigning stops at
 /// once. A single node has nobody to hand to: its producers run until it stops.
-async fn hand_over(state: &Node, kind: Producer, path: String, claim: Arc<ClaimSlot>) {
+async fn hand_over(state: &Node, kind: &'static str, path: String, claim: Arc<ClaimSlot>) {
     let me = state.coordinator.node_name();
     if me.is_empty() {
         return;
     }
     if !claim.release() {
-        state.stop_producer(&path);
+        state.producers.stop(&path);
         return;
     }
     let started = Instant::now();
@@ -136,7 +105,7 @@ async fn hand_over(state: &Node, kind: Producer, path: String, claim: Arc<ClaimS
         }
     };
     let Some(next) = next else {
-        warn!(mount = %path, kind = ?kind, "no other node took the mount over; it stays here until the drain ends");
+        warn!(mount = %path, %kind, "no other node took the mount over; it stays here until the drain ends");
         return;
     };
     let url = state.coordinator.origin_url(&path);
@@ -144,11 +113,11 @@ async fn hand_over(state: &Node, kind: Producer, path: String, claim: Arc<ClaimS
         Some(url) => streams(state, url, &path, started + HAND_OVER).await,
         None => false,
     };
-    state.stop_producer(&path);
+    state.producers.stop(&path);
     if streaming {
-        info!(mount = %path, kind = ?kind, to = %next, ms = started.elapsed().as_millis() as u64, "handed over");
+        info!(mount = %path, %kind, to = %next, ms = started.elapsed().as_millis() as u64, "handed over");
     } else {
-        warn!(mount = %path, kind = ?kind, to = %next, "handed over, but the new node's stream did not answer in time");
+        warn!(mount = %path, %kind, to = %next, "handed over, but the new node's stream did not answer in time");
     }
 }
 

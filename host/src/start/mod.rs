@@ -1,17 +1,20 @@
 //! From a configuration to a running node: the coordinator (the embedded store, or etcd with
 //! this node's advertised address checked first), the admin account, the DNS server, plugins,
-//! then the accept loop until `shutdown` (and the drain it starts, `drain.rs`).
+//! each stage's handles ([`wire`]), the control plane's tasks, then the accept loop until
+//! `shutdown` (and the drain it starts, `node/drain.rs`).
+
+mod wire;
 
 use std::io::Write;
 use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{accept, Node};
 use crate::cluster::coordinator::{CoordError, Coordinator, Embedded};
 use crate::cluster::{dns, etcd};
 use crate::config::ServeConfig;
 use crate::model::AdminCredential;
+use crate::node::{accept, drain};
 use crate::{auth, plugin};
 
 /// Why a node did not start. Each says what to fix.
@@ -216,20 +219,23 @@ pub async fn run(
         )
         .map_err(StartError::MediaCache)?,
     );
-    let state = Arc::new(Node::new(
+    let (node, control) = wire::wire(wire::Parts {
+        config,
+        coordinator: coordinator.clone(),
         hooks,
         media,
-        config,
-        coordinator.clone(),
         any_mount_hash,
         plugins,
         peers,
-        acceptor.as_ref().map(|a| a.certs.clone()),
-        access.clone(),
-    ));
+        certs: acceptor.as_ref().map(|a| a.certs.clone()),
+        access: access.clone(),
+    });
+    let node = Arc::new(node);
+    let control = Arc::new(control);
+    let control_tasks = crate::control::Tasks::start(&control);
     let reopen = access.map(|log| tokio::spawn(crate::access_log::reopen_on_hangup(log)));
     let dns = dns.map(|(sockets, zone)| {
-        let load = state.load.clone();
+        let load = node.load.clone();
         tokio::spawn(async move {
             if let Err(e) = dns::serve(load, sockets, zone).await {
                 tracing::error!(error = %e, "DNS server stopped");
@@ -241,10 +247,11 @@ pub async fn run(
         tls: tls_listener,
         shoutcast,
         acceptor,
-        detect: state.config.listen_detects_tls,
+        detect: node.config.listen_detects_tls,
     };
-    let drained = super::drain::until_drained(state.clone(), shutdown);
-    accept::run(ports, state, drained).await;
+    let drained = drain::until_drained(node.clone(), shutdown);
+    accept::run(ports, node, control, drained).await;
+    drop(control_tasks);
     if let Some(d) = dns {
         d.abort();
     }
@@ -263,7 +270,7 @@ async fn check_advertise(
     advertise: &str,
 ) -> Result<(), StartError> {
     let fail = |why: String| Err(StartError::Advertise(why));
-    let Some(authority) = etcd::node_authority(advertise) else {
+    let Some(authority) = crate::cluster::peer::node_authority(advertise) else {
         return fail(format!(
             "the advertised URL {advertise:?} is not http://HOST:PORT or https://HOST:PORT"
         ));

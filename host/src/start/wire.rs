@@ -1,0 +1,210 @@
+//! Wiring: each stage's handles built once from the configuration, then handed out, the data
+//! path's to [`Node`] and the control plane's to [`Control`]. Every stage gets only its own.
+
+use std::sync::Arc;
+
+use crate::auth::Gate;
+use crate::cluster::coordinator::Coordinator;
+use crate::config::ServeConfig;
+use crate::control::Control;
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// What `start` made before wiring: the store, the media cache, plugins, the peers' client,
+/// certificates, the access log and webhooks.
+pub struct Parts {
+    pub config: ServeConfig,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub hooks: Arc<crate::hooks::Hooks>,
+    pub media: Arc<crate::media::Cache>,
+    /// The hash of `--any-mount-password`, in open mode.
+    pub any_mount_hash: Option<String>,
+    pub plugins: Arc<crate::plugin::Plugins>,
+    pub peers: crate::cluster::peer::Peers,
+    pub certs: Option<Arc<crate::tls::Certs>>,
+    pub access: Option<Arc<crate::access_log::AccessLog>>,
+}
+
+/// The data path and the control plane of one node, built from `parts`.
+pub fn wire(parts: Parts) -> (Node, Control) {
+    let Parts {
+        config,
+        coordinator,
+        hooks,
+        media,
+        any_mount_hash,
+        plugins,
+        peers,
+        certs,
+        access,
+    } = parts;
+    let config = Arc::new(config);
+    let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
+    // Where the operator puts mounts' files; made if missing, so it is plain where they go.
+    let files_dir = config.files_dir();
+    if let Err(e) = std::fs::create_dir_all(&files_dir) {
+        tracing::warn!(dir = %files_dir.display(), error = %e, "cannot make the files directory");
+    }
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
+    let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
+        queue: config.queue_size,
+        burst: config.burst_size,
+    }));
+    let mut metrics = Metrics::new();
+    metrics.register_auth("auth", &gate.verifier.stats);
+    let listener_verifier = crate::auth::Verifier::default();
+    metrics.register_auth("listener_auth", &listener_verifier.stats);
+    metrics.register_media(&media.stats);
+    metrics.register_hooks(&hooks.stats);
+    let relays = Arc::new(crate::cluster::relay::Relays::new(
+        hubs.clone(),
+        coordinator.clone(),
+        peers.clone(),
+    ));
+    let metrics = Arc::new(metrics);
+    let plugins = Arc::new(crate::plugin::Host::new(
+        plugins,
+        coordinator.clone(),
+        metrics.clone(),
+    ));
+    let router = Arc::new(crate::cluster::routing::Router::new(
+        coordinator.clone(),
+        hubs.clone(),
+        plugins.clone(),
+        // Checked when the configuration was loaded.
+        config.routing.parse().unwrap_or_default(),
+        lifecycle.clone(),
+        config.local_listeners,
+    ));
+    let load = Arc::new(crate::cluster::load::Load::new(
+        coordinator.clone(),
+        hubs.clone(),
+        crate::cluster::load::Limits {
+            max_listeners: config.max_listeners,
+            max_bandwidth_kbps: config.max_bandwidth_kbps,
+            url: config.base_url(None),
+        },
+        lifecycle.clone(),
+    ));
+    let ingest = Arc::new(crate::ingest::Ingest {
+        hubs: hubs.clone(),
+        coordinator: coordinator.clone(),
+        gate: gate.clone(),
+        metrics: metrics.clone(),
+        source_timeout: config.source_timeout(),
+        access: access.clone(),
+        lifecycle: lifecycle.clone(),
+        hooks: hooks.clone(),
+    });
+    let demand = Arc::new(crate::ingest::pull::Demand::default());
+    let listen = Arc::new(crate::listen::Listen {
+        demand: demand.clone(),
+        hubs: hubs.clone(),
+        coordinator: coordinator.clone(),
+        metrics: metrics.clone(),
+        router: router.clone(),
+        relays: relays.clone(),
+        peers: peers.clone(),
+        webhook_calls: Arc::new(tokio::sync::Semaphore::new(
+            crate::listen::access::WEBHOOK_CALLS,
+        )),
+        webhook_shares: crate::listen::access::WebhookShares::default(),
+        // Without a readable system CA bundle, an https:// authentication URL is refused
+        // with a message that says so (fail closed).
+        webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
+        users: crate::listen::files::Watched::new(crate::listen::files::USERS, files_dir.clone()),
+        intros: crate::listen::files::Watched::new(crate::listen::files::INTROS, files_dir),
+        verifier: listener_verifier,
+        access: access.clone(),
+        lifecycle: lifecycle.clone(),
+        hooks: hooks.clone(),
+        settings: crate::listen::Settings {
+            write_interval: config.write_interval(),
+            proxy_user_agents: config.proxy_user_agents.clone(),
+            max_listeners: config.max_listeners,
+            send_buffer: config.listener_send_buffer,
+        },
+    });
+    let transcode = Arc::new(crate::transcode::Shared {
+        hubs: hubs.clone(),
+        coordinator: coordinator.clone(),
+        plugins: plugins.clone(),
+        relays: relays.clone(),
+        metrics: metrics.clone(),
+    });
+    let producers = Arc::new(crate::producer::Table::new(crate::producer::Stages {
+        pull: Arc::new(crate::ingest::pull::Shared {
+            hubs: hubs.clone(),
+            coordinator: coordinator.clone(),
+            // Upstreams are other servers on the internet: the system's CAs.
+            client: crate::http::client::Client::new(None).unwrap_or_default(),
+            demand,
+        }),
+        playlist: Arc::new(crate::playlist::Shared {
+            transcode: transcode.clone(),
+            media: media.clone(),
+        }),
+        transcode,
+    }));
+    let hls_settings = config.hls();
+    let hls = Arc::new(crate::hls::Hls {
+        store: Arc::new(crate::hls::segment::Store::new(hls_settings)),
+        // A session ends after three target durations without a request.
+        sessions: crate::hls::sessions::Sessions::new(
+            hubs.clone(),
+            metrics.clone(),
+            hls_settings.target * 3,
+            config.max_clients_per_address,
+        ),
+        hubs: hubs.clone(),
+        coordinator: coordinator.clone(),
+        listen: listen.clone(),
+    });
+    let front = crate::node::accept::Front {
+        // Checked when the configuration was loaded.
+        proxies: crate::clients::Proxies {
+            networks: crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default(),
+            header: config.trusted_proxies_header.parse().unwrap_or_default(),
+        },
+        access: access.clone(),
+    };
+    let control = Control {
+        config: config.clone(),
+        coordinator: coordinator.clone(),
+        gate,
+        metrics: metrics.clone(),
+        hubs: hubs.clone(),
+        load: load.clone(),
+        lifecycle: lifecycle.clone(),
+        producers: producers.clone(),
+        listen: listen.clone(),
+        relays,
+        router,
+        plugins,
+        media,
+        indexer: Arc::default(),
+        peers: peers.clone(),
+        certs,
+        access,
+        hooks,
+        started: time::OffsetDateTime::now_utc(),
+        history: Default::default(),
+        nowplaying: Default::default(),
+        dashboard_feed: Default::default(),
+    };
+    let node = Node {
+        config,
+        coordinator,
+        metrics,
+        hubs,
+        lifecycle,
+        load,
+        ingest,
+        listen,
+        hls,
+        producers,
+        peers,
+        front,
+    };
+    (node, control)
+}
