@@ -11,17 +11,14 @@
 //! A listener of a mount with a configured fallback follows the fallback while the mount has no
 //! source, and moves back when the source returns (override).
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::hooks::HookEvent;
 use crate::tls::Stream;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::access_log::Outcome;
@@ -30,11 +27,13 @@ use crate::cluster::peer::Peers;
 use crate::cluster::relay::Relays;
 use crate::cluster::routing::Router;
 use crate::http::{send, Cors, RequestHead, Response};
-use crate::hub::{Hub, ListenerCtrl, ListenerTicket, ReadResult, Registry};
+use crate::hub::{Hub, ReadResult, Registry};
 use crate::metrics::{ErrorKind, Metrics};
+use crate::model::MountConfig;
 
 pub mod access;
 pub mod files;
+mod writer;
 
 /// ICY metadata interval announced to players unless the mount sets its own (Icecast's default).
 pub const ICY_METAINT: usize = 16_000;
@@ -183,160 +182,256 @@ pub async fn serve(
     }
 }
 
+/// One stream request on its way through the phases, and what each phase answers through.
+struct Asked<'a> {
+    stream: Stream,
+    peer: SocketAddr,
+    req: &'a RequestHead,
+    state: &'a Arc<Listen>,
+    cors: Cors,
+    version: &'static str,
+    /// The mount asked for (`/_stream` taken off).
+    wanted: String,
+    /// Its configuration, read once for this connection.
+    config: Option<MountConfig>,
+    /// Another node relaying the mount: not a listener the limits and rules are for (refusing
+    /// it would cut off every listener over there).
+    relay: bool,
+}
+
+impl Asked<'_> {
+    async fn answer(&mut self, r: Response) -> Outcome {
+        answer(&mut self.stream, r, &self.cors, self.version).await
+    }
+
+    async fn refuse(&mut self, why: access::Refused) -> Outcome {
+        let (state, peer) = (self.state, self.peer);
+        refuse(
+            &mut self.stream,
+            state,
+            peer,
+            &self.wanted,
+            why,
+            &self.cors,
+            self.version,
+        )
+        .await
+    }
+}
+
+/// A listener let in on this node: the hub that serves it, the user name it authenticated
+/// with, and when the mount's `max_listener_secs` ends it.
+struct Admitted {
+    hub: Arc<Hub>,
+    user: Option<String>,
+    time_limit: Option<Instant>,
+}
+
+/// A stream request, in phases: route (another node may serve it) → admit (here) → the response
+/// head (pure) → the session (or a HEAD's head, or a Range probe's bytes).
 async fn listen(
-    mut stream: Stream,
+    stream: Stream,
     peer: SocketAddr,
     req: &RequestHead,
     state: &Arc<Listen>,
     cors: Cors,
 ) -> Outcome {
-    let version = req.response_version();
     // `/_stream/<mount>` is where routing sends listeners: always served here.
     let (wanted, routed) = match req.path.strip_prefix("/_stream") {
         Some(m) if m.starts_with('/') => (m.to_owned(), true),
         _ => (req.path.clone(), false),
     };
-    // The mount's configuration, read once for this connection.
-    let config = state.coordinator.mount(&wanted);
-    if let Some(m) = config.as_ref().filter(|_| !routed) {
-        let client = peer.ip().to_string();
-        let agent = req.header("user-agent").unwrap_or("").to_owned();
-        let target = state.router.route(&wanted, &client, &agent).await;
-        if let Some(url) = target {
-            // Players do not send their credentials to another host after a redirect (ffmpeg
-            // and curl do not): they are checked here, and the listener carries a pass.
-            let user = match admit(state, m, req, peer.ip(), None).await {
-                Ok(user) => user,
-                Err(why) => {
-                    return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await
-                }
-            };
-            let (mut query, proxied) = proxy_wanted(req, &state.settings.proxy_user_agents);
-            if m.htpasswd.is_some() || m.auth_url.is_some() {
-                let pass = access::make_pass(state.peers.key(), &wanted, user.as_deref(), now());
-                query = [query, crate::http::encode_form(&pass)]
-                    .into_iter()
-                    .filter(|q| !q.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("&");
-            }
-            let location = if query.is_empty() {
-                url
-            } else {
-                format!("{url}?{query}")
-            };
-            if !proxied {
-                let r = Response::text(302, format!("this stream is served at {location}\n"))
-                    .header("Location", location.clone());
-                let mut outcome = answer(&mut stream, r, &cors, version).await;
-                outcome.user = user;
-                return outcome;
-            }
-            let gauge = state
-                .metrics
-                .listeners_proxied
-                .get_or_create(&Metrics::mount(&wanted))
-                .clone();
-            gauge.inc();
-            info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
-            let result = crate::cluster::peer::proxy(
-                &state.peers,
-                &mut stream,
-                peer,
-                req,
-                &location,
-                state.hubs.sent_counter(),
-            )
-            .await;
-            gauge.dec();
-            match result {
-                crate::cluster::peer::Proxied::Ended(bytes, why) => {
-                    info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
-                    return Outcome {
-                        status: 200,
-                        bytes,
-                        user,
-                    };
-                }
-                // Nothing was sent yet: this node serves the listener itself.
-                crate::cluster::peer::Proxied::Unreachable(e) => {
-                    warn!(%peer, mount = %wanted, to = %location, error = %e, "proxy target unreachable; serving here");
-                }
-            }
+    let mut asked = Asked {
+        stream,
+        peer,
+        req,
+        state,
+        cors,
+        version: req.response_version(),
+        config: state.coordinator.mount(&wanted),
+        wanted,
+        relay: state.peers.matches(req),
+    };
+    if !routed && asked.config.is_some() {
+        if let Some(outcome) = route(&mut asked).await {
+            return outcome;
         }
     }
-    // Another node relaying the mount is not a listener the limits are for: refusing it would
-    // cut off every listener over there.
-    let relay = state.peers.matches(req);
+    let admitted = match admit_here(&mut asked).await {
+        Ok(a) => a,
+        Err(outcome) => return outcome,
+    };
+    let hub = &admitted.hub;
+    // The mount asked for (not a fallback serving it) decides, once for the connection.
+    // Only a value `mount create` takes: one that got into the store some other way must not
+    // make a listener spin (0) or buffer without bound.
+    let metaint = (hub.format.supports_icy_metadata()
+        && req.header("icy-metadata").is_some_and(|v| v.trim() == "1"))
+    .then(|| {
+        asked
+            .config
+            .as_ref()
+            .and_then(|m| m.icy_metaint)
+            .filter(|n| ICY_METAINT_RANGE.contains(n))
+            .map_or(ICY_METAINT, |n| n as usize)
+    });
+    // Another node relaying the mount learns where its first chunk is on the stream's timeline,
+    // so it places every frame as this node does.
+    let start = asked.relay.then(|| hub.join());
+    let position = start
+        .as_ref()
+        .and_then(|(_, cursor)| hub.position_of(*cursor))
+        .map(|at| at.to_header());
+    let head = response_head(asked.version, hub, metaint, &asked.cors, position);
+    if req.method == "HEAD" {
+        let _ = asked.stream.write_all(head.as_bytes()).await;
+        return Outcome {
+            status: 200,
+            bytes: 0,
+            user: admitted.user,
+        };
+    }
+    if let Some(last) = small_range(req) {
+        return probe(&mut asked, admitted, last).await;
+    }
+    session(asked, admitted, head, metaint, start).await
+}
+
+/// Asks routing which node serves this listener; another node gets it by redirect (with a pass
+/// for credentials checked here, as players do not send them to another host) or, for players
+/// that cannot follow one, through this node as a proxy. `None`: it is served here.
+async fn route(asked: &mut Asked<'_>) -> Option<Outcome> {
+    let (state, req, peer) = (asked.state, asked.req, asked.peer);
+    let m = asked.config.clone()?;
+    let wanted = asked.wanted.clone();
+    let agent = req.header("user-agent").unwrap_or("").to_owned();
+    let url = state
+        .router
+        .route(&wanted, &peer.ip().to_string(), &agent)
+        .await?;
+    let user = match admit(state, &m, req, peer.ip(), None).await {
+        Ok(user) => user,
+        Err(why) => return Some(asked.refuse(why).await),
+    };
+    let (mut query, proxied) = proxy_wanted(req, &state.settings.proxy_user_agents);
+    if m.htpasswd.is_some() || m.auth_url.is_some() {
+        let pass = access::make_pass(state.peers.key(), &wanted, user.as_deref(), now());
+        query = [query, crate::http::encode_form(&pass)]
+            .into_iter()
+            .filter(|q| !q.is_empty())
+            .collect::<Vec<_>>()
+            .join("&");
+    }
+    let location = if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{query}")
+    };
+    if !proxied {
+        let r = Response::text(302, format!("this stream is served at {location}\n"))
+            .header("Location", location.clone());
+        let mut outcome = asked.answer(r).await;
+        outcome.user = user;
+        return Some(outcome);
+    }
+    let gauge = state
+        .metrics
+        .listeners_proxied
+        .get_or_create(&Metrics::mount(&wanted))
+        .clone();
+    gauge.inc();
+    info!(%peer, mount = %wanted, to = %location, agent, "listener proxied");
+    let sent = state.hubs.sent_counter();
+    let result =
+        crate::cluster::peer::proxy(&state.peers, &mut asked.stream, peer, req, &location, sent)
+            .await;
+    gauge.dec();
+    match result {
+        crate::cluster::peer::Proxied::Ended(bytes, why) => {
+            info!(%peer, mount = %wanted, bytes, reason = %why, "proxied listener ended");
+            Some(Outcome {
+                status: 200,
+                bytes,
+                user,
+            })
+        }
+        // Nothing was sent yet: this node serves the listener itself.
+        crate::cluster::peer::Proxied::Unreachable(e) => {
+            warn!(%peer, mount = %wanted, to = %location, error = %e, "proxy target unreachable; serving here");
+            None
+        }
+    }
+}
+
+/// Lets a listener in on this node, or answers why not: the node is draining or full, the
+/// mount's rules refuse it, the mount has no source anywhere, or it is full. Who may listen is
+/// decided on the node that serves the stream (a redirect kept the signed URL's query, and a
+/// pass for credentials checked there).
+async fn admit_here(asked: &mut Asked<'_>) -> Result<Admitted, Outcome> {
+    let (state, req, peer, relay) = (asked.state, asked.req, asked.peer, asked.relay);
     if !relay && state.lifecycle.draining() {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, "this node is shutting down; try again\n")
             .header("Retry-After", "5");
-        return answer(&mut stream, r, &cors, version).await;
+        return Err(asked.answer(r).await);
     }
     let node_max = state.settings.max_listeners;
     if !relay && node_max > 0 && state.hubs.listener_count() >= node_max {
         state.metrics.error(ErrorKind::Full);
         let r = Response::text(503, format!("this node is full ({node_max} listeners)"));
-        return answer(&mut stream, r, &cors, version).await;
+        return Err(asked.answer(r).await);
     }
-    // Who may listen is decided on the node that serves the stream (a redirect above kept the
-    // signed URL's query, and a pass for credentials checked there). Relays are other nodes,
-    // not listeners. The user name is the one the listener authenticated with, if any.
+    let config = if relay { None } else { asked.config.clone() };
     let mut user = None;
-    if let Some(m) = config.as_ref().filter(|_| !relay) {
-        let passed = access::check_pass(state.peers.key(), &wanted, req, now());
+    if let Some(m) = &config {
+        let passed = access::check_pass(state.peers.key(), &asked.wanted, req, now());
         match admit(state, m, req, peer.ip(), passed).await {
             Ok(name) => user = name,
-            Err(why) => {
-                return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await
-            }
+            Err(why) => return Err(asked.refuse(why).await),
         }
     }
-    let time_limit = config
-        .as_ref()
-        .and_then(|m| m.max_listener_secs)
-        .filter(|_| !relay)
-        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    let wanted = asked.wanted.as_str();
     // An on-demand relay mount this node pulls starts pulling now (nothing happens for others).
-    if state.hubs.hub(&wanted).is_none() {
-        state.demand.wake(&state.hubs, &wanted).await;
+    if state.hubs.hub(wanted).is_none() {
+        state.demand.wake(&state.hubs, wanted).await;
     }
     // In a cluster, a mount another node originates is relayed from there on demand.
-    let local = resolve_anywhere(state, &wanted).await;
-    let Some(mut hub) = local else {
+    let Some(hub) = resolve_anywhere(state, wanted).await else {
         state.metrics.error(ErrorKind::NotFound);
-        let msg = if config.is_some() {
+        let msg = if asked.config.is_some() {
             format!("mount {wanted} has no source right now")
         } else {
             format!("no such mount: {wanted}")
         };
-        return answer(&mut stream, Response::text(404, msg), &cors, version).await;
+        return Err(asked.answer(Response::text(404, msg)).await);
     };
-    if let Some(max) = config
-        .as_ref()
-        .and_then(|m| m.max_listeners)
-        .filter(|_| !relay)
-    {
-        let current = state.hubs.listeners_of(&wanted).len();
-        if current >= max as usize {
+    if let Some(max) = config.as_ref().and_then(|m| m.max_listeners) {
+        if state.hubs.listeners_of(wanted).len() >= max as usize {
             state.metrics.error(ErrorKind::Full);
             info!(%peer, mount = %wanted, max, "listener refused: mount full");
             let r = Response::text(503, format!("mount {wanted} is full ({max} listeners)"));
-            return answer(&mut stream, r, &cors, version).await;
+            return Err(asked.answer(r).await);
         }
     }
-    let icy = hub.format.supports_icy_metadata()
-        && req.header("icy-metadata").is_some_and(|v| v.trim() == "1");
-    // The mount asked for (not a fallback serving it) decides, once for the connection.
-    // Only a value `mount create` takes: one that got into the store some other way must not
-    // make a listener spin (0) or buffer without bound.
-    let metaint = config
-        .as_ref()
-        .and_then(|m| m.icy_metaint)
-        .filter(|n| ICY_METAINT_RANGE.contains(n))
-        .map_or(ICY_METAINT, |n| n as usize);
-    let mut head = format!("{version} 200 OK\r\n");
+    Ok(Admitted {
+        hub,
+        user,
+        time_limit: config
+            .and_then(|m| m.max_listener_secs)
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s))),
+    })
+}
+
+/// The head of a stream's answer: the content type, no caching, the mount's `icy-*` headers
+/// (each on one line), `icy-metaint` when the player asked for ICY metadata (`metaint`), CORS,
+/// and for another node's relay the stream `position` of its first chunk.
+fn response_head(
+    version: &str,
+    hub: &Hub,
+    metaint: Option<usize>,
+    cors: &Cors,
+    position: Option<String>,
+) -> String {
     let mut headers: Vec<(&str, std::borrow::Cow<str>)> = vec![
         ("Content-Type", hub.content_type.as_str().into()),
         ("Cache-Control", "no-cache, no-store".into()),
@@ -364,57 +459,66 @@ async fn listen(
             headers.push((name, v.replace(['\r', '\n'], " ").into()));
         }
     }
-    if icy {
-        headers.push(("icy-metaint", metaint.to_string().into()));
+    if let Some(every) = metaint {
+        headers.push(("icy-metaint", every.to_string().into()));
     }
     headers.extend(cors.headers(false));
-    // Another node relaying the mount learns where its first chunk is on the stream's timeline,
-    // so it places every frame as this node does.
-    let start = relay.then(|| hub.join());
-    if let Some(at) = start
-        .as_ref()
-        .and_then(|(_, cursor)| hub.position_of(*cursor))
-    {
-        headers.push(("x-tidecast-position", at.to_header().into()));
+    if let Some(at) = position {
+        headers.push(("x-tidecast-position", at.into()));
     }
-
+    let mut head = format!("{version} 200 OK\r\n");
     for (n, v) in &headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    if req.method == "HEAD" {
-        let _ = stream.write_all(head.as_bytes()).await;
-        return Outcome {
-            status: 200,
-            bytes: 0,
-            user,
-        };
-    }
-    if let Some(last) = small_range(req) {
-        // Safari-style probe: a few bytes of real audio, then close.
-        let (hdrs, cursor) = hub.join();
-        let mut body: Vec<u8> = hdrs.map(|h| h.to_vec()).unwrap_or_default();
-        if let ReadResult::Data(chunks, _) = hub.read_from(cursor) {
-            for c in chunks {
-                body.extend_from_slice(&c);
-            }
+    head
+}
+
+/// A Safari-style probe (`Range: bytes=0-N`): up to `last + 1` bytes of real audio, then close.
+async fn probe(asked: &mut Asked<'_>, admitted: Admitted, last: usize) -> Outcome {
+    let hub = &admitted.hub;
+    let (headers, cursor) = hub.join();
+    let mut body: Vec<u8> = headers.map(|h| h.to_vec()).unwrap_or_default();
+    if let ReadResult::Data(chunks, _) = hub.read_from(cursor) {
+        for c in chunks {
+            body.extend_from_slice(&c);
         }
-        body.truncate(last + 1);
-        let mut r = Response::new(206, hub.content_type.clone(), body.clone()).header(
-            "Content-Range",
-            format!("bytes 0-{}/*", body.len().saturating_sub(1)),
-        );
-        r.headers.extend(cors.headers(false));
-        r.headers.extend(crate::http::stream_headers());
-        send(&mut stream, &r, version, false).await;
-        return Outcome {
-            user,
-            ..Outcome::of(&r)
-        };
     }
-    let _ = socket2::SockRef::from(stream.tcp()).set_send_buffer_size(state.settings.send_buffer);
-    let agent = req.header("user-agent").unwrap_or("").to_owned();
-    let per_user = config.as_ref().and_then(|m| m.max_user_connections);
+    body.truncate(last + 1);
+    let mut r = Response::new(206, hub.content_type.clone(), body.clone()).header(
+        "Content-Range",
+        format!("bytes 0-{}/*", body.len().saturating_sub(1)),
+    );
+    r.headers.extend(asked.cors.headers(false));
+    r.headers.extend(crate::http::stream_headers());
+    send(&mut asked.stream, &r, asked.version, false).await;
+    Outcome {
+        user: admitted.user,
+        ..Outcome::of(&r)
+    }
+}
+
+/// A listener's session: signed in (its per-user limit checked), announced to the hooks, the
+/// head written, the mount's intro, then the stream until it ends (`writer.rs`); then the
+/// radio's authentication URL and the hooks hear it left.
+async fn session(
+    mut asked: Asked<'_>,
+    admitted: Admitted,
+    head: String,
+    metaint: Option<usize>,
+    start: Option<(Option<Bytes>, u64)>,
+) -> Outcome {
+    let (state, peer, relay) = (asked.state, asked.peer, asked.relay);
+    let Admitted {
+        mut hub,
+        user,
+        time_limit,
+    } = admitted;
+    let wanted = asked.wanted.clone();
+    let _ =
+        socket2::SockRef::from(asked.stream.tcp()).set_send_buffer_size(state.settings.send_buffer);
+    let agent = asked.req.header("user-agent").unwrap_or("").to_owned();
+    let per_user = asked.config.as_ref().and_then(|m| m.max_user_connections);
     let Some(ticket) = state.hubs.sign_in(
         &wanted,
         peer.ip().to_string(),
@@ -423,7 +527,7 @@ async fn listen(
         per_user.filter(|_| !relay),
     ) else {
         let why = access::Refused::UserConnections(per_user.unwrap_or_default());
-        return refuse(&mut stream, state, peer, &wanted, why, &cors, version).await;
+        return asked.refuse(why).await;
     };
     let id = ticket.id;
     state
@@ -431,7 +535,7 @@ async fn listen(
         .listener_connections
         .get_or_create(&Metrics::mount(&wanted))
         .inc();
-    info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy, "listener connected");
+    info!(%peer, id, mount = %wanted, serving = %hub.mount, agent, user, icy = metaint.is_some(), "listener connected");
     // The listener's events, built only when a hook wants them.
     let hooked = !relay
         && (state.hooks.wants(HookEvent::ListenerAdd)
@@ -449,36 +553,12 @@ async fn listen(
         state.hooks.emit(HookEvent::ListenerAdd, l.clone());
     }
     let started = Instant::now();
-
-    // The mount's intro, if it has one in the format of the stream it serves.
-    let mut intro = None;
-    if let Some(path) = config
-        .as_ref()
-        .and_then(|m| m.intro.as_ref())
-        .filter(|_| !relay)
-    {
-        match state.intros.get(path).await {
-            Ok(i) if i.format == hub.format => intro = Some(i.data.clone()),
-            Ok(i) => {
-                info!(mount = %wanted, intro = %path, "intro skipped: it is {:?} audio, the stream {:?}", i.format, hub.format)
-            }
-            // Logged when the file was read.
-            Err(_) => {}
-        }
-    }
-    let mut conn = Conn {
-        stream,
-        icy: icy.then_some(Icy {
-            until: metaint,
-            every: metaint,
-            sent_version: 0,
-        }),
-        sent: 0,
-        state: state.clone(),
-        hub_gauge: None,
-        time_limit,
-        relay,
+    let intro = if relay {
+        None
+    } else {
+        intro_for(state, asked.config.as_ref(), &hub).await
     };
+    let mut conn = writer::Conn::new(asked.stream, state.clone(), metaint, time_limit, relay);
     conn.attach(&hub);
     let reason = match conn.stream.write_all(head.as_bytes()).await {
         Ok(()) => {
@@ -490,7 +570,8 @@ async fn listen(
     conn.detach(&hub);
     let seconds = started.elapsed().as_secs();
     // Tell the radio's authentication the listener left (answer ignored, bounded in time).
-    if let Some(url) = config
+    if let Some(url) = asked
+        .config
         .as_ref()
         .and_then(|m| m.auth_url.clone())
         .filter(|_| !relay)
@@ -498,7 +579,7 @@ async fn listen(
         let (http, mount, req, ip, user) = (
             state.webhook_http.clone(),
             wanted.clone(),
-            req.clone(),
+            asked.req.clone(),
             peer.ip(),
             user.clone(),
         );
@@ -521,6 +602,20 @@ async fn listen(
         status: 200,
         bytes: conn.sent,
         user,
+    }
+}
+
+/// The mount's intro, if it has one in the format of the stream `hub` serves.
+async fn intro_for(state: &Listen, config: Option<&MountConfig>, hub: &Hub) -> Option<Bytes> {
+    let path = config?.intro.as_ref()?;
+    match state.intros.get(path).await {
+        Ok(i) if i.format == hub.format => Some(i.data.clone()),
+        Ok(i) => {
+            info!(mount = %hub.mount, intro = %path, "intro skipped: it is {:?} audio, the stream {:?}", i.format, hub.format);
+            None
+        }
+        // Logged when the file was read.
+        Err(_) => None,
     }
 }
 
@@ -586,375 +681,9 @@ async fn refuse(
     answer(stream, why.response(mount), cors, version).await
 }
 
-struct Icy {
-    /// Audio bytes left before the next metadata slot.
-    until: usize,
-    /// Audio bytes between slots, as announced to this listener.
-    every: usize,
-    /// Last metadata version sent to this listener.
-    sent_version: u64,
-}
-
-struct Conn {
-    /// Another node relaying the mount, not a player.
-    relay: bool,
-    /// When the mount's `max_listener_secs` ends this listener.
-    time_limit: Option<Instant>,
-    stream: Stream,
-    icy: Option<Icy>,
-    sent: u64,
-    state: Arc<Listen>,
-    hub_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
-}
-
-impl Conn {
-    fn attach(&mut self, hub: &Hub) {
-        hub.listener_joined();
-        let g = self
-            .state
-            .metrics
-            .listeners
-            .get_or_create(&Metrics::mount(&hub.mount))
-            .clone();
-        g.inc();
-        self.hub_gauge = Some(g);
-    }
-
-    fn detach(&mut self, hub: &Hub) {
-        hub.listener_left();
-        if let Some(g) = self.hub_gauge.take() {
-            g.dec();
-        }
-    }
-
-    /// Moves this listener to another hub at its live position (Ogg: after its header pages).
-    fn switch(&mut self, hub: &mut Arc<Hub>, to: Arc<Hub>, queue: &mut VecDeque<Bytes>) -> u64 {
-        self.detach(hub);
-        *hub = to;
-        self.attach(hub);
-        // Title versions count per hub: the new hub's title goes out at the next slot.
-        if let Some(icy) = &mut self.icy {
-            icy.sent_version = u64::MAX;
-        }
-        let (headers, cursor) = hub.join_live();
-        if let Some(h) = headers {
-            self.queue_audio(hub, h, queue);
-        }
-        info!(mount = %hub.mount, "listener switched hub");
-        cursor
-    }
-
-    /// Appends audio to the write queue, inserting ICY metadata blocks every `Icy::every` bytes.
-    fn queue_audio(&mut self, hub: &Hub, mut data: Bytes, queue: &mut VecDeque<Bytes>) {
-        let Some(icy) = &mut self.icy else {
-            queue.push_back(data);
-            return;
-        };
-        while !data.is_empty() {
-            if icy.until == 0 {
-                let meta = hub.meta();
-                if meta.version != icy.sent_version {
-                    icy.sent_version = meta.version;
-                    queue.push_back(meta.block);
-                } else {
-                    queue.push_back(Bytes::from_static(&[0]));
-                }
-                icy.until = icy.every;
-            }
-            let take = icy.until.min(data.len());
-            queue.push_back(data.split_to(take));
-            icy.until -= take;
-        }
-    }
-
-    /// Counts a listener dropped for falling behind the ring; returns the log reason.
-    fn dropped_slow(&self, hub: &Hub) -> &'static str {
-        self.state
-            .metrics
-            .dropped_slow
-            .get_or_create(&Metrics::mount(&hub.mount))
-            .inc();
-        "too slow: fell behind the mount's queue"
-    }
-
-    async fn run(
-        &mut self,
-        hub: &mut Arc<Hub>,
-        mut wanted: String,
-        mut ticket: ListenerTicket,
-        intro: Option<Bytes>,
-        start: Option<(Option<Bytes>, u64)>,
-    ) -> &'static str {
-        // Another node's relay writes on to its own listeners' grid: batching here too would
-        // put two intervals of delay (and of silence in a failover) in series.
-        let interval = if self.relay {
-            RELAY_WRITE_INTERVAL
-        } else {
-            self.state.settings.write_interval
-        };
-        let counter = self
-            .state
-            .metrics
-            .bytes_out
-            .get_or_create(&Metrics::mount(&wanted))
-            .clone();
-        let mut queue = VecDeque::new();
-        if let Some(intro) = intro {
-            // Written whole before the listener joins the hub, as fast as the player takes it
-            // (as Icecast does): there is no ring position yet to fall behind.
-            self.queue_audio(hub, intro, &mut queue);
-            match write_queue(&mut self.stream, &mut queue, hub, u64::MAX).await {
-                Ok(n) => {
-                    self.sent += n as u64;
-                    counter.inc_by(n as u64);
-                    self.state.hubs.sent(n as u64);
-                }
-                Err(WriteError::Timeout) => return "write timeout",
-                Err(WriteError::Io | WriteError::Lagged) => return "connection closed",
-            }
-        }
-        // Joined already when the head named the position (a relay); else after the intro.
-        let (headers, mut cursor) = start.unwrap_or_else(|| hub.join());
-        if let Some(h) = headers {
-            self.queue_audio(hub, h, &mut queue);
-        }
-        let mut rx = hub.watch();
-        let mut started_rx = self.state.hubs.producer_started();
-        let mut override_check = tokio::time::Instant::now() + OVERRIDE_CHECK;
-        loop {
-            if self.time_limit.is_some_and(|t| Instant::now() >= t) {
-                return "listening time limit reached";
-            }
-            match hub.read_from(cursor) {
-                ReadResult::Data(chunks, next) => {
-                    cursor = next;
-                    for c in chunks {
-                        self.queue_audio(hub, c, &mut queue);
-                    }
-                }
-                ReadResult::Empty => {}
-                ReadResult::Lagged => return self.dropped_slow(hub),
-            }
-            let last_write = Instant::now();
-            if !queue.is_empty() {
-                match write_queue(&mut self.stream, &mut queue, hub, cursor).await {
-                    Ok(n) => {
-                        self.sent += n as u64;
-                        counter.inc_by(n as u64);
-                        self.state.hubs.sent(n as u64);
-                    }
-                    Err(WriteError::Lagged) => return self.dropped_slow(hub),
-                    Err(WriteError::Io) => return "connection closed",
-                    Err(WriteError::Timeout) => return "write timeout",
-                }
-            }
-            if hub.is_silenced() {
-                // Silence: the fallback, if one has sound (back when the sound returns).
-                if let Some(h) = resolve(&self.state, &wanted).filter(|h| !Arc::ptr_eq(h, hub)) {
-                    cursor = self.switch(hub, h, &mut queue);
-                    rx = hub.watch();
-                    continue;
-                }
-            }
-            if hub.is_ended() && hub.head() <= cursor {
-                // A draining node lets another node's relay go, rather than relay the mount's
-                // next origin to it: that node follows the mount there itself.
-                if self.relay && self.state.lifecycle.draining() {
-                    return "source ended";
-                }
-                // Everything the source sent is delivered: follow the fallback or leave.
-                match resolve_anywhere(&self.state, &wanted).await {
-                    Some(h) => {
-                        cursor = self.switch(hub, h, &mut queue);
-                        rx = hub.watch();
-                        continue;
-                    }
-                    None => return "source ended",
-                }
-            }
-            // Wait out the write interval (batching is what keeps fan-out cheap), then for new
-            // data if the source has none yet. Admin commands and overrides interrupt either wait.
-            let next_write = next_tick(last_write, interval);
-            let mut paced = false;
-            loop {
-                if paced {
-                    rx.borrow_and_update();
-                    if hub.head() > cursor || hub.is_ended() {
-                        break;
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    changed = ticket.commands.changed() => {
-                        if changed.is_err() {
-                            return "removed";
-                        }
-                        let cmd = ticket.commands.borrow_and_update().clone();
-                        match cmd {
-                            ListenerCtrl::Kill => return "killed by admin",
-                            ListenerCtrl::MoveTo(to) => {
-                                if let Some(h) = resolve(&self.state, &to) {
-                                    wanted = to;
-                                    ticket.moved_to(&wanted);
-                                    cursor = self.switch(hub, h, &mut queue);
-                                    rx = hub.watch();
-                                }
-                            }
-                            ListenerCtrl::Run => {}
-                        }
-                        break;
-                    }
-                    ev = started_rx.recv(), if hub.mount != wanted => {
-                        // Override: the wanted mount's source is back.
-                        let relevant = match ev {
-                            Ok(m) => m == wanted,
-                            Err(broadcast::error::RecvError::Lagged(_)) => true,
-                            Err(broadcast::error::RecvError::Closed) => false,
-                        };
-                        if relevant {
-                            if let Some(h) = self.state.hubs.hub(&wanted).filter(|h| !h.is_silenced()) {
-                                cursor = self.switch(hub, h, &mut queue);
-                                rx = hub.watch();
-                            }
-                        }
-                        if hub.mount == wanted {
-                            break;
-                        }
-                    }
-                    () = tokio::time::sleep_until(override_check), if hub.mount != wanted => {
-                        // Override across the cluster: the wanted mount is produced elsewhere
-                        // again.
-                        override_check = tokio::time::Instant::now() + OVERRIDE_CHECK;
-                        if self.state.coordinator.origin_url(&wanted).is_some() {
-                            let back = self.state.relays.hub_from_origin(&wanted).await;
-                            if let Some(h) = back.filter(|h| !h.is_silenced()) {
-                                cursor = self.switch(hub, h, &mut queue);
-                                rx = hub.watch();
-                                break;
-                            }
-                        }
-                    }
-                    () = tokio::time::sleep_until(next_write), if !paced => paced = true,
-                    _ = rx.changed(), if paced => {}
-                }
-            }
-        }
-    }
-}
-
-/// How often a relay to another node is written to: a few connections per mount, so they are
-/// not batched like listeners.
-const RELAY_WRITE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// The first multiple of `interval` (counted from process start) after `last`. Listeners write
-/// on a shared grid, so one timer wake-up of a worker thread serves many listeners instead of
-/// each listener waking a thread at its own phase. A listener woken by a tick writes at once
-/// and is due again at the next one: one interval apart. (Counting a whole interval from the
-/// moment of the write, which always falls a little after its tick, skipped every other tick.)
-fn next_tick(last: Instant, interval: Duration) -> tokio::time::Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    tokio::time::Instant::from_std(tick_after(epoch, last, interval))
-}
-
-fn tick_after(epoch: Instant, last: Instant, interval: Duration) -> Instant {
-    let step = interval.as_nanos().max(1);
-    let since = last.saturating_duration_since(epoch).as_nanos();
-    let ticks = since / step + 1;
-    epoch + Duration::from_nanos(u64::try_from(ticks * step).unwrap_or(u64::MAX))
-}
-
-enum WriteError {
-    Io,
-    Timeout,
-    Lagged,
-}
-
-/// A write that makes no progress for this long ends the connection.
-const WRITE_STALL: Duration = Duration::from_secs(30);
-
-/// Writes the whole queue with vectored writes. While the socket is blocked, checks once a second
-/// whether the hub's ring has overtaken this listener (`cursor`: the next chunk it needs).
-async fn write_queue(
-    stream: &mut Stream,
-    queue: &mut VecDeque<Bytes>,
-    hub: &Hub,
-    cursor: u64,
-) -> Result<usize, WriteError> {
-    let mut written = 0;
-    while !queue.is_empty() {
-        let slices: Vec<IoSlice<'_>> = queue.iter().take(128).map(|b| IoSlice::new(b)).collect();
-        // Fast path: the socket usually has room, and then no timer is armed at all.
-        let n = match stream.try_write_vectored(&slices) {
-            Ok(0) => return Err(WriteError::Io),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::select! {
-                r = tokio::time::timeout(WRITE_STALL, stream.write_vectored(&slices)) => match r {
-                    Err(_) => return Err(WriteError::Timeout),
-                    Ok(Err(_)) | Ok(Ok(0)) => return Err(WriteError::Io),
-                    Ok(Ok(n)) => n,
-                },
-                () = overtaken(hub, cursor) => return Err(WriteError::Lagged),
-            },
-            Err(_) => return Err(WriteError::Io),
-        };
-        drop(slices);
-        written += n;
-        let mut left = n;
-        while left > 0 {
-            let Some(front) = queue.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                queue.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
-        }
-    }
-    if stream.is_tls() {
-        // rustls may still hold records the socket had no room for.
-        match tokio::time::timeout(WRITE_STALL, stream.flush()).await {
-            Err(_) => return Err(WriteError::Timeout),
-            Ok(Err(_)) => return Err(WriteError::Io),
-            Ok(Ok(())) => {}
-        }
-    }
-    Ok(written)
-}
-
-async fn overtaken(hub: &Hub, cursor: u64) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if hub.first_seq() > cursor {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_listener_woken_by_a_tick_is_due_again_one_interval_later() {
-        let epoch = Instant::now();
-        let second = Duration::from_secs(1);
-        // Woken 3 ms after the tick at 5 s, having written: due at 6 s, not 7 s.
-        let woke = epoch + Duration::from_millis(5003);
-        assert_eq!(
-            tick_after(epoch, woke, second),
-            epoch + Duration::from_secs(6)
-        );
-        // A first write off the grid waits for the next tick.
-        let joined = epoch + Duration::from_millis(5700);
-        assert_eq!(
-            tick_after(epoch, joined, second),
-            epoch + Duration::from_secs(6)
-        );
-    }
 
     fn req(query: &str, agent: Option<&str>) -> RequestHead {
         RequestHead {
