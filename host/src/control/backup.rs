@@ -14,7 +14,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::Control;
-use crate::cluster::coordinator::{Change, MAX_CHANGES};
+use crate::cluster::coordinator::{Change, CoordError, MAX_CHANGES};
 use crate::http::Response;
 use crate::model::{AdminCredential, MediaInfo, MountConfig, PluginRecord, StationConfig};
 
@@ -91,7 +91,9 @@ pub async fn backup(state: &Control) -> Response {
     }
 }
 
-/// `POST /api/v1/restore`.
+/// `POST /api/v1/restore`: the plugins' bytes checked against their hashes, the plugin versions
+/// added (mounts are checked against them), every mount and station rebuilt from its create
+/// request, then, if all of it passed, the rest written.
 pub async fn restore(state: &Control, body: &[u8]) -> Response {
     let b: Backup = match crate::control::json_body(body) {
         Ok(b) => b,
@@ -106,6 +108,58 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
             ),
         );
     }
+    let bytes = match plugin_bytes(&b) {
+        Ok(bytes) => bytes,
+        Err(problems) => return refused(&problems),
+    };
+    // Plugin versions first (content-addressed, each checked against its hash above): mounts
+    // and stations are checked against them. Nothing else is written unless all of it passes.
+    let versions = match add_versions(state, &b, &bytes).await {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let mut problems = Vec::new();
+    if let Some(a) = &b.admin {
+        if let Err(e) = crate::auth::check_hash(&a.password_hash) {
+            problems.push(format!("admin password_hash: {e}"));
+        }
+    }
+    let (stations, mounts) = rebuild(state, &b, &mut problems).await;
+    let changes = changes(state, &mounts, &stations);
+    if changes.len() > MAX_CHANGES {
+        problems.push(format!(
+            "{} mounts and stations change; one restore changes at most {MAX_CHANGES}",
+            changes.len()
+        ));
+    }
+    if !problems.is_empty() {
+        return refused(&problems);
+    }
+    let counts = json!({
+        "mounts": mounts.len(),
+        "stations": stations.len(),
+        "plugins": b.plugins.len(),
+        "plugin_versions_added": versions,
+        "changes": changes.len(),
+        "positions": b.positions.len(),
+        "media": b.media.len(),
+    });
+    let n = changes.len();
+    if let Err(e) = write(state, b, changes).await {
+        return crate::control::storage_error(e);
+    }
+    info!(
+        changes = n,
+        plugin_versions = versions,
+        "store restored from a backup"
+    );
+    state.plugins.runtime.changed();
+    Response::json(200, &counts)
+}
+
+/// The backup's plugin bytes by hash, each checked against its hash, and every version's bytes
+/// there; or every problem.
+fn plugin_bytes(b: &Backup) -> Result<BTreeMap<String, Vec<u8>>, Vec<String>> {
     let mut problems = Vec::new();
     let mut bytes = BTreeMap::new();
     for (hash, text) in &b.blobs {
@@ -130,11 +184,19 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
             }
         }
     }
-    if !problems.is_empty() {
-        return refused(&problems);
+    if problems.is_empty() {
+        Ok(bytes)
+    } else {
+        Err(problems)
     }
-    // Plugin versions first (content-addressed, each checked against its hash above): mounts
-    // and stations are checked against them. Nothing else is written unless all of it passes.
+}
+
+/// Adds the backup's plugin versions the store does not have: how many.
+async fn add_versions(
+    state: &Control,
+    b: &Backup,
+    bytes: &BTreeMap<String, Vec<u8>>,
+) -> Result<usize, Response> {
     let c = &state.coordinator;
     let mut versions = 0;
     for p in &b.plugins {
@@ -144,27 +206,24 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
                 continue;
             }
             let wasm = bytes.get(&v.hash).map(Vec::as_slice).unwrap_or_default();
-            if let Err(e) = c.add_plugin_version(&p.name, v.clone(), wasm).await {
-                return crate::control::storage_error(e);
-            }
+            c.add_plugin_version(&p.name, v.clone(), wasm)
+                .await
+                .map_err(crate::control::storage_error)?;
             versions += 1;
         }
     }
-    // Each mount is rebuilt from its create request by the code `mount create` and `apply`
-    // use (references against the backup's own mounts and stations), so a value that could not
-    // be created cannot be restored either; only its secrets are taken as they were saved.
-    let transcoded = |p: &str| {
-        b.mounts
-            .iter()
-            .find(|m| m.path == p)
-            .map(|m| m.transcode.is_some())
-    };
-    if let Some(a) = &b.admin {
-        if let Err(e) = crate::auth::check_hash(&a.password_hash) {
-            problems.push(format!("admin password_hash: {e}"));
-        }
-    }
-    // Stations too, from their create requests.
+    Ok(versions)
+}
+
+/// The backup's stations and mounts, each rebuilt from its create request by the code
+/// `station create`, `mount create` and `apply` use (references against the backup's own mounts
+/// and stations), so a value that could not be created cannot be restored either; only a
+/// mount's secrets are taken as they were saved. Problems are noted.
+async fn rebuild(
+    state: &Control,
+    b: &Backup,
+    problems: &mut Vec<String>,
+) -> (Vec<StationConfig>, Vec<MountConfig>) {
     let mut stations = Vec::with_capacity(b.stations.len());
     for saved in &b.stations {
         let at = format!("station {:?}", saved.name);
@@ -176,6 +235,12 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
             Err(e) => problems.extend(e.into_iter().map(|p| format!("{at}: {p}"))),
         }
     }
+    let transcoded = |p: &str| {
+        b.mounts
+            .iter()
+            .find(|m| m.path == p)
+            .map(|m| m.transcode.is_some())
+    };
     let station = |s: &str| stations.iter().any(|st| st.name == s);
     let known = crate::model::edit::Known {
         transcoded: &transcoded,
@@ -188,20 +253,7 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
         request.token_key.clone_from(&saved.token_key);
         match crate::control::mounts::build_mount(state, request, &known).await {
             Ok((mut m, _)) => {
-                let hash = &saved.source_password_hash;
-                let problem = match (m.kind() == crate::model::ProducerKind::Source, hash.is_empty()) {
-                    (false, true) => None,
-                    (false, false) => Some("only a source mount has a source password hash".into()),
-                    (true, true) => Some("a source mount needs its source_password_hash".into()),
-                    (true, false) if !hash.starts_with("$argon2") => Some(
-                        "source_password_hash must be an argon2 hash as `tidecast backup` writes it"
-                            .into(),
-                    ),
-                    (true, false) => crate::auth::check_hash(hash)
-                        .err()
-                        .map(|e| format!("source_password_hash: {e}")),
-                };
-                if let Some(p) = problem {
+                if let Some(p) = hash_problem(&m, &saved.source_password_hash) {
                     problems.push(format!("{at}: {p}"));
                 }
                 m.source_password_hash
@@ -211,63 +263,48 @@ pub async fn restore(state: &Control, body: &[u8]) -> Response {
             Err(e) => problems.extend(e.into_iter().map(|p| format!("{at}: {p}"))),
         }
     }
-    let changes = changes(state, &mounts, &stations);
-    if changes.len() > MAX_CHANGES {
-        problems.push(format!(
-            "{} mounts and stations change; one restore changes at most {MAX_CHANGES}",
-            changes.len()
-        ));
+    (stations, mounts)
+}
+
+/// What is wrong with a saved source password `hash` for mount `m`, if anything.
+fn hash_problem(m: &MountConfig, hash: &str) -> Option<String> {
+    match (
+        m.kind() == crate::model::ProducerKind::Source,
+        hash.is_empty(),
+    ) {
+        (false, true) => None,
+        (false, false) => Some("only a source mount has a source password hash".into()),
+        (true, true) => Some("a source mount needs its source_password_hash".into()),
+        (true, false) if !hash.starts_with("$argon2") => Some(
+            "source_password_hash must be an argon2 hash as `tidecast backup` writes it".into(),
+        ),
+        (true, false) => crate::auth::check_hash(hash)
+            .err()
+            .map(|e| format!("source_password_hash: {e}")),
     }
-    if !problems.is_empty() {
-        return refused(&problems);
-    }
-    let n = changes.len();
-    if n > 0 {
-        if let Err(e) = c.transact(changes.clone()).await {
-            return crate::control::storage_error(e);
-        }
+}
+
+/// Writes a checked backup: its mounts and stations in one transaction (the hooks told), then
+/// plugins it does not have removed (once no mount names them), the admin account, playlist
+/// positions and media infos.
+async fn write(state: &Control, b: Backup, changes: Vec<Change>) -> Result<(), CoordError> {
+    let c = &state.coordinator;
+    if !changes.is_empty() {
+        c.transact(changes.clone()).await?;
         crate::control::apply::announce(state, &changes);
     }
-    // Plugins the backup does not have go once no mount names them.
     for p in c.plugins() {
         if !b.plugins.iter().any(|q| q.name == p.name) {
-            if let Err(e) = c.delete_plugin(&p.name).await {
-                return crate::control::storage_error(e);
-            }
+            c.delete_plugin(&p.name).await?;
         }
     }
     if let Some(admin) = b.admin.filter(|a| c.admin().as_ref() != Some(a)) {
-        if let Err(e) = c.set_admin(admin, false).await {
-            return crate::control::storage_error(e);
-        }
+        c.set_admin(admin, false).await?;
     }
     for (mount, position) in &b.positions {
-        if let Err(e) = c.save_position(mount, position).await {
-            return crate::control::storage_error(e);
-        }
+        c.save_position(mount, position).await?;
     }
-    let media = b.media.len();
-    if let Err(e) = c.put_media_infos(b.media).await {
-        return crate::control::storage_error(e);
-    }
-    info!(
-        changes = n,
-        plugin_versions = versions,
-        "store restored from a backup"
-    );
-    state.plugins.runtime.changed();
-    Response::json(
-        200,
-        &json!({
-            "mounts": mounts.len(),
-            "stations": stations.len(),
-            "plugins": b.plugins.len(),
-            "plugin_versions_added": versions,
-            "changes": n,
-            "positions": b.positions.len(),
-            "media": media,
-        }),
-    )
+    c.put_media_infos(b.media).await
 }
 
 /// The answer to a backup that is not restored, with every problem.

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::access_log::Outcome;
 use crate::auth::refusal;
 use crate::auth::Gate;
-use crate::cluster::coordinator::Coordinator;
+use crate::cluster::coordinator::{Coordinator, OriginClaim};
 use crate::hooks::HookEvent;
 use crate::http::send;
 use crate::http::{RequestHead, Response};
@@ -96,84 +96,18 @@ async fn admit_and_pump(
 ) -> Outcome {
     let version = req.response_version();
     let mount = req.path.clone();
-    let refuse = |status: u16, msg: &str| Response::text(status, msg);
-    if let Err(e) = validate_mount_path(&mount) {
-        state.metrics.error(ErrorKind::BadRequest);
-        info!(%peer, %mount, error = %e, "source refused");
-        return answer(&mut stream, refuse(400, &e), version).await;
-    }
-    if state.coordinator.mount(&mount).is_none() && !state.gate.open_mode() {
-        state.metrics.error(ErrorKind::NotFound);
-        info!(%peer, %mount, "source refused: mount not declared");
-        let msg = format!(
-            "mount {mount} is not declared; create it with `tidecast mount create {mount}`"
-        );
-        return answer(&mut stream, refuse(404, &msg), version).await;
-    }
-    let verdict = state.gate.check_source(req, peer.ip(), &mount, false).await;
+    let (content_type, claim, body) = match admit(peer, req, &mount, &state).await {
+        Ok(admitted) => admitted,
+        Err(r) => return answer(&mut stream, r, version).await,
+    };
     // The source's user name, for its access-log line.
     let user = req.basic_auth().map(|(u, _)| u);
-    if !verdict.granted() {
-        state.metrics.error(ErrorKind::Unauthorized);
-        info!(%peer, %mount, ?verdict, "source refused: bad credentials");
-        let denied = refuse(401, "authentication required")
-            .header("WWW-Authenticate", "Basic realm=\"tidecast\"")
-            .header("Allow", "GET, PUT, OPTIONS, SOURCE");
-        return answer(&mut stream, refusal(verdict, denied), version).await;
-    }
-    let content_type = match (
-        req.header("content-type").map(str::trim),
-        req.method.as_str(),
-    ) {
-        (Some(ct), _) if !ct.is_empty() => crate::http::audio_content_type(ct)
-            .ok_or("Content-Type is not an audio type (such as audio/mpeg or audio/ogg)"),
-        (_, "SOURCE") => Ok("audio/mpeg".to_owned()),
-        _ => Err("Content-Type is required"),
-    };
-    let content_type = match content_type {
-        Ok(ct) => ct,
-        Err(why) => {
-            state.metrics.error(ErrorKind::BadRequest);
-            info!(%peer, %mount, why, "source refused");
-            return answer(&mut stream, refuse(400, why), version).await;
-        }
-    };
-    if state.lifecycle.draining() {
-        state.metrics.error(ErrorKind::Full);
-        info!(%peer, %mount, "source refused: this node is draining");
-        let r = refuse(
-            503,
-            "this node is shutting down; connect through another node",
-        )
-        .header("Retry-After", "5");
-        return answer(&mut stream, r, version).await;
-    }
-    let claim = match state.coordinator.claim_origin(&mount).await {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            state.metrics.error(ErrorKind::Busy);
-            info!(%peer, %mount, "source refused: mount in use");
-            return answer(&mut stream, refuse(403, "Mountpoint in use"), version).await;
-        }
-        Err(e) => {
-            warn!(%peer, %mount, error = %e, "source refused: coordinator error");
-            return answer(&mut stream, refuse(503, &e.to_string()), version).await;
-        }
-    };
-    let body = match BodyKind::from_head(req) {
-        Ok(b) => b,
-        Err(msg) => {
-            state.metrics.error(ErrorKind::BadRequest);
-            return answer(&mut stream, refuse(400, msg), version).await;
-        }
-    };
-
-    let expects_continue = req
-        .header("expect")
-        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
     if reply {
         let mut reply = Vec::new();
-        if expects_continue {
+        if req
+            .header("expect")
+            .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
             reply.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         reply.extend_from_slice(
@@ -191,7 +125,6 @@ async fn admit_and_pump(
             };
         }
     }
-
     let format = StreamFormat::from_content_type(&content_type);
     let hub = state.hubs.open(HubParams {
         mount: mount.clone(),
@@ -233,6 +166,86 @@ async fn admit_and_pump(
         status: 200,
         bytes,
         user,
+    }
+}
+
+/// Decides whether a source may stream to `mount`, in order: a valid, declared mount (any, in
+/// open mode), the right credentials, an audio Content-Type (SOURCE defaults to MP3), a node
+/// that is not draining, the mount's election won, a body it can read. Its content type, its
+/// hold on the election and its body's kind; or the refusal (counted and logged).
+async fn admit(
+    peer: SocketAddr,
+    req: &RequestHead,
+    mount: &str,
+    state: &Ingest,
+) -> Result<(String, OriginClaim, BodyKind), Response> {
+    let refuse = |status: u16, msg: &str| Response::text(status, msg);
+    if let Err(e) = validate_mount_path(mount) {
+        state.metrics.error(ErrorKind::BadRequest);
+        info!(%peer, %mount, error = %e, "source refused");
+        return Err(refuse(400, &e));
+    }
+    if state.coordinator.mount(mount).is_none() && !state.gate.open_mode() {
+        state.metrics.error(ErrorKind::NotFound);
+        info!(%peer, %mount, "source refused: mount not declared");
+        let msg = format!(
+            "mount {mount} is not declared; create it with `tidecast mount create {mount}`"
+        );
+        return Err(refuse(404, &msg));
+    }
+    let verdict = state.gate.check_source(req, peer.ip(), mount, false).await;
+    if !verdict.granted() {
+        state.metrics.error(ErrorKind::Unauthorized);
+        info!(%peer, %mount, ?verdict, "source refused: bad credentials");
+        let denied = refuse(401, "authentication required")
+            .header("WWW-Authenticate", "Basic realm=\"tidecast\"")
+            .header("Allow", "GET, PUT, OPTIONS, SOURCE");
+        return Err(refusal(verdict, denied));
+    }
+    let content_type = match (
+        req.header("content-type").map(str::trim),
+        req.method.as_str(),
+    ) {
+        (Some(ct), _) if !ct.is_empty() => crate::http::audio_content_type(ct)
+            .ok_or("Content-Type is not an audio type (such as audio/mpeg or audio/ogg)"),
+        (_, "SOURCE") => Ok("audio/mpeg".to_owned()),
+        _ => Err("Content-Type is required"),
+    };
+    let content_type = match content_type {
+        Ok(ct) => ct,
+        Err(why) => {
+            state.metrics.error(ErrorKind::BadRequest);
+            info!(%peer, %mount, why, "source refused");
+            return Err(refuse(400, why));
+        }
+    };
+    if state.lifecycle.draining() {
+        state.metrics.error(ErrorKind::Full);
+        info!(%peer, %mount, "source refused: this node is draining");
+        return Err(refuse(
+            503,
+            "this node is shutting down; connect through another node",
+        )
+        .header("Retry-After", "5"));
+    }
+    let claim = match state.coordinator.claim_origin(mount).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            state.metrics.error(ErrorKind::Busy);
+            info!(%peer, %mount, "source refused: mount in use");
+            return Err(refuse(403, "Mountpoint in use"));
+        }
+        Err(e) => {
+            warn!(%peer, %mount, error = %e, "source refused: coordinator error");
+            return Err(refuse(503, &e.to_string()));
+        }
+    };
+    match BodyKind::from_head(req) {
+        Ok(body) => Ok((content_type, claim, body)),
+        Err(msg) => {
+            state.metrics.error(ErrorKind::BadRequest);
+            Err(refuse(400, msg))
+        }
     }
 }
 

@@ -67,103 +67,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
-    let access = if config.access_log.is_empty() {
-        None
-    } else {
-        Some(Arc::new(
-            crate::access_log::AccessLog::open(&config.access_log)
-                .map_err(|e| StartError::AccessLog(config.access_log.clone(), e))?,
-        ))
-    };
-    let cluster_ca =
-        (!config.cluster_ca.as_os_str().is_empty()).then_some(config.cluster_ca.as_path());
-    let peers = crate::cluster::peer::Peers::new(
-        config.cluster_secret.clone(),
-        crate::http::client::Client::new(cluster_ca)?,
-    );
-    let acceptor = if config.tls_on() {
-        let (certs, keys) = config.tls_files();
-        Some(crate::tls::Acceptor::new(crate::tls::Certs::load(
-            &certs, &keys,
-        )?))
-    } else {
-        None
-    };
-    let tls_listener = match config.tls_listen.parse::<std::net::SocketAddr>() {
-        Ok(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|e| StartError::TlsListen(a, e))?,
-        ),
-        Err(_) => None,
-    };
-    let shoutcast = if config.shoutcast_mount.is_empty() {
-        None
-    } else {
-        // Checked when the configuration was loaded.
-        let a = config.shoutcast_addr().map_err(StartError::ShoutcastAddr)?;
-        Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|e| StartError::ShoutcastListen(a, e))?,
-        )
-    };
+    let front = Front::open(&config).await?;
     // The port really bound (port 0 in tests), for redirects to HTTPS.
     let mut config = config;
-    if let Some(a) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+    if let Some(a) = front.tls.as_ref().and_then(|l| l.local_addr().ok()) {
         config.tls_listen = a.to_string();
     }
-    let coordinator: Arc<dyn Coordinator> = if config.etcd.is_empty() {
-        Arc::new(Embedded::open(&config.data_dir)?)
-    } else {
-        let endpoints: Vec<String> = config
-            .etcd
-            .split(',')
-            .map(|e| e.trim().to_owned())
-            .filter(|e| !e.is_empty())
-            .collect();
-        let node = if config.node_name.is_empty() {
-            hostname()
-        } else {
-            config.node_name.clone()
-        };
-        let advertise = if config.advertise.is_empty() {
-            format!("http://{addr}")
-        } else {
-            config.advertise.clone()
-        };
-        // An https:// URL leads to the TLS port, if there is one.
-        let advertised_port = match &tls_listener {
-            Some(tls) if advertise.starts_with("https://") => tls,
-            _ => &listener,
-        };
-        check_advertise(advertised_port, &advertise).await?;
-        let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
-        Arc::new(
-            etcd::Etcd::open(
-                &endpoints,
-                etcd::Access {
-                    tls: if config.etcd_ca.as_os_str().is_empty() {
-                        None
-                    } else {
-                        Some(etcd::tls_options(
-                            &config.etcd_ca,
-                            &config.etcd_cert,
-                            &config.etcd_key,
-                        )?)
-                    },
-                    user: (!config.etcd_user.is_empty())
-                        .then(|| (config.etcd_user.clone(), config.etcd_password.clone())),
-                },
-                &config.etcd_prefix,
-                &node,
-                &advertise,
-                ttl,
-                peers.clone(),
-            )
-            .await?,
-        )
-    };
+    let coordinator = open_store(&config, &listener, front.tls.as_ref(), &front.peers).await?;
     ensure_admin(&config, coordinator.as_ref()).await?;
     // Radios' web servers: the system's CAs. Checked before the node says it listens.
     let hooks = Arc::new(crate::hooks::Hooks::start(
@@ -184,41 +94,16 @@ pub async fn run(
         warn!("open mode: any mount accepts a source with the global source password");
         Some(auth::hash_password(&config.any_mount_password)?)
     };
-    // Tests and scripts read these lines to find the ports when listening on port 0.
-    println!("tidecast listening on {addr}");
-    if let Some(tls) = tls_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("tidecast listening for TLS on {tls}");
-    }
-    if let Some(a) = shoutcast.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("tidecast listening for Shoutcast v1 sources on {a}");
-    }
-    let _ = std::io::stdout().flush();
+    front.say_ports(addr);
     info!(%addr, data_dir = %config.data_dir.display(), "node started");
-    let plugins = plugin::Plugins::new(
-        Some(config.data_dir.join("plugin-cache")),
-        plugin::Limits {
-            memory_bytes: config.plugin_memory_mb * 1024 * 1024,
-            policy_deadline: std::time::Duration::from_millis(config.plugin_call_ms),
-            ..plugin::Limits::default()
-        },
-    )?;
-    let library = if config.media_library.is_empty() {
-        None
-    } else {
-        let l = crate::media::Library::open(&config.media_library, &config.media_credentials)?;
-        info!(library = %l.url, "media library");
-        Some(l)
-    };
-    let media = Arc::new(
-        crate::media::Cache::open(
-            config.data_dir.join("media-cache"),
-            config.media_cache_mb * 1024 * 1024,
-            library,
-            peers.clone(),
-            coordinator.clone(),
-        )
-        .map_err(StartError::MediaCache)?,
-    );
+    let (plugins, media) = open_media(&config, &front.peers, &coordinator)?;
+    let Front {
+        access,
+        peers,
+        acceptor,
+        tls,
+        shoutcast,
+    } = front;
     let (node, control) = wire::wire(wire::Parts {
         config,
         coordinator: coordinator.clone(),
@@ -244,7 +129,7 @@ pub async fn run(
     });
     let ports = accept::Ports {
         plain: listener,
-        tls: tls_listener,
+        tls,
         shoutcast,
         acceptor,
         detect: node.config.listen_detects_tls,
@@ -260,6 +145,176 @@ pub async fn run(
     }
     coordinator.leave().await;
     Ok(())
+}
+
+/// What faces clients and the other nodes, opened before anything else: the access log, the
+/// client for other nodes (with the cluster's CA), the TLS certificates, the TLS port and the
+/// Shoutcast sources' port.
+struct Front {
+    access: Option<Arc<crate::access_log::AccessLog>>,
+    peers: crate::cluster::peer::Peers,
+    acceptor: Option<crate::tls::Acceptor>,
+    tls: Option<tokio::net::TcpListener>,
+    shoutcast: Option<tokio::net::TcpListener>,
+}
+
+impl Front {
+    async fn open(config: &ServeConfig) -> Result<Front, StartError> {
+        let access = if config.access_log.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                crate::access_log::AccessLog::open(&config.access_log)
+                    .map_err(|e| StartError::AccessLog(config.access_log.clone(), e))?,
+            ))
+        };
+        let cluster_ca =
+            (!config.cluster_ca.as_os_str().is_empty()).then_some(config.cluster_ca.as_path());
+        let peers = crate::cluster::peer::Peers::new(
+            config.cluster_secret.clone(),
+            crate::http::client::Client::new(cluster_ca)?,
+        );
+        let acceptor = if config.tls_on() {
+            let (certs, keys) = config.tls_files();
+            Some(crate::tls::Acceptor::new(crate::tls::Certs::load(
+                &certs, &keys,
+            )?))
+        } else {
+            None
+        };
+        let tls = match config.tls_listen.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| StartError::TlsListen(a, e))?,
+            ),
+            Err(_) => None,
+        };
+        let shoutcast = if config.shoutcast_mount.is_empty() {
+            None
+        } else {
+            // Checked when the configuration was loaded.
+            let a = config.shoutcast_addr().map_err(StartError::ShoutcastAddr)?;
+            Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .map_err(|e| StartError::ShoutcastListen(a, e))?,
+            )
+        };
+        Ok(Front {
+            access,
+            peers,
+            acceptor,
+            tls,
+            shoutcast,
+        })
+    }
+
+    /// Says on standard output where the node listens: tests and scripts read these lines to
+    /// find the ports it was given (port 0 chooses a free one).
+    fn say_ports(&self, addr: std::net::SocketAddr) {
+        println!("tidecast listening on {addr}");
+        if let Some(tls) = self.tls.as_ref().and_then(|l| l.local_addr().ok()) {
+            println!("tidecast listening for TLS on {tls}");
+        }
+        if let Some(a) = self.shoutcast.as_ref().and_then(|l| l.local_addr().ok()) {
+            println!("tidecast listening for Shoutcast v1 sources on {a}");
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The configuration store: the embedded one in the data directory, or etcd (this node's
+/// advertised URL checked to lead here first: the TLS port's for an `https://` one).
+async fn open_store(
+    config: &ServeConfig,
+    listener: &tokio::net::TcpListener,
+    tls: Option<&tokio::net::TcpListener>,
+    peers: &crate::cluster::peer::Peers,
+) -> Result<Arc<dyn Coordinator>, StartError> {
+    if config.etcd.is_empty() {
+        return Ok(Arc::new(Embedded::open(&config.data_dir)?));
+    }
+    let endpoints: Vec<String> = config
+        .etcd
+        .split(',')
+        .map(|e| e.trim().to_owned())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let node = if config.node_name.is_empty() {
+        hostname()
+    } else {
+        config.node_name.clone()
+    };
+    let advertise = if config.advertise.is_empty() {
+        let addr = listener.local_addr().map_err(StartError::Listener)?;
+        format!("http://{addr}")
+    } else {
+        config.advertise.clone()
+    };
+    let advertised_port = match tls {
+        Some(tls) if advertise.starts_with("https://") => tls,
+        _ => listener,
+    };
+    check_advertise(advertised_port, &advertise).await?;
+    let ttl = i64::try_from(config.lease_ttl_secs).unwrap_or(2);
+    let access = etcd::Access {
+        tls: if config.etcd_ca.as_os_str().is_empty() {
+            None
+        } else {
+            Some(etcd::tls_options(
+                &config.etcd_ca,
+                &config.etcd_cert,
+                &config.etcd_key,
+            )?)
+        },
+        user: (!config.etcd_user.is_empty())
+            .then(|| (config.etcd_user.clone(), config.etcd_password.clone())),
+    };
+    let prefix = &config.etcd_prefix;
+    let store = etcd::Etcd::open(
+        &endpoints,
+        access,
+        prefix,
+        &node,
+        &advertise,
+        ttl,
+        peers.clone(),
+    );
+    Ok(Arc::new(store.await?))
+}
+
+/// The plugin engine (its compiled components cached in the data directory) and the media
+/// library with this node's cache of it.
+fn open_media(
+    config: &ServeConfig,
+    peers: &crate::cluster::peer::Peers,
+    coordinator: &Arc<dyn Coordinator>,
+) -> Result<(Arc<plugin::Plugins>, Arc<crate::media::Cache>), StartError> {
+    let plugins = plugin::Plugins::new(
+        Some(config.data_dir.join("plugin-cache")),
+        plugin::Limits {
+            memory_bytes: config.plugin_memory_mb * 1024 * 1024,
+            policy_deadline: std::time::Duration::from_millis(config.plugin_call_ms),
+            ..plugin::Limits::default()
+        },
+    )?;
+    let library = if config.media_library.is_empty() {
+        None
+    } else {
+        let l = crate::media::Library::open(&config.media_library, &config.media_credentials)?;
+        info!(library = %l.url, "media library");
+        Some(l)
+    };
+    let media = crate::media::Cache::open(
+        config.data_dir.join("media-cache"),
+        config.media_cache_mb * 1024 * 1024,
+        library,
+        peers.clone(),
+        coordinator.clone(),
+    )
+    .map_err(StartError::MediaCache)?;
+    Ok((plugins, Arc::new(media)))
 }
 
 /// Checks that `advertise` (what other nodes and redirected listeners will use) reaches this

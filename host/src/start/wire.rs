@@ -40,12 +40,6 @@ pub fn wire(parts: Parts) -> (Node, Control) {
     } = parts;
     let config = Arc::new(config);
     let gate = Arc::new(Gate::new(coordinator.clone(), any_mount_hash));
-    // Where the operator puts mounts' files; made if missing, so it is plain where they go.
-    let files_dir = config.files_dir();
-    if let Err(e) = std::fs::create_dir_all(&files_dir) {
-        tracing::warn!(dir = %files_dir.display(), error = %e, "cannot make the files directory");
-    }
-    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::default());
     let hubs = Arc::new(crate::hub::Registry::new(crate::hub::RingSize {
         queue: config.queue_size,
         burst: config.burst_size,
@@ -56,12 +50,21 @@ pub fn wire(parts: Parts) -> (Node, Control) {
     metrics.register_auth("listener_auth", &listener_verifier.stats);
     metrics.register_media(&media.stats);
     metrics.register_hooks(&hooks.stats);
+    let core = Core {
+        coordinator: coordinator.clone(),
+        hubs: hubs.clone(),
+        metrics: Arc::new(metrics),
+        lifecycle: Arc::new(crate::lifecycle::Lifecycle::default()),
+        hooks: hooks.clone(),
+        access: access.clone(),
+        peers: peers.clone(),
+    };
+    let (metrics, lifecycle) = (core.metrics.clone(), core.lifecycle.clone());
     let relays = Arc::new(crate::cluster::relay::Relays::new(
         hubs.clone(),
         coordinator.clone(),
         peers.clone(),
     ));
-    let metrics = Arc::new(metrics);
     let plugins = Arc::new(crate::plugin::Host::new(
         plugins,
         coordinator.clone(),
@@ -86,88 +89,19 @@ pub fn wire(parts: Parts) -> (Node, Control) {
         },
         lifecycle.clone(),
     ));
-    let ingest = Arc::new(crate::ingest::Ingest {
-        hubs: hubs.clone(),
-        coordinator: coordinator.clone(),
-        gate: gate.clone(),
-        metrics: metrics.clone(),
-        source_timeout: config.source_timeout(),
-        access: access.clone(),
-        lifecycle: lifecycle.clone(),
-        hooks: hooks.clone(),
-    });
+    let ingest = Arc::new(core.ingest(&config, gate.clone()));
     let demand = Arc::new(crate::ingest::pull::Demand::default());
-    let listen = Arc::new(crate::listen::Listen {
-        demand: demand.clone(),
-        hubs: hubs.clone(),
-        coordinator: coordinator.clone(),
-        metrics: metrics.clone(),
-        router: router.clone(),
-        relays: relays.clone(),
-        peers: peers.clone(),
-        webhook_calls: Arc::new(tokio::sync::Semaphore::new(
-            crate::listen::access::WEBHOOK_CALLS,
-        )),
-        webhook_shares: crate::listen::access::WebhookShares::default(),
-        // Without a readable system CA bundle, an https:// authentication URL is refused
-        // with a message that says so (fail closed).
-        webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
-        users: crate::listen::files::Watched::new(crate::listen::files::USERS, files_dir.clone()),
-        intros: crate::listen::files::Watched::new(crate::listen::files::INTROS, files_dir),
-        verifier: listener_verifier,
-        access: access.clone(),
-        lifecycle: lifecycle.clone(),
-        hooks: hooks.clone(),
-        settings: crate::listen::Settings {
-            write_interval: config.write_interval(),
-            proxy_user_agents: config.proxy_user_agents.clone(),
-            max_listeners: config.max_listeners,
-            send_buffer: config.listener_send_buffer,
-        },
-    });
-    let transcode = Arc::new(crate::transcode::Shared {
-        hubs: hubs.clone(),
-        coordinator: coordinator.clone(),
-        plugins: plugins.clone(),
-        relays: relays.clone(),
-        metrics: metrics.clone(),
-    });
-    let producers = Arc::new(crate::producer::Table::new(crate::producer::Stages {
-        pull: Arc::new(crate::ingest::pull::Shared {
-            hubs: hubs.clone(),
-            coordinator: coordinator.clone(),
-            // Upstreams are other servers on the internet: the system's CAs.
-            client: crate::http::client::Client::new(None).unwrap_or_default(),
-            demand,
-        }),
-        playlist: Arc::new(crate::playlist::Shared {
-            transcode: transcode.clone(),
-            media: media.clone(),
-        }),
-        transcode,
-    }));
-    let hls_settings = config.hls();
-    let hls = Arc::new(crate::hls::Hls {
-        store: Arc::new(crate::hls::segment::Store::new(hls_settings)),
-        // A session ends after three target durations without a request.
-        sessions: crate::hls::sessions::Sessions::new(
-            hubs.clone(),
-            metrics.clone(),
-            hls_settings.target * 3,
-            config.max_clients_per_address,
-        ),
-        hubs: hubs.clone(),
-        coordinator: coordinator.clone(),
-        listen: listen.clone(),
-    });
-    let front = crate::node::accept::Front {
-        // Checked when the configuration was loaded.
-        proxies: crate::clients::Proxies {
-            networks: crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default(),
-            header: config.trusted_proxies_header.parse().unwrap_or_default(),
-        },
-        access: access.clone(),
-    };
+    let listen = Arc::new(core.listen(
+        &config,
+        router.clone(),
+        relays.clone(),
+        demand.clone(),
+        listener_verifier,
+    ));
+    let producers =
+        Arc::new(core.producers(plugins.clone(), relays.clone(), media.clone(), demand));
+    let hls = Arc::new(core.hls(&config, listen.clone()));
+    let front = front(&config, access.clone());
     let control = Control {
         config: config.clone(),
         coordinator: coordinator.clone(),
@@ -207,4 +141,142 @@ pub fn wire(parts: Parts) -> (Node, Control) {
         front,
     };
     (node, control)
+}
+
+/// The handles nearly every stage takes, to build the others from.
+struct Core {
+    coordinator: Arc<dyn Coordinator>,
+    hubs: Arc<crate::hub::Registry>,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    hooks: Arc<crate::hooks::Hooks>,
+    access: Option<Arc<crate::access_log::AccessLog>>,
+    peers: crate::cluster::peer::Peers,
+}
+
+impl Core {
+    /// Ingest's handles.
+    fn ingest(&self, config: &ServeConfig, gate: Arc<Gate>) -> crate::ingest::Ingest {
+        crate::ingest::Ingest {
+            hubs: self.hubs.clone(),
+            coordinator: self.coordinator.clone(),
+            gate,
+            metrics: self.metrics.clone(),
+            source_timeout: config.source_timeout(),
+            access: self.access.clone(),
+            lifecycle: self.lifecycle.clone(),
+            hooks: self.hooks.clone(),
+        }
+    }
+
+    /// The listener path's handles; its files directory (where the operator puts mounts'
+    /// htpasswd and intro files) is made if missing, so it is plain where they go.
+    fn listen(
+        &self,
+        config: &ServeConfig,
+        router: Arc<crate::cluster::routing::Router>,
+        relays: Arc<crate::cluster::relay::Relays>,
+        demand: Arc<crate::ingest::pull::Demand>,
+        verifier: crate::auth::Verifier,
+    ) -> crate::listen::Listen {
+        let files_dir = config.files_dir();
+        if let Err(e) = std::fs::create_dir_all(&files_dir) {
+            tracing::warn!(dir = %files_dir.display(), error = %e, "cannot make the files directory");
+        }
+        crate::listen::Listen {
+            demand,
+            hubs: self.hubs.clone(),
+            coordinator: self.coordinator.clone(),
+            metrics: self.metrics.clone(),
+            router,
+            relays,
+            peers: self.peers.clone(),
+            webhook_calls: Arc::new(tokio::sync::Semaphore::new(
+                crate::listen::access::WEBHOOK_CALLS,
+            )),
+            webhook_shares: crate::listen::access::WebhookShares::default(),
+            // Without a readable system CA bundle, an https:// authentication URL is refused
+            // with a message that says so (fail closed).
+            webhook_http: crate::http::client::Client::new(None).unwrap_or_default(),
+            users: crate::listen::files::Watched::new(
+                crate::listen::files::USERS,
+                files_dir.clone(),
+            ),
+            intros: crate::listen::files::Watched::new(crate::listen::files::INTROS, files_dir),
+            verifier,
+            access: self.access.clone(),
+            lifecycle: self.lifecycle.clone(),
+            hooks: self.hooks.clone(),
+            settings: crate::listen::Settings {
+                write_interval: config.write_interval(),
+                proxy_user_agents: config.proxy_user_agents.clone(),
+                max_listeners: config.max_listeners,
+                send_buffer: config.listener_send_buffer,
+            },
+        }
+    }
+
+    /// The producer table, with what transcoders, relay mounts' pullers and playlists need.
+    fn producers(
+        &self,
+        plugins: Arc<crate::plugin::Host>,
+        relays: Arc<crate::cluster::relay::Relays>,
+        media: Arc<crate::media::Cache>,
+        demand: Arc<crate::ingest::pull::Demand>,
+    ) -> crate::producer::Table {
+        let transcode = Arc::new(crate::transcode::Shared {
+            hubs: self.hubs.clone(),
+            coordinator: self.coordinator.clone(),
+            plugins,
+            relays,
+            metrics: self.metrics.clone(),
+        });
+        crate::producer::Table::new(crate::producer::Stages {
+            pull: Arc::new(crate::ingest::pull::Shared {
+                hubs: self.hubs.clone(),
+                coordinator: self.coordinator.clone(),
+                // Upstreams are other servers on the internet: the system's CAs.
+                client: crate::http::client::Client::new(None).unwrap_or_default(),
+                demand,
+            }),
+            playlist: Arc::new(crate::playlist::Shared {
+                transcode: transcode.clone(),
+                media,
+            }),
+            transcode,
+        })
+    }
+
+    /// HLS segments and sessions; a session ends after three target durations without a
+    /// request.
+    fn hls(&self, config: &ServeConfig, listen: Arc<crate::listen::Listen>) -> crate::hls::Hls {
+        let settings = config.hls();
+        crate::hls::Hls {
+            store: Arc::new(crate::hls::segment::Store::new(settings)),
+            sessions: crate::hls::sessions::Sessions::new(
+                self.hubs.clone(),
+                self.metrics.clone(),
+                settings.target * 3,
+                config.max_clients_per_address,
+            ),
+            hubs: self.hubs.clone(),
+            coordinator: self.coordinator.clone(),
+            listen,
+        }
+    }
+}
+
+/// Who a connection's client is: trusted proxies' word (checked when the configuration was
+/// loaded); and where requests are logged.
+fn front(
+    config: &ServeConfig,
+    access: Option<Arc<crate::access_log::AccessLog>>,
+) -> crate::node::accept::Front {
+    crate::node::accept::Front {
+        proxies: crate::clients::Proxies {
+            networks: crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default(),
+            header: config.trusted_proxies_header.parse().unwrap_or_default(),
+        },
+        access,
+    }
 }

@@ -254,6 +254,30 @@ impl Output {
     }
 }
 
+/// A transcoder's counters of its source's trouble.
+struct Counts {
+    /// Packets the decoder skipped.
+    skipped: prometheus_client::metrics::counter::Counter,
+    /// Source streams refused.
+    refused: prometheus_client::metrics::counter::Counter,
+}
+
+/// A transcoder's state across sources.
+struct Progress {
+    /// The encoder and hub, while the stream runs.
+    output: Option<Output>,
+    /// Since when the source is gone.
+    gap_since: Option<Instant>,
+    /// The output's audio clock: wall time up to which audio has been produced. A gap is filled
+    /// with silence up to now, so listeners never see a hole, however long a stall detection or
+    /// a probe of a returning source took.
+    produced_until: Instant,
+    /// No decoding attempt before this (after a failed probe); the gap keeps filling meanwhile.
+    retry_at: Instant,
+    /// Where the last decoder stopped reading, so a reopened decoder neither repeats nor skips.
+    resume: Option<(Arc<Hub>, Arc<AtomicU64>)>,
+}
+
 impl Transcoder {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -265,150 +289,189 @@ impl Transcoder {
             return;
         };
         info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");
-        let skipped = self
-            .shared
-            .metrics
-            .transcode_skipped_packets
-            .get_or_create(&Metrics::mount(&self.path))
-            .clone();
-        let refused = self
-            .shared
-            .metrics
-            .transcode_refused_streams
-            .get_or_create(&Metrics::mount(&self.path))
-            .clone();
-        let mut output: Option<Output> = None;
-        let mut gap_since: Option<Instant> = None;
-        // The output's audio clock: wall time up to which audio has been produced. A gap is
-        // filled with silence up to now, so listeners never see a hole, however long a stall
-        // detection or a probe of a returning source took.
-        let mut produced_until = Instant::now();
-        // No decoding attempt before this (after a failed probe); the gap keeps filling meanwhile.
-        let mut retry_at = Instant::now();
-        // Where the last decoder stopped reading, so a reopened decoder neither repeats nor skips.
-        let mut resume: Option<(Arc<Hub>, Arc<AtomicU64>)> = None;
+        let m = &self.shared.metrics;
+        let counts = Counts {
+            skipped: m
+                .transcode_skipped_packets
+                .get_or_create(&Metrics::mount(&self.path))
+                .clone(),
+            refused: m
+                .transcode_refused_streams
+                .get_or_create(&Metrics::mount(&self.path))
+                .clone(),
+        };
+        let mut at = Progress {
+            output: None,
+            gap_since: None,
+            produced_until: Instant::now(),
+            retry_at: Instant::now(),
+            resume: None,
+        };
         let mut block = Vec::new();
         while !self.stopped() {
-            let source = (Instant::now() >= retry_at)
+            let source = (Instant::now() >= at.retry_at)
                 .then(|| self.source())
                 .flatten();
             let Some(src) = source else {
-                // No source: keep listeners fed with silence, for a while.
-                if let Some(out) = &mut output {
-                    let since = *gap_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > MAX_GAP {
-                        info!(mount = %self.path, "source gone too long: transcoded stream ends");
-                        output = None;
-                        continue;
-                    }
-                    out.fill_gap(&mut produced_until, &self.rt);
-                }
-                std::thread::sleep(GAP_STEP);
+                self.fill_while_gone(&mut at);
                 continue;
             };
-            let cursor = match &resume {
-                Some((h, c)) if Arc::ptr_eq(h, &src) => c.clone(),
-                // The first source gives the new output a burst; later ones join live, so the
-                // output does not run ahead of real time on every reconnect.
-                _ if output.is_none() => Arc::new(AtomicU64::new(src.join().1)),
-                _ => Arc::new(AtomicU64::new(src.join_live().1)),
+            let Some(mut decoder) = self.open_decoder(&src, &mut at, &counts) else {
+                continue;
             };
-            resume = Some((src.clone(), cursor.clone()));
-            let reader = HubReader::new(src.clone(), cursor, self.stop.clone());
-            let mut decoder = match Decoder::open(reader, src.format) {
-                Ok(d) => d,
-                Err(e) if e.is_refusal() => {
-                    warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
-                    refused.inc();
-                    retry_at = Instant::now() + Duration::from_secs(1);
-                    continue;
+            if self.ensure_output(&src, &mut at) {
+                self.decode(&mut decoder, &src, &mut at, &mut block, &counts);
+            }
+        }
+        drop(at.output);
+        drop(claim);
+        info!(mount = %self.path, "transcoder stopped");
+    }
+
+    /// No source: listeners are kept fed with silence, for a while ([`MAX_GAP`]).
+    fn fill_while_gone(&self, at: &mut Progress) {
+        if let Some(out) = &mut at.output {
+            let since = *at.gap_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > MAX_GAP {
+                info!(mount = %self.path, "source gone too long: transcoded stream ends");
+                at.output = None;
+                return;
+            }
+            out.fill_gap(&mut at.produced_until, &self.rt);
+        }
+        std::thread::sleep(GAP_STEP);
+    }
+
+    /// A decoder of `src`, reading on where the last one stopped when it is the same hub; `None`
+    /// (with a retry in a second) when its stream is refused or cannot be decoded yet.
+    fn open_decoder(
+        &self,
+        src: &Arc<Hub>,
+        at: &mut Progress,
+        counts: &Counts,
+    ) -> Option<Decoder> {
+        let cursor = match &at.resume {
+            Some((h, c)) if Arc::ptr_eq(h, src) => c.clone(),
+            // The first source gives the new output a burst; later ones join live, so the
+            // output does not run ahead of real time on every reconnect.
+            _ if at.output.is_none() => Arc::new(AtomicU64::new(src.join().1)),
+            _ => Arc::new(AtomicU64::new(src.join_live().1)),
+        };
+        at.resume = Some((src.clone(), cursor.clone()));
+        let reader = HubReader::new(src.clone(), cursor, self.stop.clone());
+        match Decoder::open(reader, src.format) {
+            Ok(d) => Some(d),
+            Err(e) if e.is_refusal() => {
+                warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
+                counts.refused.inc();
+                at.retry_at = Instant::now() + Duration::from_secs(1);
+                None
+            }
+            Err(e) => {
+                info!(mount = %self.path, from = %self.from, error = %e, "cannot decode the source yet; retrying in 1 s");
+                at.retry_at = Instant::now() + Duration::from_secs(1);
+                None
+            }
+        }
+    }
+
+    /// Starts the output (encoder and hub) if none runs: whether one runs now. Whatever the wait
+    /// for this source left unproduced (a relayed source whose origin moved keeps its hub, so
+    /// the probe may have waited without the gap being filled) becomes silence first: listeners
+    /// never get a hole.
+    fn ensure_output(&self, src: &Arc<Hub>, at: &mut Progress) -> bool {
+        if at.output.is_none() {
+            match self.new_output(src) {
+                Ok(o) => {
+                    at.output = Some(o);
+                    at.produced_until = Instant::now();
                 }
                 Err(e) => {
-                    info!(mount = %self.path, from = %self.from, error = %e, "cannot decode the source yet; retrying in 1 s");
-                    retry_at = Instant::now() + Duration::from_secs(1);
-                    continue;
-                }
-            };
-            if output.is_none() {
-                match self.new_output(&src) {
-                    Ok(o) => {
-                        output = Some(o);
-                        produced_until = Instant::now();
-                    }
-                    Err(e) => {
-                        warn!(mount = %self.path, error = %e, "cannot start the encoder");
-                        retry_at = Instant::now() + Duration::from_secs(1);
-                        continue;
-                    }
-                }
-            }
-            let Some(out) = &mut output else { continue };
-            gap_since = None;
-            // Whatever the wait for this source left unproduced (a relayed source whose origin
-            // moved keeps its hub, so the probe above may have waited without the branch above
-            // filling anything) becomes silence first: listeners never get a hole.
-            if Instant::now().saturating_duration_since(produced_until) > GAP_STEP {
-                out.fill_gap(&mut produced_until, &self.rt);
-            }
-            let mut meta_version = u64::MAX;
-            let mut last_skipped = 0;
-            let mut checked_at = Instant::now();
-            loop {
-                let format = match decoder.next_block(&mut block) {
-                    Ok(Some(format)) => format,
-                    Ok(None) => break,
-                    Err(e) => {
-                        warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
-                        refused.inc();
-                        retry_at = Instant::now() + Duration::from_secs(1);
-                        break;
-                    }
-                };
-                if self.stopped() {
-                    break;
-                }
-                out.refresh_filters(&self.rt);
-                if let Err(e) = out.pipeline.push(&block, format, &mut out.encoded) {
-                    warn!(mount = %self.path, error = %e, "block dropped");
-                }
-                out.publish();
-                if let Some(t) = out.pipeline.take_filter_title() {
-                    out.announce(t);
-                }
-                let frames = block.len() / usize::from(format.channels.max(1));
-                let played =
-                    Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
-                out.note_dead_air(crate::hub::silence::is_silent(&block), played);
-                // Once a second: do the source mount's listeners hear another hub now (its
-                // fallback after silence, or its own stream back)? Then so does this.
-                if checked_at.elapsed() >= Duration::from_secs(1) {
-                    checked_at = Instant::now();
-                    if self.source().is_some_and(|h| !Arc::ptr_eq(&h, &src)) {
-                        info!(mount = %self.path, from = %self.from, "the source's listeners switched: so does the transcoder");
-                        break;
-                    }
-                }
-                // A source that was silent longer than its audio lasts leaves no debt behind.
-                produced_until =
-                    produced_until.max(Instant::now() - Duration::from_secs(5)) + played;
-                let meta = src.meta();
-                if meta.version != meta_version {
-                    meta_version = meta.version;
-                    if meta.version > 0 && meta.title != out.source_title {
-                        let t = out.pipeline.filter_title(&meta.title);
-                        out.source_title = meta.title;
-                        out.announce(t);
-                    }
-                }
-                if decoder.skipped_packets > last_skipped {
-                    skipped.inc_by(decoder.skipped_packets - last_skipped);
-                    last_skipped = decoder.skipped_packets;
+                    warn!(mount = %self.path, error = %e, "cannot start the encoder");
+                    at.retry_at = Instant::now() + Duration::from_secs(1);
+                    return false;
                 }
             }
         }
-        drop(output);
-        drop(claim);
-        info!(mount = %self.path, "transcoder stopped");
+        let Some(out) = &mut at.output else {
+            return false;
+        };
+        at.gap_since = None;
+        if Instant::now().saturating_duration_since(at.produced_until) > GAP_STEP {
+            out.fill_gap(&mut at.produced_until, &self.rt);
+        }
+        true
+    }
+
+    /// Decodes `src` block by block through the pipeline into the output until its stream ends
+    /// or is refused, the transcoder stops, or the source mount's listeners switch hub (checked
+    /// once a second: its fallback after silence, or its own stream back).
+    fn decode(
+        &self,
+        decoder: &mut Decoder,
+        src: &Arc<Hub>,
+        at: &mut Progress,
+        block: &mut Vec<f32>,
+        counts: &Counts,
+    ) {
+        let Some(out) = &mut at.output else { return };
+        let mut meta_version = u64::MAX;
+        let mut last_skipped = 0;
+        let mut checked_at = Instant::now();
+        loop {
+            let format = match decoder.next_block(block) {
+                Ok(Some(format)) => format,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(mount = %self.path, from = %self.from, error = %e, "source stream refused; retrying in 1 s");
+                    counts.refused.inc();
+                    at.retry_at = Instant::now() + Duration::from_secs(1);
+                    break;
+                }
+            };
+            if self.stopped() {
+                break;
+            }
+            out.refresh_filters(&self.rt);
+            if let Err(e) = out.pipeline.push(block, format, &mut out.encoded) {
+                warn!(mount = %self.path, error = %e, "block dropped");
+            }
+            out.publish();
+            if let Some(t) = out.pipeline.take_filter_title() {
+                out.announce(t);
+            }
+            let frames = block.len() / usize::from(format.channels.max(1));
+            let played =
+                Duration::from_secs_f64(frames as f64 / f64::from(format.sample_rate.max(1)));
+            out.note_dead_air(crate::hub::silence::is_silent(block), played);
+            if checked_at.elapsed() >= Duration::from_secs(1) {
+                checked_at = Instant::now();
+                if self.source().is_some_and(|h| !Arc::ptr_eq(&h, src)) {
+                    info!(mount = %self.path, from = %self.from, "the source's listeners switched: so does the transcoder");
+                    break;
+                }
+            }
+            // A source that was silent longer than its audio lasts leaves no debt behind.
+            at.produced_until = at
+                .produced_until
+                .max(Instant::now() - Duration::from_secs(5))
+                + played;
+            let meta = src.meta();
+            if meta.version != meta_version {
+                meta_version = meta.version;
+                if meta.version > 0 && meta.title != out.source_title {
+                    let t = out.pipeline.filter_title(&meta.title);
+                    out.source_title = meta.title;
+                    out.announce(t);
+                }
+            }
+            if decoder.skipped_packets > last_skipped {
+                counts
+                    .skipped
+                    .inc_by(decoder.skipped_packets - last_skipped);
+                last_skipped = decoder.skipped_packets;
+            }
+        }
     }
 
     /// The hub to decode: what the source mount's listeners hear (its own stream, or its
