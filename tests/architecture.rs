@@ -168,7 +168,7 @@ fn module_path(file: &Path) -> Vec<String> {
 /// Every path a file names through `crate::`, `super::` or `self::` (in `use` lists too),
 /// outside comments and its `mod tests`, each as module path parts from the crate root.
 fn named_paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
-    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+    let text = without_tests(text);
     let code: String = text
         .lines()
         .map(|l| l.split("//").next().unwrap_or(""))
@@ -215,6 +215,23 @@ fn named_paths(text: &str, here: &[String]) -> Vec<Vec<String>> {
             Some(base)
         })
         .collect()
+}
+
+/// `text` up to its `mod tests` (with the attributes before it).
+fn without_tests(text: &str) -> &str {
+    let mut at = 0;
+    while let Some(found) = text[at..].find("\n#[cfg(test)]\n") {
+        let start = at + found + 1;
+        let after = text[start..]
+            .lines()
+            .find(|l| !l.starts_with("#["))
+            .unwrap_or("");
+        if after.starts_with("mod tests") {
+            return &text[..start];
+        }
+        at = start;
+    }
+    text
 }
 
 /// `a::{b, c::{d}}` as `a::b` and `a::c::d`.

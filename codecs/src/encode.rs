@@ -210,7 +210,20 @@ pub enum EncodeError {
     /// The encoder library refused settings that passed validation: change the settings (and
     /// tell us: validation should have caught it).
     #[error("{} encoder: {why}", <&str>::from(*codec))]
-    Library { codec: Codec, why: String },
+    Library { codec: Codec, why: LibraryError },
+}
+
+/// What an encoder library said when it refused to build an encoder.
+#[derive(Debug, thiserror::Error)]
+pub enum LibraryError {
+    #[error("LAME: {0:?}")]
+    Lame(mp3lame_encoder::BuildError),
+    #[error("LAME: cannot allocate an encoder")]
+    LameAlloc,
+    #[error("LAME refused an average bitrate of {0} kbit/s")]
+    LameAbr(u32),
+    #[error("libopus: {0}")]
+    Opus(opus::Error),
 }
 
 pub trait Encoder: Send {
@@ -234,23 +247,23 @@ pub struct Mp3Encoder {
     reason = "one FFI setter on the encoder the builder owns: the pointer comes from \
               Builder::as_ptr on a live builder and LAME only stores the integer"
 )]
-fn set_abr_mean_bitrate(b: &mut mp3lame_encoder::Builder, kbps: u32) -> Result<(), String> {
-    let kbps = i32::try_from(kbps).map_err(|_| format!("bitrate {kbps} out of range"))?;
+fn set_abr_mean_bitrate(b: &mut mp3lame_encoder::Builder, kbps: u32) -> Result<(), LibraryError> {
+    let kbps = i32::try_from(kbps).map_err(|_| LibraryError::LameAbr(kbps))?;
     // SAFETY: `as_ptr` is the builder's own, valid, non-null `lame_global_flags`, alive for this
     // call; the setter takes no other pointer.
     let rc = unsafe { mp3lame_encoder::ffi::lame_set_VBR_mean_bitrate_kbps(b.as_ptr(), kbps) };
     if rc == 0 {
         Ok(())
     } else {
-        Err(format!("LAME refused an average bitrate of {kbps} kbit/s"))
+        Err(LibraryError::LameAbr(kbps.unsigned_abs()))
     }
 }
 
 impl Mp3Encoder {
-    fn new(s: &EncoderSettings) -> Result<Mp3Encoder, String> {
+    fn new(s: &EncoderSettings) -> Result<Mp3Encoder, LibraryError> {
         use mp3lame_encoder::{Bitrate, Builder, Mode, Quality, VbrMode};
-        let err = |e: mp3lame_encoder::BuildError| format!("LAME: {e:?}");
-        let mut b = Builder::new().ok_or("LAME: cannot allocate an encoder")?;
+        let err = LibraryError::Lame;
+        let mut b = Builder::new().ok_or(LibraryError::LameAlloc)?;
         b.set_num_channels(s.channels as u8).map_err(err)?;
         b.set_sample_rate(s.sample_rate).map_err(err)?;
         // Otherwise LAME picks a lower output rate for low bitrates on its own.
@@ -353,13 +366,13 @@ pub struct OpusOggEncoder {
 const PACKETS_PER_PAGE: u32 = 10;
 
 impl OpusOggEncoder {
-    fn new(s: &EncoderSettings) -> Result<OpusOggEncoder, String> {
+    fn new(s: &EncoderSettings) -> Result<OpusOggEncoder, LibraryError> {
         let ch = if s.channels == 1 {
             opus::Channels::Mono
         } else {
             opus::Channels::Stereo
         };
-        let err = |e: opus::Error| format!("libopus: {e}");
+        let err = LibraryError::Opus;
         let mut opus = opus::Encoder::new(48_000, ch, opus::Application::Audio).map_err(err)?;
         opus.set_bitrate(opus::Bitrate::Bits(s.bitrate_kbps as i32 * 1000))
             .map_err(err)?;

@@ -2,7 +2,7 @@
 //!
 //! The library behind the `tidecast` binary: [`run`] starts a node on a bound listener. The
 //! binary (`bin/tidecast/`) parses the command line and holds the commands that only talk to a
-//! node (`cli.rs`) or measure codecs (`bench.rs`). Modules, in the order data flows through a
+//! node (`cli/`) or measure codecs (`bench.rs`). Modules, in the order data flows through a
 //! node:
 //! - [`http`]: the request-head reader every connection starts with, responses, CORS, and
 //!   hyper's server (the control plane's side of the port) and client;

@@ -72,7 +72,7 @@ fn apply(state: &Control, s: &mut StationConfig, r: StationRequest, problems: &m
         Some(spec) => match crate::model::parse_ref(spec) {
             Ok(p) => match state.plugins.check_policy(&p) {
                 Ok(()) => s.policy = Some(p),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(format!("policy {p}: {e}")),
             },
             Err(e) => problems.push(format!("policy: {e}")),
         },

@@ -267,7 +267,7 @@ fn feed<'h>(
 
 /// Opens `url`'s stream with ICY metadata, following redirects; refuses anything but a 200
 /// with an audio type (`http::audio_content_type`).
-async fn connect(client: &Client, url: &str) -> Result<Upstream, String> {
+async fn connect(client: &Client, url: &str) -> Result<Upstream, UpstreamError> {
     let headers = [
         ("icy-metadata", "1"),
         (
@@ -277,28 +277,44 @@ async fn connect(client: &Client, url: &str) -> Result<Upstream, String> {
     ];
     let mut url = url.to_owned();
     for _ in 0..=MAX_REDIRECTS {
-        let up = open_stream(client, &url, &headers)
-            .await
-            .map_err(|e| e.to_string())?;
+        let up = open_stream(client, &url, &headers).await?;
         match up.head.status {
             200 => {
                 let content_type = up.head.header("content-type").unwrap_or("").trim();
                 if crate::http::audio_content_type(content_type).is_none() {
-                    return Err(format!(
-                        "{url} answered {content_type:?}, not an audio stream"
-                    ));
+                    return Err(UpstreamError::NotAudio {
+                        url,
+                        content_type: content_type.to_owned(),
+                    });
                 }
                 return Ok(up);
             }
             301 | 302 | 303 | 307 | 308 => {
                 let location = up.head.header("location").unwrap_or("").trim();
-                url = redirect(&url, location)
-                    .ok_or_else(|| format!("{url} redirects to {location:?}, not a URL"))?;
+                url = redirect(&url, location).ok_or_else(|| UpstreamError::BadRedirect {
+                    url: url.clone(),
+                    location: location.to_owned(),
+                })?;
             }
-            status => return Err(format!("{url} answered {status}")),
+            status => return Err(UpstreamError::Status { url, status }),
         }
     }
-    Err(format!("more than {MAX_REDIRECTS} redirects"))
+    Err(UpstreamError::Redirects)
+}
+
+/// Why a relay mount's upstream gave no stream.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error(transparent)]
+    Unreachable(#[from] crate::cluster::peer::PeerError),
+    #[error("{url} answered {content_type:?}, not an audio stream")]
+    NotAudio { url: String, content_type: String },
+    #[error("{url} redirects to {location:?}, not a URL")]
+    BadRedirect { url: String, location: String },
+    #[error("{url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    Redirects,
 }
 
 /// Where a redirect from `from` to `location` (absolute, or a path on the same server) goes.

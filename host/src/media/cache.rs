@@ -67,6 +67,9 @@ pub enum MediaError {
     TooLarge(String, u64, u64),
     #[error("{0}: {1}")]
     Failed(String, String),
+    /// The download of a file failed, for every reader that waited on it.
+    #[error("{0}: {1}")]
+    Fetch(String, #[source] Arc<MediaError>),
     #[error("the media cache: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -106,8 +109,8 @@ pub struct Download {
 #[derive(Default)]
 struct Progress {
     written: u64,
-    /// `Some(Ok)`: complete; `Some(Err)`: failed, with why.
-    done: Option<Result<(), String>>,
+    /// `Some(Ok)`: complete; `Some(Err)`: failed, with why (shared by every reader).
+    done: Option<Result<(), Arc<MediaError>>>,
 }
 
 impl Download {
@@ -116,14 +119,14 @@ impl Download {
         self.more.notify_all();
     }
 
-    fn finish(&self, outcome: Result<(), String>) {
+    fn finish(&self, outcome: Result<(), Arc<MediaError>>) {
         self.progress.with(|p| p.done = Some(outcome));
         self.more.notify_all();
     }
 
     /// Waits (blocking, at most `within`) until the download has more than `pos` bytes or
     /// has ended; the bytes written and how it ended.
-    fn wait_past(&self, pos: u64, within: Duration) -> (u64, Option<Result<(), String>>) {
+    fn wait_past(&self, pos: u64, within: Duration) -> (u64, Option<Result<(), Arc<MediaError>>>) {
         let p = self.progress.locked();
         let (p, _) = self
             .more
@@ -132,7 +135,7 @@ impl Download {
         (p.written, p.done.clone())
     }
 
-    async fn wait_done(self: &Arc<Self>) -> Result<(), String> {
+    async fn wait_done(self: &Arc<Self>) -> Result<(), Arc<MediaError>> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || loop {
             if let (_, Some(done)) = me.wait_past(u64::MAX, Duration::from_secs(1)) {
@@ -140,7 +143,7 @@ impl Download {
             }
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+        .unwrap_or_else(|e| Err(Arc::new(MediaError::Io(std::io::Error::other(e)))))
     }
 }
 
@@ -379,7 +382,7 @@ impl Cache {
         download
             .wait_done()
             .await
-            .map_err(|why| MediaError::Failed(key.to_owned(), why))?;
+            .map_err(|why| MediaError::Fetch(key.to_owned(), why))?;
         Ok(self.data_path(key))
     }
 
@@ -440,7 +443,7 @@ impl Cache {
                 }
             }
             me.report_size();
-            d.finish(outcome.map_err(|e| e.to_string()));
+            d.finish(outcome.map_err(Arc::new));
         });
         Ok(download)
     }
@@ -748,7 +751,7 @@ mod tests {
         assert_eq!(cache.stats.misses.get(), 3);
         assert!(matches!(
             cache.fetch("big").await,
-            Err(MediaError::Failed(_, why)) if why.contains("more than the whole media cache")
+            Err(MediaError::Fetch(_, why)) if matches!(*why, MediaError::TooLarge(..))
         ));
         // What is kept survives a restart; nothing half-written does.
         std::fs::write(dir.path().join("cache/stray.part"), b"x").unwrap();

@@ -6,8 +6,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::coordinator::Coordinator;
-use crate::media::{is_audio, Cache};
+use crate::cluster::coordinator::{CoordError, Coordinator};
+use crate::media::{is_audio, Cache, MediaError};
 use crate::model::MediaInfo;
 use crate::sync::Locked;
 
@@ -62,7 +62,11 @@ impl Indexer {
         if fresh {
             let me = self.clone();
             tokio::spawn(async move {
-                let error = me.run(&cache, coordinator.as_ref(), &prefix).await.err();
+                let error = me
+                    .run(&cache, coordinator.as_ref(), &prefix)
+                    .await
+                    .err()
+                    .map(|e| e.to_string());
                 me.progress.with(|p| {
                     p.running = false;
                     p.current = None;
@@ -78,12 +82,9 @@ impl Indexer {
         cache: &Arc<Cache>,
         coordinator: &dyn Coordinator,
         prefix: &str,
-    ) -> Result<(), String> {
-        let library = cache
-            .library
-            .as_ref()
-            .ok_or("this node has no media library (--media-library)")?;
-        let (entries, _) = library.list(prefix).await.map_err(|e| e.to_string())?;
+    ) -> Result<(), IndexError> {
+        let library = cache.library.as_ref().ok_or(MediaError::NoLibrary)?;
+        let (entries, _) = library.list(prefix).await.map_err(MediaError::from)?;
         let entries: Vec<_> = entries.into_iter().filter(|e| is_audio(&e.key)).collect();
         self.progress.with(|p| p.total = entries.len());
         let mut batch = Vec::new();
@@ -113,15 +114,11 @@ impl Indexer {
             if batch.len() >= BATCH {
                 coordinator
                     .put_media_infos(std::mem::take(&mut batch))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             }
         }
         if !batch.is_empty() {
-            coordinator
-                .put_media_infos(batch)
-                .await
-                .map_err(|e| e.to_string())?;
+            coordinator.put_media_infos(batch).await?;
         }
         Ok(())
     }
@@ -131,13 +128,24 @@ impl Indexer {
         &self,
         cache: &Arc<Cache>,
         key: &str,
-    ) -> Result<tidecast_codecs::Analysis, String> {
-        let path = cache.fetch(key).await.map_err(|e| e.to_string())?;
+    ) -> Result<tidecast_codecs::Analysis, IndexError> {
+        let path = cache.fetch(key).await?;
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            tidecast_codecs::analyse(file).map_err(|e| e.to_string())
+            let file = std::fs::File::open(&path).map_err(MediaError::from)?;
+            Ok(tidecast_codecs::analyse(file)?)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| MediaError::Io(std::io::Error::other(e)))?
     }
+}
+
+/// Why an index run, or the reading of one file, failed.
+#[derive(Debug, thiserror::Error)]
+enum IndexError {
+    #[error(transparent)]
+    Media(#[from] MediaError),
+    #[error("cannot read it as audio: {0}")]
+    Decode(#[from] tidecast_codecs::decode::DecodeError),
+    #[error("the store: {0}")]
+    Store(#[from] CoordError),
 }

@@ -18,6 +18,7 @@ use wasmtime::Store;
 use super::bindings::filter::FilterPlugin;
 use super::{
     describe, ticks, AttachError, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre,
+    SmokeError,
 };
 
 struct Live {
@@ -223,7 +224,7 @@ impl tidecast_codecs::Filter for WasmFilter {
 
 /// The upload check: instantiate, `create` with no parameters and, if the plugin accepts that,
 /// `process` 20 ms of silence and `on-metadata`, all under the normal limits.
-pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
+pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, SmokeError> {
     let format = AudioFormat {
         sample_rate: 48_000,
         channels: 2,
@@ -242,7 +243,7 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
                 "create without parameters was refused ({e}); attach it with parameters"
             ))
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(SmokeError::Start(Box::new(e))),
     };
     let silence = vec![0.0f32; 960 * 2];
     live.store.set_epoch_deadline(ticks(Duration::from_secs_f64(
@@ -251,13 +252,15 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
     let api = live.bindings.tidecast_plugin_filter().instance();
     let out = api
         .call_process(&mut live.store, live.instance, &silence)
-        .map_err(|e| format!("process on 20 ms of silence: {}", describe(&e)))?;
+        .map_err(|e| SmokeError::Call {
+            call: "process on 20 ms of silence",
+            why: describe(&e),
+        })?;
     if out.len() != silence.len() {
-        return Err(format!(
-            "process returned {} samples for a block of {}",
-            out.len(),
-            silence.len()
-        ));
+        return Err(SmokeError::Samples {
+            got: out.len(),
+            want: silence.len(),
+        });
     }
     live.store
         .set_epoch_deadline(ticks(plugins.limits.policy_deadline));
@@ -266,6 +269,9 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
         live.instance,
         &vec![("title".to_owned(), "smoke test".to_owned())],
     )
-    .map_err(|e| format!("on-metadata: {}", describe(&e)))?;
+    .map_err(|e| SmokeError::Call {
+        call: "on-metadata",
+        why: describe(&e),
+    })?;
     Ok("create, process and on-metadata passed on silence".to_owned())
 }

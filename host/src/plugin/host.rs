@@ -247,7 +247,7 @@ impl Host {
             }
             if let (true, Some(r)) = (policy_changed, &m.policy) {
                 if let Err(e) = self.check_policy_in(r, &rt) {
-                    problems.push(e);
+                    problems.push(format!("policy {r}: {e}"));
                 }
             }
             problems
@@ -255,23 +255,25 @@ impl Host {
     }
 
     /// Builds policy `r` with its parameters, as attaching it to a mount or station would.
-    pub fn check_policy(&self, r: &PluginRef) -> Result<(), String> {
+    pub fn check_policy(&self, r: &PluginRef) -> Result<(), AttachError> {
         tokio::task::block_in_place(|| self.check_policy_in(r, &tokio::runtime::Handle::current()))
     }
 
-    fn check_policy_in(&self, r: &PluginRef, rt: &tokio::runtime::Handle) -> Result<(), String> {
-        self.resolve(r, Kind::Policy, rt)
-            .and_then(|loaded| {
-                policy::WasmPolicy::new(
-                    self.runtime.clone(),
-                    self.runtime.limits,
-                    loaded,
-                    format!("{} (attach check)", r.name),
-                    r.params.clone(),
-                )
-                .map(drop)
-            })
-            .map_err(|e| format!("policy {r}: {e}"))
+    fn check_policy_in(
+        &self,
+        r: &PluginRef,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<(), AttachError> {
+        self.resolve(r, Kind::Policy, rt).and_then(|loaded| {
+            policy::WasmPolicy::new(
+                self.runtime.clone(),
+                self.runtime.limits,
+                loaded,
+                format!("{} (attach check)", r.name),
+                r.params.clone(),
+            )
+            .map(drop)
+        })
     }
 
     /// Runs a title sent by a source (`/admin/metadata`) through the title hooks of its mount's

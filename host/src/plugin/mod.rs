@@ -93,7 +93,20 @@ pub enum PluginError {
     #[error("{0}")]
     Invalid(String),
     #[error("the plugin failed its smoke test: {0}")]
-    Smoke(String),
+    Smoke(#[from] SmokeError),
+}
+
+/// Why an upload failed its smoke test (a call under the normal limits).
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    /// It could not be instantiated or created.
+    #[error(transparent)]
+    Start(Box<AttachError>),
+    /// A call trapped, timed out or failed: which call, and how.
+    #[error("{call}: {why}")]
+    Call { call: &'static str, why: String },
+    #[error("process returned {got} samples for a block of {want}")]
+    Samples { got: usize, want: usize },
 }
 
 /// Why a plugin could not be attached or started; each message tells the operator what to do.
@@ -380,8 +393,7 @@ impl Plugins {
         let note = match loaded.kind {
             Kind::Filter => filter::smoke(self, &loaded),
             Kind::Policy => policy::smoke(self, &loaded),
-        }
-        .map_err(PluginError::Smoke)?;
+        }?;
         Ok((loaded, timing, note))
     }
 }

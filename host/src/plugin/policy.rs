@@ -16,6 +16,7 @@ use crate::cluster::load::{node_id, NodeLoad};
 
 use super::{
     describe, ticks, AttachError, Ctx, Failures, Loaded, LogBudget, PluginStats, Plugins, Pre,
+    SmokeError,
 };
 
 struct Live {
@@ -213,7 +214,7 @@ pub fn sample_request() -> ListenerRequest {
 }
 
 /// The upload check: `create` without parameters and, if accepted, `rank` over three nodes.
-pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String> {
+pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, SmokeError> {
     let mut live = match instantiate(
         plugins,
         &plugins.limits,
@@ -227,7 +228,7 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
                 "create without parameters was refused ({e}); attach it with parameters"
             ))
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(SmokeError::Start(Box::new(e))),
     };
     live.store
         .set_epoch_deadline(ticks(plugins.limits.policy_deadline));
@@ -243,6 +244,9 @@ pub(super) fn smoke(plugins: &Plugins, loaded: &Loaded) -> Result<String, String
                 .map(wit_load)
                 .collect::<Vec<_>>(),
         )
-        .map_err(|e| format!("rank over 3 nodes: {}", describe(&e)))?;
+        .map_err(|e| SmokeError::Call {
+            call: "rank over 3 nodes",
+            why: describe(&e),
+        })?;
     Ok("create and rank passed".to_owned())
 }

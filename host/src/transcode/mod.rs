@@ -344,12 +344,7 @@ impl Transcoder {
 
     /// A decoder of `src`, reading on where the last one stopped when it is the same hub; `None`
     /// (with a retry in a second) when its stream is refused or cannot be decoded yet.
-    fn open_decoder(
-        &self,
-        src: &Arc<Hub>,
-        at: &mut Progress,
-        counts: &Counts,
-    ) -> Option<Decoder> {
+    fn open_decoder(&self, src: &Arc<Hub>, at: &mut Progress, counts: &Counts) -> Option<Decoder> {
         let cursor = match &at.resume {
             Some((h, c)) if Arc::ptr_eq(h, src) => c.clone(),
             // The first source gives the new output a burst; later ones join live, so the

@@ -318,37 +318,11 @@ fn run_with(
         }
     }
     let filter = match &args.filter {
-        Some(spec) => {
-            let plugins = engine()?;
-            let (file, params) = match spec.split_once(".wasm:") {
-                Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
-                None => (spec.clone(), String::new()),
-            };
-            let params = tidecast::model::parse_ref(&format!("bench:{params}"))
-                .map_err(anyhow::Error::msg)?
-                .params;
-            let name = std::path::Path::new(&file)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Some((
-                load_plugin(plugins, std::path::Path::new(&file), quiet)?,
-                params,
-                name,
-                plugins.clone(),
-            ))
-        }
+        Some(spec) => Some(load_filter(spec, engine()?, quiet)?),
         None => None,
     };
     let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
-    let fname = filter.as_ref().map(|f| f.2.clone()).unwrap_or_default();
-    let any_stage = ["mp3", "opus"].iter().any(|c| {
-        wanted(&format!("encode {c} {} kbit/s", args.bitrate))
-            || wanted(&format!("convert for {c}"))
-            || wanted(&format!("pipeline input → {c}"))
-            || (filter.is_some() && wanted(&format!("pipeline input → {c} + {fname}")))
-    }) || wanted("decode input");
-    if !any_stage {
+    if !any_stage(&wanted, args.bitrate, filter.as_ref()) {
         // `--policy FILE --only policy`: only the plugin measurements.
         if args.policy.is_some() {
             return Ok(());
@@ -370,192 +344,287 @@ fn run_with(
             generated(args.seconds)?
         }
     };
-    let ch = usize::from(input.pcm_format.channels);
-    let frames = input.frames;
-    let audio_seconds = frames as f64 / f64::from(input.pcm_format.sample_rate);
-    let settings = |codec| EncoderSettings::new(codec, args.bitrate);
     let mut rows = Vec::new();
-
     let name = "decode input";
     if wanted(name) {
-        let bytes = input.encoded.len() as u64;
-        rows.push(measure(name, || {
-            let progress = Progress::new(name, bytes, quiet);
-            let mut seconds = 0.0;
-            if let Ok(mut d) = Decoder::open(Cursor::new(input.encoded.clone()), input.format) {
-                let mut block = Vec::new();
-                let mut packets = 0u64;
-                while let Ok(Some(f)) = d.next_block(&mut block) {
-                    seconds += block.len() as f64
-                        / f64::from(f.channels.max(1))
-                        / f64::from(f.sample_rate.max(1));
-                    packets += 1;
-                    if packets.is_multiple_of(256) && audio_seconds > 0.0 {
-                        progress.set((bytes as f64 * seconds / audio_seconds) as u64);
-                    }
-                }
-            }
-            progress.done();
-            seconds
-        }));
+        rows.push(decode_stage(name, &input, quiet));
     }
     for codec in [Codec::Mp3, Codec::Opus] {
-        let label = if codec == Codec::Mp3 { "mp3" } else { "opus" };
-        let to = settings(codec).output_format();
-        let name = format!("convert for {label}");
-        if to != input.pcm_format && wanted(&name) {
-            // Channel mix and resampling alone: a stage of its own, which Opus (48 kHz only)
-            // always needs for 44.1 kHz input.
-            rows.push(measure(&name, || {
-                let Ok(mut c) = tidecast_codecs::convert::Converter::new(input.pcm_format, to)
-                else {
-                    return 0.0;
-                };
-                let mut out = Vec::new();
-                for block in input.pcm.chunks(1152 * ch) {
-                    c.process(block, &mut out);
-                    out.clear();
-                }
-                audio_seconds
-            }));
-        }
-        let name = format!("encode {label} {} kbit/s", args.bitrate);
-        if wanted(&name) {
-            let s = settings(codec);
-            // The encoder stage alone: PCM converted to its output format before timing.
-            let pcm_format = s.output_format();
-            let mut converted = Vec::new();
-            if let Ok(mut c) =
-                tidecast_codecs::convert::Converter::new(input.pcm_format, pcm_format)
-            {
-                c.process(&input.pcm, &mut converted);
-            }
-            rows.push(measure(&name, || {
-                let progress = Progress::new(&name, frames as u64, quiet);
-                if let Ok(mut enc) = s.build() {
-                    let mut out = Vec::new();
-                    let step = 1152 * usize::from(pcm_format.channels);
-                    for (i, block) in converted.chunks(step).enumerate() {
-                        enc.encode(block, &mut out);
-                        out.clear();
-                        if i.is_multiple_of(256) {
-                            progress.set((i * 1152) as u64);
-                        }
-                    }
-                }
-                progress.done();
-                converted.len() as f64
-                    / f64::from(pcm_format.channels)
-                    / f64::from(pcm_format.sample_rate)
-            }));
-        }
-        if let Some((loaded, params, fname, plugins)) = &filter {
-            let name = format!("filter {fname} alone, {label} format");
-            if wanted(&name) {
-                // The filter stage alone, on the encoder's input format in 1152-frame blocks:
-                // the WebAssembly call and its copies, without the noise of a whole pipeline.
-                let format = settings(codec).output_format();
-                let mut pcm = Vec::new();
-                if let Ok(mut c) =
-                    tidecast_codecs::convert::Converter::new(input.pcm_format, format)
-                {
-                    c.process(&input.pcm, &mut pcm);
-                }
-                let mut f = tidecast::plugin::filter::WasmFilter::new(
-                    plugins.clone(),
-                    plugins.limits,
-                    loaded.clone(),
-                    name.clone(),
-                    params.clone(),
-                    format,
-                    Default::default(),
-                    Box::new(|_| {}),
-                )
-                .map_err(anyhow::Error::msg)?;
-                let step = 1152 * usize::from(format.channels);
-                rows.push(measure(&name, || {
-                    for block in pcm.chunks_mut(step) {
-                        tidecast_codecs::Filter::process(&mut f, block, format);
-                    }
-                    pcm.len() as f64 / f64::from(format.channels) / f64::from(format.sample_rate)
-                }));
-            }
-        }
-        let with_filter = filter.iter().map(|(loaded, params, fname, plugins)| {
-            (
-                format!("pipeline input → {label} + {fname}"),
-                Some((loaded, params, plugins)),
-            )
-        });
-        for (name, plugin) in
-            std::iter::once((format!("pipeline input → {label}"), None)).chain(with_filter)
-        {
-            if !wanted(&name) {
-                continue;
-            }
-            let s = settings(codec);
-            let chain: Vec<Box<dyn tidecast_codecs::Filter>> = match plugin {
-                None => Vec::new(),
-                Some((loaded, params, plugins)) => vec![Box::new(
-                    tidecast::plugin::filter::WasmFilter::new(
-                        plugins.clone(),
-                        plugins.limits,
-                        (*loaded).clone(),
-                        name.clone(),
-                        params.clone(),
-                        s.output_format(),
-                        Default::default(),
-                        Box::new(|_| {}),
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                )],
-            };
-            rows.push(measure(&name, || {
-                let progress = Progress::new(&name, frames as u64, quiet);
-                let (Ok(mut d), Ok(mut p)) = (
-                    Decoder::open(Cursor::new(input.encoded.clone()), input.format),
-                    Pipeline::new(&s, chain),
-                ) else {
-                    return 0.0;
-                };
-                let mut block = Vec::new();
-                let mut out = Vec::new();
-                let mut seconds = 0.0;
-                while let Ok(Some(f)) = d.next_block(&mut block) {
-                    let _ = p.push(&block, f, &mut out);
-                    out.clear();
-                    let n = block.len() / usize::from(f.channels.max(1));
-                    seconds += n as f64 / f64::from(f.sample_rate.max(1));
-                    progress.set((seconds * f64::from(f.sample_rate)) as u64);
-                }
-                progress.done();
-                seconds
-            }));
-        }
+        codec_stages(codec, &args, &input, filter.as_ref(), &wanted, &mut rows)?;
     }
     if args.json {
-        for r in &rows {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "stage": r.name, "audio_s": r.audio_seconds, "cpu_s": r.cpu_seconds,
-                    "wall_s": r.wall_seconds, "x_realtime": r.realtime(),
-                    "cpu_s_per_stream_hour": r.cpu_seconds * 3600.0 / r.audio_seconds,
-                })
-            );
-        }
+        print_json(&rows);
         return Ok(());
     }
+    print_table(&rows, &input, args.bitrate);
+    print_comparisons(&rows, args.bitrate, filter.as_ref());
+    Ok(())
+}
+
+/// The `--filter` plugin, loaded once for the stages that run it.
+struct BenchFilter {
+    loaded: std::sync::Arc<tidecast::plugin::Loaded>,
+    params: Vec<(String, String)>,
+    /// The file's name without `.wasm`, as the stage names show it.
+    name: String,
+    plugins: std::sync::Arc<tidecast::plugin::Plugins>,
+}
+
+impl BenchFilter {
+    /// A new instance of the filter for audio in `format`, named `label`.
+    fn instance(
+        &self,
+        label: &str,
+        format: AudioFormat,
+    ) -> anyhow::Result<tidecast::plugin::filter::WasmFilter> {
+        tidecast::plugin::filter::WasmFilter::new(
+            self.plugins.clone(),
+            self.plugins.limits,
+            self.loaded.clone(),
+            label.to_owned(),
+            self.params.clone(),
+            format,
+            Default::default(),
+            Box::new(|_| {}),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+}
+
+/// Loads the `--filter` plugin from its FILE.wasm[:key=value,...] spec.
+fn load_filter(
+    spec: &str,
+    plugins: &std::sync::Arc<tidecast::plugin::Plugins>,
+    quiet: bool,
+) -> anyhow::Result<BenchFilter> {
+    let (file, params) = match spec.split_once(".wasm:") {
+        Some((f, p)) => (format!("{f}.wasm"), p.to_owned()),
+        None => (spec.to_owned(), String::new()),
+    };
+    let params = tidecast::model::parse_ref(&format!("bench:{params}"))
+        .map_err(anyhow::Error::msg)?
+        .params;
+    let name = std::path::Path::new(&file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(BenchFilter {
+        loaded: load_plugin(plugins, std::path::Path::new(&file), quiet)?,
+        params,
+        name,
+        plugins: plugins.clone(),
+    })
+}
+
+/// Whether `--only` selects any codec stage at all (the policy measurements are not stages).
+fn any_stage(wanted: &dyn Fn(&str) -> bool, bitrate: u32, filter: Option<&BenchFilter>) -> bool {
+    let fname = filter.map(|f| f.name.clone()).unwrap_or_default();
+    ["mp3", "opus"].iter().any(|c| {
+        wanted(&format!("encode {c} {bitrate} kbit/s"))
+            || wanted(&format!("convert for {c}"))
+            || wanted(&format!("pipeline input → {c}"))
+            || (filter.is_some() && wanted(&format!("pipeline input → {c} + {fname}")))
+    }) || wanted("decode input")
+}
+
+impl Input {
+    /// Length of the input in seconds (0 when it is not known).
+    fn seconds(&self) -> f64 {
+        self.frames as f64 / f64::from(self.pcm_format.sample_rate)
+    }
+}
+
+/// The stages of one codec that `--only` selects: conversion, encoder, the filter alone, and
+/// the whole pipeline without and with the filter.
+fn codec_stages(
+    codec: Codec,
+    args: &BenchArgs,
+    input: &Input,
+    filter: Option<&BenchFilter>,
+    wanted: &dyn Fn(&str) -> bool,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let quiet = args.json;
+    let settings = EncoderSettings::new(codec, args.bitrate);
+    let label = if codec == Codec::Mp3 { "mp3" } else { "opus" };
+    let to = settings.output_format();
+    let name = format!("convert for {label}");
+    if to != input.pcm_format && wanted(&name) {
+        rows.push(convert_stage(&name, input, to));
+    }
+    let name = format!("encode {label} {} kbit/s", args.bitrate);
+    if wanted(&name) {
+        rows.push(encode_stage(&name, input, &settings, quiet));
+    }
+    if let Some(f) = filter {
+        let name = format!("filter {} alone, {label} format", f.name);
+        if wanted(&name) {
+            rows.push(filter_stage(&name, input, to, f)?);
+        }
+    }
+    let with_filter = filter.map(|f| (format!("pipeline input → {label} + {}", f.name), Some(f)));
+    for (name, plugin) in
+        std::iter::once((format!("pipeline input → {label}"), None)).chain(with_filter)
+    {
+        if wanted(&name) {
+            rows.push(pipeline_stage(&name, input, &settings, plugin, quiet)?);
+        }
+    }
+    Ok(())
+}
+
+/// The decoder alone, over the whole encoded input.
+fn decode_stage(name: &str, input: &Input, quiet: bool) -> Row {
+    let audio_seconds = input.seconds();
+    let bytes = input.encoded.len() as u64;
+    measure(name, || {
+        let progress = Progress::new(name, bytes, quiet);
+        let mut seconds = 0.0;
+        if let Ok(mut d) = Decoder::open(Cursor::new(input.encoded.clone()), input.format) {
+            let mut block = Vec::new();
+            let mut packets = 0u64;
+            while let Ok(Some(f)) = d.next_block(&mut block) {
+                seconds += block.len() as f64
+                    / f64::from(f.channels.max(1))
+                    / f64::from(f.sample_rate.max(1));
+                packets += 1;
+                if packets.is_multiple_of(256) && audio_seconds > 0.0 {
+                    progress.set((bytes as f64 * seconds / audio_seconds) as u64);
+                }
+            }
+        }
+        progress.done();
+        seconds
+    })
+}
+
+/// Channel mix and resampling alone: a stage of its own, which Opus (48 kHz only) always
+/// needs for 44.1 kHz input.
+fn convert_stage(name: &str, input: &Input, to: AudioFormat) -> Row {
+    let audio_seconds = input.seconds();
+    let ch = usize::from(input.pcm_format.channels);
+    measure(name, || {
+        let Ok(mut c) = tidecast_codecs::convert::Converter::new(input.pcm_format, to) else {
+            return 0.0;
+        };
+        let mut out = Vec::new();
+        for block in input.pcm.chunks(1152 * ch) {
+            c.process(block, &mut out);
+            out.clear();
+        }
+        audio_seconds
+    })
+}
+
+/// The encoder stage alone: PCM converted to its output format before timing.
+fn encode_stage(name: &str, input: &Input, s: &EncoderSettings, quiet: bool) -> Row {
+    let pcm_format = s.output_format();
+    let mut converted = Vec::new();
+    if let Ok(mut c) = tidecast_codecs::convert::Converter::new(input.pcm_format, pcm_format) {
+        c.process(&input.pcm, &mut converted);
+    }
+    measure(name, || {
+        let progress = Progress::new(name, input.frames as u64, quiet);
+        if let Ok(mut enc) = s.build() {
+            let mut out = Vec::new();
+            let step = 1152 * usize::from(pcm_format.channels);
+            for (i, block) in converted.chunks(step).enumerate() {
+                enc.encode(block, &mut out);
+                out.clear();
+                if i.is_multiple_of(256) {
+                    progress.set((i * 1152) as u64);
+                }
+            }
+        }
+        progress.done();
+        converted.len() as f64 / f64::from(pcm_format.channels) / f64::from(pcm_format.sample_rate)
+    })
+}
+
+/// The filter stage alone, on the encoder's input format in 1152-frame blocks: the
+/// WebAssembly call and its copies, without the noise of a whole pipeline.
+fn filter_stage(
+    name: &str,
+    input: &Input,
+    format: AudioFormat,
+    filter: &BenchFilter,
+) -> anyhow::Result<Row> {
+    let mut pcm = Vec::new();
+    if let Ok(mut c) = tidecast_codecs::convert::Converter::new(input.pcm_format, format) {
+        c.process(&input.pcm, &mut pcm);
+    }
+    let mut f = filter.instance(name, format)?;
+    let step = 1152 * usize::from(format.channels);
+    Ok(measure(name, || {
+        for block in pcm.chunks_mut(step) {
+            tidecast_codecs::Filter::process(&mut f, block, format);
+        }
+        pcm.len() as f64 / f64::from(format.channels) / f64::from(format.sample_rate)
+    }))
+}
+
+/// The whole pipeline from the encoded input to `s`, through `plugin` if given.
+fn pipeline_stage(
+    name: &str,
+    input: &Input,
+    s: &EncoderSettings,
+    plugin: Option<&BenchFilter>,
+    quiet: bool,
+) -> anyhow::Result<Row> {
+    let chain: Vec<Box<dyn tidecast_codecs::Filter>> = match plugin {
+        None => Vec::new(),
+        Some(filter) => vec![Box::new(filter.instance(name, s.output_format())?)],
+    };
+    Ok(measure(name, || {
+        let progress = Progress::new(name, input.frames as u64, quiet);
+        let (Ok(mut d), Ok(mut p)) = (
+            Decoder::open(Cursor::new(input.encoded.clone()), input.format),
+            Pipeline::new(s, chain),
+        ) else {
+            return 0.0;
+        };
+        let mut block = Vec::new();
+        let mut out = Vec::new();
+        let mut seconds = 0.0;
+        while let Ok(Some(f)) = d.next_block(&mut block) {
+            let _ = p.push(&block, f, &mut out);
+            out.clear();
+            let n = block.len() / usize::from(f.channels.max(1));
+            seconds += n as f64 / f64::from(f.sample_rate.max(1));
+            progress.set((seconds * f64::from(f.sample_rate)) as u64);
+        }
+        progress.done();
+        seconds
+    }))
+}
+
+/// The rows as JSON lines (`--json`).
+fn print_json(rows: &[Row]) {
+    for r in rows {
+        println!(
+            "{}",
+            serde_json::json!({
+                "stage": r.name, "audio_s": r.audio_seconds, "cpu_s": r.cpu_seconds,
+                "wall_s": r.wall_seconds, "x_realtime": r.realtime(),
+                "cpu_s_per_stream_hour": r.cpu_seconds * 3600.0 / r.audio_seconds,
+            })
+        );
+    }
+}
+
+/// The rows as a table, under a line that says what was measured.
+fn print_table(rows: &[Row], input: &Input, bitrate: u32) {
+    let ch = usize::from(input.pcm_format.channels);
     let measured = rows.iter().map(|r| r.audio_seconds).fold(0.0, f64::max);
     println!(
         "\ntidecast bench: {:.0} s of {} Hz, {} ch input; encoders at {} kbit/s (LAME quality 3, Opus complexity 10); one thread\n",
-        measured, input.pcm_format.sample_rate, ch, args.bitrate
+        measured, input.pcm_format.sample_rate, ch, bitrate
     );
     println!(
         "{:<28} {:>10} {:>12} {:>22}",
         "stage", "CPU s", "× real time", "CPU s per stream-hour"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<28} {:>10.2} {:>12.0} {:>22.1}",
             r.name,
@@ -564,6 +633,10 @@ fn run_with(
             r.cpu_seconds * 3600.0 / r.audio_seconds
         );
     }
+}
+
+/// What the pipelines cost over their stages alone, and what the filter adds to them.
+fn print_comparisons(rows: &[Row], bitrate: u32, filter: Option<&BenchFilter>) {
     let find = |n: &str| {
         rows.iter()
             .find(|r| r.name.starts_with(n))
@@ -586,8 +659,8 @@ fn run_with(
                 );
             }
         }
-        if let (Some(pipe), Some((_, _, fname, _))) =
-            (find(&format!("pipeline input → {label}")), &filter)
+        if let (Some(pipe), Some(BenchFilter { name: fname, .. })) =
+            (find(&format!("pipeline input → {label}")), filter)
         {
             if let Some(with) = rows
                 .iter()
@@ -607,7 +680,11 @@ fn run_with(
                 } else {
                     Codec::Opus
                 };
-                let rate = f64::from(settings(codec).output_format().sample_rate);
+                let rate = f64::from(
+                    EncoderSettings::new(codec, bitrate)
+                        .output_format()
+                        .sample_rate,
+                );
                 let blocks = alone.audio_seconds * rate / 1152.0;
                 println!(
                     "filter {fname} alone: {:.2} µs per 1152-frame block, {:.1} % of the {label} pipeline's CPU",
@@ -617,5 +694,4 @@ fn run_with(
             }
         }
     }
-    Ok(())
 }

@@ -103,9 +103,31 @@ fn resolve_secret(
 /// `tidecast apply -f PATH [--dry-run] [--prune]`.
 pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyhow::Result<()> {
     let api = Api::new(conn)?;
+    let (mut doc, pushes) = read_declared(path)?;
+    push_plugins(&api, pushes, dry_run, &mut doc)?;
+    let query = format!(
+        "/api/v1/apply?dry_run={}&prune={}",
+        u8::from(dry_run),
+        u8::from(prune)
+    );
+    let answer = api.call("POST", &query, Some(Value::Object(doc)))?;
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print_plan(&answer);
+    Ok(())
+}
+
+/// A plugin file to push before applying: the plugin's name, the file, its bytes.
+type Push = (String, PathBuf, Vec<u8>);
+
+/// Reads the files `path` names into one document for the node, with their secrets resolved
+/// and the plugin files to push; fails, naming every problem, if any file has one.
+fn read_declared(path: &Path) -> anyhow::Result<(Map<String, Value>, Vec<Push>)> {
     let mut doc: Map<String, Value> = Map::new();
     let mut problems = Vec::new();
-    let mut pushes: Vec<(String, PathBuf, Vec<u8>)> = Vec::new();
+    let mut pushes: Vec<Push> = Vec::new();
     for file in files(path)? {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
@@ -116,7 +138,6 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
                 continue;
             }
         };
-        let dir = file.parent().unwrap_or(Path::new("."));
         let Value::Object(table) = table else {
             continue;
         };
@@ -130,38 +151,17 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
             };
             let mut out = Vec::new();
             for entry in list {
-                let Value::Object(mut entry) = entry else {
+                let Value::Object(entry) = entry else {
                     problems.push(format!("{}: {section} holds a non-table", file.display()));
                     continue;
                 };
-                let id = entry
-                    .get("path")
-                    .or_else(|| entry.get("name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_owned();
-                let at = format!("{}: {section} {id}", file.display());
-                match section.as_str() {
-                    "mounts" => {
-                        resolve_secret(&mut entry, "source_password", dir, &mut problems, &at);
-                        resolve_secret(&mut entry, "token_key", dir, &mut problems, &at);
-                    }
-                    "plugins" => {
-                        if let Some(Value::String(f)) = entry.remove("file") {
-                            let p = dir.join(f);
-                            match std::fs::read(&p) {
-                                Ok(bytes) => {
-                                    let hash = tidecast::plugin::Plugins::hash(&bytes);
-                                    entry.insert("sha256".to_owned(), Value::String(hash));
-                                    pushes.push((id.clone(), p, bytes));
-                                }
-                                Err(e) => problems.push(format!("{at}: {}: {e}", p.display())),
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                out.push(Value::Object(entry));
+                out.push(read_entry(
+                    entry,
+                    &file,
+                    &section,
+                    &mut problems,
+                    &mut pushes,
+                ));
             }
             if let Some(Value::Array(existing)) = doc.get_mut(&section) {
                 existing.extend(out);
@@ -177,8 +177,58 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
             problems.join("\n  - ")
         );
     }
-    // Plugin files whose content the node does not hold as their current version are pushed
-    // first (checked and compiled there): configuration can only name stored plugins.
+    Ok((doc, pushes))
+}
+
+/// One entry of a `[[section]]` of `file`, as the node takes it: a mount's secrets read, a
+/// plugin's file replaced by its hash (and kept in `pushes`).
+fn read_entry(
+    mut entry: Map<String, Value>,
+    file: &Path,
+    section: &str,
+    problems: &mut Vec<String>,
+    pushes: &mut Vec<Push>,
+) -> Value {
+    let id = entry
+        .get("path")
+        .or_else(|| entry.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("?")
+        .to_owned();
+    let at = format!("{}: {section} {id}", file.display());
+    let dir = file.parent().unwrap_or(Path::new("."));
+    match section {
+        "mounts" => {
+            resolve_secret(&mut entry, "source_password", dir, problems, &at);
+            resolve_secret(&mut entry, "token_key", dir, problems, &at);
+        }
+        "plugins" => {
+            if let Some(Value::String(f)) = entry.remove("file") {
+                let p = dir.join(f);
+                match std::fs::read(&p) {
+                    Ok(bytes) => {
+                        let hash = tidecast::plugin::Plugins::hash(&bytes);
+                        entry.insert("sha256".to_owned(), Value::String(hash));
+                        pushes.push((id.clone(), p, bytes));
+                    }
+                    Err(e) => problems.push(format!("{at}: {}: {e}", p.display())),
+                }
+            }
+        }
+        _ => {}
+    }
+    Value::Object(entry)
+}
+
+/// Pushes the plugin files whose content the node does not hold as their current version
+/// (checked and compiled there): configuration can only name stored plugins. With `dry_run`,
+/// says what it would push and leaves those plugins out of `doc`.
+fn push_plugins(
+    api: &Api,
+    pushes: Vec<Push>,
+    dry_run: bool,
+    doc: &mut Map<String, Value>,
+) -> anyhow::Result<()> {
     for (name, file, bytes) in pushes {
         let hash = tidecast::plugin::Plugins::hash(&bytes);
         let stored = api
@@ -213,16 +263,11 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
             &hash[..12]
         );
     }
-    let query = format!(
-        "/api/v1/apply?dry_run={}&prune={}",
-        u8::from(dry_run),
-        u8::from(prune)
-    );
-    let answer = api.call("POST", &query, Some(Value::Object(doc)))?;
-    if conn.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// The node's plan as text: each change with its fields, what stays undeclared, and a total.
+fn print_plan(answer: &Value) {
     let changes = answer["changes"].as_array().cloned().unwrap_or_default();
     let mut counts = [0usize; 3];
     for c in &changes {
@@ -260,7 +305,6 @@ pub fn apply(conn: &Connection, path: &Path, dry_run: bool, prune: bool) -> anyh
             counts[0], counts[1], counts[2]
         );
     }
-    Ok(())
 }
 
 /// `tidecast backup [-o FILE]`: the whole store, as JSON, in a file only its owner reads.
