@@ -9,6 +9,10 @@
 #                                             2 s write batches, so batching cannot fake a loss)
 #   TLS=1 benches/fanout.sh 1000 5000     (also both servers over TLS: icecast2's OpenSSL, and
 #                                             tidecast's rustls; same certificate, same listeners)
+#   BASELINE_BIN=/path/to/older/tidecast ROUNDS=2 benches/fanout.sh 1000 5000
+#                                            (also an older tidecast binary, as its own server
+#                                             "baseline"; ROUNDS repeats the servers in turn and
+#                                             the table gives each row's mean over the rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("${@:-1000}")
@@ -71,11 +75,11 @@ XML
 }
 
 start_tidecast() {
-  local port=$1 tls_port=${2:-}
+  local port=$1 tls_port=${2:-} exe=${3:-$bin/tidecast}
   local tls_flags=()
   [ -n "$tls_port" ] && tls_flags=(--tls-listen "127.0.0.1:$tls_port" --tls-cert "$work/server.crt" --tls-key "$work/server.key")
   rm -rf "$work/tidecast-data"
-  TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/tidecast-data" \
+  TIDECAST_LOG=warn "$exe" serve --listen "127.0.0.1:$port" --data-dir "$work/tidecast-data" \
     --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 "${tls_flags[@]}" >/dev/null 2>"$work/tidecast.log" &
   pids+=($!); echo $!
 }
@@ -86,13 +90,17 @@ run_server() {
   local name=$1 port pid src tls_port="" load_port load_tls=()
   port=$(free_port)
   case "$name" in *-tls) tls_port=$(free_port) ;; esac
-  if [ "${name%-tls}" = icecast2 ]; then pid=$(start_icecast "$port" "$tls_port"); else pid=$(start_tidecast "$port" "$tls_port"); fi
+  case "${name%-tls}" in
+    icecast2) pid=$(start_icecast "$port" "$tls_port") ;;
+    baseline) pid=$(start_tidecast "$port" "$tls_port" "$BASELINE_BIN") ;;
+    *) pid=$(start_tidecast "$port" "$tls_port") ;;
+  esac
   wait_port "$port"
   load_port=$port
   if [ -n "$tls_port" ]; then
     wait_port "$tls_port"; load_port=$tls_port; load_tls=(--tls-ca "$work/ca.crt" --tls-name localhost)
   fi
-  if [ "${name%-tls}" = tidecast ]; then
+  if [ "${name%-tls}" != icecast2 ]; then
     "$bin/tidecast" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$port" --admin-password benchadmin >/dev/null
   fi
   ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
@@ -111,31 +119,52 @@ run_server() {
 
 : > "$work/results"
 servers=(icecast2 tidecast)
+[ -n "${BASELINE_BIN:-}" ] && servers+=(baseline)
 [ "$tls" = 1 ] && servers+=(icecast2-tls tidecast-tls)
-for server in "${servers[@]}"; do run_server "$server"; done
+for _ in $(seq "${ROUNDS:-1}"); do
+  for server in "${servers[@]}"; do run_server "$server"; done
+done
 
 python3 - "$work/results" "$window" <<'PY'
 import json, sys
-rows = {}
+runs = {}
 for line in open(sys.argv[1]):
     name, js = line.split(" ", 1)
     r = json.loads(js)
-    rows.setdefault(r["listeners"], {})[name] = r
+    runs.setdefault(r["listeners"], {}).setdefault(name, []).append(r)
+# Each row: the mean over the rounds (the peak RSS: the highest).
+rows = {}
+for n, by_name in runs.items():
+    for name, rs in by_name.items():
+        mean = lambda k: sum(x[k] for x in rs) / len(rs)
+        rows.setdefault(n, {})[name] = {
+            "cpu_us_per_listener_second": mean("cpu_us_per_listener_second"),
+            "server_peak_rss_kib": max(x["server_peak_rss_kib"] for x in rs),
+            "share_at_least_95pct": mean("share_at_least_95pct"),
+            "mean_kbps_received": mean("mean_kbps_received"),
+            "rounds": len(rs),
+        }
 print(f"\nFan-out, 128 kbit/s MP3, {sys.argv[2]} s window per row, loopback, load generator in its own process\n")
 print("| listeners | server | CPU µs / listener-s | peak RSS MiB | ≥95 % bytes | mean kbit/s | tidecast/icecast2 CPU | TLS/plain CPU |")
 print("|---:|---|---:|---:|---:|---:|---:|---:|")
 cpu = lambda r: r["cpu_us_per_listener_second"]
 for n in sorted(rows):
-    for name in ("icecast2", "tidecast", "icecast2-tls", "tidecast-tls"):
+    for name in ("icecast2", "tidecast", "baseline", "icecast2-tls", "tidecast-tls"):
         r = rows[n].get(name)
         if not r: continue
         ratio = tls_ratio = ""
-        peer = rows[n].get(name.replace("tidecast", "icecast2"))
-        if name.startswith("tidecast") and peer and cpu(peer) > 0:
+        peer = rows[n].get(name.replace("tidecast", "icecast2").replace("baseline", "icecast2"))
+        if name.startswith(("tidecast", "baseline")) and peer and cpu(peer) > 0:
             ratio = f'{cpu(r) / cpu(peer):.2f}'
         plain = rows[n].get(name[:-4]) if name.endswith("-tls") else None
         if plain and cpu(plain) > 0:
             tls_ratio = f'{cpu(r) / cpu(plain):.2f}'
         print(f'| {n} | {name} | {cpu(r):.1f} | {r["server_peak_rss_kib"]/1024:.0f} | '
               f'{100*r["share_at_least_95pct"]:.1f} % | {r["mean_kbps_received"]:.1f} | {ratio} | {tls_ratio} |')
+for n in sorted(rows):
+    now, before = rows[n].get("tidecast"), rows[n].get("baseline")
+    if now and before and cpu(before) > 0:
+        print(f"\ntidecast/baseline CPU at {n} listeners: {cpu(now) / cpu(before):.2f} "
+              f"(peak RSS {now['server_peak_rss_kib']/1024:.0f} against {before['server_peak_rss_kib']/1024:.0f} MiB; "
+              f"{now['rounds']} round(s))")
 PY

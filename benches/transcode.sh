@@ -10,14 +10,20 @@
 #  3. live: memory per extra transcoded mount (1 → 21 mounts), and N concurrent MP3 128k → Opus 64k
 #     transcoded mounts (default 100) on one node, counting those that keep real time.
 #
-#   benches/transcode.sh [N]        (LIVE_K=16 sets K; LIVE_ONLY=1 runs part 2 alone)
+#   benches/transcode.sh [N]        (LIVE_K=16 sets K; LIVE_ONLY=1 runs part 2 alone;
+#                                    TIDECAST_BIN=path runs that tidecast binary instead of
+#                                    building this checkout's, e.g. an older one to compare)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 concurrent=${1:-100}
 for t in ffmpeg liquidsoap /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t: run tests/run.sh first" >&2; exit 1; }; done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidecast/target}"
-cargo build --release --locked -q -p tidecast
-tc="$CARGO_TARGET_DIR/release/tidecast"
+if [ -n "${TIDECAST_BIN:-}" ]; then
+  tc=$TIDECAST_BIN
+else
+  cargo build --release --locked -q -p tidecast
+  tc="$CARGO_TARGET_DIR/release/tidecast"
+fi
 work=$(mktemp -d /tmp/tidecast-transcode.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }

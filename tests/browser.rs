@@ -30,22 +30,38 @@ impl Browser {
     fn start() -> Browser {
         require("chromium");
         require("chromedriver");
-        let port = free_port();
-        let driver = Proc::spawn(
+        // Port 0: chromedriver chooses, and says which once it listens.
+        let mut driver = Proc::spawn(
             "chromedriver",
             Command::new("chromedriver")
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
+                .arg("--port=0")
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
         );
+        let stdout = driver.child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let port = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|p| p.trim_end_matches('.').parse::<u16>().ok());
+                if let Some(port) = port {
+                    let _ = tx.send(port);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("chromedriver did not say its port within 15 s");
         let mut b = Browser {
             port,
             session: String::new(),
             _driver: driver,
         };
-        wait_for(Duration::from_secs(15), "chromedriver", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {

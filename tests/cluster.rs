@@ -903,7 +903,8 @@ fn a_node_cut_off_from_etcd_gives_up_its_mounts_so_none_runs_twice() {
 fn a_node_refuses_to_join_with_an_address_nobody_can_reach_it_at() {
     let secret = ["--cluster-secret", CLUSTER_SECRET];
     let etcd = ["--etcd", "http://127.0.0.1:9"];
-    let unused = format!("http://127.0.0.1:{}", free_port());
+    let (_closed, port) = closed_port();
+    let unused = format!("http://127.0.0.1:{port}");
     for (listen, advertise, why) in [
         ("127.0.0.1:0", Some("http://0.0.0.0:8000"), "is a wildcard"),
         ("0.0.0.0:0", None, "is a wildcard"),
@@ -949,19 +950,19 @@ fn a_node_refuses_to_join_with_an_address_nobody_can_reach_it_at() {
 fn the_cluster_zone_resolves_to_the_live_nodes() {
     require("dig");
     let etcd = Etcd::start();
-    let port = free_port().to_string();
-    let _a = Node::start_clustered_with(
+    let a = Node::start_clustered_with(
         &etcd,
         "a",
         &[
             "--dns-listen",
-            &format!("127.0.0.2:{port}"),
+            "127.0.0.2:0",
             "--dns-zone",
             "radio.test",
             "--dns-ns",
             "ns1.radio.test,ns2.radio.test",
         ],
     );
+    let port = a.listening_for("DNS").port().to_string();
     let _b = Node::start_clustered(&etcd, "b");
     let mut c = Node::start_clustered(&etcd, "c");
     let dig = |args: &[&str]| {

@@ -342,8 +342,7 @@ fn the_image_built_without_a_registry_serves_and_drains_under_podman() {
     assert_eq!(config.trim(), "65532:65532 1", "user and layers");
     let built_in = began.elapsed();
 
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    // The node chooses its port (host networking) and says which on its standard output.
     let (ok, id, err) = podman(
         &[
             "--runtime",
@@ -364,7 +363,7 @@ fn the_image_built_without_a_registry_serves_and_drains_under_podman() {
             &leftovers.image,
             "serve",
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--data-dir",
             "/var/lib/tidecast",
             "--drain-secs",
@@ -379,8 +378,20 @@ fn the_image_built_without_a_registry_serves_and_drains_under_podman() {
         let (_, out, err) = podman(&["logs", &leftovers.container], 30);
         out + &err
     };
+    let mut addr = None;
+    wait_for(
+        Duration::from_secs(30),
+        "the boxed node to say its port",
+        || {
+            addr = logs()
+                .lines()
+                .find_map(|l| l.strip_prefix("tidecast listening on "))
+                .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok());
+            addr.is_some()
+        },
+    );
     let node = Node {
-        addr: listen.parse().unwrap(),
+        addr: addr.unwrap(),
         dir: tempfile::tempdir().unwrap(),
         data_dir: PathBuf::from("/var/lib/tidecast"),
         proc: None,

@@ -850,7 +850,7 @@ fn a_webhook_admits_and_refuses_listeners_and_hears_when_they_leave() {
             .any(|f| f.contains("action=listener_remove"))
     });
     // The webhook gone: fail closed.
-    let dead = free_port();
+    let (_closed, dead) = closed_port();
     let (ok, _, err) = node.cli(&[
         "mount",
         "edit",

@@ -673,13 +673,8 @@ fn etcd_password_authentication_and_nothing_taken_from_etcd_blindly() {
 #[test]
 fn the_dns_server_answers_any_minimally_and_bounds_udp_and_tcp() {
     require("dig");
-    let port = free_port();
-    let _node = Node::start(&[
-        "--dns-listen",
-        &format!("127.0.0.1:{port}"),
-        "--dns-zone",
-        "radio.test",
-    ]);
+    let node = Node::start(&["--dns-listen", "127.0.0.1:0", "--dns-zone", "radio.test"]);
+    let port = node.listening_for("DNS").port();
     let dig = |args: &[&str]| {
         let out = Command::new("dig")
             .args([

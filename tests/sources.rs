@@ -331,13 +331,13 @@ fn chunked_put_with_expect_continue() {
 fn liquidsoap_output_shoutcast_v1_source() {
     require("liquidsoap");
     // libshout's Shoutcast protocol connects to the given port + 1, as Icecast expects.
-    let shoutcast = free_port();
     let node = Node::start(&[
         "--shoutcast-mount",
         "/sc.mp3",
         "--shoutcast-listen",
-        &format!("127.0.0.1:{shoutcast}"),
+        "127.0.0.1:0",
     ]);
+    let shoutcast = node.listening_for("Shoutcast v1 sources").port();
     node.create_mount("/sc.mp3", "scpass", &[]);
     let _liq = liquidsoap(&format!(
         r#"output.shoutcast(%mp3(bitrate=128), host="127.0.0.1", port={}, password="scpass",

@@ -299,23 +299,24 @@ fn a_cluster_of_three_nodes_on_https_urls() {
     let etcd = Etcd::start();
     // A node on its own address; `trusted`: it trusts the cluster's CA.
     let start = |name: &str, host: u8, trusted: bool| {
-        let tls = format!("127.0.0.{host}:{}", free_port());
-        let advertise = format!("https://{tls}");
+        let tls = format!("127.0.0.{host}:0");
         let mut args = vec![
             "--tls-listen".to_owned(),
-            tls,
+            tls.clone(),
             "--tls-cert".to_owned(),
             cert.display().to_string(),
             "--tls-key".to_owned(),
             key.display().to_string(),
             "--advertise".to_owned(),
-            advertise.clone(),
+            format!("https://{tls}"),
         ];
         if trusted {
             args.extend(["--cluster-ca".to_owned(), ca.display().to_string()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        (Node::start_clustered_with(&etcd, name, &args), advertise)
+        let node = Node::start_clustered_with(&etcd, name, &args);
+        let advertise = format!("https://{}", node.listening_for("TLS"));
+        (node, advertise)
     };
     let (a, _) = start("a", 2, true);
     let (b, b_url) = start("b", 3, true);

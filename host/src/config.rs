@@ -173,7 +173,8 @@ serve_settings! {
     etcd_prefix: String = "/tidecast/".to_owned(); [value_name = "PREFIX"]
     /// This node's name in the cluster [default: the host name].
     node_name: String = String::new(); [value_name = "NAME"]
-    /// URL other nodes and redirected listeners reach this node at [default: http://LISTEN].
+    /// URL other nodes and redirected listeners reach this node at [default: http://LISTEN];
+    /// port 0 in it names the port the node chose (a listen address with port 0).
     advertise: String = String::new(); [value_name = "URL"]
     /// Seconds a dead node keeps its mounts and transcoders before other nodes take them over
     /// (its etcd lease); kept alive four times per period.

@@ -268,12 +268,24 @@ pub(crate) fn spawn_node_by(
     );
     let stdout = proc.child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Everything the node says on standard output, for `Node::listening_for`.
+    let said = dir.join("node.stdout");
+    let _ = std::fs::write(&said, "");
     std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&said).ok();
+        for (n, line) in BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .enumerate()
+        {
+            if let Some(f) = file.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+            if n == 0 {
+                let _ = tx.send(line);
+            }
         }
-        for _ in lines {}
     });
     let line = rx
         .recv_timeout(Duration::from_secs(20))
@@ -325,18 +337,41 @@ pub fn wait_for_report(node: &Node, name: &str, listeners: u64) {
     );
 }
 
-/// A node that also takes TLS on a port of its own, with the certificate chain `cert` and key
-/// `key`, and `extra` flags; the node and its TLS address.
+/// A node that also takes TLS on a port of its own (which it chooses), with the certificate
+/// chain `cert` and key `key`, and `extra` flags; the node and its TLS address.
 pub fn tls_node(cert: &Path, key: &Path, extra: &[&str]) -> (Node, String) {
-    let tls = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "--tls-listen",
-        &tls,
+        "127.0.0.1:0",
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
         key.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    (Node::start(&args), tls)
+    let node = Node::start(&args);
+    let tls = node.listening_for("TLS").to_string();
+    (node, tls)
+}
+
+impl Node {
+    /// Where the node says it listens for `what` (`TLS`, `Shoutcast v1 sources`, `DNS`): the
+    /// port it chose when given port 0.
+    pub fn listening_for(&self, what: &str) -> SocketAddr {
+        let prefix = format!("tidecast listening for {what} on ");
+        let said = self.dir.path().join("node.stdout");
+        let mut found = None;
+        wait_for(
+            Duration::from_secs(10),
+            &format!("the node to say where it listens for {what}"),
+            || {
+                found = std::fs::read_to_string(&said).ok().and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(&prefix).and_then(|a| a.parse().ok()))
+                });
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    }
 }

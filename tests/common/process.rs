@@ -163,7 +163,18 @@ pub fn faketime_env(offset: &str) -> Vec<(String, String)> {
     .to_vec()
 }
 
-/// A free TCP port on loopback (bound, then released for the caller's process to take).
+/// A loopback port nobody listens on, kept so for as long as the returned socket lives: bound,
+/// never listening, so a connection to it is refused (a dead webhook, an unreachable address).
+pub fn closed_port() -> (socket2::Socket, u16) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (s, port)
+}
+
+/// A free TCP port on loopback for a tool that must be told its port and cannot take port 0
+/// (etcd, haproxy, icecast2, chromedriver): bound, then released for the tool to take.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -278,13 +278,30 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<Sockets, DnsError> {
             source,
         }
     };
-    let udp = tokio::net::UdpSocket::bind(addr)
-        .await
-        .map_err(bind("udp"))?;
-    let tcp = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(bind("tcp"))?;
-    Ok(Sockets { udp, tcp })
+    // Port 0 chooses a port: the one UDP got, for TCP too (tried again on another if TCP's is
+    // taken).
+    let tries = if addr.port() == 0 { 8 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(bind("udp"))?;
+        let bound = udp.local_addr().map_err(bind("udp"))?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok(Sockets { udp, tcp }),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind("tcp")(last.unwrap_or_else(|| {
+        std::io::Error::other("no port free for both UDP and TCP")
+    })))
+}
+
+impl Sockets {
+    /// Where it answers (UDP and TCP alike).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.udp.local_addr().ok()
+    }
 }
 
 /// Why the DNS server could not start or stopped.

@@ -73,6 +73,15 @@ pub async fn run(
     if let Some(a) = front.tls.as_ref().and_then(|l| l.local_addr().ok()) {
         config.tls_listen = a.to_string();
     }
+    // An advertised URL with port 0 names the port the node chose for the listener its scheme
+    // leads to (a node started on port 0, e.g. by tests).
+    let leads_to = match &front.tls {
+        Some(tls) if config.advertise.starts_with("https://") => tls,
+        _ => &listener,
+    };
+    if let Some(port) = leads_to.local_addr().ok().map(|a| a.port()) {
+        config.advertise = with_port(&config.advertise, port);
+    }
     let coordinator = open_store(&config, &listener, front.tls.as_ref(), &front.peers).await?;
     ensure_admin(&config, coordinator.as_ref()).await?;
     // Radios' web servers: the system's CAs. Checked before the node says it listens.
@@ -94,7 +103,10 @@ pub async fn run(
         warn!("open mode: any mount accepts a source with the global source password");
         Some(auth::hash_password(&config.any_mount_password)?)
     };
-    front.say_ports(addr);
+    front.say_ports(
+        addr,
+        dns.as_ref().and_then(|(sockets, _)| sockets.local_addr()),
+    );
     info!(%addr, data_dir = %config.data_dir.display(), "node started");
     let (plugins, media) = open_media(&config, &front.peers, &coordinator)?;
     let Front {
@@ -210,9 +222,9 @@ impl Front {
         })
     }
 
-    /// Says on standard output where the node listens: tests and scripts read these lines to
-    /// find the ports it was given (port 0 chooses a free one).
-    fn say_ports(&self, addr: std::net::SocketAddr) {
+    /// Says on standard output where the node listens (and answers DNS): tests and scripts read
+    /// these lines to find the ports it was given (port 0 chooses a free one).
+    fn say_ports(&self, addr: std::net::SocketAddr, dns: Option<std::net::SocketAddr>) {
         println!("tidecast listening on {addr}");
         if let Some(tls) = self.tls.as_ref().and_then(|l| l.local_addr().ok()) {
             println!("tidecast listening for TLS on {tls}");
@@ -220,7 +232,19 @@ impl Front {
         if let Some(a) = self.shoutcast.as_ref().and_then(|l| l.local_addr().ok()) {
             println!("tidecast listening for Shoutcast v1 sources on {a}");
         }
+        if let Some(a) = dns {
+            println!("tidecast listening for DNS on {a}");
+        }
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// `url` with `port` in place of a port 0 (`https://HOST:0` or `https://HOST:0/`); any other
+/// URL as it is.
+fn with_port(url: &str, port: u16) -> String {
+    match url.trim_end_matches('/').strip_suffix(":0") {
+        Some(rest) if rest.contains("://") && !rest.ends_with(':') => format!("{rest}:{port}"),
+        _ => url.to_owned(),
     }
 }
 
@@ -435,4 +459,24 @@ async fn ensure_admin(config: &ServeConfig, coord: &dyn Coordinator) -> Result<(
         "\n  Generated admin credentials (shown only once, stored hashed):\n    user:     {user}\n    password: {password}\n  Use them with `tidecast mount …` via --admin-password or TIDECAST_ADMIN_PASSWORD.\n"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_port;
+
+    #[test]
+    fn an_advertised_port_0_is_the_chosen_port() {
+        assert_eq!(
+            with_port("https://127.0.0.3:0", 4433),
+            "https://127.0.0.3:4433"
+        );
+        assert_eq!(with_port("http://[::1]:0/", 80), "http://[::1]:80");
+        assert_eq!(
+            with_port("http://a.example:8000", 1),
+            "http://a.example:8000"
+        );
+        assert_eq!(with_port("http://a.example:10", 1), "http://a.example:10");
+        assert_eq!(with_port("", 1), "");
+    }
 }
