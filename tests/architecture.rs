@@ -2,7 +2,9 @@
 //! `model`, `hub`) import no stage, no stage of the data path imports the node or the control
 //! plane, the node knows the control plane only as a service (it imports neither `control` nor
 //! `start`, which wires both), and no source file reaches itself through the files it imports
-//! (no circle). A file that breaks a claim is named with the import.
+//! (no circle). A file that breaks a claim is named with the import. Also the house rules that
+//! keep code readable: no function over 120 lines outside tests, no source file over 900 lines
+//! but the codec framing.
 
 #![allow(clippy::unwrap_used)]
 
@@ -354,6 +356,106 @@ fn files_of_crate() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The longest a function may be, outside tests, in lines from its `fn` to its closing brace.
+const MAX_FUNCTION_LINES: usize = 120;
+/// The longest a source file may be, but the codec framing (splitters and their tables).
+const MAX_FILE_LINES: usize = 900;
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The source files of the library, the binary, the codecs and the benches' programs.
+fn product_files() -> Vec<PathBuf> {
+    let root = src().join("../..").canonicalize().unwrap();
+    ["host/src", "codecs/src", "benches/src"]
+        .iter()
+        .flat_map(|d| rust_files(&root.join(d)))
+        .collect()
+}
+
+/// The functions of `text` (outside its `mod tests`) longer than `max` lines, as `name (n lines)`.
+fn long_functions(text: &str, max: usize) -> Vec<String> {
+    let lines: Vec<&str> = without_tests(text).lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let code = line.split("//").next().unwrap_or("");
+        let Some(at) = code.find("fn ") else { continue };
+        let before = code[..at].trim();
+        let is_fn = before.is_empty()
+            || before.split_whitespace().all(|w| {
+                matches!(w, "pub" | "async" | "const" | "unsafe" | "extern")
+                    || w.starts_with("pub(")
+            });
+        if !is_fn {
+            continue;
+        }
+        let name: String = code[at + 3..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let (mut depth, mut opened) = (0i64, false);
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            let code = l.split("//").next().unwrap_or("");
+            for c in code.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if !opened && code.trim_end().ends_with(';') {
+                break;
+            }
+            if opened && depth <= 0 {
+                if j - i + 1 > max {
+                    out.push(format!("{name} ({} lines)", j - i + 1));
+                }
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_over_120_lines_and_no_file_over_900() {
+    let mut broken = Vec::new();
+    for file in product_files() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for f in long_functions(&text, MAX_FUNCTION_LINES) {
+            broken.push(format!("{}: fn {f}", file.display()));
+        }
+        let n = text.lines().count();
+        if n > MAX_FILE_LINES && !file.ends_with("codecs/src/framing.rs") {
+            broken.push(format!("{}: {n} lines", file.display()));
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn the_function_measure_counts_from_fn_to_its_brace() {
+    let body = "    x += 1;\n".repeat(3);
+    let text = format!("pub(crate) async fn short() {{\n{body}}}\n\nfn longer(a: u8) -> u8 {{\n    if a > 0 {{\n{body}    }}\n    a\n}}\n");
+    assert_eq!(long_functions(&text, 5), ["longer (8 lines)"]);
+    assert!(long_functions(&text, 8).is_empty());
+    assert!(long_functions("trait T {\n    fn f(&self);\n}\n", 0).is_empty());
 }
 
 #[test]
