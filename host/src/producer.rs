@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tracing::warn;
 
 use crate::cluster::coordinator::ClaimSlot;
-use crate::model::{MountConfig, ProducerKind};
+use crate::model::{MountConfig, Producer, ProducerKind};
 use crate::sync::Locked;
 
 /// What a produced mount's producers need: each kind's shared handles.
@@ -49,9 +49,9 @@ impl Running {
     /// Whether it runs exactly what `m` asks for (same kind, same settings).
     fn runs(&self, m: &MountConfig) -> bool {
         match self {
-            Running::Transcoder(h) => m.transcode.as_ref() == Some(&h.config),
-            Running::Playlist(h) => m.playlist.as_ref() == Some(&h.config),
-            Running::Puller(h) => m.relay.as_ref() == Some(&h.config),
+            Running::Transcoder(h) => m.transcode() == Some(&h.config),
+            Running::Playlist(h) => m.playlist() == Some(&h.config),
+            Running::Puller(h) => m.relay() == Some(&h.config),
         }
     }
 }
@@ -101,24 +101,25 @@ impl Table {
     fn start(&self, m: MountConfig) -> Option<Running> {
         let s = &self.stages;
         let path = m.path;
-        if let Some(config) = m.transcode {
-            start_encoder(&path, "transcoded", config.settings(), |settings, rt| {
-                crate::transcode::spawn(s.transcode.clone(), path.clone(), config, settings, rt)
-            })
-            .map(Running::Transcoder)
-        } else if let Some(config) = m.relay {
-            Some(Running::Puller(crate::ingest::pull::spawn(
+        match m.producer {
+            Producer::Transcode(config) => {
+                start_encoder(&path, "transcoded", config.settings(), |settings, rt| {
+                    crate::transcode::spawn(s.transcode.clone(), path.clone(), config, settings, rt)
+                })
+                .map(Running::Transcoder)
+            }
+            Producer::Relay(config) => Some(Running::Puller(crate::ingest::pull::spawn(
                 s.pull.clone(),
                 path,
                 config,
-            )))
-        } else if let Some(config) = m.playlist {
-            start_encoder(&path, "playlist", config.settings(), |settings, rt| {
-                crate::playlist::spawn(s.playlist.clone(), path.clone(), config, settings, rt)
-            })
-            .map(Running::Playlist)
-        } else {
-            None
+            ))),
+            Producer::Playlist(config) => {
+                start_encoder(&path, "playlist", config.settings(), |settings, rt| {
+                    crate::playlist::spawn(s.playlist.clone(), path.clone(), config, settings, rt)
+                })
+                .map(Running::Playlist)
+            }
+            Producer::Source => None,
         }
     }
 

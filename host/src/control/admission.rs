@@ -133,7 +133,11 @@ async fn admit(state: &Control, req: &RequestHead, peer: SocketAddr) -> Result<u
 /// at most a few transcodes of transcodes.
 fn credentials_mount(state: &Control, mut mount: String) -> String {
     for _ in 0..4 {
-        match state.coordinator.mount(&mount).and_then(|m| m.transcode) {
+        match state
+            .coordinator
+            .mount(&mount)
+            .and_then(|m| m.transcode().cloned())
+        {
             Some(t) => mount = t.from,
             None => break,
         }

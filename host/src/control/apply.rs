@@ -330,7 +330,7 @@ async fn declare(
     let transcoded = |p: &str| {
         declared.get(p).copied().or_else(|| {
             (!prune)
-                .then(|| state.coordinator.mount(p).map(|m| m.transcode.is_some()))
+                .then(|| state.coordinator.mount(p).map(|m| m.transcode().is_some()))
                 .flatten()
         })
     };
@@ -697,7 +697,7 @@ fn describe(c: &Change, fields: &[String]) -> Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::model::{PluginRef, TranscodeConfig};
+    use crate::model::{PluginRef, Producer, TranscodeConfig};
 
     fn source(path: &str, hash: &str) -> MountConfig {
         let mut m = MountConfig::new(path.to_owned());
@@ -756,7 +756,7 @@ mod tests {
     #[test]
     fn prune_removes_what_is_not_declared_and_keeps_plugins_in_use() {
         let mut transcoded = MountConfig::new("/live-64.opus".to_owned());
-        transcoded.transcode = Some(TranscodeConfig::new(
+        transcoded.producer = Producer::Transcode(TranscodeConfig::new(
             "/live.mp3".to_owned(),
             tidecast_codecs::Codec::Opus,
             64,
@@ -833,7 +833,7 @@ mod tests {
         small.max_transcodes = Some(0);
         let mut t = MountConfig::new("/t.opus".to_owned());
         t.station = Some("small".to_owned());
-        t.transcode = Some(TranscodeConfig::new(
+        t.producer = Producer::Transcode(TranscodeConfig::new(
             "/live.mp3".to_owned(),
             tidecast_codecs::Codec::Opus,
             64,

@@ -239,7 +239,7 @@ async fn rebuild(
         b.mounts
             .iter()
             .find(|m| m.path == p)
-            .map(|m| m.transcode.is_some())
+            .map(|m| m.transcode().is_some())
     };
     let station = |s: &str| stations.iter().any(|st| st.name == s);
     let known = crate::model::edit::Known {

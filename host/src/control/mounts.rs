@@ -146,9 +146,9 @@ pub(crate) fn mount_view(state: &Control, m: &MountConfig) -> serde_json::Value 
         "content_type": hub.as_ref().map(|h| h.content_type.clone()),
         "listeners": hub.as_ref().map_or(0, |h| h.listeners.load(std::sync::atomic::Ordering::Relaxed)),
         "title": hub.as_ref().map(|h| h.meta().title),
-        "transcode": m.transcode,
-        "relay": m.relay,
-        "playlist": m.playlist,
+        "transcode": m.transcode(),
+        "relay": m.relay(),
+        "playlist": m.playlist(),
         "filters": m.filters.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "filter_status": state
             .plugins
@@ -220,7 +220,7 @@ type Lookups<'a> = (
 
 fn stored(state: &Control) -> Lookups<'_> {
     (
-        Box::new(|p: &str| state.coordinator.mount(p).map(|m| m.transcode.is_some())),
+        Box::new(|p: &str| state.coordinator.mount(p).map(|m| m.transcode().is_some())),
         Box::new(|s: &str| state.coordinator.station(s).is_some()),
     )
 }

@@ -208,7 +208,7 @@ pub fn cluster_json(state: &Control) -> Value {
             json!({
                 "path": m.path,
                 "kind": m.kind().name(),
-                "from": m.transcode.as_ref().map(|t| t.from.clone()),
+                "from": m.transcode().map(|t| t.from.clone()),
                 "origin": origin,
                 "listeners": listeners,
             })

@@ -124,7 +124,7 @@ impl Hls {
             self.coordinator
                 .mounts()
                 .into_iter()
-                .filter(|m| m.transcode.as_ref().is_some_and(|t| t.from == mount))
+                .filter(|m| m.transcode().is_some_and(|t| t.from == mount))
                 .map(|m| m.path),
         );
         family
@@ -140,7 +140,7 @@ impl Hls {
             .collect();
         let mut family = own.clone();
         for m in &mounts {
-            let from_own = m.transcode.as_ref().is_some_and(|t| own.contains(&t.from));
+            let from_own = m.transcode().is_some_and(|t| own.contains(&t.from));
             if from_own && !family.contains(&m.path) {
                 family.push(m.path.clone());
             }
@@ -284,7 +284,7 @@ impl Hls {
             || self.coordinator.origin_url(mount).is_some()
             || config
                 .as_ref()
-                .is_some_and(|m| m.relay.as_ref().is_some_and(|r| r.on_demand));
+                .is_some_and(|m| m.relay().is_some_and(|r| r.on_demand));
         if !produced {
             let why = if config.is_some() {
                 format!("{mount} has no HLS stream right now")

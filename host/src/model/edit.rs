@@ -3,7 +3,7 @@
 //! mounts and stations are looked up through [`Known`]; what needs a node (the files each node
 //! reads, a station's capacity, plugins) is the control plane's (`control/mounts.rs`).
 
-use super::{validate_mount_path, MountConfig, MountSettings, TranscodeConfig};
+use super::{validate_mount_path, MountConfig, MountSettings, Producer, TranscodeConfig};
 
 /// What a new mount's references are checked against: the stored configuration (`mount
 /// create`), or the configuration a `tidecast apply` declares.
@@ -92,22 +92,32 @@ fn apply_transcode(
     let codec_given = r.codec.is_some();
     let codec = typed(r.codec.take(), problems);
     let stereo_mode = typed(r.stereo_mode.take(), problems);
-    let t = match (&mut m.transcode, create) {
-        (Some(t), _) => t,
-        // Without a codec the request is refused below; a placeholder lets every other
-        // field be checked too.
-        (None, true) => m.transcode.insert(TranscodeConfig::new(
+    // Without a codec the request is refused below; a placeholder lets every other field be
+    // checked too. A mount a relay or playlist section already made another kind (refused:
+    // its own check said "not both") has its transcode fields checked on a scratch section.
+    let placeholder = || {
+        TranscodeConfig::new(
             String::new(),
             codec.unwrap_or(tidecast_codecs::Codec::Mp3),
             0,
-        )),
-        (None, false) => {
+        )
+    };
+    match (&m.producer, create) {
+        (Producer::Transcode(_), _) => {}
+        (Producer::Source, true) => m.producer = Producer::Transcode(placeholder()),
+        (_, true) => {}
+        (_, false) => {
             problems.push(format!(
                 "{} is not a transcoded mount; create a new one with --from",
                 m.path
             ));
             return;
         }
+    }
+    let mut scratch = placeholder();
+    let t = match &mut m.producer {
+        Producer::Transcode(t) => t,
+        _ => &mut scratch,
     };
     if let Some(v) = r.from.take() {
         t.from = v;
@@ -160,31 +170,31 @@ fn apply_relay(
     problems: &mut Vec<String>,
 ) {
     if let Some(urls) = r.relay_urls.take() {
-        match (&mut m.relay, create) {
-            (Some(relay), _) => relay.urls = urls,
-            (None, true) => {
-                m.relay = Some(super::RelayConfig {
+        match (&mut m.producer, create) {
+            (Producer::Relay(relay), _) => relay.urls = urls,
+            (_, true) => {
+                m.producer = Producer::Relay(super::RelayConfig {
                     urls,
                     on_demand: false,
                 })
             }
-            (None, false) => problems.push(format!(
+            (_, false) => problems.push(format!(
                 "{} is not a relay mount; create a new one with --relay-url",
                 m.path
             )),
         }
     }
     if let Some(on_demand) = r.relay_on_demand.take() {
-        match &mut m.relay {
-            Some(relay) => relay.on_demand = on_demand,
-            None => problems.push("--relay-on-demand is for relay mounts (--relay-url)".to_owned()),
+        match &mut m.producer {
+            Producer::Relay(relay) => relay.on_demand = on_demand,
+            _ => problems.push("--relay-on-demand is for relay mounts (--relay-url)".to_owned()),
         }
     }
-    let Some(relay) = &m.relay else {
+    let Some(relay) = m.relay() else {
         return;
     };
     problems.extend(relay.problems());
-    if m.transcode.is_some() || r.has_transcode_fields() {
+    if r.has_transcode_fields() {
         problems.push("a mount is relayed or transcoded, not both".to_owned());
     }
     if r.password.is_some() || r.source_user.is_some() {
@@ -202,7 +212,10 @@ fn apply_playlist(
     problems: &mut Vec<String>,
 ) {
     let input = r.playlist.take();
-    if m.playlist.is_none() {
+    // A mount a relay section already made a relay mount keeps being one (refused below);
+    // the playlist fields are checked on a scratch section.
+    let mut scratch = None;
+    if m.playlist().is_none() {
         match (&input, create) {
             (None, _) => {
                 if r.order.is_some() || r.crossfade.is_some() || r.loudness_target.is_some() {
@@ -218,7 +231,7 @@ fn apply_playlist(
                 if !codec_given {
                     problems.push("a playlist mount needs --codec and --bitrate".to_owned());
                 }
-                m.playlist = Some(super::PlaylistConfig {
+                let empty = super::PlaylistConfig {
                     input: String::new(),
                     order: super::PlaylistOrder::default(),
                     codec: tidecast_codecs::Codec::Mp3,
@@ -228,7 +241,11 @@ fn apply_playlist(
                     quality: None,
                     crossfade_ms: None,
                     loudness_lufs: None,
-                });
+                };
+                match m.producer {
+                    Producer::Source => m.producer = Producer::Playlist(empty),
+                    _ => scratch = Some(empty),
+                }
             }
             (Some(_), false) => {
                 problems.push(format!(
@@ -239,7 +256,11 @@ fn apply_playlist(
             }
         }
     }
-    let Some(p) = &mut m.playlist else { return };
+    let p = match (&mut m.producer, scratch.as_mut()) {
+        (Producer::Playlist(p), _) => p,
+        (_, Some(p)) => p,
+        _ => return,
+    };
     if let Some(input) = input {
         p.input = input;
     }
@@ -274,7 +295,7 @@ fn apply_playlist(
     if let Err(e) = p.settings() {
         problems.extend(e);
     }
-    if m.relay.is_some() || m.transcode.is_some() || r.has_transcode_fields() {
+    if scratch.is_some() || r.has_transcode_fields() {
         problems.push(
             "a playlist mount is not also relayed or transcoded (--from, --stereo-mode, --frame-ms, --vbr-quality and --abr are for transcoded mounts)".to_owned(),
         );
@@ -475,7 +496,7 @@ mod tests {
     fn a_mount_survives_its_own_create_request() {
         use crate::model::{PlaylistConfig, PlaylistOrder, RelayConfig};
         let mut relay = MountConfig::new("/jazz.mp3".to_owned());
-        relay.relay = Some(RelayConfig {
+        relay.producer = Producer::Relay(RelayConfig {
             urls: vec![
                 "http://a.example/x".to_owned(),
                 "https://b.example/y".to_owned(),
@@ -489,7 +510,7 @@ mod tests {
         relay.max_listener_secs = Some(3600);
         relay.routing = Some("listeners_score,best".parse().expect("a routing chain"));
         let mut list = MountConfig::new("/auto.mp3".to_owned());
-        list.playlist = Some(PlaylistConfig {
+        list.producer = Producer::Playlist(PlaylistConfig {
             input: "music/=3,jingles/=1".to_owned(),
             order: PlaylistOrder::Weighted,
             codec: tidecast_codecs::Codec::Opus,

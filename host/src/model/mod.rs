@@ -15,8 +15,8 @@ mod zone;
 pub use edit::check_mount_json;
 pub use media::{media_key_problem, MediaInfo, MAX_MEDIA_INFOS};
 pub use mount::{
-    validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, ProducerKind, RelayConfig,
-    TranscodeConfig, ICY_METAINT_RANGE, MAX_RELAY_URLS,
+    validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, Producer, ProducerKind,
+    RelayConfig, TranscodeConfig, ICY_METAINT_RANGE, MAX_RELAY_URLS,
 };
 pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};

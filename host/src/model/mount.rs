@@ -7,80 +7,58 @@ use tidecast_codecs::{Codec, EncoderSettings, StereoMode};
 
 use super::{NativePolicy, PluginRef};
 
-/// A mount the operator declared.
+/// A mount the operator declared. Stored, exported and backed up with its producer as one of the
+/// optional sections `transcode`, `relay` or `playlist` (none: a source mount), as it always was
+/// ([`Stored`]); a document with two of them is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "Stored", into = "Stored")]
 pub struct MountConfig {
     pub path: String,
     pub source_user: String,
     /// argon2id PHC string; never the password itself.
     pub source_password_hash: String,
     /// Listener limit for this mount; `None` means only the node-wide limit applies.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_listeners: Option<u32>,
     /// Mount whose stream listeners get while this one has no source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     /// After this many seconds of digital silence from its source, listeners take the
     /// fallback, and come back when the sound does (`transcode/silence.rs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silence_secs: Option<u32>,
     /// Charset of ICY metadata sent to listeners (default ISO-8859-1, as Icecast).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub charset: Option<String>,
     /// Audio bytes between ICY metadata blocks (default 16000, as Icecast).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icy_metaint: Option<u32>,
     /// Listeners need a URL signed with this key (`listen/access.rs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_key: Option<String>,
     /// A listener is disconnected after this many seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_listener_secs: Option<u32>,
     /// User agents let in (case-insensitive substrings); empty: every one not denied.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_agents: Vec<String>,
     /// User agents kept out (case-insensitive substrings).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_agents: Vec<String>,
     /// Listeners are admitted by this URL, as Icecast 2.5's URL authentication does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_url: Option<String>,
     /// Listeners are admitted by user name and password from this htpasswd file, read on
     /// each node that serves them (`listen/users.rs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub htpasswd: Option<String>,
     /// Connections one listener user name may have to this mount at once, on one node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_user_connections: Option<u32>,
     /// Audio every new listener hears before the live stream, from this file on each node
     /// (`listen/files.rs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intro: Option<String>,
-    /// Set for a transcoded mount: it is produced from another mount, never pushed by a source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transcode: Option<TranscodeConfig>,
-    /// Set for a relay mount: pulled from another server's stream, never pushed by a source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<RelayConfig>,
-    /// Set for a playlist mount: files of the media library, played by the node that wins
-    /// the mount's election; never pushed by a source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub playlist: Option<PlaylistConfig>,
+    /// What produces its stream: a source client, or on the node that wins the mount's election
+    /// a transcoder, a relay puller or a playlist.
+    pub producer: Producer,
     /// WebAssembly filters, in order: audio and metadata on transcoded mounts, metadata hooks
     /// only on others. Attached by name: the newest version of the plugin runs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<PluginRef>,
     /// The listener-selection policy plugin of this mount (cluster routing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PluginRef>,
     /// The native routing chain of this mount (`routing::native`), when not the node's
     /// `--routing`; a policy plugin, if attached, decides first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<NativePolicy>,
     /// The station (radio) this mount belongs to: its policy and routing chain apply when the
     /// mount sets none of its own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub station: Option<String>,
 }
 
@@ -104,9 +82,7 @@ impl MountConfig {
             htpasswd: None,
             max_user_connections: None,
             intro: None,
-            transcode: None,
-            relay: None,
-            playlist: None,
+            producer: Producer::Source,
             filters: Vec::new(),
             policy: None,
             routing: None,
@@ -138,17 +114,182 @@ impl ProducerKind {
     }
 }
 
+/// What produces a mount's stream, with its settings: a mount is one of these, never two.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Producer {
+    /// A source client pushes it (Icecast or Shoutcast).
+    #[default]
+    Source,
+    /// Produced from another mount, never pushed by a source.
+    Transcode(TranscodeConfig),
+    /// Pulled from another server's stream, never pushed by a source.
+    Relay(RelayConfig),
+    /// Files of the media library, played by the node that wins the mount's election; never
+    /// pushed by a source.
+    Playlist(PlaylistConfig),
+}
+
 impl MountConfig {
     /// What produces the mount's stream.
     pub fn kind(&self) -> ProducerKind {
-        if self.transcode.is_some() {
-            ProducerKind::Transcode
-        } else if self.relay.is_some() {
-            ProducerKind::Relay
-        } else if self.playlist.is_some() {
-            ProducerKind::Playlist
-        } else {
-            ProducerKind::Source
+        match self.producer {
+            Producer::Source => ProducerKind::Source,
+            Producer::Transcode(_) => ProducerKind::Transcode,
+            Producer::Relay(_) => ProducerKind::Relay,
+            Producer::Playlist(_) => ProducerKind::Playlist,
+        }
+    }
+
+    /// How it is transcoded, if it is a transcoded mount.
+    pub fn transcode(&self) -> Option<&TranscodeConfig> {
+        match &self.producer {
+            Producer::Transcode(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Where it is pulled from, if it is a relay mount.
+    pub fn relay(&self) -> Option<&RelayConfig> {
+        match &self.producer {
+            Producer::Relay(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// What it plays, if it is a playlist mount.
+    pub fn playlist(&self) -> Option<&PlaylistConfig> {
+        match &self.producer {
+            Producer::Playlist(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// A mount as stores, exports and backups hold it: [`MountConfig`]'s fields, with its producer as
+/// three optional sections (at most one of them set).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stored {
+    path: String,
+    source_user: String,
+    source_password_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_listeners: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fallback: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    silence_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    charset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    icy_metaint: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_listener_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allow_agents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    deny_agents: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    htpasswd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_user_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    intro: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transcode: Option<TranscodeConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    relay: Option<RelayConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    playlist: Option<PlaylistConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    filters: Vec<PluginRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<PluginRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    routing: Option<NativePolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    station: Option<String>,
+}
+
+impl TryFrom<Stored> for MountConfig {
+    type Error = String;
+
+    fn try_from(s: Stored) -> Result<MountConfig, String> {
+        let producer = match (s.transcode, s.relay, s.playlist) {
+            (None, None, None) => Producer::Source,
+            (Some(t), None, None) => Producer::Transcode(t),
+            (None, Some(r), None) => Producer::Relay(r),
+            (None, None, Some(p)) => Producer::Playlist(p),
+            _ => {
+                return Err(format!(
+                    "mount {}: a mount is produced one way: give at most one of transcode, relay and playlist",
+                    s.path
+                ))
+            }
+        };
+        Ok(MountConfig {
+            path: s.path,
+            source_user: s.source_user,
+            source_password_hash: s.source_password_hash,
+            max_listeners: s.max_listeners,
+            fallback: s.fallback,
+            silence_secs: s.silence_secs,
+            charset: s.charset,
+            icy_metaint: s.icy_metaint,
+            token_key: s.token_key,
+            max_listener_secs: s.max_listener_secs,
+            allow_agents: s.allow_agents,
+            deny_agents: s.deny_agents,
+            auth_url: s.auth_url,
+            htpasswd: s.htpasswd,
+            max_user_connections: s.max_user_connections,
+            intro: s.intro,
+            producer,
+            filters: s.filters,
+            policy: s.policy,
+            routing: s.routing,
+            station: s.station,
+        })
+    }
+}
+
+impl From<MountConfig> for Stored {
+    fn from(m: MountConfig) -> Stored {
+        let (mut transcode, mut relay, mut playlist) = (None, None, None);
+        match m.producer {
+            Producer::Source => {}
+            Producer::Transcode(t) => transcode = Some(t),
+            Producer::Relay(r) => relay = Some(r),
+            Producer::Playlist(p) => playlist = Some(p),
+        }
+        Stored {
+            path: m.path,
+            source_user: m.source_user,
+            source_password_hash: m.source_password_hash,
+            max_listeners: m.max_listeners,
+            fallback: m.fallback,
+            silence_secs: m.silence_secs,
+            charset: m.charset,
+            icy_metaint: m.icy_metaint,
+            token_key: m.token_key,
+            max_listener_secs: m.max_listener_secs,
+            allow_agents: m.allow_agents,
+            deny_agents: m.deny_agents,
+            auth_url: m.auth_url,
+            htpasswd: m.htpasswd,
+            max_user_connections: m.max_user_connections,
+            intro: m.intro,
+            transcode,
+            relay,
+            playlist,
+            filters: m.filters,
+            policy: m.policy,
+            routing: m.routing,
+            station: m.station,
         }
     }
 }
@@ -454,6 +595,47 @@ pub fn validate_mount_path(path: &str) -> Result<(), String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Stores and exports made before the producer was one field load as they are, each with its
+    /// one producer, and are written back the same; two producers are refused.
+    #[test]
+    fn a_stored_mount_keeps_its_form_and_has_one_producer() {
+        let stored = [
+            r#"{"path":"/live.mp3","source_user":"source","source_password_hash":"$argon2id$x"}"#,
+            r#"{"path":"/live-64.opus","source_user":"source","source_password_hash":"","transcode":{"from":"/live.mp3","codec":"opus","bitrate_kbps":64}}"#,
+            r#"{"path":"/jazz.mp3","source_user":"source","source_password_hash":"","relay":{"urls":["http://a.example/x"]}}"#,
+        ];
+        let kinds = [
+            ProducerKind::Source,
+            ProducerKind::Transcode,
+            ProducerKind::Relay,
+        ];
+        for (text, kind) in stored.iter().zip(kinds) {
+            let m: MountConfig = serde_json::from_str(text).unwrap();
+            assert_eq!(m.kind(), kind, "{text}");
+            let again: serde_json::Value = serde_json::to_value(&m).unwrap();
+            let before: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                serde_json::from_value::<MountConfig>(again).unwrap(),
+                serde_json::from_value::<MountConfig>(before).unwrap()
+            );
+        }
+        assert_eq!(
+            serde_json::from_str::<MountConfig>(stored[1])
+                .unwrap()
+                .transcode()
+                .map(|t| t.bitrate_kbps),
+            Some(64)
+        );
+        let both = r#"{"path":"/x.mp3","source_user":"source","source_password_hash":"","transcode":{"from":"/a.mp3","codec":"opus","bitrate_kbps":64},"relay":{"urls":["http://a.example/x"]}}"#;
+        let err = serde_json::from_str::<MountConfig>(both)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("produced one way"), "{err}");
+        let unknown =
+            r#"{"path":"/x.mp3","source_user":"source","source_password_hash":"","colour":"red"}"#;
+        assert!(serde_json::from_str::<MountConfig>(unknown).is_err());
+    }
 
     #[test]
     fn mount_paths() {

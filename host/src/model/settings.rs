@@ -246,11 +246,11 @@ impl MountSettings {
             station: m.station.clone(),
             ..MountSettings::default()
         };
-        if let Some(relay) = &m.relay {
+        if let Some(relay) = m.relay() {
             r.relay_urls = Some(relay.urls.clone());
             r.relay_on_demand = relay.on_demand.then_some(true);
         }
-        if let Some(p) = &m.playlist {
+        if let Some(p) = m.playlist() {
             r.playlist = Some(p.input.clone());
             r.order = (p.order != super::PlaylistOrder::Sequential)
                 .then(|| serde_json::to_value(p.order).ok())
@@ -264,7 +264,7 @@ impl MountSettings {
             r.crossfade = p.crossfade_ms.map(|ms| f64::from(ms) / 1000.0);
             r.loudness_target = p.loudness_lufs.map(i32::from);
         }
-        if let Some(t) = &m.transcode {
+        if let Some(t) = m.transcode() {
             r.from = Some(t.from.clone());
             r.codec = Some(<&str>::from(t.codec).to_owned());
             r.bitrate = Some(t.bitrate_kbps);

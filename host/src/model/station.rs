@@ -40,7 +40,7 @@ impl StationConfig {
         let max = self.max_transcodes?;
         let n = mounts
             .filter(|m| m.station.as_deref() == Some(self.name.as_str()))
-            .filter(|m| m.transcode.is_some() || m.playlist.is_some())
+            .filter(|m| m.transcode().is_some() || m.playlist().is_some())
             .count();
         (n > max as usize).then(|| {
             format!(

@@ -216,7 +216,7 @@ impl Host {
     /// problem; runs plugin code (under the usual limits), so it blocks in place.
     pub fn check_attachments(&self, m: &MountConfig, before: Option<&MountConfig>) -> Vec<String> {
         let filters_changed =
-            before.is_none_or(|b| b.filters != m.filters || b.transcode != m.transcode);
+            before.is_none_or(|b| b.filters != m.filters || b.transcode() != m.transcode());
         let policy_changed = before.is_none_or(|b| b.policy != m.policy);
         if !(filters_changed && !m.filters.is_empty() || policy_changed && m.policy.is_some()) {
             return Vec::new();
@@ -283,7 +283,7 @@ impl Host {
         let Some(m) = self.coordinator.mount(mount) else {
             return title;
         };
-        if m.filters.is_empty() || m.transcode.is_some() {
+        if m.filters.is_empty() || m.transcode().is_some() {
             self.title_chains.locked().remove(mount);
             return title;
         }
@@ -311,8 +311,7 @@ impl Host {
 /// The format a mount's filters see: the encoder's input on a transcoded mount; none (metadata
 /// hooks only) elsewhere.
 fn filter_format(m: &MountConfig) -> tidecast_codecs::decode::AudioFormat {
-    m.transcode
-        .as_ref()
+    m.transcode()
         .and_then(|t| t.settings().ok())
         .map(|s| s.output_format())
         .unwrap_or(tidecast_codecs::decode::AudioFormat {
