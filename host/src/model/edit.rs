@@ -156,8 +156,14 @@ fn apply_transcode(
             Some(false) => {}
         }
     }
+    no_credentials(r, "transcoded", problems);
+}
+
+/// A produced mount (`kind`: transcoded, relay, playlist) has no source to log in: a request that
+/// gives it source credentials is refused.
+fn no_credentials(r: &MountSettings, kind: &str, problems: &mut Vec<String>) {
     if r.password.is_some() || r.source_user.is_some() {
-        problems.push("a transcoded mount takes no source credentials".to_owned());
+        problems.push(format!("a {kind} mount takes no source credentials"));
     }
 }
 
@@ -197,9 +203,7 @@ fn apply_relay(
     if r.has_transcode_fields() {
         problems.push("a mount is relayed or transcoded, not both".to_owned());
     }
-    if r.password.is_some() || r.source_user.is_some() {
-        problems.push("a relay mount takes no source credentials".to_owned());
-    }
+    no_credentials(r, "relay", problems);
 }
 
 /// Applies the playlist fields of `r` to `m` (making it a playlist mount when `create`), with
@@ -300,9 +304,7 @@ fn apply_playlist(
             "a playlist mount is not also relayed or transcoded (--from, --stereo-mode, --frame-ms, --vbr-quality and --abr are for transcoded mounts)".to_owned(),
         );
     }
-    if r.password.is_some() || r.source_user.is_some() {
-        problems.push("a playlist mount takes no source credentials".to_owned());
-    }
+    no_credentials(r, "playlist", problems);
 }
 
 /// A mount request body checked as far as it can be without a node: parsed and applied to an
