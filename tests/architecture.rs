@@ -250,8 +250,8 @@ fn expand(path: &str, out: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn no_source_file_imports_itself_through_others() {
+/// Which file imports which (each a module path), as named in the code.
+fn file_edges() -> Edges {
     let files = files_of_crate();
     let modules: BTreeSet<Vec<String>> = files.iter().map(|f| module_path(f)).collect();
     // Each file, and the files it imports: the longest module path of a file that a named
@@ -271,10 +271,38 @@ fn no_source_file_imports_itself_through_others() {
             }
         }
     }
-    let circles = circles(&edges);
+    edges
+}
+
+#[test]
+fn no_source_file_imports_itself_through_others() {
+    let circles = circles(&file_edges());
     assert!(
         circles.is_empty(),
         "import circles:\n{}",
+        circles.join("\n")
+    );
+}
+
+/// The same one level up: the crate's top-level modules (`cluster/`, `ingest/`, `limits.rs`,
+/// …) as whole stages. A stage that imports another which imports it back is a circle even
+/// when no single file closes it.
+#[test]
+fn no_stage_imports_itself_through_other_stages() {
+    let mut stages = Edges::new();
+    for (file, targets) in file_edges() {
+        let Some(from) = file.first() else { continue };
+        let entry = stages.entry(vec![from.clone()]).or_default();
+        for t in targets.iter().filter_map(|t| t.first()) {
+            if t != from {
+                entry.insert(vec![t.clone()]);
+            }
+        }
+    }
+    let circles = circles(&stages);
+    assert!(
+        circles.is_empty(),
+        "import circles between stages:\n{}",
         circles.join("\n")
     );
 }

@@ -31,6 +31,9 @@ macro_rules! serve_settings {
         #[derive(Debug, Clone)]
         pub struct ServeConfig {
             $( $(#[$doc])* pub $name: $ty, )*
+            /// The settings given as text, parsed once by [`ServeConfig::load`]: what the node
+            /// uses (the text fields above stay as given, for messages).
+            pub parsed: Parsed,
         }
 
         impl ServeConfig {
@@ -59,6 +62,7 @@ macro_rules! serve_settings {
             fn merge(args: ServeArgs, file: FileConfig) -> ServeConfig {
                 ServeConfig {
                     $( $name: args.$name.or(file.$name).unwrap_or_else(|| $default), )*
+                    parsed: Parsed::default(),
                 }
             }
         }
@@ -226,6 +230,34 @@ serve_settings! {
     hostname: String = String::new(); [value_name = "NAME"]
 }
 
+/// The settings given as text, parsed (and checked) once when the configuration is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    /// `--tls-listen` (after start, the address really bound).
+    pub tls_listen: Option<SocketAddr>,
+    /// Where Shoutcast v1 sources connect, when `--shoutcast-mount` is set.
+    pub shoutcast_listen: Option<SocketAddr>,
+    /// `--dns-listen` with the zone answered there.
+    pub dns: Option<(SocketAddr, crate::model::DnsZone)>,
+    /// `--tls-cert` and `--tls-key`, in order, one key per certificate.
+    pub tls_certs: Vec<PathBuf>,
+    pub tls_keys: Vec<PathBuf>,
+    /// `--trusted-proxies` and the header they name clients in.
+    pub trusted_proxies: crate::clients::Networks,
+    pub forward_header: crate::clients::ForwardHeader,
+    /// `--routing`: the native routing chain of mounts that set none.
+    pub routing: crate::model::NativePolicy,
+    /// `--etcd`: the endpoints (none: a single node with its embedded store).
+    pub etcd: Vec<String>,
+    /// `--proxy-user-agents`, lower-cased.
+    pub proxy_user_agents: Vec<String>,
+}
+
+/// The items of a comma-separated setting, trimmed, empty ones left out.
+fn items(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|i| !i.is_empty())
+}
+
 impl ServeConfig {
     /// Reads `args.config` (if any), merges, and validates.
     pub fn load(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
@@ -233,13 +265,21 @@ impl ServeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let cfg = ServeConfig::merge(args, file);
-        cfg.validate()?;
+        let mut cfg = ServeConfig::merge(args, file);
+        cfg.parsed = cfg.validate()?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every setting and parses those given as text; every problem is reported.
+    fn validate(&self) -> Result<Parsed, ConfigError> {
         let mut problems = Vec::new();
+        let mut parsed = Parsed {
+            etcd: items(&self.etcd).map(str::to_owned).collect(),
+            proxy_user_agents: items(&self.proxy_user_agents)
+                .map(str::to_ascii_lowercase)
+                .collect(),
+            ..Parsed::default()
+        };
         if !(4096..=64 << 20).contains(&self.queue_size) {
             problems.push(format!(
                 "queue_size must be between 4096 and 67108864 bytes, got {}",
@@ -322,14 +362,11 @@ impl ServeConfig {
                 self.node_name
             ));
         }
-        let https = self
-            .etcd
-            .split(',')
-            .any(|e| e.trim().starts_with("https://"));
+        let https = parsed.etcd.iter().any(|e| e.starts_with("https://"));
         // Plain http to another machine: the cluster's configuration, credential hashes and
         // plugins cross the network readable and forgeable by anyone on the path.
-        for e in self.etcd.split(',').map(str::trim) {
-            if !e.is_empty() && !e.starts_with("https://") && !etcd_is_loopback(e) {
+        for e in &parsed.etcd {
+            if !e.starts_with("https://") && !etcd_is_loopback(e) {
                 tracing::warn!(endpoint = e, "etcd is reached over plain http on a network: anyone on the path can read and change the cluster's configuration; use https:// endpoints with --etcd-ca (and --etcd-cert/--etcd-key or --etcd-user)");
             }
         }
@@ -355,26 +392,26 @@ impl ServeConfig {
                 problems.push(format!("{} is not a readable file", f.display()));
             }
         }
-        problems.extend(self.tls_problems());
+        problems.extend(self.tls_problems(&mut parsed));
         if !self.shoutcast_mount.is_empty() {
             if let Err(e) = crate::model::validate_mount_path(&self.shoutcast_mount) {
                 problems.push(format!("shoutcast_mount: {e}"));
             }
-            if let Err(e) = self.shoutcast_addr() {
-                problems.push(e);
+            match self.shoutcast_addr() {
+                Ok(a) => parsed.shoutcast_listen = Some(a),
+                Err(e) => problems.push(e),
             }
         } else if !self.shoutcast_listen.is_empty() {
             problems
                 .push("--shoutcast-listen needs --shoutcast-mount (the mount it feeds)".to_owned());
         }
-        if let Err(e) = crate::clients::Networks::parse(&self.trusted_proxies) {
-            problems.extend(e.into_iter().map(|p| format!("trusted_proxies: {p}")));
+        match crate::clients::Networks::parse(&self.trusted_proxies) {
+            Ok(n) => parsed.trusted_proxies = n,
+            Err(e) => problems.extend(e.into_iter().map(|p| format!("trusted_proxies: {p}"))),
         }
-        if let Err(e) = self
-            .trusted_proxies_header
-            .parse::<crate::clients::ForwardHeader>()
-        {
-            problems.push(format!("trusted_proxies_header: {e}"));
+        match self.trusted_proxies_header.parse() {
+            Ok(h) => parsed.forward_header = h,
+            Err(e) => problems.push(format!("trusted_proxies_header: {e}")),
         }
         if self.proxy_protocol && self.trusted_proxies.trim().is_empty() {
             problems.push(
@@ -383,26 +420,33 @@ impl ServeConfig {
             );
         }
         if !self.dns_listen.is_empty() {
-            if let Err(e) = self.dns_listen.parse::<SocketAddr>() {
+            let addr = self.dns_listen.parse::<SocketAddr>();
+            if let Err(e) = &addr {
                 problems.push(format!("dns_listen {:?}: {e}", self.dns_listen));
             }
-            if self.dns_zone.is_empty() {
-                problems.push("dns_listen needs dns_zone (the zone to answer for)".to_owned());
-            } else if let Err(e) = self.dns_zone() {
-                problems.push(e);
+            let zone = if self.dns_zone.is_empty() {
+                Err("dns_listen needs dns_zone (the zone to answer for)".to_owned())
+            } else {
+                crate::model::DnsZone::parse(&self.dns_zone, &self.dns_ns, self.dns_ttl_secs)
+            };
+            match (addr, zone) {
+                (Ok(addr), Ok(zone)) => parsed.dns = Some((addr, zone)),
+                (_, Err(e)) => problems.push(e),
+                (Err(_), Ok(_)) => {}
             }
         }
         if !(1..=86_400).contains(&self.dns_ttl_secs) {
             problems.push("dns_ttl_secs must be between 1 and 86400".to_owned());
         }
-        if let Err(e) = self.routing.parse::<crate::model::NativePolicy>() {
-            problems.push(format!("routing: {e}"));
+        match self.routing.parse() {
+            Ok(r) => parsed.routing = r,
+            Err(e) => problems.push(format!("routing: {e}")),
         }
         if self.admin_user.contains(':') {
             problems.push("admin_user must not contain ':'".to_owned());
         }
         if problems.is_empty() {
-            Ok(())
+            Ok(parsed)
         } else {
             Err(ConfigError::Invalid(problems))
         }
@@ -410,14 +454,16 @@ impl ServeConfig {
 
     /// The TLS settings' problems: an address that does not parse, files that are not there,
     /// certificates without a TLS port or a TLS port without certificates.
-    fn tls_problems(&self) -> Vec<String> {
+    fn tls_problems(&self, parsed: &mut Parsed) -> Vec<String> {
         let mut problems = Vec::new();
         if !self.tls_listen.is_empty() {
-            if let Err(e) = self.tls_listen.parse::<SocketAddr>() {
-                problems.push(format!("tls_listen {:?}: {e}", self.tls_listen));
+            match self.tls_listen.parse::<SocketAddr>() {
+                Ok(a) => parsed.tls_listen = Some(a),
+                Err(e) => problems.push(format!("tls_listen {:?}: {e}", self.tls_listen)),
             }
         }
-        let (certs, keys) = self.tls_files();
+        let list = |s: &str| items(s).map(PathBuf::from).collect::<Vec<_>>();
+        let (certs, keys) = (list(&self.tls_cert), list(&self.tls_key));
         let on = self.tls_on();
         if on && certs.is_empty() {
             problems.push(
@@ -454,6 +500,7 @@ impl ServeConfig {
                 problems.push(format!("{} is not a readable file", f.display()));
             }
         }
+        (parsed.tls_certs, parsed.tls_keys) = (certs, keys);
         problems
     }
 
@@ -474,7 +521,7 @@ impl ServeConfig {
     }
 
     /// Where Shoutcast v1 sources connect: --shoutcast-listen, or the listen port + 1.
-    pub fn shoutcast_addr(&self) -> Result<SocketAddr, String> {
+    fn shoutcast_addr(&self) -> Result<SocketAddr, String> {
         if self.shoutcast_listen.is_empty() {
             let port = self
                 .listen
@@ -496,23 +543,6 @@ impl ServeConfig {
     /// Whether the node takes TLS anywhere.
     pub fn tls_on(&self) -> bool {
         !self.tls_listen.is_empty() || self.listen_detects_tls
-    }
-
-    /// The certificate and key files, in order.
-    pub fn tls_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
-        let list = |s: &str| -> Vec<PathBuf> {
-            s.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .collect()
-        };
-        (list(&self.tls_cert), list(&self.tls_key))
-    }
-
-    /// The DNS zone from `dns_zone`, `dns_ns` and `dns_ttl_secs`.
-    pub fn dns_zone(&self) -> Result<crate::model::DnsZone, String> {
-        crate::model::DnsZone::parse(&self.dns_zone, &self.dns_ns, self.dns_ttl_secs)
     }
 
     pub fn source_timeout(&self) -> Duration {
@@ -669,6 +699,33 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+    }
+
+    #[test]
+    fn text_settings_are_parsed_once_at_load() {
+        let cfg = ServeConfig::load(ServeArgs {
+            etcd: Some(" http://127.0.0.1:2379, ,http://127.0.0.2:2379".into()),
+            cluster_secret: Some("0123456789abcdef".into()),
+            proxy_user_agents: Some("NSPlayer, WinampMPEG/2,".into()),
+            trusted_proxies: Some("10.0.0.0/8".into()),
+            trusted_proxies_header: Some("forwarded".into()),
+            routing: Some("listeners_score,best".into()),
+            dns_listen: Some("127.0.0.1:0".into()),
+            dns_zone: Some("stream.example.org".into()),
+            shoutcast_mount: Some("/sc.mp3".into()),
+            listen: Some("127.0.0.1:8000".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        let p = &cfg.parsed;
+        assert_eq!(p.etcd, ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]);
+        assert_eq!(p.proxy_user_agents, ["nsplayer", "winampmpeg/2"]);
+        assert!(p.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert_eq!(p.forward_header, crate::clients::ForwardHeader::Forwarded);
+        assert_eq!(p.routing.to_string(), "listeners_score,best");
+        assert_eq!(p.dns.as_ref().map(|d| d.0.port()), Some(0));
+        assert_eq!(p.shoutcast_listen, Some("127.0.0.1:8001".parse().unwrap()));
+        assert_eq!(p.tls_listen, None);
     }
 
     #[test]

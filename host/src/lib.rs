@@ -58,6 +58,7 @@ pub mod node;
 pub mod playlist;
 pub mod plugin;
 pub mod producer;
+pub mod routing;
 pub mod start;
 pub mod sync;
 pub mod tls;

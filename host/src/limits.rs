@@ -2,7 +2,7 @@
 //! same bound on DNS over TCP. An IPv6 /64 counts as one address.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::Locked;
@@ -30,7 +30,7 @@ impl PerAddress {
         if self.max == 0 {
             return Some(AddressSlot(None));
         }
-        let key = crate::auth::client_key(ip);
+        let key = client_key(ip);
         let mut open = self.open.locked();
         let n = open.entry(key).or_insert(0);
         if *n >= self.max {
@@ -60,5 +60,19 @@ impl Drop for AddressSlot {
                 open.remove(&key);
             }
         }
+    }
+}
+
+/// The address a client is counted under: IPv4 as it is, IPv6 by its /64 (one subscriber).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }

@@ -138,7 +138,7 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
 /// Byte strings compared in constant time: how long it takes says nothing about where they
 /// differ.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// Checks `password` against a stored `hash` of any supported scheme. `memory` is argon2's

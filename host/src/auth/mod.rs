@@ -11,7 +11,7 @@
 //! and makes its address wait before its next attempt ([`Verifier`]).
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -214,20 +214,6 @@ impl Default for Verifier {
     }
 }
 
-/// The address a client is counted under: IPv4 as it is, IPv6 by its /64 (one subscriber).
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
-
 impl Verifier {
     /// Checks `password` against `hash` for a client at `from`. `name_ok` is whether the user
     /// name matched: when it did not, a decoy is verified at the same cost and the answer is
@@ -253,7 +239,7 @@ impl Verifier {
             return Verdict::Granted;
         }
         let from: Who = (
-            client_key(from),
+            crate::limits::client_key(from),
             if name_ok {
                 user.to_owned()
             } else {
@@ -574,10 +560,13 @@ mod tests {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
+        assert_eq!(crate::limits::client_key(a), crate::limits::client_key(b));
+        assert_ne!(crate::limits::client_key(a), crate::limits::client_key(c));
         let mapped: IpAddr = "::ffff:127.0.0.9".parse().unwrap();
-        assert_eq!(client_key(mapped), "127.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            crate::limits::client_key(mapped),
+            "127.0.0.9".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[tokio::test]

@@ -114,7 +114,34 @@ impl ClaimSlot {
     pub fn held(&self) -> bool {
         self.0.with(|c| c.is_some())
     }
+
+    /// The one election path of every producer (transcoder, playlist, relay puller): becomes
+    /// the origin of `path`, retrying every [`CAMPAIGN_RETRY`] while an old producer lets go,
+    /// and keeps the claim here; `None` once `stopped` says so. While the cluster's view shows
+    /// another node holding the mount, no election is tried: that costs nothing but a look at
+    /// the watched cache.
+    pub async fn campaign(
+        &self,
+        coordinator: &dyn Coordinator,
+        path: &str,
+        stopped: impl Fn() -> bool,
+    ) -> Option<Holding<'_>> {
+        let me = coordinator.node_name();
+        while !stopped() {
+            let elsewhere = coordinator.origin_node(path).is_some_and(|n| n != me);
+            if !elsewhere {
+                if let Ok(Some(claim)) = coordinator.claim_origin(path).await {
+                    return Some(self.hold(claim));
+                }
+            }
+            tokio::time::sleep(CAMPAIGN_RETRY).await;
+        }
+        None
+    }
 }
+
+/// How often a producer that lost (or has not yet tried) its mount's election looks again.
+pub const CAMPAIGN_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A producer's hold on its [`ClaimSlot`]: the claim goes when this does.
 pub struct Holding<'a>(&'a ClaimSlot);

@@ -9,5 +9,3 @@ pub mod dns;
 pub mod etcd;
 pub mod load;
 pub mod peer;
-pub mod relay;
-pub mod routing;

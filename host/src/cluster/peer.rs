@@ -44,7 +44,8 @@ impl Secret {
     pub fn matches(&self, req: &RequestHead) -> bool {
         let given = req.header(SECRET_HEADER).unwrap_or("");
         let expected = self.0.as_bytes();
-        !expected.is_empty() && crate::auth::same(given.as_bytes(), expected)
+        !expected.is_empty()
+            && bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected))
     }
 }
 

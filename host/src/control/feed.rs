@@ -50,7 +50,7 @@ impl<T: PartialEq> Feed<T> {
     /// A subscription for a client at `client`, or `None` when that address holds
     /// [`PER_ADDRESS`] already.
     pub fn subscribe(&self, client: IpAddr) -> Option<Subscription<T>> {
-        let key = crate::auth::client_key(client);
+        let key = crate::limits::client_key(client);
         {
             let mut subscribers = self.subscribers.locked();
             let n = subscribers.entry(key).or_default();

@@ -55,9 +55,9 @@ pub struct Control {
     /// The listener path's handles (listener lists, kicks, listener credentials).
     pub listen: Arc<crate::listen::Listen>,
     /// Relays of mounts another node produces.
-    pub relays: Arc<crate::cluster::relay::Relays>,
+    pub relays: Arc<crate::ingest::relay::Relays>,
     /// Listener routing (which node serves a listener).
-    pub router: Arc<crate::cluster::routing::Router>,
+    pub router: Arc<crate::routing::Router>,
     pub plugins: Arc<crate::plugin::Host>,
     /// The media library and this node's cache of it.
     pub media: Arc<crate::media::Cache>,

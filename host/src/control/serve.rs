@@ -95,11 +95,11 @@ async fn route(
 /// port (none in the URL for 443, or when the plain port takes TLS too).
 fn to_https(config: &crate::config::ServeConfig, req: &RequestHead) -> Response {
     let (name, same_port) = config.base_host(Some(req));
-    let port = match config.tls_listen.parse::<SocketAddr>() {
-        Ok(a) if a.port() != 443 => format!(":{}", a.port()),
-        Ok(_) => String::new(),
+    let port = match config.parsed.tls_listen {
+        Some(a) if a.port() != 443 => format!(":{}", a.port()),
+        Some(_) => String::new(),
         // The plain port takes TLS too: the same host and port.
-        Err(_) => same_port,
+        None => same_port,
     };
     let location = format!("https://{name}{port}{}", req.target());
     Response::text(301, format!("this page is at {location}")).header("Location", location)

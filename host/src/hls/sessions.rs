@@ -128,7 +128,7 @@ pub struct NewSession<'a> {
 
 /// The /48 an IPv6 client's /64 is in (IPv4 as it is).
 fn network_key(ip: IpAddr) -> IpAddr {
-    match crate::auth::client_key(ip) {
+    match crate::limits::client_key(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
@@ -166,7 +166,7 @@ impl Sessions {
             let Some(s) = table.get_mut(id) else {
                 return Touch::Unknown;
             };
-            if s.client != crate::auth::client_key(client) {
+            if s.client != crate::limits::client_key(client) {
                 return Touch::Unknown;
             }
             let killed = matches!(*s.ticket.commands.borrow(), ListenerCtrl::Kill);
@@ -223,7 +223,7 @@ impl Sessions {
         let until = new
             .max_secs
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-        let key = crate::auth::client_key(new.client);
+        let key = crate::limits::client_key(new.client);
         // Signed in as a listener of the mount, with the user and that user's connection limit.
         let sign_in = |new: &NewSession<'_>| {
             self.hubs

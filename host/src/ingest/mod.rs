@@ -31,6 +31,7 @@ use crate::model::validate_mount_path;
 use crate::tls::Stream;
 
 pub mod pull;
+pub mod relay;
 pub mod shoutcast;
 pub mod upstream;
 

@@ -143,20 +143,9 @@ impl Drop for Held {
 }
 
 async fn run(shared: Arc<Shared>, path: String, config: RelayConfig, slot: Arc<ClaimSlot>) {
-    // Become the mount's origin. While the cluster's view shows another node holding it, no
-    // election is tried: that costs nothing but a look at the watched cache.
-    let me = shared.coordinator.node_name();
-    let _claim = loop {
-        let elsewhere = shared
-            .coordinator
-            .origin_node(&path)
-            .is_some_and(|n| n != me);
-        if !elsewhere {
-            if let Ok(Some(c)) = shared.coordinator.claim_origin(&path).await {
-                break slot.hold(c);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Become the mount's origin; the puller is stopped by aborting its task.
+    let Some(_claim) = slot.campaign(&*shared.coordinator, &path, || false).await else {
+        return;
     };
     if !config.on_demand {
         info!(mount = %path, "relay mount: this node pulls it");

@@ -1,4 +1,4 @@
-//! Reading a stream from an HTTP upstream into a hub: another node's (`cluster/relay.rs`) or an
+//! Reading a stream from an HTTP upstream into a hub: another node's (`ingest/relay.rs`) or an
 //! outside server's (`ingest/pull.rs`, relay mounts). ICY metadata blocks are taken out of the
 //! audio and their titles go to the hub; the audio is split into frames as a source's is.
 

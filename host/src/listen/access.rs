@@ -269,7 +269,7 @@ impl WebhookShares {
     /// or why not now.
     pub fn take(&self, client: IpAddr, user: &str) -> Result<ShareTicket<'_>, Refused> {
         use crate::sync::Locked as _;
-        let key = crate::auth::client_key(client);
+        let key = crate::limits::client_key(client);
         let now = std::time::Instant::now();
         let mut clients = self.clients.locked();
         if clients.len() >= WEBHOOK_CLIENTS_MAX && !clients.contains_key(&key) {

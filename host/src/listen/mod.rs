@@ -24,12 +24,12 @@ use tracing::{info, warn};
 use crate::access_log::Outcome;
 use crate::cluster::coordinator::Coordinator;
 use crate::cluster::peer::Peers;
-use crate::cluster::relay::Relays;
-use crate::cluster::routing::Router;
 use crate::http::{send, Cors, RequestHead, Response};
 use crate::hub::{Hub, ReadResult, Registry};
+use crate::ingest::relay::Relays;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::model::MountConfig;
+use crate::routing::Router;
 
 pub mod access;
 pub mod files;
@@ -80,10 +80,10 @@ async fn resolve_anywhere(state: &Listen, mount: &str) -> Option<Arc<Hub>> {
 const OVERRIDE_CHECK: Duration = Duration::from_secs(2);
 
 /// Whether a listener routed to another node is proxied there rather than redirected: the query
-/// flag `proxy` (`?proxy=1`), or a user agent containing one of `agents` (comma-separated,
-/// case-insensitive), for players that do not follow redirects. Returns the query to pass on
+/// flag `proxy` (`?proxy=1`), or a user agent containing one of `agents` (lower-cased; compared
+/// case-insensitively), for players that do not follow redirects. Returns the query to pass on
 /// (without the flag) and the answer.
-fn proxy_wanted(req: &RequestHead, agents: &str) -> (String, bool) {
+fn proxy_wanted(req: &RequestHead, agents: &[String]) -> (String, bool) {
     let mut flag = false;
     let mut query = req.query_bytes();
     query.retain(|(k, v)| {
@@ -92,11 +92,7 @@ fn proxy_wanted(req: &RequestHead, agents: &str) -> (String, bool) {
         !is_flag
     });
     let agent = req.header("user-agent").unwrap_or("").to_ascii_lowercase();
-    let by_agent = agents
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .any(|a| agent.contains(&a.to_ascii_lowercase()));
+    let by_agent = agents.iter().any(|a| agent.contains(a.as_str()));
     // Rebuilt from the decoded pairs, never copied: it goes into a Location header and into the
     // request passed on to another node.
     (crate::http::encode_form(&query), flag || by_agent)
@@ -151,7 +147,7 @@ pub struct Settings {
     /// How often each listener is written to.
     pub write_interval: Duration,
     /// Listeners whose User-Agent contains one of these (comma-separated) are proxied.
-    pub proxy_user_agents: String,
+    pub proxy_user_agents: Vec<String>,
     /// Listener limit of the node (0: none).
     pub max_listeners: usize,
     /// Kernel send buffer of each listener socket.
@@ -700,19 +696,23 @@ mod tests {
 
     #[test]
     fn the_proxy_flag_and_listed_user_agents_ask_for_a_proxy() {
-        let agents = "NSPlayer, WinampMPEG/2";
+        // As `--proxy-user-agents "NSPlayer, WinampMPEG/2"` is parsed.
+        let agents = &["nsplayer".to_owned(), "winampmpeg/2".to_owned()];
         assert_eq!(proxy_wanted(&req("", None), agents), (String::new(), false));
         assert_eq!(
             proxy_wanted(&req("proxy=1&token=x", None), agents),
             ("token=x".to_owned(), true)
         );
-        assert_eq!(proxy_wanted(&req("proxy", None), ""), (String::new(), true));
+        assert_eq!(
+            proxy_wanted(&req("proxy", None), &[]),
+            (String::new(), true)
+        );
         assert_eq!(
             proxy_wanted(&req("a=1&proxy=0", None), agents),
             ("a=1".to_owned(), false)
         );
         assert!(proxy_wanted(&req("", Some("nsplayer/12.0")), agents).1);
         assert!(!proxy_wanted(&req("", Some("Lavf/59")), agents).1);
-        assert!(!proxy_wanted(&req("", Some("NSPlayer")), "").1);
+        assert!(!proxy_wanted(&req("", Some("NSPlayer")), &[]).1);
     }
 }

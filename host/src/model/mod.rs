@@ -18,7 +18,9 @@ pub use mount::{
     validate_mount_path, MountConfig, PlaylistConfig, PlaylistOrder, Producer, ProducerKind,
     RelayConfig, TranscodeConfig, ICY_METAINT_RANGE, MAX_RELAY_URLS,
 };
-pub use plugin::{parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion};
+pub use plugin::{
+    parse_ref, validate_name, Kind, PluginRecord, PluginRef, PluginVersion, MAX_PLUGIN_BYTES,
+};
 pub use routing::{NativePolicy, WORDS as ROUTING_WORDS};
 pub use settings::MountSettings;
 pub use station::StationConfig;

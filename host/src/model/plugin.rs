@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Largest accepted plugin upload (and stored blob).
+pub const MAX_PLUGIN_BYTES: usize = 16 * 1024 * 1024;
+
 /// Which world a component implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,6 +1,6 @@
 //! A native routing chain (`listeners_available,bandwidth_score,best`, …) as a parsed type: it
 //! is parsed once, when it is given, and stored in its text form. Ranking with it is
-//! `cluster::routing::native`.
+//! `routing::native`.
 
 use std::fmt;
 use std::str::FromStr;

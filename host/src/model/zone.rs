@@ -6,6 +6,7 @@ use std::str::FromStr;
 use hickory_server::proto::rr::{LowerName, Name};
 
 /// The zone's fixed parts, parsed once from the configuration.
+#[derive(Debug, Clone)]
 pub struct DnsZone {
     pub(crate) origin: Name,
     pub(crate) lower: LowerName,

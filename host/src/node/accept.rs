@@ -345,7 +345,7 @@ async fn dispatch(
             // that no longer holds it (its lease ended while it was frozen or cut off) is a
             // stale origin and feeds nobody.
             let mount = &req.path["/_relay".len()..];
-            if let Some(wanted) = req.header(crate::cluster::relay::ORIGIN_REVISION) {
+            if let Some(wanted) = req.header(crate::ingest::relay::ORIGIN_REVISION) {
                 let held = state.coordinator.held_revision(mount);
                 if held.map(|r| r.to_string()).as_deref() != Some(wanted.trim()) {
                     let r = Response::text(

@@ -141,9 +141,10 @@ impl Player {
 
     fn run(&self) {
         let t = &self.shared.transcode;
-        let Some(claim) =
-            crate::transcode::campaign(t, &self.path, &self.rt, &self.stop, &self.claim)
-        else {
+        let campaign = self
+            .claim
+            .campaign(&*t.coordinator, &self.path, || self.stopped());
+        let Some(claim) = self.rt.block_on(campaign) else {
             return;
         };
         let saved = self.rt.block_on(t.coordinator.position(&self.path));

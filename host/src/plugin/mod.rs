@@ -32,8 +32,7 @@ use crate::sync::Locked;
 /// The WIT package every plugin is built against, and the versions this node runs.
 pub const WIT_PACKAGE: &str = "tidecast:plugin";
 pub const WIT_VERSIONS: &[&str] = &["0.1.0"];
-/// Largest accepted upload.
-pub const MAX_PLUGIN_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::model::MAX_PLUGIN_BYTES;
 /// Epoch tick: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(1);
 /// Deadline for instantiating a component and its `create` call.

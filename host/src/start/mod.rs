@@ -33,8 +33,6 @@ pub enum StartError {
     Advertise(String),
     #[error(transparent)]
     Dns(#[from] dns::DnsError),
-    #[error("{0}")]
-    DnsZone(String),
     #[error(transparent)]
     Hash(#[from] auth::HashError),
     #[error(transparent)]
@@ -45,8 +43,6 @@ pub enum StartError {
     Certs(#[from] crate::tls::CertError),
     #[error("cannot open the access log {0}: {1}")]
     AccessLog(String, std::io::Error),
-    #[error("{0}")]
-    ShoutcastAddr(String),
     #[error("cannot listen for Shoutcast sources on {0}: {1}")]
     ShoutcastListen(std::net::SocketAddr, std::io::Error),
     #[error(transparent)]
@@ -71,7 +67,7 @@ pub async fn run(
     // The port really bound (port 0 in tests), for redirects to HTTPS.
     let mut config = config;
     if let Some(a) = front.tls.as_ref().and_then(|l| l.local_addr().ok()) {
-        config.tls_listen = a.to_string();
+        config.parsed.tls_listen = Some(a);
     }
     // An advertised URL with port 0 names the port the node chose for the listener its scheme
     // leads to (a node started on port 0, e.g. by tests).
@@ -90,12 +86,9 @@ pub async fn run(
         coordinator.node_name(),
         crate::http::client::Client::new(None).unwrap_or_default(),
     )?);
-    let dns = match config.dns_listen.parse() {
-        Ok(addr) => Some((
-            dns::bind(addr).await?,
-            config.dns_zone().map_err(StartError::DnsZone)?,
-        )),
-        Err(_) => None,
+    let dns = match &config.parsed.dns {
+        Some((addr, zone)) => Some((dns::bind(*addr).await?, zone.clone())),
+        None => None,
     };
     let any_mount_hash = if config.any_mount_password.is_empty() {
         None
@@ -187,31 +180,28 @@ impl Front {
             crate::http::client::Client::new(cluster_ca)?,
         );
         let acceptor = if config.tls_on() {
-            let (certs, keys) = config.tls_files();
+            let (certs, keys) = (&config.parsed.tls_certs, &config.parsed.tls_keys);
             Some(crate::tls::Acceptor::new(crate::tls::Certs::load(
-                &certs, &keys,
+                certs, keys,
             )?))
         } else {
             None
         };
-        let tls = match config.tls_listen.parse::<std::net::SocketAddr>() {
-            Ok(a) => Some(
+        let tls = match config.parsed.tls_listen {
+            Some(a) => Some(
                 tokio::net::TcpListener::bind(a)
                     .await
                     .map_err(|e| StartError::TlsListen(a, e))?,
             ),
-            Err(_) => None,
+            None => None,
         };
-        let shoutcast = if config.shoutcast_mount.is_empty() {
-            None
-        } else {
-            // Checked when the configuration was loaded.
-            let a = config.shoutcast_addr().map_err(StartError::ShoutcastAddr)?;
-            Some(
+        let shoutcast = match config.parsed.shoutcast_listen {
+            Some(a) => Some(
                 tokio::net::TcpListener::bind(a)
                     .await
                     .map_err(|e| StartError::ShoutcastListen(a, e))?,
-            )
+            ),
+            None => None,
         };
         Ok(Front {
             access,
@@ -256,15 +246,10 @@ async fn open_store(
     tls: Option<&tokio::net::TcpListener>,
     peers: &crate::cluster::peer::Peers,
 ) -> Result<Arc<dyn Coordinator>, StartError> {
-    if config.etcd.is_empty() {
+    if config.parsed.etcd.is_empty() {
         return Ok(Arc::new(Embedded::open(&config.data_dir)?));
     }
-    let endpoints: Vec<String> = config
-        .etcd
-        .split(',')
-        .map(|e| e.trim().to_owned())
-        .filter(|e| !e.is_empty())
-        .collect();
+    let endpoints = config.parsed.etcd.clone();
     let node = if config.node_name.is_empty() {
         hostname()
     } else {

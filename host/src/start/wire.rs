@@ -60,7 +60,7 @@ pub fn wire(parts: Parts) -> (Node, Control) {
         peers: peers.clone(),
     };
     let (metrics, lifecycle) = (core.metrics.clone(), core.lifecycle.clone());
-    let relays = Arc::new(crate::cluster::relay::Relays::new(
+    let relays = Arc::new(crate::ingest::relay::Relays::new(
         hubs.clone(),
         coordinator.clone(),
         peers.clone(),
@@ -70,12 +70,11 @@ pub fn wire(parts: Parts) -> (Node, Control) {
         coordinator.clone(),
         metrics.clone(),
     ));
-    let router = Arc::new(crate::cluster::routing::Router::new(
+    let router = Arc::new(crate::routing::Router::new(
         coordinator.clone(),
         hubs.clone(),
         plugins.clone(),
-        // Checked when the configuration was loaded.
-        config.routing.parse().unwrap_or_default(),
+        config.parsed.routing.clone(),
         lifecycle.clone(),
         config.local_listeners,
     ));
@@ -174,8 +173,8 @@ impl Core {
     fn listen(
         &self,
         config: &ServeConfig,
-        router: Arc<crate::cluster::routing::Router>,
-        relays: Arc<crate::cluster::relay::Relays>,
+        router: Arc<crate::routing::Router>,
+        relays: Arc<crate::ingest::relay::Relays>,
         demand: Arc<crate::ingest::pull::Demand>,
         verifier: crate::auth::Verifier,
     ) -> crate::listen::Listen {
@@ -209,7 +208,7 @@ impl Core {
             hooks: self.hooks.clone(),
             settings: crate::listen::Settings {
                 write_interval: config.write_interval(),
-                proxy_user_agents: config.proxy_user_agents.clone(),
+                proxy_user_agents: config.parsed.proxy_user_agents.clone(),
                 max_listeners: config.max_listeners,
                 send_buffer: config.listener_send_buffer,
             },
@@ -220,7 +219,7 @@ impl Core {
     fn producers(
         &self,
         plugins: Arc<crate::plugin::Host>,
-        relays: Arc<crate::cluster::relay::Relays>,
+        relays: Arc<crate::ingest::relay::Relays>,
         media: Arc<crate::media::Cache>,
         demand: Arc<crate::ingest::pull::Demand>,
     ) -> crate::producer::Table {
@@ -266,16 +265,15 @@ impl Core {
     }
 }
 
-/// Who a connection's client is: trusted proxies' word (checked when the configuration was
-/// loaded); and where requests are logged.
+/// Who a connection's client is: trusted proxies' word; and where requests are logged.
 fn front(
     config: &ServeConfig,
     access: Option<Arc<crate::access_log::AccessLog>>,
 ) -> crate::node::accept::Front {
     crate::node::accept::Front {
         proxies: crate::clients::Proxies {
-            networks: crate::clients::Networks::parse(&config.trusted_proxies).unwrap_or_default(),
-            header: config.trusted_proxies_header.parse().unwrap_or_default(),
+            networks: config.parsed.trusted_proxies.clone(),
+            header: config.parsed.forward_header,
         },
         access,
     }

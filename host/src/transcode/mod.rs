@@ -20,10 +20,10 @@ use tidecast_codecs::{Decoder, EncoderSettings, Piece, Pipeline, Splitter, Strea
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
-use crate::cluster::coordinator::{ClaimSlot, Coordinator, Holding};
-use crate::cluster::relay::Relays;
+use crate::cluster::coordinator::{ClaimSlot, Coordinator};
 use crate::hub::Registry;
 use crate::hub::{Hub, HubParams, ReadResult, StreamProps};
+use crate::ingest::relay::Relays;
 use crate::metrics::Metrics;
 use crate::model::TranscodeConfig;
 
@@ -107,36 +107,6 @@ pub(crate) fn spawn_codec_thread(
             }
         })?;
     Ok(())
-}
-
-/// Becomes the origin of `path` (retrying while an old producer lets go), or `None` once
-/// `stop` is set. While the cluster's view shows another node holding it, no election is tried:
-/// that costs nothing but a look at the watched cache.
-pub(crate) fn campaign<'a>(
-    shared: &Shared,
-    path: &str,
-    rt: &Handle,
-    stop: &AtomicBool,
-    slot: &'a ClaimSlot,
-) -> Option<Holding<'a>> {
-    let me = shared.coordinator.node_name();
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return None;
-        }
-        if shared
-            .coordinator
-            .origin_node(path)
-            .is_some_and(|n| n != me)
-        {
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
-        match rt.block_on(shared.coordinator.claim_origin(path)) {
-            Ok(Some(c)) => return Some(slot.hold(c)),
-            Ok(None) | Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 struct Transcoder {
@@ -284,8 +254,11 @@ impl Transcoder {
     }
 
     fn run(&self) {
-        let Some(claim) = campaign(&self.shared, &self.path, &self.rt, &self.stop, &self.claim)
-        else {
+        let coordinator = &*self.shared.coordinator;
+        let campaign = self
+            .claim
+            .campaign(coordinator, &self.path, || self.stopped());
+        let Some(claim) = self.rt.block_on(campaign) else {
             return;
         };
         info!(mount = %self.path, from = %self.from, codec = ?self.settings.codec, kbps = self.settings.bitrate_kbps, "transcoder started");

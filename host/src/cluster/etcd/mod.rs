@@ -761,7 +761,7 @@ impl Coordinator for Etcd {
     async fn plugin_blob(&self, hash: &str) -> Result<Option<Vec<u8>>, CoordError> {
         // Whatever etcd holds is bounded before it is gathered: no more chunks than the largest
         // plugin has, and no more bytes. (The caller checks the bytes against their hash.)
-        let max = crate::plugin::MAX_PLUGIN_BYTES;
+        let max = crate::model::MAX_PLUGIN_BYTES;
         let max_chunks = max.div_ceil(BLOB_CHUNK);
         let mut client = self.client.clone();
         let key = format!("{}blobs/{hash}/", self.prefix);

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use tidecast_codecs::StreamFormat;
 use tracing::{info, warn};
 
-use super::coordinator::Coordinator;
-use super::peer::{request, PeerError, Peers, Upstream, CONNECT_TIMEOUT};
+use super::upstream::{pump, Stop};
+use crate::cluster::coordinator::Coordinator;
+use crate::cluster::peer::{request, PeerError, Peers, Upstream, CONNECT_TIMEOUT};
 use crate::hub::{Hub, HubParams, Registry};
-use crate::ingest::upstream::{pump, Stop};
 use crate::sync::Locked;
 
 /// How long a relay stays up with no listener.

@@ -17,8 +17,8 @@ pub use crate::model::NativePolicy;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::load::{node_id, NodeLoad};
 use crate::cluster::coordinator::{Coordinator, NodeReport};
+use crate::cluster::load::{node_id, NodeLoad};
 use crate::hub::Registry;
 use crate::model::{Kind, MountConfig, PluginRef};
 use crate::plugin::policy::{ListenerRequest, WasmPolicy};
