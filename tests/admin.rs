@@ -530,6 +530,7 @@ fn restarting_a_station_leaves_another_station_untouched() {
         || started("/one-64.opus") == 2,
     );
     node.wait_live("/one-64.opus", Duration::from_secs(10));
+    // A window, not a wait: station two's transcoder must not restart for 3 s.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         started("/two-64.opus"),
@@ -672,6 +673,7 @@ fn sigterm_drains_the_connected_listeners_then_stops() {
     );
     // The connected listener keeps its stream until --drain-secs, then the node stops.
     let before = listener.bytes();
+    // A window, not a wait: audio flows for a measured 2 s of the drain.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         listener.bytes() > before + 16_000,

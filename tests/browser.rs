@@ -321,6 +321,7 @@ fetch("{streams}/tone.mp3", {{ headers: {{ "Icy-MetaData": "1" }}, signal: ctl.s
         if least >= 20.0 || started.elapsed() > Duration::from_secs(75) {
             break times;
         }
+        // Paces the poll loop (which also changes titles on schedule): not a wait.
         std::thread::sleep(Duration::from_millis(500));
     };
     let errors = browser.run("return window.errors;");
@@ -465,6 +466,7 @@ hls.attachMedia(a);
         if now - t0 >= 30.0 || started.elapsed() > Duration::from_secs(80) {
             break (now - t0).max(0.0);
         }
+        // Paces the poll loop (which also forces the rendition on schedule): not a wait.
         std::thread::sleep(Duration::from_millis(500));
     };
     let errors = browser.run("return window.errors;");

@@ -159,6 +159,7 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     let on_b = wait_for_listener(&b, "/_stream/live.mp3");
 
     etcd.stop();
+    // Kept (the node shows no signal to wait on): a change is tried a second into the outage.
     std::thread::sleep(Duration::from_secs(1));
     let (ok, out, err) = a.cli(&["mount", "create", "/other.mp3", "--password", "hackme"]);
     assert!(!ok, "a change was accepted without etcd: {out}");
@@ -169,6 +170,7 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     // Listeners, the relay and the source carry on from the last known configuration, and
     // the nodes do not give up their mounts: every peer is cut off from etcd too.
     let before = (on_a.bytes(), on_b.bytes());
+    // A window, not a wait: the outage must really last.
     std::thread::sleep(Duration::from_secs(29));
     for (name, r, was) in [("A", &on_a, before.0), ("B", &on_b, before.1)] {
         assert!(
@@ -188,6 +190,7 @@ fn an_etcd_outage_of_30_s_keeps_listeners_and_refuses_changes_until_etcd_is_back
     wait_for(Duration::from_secs(15), "B to see the new mount", || {
         b.cli(&["mount", "list"]).1.contains("/other.mp3")
     });
+    // A window: A must not give its mounts up in the 3 s after etcd is back.
     std::thread::sleep(Duration::from_secs(3));
     assert!(!a.log().contains("giving up its mounts"), "{}", a.log());
     // The outage is logged once, not twice a second, and its end too.
@@ -269,6 +272,7 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
     let mut quiet_since = Instant::now();
     let mut resumed = None;
     while killed.elapsed() < Duration::from_secs(25) {
+        // Paces the poll loop, which times the quiet spell: not a wait.
         std::thread::sleep(Duration::from_millis(50));
         let now = listener.bytes();
         if now > last {
@@ -284,6 +288,7 @@ fn a_transcoder_moves_when_its_node_dies_and_listeners_elsewhere_stay_connected(
         resumed.expect("no new audio reached the listener after the transcoder's node died");
     eprintln!("transcoder moved: new audio at the listener {resumed:?} after kill -9");
     let before = listener.bytes();
+    // A window, not a wait: audio flows for a measured 4 s.
     std::thread::sleep(Duration::from_secs(4));
     assert!(
         listener.bytes() > before + 3 * 7000,
@@ -396,7 +401,8 @@ fn draining_a_node_hands_its_transcoder_over_with_a_gap_under_a_second() {
             assert_eq!(code, 200, "{head}");
         }
     }
-    // The listener on L stays connected, and what it receives never pauses a second.
+    // The listener on L stays connected, and what it receives never pauses a second (a window:
+    // the pauses are measured over 4 s more).
     std::thread::sleep(Duration::from_secs(4));
     let pause = listener.longest_pause(asked, Instant::now());
     eprintln!(
@@ -407,6 +413,7 @@ fn draining_a_node_hands_its_transcoder_over_with_a_gap_under_a_second() {
         "the listener heard nothing for {pause:?}"
     );
     let before = listener.bytes();
+    // A window, not a wait: audio flows for a measured 2 s.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         listener.bytes() > before + 8000,
@@ -505,6 +512,7 @@ fn a_transaction_based_on_a_stale_view_changes_nothing_in_etcd() {
             if b.mount("/x.mp3").is_some() {
                 break;
             }
+            // Paces this bounded async poll (wait_for would block the runtime).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // B plans on /x at 1; A changes it to 2 first.
@@ -526,6 +534,7 @@ fn a_transaction_based_on_a_stale_view_changes_nothing_in_etcd() {
             b.transact(stale).await,
             Err(CoordError::Conflict(_))
         ));
+        // A window: no part of the failed transaction may land within 300 ms.
         tokio::time::sleep(Duration::from_millis(300)).await;
         for c in [&a, &b] {
             assert!(
@@ -636,6 +645,7 @@ fn a_node_started_into_a_running_cluster_takes_routed_listeners_within_seconds()
             taken = Some(started.elapsed());
             break;
         }
+        // Paces the poll loop, which times the join: not a wait.
         std::thread::sleep(Duration::from_millis(50));
     }
     let taken = taken.expect("routing on A never sent a listener to C");
@@ -890,6 +900,7 @@ fn a_node_cut_off_from_etcd_gives_up_its_mounts_so_none_runs_twice() {
                 .is_some_and(|n| n.iter().any(|n| n["name"] == "a"))
         })
     });
+    // A window: A must not start the transcoder again within 3 s of rejoining.
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         !a.live_mounts().contains(&"/live-64.opus".to_owned()),
@@ -1161,6 +1172,8 @@ fn a_mount_given_up_while_etcd_is_away_is_free_once_it_is_back() {
     wait_for(Duration::from_secs(5), "A to see its source leave", || {
         a.log().contains("source disconnected")
     });
+    // A window: the cut lasts past the first release attempt (which logs nothing), so that
+    // attempt fails and must be tried again.
     std::thread::sleep(Duration::from_millis(300));
     link.restore();
     wait_for(Duration::from_secs(5), "the mount given up", || {
@@ -1218,6 +1231,7 @@ fn skewed_clocks_and_a_slow_etcd_link_change_nothing() {
     wait_for(Duration::from_secs(5), "the plugin on A", || {
         a.cli(&["plugin", "list"]).1.contains("gain")
     });
+    // A window: 6 s in which nothing may move.
     std::thread::sleep(Duration::from_secs(6));
     // One transcoder in the cluster all along, the origin never moved, no lease was lost.
     let started: usize = [&a, &b, &c]

@@ -205,13 +205,15 @@ fn a_listener_that_stops_reading_is_dropped_while_another_keeps_real_time() {
     // The healthy player reads continuously and counts.
     let (good, _, first) = open_listener(&node, "/live.mp3", "");
     let good = CountingReader::spawn(good, first.len());
-    std::thread::sleep(Duration::from_secs(2)); // past the join burst
+    // A window, not a wait: past the join burst, before the rate is measured.
+    std::thread::sleep(Duration::from_secs(2));
     let (t0, c0) = (Instant::now(), good.bytes());
     wait_for(
         Duration::from_secs(25),
         "the stalled listener to be dropped",
         || node.metric("tidecast_listeners_dropped_slow_total{mount=\"/live.mp3\"}") >= 1.0,
     );
+    // A window, not a wait: 2 s more of the healthy listener's rate after the drop.
     std::thread::sleep(Duration::from_secs(2));
     let elapsed = t0.elapsed().as_secs_f64();
     let rate = (good.bytes() - c0) as f64 / elapsed;

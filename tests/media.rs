@@ -310,7 +310,7 @@ fn three_nodes_share_one_bucket_and_a_playlist_moves_when_its_node_dies() {
 
     // The playlist's node dies some seconds into the first file: another node carries on in
     // that file (from the position saved every few seconds), and the listener on the third
-    // node stays connected.
+    // node stays connected. (A window: the playlist plays 4 s into the file first.)
     std::thread::sleep(Duration::from_secs(4));
     drop(nodes[o].proc.take());
     let next = origin_moved_and_heard(&nodes[l], "/auto.mp3", &origin, &listener);
@@ -616,6 +616,7 @@ fn in_a_cluster_listeners_fall_back_across_nodes_and_come_back() {
         let addr = b.addr;
         move || titles_at(addr, "/_stream/live.mp3", 26)
     });
+    // Windows, not waits: 6 s of the show, then 8 s of fallback, as the listener hears them.
     std::thread::sleep(Duration::from_secs(6));
     drop(source);
     std::thread::sleep(Duration::from_secs(8));

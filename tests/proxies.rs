@@ -13,18 +13,21 @@ use std::time::Duration;
 use common::*;
 
 /// HAProxy with a TCP front end that sends PROXY v2 and an HTTP one with `option forwardfor`,
-/// both to `backend`; returns it and the two front-end ports.
-fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Proc, u16, u16) {
+/// both to `backend`; returns it and the two front ends' addresses.
+fn haproxy(
+    dir: &std::path::Path,
+    backend: std::net::SocketAddr,
+) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
     require("haproxy");
-    let (tcp, http) = (free_port(), free_port());
+    let (tcp, http) = (own_addr(), own_addr());
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,
         format!(
             "global\n  maxconn 200\ndefaults\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend tcp_in\n  mode tcp\n  bind 127.0.0.1:{tcp}\n  default_backend node_proxy_v2\n\
+             frontend tcp_in\n  mode tcp\n  bind {tcp}\n  default_backend node_proxy_v2\n\
              backend node_proxy_v2\n  mode tcp\n  server node {backend} send-proxy-v2\n\
-             frontend http_in\n  mode http\n  bind 127.0.0.1:{http}\n  option forwardfor\n  default_backend node_http\n\
+             frontend http_in\n  mode http\n  bind {http}\n  option forwardfor\n  default_backend node_http\n\
              backend node_http\n  mode http\n  server node {backend}\n"
         ),
     )
@@ -38,9 +41,9 @@ fn haproxy(dir: &std::path::Path, backend: std::net::SocketAddr) -> (Proc, u16, 
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    for port in [tcp, http] {
+    for addr in [tcp, http] {
         wait_for(Duration::from_secs(10), "haproxy's front ends", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            std::net::TcpStream::connect(addr).is_ok()
         });
     }
     (p, tcp, http)
@@ -110,14 +113,14 @@ fn haproxy_in_front_passes_the_real_client_address() {
     let (_haproxy, tcp, http) = haproxy(dir.path(), node.addr);
 
     // Through the PROXY protocol (v2), from 127.0.0.9.
-    let mut first = listener_from("127.0.0.9", &format!("http://127.0.0.1:{tcp}/live.mp3"));
+    let mut first = listener_from("127.0.0.9", &format!("http://{tcp}/live.mp3"));
     wait_for(
         Duration::from_secs(10),
         "the PROXY-protocol listener",
         || listclients(&node).contains("<IP>127.0.0.9</IP>"),
     );
     // Through X-Forwarded-For, from 127.0.0.10.
-    let mut second = listener_from("127.0.0.10", &format!("http://127.0.0.1:{http}/live.mp3"));
+    let mut second = listener_from("127.0.0.10", &format!("http://{http}/live.mp3"));
     wait_for(
         Duration::from_secs(10),
         "the forwarded-for listener",
@@ -131,7 +134,7 @@ fn haproxy_in_front_passes_the_real_client_address() {
 
     // Connections per address count the clients behind HAProxy, not HAProxy: with at most two
     // per address, 127.0.0.9 gets a second and not a third, while HAProxy carries them all.
-    let mut again = listener_from("127.0.0.9", &format!("http://127.0.0.1:{tcp}/live.mp3"));
+    let mut again = listener_from("127.0.0.9", &format!("http://{tcp}/live.mp3"));
     wait_for(
         Duration::from_secs(10),
         "127.0.0.9's second listener",
@@ -147,11 +150,7 @@ fn haproxy_in_front_passes_the_real_client_address() {
             "-o",
             "/dev/null",
         ])
-        .args([
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:{tcp}/live.mp3"),
-        ])
+        .args(["-w", "%{http_code}", &format!("http://{tcp}/live.mp3")])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&third.stdout), "503");
@@ -267,9 +266,9 @@ fn a_sticky_policy_behind_haproxy_sees_each_client() {
     let mut landed = std::collections::BTreeMap::new();
     for i in 20..36 {
         let from = format!("127.0.0.{i}");
-        let via_tcp = redirect_from(&from, &format!("http://127.0.0.1:{tcp}/live.mp3"));
-        let via_http = redirect_from(&from, &format!("http://127.0.0.1:{http}/live.mp3"));
-        let again = redirect_from(&from, &format!("http://127.0.0.1:{http}/live.mp3"));
+        let via_tcp = redirect_from(&from, &format!("http://{tcp}/live.mp3"));
+        let via_http = redirect_from(&from, &format!("http://{http}/live.mp3"));
+        let again = redirect_from(&from, &format!("http://{http}/live.mp3"));
         let node = node_of(&via_tcp);
         assert_eq!(node, node_of(&via_http), "{from}: {via_tcp} / {via_http}");
         assert_eq!(node, node_of(&again), "{from}");

@@ -130,6 +130,7 @@ fn a_relay_mount_pulls_its_upstream_with_titles_and_rides_out_an_outage() {
         "the upstream's source gone",
         || up.source_status("/live.mp3").is_null(),
     );
+    // A window: the upstream stays without a source for 2 s.
     std::thread::sleep(Duration::from_secs(2));
     let _source = ffmpeg_mp3_source(&up, "hackme", "/live.mp3", &[]);
     up.wait_live("/live.mp3", Duration::from_secs(10));
@@ -202,6 +203,7 @@ fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
         &["--relay-on-demand"],
     );
     assert_eq!(node.mount_json("/od.mp3")["relay"]["on_demand"], true);
+    // A window: nothing may be pulled for 2 s with nobody listening.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(pullers(&up), 0, "nobody listens: nothing is pulled");
     assert!(node.source_status("/od.mp3").is_null());
@@ -230,7 +232,16 @@ fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
         &["http://127.0.0.1:1/gone.mp3"],
         &["--relay-on-demand"],
     );
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for(
+        Duration::from_secs(10),
+        "the node to wait for /gone.mp3's first listener",
+        || {
+            node.log().lines().any(|l| {
+                l.contains("this node pulls it when someone listens")
+                    && l.contains("mount=/gone.mp3")
+            })
+        },
+    );
     let asked = Instant::now();
     let (code, _, body) = http_get(node.addr, "/gone.mp3", &[]);
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
@@ -249,7 +260,7 @@ fn an_on_demand_relay_mount_pulls_only_while_someone_listens() {
 
 /// A real Icecast 2.4 (Debian's icecast2) with `/live.mp3` fed by ffmpeg; its port, the
 /// processes and the directory holding its configuration.
-fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
+fn icecast2_upstream() -> (std::net::SocketAddr, Vec<Proc>, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     require("icecast2");
@@ -259,12 +270,13 @@ fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
     let log = dir.path().join("log");
     std::fs::create_dir(&log).unwrap();
     std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let port = free_port();
+    let addr = own_addr();
+    let (ip, port) = (addr.ip(), addr.port());
     let config = format!(
         "<icecast><limits><clients>100</clients><sources>2</sources></limits>\
          <authentication><source-password>icepw</source-password><admin-user>admin</admin-user>\
          <admin-password>iceadmin</admin-password></authentication><hostname>127.0.0.1</hostname>\
-         <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>\
+         <listen-socket><port>{port}</port><bind-address>{ip}</bind-address></listen-socket>\
          <fileserve>0</fileserve><paths><logdir>{}</logdir></paths>\
          <logging><errorlog>error.log</errorlog><loglevel>2</loglevel></logging>\
          <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group>\
@@ -280,7 +292,6 @@ fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_for(Duration::from_secs(10), "icecast2 listening", || {
         std::net::TcpStream::connect(addr).is_ok()
     });
@@ -291,7 +302,7 @@ fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
             .args(["-nostdin", "-v", "error", "-re", "-f", "lavfi"])
             .args(["-i", "sine=frequency=440:duration=120", "-ac", "2"])
             .args(MP3_128K)
-            .arg(format!("icecast://source:icepw@127.0.0.1:{port}/live.mp3"))
+            .arg(format!("icecast://source:icepw@{addr}/live.mp3"))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
@@ -308,17 +319,17 @@ fn icecast2_upstream() -> (u16, Vec<Proc>, tempfile::TempDir) {
             code == 200
         },
     );
-    (port, vec![source, server], dir)
+    (addr, vec![source, server], dir)
 }
 
 #[test]
 fn a_relay_mount_pulls_a_real_icecast2_stream_with_its_titles() {
-    let (port, _icecast, _dir) = icecast2_upstream();
+    let (upstream, _icecast, _dir) = icecast2_upstream();
     let node = Node::start(&[]);
     create_relay(
         &node,
         "/ice.mp3",
-        &[&format!("http://127.0.0.1:{port}/live.mp3")],
+        &[&format!("http://{upstream}/live.mp3")],
         &[],
     );
     node.wait_live("/ice.mp3", Duration::from_secs(15));

@@ -40,6 +40,7 @@ fn hostile_clients_get_clear_answers_and_disturb_nobody() {
     let mut l = TcpStream::connect(node.addr).unwrap();
     l.write_all(b"GET /live.mp3 HTTP/1.0\r\n\r\n").unwrap();
     let reader = CountingReader::spawn(l, 0);
+    // A window: past the join burst, before the rate is measured.
     std::thread::sleep(Duration::from_secs(2));
     let (t0, c0) = (Instant::now(), reader.bytes());
 

@@ -169,7 +169,8 @@ fn a_password_flood_neither_delays_a_real_source_nor_keeps_memory() {
             })
         })
         .collect();
-    // The real source (ffmpeg, from 127.0.0.1) starts while the flood is under way.
+    // The real source (ffmpeg, from 127.0.0.1) starts while the flood is under way (kept: a
+    // short offset into the flood, which a wait could overshoot).
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let _src = ffmpeg_mp3_source(&node, "right-password", "/live.mp3", &[]);
@@ -263,6 +264,7 @@ fn no_body_is_read_before_credentials_and_each_address_has_a_connection_limit() 
         let mut b = [0u8; 64];
         match s.read(&mut b) {
             Err(e) if read_timed_out(&e) => idle.push(s),
+            // Paces the bounded retry loop: not a wait.
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
@@ -446,6 +448,7 @@ fn headers_titles_redirects_and_reserved_paths_are_sanitised() {
             closed = true;
             break;
         }
+        // The trickle's pace (a byte every 0.5 s): not a wait.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(closed, "a 2-byte-a-second source kept its mount for 15 s");
@@ -544,6 +547,7 @@ fn a_hanging_policy_holds_no_io_thread_and_no_other_mount() {
         })
     };
     let hung: Vec<_> = (0..4).map(|_| answered_at("/hang.mp3")).collect();
+    // Kept (no signal shows a policy call under way): the hung requests get 300 ms' head start.
     std::thread::sleep(Duration::from_millis(300));
     let status = answered_at("/status-json.xsl").join().unwrap();
     let other = answered_at("/live.mp3").join().unwrap();
@@ -932,6 +936,7 @@ fn hls_sessions_keep_the_mounts_listener_limits() {
     for ghost in ["/ghost.mp3", "/no/such/mount.mp3", "/silent.mp3"] {
         assert_eq!(index(ghost, &"c".repeat(32)), 404);
     }
+    // A window: no session may appear for the ghosts within 1.5 s.
     std::thread::sleep(Duration::from_millis(1500));
     let (_, _, cluster) = admin_get(&node, "/api/v1/cluster");
     let v: serde_json::Value = serde_json::from_slice(&cluster).unwrap();
@@ -968,6 +973,7 @@ fn hls_sessions_keep_the_mounts_listener_limits() {
         if code != 200 || started.elapsed() > Duration::from_secs(8) {
             break (code, body);
         }
+        // The player's pace: not a wait.
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(started.elapsed() >= Duration::from_secs(2), "ended early");

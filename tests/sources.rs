@@ -167,7 +167,8 @@ fn ogg_opus_source_joined_mid_stream_gets_headers_first() {
     node.create_mount("/live.opus", "hackme", &[]);
     let _src = ffmpeg_source(&node, "hackme", "/live.opus", &OPUS_64K_OGG);
     node.wait_live("/live.opus", Duration::from_secs(15));
-    // Join well after the header pages went by: the burst (8 KiB) is far past them.
+    // Join well after the header pages went by: the burst (8 KiB) is far past them. (A window:
+    // 3 s of audio flow first.)
     std::thread::sleep(Duration::from_secs(3));
     let (code, _, body) = {
         let mut s = TcpStream::connect(node.addr).unwrap();
@@ -305,7 +306,11 @@ fn chunked_put_with_expect_continue() {
     let mut l = TcpStream::connect(node.addr).unwrap();
     l.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     l.write_all(b"GET /chunked.mp3 HTTP/1.0\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(
+        Duration::from_secs(10),
+        "the listener to be counted",
+        || node.source_status("/chunked.mp3")["listeners"] == 1,
+    );
     for part in mp3.chunks(7000) {
         s.write_all(format!("{:x}\r\n", part.len()).as_bytes())
             .unwrap();

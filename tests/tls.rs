@@ -286,6 +286,7 @@ fn certificates_reload_under_a_connected_tls_listener() {
 
     // The listener stayed connected and kept receiving through all of it.
     let at = size();
+    // A window, not a wait: the listener keeps receiving for 2 s more.
     std::thread::sleep(Duration::from_secs(2));
     assert!(listener.is_running(), "the TLS listener was disconnected");
     assert!(size() > at, "the TLS listener stopped receiving");

@@ -21,6 +21,7 @@ fn byte_rate(node: &Node, mount: &str) -> f64 {
     s.write_all(format!("GET {mount} HTTP/1.0\r\n\r\n").as_bytes())
         .unwrap();
     let reader = CountingReader::spawn(s, 0);
+    // Windows, not waits: 4 s past the join burst, then the rate over 6 s.
     std::thread::sleep(Duration::from_secs(4));
     let (t0, b0) = (Instant::now(), reader.bytes());
     std::thread::sleep(Duration::from_secs(6));
@@ -148,11 +149,13 @@ fn a_source_gap_keeps_listeners_and_a_returning_source_may_change_format() {
     node.create_transcode("/out.mp3", "/in.mp3", "mp3", 64, &[]);
     let mut first = ffmpeg_mp3_source(&node, "hackme", "/in.mp3", &[]);
     node.wait_live("/out.mp3", Duration::from_secs(20));
-    // Let the output hub hold a few seconds: the listener gets them as its join burst.
+    // Let the output hub hold a few seconds: the listener gets them as its join burst (a
+    // window, not a wait).
     std::thread::sleep(Duration::from_secs(4));
 
     let addr = node.addr;
     let listener = std::thread::spawn(move || capture(addr, "/out.mp3", 16.0));
+    // Windows, not waits: 4 s of the first source at the listener, then a 4 s gap.
     std::thread::sleep(Duration::from_secs(4));
     let _ = first.child.kill();
     // The gap: listeners keep getting (silent) audio.
@@ -273,7 +276,11 @@ fn the_source_title_reaches_transcoded_mounts_as_icy_and_as_ogg_comments() {
     // the change decodes without an error.
     let addr = node.addr;
     let across = std::thread::spawn(move || capture(addr, "/live-64.opus", 8.0));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for(
+        Duration::from_secs(10),
+        "the listener to be counted",
+        || node.source_status("/live-64.opus")["listeners"] == 1,
+    );
     let mut m = TcpStream::connect(node.addr).unwrap();
     m.write_all(
         format!(
@@ -425,6 +432,7 @@ fn a_source_that_lies_about_its_content_neither_spins_nor_blocks_recovery() {
         if junk.write_all(&noise).is_err() {
             break;
         }
+        // The garbage's pace: not a wait.
         std::thread::sleep(Duration::from_millis(100));
     }
     let used = cpu_seconds(pid) - c0;

@@ -2,11 +2,13 @@
 
 use super::*;
 
-/// A test CA, etcd's server certificate (for 127.0.0.1) and a client certificate, in `dir`.
+/// A test CA, etcd's server certificate (for 127.0.0.1 and this process's [`own_ip`]) and a
+/// client certificate, in `dir`.
 pub(crate) fn make_certs(dir: &Path) {
     make_ca(dir);
     // etcd's own gateway connects to itself with the server certificate: it needs clientAuth.
-    let sans = "IP:127.0.0.1,DNS:localhost";
+    let sans = format!("IP:127.0.0.1,IP:{},DNS:localhost", own_ip());
+    let sans = sans.as_str();
     make_cert(dir, "server", "server", sans, "serverAuth,clientAuth");
     make_cert(dir, "client", "client", sans, "clientAuth");
 }

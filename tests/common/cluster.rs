@@ -7,7 +7,8 @@ use super::*;
 pub struct Etcd {
     pub client_url: String,
     dir: tempfile::TempDir,
-    ports: (u16, u16),
+    /// Its client and peer addresses (this test process's own, kept across restarts).
+    addrs: (SocketAddr, SocketAddr),
     proc: Option<Proc>,
     /// With TLS: the directory of `ca.crt`, `server.*` and `client.*`.
     pub certs: Option<PathBuf>,
@@ -31,13 +32,13 @@ impl Etcd {
         let mut e = Etcd {
             client_url: String::new(),
             dir: tempfile::tempdir().unwrap(),
-            ports: (free_port(), free_port()),
+            addrs: (own_addr(), own_addr()),
             proc: None,
             certs: None,
             starts: 0,
         };
         let scheme = if tls { "https" } else { "http" };
-        e.client_url = format!("{scheme}://127.0.0.1:{}", e.ports.0);
+        e.client_url = format!("{scheme}://{}", e.addrs.0);
         if tls {
             let dir = e.dir.path().join("certs");
             make_certs(&dir);
@@ -49,14 +50,14 @@ impl Etcd {
 
     /// The address of etcd's client port.
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports.0))
+        self.addrs.0
     }
 
     /// Starts (again) on the same data directory and ports; returns once etcd reports healthy.
     pub fn restart(&mut self) {
         drop(self.proc.take());
-        let (client, peer) = self.ports;
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let (addr, peer) = self.addrs;
+        let peer_url = format!("http://{peer}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,7 +85,6 @@ impl Etcd {
                 .stdout(Stdio::null())
                 .stderr(log),
         ));
-        let addr: SocketAddr = format!("127.0.0.1:{client}").parse().unwrap();
         let log = self.dir.path().join("etcd.log");
         let starts = self.starts;
         wait_for(Duration::from_secs(20), "etcd to be healthy", || {

@@ -173,12 +173,20 @@ pub fn closed_port() -> (socket2::Socket, u16) {
     (s, port)
 }
 
-/// A free TCP port on loopback for a tool that must be told its port and cannot take port 0
-/// (etcd, haproxy, icecast2, chromedriver): bound, then released for the tool to take.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// This test process's own loopback address, for tools that must be told where to listen and
+/// cannot take port 0 and say what they chose (etcd, haproxy, icecast2): 127.64.0.0 plus the
+/// process id (at most 2^22 on Linux, so within 127.64.0.0/10). No other live process has the
+/// id, so tests running in parallel never meet on an address, and nothing is bound and released
+/// to find it. Nodes keep 127.0.0.0/16 (and port 0).
+pub fn own_ip() -> std::net::Ipv4Addr {
+    let [_, b, c, d] = (std::process::id() & 0x3f_ffff).to_be_bytes();
+    std::net::Ipv4Addr::new(127, 64 + b, c, d)
+}
+
+/// The next address of this process's own ([`own_ip`]) for a tool to listen on: ports from
+/// 20000 up, one per call (a process starts a few tools at most).
+pub fn own_addr() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(20_000);
+    let port = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    SocketAddr::from((own_ip(), port))
 }
