@@ -18,6 +18,10 @@
 #   benches/hls.sh [PLAYERS]                    (default 1000)
 #   SECONDS_PER_RUN=30 benches/hls.sh 1000      (window per row; default 60 s)
 #   ROUNDS=5 benches/hls.sh 1000                (alternated rounds; default 3)
+#   BASELINE_BIN=/path/to/older/tidecast benches/hls.sh 1000
+#                          (also an older tidecast as a second node with its own source, its HLS
+#                           measured in the same rounds, between tidecast's and nginx's; the
+#                           table gets its median row and each round's current/baseline ratio)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
@@ -45,16 +49,27 @@ wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 # 60 s of 128 kbit/s CBR stereo MP3, looped by the source.
 ffmpeg -nostdin -v error -f lavfi -i "sine=frequency=440:duration=60" -ac 2 -c:a libmp3lame -b:a 128k "$work/in.mp3"
 
+# start_node BINARY PORT NAME: a node with /live.mp3 fed by ffmpeg; sets node_pid.
+start_node() {
+  TIDECAST_LOG=warn "$1" serve --listen "127.0.0.1:$2" --data-dir "$work/data-$3" \
+    --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 \
+    --hls-segment-secs 6 --hls-window-secs 60 >/dev/null 2>"$work/$3.log" &
+  node_pid=$!; pids+=($node_pid)
+  wait_port "$2"
+  "$1" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$2" --admin-password benchadmin >/dev/null
+  ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
+    "icecast://source:benchpw@127.0.0.1:$2/live.mp3" &
+  pids+=($!)
+}
 port=$(free_port)
-TIDECAST_LOG=warn "$bin/tidecast" serve --listen "127.0.0.1:$port" --data-dir "$work/data" \
-  --admin-password benchadmin --max-clients 20000 --max-clients-per-address 0 \
-  --hls-segment-secs 6 --hls-window-secs 60 >/dev/null 2>"$work/tidecast.log" &
-tidecast=$!; pids+=($tidecast)
-wait_port "$port"
-"$bin/tidecast" mount create /live.mp3 --password benchpw --server "http://127.0.0.1:$port" --admin-password benchadmin >/dev/null
-ffmpeg -nostdin -v error -re -stream_loop -1 -i "$work/in.mp3" -c copy -content_type audio/mpeg -f mp3 \
-  "icecast://source:benchpw@127.0.0.1:$port/live.mp3" &
-pids+=($!)
+start_node "$bin/tidecast" "$port" tidecast
+tidecast=$node_pid
+baseline=
+if [ -n "${BASELINE_BIN:-}" ]; then
+  bport=$(free_port)
+  start_node "$BASELINE_BIN" "$bport" baseline
+  baseline=$node_pid
+fi
 echo "a full HLS window (66 s) before measuring" >&2
 sleep 66
 
@@ -114,12 +129,20 @@ stop_nginx() { kill -9 "$nginx_master" "$nginx_worker" 2>/dev/null || true; }
 start_nginx 65
 tidecast_rounds=()
 nginx_rounds=()
+baseline_rounds=()
 for r in $(seq "$rounds"); do
   one=$("$bin/hls-load" --addr "127.0.0.1:$port" --master "$master" --players "$n" \
     --interval 6 --seconds "$window" --server-pid "$tidecast")
   echo "round $r, tidecast HLS: $one" >&2
   tidecast_rounds+=("$one")
   sleep 20 # the sessions expire (three segment lengths)
+  if [ -n "$baseline" ]; then
+    one=$("$bin/hls-load" --addr "127.0.0.1:$bport" --master "$master" --players "$n" \
+      --interval 6 --seconds "$window" --server-pid "$baseline")
+    echo "round $r, baseline HLS: $one" >&2
+    baseline_rounds+=("$one")
+    sleep 20
+  fi
   one=$(load_nginx)
   echo "round $r, nginx HLS, keep-alive: $one" >&2
   nginx_rounds+=("$one")
@@ -145,7 +168,8 @@ kill -9 "$floor_pid" 2>/dev/null || true
 echo "minimal tokio server: $floor" >&2
 
 python3 - "$n" "$tidecast_progressive" "$nginx_close" "$idle_cpu_s" "$window" "$floor" \
-  "$(printf '%s\n' "${tidecast_rounds[@]}")" "$(printf '%s\n' "${nginx_rounds[@]}")" <<'PY'
+  "$(printf '%s\n' "${tidecast_rounds[@]}")" "$(printf '%s\n' "${nginx_rounds[@]}")" \
+  "$(printf '%s\n' "${baseline_rounds[@]}")" <<'PY'
 import json, sys
 n = sys.argv[1]
 prog, ngx_close = (json.loads(a) for a in sys.argv[2:4])
@@ -153,6 +177,7 @@ idle = float(sys.argv[4]) * 1e6 / (int(n) * float(sys.argv[5]))
 floor = json.loads(sys.argv[6])
 hls_rounds = [json.loads(l) for l in sys.argv[7].splitlines()]
 ngx_rounds = [json.loads(l) for l in sys.argv[8].splitlines()]
+base_rounds = [json.loads(l) for l in sys.argv[9].splitlines() if l]
 def median(rounds):
     """The round with the median CPU (the lower middle one of an even count)."""
     ordered = sorted(rounds, key=lambda r: r["cpu_us_per_listener_s"])
@@ -165,6 +190,10 @@ print("| players | server | CPU µs / listener-s | RSS MiB | kbit/s per player |
 print("|---|---|---|---|---|---|---|")
 row(f"tidecast HLS (median of {len(hls_rounds)})", hls["cpu_us_per_listener_s"], hls["kbit_s_per_player"], hls["errors"],
     hls["server_rss_kib"], "at the end")
+if base_rounds:
+    base = median(base_rounds)
+    row(f"baseline tidecast HLS (BASELINE_BIN; median of {len(base_rounds)})", base["cpu_us_per_listener_s"],
+        base["kbit_s_per_player"], base["errors"], base["server_rss_kib"], "at the end")
 print(f"| {n} | tidecast with no players (source, cutter), per {n} players | {idle:.1f} | | | | |")
 print(f"| {n} | tidecast HLS less that | {hls['cpu_us_per_listener_s'] - idle:.1f} | | | | |")
 row("tidecast progressive", prog["cpu_us_per_listener_second"], prog["mean_kbps_received"],
@@ -180,4 +209,10 @@ print("Rounds, alternating (CPU µs / listener-s): tidecast HLS / nginx keep-ali
 for i, (h, g) in enumerate(zip(hls_rounds, ngx_rounds), 1):
     a, b = h["cpu_us_per_listener_s"], g["cpu_us_per_listener_s"]
     print(f"- round {i}: {a:.1f} / {b:.1f} = {a / b:.2f} (less the idle row: {(a - idle) / b:.2f})")
+if base_rounds:
+    print()
+    print("Rounds, alternating (CPU µs / listener-s): tidecast HLS / baseline HLS = ratio")
+    for i, (h, b) in enumerate(zip(hls_rounds, base_rounds), 1):
+        a, c = h["cpu_us_per_listener_s"], b["cpu_us_per_listener_s"]
+        print(f"- round {i}: {a:.1f} / {c:.1f} = {a / c:.2f}")
 PY
