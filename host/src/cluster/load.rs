@@ -1,6 +1,11 @@
 //! This node's load (listeners, bandwidth, CPU, listeners per mount), measured about every
-//! second and published in a cluster; and the cluster's nodes as routing, DNS and status see
-//! them.
+//! second and published in a cluster when it changed enough to matter to routing, or after a
+//! slow heartbeat ([`HEARTBEAT`]); and the cluster's nodes as routing, DNS and status see them.
+//!
+//! Every node watches every other node's reports, so what the cluster pays for them grows with
+//! the number of nodes times the reports each sends: an idle node sends one per heartbeat, not
+//! one a second. A dead node is seen by its lease running out (`--lease-ttl-secs`), not by a
+//! missing report; a node reaching its limits, or draining, publishes within the second.
 
 use std::sync::{Arc, Mutex};
 
@@ -89,15 +94,15 @@ impl Load {
     }
 
     /// Measures this node's load about every second into `State::load` (for `tidecast status`),
-    /// and publishes it in a cluster.
+    /// and publishes it in a cluster when [`worth_publishing`] says so, or after [`HEARTBEAT`].
     pub async fn run(self: Arc<Self>) {
         let mut seq = 0u64;
+        let mut published: Option<(std::time::Instant, NodeReport)> = None;
         // Bandwidth and CPU are averaged over the last few reports: listeners are written to in
         // batches about once a second, so one period alone would swing between 0 and twice the rate.
         let mut window =
             std::collections::VecDeque::from([(std::time::Instant::now(), 0u64, cpu_seconds())]);
         loop {
-            seq += 1;
             let now = (
                 std::time::Instant::now(),
                 self.hubs.bytes_sent(),
@@ -129,7 +134,13 @@ impl Load {
                 let mut l = self.latest.locked();
                 l.clone_from(&report);
             }
-            if !self.coordinator.node_name().is_empty() {
+            let due = published.as_ref().is_none_or(|(at, last)| {
+                at.elapsed() >= HEARTBEAT || worth_publishing(last, &report)
+            });
+            if due && !self.coordinator.node_name().is_empty() {
+                seq += 1;
+                let report = NodeReport { seq, ..report };
+                published = Some((std::time::Instant::now(), report.clone()));
                 self.coordinator.report(report).await;
             }
             tokio::select! {
@@ -148,6 +159,47 @@ impl Load {
 /// Reports that bandwidth and CPU are averaged over (one a second).
 const LOAD_WINDOW: usize = 6;
 
+/// Longest time between two published reports of a node whose load did not change enough.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `new` differs enough from the `last` report published to publish it before the
+/// heartbeat: draining or the limits changed; listeners (all, or of a mount) by 5 % or at least
+/// one, and by any one within 10 % of the node's listener limit; bandwidth by 10 % (at least
+/// 64 kbit/s), and by 1 % of the limit within 10 % of it; CPU by 10 points.
+pub fn worth_publishing(last: &NodeReport, new: &NodeReport) -> bool {
+    let near = |value: u32, limit: u32| limit > 0 && u64::from(value) * 10 >= u64::from(limit) * 9;
+    let listeners_moved = |a: u32, b: u32, limit: u32| {
+        let step = if near(a.max(b), limit) {
+            1
+        } else {
+            (a / 20).max(1)
+        };
+        a.abs_diff(b) >= step
+    };
+    let (bw_a, bw_b, bw_max) = (
+        last.bandwidth_kbps,
+        new.bandwidth_kbps,
+        new.max_bandwidth_kbps,
+    );
+    let bw_step = if near(bw_a.max(bw_b), bw_max) {
+        (bw_max / 100).max(1)
+    } else {
+        (bw_a / 10).max(64)
+    };
+    new.draining != last.draining
+        || new.max_listeners != last.max_listeners
+        || new.max_bandwidth_kbps != last.max_bandwidth_kbps
+        || listeners_moved(last.listeners, new.listeners, new.max_listeners)
+        || new.mounts.len() != last.mounts.len()
+        || new.mounts.iter().any(|(mount, &n)| {
+            last.mounts
+                .get(mount)
+                .is_none_or(|&was| listeners_moved(was, n, 0))
+        })
+        || bw_a.abs_diff(bw_b) >= bw_step
+        || last.cpu_percent.abs_diff(new.cpu_percent) >= 10
+}
+
 /// CPU time this process has used (user + system), in seconds; 0 where `/proc` is missing.
 fn cpu_seconds() -> f64 {
     // Fields 14 and 15 of /proc/self/stat, after the parenthesised command name, in clock ticks
@@ -160,4 +212,77 @@ fn cpu_seconds() -> f64 {
             Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
         })
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(listeners: u32, max_listeners: u32, bandwidth_kbps: u32) -> NodeReport {
+        NodeReport {
+            listeners,
+            max_listeners,
+            bandwidth_kbps,
+            mounts: [("/live.mp3".to_owned(), listeners)].into(),
+            ..NodeReport::default()
+        }
+    }
+
+    #[test]
+    fn a_report_is_published_when_it_matters_to_routing_and_not_otherwise() {
+        let idle = report(0, 0, 0);
+        assert!(!worth_publishing(&idle, &idle.clone()));
+        // CPU wobbles and small bandwidth moves wait for the heartbeat.
+        let wobble = NodeReport {
+            cpu_percent: 6,
+            bandwidth_kbps: 40,
+            ..idle.clone()
+        };
+        assert!(!worth_publishing(&idle, &wobble));
+        assert!(worth_publishing(
+            &idle,
+            &NodeReport {
+                cpu_percent: 12,
+                ..idle.clone()
+            }
+        ));
+        // One listener more on a small node, or a mount appearing, is news.
+        assert!(worth_publishing(&idle, &report(1, 0, 0)));
+        let mut other = idle.clone();
+        other.mounts.insert("/other.mp3".to_owned(), 0);
+        assert!(worth_publishing(&idle, &other));
+        // Among 1 000 listeners, 10 more is not; 50 more is.
+        assert!(!worth_publishing(
+            &report(1000, 0, 128_000),
+            &report(1010, 0, 129_000)
+        ));
+        assert!(worth_publishing(
+            &report(1000, 0, 128_000),
+            &report(1050, 0, 128_000)
+        ));
+        // Within 10 % of the limit, every listener counts: routing must see a full node.
+        assert!(worth_publishing(
+            &report(950, 1000, 0),
+            &report(951, 1000, 0)
+        ));
+        assert!(!worth_publishing(
+            &report(500, 1000, 0),
+            &report(510, 1000, 0)
+        ));
+        // Draining is published at once.
+        assert!(worth_publishing(
+            &idle,
+            &NodeReport {
+                draining: true,
+                ..idle.clone()
+            }
+        ));
+        // Bandwidth near its limit: 1 % of it.
+        let near = |kbps| NodeReport {
+            max_bandwidth_kbps: 100_000,
+            ..report(10, 0, kbps)
+        };
+        assert!(worth_publishing(&near(95_000), &near(96_000)));
+        assert!(!worth_publishing(&near(50_000), &near(51_000)));
+    }
 }

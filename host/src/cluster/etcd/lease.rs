@@ -13,6 +13,9 @@ use super::{Etcd, Fence, KEEPALIVES_PER_TTL, PEER_WAIT};
 use crate::cluster::coordinator::{ConfigEvent, NodeReport};
 use crate::sync::Locked;
 
+/// Most peers a node cut off from etcd asks whether its lease still exists.
+const PEERS_ASKED: usize = 5;
+
 impl Etcd {
     /// Keeps the lease alive ([`KEEPALIVES_PER_TTL`] times per TTL).
     ///
@@ -185,6 +188,9 @@ impl Etcd {
     /// so it is the one cut off (a partition's minority side, where the majority elects new
     /// origins). When peers answer but cannot reach etcd either, etcd itself is down and every
     /// node keeps serving.
+    ///
+    /// At most [`PEERS_ASKED`] peers are asked, picked at random: in a cluster of N nodes an
+    /// outage of etcd costs N × that many requests, not N².
     async fn cut_off_or_lease_gone(&self) -> bool {
         use crate::cluster::peer::LeaseVerdict;
         let peers: Vec<String> = self.cache.with(|c| {
@@ -194,6 +200,12 @@ impl Etcd {
                 .map(|n| n.url.clone())
                 .collect()
         });
+        let peers: Vec<&String> = rand::seq::SliceRandom::choose_multiple(
+            peers.as_slice(),
+            &mut rand::thread_rng(),
+            PEERS_ASKED,
+        )
+        .collect();
         let asked = peers.iter().map(|url| {
             crate::cluster::peer::lease_alive_per(&self.peers, url, &self.node, PEER_WAIT)
         });
