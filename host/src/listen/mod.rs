@@ -248,12 +248,15 @@ async fn listen(
         wanted,
         relay: state.peers.matches(req),
     };
+    // Routing and admission are boxed: their futures (policy calls, credential checks, waking
+    // a relay) are larger than the session's and end before it, so kept inline they would be
+    // carried by every listener's task for as long as it listens.
     if !routed && asked.config.is_some() {
-        if let Some(outcome) = route(&mut asked).await {
+        if let Some(outcome) = Box::pin(route(&mut asked)).await {
             return outcome;
         }
     }
-    let admitted = match admit_here(&mut asked).await {
+    let admitted = match Box::pin(admit_here(&mut asked)).await {
         Ok(a) => a,
         Err(outcome) => return outcome,
     };
@@ -288,7 +291,7 @@ async fn listen(
         };
     }
     if let Some(last) = small_range(req) {
-        return probe(&mut asked, admitted, last).await;
+        return Box::pin(probe(&mut asked, admitted, last)).await;
     }
     session(asked, admitted, head, metaint, start).await
 }
@@ -523,7 +526,7 @@ async fn session(
         per_user.filter(|_| !relay),
     ) else {
         let why = access::Refused::UserConnections(per_user.unwrap_or_default());
-        return asked.refuse(why).await;
+        return Box::pin(asked.refuse(why)).await;
     };
     let id = ticket.id;
     state
@@ -552,7 +555,7 @@ async fn session(
     let intro = if relay {
         None
     } else {
-        intro_for(state, asked.config.as_ref(), &hub).await
+        Box::pin(intro_for(state, asked.config.as_ref(), &hub)).await
     };
     let mut conn = writer::Conn::new(asked.stream, state.clone(), metaint, time_limit, relay);
     conn.attach(&hub);

@@ -223,6 +223,8 @@ impl Conn {
         match hub.read_from(at.cursor) {
             ReadResult::Data(chunks, next) => {
                 at.cursor = next;
+                // One allocation for the round's queue (ICY blocks split a few chunks more).
+                at.queue.reserve(chunks.len() + chunks.len() / 8 + 4);
                 for c in chunks {
                     self.queue_audio(hub, c, &mut at.queue);
                 }
@@ -233,7 +235,10 @@ impl Conn {
         let last_write = Instant::now();
         if !at.queue.is_empty() {
             match self.write(&mut at.queue, hub, at.cursor, counter).await {
-                Ok(()) => {}
+                // The queue's memory goes back between rounds: kept, it held the join burst's
+                // hundreds of entries for as long as the listener stayed, most of what a
+                // listener cost (benches/fanout.sh, BENCHMARKS.md).
+                Ok(()) => at.queue = VecDeque::new(),
                 Err(WriteError::Lagged) => return Err(self.dropped_slow(hub)),
                 Err(WriteError::Io) => return Err("connection closed"),
                 Err(WriteError::Timeout) => return Err("write timeout"),

@@ -133,20 +133,30 @@ pub async fn run(
         };
         let acceptor = ports.acceptor.clone();
         let count_client = proxied.then(|| per_address.clone());
-        tokio::spawn(async move {
+        // Every transient phase (the TLS handshake, a request head's answer on the control
+        // plane, HLS, ingest, a listener's routing and admission) is boxed below: the task keeps
+        // what the longest-lived state needs, a listener's write loop, not the largest phase.
+        let connection = async move {
             if let Opening::Shoutcast = opening {
                 let mount = state.config.shoutcast_mount.clone();
                 let within = state.config.header_timeout();
                 let ingest = state.ingest.clone();
-                crate::ingest::shoutcast::serve(Stream::Plain(stream), peer, ingest, mount, within)
-                    .await;
+                Box::pin(crate::ingest::shoutcast::serve(
+                    Stream::Plain(stream),
+                    peer,
+                    ingest,
+                    mount,
+                    within,
+                ))
+                .await;
             } else if let Some((stream, client)) =
-                open(stream, peer, opening, acceptor, &state).await
+                Box::pin(open(stream, peer, opening, acceptor, &state)).await
             {
                 handle(stream, client, state, control, count_client).await;
             }
             drop((permit, slot));
-        });
+        };
+        tokio::spawn(connection);
     }
     reporter.abort();
     hls.abort();
@@ -267,7 +277,7 @@ async fn handle(
             };
         }
         if crate::hls::Hls::takes(&req.path) && matches!(req.method.as_str(), "GET" | "HEAD") {
-            if !answer_hls(&mut stream, peer, &req, &state).await {
+            if !Box::pin(answer_hls(&mut stream, peer, &req, &state)).await {
                 return;
             }
             continue;
@@ -325,12 +335,26 @@ async fn dispatch(
     let header_timeout = state.config.header_timeout();
     if control.takes(&req) {
         let handler = move |req, body| control.clone().answer(peer, req, body);
-        crate::http::server::serve(stream, req, buf, header_timeout, handler).await;
+        Box::pin(crate::http::server::serve(
+            stream,
+            req,
+            buf,
+            header_timeout,
+            handler,
+        ))
+        .await;
         return;
     }
     match req.method.as_str() {
         "SOURCE" | "PUT" => {
-            crate::ingest::serve(stream, peer, req, buf, state.ingest.clone()).await
+            Box::pin(crate::ingest::serve(
+                stream,
+                peer,
+                req,
+                buf,
+                state.ingest.clone(),
+            ))
+            .await
         }
         "GET" if req.path.starts_with("/_relay/") => {
             // Another node relaying a mount (the listener path), only with the cluster secret.
