@@ -237,7 +237,7 @@ impl Conn {
             match self.write(&mut at.queue, hub, at.cursor, counter).await {
                 // The queue's memory goes back between rounds: kept, it held the join burst's
                 // hundreds of entries for as long as the listener stayed, most of what a
-                // listener cost (benches/fanout.sh, BENCHMARKS.md).
+                // listener cost (`benches/memory.sh`).
                 Ok(()) => at.queue = VecDeque::new(),
                 Err(WriteError::Lagged) => return Err(self.dropped_slow(hub)),
                 Err(WriteError::Io) => return Err("connection closed"),

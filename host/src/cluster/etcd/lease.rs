@@ -162,11 +162,11 @@ impl Etcd {
         let Ok(granted) = client.lease_grant(self.ttl, None).await else {
             return false;
         };
-        let report = NodeReport {
+        let report = self.last_report.with(|l| l.clone()).unwrap_or(NodeReport {
             name: self.node.clone(),
             url: self.url.clone(),
             ..NodeReport::default()
-        };
+        });
         let put = client
             .put(
                 format!("{}nodes/{}", self.prefix, self.node),

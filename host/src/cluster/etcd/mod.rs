@@ -83,6 +83,9 @@ pub struct Etcd {
     members: Arc<Vec<String>>,
     /// When etcd last answered a keep-alive, and whether the lease was written off.
     fence: Arc<Fence>,
+    /// The last load report published: a new lease carries it at once, since reports are sent
+    /// only when the load changes (or every `load::HEARTBEAT`).
+    last_report: Arc<Mutex<Option<NodeReport>>>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> CoordError {
@@ -287,6 +290,7 @@ impl Etcd {
                 written_off: AtomicBool::new(false),
             }),
             events: broadcast::channel(256).0,
+            last_report: Arc::default(),
             members: Arc::new(
                 endpoints
                     .iter()
@@ -579,6 +583,7 @@ impl Coordinator for Etcd {
     async fn report(&self, mut report: NodeReport) {
         report.name = self.node.clone();
         report.url = self.url.clone();
+        self.last_report.with(|l| *l = Some(report.clone()));
         let Ok(bytes) = serde_json::to_vec(&report) else {
             return;
         };
