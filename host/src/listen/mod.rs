@@ -189,7 +189,7 @@ struct Asked<'a> {
     /// The mount asked for (`/_stream` taken off).
     wanted: String,
     /// Its configuration, read once for this connection.
-    config: Option<MountConfig>,
+    config: Option<Box<MountConfig>>,
     /// Another node relaying the mount: not a listener the limits and rules are for (refusing
     /// it would cut off every listener over there).
     relay: bool,
@@ -244,7 +244,7 @@ async fn listen(
         state,
         cors,
         version: req.response_version(),
-        config: state.coordinator.mount(&wanted),
+        config: state.coordinator.mount(&wanted).map(Box::new),
         wanted,
         relay: state.peers.matches(req),
     };
@@ -555,7 +555,7 @@ async fn session(
     let intro = if relay {
         None
     } else {
-        Box::pin(intro_for(state, asked.config.as_ref(), &hub)).await
+        Box::pin(intro_for(state, asked.config.as_deref(), &hub)).await
     };
     let mut conn = writer::Conn::new(asked.stream, state.clone(), metaint, time_limit, relay);
     conn.attach(&hub);
