@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::list_items;
+
 macro_rules! serve_settings {
     ($( $(#[$doc:meta])* $name:ident : $ty:ty = $default:expr ; $( [$($arg:tt)*] )? )*) => {
         /// Flags of `tidecast serve`.
@@ -253,11 +255,6 @@ pub struct Parsed {
     pub proxy_user_agents: Vec<String>,
 }
 
-/// The items of a comma-separated setting, trimmed, empty ones left out.
-fn items(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').map(str::trim).filter(|i| !i.is_empty())
-}
-
 impl ServeConfig {
     /// Reads `args.config` (if any), merges, and validates.
     pub fn load(args: ServeArgs) -> Result<ServeConfig, ConfigError> {
@@ -274,8 +271,8 @@ impl ServeConfig {
     fn validate(&self) -> Result<Parsed, ConfigError> {
         let mut problems = Vec::new();
         let mut parsed = Parsed {
-            etcd: items(&self.etcd).map(str::to_owned).collect(),
-            proxy_user_agents: items(&self.proxy_user_agents)
+            etcd: list_items(&self.etcd).map(str::to_owned).collect(),
+            proxy_user_agents: list_items(&self.proxy_user_agents)
                 .map(str::to_ascii_lowercase)
                 .collect(),
             ..Parsed::default()
@@ -462,7 +459,7 @@ impl ServeConfig {
                 Err(e) => problems.push(format!("tls_listen {:?}: {e}", self.tls_listen)),
             }
         }
-        let list = |s: &str| items(s).map(PathBuf::from).collect::<Vec<_>>();
+        let list = |s: &str| list_items(s).map(PathBuf::from).collect::<Vec<_>>();
         let (certs, keys) = (list(&self.tls_cert), list(&self.tls_key));
         let on = self.tls_on();
         if on && certs.is_empty() {

@@ -400,13 +400,8 @@ fn apply_listener_rules(m: &mut MountConfig, r: &mut MountSettings, problems: &m
             "max_listener_secs must be at most 31536000 (a year), got {n}"
         )),
     }
-    let patterns = |list: String| -> Vec<String> {
-        list.split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
+    let patterns =
+        |list: String| -> Vec<String> { super::list_items(&list).map(str::to_owned).collect() };
     if let Some(list) = r.allow_agents.take() {
         m.allow_agents = patterns(list);
     }

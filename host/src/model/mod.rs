@@ -26,6 +26,12 @@ pub use settings::MountSettings;
 pub use station::StationConfig;
 pub use zone::DnsZone;
 
+/// The items of a comma-separated setting (`a, b,,c`), trimmed, empty ones left out: how every
+/// list in flags, the API and the configuration file is read.
+pub fn list_items(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|i| !i.is_empty())
+}
+
 use serde::{Deserialize, Serialize};
 
 /// The admin account (cluster-wide).

@@ -426,10 +426,7 @@ impl PlaylistConfig {
     /// The sources of the input, each with its weight (1 unless given; a weight that does not
     /// parse is 0, which [`PlaylistConfig::problems`] names).
     pub fn sources(&self) -> Vec<(String, u32)> {
-        self.input
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        super::list_items(&self.input)
             .map(|s| match s.rsplit_once('=') {
                 Some((source, w)) => (source.to_owned(), w.trim().parse().unwrap_or(0)),
                 None => (s.to_owned(), 1),

@@ -68,7 +68,7 @@ impl FromStr for NativePolicy {
         let mut scorers = Vec::new();
         let mut picks = Vec::new();
         let mut problems = Vec::new();
-        for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        for word in super::list_items(spec) {
             match word {
                 "listeners_available" => filters.push(Filter::ListenersAvailable),
                 "bandwidth_available" => filters.push(Filter::BandwidthAvailable),

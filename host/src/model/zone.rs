@@ -23,11 +23,7 @@ impl DnsZone {
         let origin = Name::from_labels(origin.iter().map(<[u8]>::to_vec))
             .map_err(|e| format!("dns_zone {zone:?}: {e}"))?;
         let mut ns = Vec::new();
-        for n in name_servers
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-        {
+        for n in super::list_items(name_servers) {
             let mut name = Name::from_str(n).map_err(|e| format!("dns_ns {n:?}: {e}"))?;
             name.set_fqdn(true);
             ns.push(name);
