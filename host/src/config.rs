@@ -200,7 +200,8 @@ serve_settings! {
     /// to a node at its limit.
     max_bandwidth_kbps: u32 = 0; [value_name = "KBPS"]
     /// Listeners whose User-Agent contains one of these (comma-separated, case-insensitive) are
-    /// proxied to the node routing picks instead of redirected; `?proxy=1` asks for it per request.
+    /// never redirected: served here while this node has room, else proxied to the node routing
+    /// picks; `?proxy=1` asks for it per request.
     proxy_user_agents: String = String::new(); [value_name = "AGENT,..."]
     /// Answer DNS for the cluster zone on this address (UDP and TCP, e.g. 0.0.0.0:53); off when
     /// empty.

@@ -35,6 +35,18 @@ pub struct NodeLoad {
     pub is_origin: bool,
 }
 
+impl NodeLoad {
+    /// Below its listener limit (or it has none).
+    pub fn listeners_available(&self) -> bool {
+        self.max_listeners == 0 || self.listeners < self.max_listeners
+    }
+
+    /// Below its bandwidth limit (or it has none).
+    pub fn bandwidth_available(&self) -> bool {
+        self.max_bandwidth_kbps == 0 || self.bandwidth_kbps < self.max_bandwidth_kbps
+    }
+}
+
 /// A node's stable identity: FNV-1a (64 bit) of its name, the same across restarts.
 pub fn node_id(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {

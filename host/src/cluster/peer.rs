@@ -70,6 +70,19 @@ impl Peers {
         self.secret.matches(req)
     }
 
+    /// Whether `req` is another node relaying a stream: it carries the cluster secret and names
+    /// no listener of its own.
+    pub fn relaying(&self, req: &RequestHead) -> bool {
+        req.header(LISTENER_HEADER).is_none() && self.matches(req)
+    }
+
+    /// The listener a request stands for when another node proxies it here: the address it
+    /// names, taken only from a request with the cluster secret.
+    pub fn listener_of(&self, req: &RequestHead) -> Option<std::net::IpAddr> {
+        let named = req.header(LISTENER_HEADER)?.trim().parse().ok()?;
+        self.matches(req).then(|| crate::clients::canonical(named))
+    }
+
     /// The cluster secret, as a key for what nodes sign for each other (listener passes);
     /// empty on a single node.
     pub fn key(&self) -> &str {
@@ -81,6 +94,8 @@ impl Peers {
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Header carrying the cluster secret on internal requests.
 const SECRET_HEADER: &str = "x-tidecast-secret";
+/// Header naming the listener (its address) of a stream request one node proxies to another.
+const LISTENER_HEADER: &str = "x-tidecast-listener";
 
 /// A response head: status and headers (names lower-cased, values lossily as text: old
 /// servers send Latin-1).
@@ -249,7 +264,9 @@ pub enum Proxied {
 
 /// Serves a listener that does not follow redirects from `target`, another node's
 /// `/_stream/<mount>` URL: its answer is passed on (head, then body as it arrives) until either
-/// side hangs up. The listener's `Icy-MetaData`, `User-Agent` and address go along.
+/// side hangs up. The listener's `Icy-MetaData`, `User-Agent` and address go along, the address
+/// with the cluster secret, so the node serving it counts, limits and lists the listener as
+/// itself.
 pub async fn proxy(
     peers: &Peers,
     client: &mut Stream,
@@ -274,8 +291,8 @@ async fn open_proxy(
     req: &RequestHead,
     target: &str,
 ) -> Result<Upstream, PeerError> {
-    let forwarded = peer.ip().to_string();
-    let mut headers = vec![("x-forwarded-for", forwarded.as_str())];
+    let listener = peer.ip().to_string();
+    let mut headers = vec![peers.secret.header(), (LISTENER_HEADER, listener.as_str())];
     for name in ["icy-metadata", "user-agent"] {
         if let Some(v) = req.header(name) {
             headers.push((name, v));

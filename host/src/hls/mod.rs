@@ -106,7 +106,7 @@ impl Hls {
         let node = self
             .listen
             .router
-            .route_to_node(mount, &peer.ip().to_string(), agent)
+            .route_to_node(mount, &peer.ip().to_string(), agent, true)
             .await?;
         let mut query = req.query_bytes();
         query.push(("routed".to_owned(), b"1".to_vec()));

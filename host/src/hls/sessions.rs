@@ -233,6 +233,7 @@ impl Sessions {
                     new.agent.to_owned(),
                     new.user.clone(),
                     new.per_user,
+                    false,
                 )
                 .ok_or(SessionRefused::UserConnections)
         };

@@ -30,6 +30,9 @@ struct ListenerEntry {
     user: Option<String>,
     connected: Instant,
     ctrl: watch::Sender<ListenerCtrl>,
+    /// Another node relaying the mount: signed in to be told to stop like any reader, but not a
+    /// listener anyone counts, lists or moves (its own node counts its listeners).
+    relay: bool,
 }
 
 /// A connected listener, as the admin API and status documents see it.
@@ -116,10 +119,10 @@ impl Registry {
         self.started.subscribe()
     }
 
-    /// Signs a listener of `mount` in: its id, and the ticket that signs it out when dropped.
-    /// With `user` and `per_user`, refused (`None`) when that user already has `per_user`
-    /// listeners of `mount` here; counted and signed in under one lock, so two connections at
-    /// once cannot both take the last place.
+    /// Signs a listener of `mount` in (or another node's relay of it, `relay`): its id, and the
+    /// ticket that signs it out when dropped. With `user` and `per_user`, refused (`None`) when
+    /// that user already has `per_user` listeners of `mount` here; counted and signed in under
+    /// one lock, so two connections at once cannot both take the last place.
     pub fn sign_in(
         self: &Arc<Self>,
         mount: &str,
@@ -127,6 +130,7 @@ impl Registry {
         user_agent: String,
         user: Option<String>,
         per_user: Option<u32>,
+        relay: bool,
     ) -> Option<ListenerTicket> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (ctrl, commands) = watch::channel(ListenerCtrl::Run);
@@ -149,6 +153,7 @@ impl Registry {
                 user,
                 connected: Instant::now(),
                 ctrl,
+                relay,
             },
         );
         Some(ListenerTicket {
@@ -158,15 +163,23 @@ impl Registry {
         })
     }
 
-    pub fn listener_count(&self) -> usize {
+    /// Everyone reading a hub here: listeners, and other nodes' relays (which a draining node
+    /// waits for too: their listeners hear what this node produces until it moves).
+    pub fn reader_count(&self) -> usize {
         self.listeners.with(|l| l.len())
+    }
+
+    /// Listeners here (other nodes' relays are not).
+    pub fn listener_count(&self) -> usize {
+        self.listeners
+            .with(|l| l.values().filter(|e| !e.relay).count())
     }
 
     /// Listeners per mount they asked for.
     pub fn listeners_per_mount(&self) -> BTreeMap<String, u32> {
         let mut mounts = BTreeMap::new();
         self.listeners.with(|l| {
-            for e in l.values() {
+            for e in l.values().filter(|e| !e.relay) {
                 *mounts.entry(e.mount.clone()).or_insert(0u32) += 1;
             }
         });
@@ -177,7 +190,7 @@ impl Registry {
     pub fn listeners_of(&self, mount: &str) -> Vec<ListenerInfo> {
         let mut v: Vec<_> = self.listeners.with(|l| {
             l.iter()
-                .filter(|(_, e)| e.mount == mount)
+                .filter(|(_, e)| e.mount == mount && !e.relay)
                 .map(|(id, e)| ListenerInfo {
                     id: *id,
                     ip: e.ip.clone(),
@@ -205,7 +218,10 @@ impl Registry {
     /// Tells every listener of `mount` what to do; how many there were.
     pub fn command_all(&self, mount: &str, what: &ListenerCtrl) -> usize {
         self.listeners.with(|l| {
-            let of_mount: Vec<_> = l.values().filter(|e| e.mount == mount).collect();
+            let of_mount: Vec<_> = l
+                .values()
+                .filter(|e| e.mount == mount && !e.relay)
+                .collect();
             for e in &of_mount {
                 e.ctrl.send_replace(what.clone());
             }

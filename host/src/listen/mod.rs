@@ -246,7 +246,7 @@ async fn listen(
         version: req.response_version(),
         config: state.coordinator.mount(&wanted).map(Box::new),
         wanted,
-        relay: state.peers.matches(req),
+        relay: state.peers.relaying(req),
     };
     // Routing and admission are boxed: their futures (policy calls, credential checks, waking
     // a relay) are larger than the session's and end before it, so kept inline they would be
@@ -304,15 +304,15 @@ async fn route(asked: &mut Asked<'_>) -> Option<Outcome> {
     let m = asked.config.clone()?;
     let wanted = asked.wanted.clone();
     let agent = req.header("user-agent").unwrap_or("").to_owned();
+    let (mut query, proxied) = proxy_wanted(req, &state.settings.proxy_user_agents);
     let url = state
         .router
-        .route(&wanted, &peer.ip().to_string(), &agent)
+        .route(&wanted, &peer.ip().to_string(), &agent, !proxied)
         .await?;
     let user = match admit(state, &m, req, peer.ip(), None).await {
         Ok(user) => user,
         Err(why) => return Some(asked.refuse(why).await),
     };
-    let (mut query, proxied) = proxy_wanted(req, &state.settings.proxy_user_agents);
     if m.htpasswd.is_some() || m.auth_url.is_some() {
         let pass = access::make_pass(state.peers.key(), &wanted, user.as_deref(), now());
         query = [query, crate::http::encode_form(&pass)]
@@ -524,6 +524,7 @@ async fn session(
         agent.clone(),
         user.clone(),
         per_user.filter(|_| !relay),
+        relay,
     ) else {
         let why = access::Refused::UserConnections(per_user.unwrap_or_default());
         return Box::pin(asked.refuse(why)).await;

@@ -132,7 +132,11 @@ pub async fn run(
             continue;
         };
         let acceptor = ports.acceptor.clone();
-        let count_client = proxied.then(|| per_address.clone());
+        let counted = Counted {
+            limits: per_address.clone(),
+            slot,
+            behind_proxy: proxied,
+        };
         // Every transient phase (the TLS handshake, a request head's answer on the control
         // plane, HLS, ingest, a listener's routing and admission) is boxed below: the task keeps
         // what the longest-lived state needs, a listener's write loop, not the largest phase.
@@ -152,9 +156,9 @@ pub async fn run(
             } else if let Some((stream, client)) =
                 Box::pin(open(stream, peer, opening, acceptor, &state)).await
             {
-                handle(stream, client, state, control, count_client).await;
+                handle(stream, client, state, control, counted).await;
             }
-            drop((permit, slot));
+            drop(permit);
         };
         tokio::spawn(connection);
     }
@@ -218,19 +222,32 @@ async fn open(
     }
 }
 
-/// Serves one connection. `count_client`: the connection came through a trusted proxy, and the
-/// client it names is counted against the per-address limit here.
+/// A connection's place in the per-address limits: taken at accept for its own address, none
+/// for a trusted proxy's (`behind_proxy`). A client named by a trusted proxy, or a listener
+/// another node proxies here, is counted under its own address once its first request head
+/// names it.
+struct Counted {
+    limits: Arc<crate::limits::PerAddress>,
+    slot: crate::limits::AddressSlot,
+    behind_proxy: bool,
+}
+
+/// Serves one connection (`peer`: the client, as its PROXY header named it if it has one).
 async fn handle(
     mut stream: Stream,
     peer: SocketAddr,
     state: Arc<Node>,
     control: Arc<dyn Service>,
-    count_client: Option<Arc<crate::limits::PerAddress>>,
+    counted: Counted,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
     let tcp_peer = peer;
-    let mut _slot = None;
+    let Counted {
+        limits,
+        slot: mut _slot,
+        behind_proxy,
+    } = counted;
     // Requests on this connection: more than one only after HLS answers, which keep it open
     // (players fetch a playlist and a segment every few seconds); anything else ends it.
     for served in 0u64.. {
@@ -259,16 +276,19 @@ async fn handle(
             }
         };
         req.secure = stream.is_tls();
-        // Behind a trusted proxy, the client it names.
+        // Behind a trusted proxy, the client it names; for a listener another node proxies
+        // here (the request carries the cluster secret), the listener.
+        let from_node = state.peers.listener_of(&req);
         let peer = SocketAddr::new(
-            crate::clients::forwarded_for(&req, tcp_peer.ip(), &state.front.proxies),
+            from_node.unwrap_or_else(|| {
+                crate::clients::forwarded_for(&req, tcp_peer.ip(), &state.front.proxies)
+            }),
             tcp_peer.port(),
         );
-        if served == 0 {
-            _slot = match count_client.as_ref().map(|limits| limits.take(peer.ip())) {
-                None => None,
-                Some(Some(slot)) => Some(slot),
-                Some(None) => {
+        if served == 0 && (behind_proxy || from_node.is_some()) {
+            _slot = match limits.take(peer.ip()) {
+                Some(slot) => slot,
+                None => {
                     state.metrics.error(ErrorKind::AddressFull);
                     let r = Response::text(503, "too many connections from your address");
                     send(&mut stream, &r, req.response_version(), false).await;

@@ -67,17 +67,19 @@ async fn drain(state: &Arc<Node>) {
     }
     let mut told = Instant::now();
     loop {
-        let left = state.hubs.listener_count();
+        // Other nodes' relays too: their listeners hear a source here until it reconnects
+        // elsewhere (a handed-over producer's relays have moved already).
+        let left = state.hubs.reader_count();
         if left == 0 || Instant::now() >= deadline {
-            info!(listeners = left, "drained; stopping");
+            info!(listeners_and_relays = left, "drained; stopping");
             return;
         }
         if told.elapsed() >= Duration::from_secs(5) {
             told = Instant::now();
             let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
             info!(
-                listeners = left,
-                "draining: {secs} s left for the connected listeners"
+                listeners_and_relays = left,
+                "draining: {secs} s left for the connected listeners and relays"
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

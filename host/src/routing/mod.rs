@@ -8,8 +8,11 @@
 //! sent to it since that report, so a burst of new listeners does not all land on the node that
 //! was emptiest a second ago. A failing policy falls back to the native chain.
 //!
-//! Players that do not follow redirects (`--proxy-user-agents`, or `?proxy=1`) are proxied to
-//! the chosen node instead (`relay::proxy`).
+//! Players that do not follow redirects (`--proxy-user-agents`, or `?proxy=1`) are served where
+//! they arrive while this node has room (below its listener and bandwidth limits, not draining):
+//! their bytes leave this node either way, and serving them from the mount's hub here costs what
+//! any listener costs. Only a full or draining node proxies them to the chosen node
+//! (`cluster::peer::proxy`).
 
 mod native;
 pub use crate::model::NativePolicy;
@@ -103,24 +106,30 @@ impl Router {
     }
 
     /// Where a listener of `mount` from `client` should go: `Some(url)` of another node's
-    /// `/_stream/<mount>`, or `None` to serve here.
+    /// `/_stream/<mount>`, or `None` to serve here. A listener that cannot follow a redirect
+    /// (`follows: false`) stays here while this node has room.
     pub async fn route(
         self: &Arc<Self>,
         mount: &str,
         client: &str,
         user_agent: &str,
+        follows: bool,
     ) -> Option<String> {
-        let node = self.route_to_node(mount, client, user_agent).await?;
+        let node = self
+            .route_to_node(mount, client, user_agent, follows)
+            .await?;
         Some(format!("{node}/_stream{mount}"))
     }
 
     /// Which node a listener of `mount` from `client` should use: `Some(base URL)` of another
-    /// node, or `None` for this one.
+    /// node, or `None` for this one. One that cannot follow a redirect (`follows: false`) is
+    /// kept here while this node has room: only a full or draining node sends it on.
     pub async fn route_to_node(
         self: &Arc<Self>,
         mount: &str,
         client: &str,
         user_agent: &str,
+        follows: bool,
     ) -> Option<String> {
         if self.local {
             return None;
@@ -154,6 +163,15 @@ impl Router {
                 is_origin: origin.as_deref() == Some(n.name.as_str()),
             })
             .collect();
+        if !follows {
+            let here = reports.iter().position(|n| n.name == me);
+            if let Some(i) = here.filter(|&i| nodes[i].listeners_available()) {
+                if nodes[i].bandwidth_available() {
+                    self.sent_to(&reports[i]);
+                    return None;
+                }
+            }
+        }
         let (policy, chain) = config
             .as_ref()
             .map(|m| self.for_mount(m))

@@ -36,12 +36,8 @@ impl NativePolicy {
             .enumerate()
             .filter(|(_, n)| {
                 self.filters.iter().all(|f| match f {
-                    Filter::ListenersAvailable => {
-                        n.max_listeners == 0 || n.listeners < n.max_listeners
-                    }
-                    Filter::BandwidthAvailable => {
-                        n.max_bandwidth_kbps == 0 || n.bandwidth_kbps < n.max_bandwidth_kbps
-                    }
+                    Filter::ListenersAvailable => n.listeners_available(),
+                    Filter::BandwidthAvailable => n.bandwidth_available(),
                 })
             })
             .map(|(i, n)| {
