@@ -78,9 +78,9 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
     assert_eq!(capture_icy_title(&a, "/_stream/live.mp3"), "Through C");
     assert_eq!(capture_icy_title(&b, "/_stream/live.mp3"), "Through C");
 
-    // Listeners entering through B are sent to the node routing picks: by a redirect, or by a
-    // proxy for players that do not follow redirects (`?proxy=1`, or a listed user agent).
-    // Each way decodes.
+    // Listeners entering through B are sent to the node routing picks by a redirect; players
+    // that do not follow redirects (`?proxy=1`, or a listed user agent) stay on B, which has
+    // room (a full node proxies them: the next test). Each way decodes.
     let mut redirects = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let (code, head) = response_head(&b, "/live.mp3", &[]);
@@ -103,36 +103,46 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
             "listener redirected to {url}: {err}"
         );
     }
-    let proxied: Vec<_> = (0..3)
+    let served_on_b = || b.log().matches("listener connected").count();
+    let before = served_on_b();
+    let kept: Vec<_> = (0..3)
         .map(|_| {
             let url = b.url("/live.mp3?proxy=1");
             std::thread::spawn(move || ffmpeg_decode(&url, 3))
         })
         .collect();
-    for p in proxied {
+    for p in kept {
         let (ok, err) = p.join().unwrap();
-        assert!(ok && err.trim().is_empty(), "proxied listener: {err}");
+        assert!(ok && err.trim().is_empty(), "listener with ?proxy=1: {err}");
     }
-    let proxied = b.log().matches("listener proxied").count();
-    assert!(proxied > 0, "{}", b.log());
+    assert_eq!(served_on_b(), before + 3, "{}", b.log());
     for _ in 0..4 {
         let (code, head) = response_head(&b, "/live.mp3", &[("User-Agent", "NSPlayer/12.0")]);
         assert_eq!(code, 200, "a listed user agent got {head}");
     }
-    assert!(
-        b.log().matches("listener proxied").count() > proxied,
-        "no listed user agent was proxied: {}",
-        b.log()
-    );
+    assert_eq!(served_on_b(), before + 7, "{}", b.log());
+    assert!(!b.log().contains("listener proxied"), "{}", b.log());
     // The relay endpoint needs the cluster secret.
     let (code, _, _) = http_get(a.addr, "/_relay/live.mp3", &[]);
     assert_eq!(code, 403);
 
-    // A dies: its lease ends, and the source reconnecting through C makes C the origin.
+    // A dies: its lease ends, and the source reconnecting through C makes C the origin. A
+    // listener on B, connected through B's relay from A, stays connected and hears the source
+    // again once B's relay follows the mount to C.
+    let on_b = wait_for_listener(&b, "/_stream/live.mp3");
     drop(a.proc.take());
     let killed = Instant::now();
-    let (_src, _) = mp3_source_when_accepted(&c, "hackme", "/live.mp3", Duration::from_secs(15));
-    let took = killed.elapsed();
+    let (_src, started) =
+        mp3_source_when_accepted(&c, "hackme", "/live.mp3", Duration::from_secs(15));
+    let took = started - killed;
+    wait_for(
+        Duration::from_secs(10),
+        "audio from C at B's listener",
+        || on_b.first_after(started).is_some(),
+    );
+    let resumed = on_b.first_after(started).unwrap() - started;
+    eprintln!("listener elsewhere heard the new source {resumed:?} after it started");
+    assert!(on_b.finish(), "B's listener was disconnected by the move");
     c.wait_live("/live.mp3", Duration::from_secs(10));
     let (ok, err) = ffmpeg_decode(&c.url("/live.mp3"), 3);
     assert!(ok && err.trim().is_empty(), "{err}");
@@ -142,7 +152,7 @@ fn nodes_share_configuration_and_a_mount_has_one_origin_which_moves_when_its_nod
         ok && err.trim().is_empty(),
         "listener on B after the move: {err}"
     );
-    eprintln!("origin moved to C {took:?} after kill -9 of A");
+    eprintln!("origin moved to C {took:?} after kill -9 of A (the accepted attempt's start)");
     assert!(took < Duration::from_secs(12), "{took:?}");
 }
 
@@ -1360,4 +1370,102 @@ fn signed_urls_and_passwords_survive_a_cluster_redirect() {
         || std::fs::metadata(&out).is_ok_and(|m| m.len() > 16_000),
     );
     drop(curl);
+}
+
+/// Players that cannot follow a redirect (`?proxy=1`, or a listed user agent) are listeners like
+/// any other: the node they reach serves them while it has room, and a full node proxies them to
+/// the node routing picks, which counts, lists and limits each one under its own address (the
+/// proxying node vouches for it with the cluster secret), so the cluster counts every listener
+/// once.
+#[test]
+fn players_that_cannot_follow_redirects_are_counted_as_themselves() {
+    let etcd = Etcd::start();
+    let a = Node::start_clustered(&etcd, "a");
+    let b = Node::start_clustered_with(
+        &etcd,
+        "b",
+        &["--max-listeners", "1", "--proxy-user-agents", "OldRadio"],
+    );
+    a.create_mount("/live.mp3", "hackme", &[]);
+    wait_for(Duration::from_secs(5), "the mount on B", || {
+        b.cli(&["mount", "list"]).1.contains("/live.mp3")
+    });
+    let _source = ffmpeg_mp3_source(&a, "hackme", "/live.mp3", &[]);
+    a.wait_live("/live.mp3", Duration::from_secs(10));
+    let listclients = |n: &Node| {
+        let (_, _, body) = admin_get(n, "/admin/listclients?mount=/live.mp3");
+        String::from_utf8_lossy(&body).into_owned()
+    };
+
+    // B has room: the old player stays there, a listener of B under its own address.
+    let first = listen_from([127, 0, 0, 71], &b, "/live.mp3", "OldRadio/2.1");
+    assert!(
+        listclients(&b).contains("<IP>127.0.0.71</IP>"),
+        "{}",
+        listclients(&b)
+    );
+    wait_for_report(&b, "b", 1);
+
+    // B is full now: the next one (`?proxy=1`) is proxied to A, and A sees the player itself,
+    // not B, which only passes the bytes on.
+    let second = listen_from([127, 0, 0, 72], &b, "/live.mp3?proxy=1", "Lavf/59");
+    assert!(b.log().contains("listener proxied"), "{}", b.log());
+    let on_a = listclients(&a);
+    assert!(on_a.contains("<IP>127.0.0.72</IP>"), "{on_a}");
+    assert!(
+        !on_a.contains(&format!("<IP>{}</IP>", b.addr.ip())),
+        "{on_a}"
+    );
+    assert!(a.log().contains("peer=127.0.0.72:"), "{}", a.log());
+
+    // Each is counted once, where it is served: one listener on each node, two on the mount.
+    wait_for_report(&b, "a", 1);
+    wait_for(
+        Duration::from_secs(15),
+        "two listeners of the mount",
+        || {
+            let (ok, out, _) = b.cli(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            ok && v["mounts"][0]["path"] == "/live.mp3" && v["mounts"][0]["listeners"] == 2
+        },
+    );
+    // Both hear the stream, through B's relay and through B's proxy.
+    let heard = |r: &CountingReader| r.bytes();
+    let (one, two) = (heard(&first), heard(&second));
+    wait_for(Duration::from_secs(10), "audio at both players", || {
+        heard(&first) > one + 16_000 && heard(&second) > two + 16_000
+    });
+
+    // Nobody else may speak for a listener: without the cluster secret the header is ignored.
+    let (code, head) = response_head(
+        &a,
+        "/_stream/live.mp3",
+        &[("x-tidecast-listener", "192.0.2.9")],
+    );
+    assert_eq!(code, 200, "{head}");
+    assert!(!a.log().contains("192.0.2.9"), "{}", a.log());
+    assert!(first.finish() && second.finish());
+}
+
+/// A player connecting from `ip` (a loopback address of its own) to `node`'s `path` with
+/// User-Agent `agent`, reading in the background once the answer is a 200.
+fn listen_from(ip: [u8; 4], node: &Node, path: &str, agent: &str) -> CountingReader {
+    use std::io::{Read, Write};
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((ip, 0)).into()).unwrap();
+    s.connect(&node.addr.into()).unwrap();
+    let mut s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nUser-Agent: {agent}\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read_exact(&mut byte).is_ok() {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.starts_with("HTTP/1.0 200"),
+        "{path} from {ip:?}: {head}"
+    );
+    CountingReader::spawn(s, 0)
 }

@@ -138,6 +138,12 @@ impl CountingReader {
         longest.max(to - last)
     }
 
+    /// When data first arrived after `t`, if it has.
+    pub fn first_after(&self, t: Instant) -> Option<Instant> {
+        let arrivals = self.arrivals.lock().unwrap();
+        arrivals.iter().copied().find(|&a| a > t)
+    }
+
     /// Stops reading; true when the server had kept the connection open until then.
     pub fn finish(mut self) -> bool {
         self.stop.store(true, Ordering::Relaxed);
@@ -203,20 +209,22 @@ pub fn capture(addr: SocketAddr, mount: &str, seconds: f64) -> Vec<u8> {
     data.split_off(end + 4)
 }
 
-/// An ffmpeg MP3 source to `node` that retries until the node takes it (or `timeout`); returns
-/// it and how long that took.
+/// An ffmpeg MP3 source to `node` that retries (every 1.5 s) until the node takes it (or
+/// `timeout`); returns it and when the attempt that was taken started: its first bytes follow
+/// within ffmpeg's start-up.
 pub fn mp3_source_when_accepted(
     node: &Node,
     password: &str,
     mount: &str,
     timeout: Duration,
-) -> (Proc, Duration) {
+) -> (Proc, Instant) {
     let start = Instant::now();
     loop {
+        let attempt = Instant::now();
         let mut src = ffmpeg_mp3_source(node, password, mount, &[]);
         // A refused source (403) exits within a second; an accepted one keeps running.
         if src.wait_timeout(Duration::from_millis(1500)).is_none() {
-            return (src, start.elapsed());
+            return (src, attempt);
         }
         assert!(
             start.elapsed() < timeout,
