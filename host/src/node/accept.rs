@@ -132,9 +132,12 @@ pub async fn run(
             continue;
         };
         let acceptor = ports.acceptor.clone();
-        let counted = Counted {
+        let held = Held {
+            places: Places {
+                _permit: permit,
+                slot,
+            },
             limits: per_address.clone(),
-            slot,
             behind_proxy: proxied,
         };
         // Every transient phase (the TLS handshake, a request head's answer on the control
@@ -153,12 +156,12 @@ pub async fn run(
                     within,
                 ))
                 .await;
+                drop(held);
             } else if let Some((stream, client)) =
                 Box::pin(open(stream, peer, opening, acceptor, &state)).await
             {
-                handle(stream, client, state, control, counted).await;
+                handle(stream, client, state, control, held).await;
             }
-            drop(permit);
         };
         tokio::spawn(connection);
     }
@@ -222,13 +225,20 @@ async fn open(
     }
 }
 
-/// A connection's place in the per-address limits: taken at accept for its own address, none
-/// for a trusted proxy's (`behind_proxy`). A client named by a trusted proxy, or a listener
-/// another node proxies here, is counted under its own address once its first request head
-/// names it.
-struct Counted {
-    limits: Arc<crate::limits::PerAddress>,
+/// What a connection holds while it is served, given back when it ends: its place among the
+/// node's connections (`--max-clients`) and in the per-address limits.
+struct Places {
+    _permit: tokio::sync::OwnedSemaphorePermit,
     slot: crate::limits::AddressSlot,
+}
+
+/// A connection's places, and how to count it: the per-address place was taken at accept for
+/// its own address, none for a trusted proxy's (`behind_proxy`). A client named by a trusted
+/// proxy, or a listener another node proxies here, is counted under its own address once its
+/// first request head names it.
+struct Held {
+    places: Places,
+    limits: Arc<crate::limits::PerAddress>,
     behind_proxy: bool,
 }
 
@@ -238,16 +248,16 @@ async fn handle(
     peer: SocketAddr,
     state: Arc<Node>,
     control: Arc<dyn Service>,
-    counted: Counted,
+    held: Held,
 ) {
     let mut buf = BytesMut::with_capacity(4096);
     let header_timeout = state.config.header_timeout();
     let tcp_peer = peer;
-    let Counted {
+    let Held {
+        mut places,
         limits,
-        slot: mut _slot,
         behind_proxy,
-    } = counted;
+    } = held;
     // Requests on this connection: more than one only after HLS answers, which keep it open
     // (players fetch a playlist and a segment every few seconds); anything else ends it.
     for served in 0u64.. {
@@ -286,7 +296,7 @@ async fn handle(
             tcp_peer.port(),
         );
         if served == 0 && (behind_proxy || from_node.is_some()) {
-            _slot = match limits.take(peer.ip()) {
+            places.slot = match limits.take(peer.ip()) {
                 Some(slot) => slot,
                 None => {
                     state.metrics.error(ErrorKind::AddressFull);
@@ -302,7 +312,7 @@ async fn handle(
             }
             continue;
         }
-        return dispatch(stream, peer, req, buf, state, control).await;
+        return dispatch(stream, peer, req, buf, state, control, places).await;
     }
 }
 
@@ -343,7 +353,7 @@ async fn answer_hls(
 }
 
 /// Hands a request to the side that serves it: hyper's control plane, ingest, a relay or a
-/// listener.
+/// listener. `places` are held until it is served.
 async fn dispatch(
     mut stream: Stream,
     peer: SocketAddr,
@@ -351,6 +361,7 @@ async fn dispatch(
     buf: BytesMut,
     state: Arc<Node>,
     control: Arc<dyn Service>,
+    places: Places,
 ) {
     let header_timeout = state.config.header_timeout();
     if control.takes(&req) {
@@ -403,14 +414,25 @@ async fn dispatch(
             // Served here, never routed elsewhere: the `/_stream/` form of the mount.
             let mut req = req;
             req.path = format!("/_stream{}", &req.path["/_relay".len()..]);
-            let cors = Cors::from(&req);
-            crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
+            listen_apart(stream, peer, req, &state, places);
         }
         _ => {
             // GET or HEAD of a mount.
             drop(buf);
-            let cors = Cors::from(&req);
-            crate::listen::serve(stream, peer, req, state.listen.clone(), cors).await
+            listen_apart(stream, peer, req, &state, places);
         }
     }
+}
+
+/// Serves a listener (or another node's relay) in a task of its own, which holds the
+/// connection's `places` until it ends. The connection's task, sized for the phases before (the
+/// request head, TLS, dispatch), ends here: a listener carries only its session, for as long as
+/// it listens.
+fn listen_apart(stream: Stream, peer: SocketAddr, req: RequestHead, state: &Node, places: Places) {
+    let listen = state.listen.clone();
+    tokio::spawn(async move {
+        let cors = Cors::from(&req);
+        crate::listen::serve(stream, peer, req, listen, cors).await;
+        drop(places);
+    });
 }
