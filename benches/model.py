@@ -80,7 +80,8 @@ print(f"Per node ({a.cores} cores, {a.nic_gbps:g} Gbit/s at {a.nic_use:.0%}): {f
 largest = max(shares)
 print("\n| region | listeners | nodes (own load) | nodes (with a lost region's share) | node-relays spread | node-relays packed | report, spread | report, packed |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-totals = {"nodes": 0, "writes": 0.0, "events": 0.0, "keys": 0, "relays_spread": 0, "relays_packed": 0}
+totals = {"nodes": 0, "writes": 0.0, "events": 0.0, "keys": 0, "relays_spread": 0, "relays_packed": 0,
+          "watch_spread": 0.0, "watch_packed": 0.0}
 for r, share in enumerate(shares):
     listeners = a.listeners * share
     own = math.ceil(listeners / per_node) + 1  # N+1
@@ -114,8 +115,6 @@ for r, share in enumerate(shares):
     totals["nodes"] += nodes
     totals["writes"] = max(totals["writes"], writes)
     totals["events"] = max(totals["events"], writes * nodes)
-    totals.setdefault("watch_spread", 0.0)
-    totals.setdefault("watch_packed", 0.0)
     totals["watch_spread"] = max(totals["watch_spread"], nodes * a.busy_writes * nodes * rep_spread)
     totals["watch_packed"] = max(totals["watch_packed"], nodes * a.busy_writes * nodes * rep_packed)
     totals["keys"] = max(totals["keys"], 2 * a.mounts + nodes)
