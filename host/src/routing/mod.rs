@@ -165,11 +165,11 @@ impl Router {
             .collect();
         if !follows {
             let here = reports.iter().position(|n| n.name == me);
-            if let Some(i) = here.filter(|&i| nodes[i].listeners_available()) {
-                if nodes[i].bandwidth_available() {
-                    self.sent_to(&reports[i]);
-                    return None;
-                }
+            let room =
+                |i: &usize| nodes[*i].listeners_available() && nodes[*i].bandwidth_available();
+            if let Some(i) = here.filter(room) {
+                self.sent_to(&reports[i]);
+                return None;
             }
         }
         let (policy, chain) = config
